@@ -1,0 +1,147 @@
+"""hedge_bridge: how hedge-scheduler calls a Python job.
+
+A job is a function ``module:function`` that takes one positional argument, the run context
+(:class:`RunContext`), and returns a JSON-serialisable value or ``None``. The bridge resolves the
+entry point, builds the context, calls the function and reports what happened as a small dict:
+
+    {"status": "ok", "result": ..., "entered_at": 1764230400.123}
+    {"status": "error", "error": "ValueError: boom", "traceback": "...", "entered_at": ...}
+    {"status": "exit", "exit_code": 3, "error": "SystemExit: 3", "entered_at": ...}
+
+Standard library only: it must work in any interpreter a user points the scheduler at.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import logging
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+__all__ = ["RunContext", "resolve", "call", "context_from_json"]
+
+
+class RunContext:
+    """What a job knows about the run it is part of."""
+
+    def __init__(
+        self,
+        job: str,
+        run_id: int,
+        scheduled_at: _dt.datetime,
+        attempt: int = 1,
+        args: dict | None = None,
+        trigger: str = "manual",
+        name: str | None = None,
+        exchange: str | None = None,
+        timezone: str | None = None,
+    ) -> None:
+        self.job = job
+        self.name = name or job
+        self.run_id = run_id
+        self.scheduled_at = scheduled_at
+        self.attempt = attempt
+        self.args = dict(args or {})
+        self.trigger = trigger
+        self.exchange = exchange
+        self.timezone = timezone
+        self.log = _job_logger(job)
+
+    def __repr__(self) -> str:
+        return (
+            f"RunContext(job={self.job!r}, run_id={self.run_id}, "
+            f"scheduled_at={self.scheduled_at.isoformat()}, attempt={self.attempt})"
+        )
+
+
+def _job_logger(job: str) -> logging.Logger:
+    """A logger whose records go to stderr, which the scheduler writes to the job's log file."""
+    logger = logging.getLogger(f"hedge.{job}")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def context_from_json(text: str) -> RunContext:
+    """Builds the context from the JSON the scheduler hands over."""
+    raw = json.loads(text)
+    return RunContext(
+        job=raw["job"],
+        run_id=int(raw["run_id"]),
+        scheduled_at=_dt.datetime.fromisoformat(raw["scheduled_at"]),
+        attempt=int(raw.get("attempt", 1)),
+        args=raw.get("args") or {},
+        trigger=raw.get("trigger", "manual"),
+        name=raw.get("name"),
+        exchange=raw.get("exchange"),
+        timezone=raw.get("timezone"),
+    )
+
+
+def resolve(entry: str) -> Callable[[RunContext], Any]:
+    """Imports ``module`` and returns its ``function`` for an entry ``module:function``."""
+    module_name, sep, func_name = entry.partition(":")
+    if not sep or not module_name or not func_name:
+        raise ValueError(f"entry {entry!r} is not 'module:function'")
+    module = importlib.import_module(module_name)
+    try:
+        func = getattr(module, func_name)
+    except AttributeError:
+        raise AttributeError(f"module {module_name!r} has no function {func_name!r}") from None
+    if not callable(func):
+        raise TypeError(f"{entry} is not callable")
+    return func
+
+
+def _summary(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+def _jsonable(value: Any) -> Any:
+    """The job's return value as JSON; values JSON cannot hold become their str()."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(value, default=str))
+
+
+def call(entry: str, ctx: RunContext) -> dict:
+    """Runs one job and reports the outcome as a dict; never raises for the job's own errors."""
+    entered_at = None
+    try:
+        func = resolve(entry)
+        entered_at = time.time()
+        value = func(ctx)
+        return {"status": "ok", "result": _jsonable(value), "entered_at": entered_at}
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            code = 0
+        if not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
+        return {
+            "status": "exit",
+            "exit_code": code,
+            "error": f"SystemExit: {code}",
+            "entered_at": entered_at,
+        }
+    except BaseException as exc:  # noqa: BLE001 - a job's failure of any kind is its outcome
+        tb = traceback.format_exc()
+        return {
+            "status": "error",
+            "error": _summary(exc),
+            "traceback": tb,
+            "entered_at": entered_at,
+        }

@@ -1,0 +1,54 @@
+//! The command line (clap derive). Names, flags and exit codes here are a contract.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hedge-scheduler",
+    version,
+    about = "Runs market-data Python jobs on market-hours-aware cron triggers, with timeouts, overlap guards and a SQLite history",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The config file [default: config/hedge-scheduler.toml]
+    #[arg(long, global = true, env = "HEDGE_SCHEDULER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (stop with Ctrl+C or SIGTERM)
+    Run,
+    /// Run one job now and print its outcome (exit 0 on success, 1 on failure)
+    RunOnce {
+        /// The job's id, as in `[jobs.<id>]`
+        job: String,
+        /// Print the run as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether the daemon runs, and per job: last run, running now, next fire (exit 3: no daemon)
+    Status {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Past runs, newest first
+    History {
+        /// Only this job's runs
+        job: Option<String>,
+        /// How many runs to show
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the config and print a summary of its jobs
+    CheckConfig,
+}

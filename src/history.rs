@@ -1,0 +1,507 @@
+//! The run history: one SQLite database (WAL, so `status` reads while the daemon writes).
+//!
+//! Every run gets a row when it starts (`running`) and the row is completed when it ends, so a run
+//! is never lost even when the process that made it dies. Times are stored as UTC text with
+//! microseconds (`2026-11-27T09:15:00.000123Z`), which sorts as it reads. The schema is versioned
+//! with `PRAGMA user_version`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Schema migrations, applied in order; `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    id           INTEGER PRIMARY KEY,
+    job          TEXT    NOT NULL,
+    trigger      TEXT    NOT NULL,
+    scheduled_at TEXT    NOT NULL,
+    started_at   TEXT    NOT NULL,
+    entered_at   TEXT,
+    finished_at  TEXT,
+    attempt      INTEGER NOT NULL DEFAULT 1,
+    outcome      TEXT    NOT NULL,
+    exit_code    INTEGER,
+    signal       TEXT,
+    pid          INTEGER,
+    owner_pid    INTEGER,
+    error        TEXT,
+    result       TEXT
+);
+CREATE INDEX runs_job_id ON runs (job, id);
+CREATE INDEX runs_running ON runs (outcome) WHERE outcome = 'running';
+CREATE TABLE daemon (
+    id           INTEGER PRIMARY KEY,
+    pid          INTEGER NOT NULL,
+    started_at   TEXT    NOT NULL,
+    heartbeat_at TEXT,
+    stopped_at   TEXT
+);
+"#];
+
+/// How a run ended (or that it has not yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Running,
+    Success,
+    Failed,
+    Timeout,
+    Crashed,
+    Skipped,
+    Cancelled,
+    Abandoned,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Success => "success",
+            Outcome::Failed => "failed",
+            Outcome::Timeout => "timeout",
+            Outcome::Crashed => "crashed",
+            Outcome::Skipped => "skipped",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [
+            Outcome::Running,
+            Outcome::Success,
+            Outcome::Failed,
+            Outcome::Timeout,
+            Outcome::Crashed,
+            Outcome::Skipped,
+            Outcome::Cancelled,
+            Outcome::Abandoned,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+/// Why a run was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    Schedule,
+    Manual,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Schedule => "schedule",
+            TriggerKind::Manual => "manual",
+        }
+    }
+}
+
+/// What is known about a run when it starts.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub job: &'a str,
+    pub trigger: TriggerKind,
+    pub scheduled_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+/// What is known about a run when it ends.
+#[derive(Debug, Clone, Default)]
+pub struct RunEnd {
+    pub finished_at: Option<DateTime<Utc>>,
+    pub entered_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub error: Option<String>,
+    /// The job's return value, as JSON text.
+    pub result: Option<String>,
+}
+
+/// One row of the history, as `history --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub job: String,
+    pub trigger: String,
+    pub scheduled_at: String,
+    pub started_at: String,
+    pub entered_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub attempt: u32,
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub pid: Option<i64>,
+    pub owner_pid: Option<i64>,
+    pub error: Option<String>,
+    pub result: serde_json::Value,
+}
+
+/// A daemon's record: when it started and its last heartbeat.
+#[derive(Debug, Clone)]
+pub struct DaemonRow {
+    pub pid: i64,
+    pub started_at: String,
+    pub heartbeat_at: Option<String>,
+}
+
+pub struct History {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Formats an instant the way the history stores it.
+pub fn fmt_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+const RUN_COLUMNS: &str = "id, job, trigger, scheduled_at, started_at, entered_at, finished_at, \
+     attempt, outcome, exit_code, signal, pid, owner_pid, error, result";
+
+impl History {
+    /// Opens (creating if needed) the history for writing, and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<History> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::io(
+                    format!("cannot create the history folder `{}`", dir.display()),
+                    e,
+                )
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| Error::history(path, e))?;
+        let h = History {
+            conn,
+            path: path.to_path_buf(),
+        };
+        h.configure().map_err(|e| Error::history(path, e))?;
+        h.migrate().map_err(|e| Error::history(path, e))?;
+        Ok(h)
+    }
+
+    /// Opens an existing history for reading; `None` when there is none yet.
+    pub fn open_read_only(path: &Path) -> Result<Option<History>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::history(path, e))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| Error::history(path, e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| Error::history(path, e))?;
+        if version == 0 {
+            return Ok(None);
+        }
+        Ok(Some(History {
+            conn,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn configure(&self) -> rusqlite::Result<()> {
+        self.conn.busy_timeout(Duration::from_secs(5))?;
+        let _mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        // WAL with synchronous=NORMAL survives a process crash; only an OS crash can lose the
+        // last transactions, and never corrupts the database.
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(())
+    }
+
+    fn migrate(&self) -> rusqlite::Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let applied = usize::try_from(version).unwrap_or(0);
+        for (i, sql) in (0i64..).zip(MIGRATIONS.iter()).skip(applied) {
+            let tx = self.conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        Error::history(&self.path, e)
+    }
+
+    /// Writes the `running` row of a run that starts now; returns its id.
+    pub fn start_run(&self, run: &NewRun<'_>) -> Result<i64> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO runs (job, trigger, scheduled_at, started_at, attempt, outcome, owner_pid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    run.job,
+                    run.trigger.as_str(),
+                    fmt_time(run.scheduled_at),
+                    fmt_time(run.started_at),
+                    run.attempt,
+                    std::process::id(),
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records the PID of the process that runs `id`.
+    pub fn set_pid(&self, id: i64, pid: u32) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE runs SET pid = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, pid]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Completes the row of run `id`.
+    pub fn finish_run(&self, id: i64, outcome: Outcome, end: &RunEnd) -> Result<()> {
+        let finished = end.finished_at.unwrap_or_else(Utc::now);
+        self.conn
+            .prepare_cached(
+                "UPDATE runs SET outcome = ?2, finished_at = ?3, entered_at = ?4, exit_code = ?5,
+                        signal = ?6, error = ?7, result = ?8
+                 WHERE id = ?1",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    id,
+                    outcome.as_str(),
+                    fmt_time(finished),
+                    end.entered_at.map(fmt_time),
+                    end.exit_code,
+                    end.signal,
+                    end.error,
+                    end.result,
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records a slot that was not run, with the reason.
+    pub fn record_skipped(
+        &self,
+        job: &str,
+        trigger: TriggerKind,
+        scheduled_at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<i64> {
+        let now = fmt_time(Utc::now());
+        self.conn
+            .prepare_cached(
+                "INSERT INTO runs (job, trigger, scheduled_at, started_at, finished_at, attempt,
+                                   outcome, owner_pid, error)
+                 VALUES (?1, ?2, ?3, ?4, ?4, 1, 'skipped', ?5, ?6)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    job,
+                    trigger.as_str(),
+                    fmt_time(scheduled_at),
+                    now,
+                    std::process::id(),
+                    reason,
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The newest runs, of one job or of all, newest first.
+    pub fn runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRow>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match job {
+            Some(job) => {
+                let mut st = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {RUN_COLUMNS} FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT ?2"
+                    ))
+                    .map_err(|e| self.err(e))?;
+                st.query_map(params![job, limit], run_row)
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            }
+            None => {
+                let mut st = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?1"
+                    ))
+                    .map_err(|e| self.err(e))?;
+                st.query_map(params![limit], run_row)
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            }
+        };
+        rows.map_err(|e| self.err(e))
+    }
+
+    /// The newest run of `job` that was not skipped.
+    pub fn last_run(&self, job: &str) -> Result<Option<RunRow>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE job = ?1 AND outcome <> 'skipped'
+                 ORDER BY id DESC LIMIT 1"
+            ))
+            .and_then(|mut st| st.query_row(params![job], run_row).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Rows still marked `running`, oldest first.
+    pub fn running(&self) -> Result<Vec<RunRow>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE outcome = 'running' ORDER BY id"
+            ))
+            .and_then(|mut st| {
+                st.query_map([], run_row)
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records that a daemon started; returns the record's id.
+    pub fn daemon_started(&self, pid: u32, at: DateTime<Utc>) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO daemon (pid, started_at, heartbeat_at) VALUES (?1, ?2, ?2)",
+                params![pid, fmt_time(at)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn daemon_stopped(&self, id: i64, at: DateTime<Utc>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE daemon SET stopped_at = ?2 WHERE id = ?1",
+                params![id, fmt_time(at)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The newest daemon record of process `pid`.
+    pub fn daemon(&self, pid: i64) -> Result<Option<DaemonRow>> {
+        self.conn
+            .query_row(
+                "SELECT pid, started_at, heartbeat_at FROM daemon WHERE pid = ?1
+                 ORDER BY id DESC LIMIT 1",
+                params![pid],
+                |r| {
+                    Ok(DaemonRow {
+                        pid: r.get(0)?,
+                        started_at: r.get(1)?,
+                        heartbeat_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+    let started_at: String = r.get(4)?;
+    let finished_at: Option<String> = r.get(6)?;
+    let duration_ms = match (parse_time(&started_at), finished_at.as_deref().and_then(parse_time)) {
+        (Some(s), Some(f)) => Some((f - s).num_milliseconds()),
+        _ => None,
+    };
+    let result: Option<String> = r.get(14)?;
+    Ok(RunRow {
+        id: r.get(0)?,
+        job: r.get(1)?,
+        trigger: r.get(2)?,
+        scheduled_at: r.get(3)?,
+        started_at,
+        entered_at: r.get(5)?,
+        finished_at,
+        duration_ms,
+        attempt: r.get(7)?,
+        outcome: r.get(8)?,
+        exit_code: r.get(9)?,
+        signal: r.get(10)?,
+        pid: r.get(11)?,
+        owner_pid: r.get(12)?,
+        error: r.get(13)?,
+        result: result
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_recorded_at_start_and_completed_at_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(&dir.path().join("h.sqlite3")).unwrap();
+        let t0 = Utc::now();
+        let id = h
+            .start_run(&NewRun {
+                job: "j",
+                trigger: TriggerKind::Manual,
+                scheduled_at: t0,
+                started_at: t0,
+                attempt: 1,
+            })
+            .unwrap();
+        assert_eq!(h.running().unwrap().len(), 1);
+        h.finish_run(
+            id,
+            Outcome::Success,
+            &RunEnd {
+                result: Some("{\"n\": 3}".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let rows = h.runs(Some("j"), 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].outcome, "success");
+        assert_eq!(rows[0].result["n"], 3);
+        assert!(h.running().unwrap().is_empty());
+        // Reopening keeps the schema and the rows.
+        drop(h);
+        let h = History::open(&dir.path().join("h.sqlite3")).unwrap();
+        assert_eq!(h.runs(None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn times_round_trip_with_microseconds() {
+        let t = Utc::now();
+        let back = parse_time(&fmt_time(t)).unwrap();
+        assert!((back - t).num_microseconds().unwrap().abs() < 1);
+    }
+}

@@ -1,0 +1,135 @@
+//! One daemon per configuration: an exclusive lock on `<log_dir>/hedge-scheduler.pid`, which also
+//! holds the daemon's PID and start time.
+//!
+//! The lock is the truth, not the file: a PID file left by a killed daemon is unlocked (the kernel
+//! drops the lock with the process), so it never blocks a restart.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use crate::history::{fmt_time, parse_time};
+
+pub const PID_FILE: &str = "hedge-scheduler.pid";
+
+/// The lock of a running daemon; released (and the PID file removed) on drop.
+pub struct InstanceLock {
+    file: File,
+    path: PathBuf,
+}
+
+/// What the PID file of a running daemon says.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub pid: i64,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+impl InstanceLock {
+    /// Takes the lock for a daemon that starts now, or says who holds it.
+    pub fn acquire(dir: &Path, started_at: DateTime<Utc>) -> Result<InstanceLock> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
+        let path = dir.join(PID_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot open `{}`", path.display()), e))?;
+        // `status` takes the lock shared for an instant to look; retry briefly before refusing.
+        let mut tries = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    if let Some(info) = read_info(&mut file).filter(|i| crate::process::pid_alive(i.pid))
+                        && tries >= 5
+                    {
+                        return Err(Error::AlreadyRunning {
+                            pid: info.pid,
+                            since: info
+                                .started_at
+                                .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+                                .unwrap_or_else(|| "an unknown time".to_string()),
+                        });
+                    }
+                    if tries >= 20 {
+                        return Err(Error::Other(format!(
+                            "`{}` is locked by another process",
+                            path.display()
+                        )));
+                    }
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(Error::io(format!("cannot lock `{}`", path.display()), e));
+                }
+            }
+        }
+        file.set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| {
+                writeln!(file, "{}\n{}", std::process::id(), fmt_time(started_at))?;
+                file.sync_all()
+            })
+            .map_err(|e| Error::io(format!("cannot write `{}`", path.display()), e))?;
+        Ok(InstanceLock { file, path })
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
+/// The running daemon of this log folder, if any.
+pub fn probe(dir: &Path) -> Option<DaemonInfo> {
+    let mut file = File::open(dir.join(PID_FILE)).ok()?;
+    match file.try_lock_shared() {
+        // Nobody holds it: no daemon (the file is a leftover).
+        Ok(()) => {
+            let _ = file.unlock();
+            None
+        }
+        Err(TryLockError::WouldBlock) => read_info(&mut file),
+        Err(TryLockError::Error(_)) => None,
+    }
+}
+
+fn read_info(file: &mut File) -> Option<DaemonInfo> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    let started_at = lines.next().and_then(|l| parse_time(l.trim()));
+    Some(DaemonInfo { pid, started_at })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_is_refused_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = InstanceLock::acquire(dir.path(), Utc::now()).unwrap();
+        let info = probe(dir.path()).unwrap();
+        assert_eq!(info.pid, i64::from(std::process::id()));
+        // flock locks are per open file: a second open in this process conflicts too.
+        let err = InstanceLock::acquire(dir.path(), Utc::now()).err().unwrap();
+        assert!(err.to_string().contains("already running"), "{err}");
+        drop(lock);
+        assert!(probe(dir.path()).is_none());
+        assert!(InstanceLock::acquire(dir.path(), Utc::now()).is_ok());
+    }
+}

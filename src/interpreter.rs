@@ -1,0 +1,125 @@
+//! Resolves `[python] executable` once, at start-up, to the real interpreter, and checks that the
+//! bridge and every job's module can be found — so a typo fails before anything is started.
+//!
+//! `python3` on PATH is often a shim (pyenv) that costs tens of milliseconds a start: asking the
+//! interpreter for `sys.executable` once means no run ever pays for the shim again.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+
+use crate::config::Config;
+use crate::error::{ConfigError, Error, Result};
+
+/// Prints the interpreter's facts and which of the given modules it can find, as JSON.
+const PROBE: &str = r#"
+import importlib.util, json, sys
+found = {}
+for name in sys.argv[1:]:
+    try:
+        found[name] = importlib.util.find_spec(name) is not None
+    except Exception as exc:
+        found[name] = False
+print(json.dumps({"executable": sys.executable, "version": "%d.%d.%d" % sys.version_info[:3], "found": found}))
+"#;
+
+#[derive(Debug, Deserialize)]
+struct Probe {
+    executable: String,
+    version: String,
+    found: std::collections::HashMap<String, bool>,
+}
+
+/// The interpreter every job of this config runs on.
+#[derive(Debug, Clone)]
+pub struct Interpreter {
+    pub path: PathBuf,
+    pub version: String,
+}
+
+/// Resolves the configured interpreter and checks that `hedge_bridge` and every job's module
+/// (of `jobs`, or of all jobs) can be imported with the configured path.
+pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
+    let exe = &config.python.executable;
+    let program = if exe.contains('/') {
+        config
+            .file
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(exe)
+    } else {
+        PathBuf::from(exe)
+    };
+    let located = |message: String| -> Error {
+        Error::Config(ConfigError {
+            file: config.file.clone(),
+            position: config.python.executable_at,
+            message,
+        })
+    };
+
+    let mut modules = vec!["hedge_bridge".to_string()];
+    for job in &config.jobs {
+        if jobs.is_none_or(|ids| ids.contains(&job.id.as_str())) {
+            modules.push(job.entry.module.clone());
+        }
+    }
+    let pythonpath = std::env::join_paths(&config.python.path).unwrap_or_default();
+    let output = Command::new(&program)
+        .arg("-c")
+        .arg(PROBE)
+        .args(&modules)
+        .current_dir(&config.python.cwd)
+        .env("PYTHONPATH", pythonpath)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            located(format!(
+                "cannot start python `{exe}` for `python.executable`: {e}"
+            ))
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or("").trim();
+        return Err(located(format!(
+            "python `{exe}` for `python.executable` failed to start ({}): {last}",
+            output.status
+        )));
+    }
+    let probe: Probe = serde_json::from_slice(&output.stdout).map_err(|e| {
+        located(format!(
+            "python `{exe}` for `python.executable` gave an unexpected answer: {e}"
+        ))
+    })?;
+    if probe.found.get("hedge_bridge") != Some(&true) {
+        return Err(Error::Config(ConfigError::new(
+            &config.file,
+            format!(
+                "module `hedge_bridge` not found on `python.path` ({}); it ships in python_bridge/",
+                config
+                    .python
+                    .path
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )));
+    }
+    for job in &config.jobs {
+        if probe.found.get(&job.entry.module) == Some(&false) {
+            return Err(Error::Config(ConfigError::new(
+                &config.file,
+                format!(
+                    "module `{}` of `entry` in [jobs.{}] not found on `python.path`",
+                    job.entry.module, job.id
+                ),
+            )));
+        }
+    }
+    Ok(Interpreter {
+        path: PathBuf::from(probe.executable),
+        version: probe.version,
+    })
+}

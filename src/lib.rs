@@ -1,0 +1,183 @@
+//! hedge-scheduler: runs the Python jobs of a trading research system on market-hours-aware cron
+//! triggers, with timeouts, overlap prevention and a SQLite history.
+//!
+//! `main.rs` parses the command line and calls [`run`]; everything else lives here so tests can
+//! drive it in-process too.
+
+pub mod calendar;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod history;
+pub mod instance;
+pub mod interpreter;
+pub mod logging;
+pub mod process;
+pub mod runner;
+pub mod status;
+pub mod trigger;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::error::{EXIT_NOT_RUNNING, Error, Result};
+use crate::history::{History, Outcome, TriggerKind};
+
+/// Runs one command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
+    match cli.command {
+        Command::Run => {
+            let config = Config::load(&path)?;
+            let interpreter = interpreter::resolve(&config, None)?;
+            let _guard = logging::init_daemon(&config.scheduler.log_dir)?;
+            runtime()?.block_on(daemon::run(config, interpreter))?;
+            Ok(0)
+        }
+        Command::RunOnce { job, json } => {
+            logging::init_cli("warn");
+            let config = Config::load(&path)?;
+            run_once(config, &job, json)
+        }
+        Command::Status { json } => {
+            logging::init_cli("warn");
+            let config = Config::load(&path)?;
+            let now = Utc::now();
+            let status = status::gather(&config, now)?;
+            if json {
+                println!("{}", to_json(&status)?);
+            } else {
+                print!("{}", status::render_status(&status, &config, now));
+            }
+            Ok(if status.daemon.running {
+                0
+            } else {
+                EXIT_NOT_RUNNING
+            })
+        }
+        Command::History { job, limit, json } => {
+            logging::init_cli("warn");
+            let config = Config::load(&path)?;
+            if let Some(id) = &job
+                && config.job(id).is_none()
+            {
+                return Err(Error::UnknownJob {
+                    job: id.clone(),
+                    known: config.job_list(),
+                });
+            }
+            let rows = match History::open_read_only(&config.scheduler.history)? {
+                Some(h) => h.runs(job.as_deref(), limit)?,
+                None => Vec::new(),
+            };
+            if json {
+                println!("{}", to_json(&rows)?);
+            } else {
+                print!("{}", status::render_history(&rows, &config));
+            }
+            Ok(0)
+        }
+        Command::CheckConfig => {
+            logging::init_cli("warn");
+            let config = Config::load(&path)?;
+            let interpreter = interpreter::resolve(&config, None)?;
+            let python = format!(
+                "{} (Python {})",
+                interpreter.path.display(),
+                interpreter.version
+            );
+            print!("{}", status::render_config(&config, &python, Utc::now()));
+            Ok(0)
+        }
+    }
+}
+
+fn run_once(config: Config, job_id: &str, json: bool) -> Result<i32> {
+    let Some(job) = config.job(job_id).cloned() else {
+        return Err(Error::UnknownJob {
+            job: job_id.to_string(),
+            known: config.job_list(),
+        });
+    };
+    let interpreter = interpreter::resolve(&config, Some(&[job_id]))?;
+    let history = History::open(&config.scheduler.history)?;
+    let calendar = config.calendar();
+    let env = runner::RunEnv {
+        config: Arc::new(config),
+        python: interpreter.path,
+        history: Arc::new(Mutex::new(history)),
+    };
+    let report = runtime()?.block_on(async {
+        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+        let req = runner::RunRequest {
+            job: Arc::new(job),
+            trigger: TriggerKind::Manual,
+            scheduled_at: Utc::now(),
+            attempt: 1,
+        };
+        let run = runner::run(&env, req, cancel_rx, None);
+        tokio::pin!(run);
+        tokio::select! {
+            report = &mut run => report,
+            _ = tokio::signal::ctrl_c() => {
+                let _ = cancel_tx.send(true);
+                run.await
+            }
+        }
+    });
+    if json {
+        let row = match report.run_id {
+            Some(id) => env
+                .history
+                .lock()
+                .ok()
+                .and_then(|h| h.runs(Some(job_id), 20).ok())
+                .and_then(|rows| rows.into_iter().find(|r| r.id == id)),
+            None => None,
+        };
+        match row {
+            Some(row) => println!("{}", to_json(&row)?),
+            None => println!("{}", serde_json::json!({"job": job_id, "outcome": report.outcome.as_str(), "error": report.error})),
+        }
+    } else {
+        let took = daemon::format_duration(report.duration());
+        let run = report
+            .run_id
+            .map_or_else(String::new, |id| format!(" (run {id})"));
+        match report.outcome {
+            Outcome::Success => {
+                println!("✅ {job_id} succeeded in {took}{run}");
+                if let Some(result) = report.result.as_deref().filter(|r| *r != "null") {
+                    println!("   result: {result}");
+                }
+            }
+            other => println!(
+                "❌ {job_id} {} after {took}{run}: {}",
+                other.as_str(),
+                report.error.as_deref().unwrap_or("no detail")
+            ),
+        }
+        let _ = calendar;
+    }
+    Ok(if report.outcome == Outcome::Success { 0 } else { 1 })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::Other(format!("cannot write JSON: {e}")))
+}

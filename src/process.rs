@@ -1,0 +1,179 @@
+//! Process groups: every job runs in a group of its own, and ending a run means ending the whole
+//! group — SIGTERM, a grace period, then SIGKILL — and reaping the leader.
+//!
+//! A group counts as gone when no live (non-zombie) process is left in it: an orphaned zombie is
+//! its new parent's to reap, and it cannot be signalled anyway.
+
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tokio::time::{Instant, sleep, timeout_at};
+
+/// How often a group is polled while we wait for it to empty.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Sends `sig` to every process of group `pgid`; false when the group no longer exists.
+pub fn signal_group(pgid: u32, sig: Signal) -> bool {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return false;
+    };
+    // Never signal group 0 or 1: that would be our own group or init's.
+    if raw <= 1 {
+        return false;
+    }
+    !matches!(killpg(Pid::from_raw(raw), sig), Err(Errno::ESRCH))
+}
+
+/// Whether group `pgid` still has a live (non-zombie) member.
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return false;
+    };
+    if raw <= 1 {
+        return false;
+    }
+    // Cheap check first: no member at all, not even a zombie.
+    if matches!(killpg(Pid::from_raw(raw), None), Err(Errno::ESRCH)) {
+        return false;
+    }
+    live_members(pgid).map_or(true, |n| n > 0)
+}
+
+/// Counts the non-zombie processes of group `pgid` from /proc; `None` where /proc is unreadable.
+fn live_members(pgid: u32) -> Option<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses: fields resume after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let _ppid = fields.next();
+        let pgrp = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if pgrp == Some(pgid) && state != Some("Z") && state != Some("X") {
+            n += 1;
+        }
+    }
+    Some(n)
+}
+
+/// Waits until group `pgid` has no live member, or `deadline`; true when it is gone.
+pub async fn wait_group_gone(pgid: u32, deadline: Instant) -> bool {
+    loop {
+        if !group_alive(pgid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// Ends a run's process group: SIGTERM, up to `grace` for it to exit, then SIGKILL; reaps the
+/// leader. Returns the leader's exit status.
+pub async fn terminate_group(
+    child: &mut Child,
+    pgid: u32,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    signal_group(pgid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    let status = match timeout_at(deadline, child.wait()).await {
+        Ok(status) => Some(status?),
+        Err(_) => None,
+    };
+    // The leader may be gone while others of its group linger: they get the rest of the grace.
+    if !wait_group_gone(pgid, deadline).await {
+        signal_group(pgid, Signal::SIGKILL);
+    }
+    let status = match status {
+        Some(s) => s,
+        None => child.wait().await?,
+    };
+    wait_group_gone(pgid, Instant::now() + Duration::from_secs(2)).await;
+    Ok(status)
+}
+
+/// Ends whatever a finished run left behind in its group (a background grandchild).
+/// Returns true when something had to be ended.
+pub async fn end_stragglers(pgid: u32, grace: Duration) -> bool {
+    if !group_alive(pgid) {
+        return false;
+    }
+    signal_group(pgid, Signal::SIGTERM);
+    if !wait_group_gone(pgid, Instant::now() + grace).await {
+        signal_group(pgid, Signal::SIGKILL);
+        wait_group_gone(pgid, Instant::now() + Duration::from_secs(2)).await;
+    }
+    true
+}
+
+/// Whether a process with this PID exists.
+pub fn pid_alive(pid: i64) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    !matches!(
+        nix::sys::signal::kill(Pid::from_raw(raw), None),
+        Err(Errno::ESRCH)
+    )
+}
+
+/// `SIGSEGV` for 11, or `signal 99` for a number nix does not know.
+pub fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(11), "SIGSEGV");
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(99), "signal 99");
+    }
+
+    #[test]
+    fn refuses_to_signal_special_groups() {
+        assert!(!signal_group(0, Signal::SIGTERM));
+        assert!(!signal_group(1, Signal::SIGTERM));
+        assert!(!group_alive(0));
+    }
+
+    #[tokio::test]
+    async fn terminate_group_ends_leader_and_grandchild() {
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30 & sleep 30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id().unwrap();
+        assert!(group_alive(pgid));
+        let status = terminate_group(&mut child, pgid, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(!status.success());
+        assert!(!group_alive(pgid));
+    }
+}
