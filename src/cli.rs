@@ -13,7 +13,12 @@ use clap::{Parser, Subcommand};
 )]
 pub struct Cli {
     /// The config file [default: config/hedge-scheduler.toml]
-    #[arg(long, global = true, env = "HEDGE_SCHEDULER_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "HEDGE_SCHEDULER_CONFIG",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]

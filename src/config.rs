@@ -499,17 +499,40 @@ args = { indices = ["NIFTY", "BANKNIFTY"] }
     fn unknown_key_names_file_line_and_table() {
         let src = GOOD.replace("market_hours = true", "schedual = 1");
         let e = parse(&src).unwrap_err();
-        assert!(e.starts_with("/p/config/c.toml:15:1: unknown field `schedual`"), "{e}");
+        assert!(
+            e.starts_with("/p/config/c.toml:15:1: unknown field `schedual`"),
+            "{e}"
+        );
         assert!(e.contains("[jobs.options_chain]"), "{e}");
     }
 
     #[test]
     fn bad_values_are_placed_and_named() {
         let cases = [
-            ("\"0 */3 * * * *\"", "\"0 */3 * * * * * *\"", "14:12: invalid cron", "schedule"),
-            ("\"XNSE\"", "\"XLON\"", "3:12: unknown exchange `XLON`", "scheduler.exchange"),
-            ("\"subprocess\"", "\"thread\"", "16:12: unknown executor `thread`", "executor"),
-            ("\"150s\"", "\"soon\"", "17:11: invalid duration `soon`", "jobs.options_chain.timeout"),
+            (
+                "\"0 */3 * * * *\"",
+                "\"0 */3 * * * * * *\"",
+                "14:12: invalid cron",
+                "schedule",
+            ),
+            (
+                "\"XNSE\"",
+                "\"XLON\"",
+                "3:12: unknown exchange `XLON`",
+                "scheduler.exchange",
+            ),
+            (
+                "\"subprocess\"",
+                "\"thread\"",
+                "16:12: unknown executor `thread`",
+                "executor",
+            ),
+            (
+                "\"150s\"",
+                "\"soon\"",
+                "17:11: invalid duration `soon`",
+                "jobs.options_chain.timeout",
+            ),
             (
                 "\"hedge_jobs.options_chain:run\"",
                 "\"hedge_jobs\"",
@@ -529,7 +552,10 @@ args = { indices = ["NIFTY", "BANKNIFTY"] }
     fn missing_entry_names_the_job() {
         let src = GOOD.replace("entry = \"hedge_jobs.options_chain:run\"\n", "");
         let e = parse(&src).unwrap_err();
-        assert!(e.contains("missing key `entry` in [jobs.options_chain]"), "{e}");
+        assert!(
+            e.contains("missing key `entry` in [jobs.options_chain]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
 
     banner(&config, &interpreter, &calendar);
     if abandoned > 0 {
-        tracing::warn!("⚠️  {abandoned} run(s) left `running` by a dead process were marked abandoned");
+        tracing::warn!(
+            "⚠️  {abandoned} run(s) left `running` by a dead process were marked abandoned"
+        );
     }
     let now = Utc::now();
     let mut jobs: Vec<JobState> = config
@@ -74,15 +76,18 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
             Some(at) => tracing::info!(
                 "   {:<20} next fire {}",
                 state.job.id,
-                at.with_timezone(&calendar.tz()).format("%Y-%m-%d %H:%M:%S %Z")
+                at.with_timezone(&calendar.tz())
+                    .format("%Y-%m-%d %H:%M:%S %Z")
             ),
             None => tracing::warn!("   {:<20} never fires: no slot ahead", state.job.id),
         }
     }
     tracing::info!("✅ All services initialized ({} jobs)", jobs.len());
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::io("cannot watch SIGTERM", e))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("cannot watch SIGINT", e))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("cannot watch SIGTERM", e))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("cannot watch SIGINT", e))?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RunReport>();
     let (started_tx, mut started_rx) = mpsc::unbounded_channel::<(String, i64, u32)>();
     let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -99,7 +104,7 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
             biased;
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            Some(report) = done_rx.recv() => finished(&mut jobs, &calendar, report),
+            Some(report) = done_rx.recv() => finished(&mut jobs, report),
             Some((job, run_id, pid)) = started_rx.recv() => {
                 if let Some(r) = jobs.iter_mut().find(|s| s.job.id == job).and_then(|s| s.running.as_mut()) {
                     r.run_id = Some(run_id);
@@ -122,9 +127,21 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
         }
     };
 
-    shutdown(signal_name, &config, &mut jobs, &cancel_tx, &mut done_rx, &mut sigterm, &mut sigint, &calendar).await;
+    shutdown(
+        signal_name,
+        &config,
+        &mut jobs,
+        &cancel_tx,
+        &mut done_rx,
+        &mut sigterm,
+        &mut sigint,
+    )
+    .await;
     while tasks.join_next().await.is_some() {}
-    if let Err(e) = env.db(move |h| h.daemon_stopped(daemon_row, Utc::now())).await {
+    if let Err(e) = env
+        .db(move |h| h.daemon_stopped(daemon_row, Utc::now()))
+        .await
+    {
         tracing::error!("cannot record the daemon's stop: {e}");
     }
     tracing::info!("👋 hedge-scheduler stopped");
@@ -203,20 +220,19 @@ async fn fire(
     });
 }
 
-fn finished(jobs: &mut [JobState], calendar: &Calendar, report: RunReport) {
+fn finished(jobs: &mut [JobState], report: RunReport) {
     if let Some(state) = jobs.iter_mut().find(|s| s.job.id == report.job) {
         state.running = None;
     }
-    log_report(&report, calendar);
+    log_report(&report);
 }
 
 /// One console line for a finished run, in the old tool's style.
-pub fn log_report(report: &RunReport, calendar: &Calendar) {
+pub fn log_report(report: &RunReport) {
     let took = format_duration(report.duration());
     let run = report
         .run_id
         .map_or_else(String::new, |id| format!(" (run {id})"));
-    let _ = calendar;
     match report.outcome {
         Outcome::Success => tracing::info!("✅ {} succeeded in {took}{run}", report.job),
         other => tracing::warn!(
@@ -249,7 +265,6 @@ async fn shutdown(
     done: &mut mpsc::UnboundedReceiver<RunReport>,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
-    calendar: &Calendar,
 ) {
     let running = |jobs: &[JobState]| jobs.iter().filter(|s| s.running.is_some()).count();
     let n = running(jobs);
@@ -266,7 +281,7 @@ async fn shutdown(
     let mut cancelled = false;
     while running(jobs) > 0 {
         tokio::select! {
-            Some(report) = done.recv() => finished(jobs, calendar, report),
+            Some(report) = done.recv() => finished(jobs, report),
             _ = tokio::time::sleep_until(deadline), if !cancelled => {
                 tracing::warn!("⏱️  shutdown grace is over: ending {} running job(s)", running(jobs));
                 cancelled = true;

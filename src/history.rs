@@ -432,7 +432,10 @@ impl History {
 fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
     let started_at: String = r.get(4)?;
     let finished_at: Option<String> = r.get(6)?;
-    let duration_ms = match (parse_time(&started_at), finished_at.as_deref().and_then(parse_time)) {
+    let duration_ms = match (
+        parse_time(&started_at),
+        finished_at.as_deref().and_then(parse_time),
+    ) {
         (Some(s), Some(f)) => Some((f - s).num_milliseconds()),
         _ => None,
     };

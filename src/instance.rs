@@ -48,14 +48,19 @@ impl InstanceLock {
             match file.try_lock() {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {
-                    if let Some(info) = read_info(&mut file).filter(|i| crate::process::pid_alive(i.pid))
+                    if let Some(info) =
+                        read_info(&mut file).filter(|i| crate::process::pid_alive(i.pid))
                         && tries >= 5
                     {
                         return Err(Error::AlreadyRunning {
                             pid: info.pid,
                             since: info
                                 .started_at
-                                .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+                                .map(|t| {
+                                    t.with_timezone(&chrono::Local)
+                                        .format("%Y-%m-%d %H:%M:%S %Z")
+                                        .to_string()
+                                })
                                 .unwrap_or_else(|| "an unknown time".to_string()),
                         });
                     }

@@ -43,11 +43,7 @@ pub struct Interpreter {
 pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
     let exe = &config.python.executable;
     let program = if exe.contains('/') {
-        config
-            .file
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .join(exe)
+        config.file.parent().unwrap_or(Path::new("/")).join(exe)
     } else {
         PathBuf::from(exe)
     };

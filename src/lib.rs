@@ -109,7 +109,6 @@ fn run_once(config: Config, job_id: &str, json: bool) -> Result<i32> {
     };
     let interpreter = interpreter::resolve(&config, Some(&[job_id]))?;
     let history = History::open(&config.scheduler.history)?;
-    let calendar = config.calendar();
     let env = runner::RunEnv {
         config: Arc::new(config),
         python: interpreter.path,
@@ -145,7 +144,10 @@ fn run_once(config: Config, job_id: &str, json: bool) -> Result<i32> {
         };
         match row {
             Some(row) => println!("{}", to_json(&row)?),
-            None => println!("{}", serde_json::json!({"job": job_id, "outcome": report.outcome.as_str(), "error": report.error})),
+            None => println!(
+                "{}",
+                serde_json::json!({"job": job_id, "outcome": report.outcome.as_str(), "error": report.error})
+            ),
         }
     } else {
         let took = daemon::format_duration(report.duration());
@@ -165,9 +167,12 @@ fn run_once(config: Config, job_id: &str, json: bool) -> Result<i32> {
                 report.error.as_deref().unwrap_or("no detail")
             ),
         }
-        let _ = calendar;
     }
-    Ok(if report.outcome == Outcome::Success { 0 } else { 1 })
+    Ok(if report.outcome == Outcome::Success {
+        0
+    } else {
+        1
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

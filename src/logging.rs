@@ -2,6 +2,7 @@
 //! file in `log_dir`; the short-lived commands only print warnings. `HEDGE_LOG` (an env-filter
 //! directive such as `debug`) overrides the level.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_appender::non_blocking::WorkerGuard;
@@ -19,12 +20,8 @@ fn filter(default: &str) -> EnvFilter {
 /// For the daemon: console (stdout) plus `log_dir/hedge-scheduler.log.YYYY-MM-DD`.
 /// Keep the guard alive until exit so the file log is flushed.
 pub fn init_daemon(log_dir: &Path) -> Result<WorkerGuard> {
-    std::fs::create_dir_all(log_dir).map_err(|e| {
-        Error::io(
-            format!("cannot create log_dir `{}`", log_dir.display()),
-            e,
-        )
-    })?;
+    std::fs::create_dir_all(log_dir)
+        .map_err(|e| Error::io(format!("cannot create log_dir `{}`", log_dir.display()), e))?;
     let appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix("hedge-scheduler.log")
@@ -41,6 +38,7 @@ pub fn init_daemon(log_dir: &Path) -> Result<WorkerGuard> {
     let console = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_timer(time.clone())
+        .with_ansi(std::io::stdout().is_terminal())
         .with_writer(std::io::stdout);
     let file = tracing_subscriber::fmt::layer()
         .with_target(false)
@@ -60,6 +58,7 @@ pub fn init_cli(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter(default))
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .without_time()
         .try_init();

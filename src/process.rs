@@ -39,7 +39,7 @@ pub fn group_alive(pgid: u32) -> bool {
     if matches!(killpg(Pid::from_raw(raw), None), Err(Errno::ESRCH)) {
         return false;
     }
-    live_members(pgid).map_or(true, |n| n > 0)
+    live_members(pgid).is_none_or(|n| n > 0)
 }
 
 /// Counts the non-zombie processes of group `pgid` from /proc; `None` where /proc is unreadable.

@@ -305,9 +305,7 @@ fn judge(
         Ended::TimedOut(s) | Ended::Cancelled(s) => *s,
     };
     end.exit_code = status.and_then(|s| s.code());
-    end.signal = status
-        .and_then(|s| s.signal())
-        .map(process::signal_name);
+    end.signal = status.and_then(|s| s.signal()).map(process::signal_name);
     let outcome = match ended {
         Ended::TimedOut(_) => {
             end.error = Some(format!(
@@ -369,10 +367,7 @@ async fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunE
             finished_at: Some(finished_at),
             ..end
         };
-        if let Err(e) = env
-            .db(move |h| h.finish_run(run_id, outcome, &end))
-            .await
-        {
+        if let Err(e) = env.db(move |h| h.finish_run(run_id, outcome, &end)).await {
             tracing::error!(job = %report.job, run_id, "cannot record the run's end: {e}");
         }
     }
@@ -486,7 +481,12 @@ async fn pump(
             log.write_lines(name, lines.iter().copied());
             if tracing::enabled!(tracing::Level::DEBUG) {
                 for line in &lines {
-                    tracing::debug!(run_id = log.run_id, stream = name, "{}", String::from_utf8_lossy(line));
+                    tracing::debug!(
+                        run_id = log.run_id,
+                        stream = name,
+                        "{}",
+                        String::from_utf8_lossy(line)
+                    );
                 }
             }
             if let Some(tail) = &tail {

@@ -61,8 +61,7 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
         // A `running` row counts only while the process that owns it is alive.
         let running = running_rows
             .iter()
-            .filter(|r| r.job == job.id && r.owner_pid.is_some_and(pid_alive))
-            .last();
+            .rfind(|r| r.job == job.id && r.owner_pid.is_some_and(pid_alive));
         let last_done = match (&last, running) {
             (Some(l), Some(r)) if l.id == r.id => match &history {
                 Some(h) => h
@@ -107,14 +106,19 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
 
 /// An instant in the exchange's timezone, RFC 3339 with its offset.
 pub fn rfc3339_in(t: DateTime<Utc>, tz: Tz) -> String {
-    t.with_timezone(&tz).to_rfc3339_opts(SecondsFormat::Secs, false)
+    t.with_timezone(&tz)
+        .to_rfc3339_opts(SecondsFormat::Secs, false)
 }
 
 /// A stored UTC time shown in the exchange's local time, e.g. `2026-11-27 09:15:00 IST`.
 fn local(stored: Option<&str>, tz: Tz) -> String {
     stored
         .and_then(parse_time)
-        .map(|t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+        .map(|t| {
+            t.with_timezone(&tz)
+                .format("%Y-%m-%d %H:%M:%S %Z")
+                .to_string()
+        })
         .unwrap_or_else(|| "-".to_string())
 }
 
@@ -134,11 +138,7 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
     let mut out = String::new();
     match (&status.daemon.running, status.daemon.pid) {
         (true, Some(pid)) => {
-            let since = status
-                .daemon
-                .started_at
-                .as_deref()
-                .and_then(parse_time);
+            let since = status.daemon.started_at.as_deref().and_then(parse_time);
             let up = since
                 .map(|s| format_duration((now - s).to_std().unwrap_or_default()))
                 .unwrap_or_else(|| "?".into());
@@ -226,7 +226,10 @@ pub fn render_history(rows: &[RunRow], config: &Config) -> String {
             format!("{} {}", icon(&r.outcome), r.outcome),
             duration,
             r.attempt,
-            r.error.as_deref().map(|e| one_line(e, 80)).unwrap_or_default()
+            r.error
+                .as_deref()
+                .map(|e| one_line(e, 80))
+                .unwrap_or_default()
         ));
     }
     if rows.is_empty() {
@@ -256,7 +259,11 @@ pub fn render_config(config: &Config, python: &str, now: DateTime<Utc>) -> Strin
         let next = job
             .trigger
             .next_fire_after(&calendar, now)
-            .map(|t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+            .map(|t| {
+                t.with_timezone(&tz)
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+                    .to_string()
+            })
             .unwrap_or_else(|| "never".into());
         out.push_str(&format!(
             "{:<20} {:<34} {:<16} {:<12} {:>8}  {}{}\n",

@@ -54,7 +54,11 @@ pub struct Trigger {
 impl Trigger {
     /// The first fire instant strictly after `after`, or `None` if there is none within the
     /// search horizon (a pattern like `0 0 0 30 2 *`, or a calendar with no more sessions).
-    pub fn next_fire_after(&self, calendar: &Calendar, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub fn next_fire_after(
+        &self,
+        calendar: &Calendar,
+        after: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
         let tz = calendar.tz();
         let start_local = after.with_timezone(&tz).naive_local();
         let horizon = start_local + Duration::days(HORIZON_DAYS);
@@ -130,7 +134,10 @@ mod tests {
 
     fn at(tz: Tz, s: &str) -> DateTime<Utc> {
         let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap();
-        tz.from_local_datetime(&naive).earliest().unwrap().with_timezone(&Utc)
+        tz.from_local_datetime(&naive)
+            .earliest()
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn trigger(p: &str, market_hours: bool) -> Trigger {
@@ -167,7 +174,9 @@ mod tests {
         assert_eq!(fires.last().copied(), Some(at(tz, "2026-11-27 15:30:00")));
         assert_eq!(fires.len(), 26);
         // Friday's close is followed by Monday's open.
-        let next = t.next_fire_after(&cal, at(tz, "2026-11-27 15:30:00")).unwrap();
+        let next = t
+            .next_fire_after(&cal, at(tz, "2026-11-27 15:30:00"))
+            .unwrap();
         assert_eq!(next, at(tz, "2026-11-30 09:15:00"));
     }
 
@@ -177,11 +186,15 @@ mod tests {
         let tz = cal.tz();
         // 2026-03-08 02:30 does not exist in New York.
         let t = trigger("0 30 2 * * *", false);
-        let next = t.next_fire_after(&cal, at(tz, "2026-03-08 00:00:00")).unwrap();
+        let next = t
+            .next_fire_after(&cal, at(tz, "2026-03-08 00:00:00"))
+            .unwrap();
         assert_eq!(next, at(tz, "2026-03-09 02:30:00"));
         // 2026-11-01 01:30 happens twice; it fires once.
         let t = trigger("0 30 1 * * *", false);
-        let first = t.next_fire_after(&cal, at(tz, "2026-11-01 00:00:00")).unwrap();
+        let first = t
+            .next_fire_after(&cal, at(tz, "2026-11-01 00:00:00"))
+            .unwrap();
         assert_eq!(first, at(tz, "2026-11-01 01:30:00"));
         let second = t.next_fire_after(&cal, first).unwrap();
         assert_eq!(second, at(tz, "2026-11-02 01:30:00"));

@@ -1,0 +1,89 @@
+"""The market database: where the jobs keep chains, bars and analyses (SQLite, WAL).
+
+Rows are keyed by index and slot time, so running a slot twice rewrites it rather than
+duplicating it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chain_snapshots (
+    id          INTEGER PRIMARY KEY,
+    index_name  TEXT NOT NULL,
+    snapshot_at TEXT NOT NULL,
+    spot        REAL NOT NULL,
+    expiry      TEXT NOT NULL,
+    provider    TEXT NOT NULL,
+    run_id      INTEGER,
+    UNIQUE (index_name, snapshot_at)
+);
+CREATE TABLE IF NOT EXISTS chain_quotes (
+    snapshot_id INTEGER NOT NULL REFERENCES chain_snapshots (id) ON DELETE CASCADE,
+    strike      REAL NOT NULL,
+    option_type TEXT NOT NULL CHECK (option_type IN ('CE', 'PE')),
+    last_price  REAL NOT NULL,
+    oi          INTEGER NOT NULL,
+    volume      INTEGER NOT NULL,
+    iv          REAL NOT NULL,
+    PRIMARY KEY (snapshot_id, strike, option_type)
+);
+CREATE TABLE IF NOT EXISTS intraday_bars (
+    index_name  TEXT NOT NULL,
+    interval_min INTEGER NOT NULL,
+    bar_start   TEXT NOT NULL,
+    open        REAL NOT NULL,
+    high        REAL NOT NULL,
+    low         REAL NOT NULL,
+    close       REAL NOT NULL,
+    volume      INTEGER NOT NULL,
+    PRIMARY KEY (index_name, interval_min, bar_start)
+);
+CREATE TABLE IF NOT EXISTS analysis (
+    id              INTEGER PRIMARY KEY,
+    index_name      TEXT NOT NULL,
+    analysed_at     TEXT NOT NULL,
+    snapshot_id     INTEGER REFERENCES chain_snapshots (id),
+    spot            REAL NOT NULL,
+    pcr             REAL NOT NULL,
+    max_pain        REAL NOT NULL,
+    atm_iv          REAL NOT NULL,
+    signal          TEXT NOT NULL,
+    suggested_trade TEXT NOT NULL,
+    run_id          INTEGER,
+    UNIQUE (index_name, analysed_at)
+);
+"""
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Opens (creating if needed) the market database at ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def save_chain(conn: sqlite3.Connection, chain, provider: str, run_id: int | None) -> int:
+    """Stores one chain snapshot (replacing an earlier one of the same slot); returns its id."""
+    at = chain.at.isoformat()
+    conn.execute(
+        "DELETE FROM chain_snapshots WHERE index_name = ? AND snapshot_at = ?", (chain.index, at)
+    )
+    cur = conn.execute(
+        "INSERT INTO chain_snapshots (index_name, snapshot_at, spot, expiry, provider, run_id)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (chain.index, at, chain.spot, chain.expiry.isoformat(), provider, run_id),
+    )
+    snapshot_id = cur.lastrowid
+    conn.executemany(
+        "INSERT INTO chain_quotes (snapshot_id, strike, option_type, last_price, oi, volume, iv)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(snapshot_id, q.strike, q.option_type, q.last_price, q.oi, q.volume, q.iv) for q in chain.quotes],
+    )
+    return snapshot_id

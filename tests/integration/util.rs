@@ -1,0 +1,168 @@
+//! A small builder around the real binary, and polling with a deadline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hedge-scheduler");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A throwaway project: a config, the fixture jobs, its own logs and history.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let jobs = dir.path().join("jobs");
+        std::fs::create_dir_all(&jobs).expect("jobs dir");
+        std::fs::copy(
+            repo().join("tests/fixtures/fixture_jobs.py"),
+            jobs.join("fixture_jobs.py"),
+        )
+        .expect("copy fixtures");
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("config.toml")
+    }
+
+    /// Writes the config: the usual [scheduler] and [python] sections plus `jobs`.
+    pub fn config(&self, scheduler_extra: &str, jobs: &str) -> &Self {
+        let bridge = repo().join("python_bridge");
+        let text = format!(
+            r#"[scheduler]
+exchange = "XNSE"
+log_dir = "logs"
+history = "logs/history.sqlite3"
+kill_grace = "2s"
+{scheduler_extra}
+
+[python]
+executable = "python3"
+path = [{bridge:?}, "jobs"]
+
+{jobs}
+"#
+        );
+        std::fs::write(self.config_path(), text).expect("write config");
+        self
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("HEDGE_SCHEDULER_CONFIG")
+            .env_remove("HEDGE_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run hedge-scheduler")
+    }
+
+    pub fn spawn_daemon(&self) -> Child {
+        self.cmd(&["run"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon")
+    }
+
+    /// `history --json` for all runs, newest first.
+    pub fn history(&self) -> Vec<Value> {
+        let out = self.run(&["history", "--limit", "100000", "--json"]);
+        assert!(out.status.success(), "history failed: {}", text(&out));
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("history JSON")
+    }
+
+    pub fn runs_with(&self, outcome: &str) -> Vec<Value> {
+        self.history()
+            .into_iter()
+            .filter(|r| r["outcome"] == outcome)
+            .collect()
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.path().join("logs")
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Polls `f` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends `sig` to the process and waits for it to exit, up to `timeout`.
+pub fn signal_and_wait(
+    child: &mut Child,
+    sig: nix::sys::signal::Signal,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, sig).expect("signal daemon");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); read its state to tell it from a live process.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn ts(s: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s.as_str().expect("time string"))
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc)
+}
