@@ -1,7 +1,6 @@
 """The market database: where the jobs keep chains, bars and analyses (SQLite, WAL).
 
-Rows are keyed by index and slot time, so running a slot twice rewrites it rather than
-duplicating it.
+Rows are keyed by index and slot time, so running a slot twice never duplicates it.
 """
 
 from __future__ import annotations
@@ -70,11 +69,15 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def save_chain(conn: sqlite3.Connection, chain, provider: str, run_id: int | None) -> int:
-    """Stores one chain snapshot (replacing an earlier one of the same slot); returns its id."""
+    """Stores one chain snapshot; returns its id. A slot already stored is kept as it is (the
+    analysis and the collector may both take the snapshot of the same slot), so rows that refer
+    to it stay valid."""
     at = chain.at.isoformat()
-    conn.execute(
-        "DELETE FROM chain_snapshots WHERE index_name = ? AND snapshot_at = ?", (chain.index, at)
-    )
+    row = conn.execute(
+        "SELECT id FROM chain_snapshots WHERE index_name = ? AND snapshot_at = ?", (chain.index, at)
+    ).fetchone()
+    if row is not None:
+        return row[0]
     cur = conn.execute(
         "INSERT INTO chain_snapshots (index_name, snapshot_at, spot, expiry, provider, run_id)"
         " VALUES (?, ?, ?, ?, ?, ?)",
