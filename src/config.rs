@@ -6,14 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::calendar::file::RawSession;
 use crate::calendar::{Calendar, Exchange};
 use crate::error::ConfigError;
-use crate::trigger::{CronSchedule, Trigger};
+use crate::trigger::{Schedule, SessionPoint, Trigger};
 
 /// The config file used when neither `--config` nor `HEDGE_SCHEDULER_CONFIG` names one.
 pub const DEFAULT_CONFIG: &str = "config/hedge-scheduler.toml";
@@ -30,7 +32,19 @@ struct RawConfig {
     #[serde(default)]
     python: RawPython,
     #[serde(default)]
+    calendar: RawCalendar,
+    #[serde(default)]
     jobs: BTreeMap<String, Spanned<RawJob>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalendar {
+    file: Option<String>,
+    #[serde(default)]
+    closures: Vec<Spanned<String>>,
+    #[serde(default)]
+    sessions: Vec<Spanned<RawSession>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,6 +55,7 @@ struct RawScheduler {
     history: Option<String>,
     shutdown_grace: Option<Spanned<String>>,
     kill_grace: Option<Spanned<String>>,
+    strict_calendar: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +73,8 @@ struct RawJob {
     entry: Option<Spanned<String>>,
     schedule: Spanned<String>,
     market_hours: Option<bool>,
+    window_start: Option<Spanned<String>>,
+    window_end: Option<Spanned<String>>,
     executor: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     args: Option<toml::Table>,
@@ -71,6 +88,8 @@ pub struct Config {
     pub file: PathBuf,
     pub scheduler: Scheduler,
     pub python: Python,
+    /// The exchange's calendar with the config's overrides.
+    pub calendar: Arc<Calendar>,
     /// Enabled jobs, sorted by id.
     pub jobs: Vec<Job>,
 }
@@ -207,6 +226,30 @@ impl Config {
             cwd: base.join(raw.python.cwd.as_deref().unwrap_or(".")),
         };
 
+        let calendar_file = raw
+            .calendar
+            .file
+            .as_deref()
+            .map(|f| normalize(&base.join(f)));
+        let calendar = Calendar::load(
+            exchange,
+            &calendar_file
+                .clone()
+                .unwrap_or_else(|| base.join("calendars").join(exchange.file_name())),
+            calendar_file.is_some(),
+        )?;
+        let overrides = crate::calendar::file::parse_overrides(
+            file,
+            source,
+            exchange,
+            "calendar.",
+            &raw.calendar.closures,
+            &raw.calendar.sessions,
+        )?;
+        let calendar = Arc::new(
+            calendar.with_overrides(overrides, raw.scheduler.strict_calendar.unwrap_or(false)),
+        );
+
         let mut jobs = Vec::new();
         for (id, raw_job) in raw.jobs {
             if let Some(job) = v.job(&id, raw_job)? {
@@ -226,12 +269,18 @@ impl Config {
                 cwd: normalize(&python.cwd),
                 ..python
             },
+            calendar,
             jobs,
         })
     }
 
-    pub fn calendar(&self) -> Calendar {
-        Calendar::new(self.scheduler.exchange)
+    pub fn calendar(&self) -> Arc<Calendar> {
+        Arc::clone(&self.calendar)
+    }
+
+    /// The folder holding the config file.
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("/"))
     }
 
     pub fn job(&self, id: &str) -> Option<&Job> {
@@ -317,15 +366,46 @@ impl Validator<'_> {
                 )
             })?,
         };
-        let cron = CronSchedule::parse(raw.schedule.get_ref()).map_err(|why| {
+        let schedule = Schedule::parse(raw.schedule.get_ref()).map_err(|why| {
+            let (what, expected) = if raw.schedule.get_ref().trim_start().starts_with('@') {
+                ("session point", "expected \"@open\", \"@open+5m\", \"@close-10m\"")
+            } else {
+                (
+                    "cron",
+                    "expected e.g. \"0 */3 * * * *\": sec min hour day month weekday, or \"@open+5m\"",
+                )
+            };
             self.at(
                 &raw.schedule,
                 format!(
-                    "invalid cron `{}` for `schedule` in [{table}]: {why} (expected e.g. \"0 */3 * * * *\": sec min hour day month weekday)",
+                    "invalid {what} `{}` for `schedule` in [{table}]: {why} ({expected})",
                     raw.schedule.get_ref()
                 ),
             )
         })?;
+        let point = |raw: &Option<Spanned<String>>, key: &str, default: SessionPoint| {
+            match raw {
+            None => Ok(default),
+            Some(s) => SessionPoint::parse(s.get_ref()).map_err(|why| {
+                self.at(
+                    s,
+                    format!(
+                        "invalid `{key}` `{}` in [{table}]: {why} (expected e.g. \"@open-15m\" or \"@close+5m\")",
+                        s.get_ref()
+                    ),
+                )
+            }),
+        }
+        };
+        let window_start = point(&raw.window_start, "window_start", SessionPoint::OPEN)?;
+        let window_end = point(&raw.window_end, "window_end", SessionPoint::CLOSE)?;
+        let market_hours = raw.market_hours.unwrap_or(true);
+        if !market_hours && let Some(w) = raw.window_start.as_ref().or(raw.window_end.as_ref()) {
+            return Err(self.at(
+                w,
+                format!("a window needs `market_hours = true` in [{table}]"),
+            ));
+        }
         let executor = match &raw.executor {
             None => Executor::Subprocess,
             Some(e) => match e.get_ref().as_str() {
@@ -364,8 +444,10 @@ impl Validator<'_> {
             name: raw.name.unwrap_or_else(|| id.to_string()),
             entry,
             trigger: Trigger {
-                cron,
-                market_hours: raw.market_hours.unwrap_or(true),
+                schedule,
+                market_hours,
+                window_start,
+                window_end,
             },
             executor,
             timeout,

@@ -347,7 +347,7 @@ fn banner(config: &Config, interpreter: &Interpreter, calendar: &Calendar) {
             "   📋 {:<20} {:<28} {:<16} {}{}",
             job.id,
             job.name,
-            job.trigger.cron.as_str(),
+            job.trigger.schedule.to_string(),
             job.executor.as_str(),
             if job.trigger.market_hours {
                 ", market hours"

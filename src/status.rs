@@ -75,7 +75,7 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
         jobs.push(JobStatus {
             job: job.id.clone(),
             name: job.name.clone(),
-            schedule: job.trigger.cron.as_str().to_string(),
+            schedule: job.trigger.schedule.to_string(),
             market_hours: job.trigger.market_hours,
             running: running.is_some(),
             running_pid: running.and_then(|r| r.pid),
@@ -269,7 +269,7 @@ pub fn render_config(config: &Config, python: &str, now: DateTime<Utc>) -> Strin
             "{:<20} {:<34} {:<16} {:<12} {:>8}  {}{}\n",
             job.id,
             job.entry.to_string(),
-            job.trigger.cron.as_str(),
+            job.trigger.schedule.to_string(),
             job.executor.as_str(),
             format_duration(job.timeout),
             next,

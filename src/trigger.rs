@@ -1,18 +1,21 @@
-//! What fires when: a cron pattern (with seconds) evaluated in the exchange's timezone, gated by
-//! the exchange's sessions. Pure: no clock, no I/O; every caller passes the instant to search from.
+//! What fires when: a cron pattern (with seconds) evaluated in the exchange's timezone and gated
+//! by the exchange's sessions, or a point relative to each session (`@open+5m`). Pure: no clock,
+//! no I/O; every caller passes the instant to search from. The daemon, `status` and `plan` all use
+//! `Trigger::next_fire_after`.
 //!
 //! Invariants: `next_fire_after(t)` is strictly later than `t`; a local slot that does not exist
 //! (the spring-forward gap) is skipped; a local slot that exists twice (the fall-back fold) fires
 //! once, at its first occurrence.
 
-use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 
-use crate::calendar::Calendar;
+use crate::calendar::{Calendar, Session};
 
 /// How far ahead a search looks before concluding a trigger never fires again.
-const HORIZON_DAYS: i64 = 3 * 366;
+const HORIZON_DAYS: u64 = 3 * 366;
 
 /// A parsed cron pattern; seconds are optional (5 fields mean second 0).
 #[derive(Debug, Clone)]
@@ -44,14 +47,142 @@ impl CronSchedule {
     }
 }
 
-/// A job's trigger: its cron pattern and whether it is gated by the exchange's sessions.
+/// The open or the close of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor {
+    Open,
+    Close,
+}
+
+/// A point relative to a session: `@open`, `@open+5m`, `@close-10m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionPoint {
+    pub anchor: Anchor,
+    pub offset: Duration,
+}
+
+impl SessionPoint {
+    pub const OPEN: SessionPoint = SessionPoint {
+        anchor: Anchor::Open,
+        offset: Duration::zero(),
+    };
+    pub const CLOSE: SessionPoint = SessionPoint {
+        anchor: Anchor::Close,
+        offset: Duration::zero(),
+    };
+
+    /// Parses `@open`, `@close`, optionally followed by `+` or `-` and a duration (`5m`, `1h30m`).
+    pub fn parse(s: &str) -> Result<SessionPoint, String> {
+        let s = s.trim();
+        let (anchor, rest) = if let Some(rest) = s.strip_prefix("@open") {
+            (Anchor::Open, rest)
+        } else if let Some(rest) = s.strip_prefix("@close") {
+            (Anchor::Close, rest)
+        } else {
+            return Err("expected `@open` or `@close`".to_string());
+        };
+        let rest = rest.trim();
+        if rest.is_empty() {
+            return Ok(SessionPoint {
+                anchor,
+                offset: Duration::zero(),
+            });
+        }
+        let (sign, amount) = match rest.split_at(1) {
+            ("+", a) => (1, a),
+            ("-", a) => (-1, a),
+            _ => return Err("expected `+` or `-` and a duration after the anchor".to_string()),
+        };
+        let d = humantime::parse_duration(amount.trim()).map_err(|e| e.to_string())?;
+        if d > std::time::Duration::from_secs(12 * 3600) {
+            return Err("an offset of more than 12h".to_string());
+        }
+        let offset = Duration::from_std(d).map_err(|e| e.to_string())?;
+        Ok(SessionPoint {
+            anchor,
+            offset: offset * sign,
+        })
+    }
+
+    /// This point in `session`, as a local date-time.
+    pub fn in_session(&self, session: &Session) -> NaiveDateTime {
+        let base = match self.anchor {
+            Anchor::Open => session.open,
+            Anchor::Close => session.close,
+        };
+        session.date.and_time(base) + self.offset
+    }
+}
+
+impl std::fmt::Display for SessionPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let anchor = match self.anchor {
+            Anchor::Open => "@open",
+            Anchor::Close => "@close",
+        };
+        let secs = self.offset.num_seconds();
+        if secs == 0 {
+            return f.write_str(anchor);
+        }
+        let sign = if secs < 0 { '-' } else { '+' };
+        let d = std::time::Duration::from_secs(secs.unsigned_abs());
+        write!(f, "{anchor}{sign}{}", humantime::format_duration(d))
+    }
+}
+
+/// What a job's `schedule` says.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Cron(Box<CronSchedule>),
+    /// Once per session, at a point relative to it.
+    Session(SessionPoint),
+}
+
+impl Schedule {
+    pub fn parse(s: &str) -> Result<Schedule, String> {
+        if s.trim_start().starts_with('@') && (s.contains("@open") || s.contains("@close")) {
+            SessionPoint::parse(s).map(Schedule::Session)
+        } else {
+            CronSchedule::parse(s).map(|c| Schedule::Cron(Box::new(c)))
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Cron(c) => f.write_str(c.as_str()),
+            Schedule::Session(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// A job's trigger: its schedule, whether it is gated by the exchange's sessions, and the window
+/// of each session it may fire in (by default open ≤ slot ≤ close, both inclusive).
 #[derive(Debug, Clone)]
 pub struct Trigger {
-    pub cron: CronSchedule,
+    pub schedule: Schedule,
     pub market_hours: bool,
+    pub window_start: SessionPoint,
+    pub window_end: SessionPoint,
 }
 
 impl Trigger {
+    /// A cron trigger with the default window.
+    pub fn cron(cron: CronSchedule, market_hours: bool) -> Trigger {
+        Trigger {
+            schedule: Schedule::Cron(Box::new(cron)),
+            market_hours,
+            window_start: SessionPoint::OPEN,
+            window_end: SessionPoint::CLOSE,
+        }
+    }
+
+    /// Whether the calendar decides when this trigger fires.
+    pub fn follows_sessions(&self) -> bool {
+        self.market_hours || matches!(self.schedule, Schedule::Session(_))
+    }
+
     /// The first fire instant strictly after `after`, or `None` if there is none within the
     /// search horizon (a pattern like `0 0 0 30 2 *`, or a calendar with no more sessions).
     pub fn next_fire_after(
@@ -60,50 +191,59 @@ impl Trigger {
         after: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
         let tz = calendar.tz();
-        let start_local = after.with_timezone(&tz).naive_local();
-        let horizon = start_local + Duration::days(HORIZON_DAYS);
-        // Slots are whole seconds: searching after the truncated second cannot skip one.
-        let mut cursor = start_local.with_nanosecond(0).unwrap_or(start_local);
-        let mut inclusive = false;
-        loop {
-            let slot = self.cron.next_local(cursor, inclusive)?;
-            if slot > horizon {
-                return None;
-            }
-            if self.market_hours {
-                match calendar.session(slot.date()) {
-                    None => {
-                        cursor = slot.date().succ_opt()?.and_time(chrono::NaiveTime::MIN);
-                        inclusive = true;
-                        continue;
-                    }
-                    Some(session) if slot.time() < session.open => {
-                        cursor = slot.date().and_time(session.open);
-                        inclusive = true;
-                        continue;
-                    }
-                    Some(session) if slot.time() > session.close => {
-                        cursor = slot.date().succ_opt()?.and_time(chrono::NaiveTime::MIN);
-                        inclusive = true;
-                        continue;
-                    }
-                    Some(_) => {}
-                }
-            }
-            match tz.from_local_datetime(&slot) {
-                // The spring-forward gap: this wall-clock time never happens.
-                LocalResult::None => {}
-                // A fold fires once, at its first occurrence.
-                LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => {
-                    let t = t.with_timezone(&Utc);
-                    if t > after {
-                        return Some(t);
-                    }
-                }
-            }
-            cursor = slot;
-            inclusive = false;
+        match &self.schedule {
+            Schedule::Cron(cron) if !self.market_hours => next_cron(cron, tz, after),
+            Schedule::Cron(cron) => self.next_cron_in_sessions(cron, calendar, after),
+            Schedule::Session(point) => next_session_point(*point, calendar, after),
         }
+    }
+
+    fn next_cron_in_sessions(
+        &self,
+        cron: &CronSchedule,
+        calendar: &Calendar,
+        after: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let tz = calendar.tz();
+        let after_local = floor_second(after.with_timezone(&tz).naive_local());
+        // A window may begin the evening before (a large negative offset): start a day early.
+        let mut date = after_local.date().pred_opt()?;
+        let last = after_local
+            .date()
+            .checked_add_days(chrono::Days::new(HORIZON_DAYS))?;
+        'days: while date <= last {
+            if let Some(session) = calendar.session(date) {
+                let start = self.window_start.in_session(&session);
+                let end = self.window_end.in_session(&session);
+                if end >= after_local {
+                    let (mut cursor, mut inclusive) = if start > after_local {
+                        (start, true)
+                    } else {
+                        (after_local, false)
+                    };
+                    loop {
+                        let slot = cron.next_local(cursor, inclusive)?;
+                        if slot > end {
+                            // No session before the day of the pattern's next slot can hold one.
+                            if let Some(jump) = slot.date().pred_opt()
+                                && jump > date
+                            {
+                                date = jump;
+                                continue 'days;
+                            }
+                            break;
+                        }
+                        if let Some(t) = to_instant(tz, slot).filter(|t| *t > after) {
+                            return Some(t);
+                        }
+                        cursor = slot;
+                        inclusive = false;
+                    }
+                }
+            }
+            date = date.succ_opt()?;
+        }
+        None
     }
 
     /// Every fire instant in `[from, to)`, in order.
@@ -126,11 +266,59 @@ impl Trigger {
     }
 }
 
+/// The next slot of an ungated cron pattern.
+fn next_cron(cron: &CronSchedule, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let start = floor_second(after.with_timezone(&tz).naive_local());
+    let horizon = start + Duration::days(HORIZON_DAYS as i64);
+    let mut cursor = start;
+    loop {
+        let slot = cron.next_local(cursor, false)?;
+        if slot > horizon {
+            return None;
+        }
+        if let Some(t) = to_instant(tz, slot).filter(|t| *t > after) {
+            return Some(t);
+        }
+        cursor = slot;
+    }
+}
+
+/// The next session's point (`@open+5m`) after `after`.
+fn next_session_point(
+    point: SessionPoint,
+    calendar: &Calendar,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let tz = calendar.tz();
+    let mut date: NaiveDate = after.with_timezone(&tz).date_naive().pred_opt()?;
+    for _ in 0..HORIZON_DAYS {
+        if let Some(session) = calendar.session(date)
+            && let Some(t) = to_instant(tz, point.in_session(&session)).filter(|t| *t > after)
+        {
+            return Some(t);
+        }
+        date = date.succ_opt()?;
+    }
+    None
+}
+
+/// A local time as an instant: `None` in a DST gap, the first occurrence in a fold.
+fn to_instant(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    match tz.from_local_datetime(&local) {
+        LocalResult::None => None,
+        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
+    }
+}
+
+/// Slots are whole seconds: searching after the truncated second cannot skip one.
+fn floor_second(t: NaiveDateTime) -> NaiveDateTime {
+    t.with_nanosecond(0).unwrap_or(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calendar::Exchange;
-    use chrono_tz::Tz;
+    use crate::calendar::{Exchange, ListedSession, Overrides};
 
     fn at(tz: Tz, s: &str) -> DateTime<Utc> {
         let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap();
@@ -142,14 +330,23 @@ mod tests {
 
     fn trigger(p: &str, market_hours: bool) -> Trigger {
         Trigger {
-            cron: CronSchedule::parse(p).unwrap(),
+            schedule: Schedule::parse(p).unwrap(),
             market_hours,
+            window_start: SessionPoint::OPEN,
+            window_end: SessionPoint::CLOSE,
         }
+    }
+
+    fn local_times(cal: &Calendar, fires: &[DateTime<Utc>]) -> Vec<String> {
+        fires
+            .iter()
+            .map(|t| t.with_timezone(&cal.tz()).format("%m-%d %H:%M").to_string())
+            .collect()
     }
 
     #[test]
     fn every_second_is_strictly_increasing() {
-        let cal = Calendar::new(Exchange::Xnse);
+        let cal = Calendar::builtin(Exchange::Xnse);
         let t = trigger("* * * * * *", false);
         let start = Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap();
         let a = t.next_fire_after(&cal, start).unwrap();
@@ -162,7 +359,7 @@ mod tests {
 
     #[test]
     fn market_hours_gate_xnse_inclusive_of_open_and_close() {
-        let cal = Calendar::new(Exchange::Xnse);
+        let cal = Calendar::builtin(Exchange::Xnse);
         let tz = cal.tz();
         let t = trigger("0 */15 * * * *", true);
         let fires = t.fires_between(
@@ -178,11 +375,61 @@ mod tests {
             .next_fire_after(&cal, at(tz, "2026-11-27 15:30:00"))
             .unwrap();
         assert_eq!(next, at(tz, "2026-11-30 09:15:00"));
+        // A holiday (2026-11-24) has no slot.
+        let fires = t.fires_between(
+            &cal,
+            at(tz, "2026-11-24 00:00:00"),
+            at(tz, "2026-11-25 00:00:00"),
+        );
+        assert!(fires.is_empty());
+        // Muhurat trading 2024-11-01 18:00–19:00 replaces the regular session.
+        let fires = t.fires_between(
+            &cal,
+            at(tz, "2024-11-01 00:00:00"),
+            at(tz, "2024-11-02 00:00:00"),
+        );
+        assert_eq!(
+            local_times(&cal, &fires),
+            [
+                "11-01 18:00",
+                "11-01 18:15",
+                "11-01 18:30",
+                "11-01 18:45",
+                "11-01 19:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn nyse_across_dst_and_early_close() {
+        let cal = Calendar::builtin(Exchange::Xnys);
+        let tz = cal.tz();
+        let t = trigger("0 */15 * * * *", true);
+        // The week DST starts (Sunday 2026-03-08): every session 09:30…16:00 local.
+        for day in 9..=13 {
+            let from = at(tz, &format!("2026-03-{day:02} 00:00:00"));
+            let fires = t.fires_between(&cal, from, from + Duration::days(1));
+            let local = local_times(&cal, &fires);
+            assert_eq!(fires.len(), 27, "{local:?}");
+            assert_eq!(local[0], format!("03-{day:02} 09:30"));
+            assert_eq!(local[26], format!("03-{day:02} 16:00"));
+        }
+        // Thanksgiving has nothing; the day after closes at 13:00.
+        let from = at(tz, "2026-11-26 00:00:00");
+        assert!(
+            t.fires_between(&cal, from, from + Duration::days(1))
+                .is_empty()
+        );
+        let fires = t.fires_between(&cal, from + Duration::days(1), from + Duration::days(2));
+        let local = local_times(&cal, &fires);
+        assert_eq!(local.first().map(String::as_str), Some("11-27 09:30"));
+        assert_eq!(local.last().map(String::as_str), Some("11-27 13:00"));
+        assert_eq!(fires.len(), 15);
     }
 
     #[test]
     fn spring_forward_gap_is_skipped_and_fold_fires_once() {
-        let cal = Calendar::new(Exchange::Xnys);
+        let cal = Calendar::builtin(Exchange::Xnys);
         let tz = cal.tz();
         // 2026-03-08 02:30 does not exist in New York.
         let t = trigger("0 30 2 * * *", false);
@@ -198,12 +445,109 @@ mod tests {
         assert_eq!(first, at(tz, "2026-11-01 01:30:00"));
         let second = t.next_fire_after(&cal, first).unwrap();
         assert_eq!(second, at(tz, "2026-11-02 01:30:00"));
+        // Every 10 minutes through the fold: each local slot once, always increasing.
+        let t = trigger("0 */10 * * * *", false);
+        let from = at(tz, "2026-11-01 00:00:00");
+        let fires = t.fires_between(&cal, from, from + Duration::hours(4));
+        assert!(fires.windows(2).all(|w| w[0] < w[1]));
+        let local = local_times(&cal, &fires);
+        let mut dedup = local.clone();
+        dedup.dedup();
+        assert_eq!(local, dedup);
+    }
+
+    #[test]
+    fn session_relative_triggers_follow_early_closes() {
+        let cal = Calendar::builtin(Exchange::Xnys);
+        let tz = cal.tz();
+        let from = at(tz, "2026-11-25 00:00:00");
+        let to = at(tz, "2026-11-28 00:00:00");
+        let close = trigger("@close-10m", true);
+        assert_eq!(
+            local_times(&cal, &close.fires_between(&cal, from, to)),
+            ["11-25 15:50", "11-27 12:50"]
+        );
+        let after = trigger("@close+15m", true);
+        assert_eq!(
+            local_times(&cal, &after.fires_between(&cal, from, to)),
+            ["11-25 16:15", "11-27 13:15"]
+        );
+        let open = trigger("@open+5m", true);
+        assert_eq!(
+            local_times(&cal, &open.fires_between(&cal, from, to)),
+            ["11-25 09:35", "11-27 09:35"]
+        );
+        assert_eq!(
+            local_times(&cal, &trigger("@open", true).fires_between(&cal, from, to)),
+            ["11-25 09:30", "11-27 09:30"]
+        );
+    }
+
+    #[test]
+    fn windows_widen_the_session() {
+        let cal = Calendar::builtin(Exchange::Xnse);
+        let tz = cal.tz();
+        let mut t = trigger("0 */5 * * * *", true);
+        t.window_start = SessionPoint::parse("@open-15m").unwrap();
+        t.window_end = SessionPoint::parse("@close+5m").unwrap();
+        let from = at(tz, "2026-11-27 00:00:00");
+        let local = local_times(&cal, &t.fires_between(&cal, from, from + Duration::days(1)));
+        assert_eq!(local.first().map(String::as_str), Some("11-27 09:00"));
+        assert_eq!(local.last().map(String::as_str), Some("11-27 15:35"));
+    }
+
+    #[test]
+    fn an_added_closure_has_no_slot() {
+        let mut o = Overrides::default();
+        o.closures
+            .insert(NaiveDate::from_ymd_opt(2026, 11, 30).unwrap(), None);
+        o.sessions.insert(
+            NaiveDate::from_ymd_opt(2026, 11, 28).unwrap(),
+            ListedSession {
+                open: chrono::NaiveTime::from_hms_opt(10, 0, 0).unwrap(),
+                close: chrono::NaiveTime::from_hms_opt(11, 0, 0).unwrap(),
+                note: None,
+            },
+        );
+        let cal = Calendar::builtin(Exchange::Xnse).with_overrides(o, false);
+        let tz = cal.tz();
+        let t = trigger("0 0 * * * *", true);
+        let fires = t.fires_between(
+            &cal,
+            at(tz, "2026-11-27 16:00:00"),
+            at(tz, "2026-12-02 00:00:00"),
+        );
+        assert_eq!(
+            local_times(&cal, &fires)[..3],
+            [
+                "11-28 10:00".to_string(),
+                "11-28 11:00".into(),
+                "12-01 10:00".into()
+            ]
+        );
     }
 
     #[test]
     fn impossible_pattern_has_no_fire() {
-        let cal = Calendar::new(Exchange::Xnse);
+        let cal = Calendar::builtin(Exchange::Xnse);
         let t = trigger("0 0 0 30 2 *", false);
         assert!(t.next_fire_after(&cal, Utc::now()).is_none());
+        let t = trigger("0 0 0 30 2 *", true);
+        assert!(t.next_fire_after(&cal, Utc::now()).is_none());
+    }
+
+    #[test]
+    fn session_points_parse_and_print() {
+        for (s, shown) in [
+            ("@open", "@open"),
+            ("@open+5m", "@open+5m"),
+            ("@close-10m", "@close-10m"),
+            ("@close+1h30m", "@close+1h 30m"),
+        ] {
+            assert_eq!(SessionPoint::parse(s).unwrap().to_string(), shown);
+        }
+        assert!(SessionPoint::parse("@noon").is_err());
+        assert!(SessionPoint::parse("@open*5m").is_err());
+        assert!(SessionPoint::parse("@open+13h").is_err());
     }
 }
