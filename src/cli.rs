@@ -56,4 +56,34 @@ pub enum Command {
     },
     /// Validate the config and print a summary of its jobs
     CheckConfig,
+    /// The sessions of an exchange in a date range (closed days absent)
+    Calendar {
+        /// XNSE or XNYS [default: the config's exchange]
+        #[arg(long)]
+        exchange: Option<String>,
+        /// First date, YYYY-MM-DD (inclusive)
+        #[arg(long)]
+        from: String,
+        /// Last date, YYYY-MM-DD (inclusive)
+        #[arg(long)]
+        to: String,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every fire instant of the jobs in a date range, running nothing
+    Plan {
+        /// Only this job
+        #[arg(long)]
+        job: Option<String>,
+        /// First date, YYYY-MM-DD (inclusive, exchange time)
+        #[arg(long)]
+        from: String,
+        /// Last date, YYYY-MM-DD (inclusive, exchange time)
+        #[arg(long)]
+        to: String,
+        /// Print JSON instead of a listing
+        #[arg(long)]
+        json: bool,
+    },
 }

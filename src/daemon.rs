@@ -56,6 +56,9 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     });
 
     banner(&config, &interpreter, &calendar);
+    for warning in crate::config_warnings(&config, Utc::now()) {
+        tracing::warn!("⚠️  {warning}");
+    }
     if abandoned > 0 {
         tracing::warn!(
             "⚠️  {abandoned} run(s) left `running` by a dead process were marked abandoned"

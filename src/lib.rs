@@ -13,15 +13,17 @@ pub mod history;
 pub mod instance;
 pub mod interpreter;
 pub mod logging;
+pub mod plan;
 pub mod process;
 pub mod runner;
 pub mod status;
 pub mod trigger;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use chrono::Utc;
+use chrono::{Datelike, Utc};
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
@@ -37,6 +39,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Run => {
             let config = Config::load(&path)?;
+            refuse_strict_past_coverage(&config)?;
             let interpreter = interpreter::resolve(&config, None)?;
             let _guard = logging::init_daemon(&config.scheduler.log_dir)?;
             runtime()?.block_on(daemon::run(config, interpreter))?;
@@ -97,7 +100,89 @@ pub fn run(cli: Cli) -> Result<i32> {
             print!("{}", status::render_config(&config, &python, Utc::now()));
             Ok(0)
         }
+        Command::Calendar {
+            exchange,
+            from,
+            to,
+            json,
+        } => {
+            logging::init_cli("warn");
+            let range = plan::Range::parse(&from, &to)?;
+            let config = match (&cli.config, path.exists()) {
+                (Some(_), _) | (None, true) => Some(Config::load(&path)?),
+                (None, false) => None,
+            };
+            let calendar = plan::calendar_for(exchange.as_deref(), config.as_ref())?;
+            if let Some(note) = plan::coverage_note(&calendar, range) {
+                eprintln!("{note}");
+            }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            finish_output(
+                plan::write_calendar(&mut out, &calendar, range, json).and_then(|_| out.flush()),
+            )
+        }
+        Command::Plan {
+            job,
+            from,
+            to,
+            json,
+        } => {
+            logging::init_cli("warn");
+            let range = plan::Range::parse(&from, &to)?;
+            let config = Config::load(&path)?;
+            let jobs: Vec<&config::Job> = match &job {
+                Some(id) => vec![config.job(id).ok_or_else(|| Error::UnknownJob {
+                    job: id.clone(),
+                    known: config.job_list(),
+                })?],
+                None => config.jobs.iter().collect(),
+            };
+            let calendar = config.calendar();
+            if let Some(note) = plan::coverage_note(&calendar, range) {
+                eprintln!("{note}");
+            }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            finish_output(
+                plan::write_plan(&mut out, &calendar, &jobs, range, json).and_then(|_| out.flush()),
+            )
+        }
     }
+}
+
+/// A closed pipe (`| head`) is a normal way for a listing to end.
+fn finish_output(result: std::io::Result<()>) -> Result<i32> {
+    match result {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(Error::io("cannot write the output", e)),
+    }
+}
+
+/// With `strict_calendar`, a calendar whose data has already run out would fire nothing: refuse.
+fn refuse_strict_past_coverage(config: &Config) -> Result<()> {
+    let calendar = config.calendar();
+    let today = Utc::now().with_timezone(&calendar.tz()).date_naive();
+    match calendar.known_until() {
+        Some(known) if calendar.strict() && today > known => {
+            Err(Error::Config(error::ConfigError::new(
+                &config.file,
+                format!(
+                    "`scheduler.strict_calendar` is set and {} holidays are known only up to {known}: no slot would fire (add {} to {})",
+                    calendar.exchange().code(),
+                    known.year() + 1,
+                    calendar.data_file().display()
+                ),
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Today's warnings about the config: calendar coverage.
+pub fn config_warnings(config: &Config, now: chrono::DateTime<Utc>) -> Vec<String> {
+    let calendar = config.calendar();
+    let today = now.with_timezone(&calendar.tz()).date_naive();
+    calendar.coverage_warning(today).into_iter().collect()
 }
 
 fn run_once(config: Config, job_id: &str, json: bool) -> Result<i32> {

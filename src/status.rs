@@ -16,6 +16,8 @@ use crate::process::pid_alive;
 pub struct Status {
     pub daemon: DaemonStatus,
     pub jobs: Vec<JobStatus>,
+    /// Plain-language problems worth a look (calendar coverage, …).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,6 +103,7 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
         },
         jobs,
+        warnings: crate::config_warnings(config, now),
     })
 }
 
@@ -202,6 +205,7 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
             out.push_str(&format!("{:<20} └ {}\n", "", one_line(err, 100)));
         }
     }
+    out.push_str(&warnings(&status.warnings));
     out
 }
 
@@ -280,7 +284,13 @@ pub fn render_config(config: &Config, python: &str, now: DateTime<Utc>) -> Strin
             }
         ));
     }
+    out.push_str(&warnings(&crate::config_warnings(config, now)));
     out
+}
+
+/// The warnings block: one `⚠️` line each.
+fn warnings(list: &[String]) -> String {
+    list.iter().map(|w| format!("⚠️  {w}\n")).collect()
 }
 
 fn one_line(text: &str, max: usize) -> String {

@@ -1,5 +1,6 @@
 //! Integration tests: the built `hedge-scheduler` binary against real Python jobs, real files and
 //! a real SQLite history. Each test gets a project folder of its own.
 
+mod calendar;
 mod foundation;
 mod util;
