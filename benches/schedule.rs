@@ -65,11 +65,15 @@ fn session(c: &mut Criterion) {
     let mut g = c.benchmark_group("session");
     let friday = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     let good_friday = NaiveDate::from_ymd_opt(2026, 4, 3).unwrap();
-    g.bench_function("xnys early close", |b| b.iter(|| xnys.session(black_box(friday))));
+    g.bench_function("xnys early close", |b| {
+        b.iter(|| xnys.session(black_box(friday)))
+    });
     g.bench_function("xnys good friday", |b| {
         b.iter(|| xnys.session(black_box(good_friday)))
     });
-    g.bench_function("xnse regular", |b| b.iter(|| xnse.session(black_box(friday))));
+    g.bench_function("xnse regular", |b| {
+        b.iter(|| xnse.session(black_box(friday)))
+    });
     g.bench_function("xnys a year of sessions", |b| {
         let from = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
         let to = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap();

@@ -36,6 +36,9 @@ pub enum Command {
         /// Print the run as JSON
         #[arg(long)]
         json: bool,
+        /// If the job is running elsewhere (the daemon), wait for it instead of refusing (exit 4)
+        #[arg(long)]
+        wait: bool,
     },
     /// Whether the daemon runs, and per job: last run, running now, next fire (exit 3: no daemon)
     Status {

@@ -62,6 +62,7 @@ struct RawScheduler {
 #[serde(deny_unknown_fields)]
 struct RawPython {
     executable: Option<Spanned<String>>,
+    venv: Option<Spanned<String>>,
     path: Option<Vec<String>>,
     cwd: Option<String>,
 }
@@ -71,14 +72,29 @@ struct RawPython {
 struct RawJob {
     name: Option<String>,
     entry: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
     schedule: Spanned<String>,
     market_hours: Option<bool>,
     window_start: Option<Spanned<String>>,
     window_end: Option<Spanned<String>>,
     executor: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    retry: Option<Spanned<RawRetry>>,
+    overlap: Option<Spanned<String>>,
+    catch_up: Option<Spanned<String>>,
+    misfire_grace: Option<Spanned<String>>,
     args: Option<toml::Table>,
     enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: Option<Spanned<i64>>,
+    backoff: Option<Spanned<String>>,
+    factor: Option<Spanned<f64>>,
+    max_backoff: Option<Spanned<String>>,
+    on: Option<Vec<Spanned<String>>>,
 }
 
 /// The validated configuration.
@@ -107,8 +123,11 @@ pub struct Scheduler {
 
 #[derive(Debug, Clone)]
 pub struct Python {
-    /// As written in the config; resolved to the real interpreter at start-up.
+    /// As written in the config (or the venv's interpreter); resolved to the real interpreter at
+    /// start-up.
     pub executable: String,
+    /// `python.venv`: both executors use its packages.
+    pub venv: Option<PathBuf>,
     /// Where `executable` is written, for errors found when resolving it.
     pub executable_at: Option<(usize, usize)>,
     /// Added to `PYTHONPATH` for every job, in order.
@@ -117,29 +136,107 @@ pub struct Python {
     pub cwd: PathBuf,
 }
 
+/// How a job's code is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Executor {
+    /// A short-lived process in its own process group: hard kill, crash isolation.
     Subprocess,
+    /// In the daemon's embedded interpreter: no start-up cost, modules imported once.
+    Pyo3,
 }
 
 impl Executor {
     pub fn as_str(self) -> &'static str {
         match self {
             Executor::Subprocess => "subprocess",
+            Executor::Pyo3 => "pyo3",
         }
     }
 }
 
-/// A Python entry point, `module:function`.
+/// What a job runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub module: String,
-    pub function: String,
+pub enum Entry {
+    /// A Python function, `module:function`, called with the run context.
+    Function { module: String, function: String },
+    /// A legacy script run as `__main__` (path relative to `python.cwd`).
+    Script(PathBuf),
+    /// Any executable with its arguments.
+    Command(Vec<String>),
+}
+
+impl Entry {
+    /// The module to check at start-up, for a function entry.
+    pub fn module(&self) -> Option<&str> {
+        match self {
+            Entry::Function { module, .. } => Some(module),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.module, self.function)
+        match self {
+            Entry::Function { module, function } => write!(f, "{module}:{function}"),
+            Entry::Script(path) => write!(f, "{}", path.display()),
+            Entry::Command(argv) => write!(f, "{}", argv.join(" ")),
+        }
+    }
+}
+
+/// What a job does when a slot comes while its previous run still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// Record the slot as `skipped`, with the reason.
+    Skip,
+    /// Keep at most one pending run, started when the running one ends.
+    Queue,
+    /// Cancel the running run and start the new one.
+    Replace,
+}
+
+/// What a job does about slots missed while the daemon was down or asleep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Run the most recent missed slot once.
+    Latest,
+    None,
+    /// Run every missed slot, in order.
+    All,
+}
+
+/// When a failed run is tried again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// Attempts in all, the first included (1: no retry).
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub factor: f64,
+    pub max_backoff: Duration,
+    /// Outcomes that are retried.
+    pub on: Vec<crate::history::Outcome>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        use crate::history::Outcome;
+        Retry {
+            attempts: 1,
+            backoff: Duration::from_secs(10),
+            factor: 2.0,
+            max_backoff: Duration::from_secs(120),
+            on: vec![Outcome::Failed, Outcome::Timeout, Outcome::Crashed],
+        }
+    }
+}
+
+impl Retry {
+    /// The delay before attempt `next` (2 for the first retry), before jitter.
+    pub fn delay_before(&self, next: u32) -> Duration {
+        let exp = i32::try_from(next.saturating_sub(2)).unwrap_or(i32::MAX);
+        let secs = self.backoff.as_secs_f64() * self.factor.powi(exp);
+        Duration::from_secs_f64(secs.min(self.max_backoff.as_secs_f64()).max(0.0))
     }
 }
 
@@ -151,6 +248,12 @@ pub struct Job {
     pub trigger: Trigger,
     pub executor: Executor,
     pub timeout: Duration,
+    pub retry: Retry,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+    /// How late a missed slot is still worth running; `None`: anywhere in the current session
+    /// (or the last day, for a job not tied to sessions).
+    pub misfire_grace: Option<Duration>,
     /// The job's `args` table, handed to Python as `ctx.args`.
     pub args: serde_json::Value,
 }
@@ -205,16 +308,29 @@ impl Config {
             )?,
         };
 
+        if let (Some(_), Some(venv)) = (&raw.python.executable, &raw.python.venv) {
+            return Err(v.at(
+                venv,
+                "set either `python.executable` or `python.venv`, not both (the venv's interpreter is used)".to_string(),
+            ));
+        }
+        let venv = raw
+            .python
+            .venv
+            .as_ref()
+            .map(|v| normalize(&base.join(v.get_ref())));
         let python = Python {
-            executable: raw
-                .python
-                .executable
-                .as_ref()
-                .map_or_else(|| "python3".to_string(), |s| s.get_ref().clone()),
+            executable: match (&venv, &raw.python.executable) {
+                (Some(v), _) => v.join("bin/python").display().to_string(),
+                (None, Some(e)) => e.get_ref().clone(),
+                (None, None) => "python3".to_string(),
+            },
+            venv,
             executable_at: raw
                 .python
                 .executable
                 .as_ref()
+                .or(raw.python.venv.as_ref())
                 .map(|s| crate::error::line_col(source, s.span().start)),
             path: raw
                 .python
@@ -347,20 +463,37 @@ impl Validator<'_> {
         }
         let job_span = raw.span();
         let raw = raw.into_inner();
-        let entry = match &raw.entry {
-            None => {
+        let entry = match (&raw.entry, &raw.command) {
+            (None, None) => {
                 return Err(ConfigError::at(
                     self.file,
                     self.source,
                     job_span.start,
-                    format!("missing key `entry` in [{table}] (expected \"module:function\")"),
+                    format!(
+                        "missing key `entry` in [{table}] (expected \"module:function\", a script \"path/to/script.py\", or `command = [\"prog\", \"arg\"]`)"
+                    ),
                 ));
             }
-            Some(e) => parse_entry(e.get_ref()).ok_or_else(|| {
+            (Some(_), Some(c)) => {
+                return Err(self.at(
+                    c,
+                    format!("set either `entry` or `command` in [{table}], not both"),
+                ));
+            }
+            (None, Some(c)) => {
+                if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() {
+                    return Err(self.at(
+                        c,
+                        format!("`command` in [{table}] is empty (expected [\"prog\", \"arg\", ...])"),
+                    ));
+                }
+                Entry::Command(c.get_ref().clone())
+            }
+            (Some(e), None) => parse_entry(e.get_ref()).ok_or_else(|| {
                 self.at(
                     e,
                     format!(
-                        "invalid `entry` `{}` in [{table}] (expected \"module:function\", e.g. \"hedge_jobs.options_chain:run\")",
+                        "invalid `entry` `{}` in [{table}] (expected \"module:function\", e.g. \"hedge_jobs.options_chain:run\", or a script \"path/to/script.py\")",
                         e.get_ref()
                     ),
                 )
@@ -410,15 +543,70 @@ impl Validator<'_> {
             None => Executor::Subprocess,
             Some(e) => match e.get_ref().as_str() {
                 "subprocess" => Executor::Subprocess,
+                "pyo3" => Executor::Pyo3,
                 other => {
                     return Err(self.at(
                         e,
                         format!(
-                            "unknown executor `{other}` for `executor` in [{table}] (expected one of: subprocess)"
+                            "unknown executor `{other}` for `executor` in [{table}] (expected one of: subprocess, pyo3)"
                         ),
                     ));
                 }
             },
+        };
+        if let (Executor::Pyo3, Some(e), false) = (
+            executor,
+            &raw.executor,
+            matches!(entry, Entry::Function { .. }),
+        ) {
+            return Err(self.at(
+                e,
+                format!(
+                    "executor `pyo3` in [{table}] runs a \"module:function\" entry only; scripts and commands run as subprocesses"
+                ),
+            ));
+        }
+        let overlap = match &raw.overlap {
+            None => Overlap::Skip,
+            Some(o) => match o.get_ref().as_str() {
+                "skip" => Overlap::Skip,
+                "queue" => Overlap::Queue,
+                "replace" => Overlap::Replace,
+                other => {
+                    return Err(self.at(
+                        o,
+                        format!(
+                            "unknown overlap policy `{other}` for `overlap` in [{table}] (expected one of: skip, queue, replace)"
+                        ),
+                    ));
+                }
+            },
+        };
+        let catch_up = match &raw.catch_up {
+            None => CatchUp::Latest,
+            Some(c) => match c.get_ref().as_str() {
+                "latest" => CatchUp::Latest,
+                "none" => CatchUp::None,
+                "all" => CatchUp::All,
+                other => {
+                    return Err(self.at(
+                        c,
+                        format!(
+                            "unknown catch-up policy `{other}` for `catch_up` in [{table}] (expected one of: latest, none, all)"
+                        ),
+                    ));
+                }
+            },
+        };
+        let misfire_grace = match &raw.misfire_grace {
+            None => None,
+            Some(g) => {
+                Some(self.duration(Some(g), &format!("{table}.misfire_grace"), Duration::ZERO)?)
+            }
+        };
+        let retry = match &raw.retry {
+            None => Retry::default(),
+            Some(r) => self.retry(r, &table)?,
         };
         let timeout = self.duration(
             raw.timeout.as_ref(),
@@ -451,8 +639,70 @@ impl Validator<'_> {
             },
             executor,
             timeout,
+            retry,
+            overlap,
+            catch_up,
+            misfire_grace,
             args,
         }))
+    }
+
+    fn retry(&self, raw: &Spanned<RawRetry>, table: &str) -> Result<Retry, ConfigError> {
+        let r = raw.get_ref();
+        let mut retry = Retry::default();
+        if let Some(a) = &r.attempts {
+            retry.attempts = u32::try_from(*a.get_ref())
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| {
+                    self.at(
+                        a,
+                        format!(
+                            "`retry.attempts` in [{table}] must be 1 to 100 (attempts in all, the first included)"
+                        ),
+                    )
+                })?;
+        }
+        retry.backoff = self.duration(
+            r.backoff.as_ref(),
+            &format!("{table}.retry.backoff"),
+            retry.backoff,
+        )?;
+        retry.max_backoff = self.duration(
+            r.max_backoff.as_ref(),
+            &format!("{table}.retry.max_backoff"),
+            retry.max_backoff.max(retry.backoff),
+        )?;
+        if let Some(f) = &r.factor {
+            if !(1.0..=10.0).contains(f.get_ref()) {
+                return Err(self.at(
+                    f,
+                    format!("`retry.factor` in [{table}] must be from 1 to 10"),
+                ));
+            }
+            retry.factor = *f.get_ref();
+        }
+        if let Some(on) = &r.on {
+            use crate::history::Outcome;
+            retry.on = Vec::new();
+            for o in on {
+                match Outcome::parse(o.get_ref()) {
+                    Some(out @ (Outcome::Failed | Outcome::Timeout | Outcome::Crashed)) => {
+                        retry.on.push(out)
+                    }
+                    _ => {
+                        return Err(self.at(
+                            o,
+                            format!(
+                                "`retry.on` in [{table}] lists `{}` (expected any of: failed, timeout, crashed)",
+                                o.get_ref()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(retry)
     }
 }
 
@@ -484,6 +734,9 @@ fn enclosing_table(source: &str, offset: usize) -> Option<String> {
 }
 
 fn parse_entry(s: &str) -> Option<Entry> {
+    if s.ends_with(".py") && !s.contains(':') {
+        return Some(Entry::Script(PathBuf::from(s)));
+    }
     let (module, function) = s.split_once(':')?;
     let ident = |p: &str| {
         !p.is_empty()
@@ -493,7 +746,7 @@ fn parse_entry(s: &str) -> Option<Entry> {
                     && !part.starts_with(|c: char| c.is_ascii_digit())
             })
     };
-    (ident(module) && ident(function) && !function.contains('.')).then(|| Entry {
+    (ident(module) && ident(function) && !function.contains('.')).then(|| Entry::Function {
         module: module.to_string(),
         function: function.to_string(),
     })
@@ -656,5 +909,9 @@ args = { indices = ["NIFTY", "BANKNIFTY"] }
         assert!(parse_entry("a.b:").is_none());
         assert!(parse_entry("a..b:run").is_none());
         assert!(parse_entry("a:b.c").is_none());
+        assert_eq!(
+            parse_entry("src/data/collector.py"),
+            Some(Entry::Script(PathBuf::from("src/data/collector.py")))
+        );
     }
 }

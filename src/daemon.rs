@@ -1,10 +1,14 @@
-//! The daemon loop: sleeps until the next fire instant of any job, fires it, collects finished
-//! runs, and stops on SIGINT/SIGTERM. Only this loop owns job state; runs report back by message.
+//! The daemon loop: sleeps until the next fire instant of any job (or a retry), fires it, collects
+//! run events, and stops on SIGINT/SIGTERM. Only this loop owns job state; runs report back by
+//! message.
 //!
 //! Firing: each job's next instant comes from `Trigger::next_fire_after` (pure) and the loop sleeps
 //! on a tokio timer until exactly then; the wall clock is re-read at least every `MAX_SLEEP`, so a
-//! clock step or a suspend is noticed. A job whose previous run still runs gets a `skipped` row.
+//! clock step or a suspend is noticed. Slots found late (downtime, suspend, clock jump) are handled
+//! by the job's `catch_up`; a slot that finds the job busy by its `overlap`; a failed run by its
+//! `retry`, only while the retry would start before the next slot and the session's end.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,38 +18,71 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::calendar::Calendar;
-use crate::config::{Config, Job};
+use crate::config::{CatchUp, Config, Executor, Job, Overlap};
 use crate::error::{Error, Result};
 use crate::history::{History, Outcome, TriggerKind};
 use crate::instance::InstanceLock;
 use crate::interpreter::Interpreter;
-use crate::runner::{self, RunEnv, RunReport, RunRequest};
+use crate::runner::{self, OnBusy, RunEnv, RunEvent, RunReport, RunRequest};
 
 /// The longest the loop sleeps without looking at the wall clock again.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
-/// A slot found late by less than this still fires (late); older missed slots are skipped.
-const MISFIRE_GRACE: chrono::Duration = chrono::Duration::seconds(60);
+/// A slot found later than this is treated as missed (catch-up), not as on time.
+const LATE: chrono::Duration = chrono::Duration::seconds(2);
+/// At most this many missed slots of one job are looked at (and recorded) after a gap.
+const MAX_MISSED: usize = 2000;
+
+/// A run waiting to start: queued by overlap or catch-up, or a retry (with its start time).
+#[derive(Debug, Clone)]
+struct Pending {
+    trigger: TriggerKind,
+    scheduled_at: DateTime<Utc>,
+    attempt: u32,
+    at: Option<DateTime<Utc>>,
+}
 
 /// What the loop knows about one job.
 struct JobState {
     job: Arc<Job>,
+    /// The next regular slot.
     next: Option<DateTime<Utc>>,
     running: Option<Running>,
+    pending: VecDeque<Pending>,
+    retry: Option<Pending>,
 }
 
 struct Running {
     run_id: Option<i64>,
     pid: Option<u32>,
     started_at: DateTime<Utc>,
+    cancel: watch::Sender<Option<String>>,
+    /// The run has ended (timeout) but its embedded thread has not returned.
+    stuck: bool,
+}
+
+/// What every handler of the loop needs.
+struct Ctx {
+    env: Arc<RunEnv>,
+    calendar: Arc<Calendar>,
+    events: mpsc::UnboundedSender<RunEvent>,
+    tasks: JoinSet<()>,
 }
 
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
 pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let started_at = Utc::now();
     let _lock = InstanceLock::acquire(&config.scheduler.log_dir, started_at)?;
+    if config.jobs.iter().any(|j| j.executor == Executor::Pyo3) {
+        crate::python::init(&config, &interpreter)?;
+    }
     let history = History::open(&config.scheduler.history)?;
     let abandoned = abandon_dead_runs(&history)?;
     let daemon_row = history.daemon_started(std::process::id(), started_at)?;
+    let last_slots: Vec<Option<DateTime<Utc>>> = config
+        .jobs
+        .iter()
+        .map(|j| history.last_slot(&j.id))
+        .collect::<Result<_>>()?;
 
     let calendar = config.calendar();
     let config = Arc::new(config);
@@ -68,14 +105,28 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let mut jobs: Vec<JobState> = config
         .jobs
         .iter()
-        .map(|job| JobState {
-            next: job.trigger.next_fire_after(&calendar, now),
-            job: Arc::new(job.clone()),
-            running: None,
+        .zip(last_slots)
+        .map(|(job, last)| {
+            // Slots after the last one dealt with are missed: the first tick catches up on them.
+            let from = match last {
+                Some(last) if last < now => last.max(lookback_start(job, &calendar, now)),
+                _ => now,
+            };
+            JobState {
+                next: job.trigger.next_fire_after(&calendar, from),
+                job: Arc::new(job.clone()),
+                running: None,
+                pending: VecDeque::new(),
+                retry: None,
+            }
         })
         .collect();
     for state in &jobs {
-        match state.next {
+        let upcoming = state
+            .next
+            .filter(|t| *t > now)
+            .or_else(|| state.job.trigger.next_fire_after(&calendar, now));
+        match upcoming {
             Some(at) => tracing::info!(
                 "   {:<20} next fire {}",
                 state.job.id,
@@ -91,14 +142,21 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
         signal(SignalKind::terminate()).map_err(|e| Error::io("cannot watch SIGTERM", e))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| Error::io("cannot watch SIGINT", e))?;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RunReport>();
-    let (started_tx, mut started_rx) = mpsc::unbounded_channel::<(String, i64, u32)>();
-    let (cancel_tx, cancel_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<RunEvent>();
+    let mut ctx = Ctx {
+        env: Arc::clone(&env),
+        calendar: Arc::clone(&calendar),
+        events: events_tx,
+        tasks: JoinSet::new(),
+    };
 
     let signal_name = loop {
         let now = Utc::now();
-        let due = jobs.iter().filter_map(|s| s.next).min();
+        let due = jobs
+            .iter()
+            .flat_map(|s| [s.next, s.retry.as_ref().and_then(|r| r.at)])
+            .flatten()
+            .min();
         let sleep_for = due
             .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(MAX_SLEEP)
@@ -107,40 +165,22 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
             biased;
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            Some(report) = done_rx.recv() => finished(&mut jobs, report),
-            Some((job, run_id, pid)) = started_rx.recv() => {
-                if let Some(r) = jobs.iter_mut().find(|s| s.job.id == job).and_then(|s| s.running.as_mut()) {
-                    r.run_id = Some(run_id);
-                    r.pid = Some(pid);
-                }
-            }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = tokio::time::sleep(sleep_for) => {
-                let now = Utc::now();
-                for state in jobs.iter_mut() {
-                    let Some(at) = state.next.filter(|at| *at <= now) else { continue };
-                    if now - at <= MISFIRE_GRACE {
-                        fire(state, at, &env, &cancel_rx, &done_tx, &started_tx, &mut tasks).await;
-                    } else {
-                        tracing::warn!(job = %state.job.id, "⚠️  missed the slot at {} (found {}s late)", at, (now - at).num_seconds());
-                    }
-                    state.next = next_after_fired(&state.job, &calendar, at, now);
-                }
-            }
+            Some(event) = events.recv() => on_event(&mut ctx, &mut jobs, event).await,
+            Some(_) = ctx.tasks.join_next(), if !ctx.tasks.is_empty() => {}
+            _ = tokio::time::sleep(sleep_for) => tick(&mut ctx, &mut jobs, Utc::now()).await,
         }
     };
 
     shutdown(
         signal_name,
         &config,
+        &mut ctx,
         &mut jobs,
-        &cancel_tx,
-        &mut done_rx,
+        &mut events,
         &mut sigterm,
         &mut sigint,
     )
     .await;
-    while tasks.join_next().await.is_some() {}
     if let Err(e) = env
         .db(move |h| h.daemon_stopped(daemon_row, Utc::now()))
         .await
@@ -151,83 +191,343 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     Ok(())
 }
 
-/// The next slot after `fired`, coalescing slots that already passed while we were late.
-fn next_after_fired(
-    job: &Job,
-    calendar: &Calendar,
-    fired: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    let next = job.trigger.next_fire_after(calendar, fired)?;
-    if next > now {
-        return Some(next);
+/// Missed slots older than this are not looked at: the current session for a job that follows
+/// sessions (from local midnight), a day otherwise, and never past `misfire_grace`.
+fn lookback_start(job: &Job, calendar: &Calendar, now: DateTime<Utc>) -> DateTime<Utc> {
+    let mut start = if job.trigger.follows_sessions() {
+        let tz = calendar.tz();
+        let midnight = now
+            .with_timezone(&tz)
+            .date_naive()
+            .and_time(chrono::NaiveTime::MIN);
+        chrono::TimeZone::from_local_datetime(&tz, &midnight)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(now - chrono::Duration::days(1))
+    } else {
+        now - chrono::Duration::days(1)
+    };
+    if let Some(grace) = job
+        .misfire_grace
+        .and_then(|g| chrono::Duration::from_std(g).ok())
+    {
+        start = start.max(now - grace);
     }
-    // We are behind (a suspend, a clock step): run the latest passed slot once, not all of them.
-    let mut latest = next;
-    for _ in 0..100_000 {
-        match job.trigger.next_fire_after(calendar, latest) {
-            Some(n) if n <= now => latest = n,
-            _ => return Some(latest),
-        }
-    }
-    job.trigger.next_fire_after(calendar, now)
+    start
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn fire(
+/// Fires what is due at `now`: retries, then regular slots (on time, or missed → catch-up).
+async fn tick(ctx: &mut Ctx, jobs: &mut [JobState], now: DateTime<Utc>) {
+    for state in jobs.iter_mut() {
+        if let Some(retry) = state.retry.take_if(|r| r.at.is_some_and(|at| at <= now)) {
+            start(ctx, state, retry);
+        }
+        let Some(first) = state.next.filter(|t| *t <= now) else {
+            continue;
+        };
+        let job = Arc::clone(&state.job);
+        let mut due = vec![first];
+        while due.len() < MAX_MISSED {
+            match job
+                .trigger
+                .next_fire_after(&ctx.calendar, due[due.len() - 1])
+            {
+                Some(t) if t <= now => due.push(t),
+                _ => break,
+            }
+        }
+        let last = due[due.len() - 1];
+        state.next = job.trigger.next_fire_after(&ctx.calendar, last.max(now));
+        let (missed, on_time): (Vec<_>, Vec<_>) = due.into_iter().partition(|t| now - *t > LATE);
+        if !missed.is_empty() {
+            catch_up(ctx, state, &missed, !on_time.is_empty(), now).await;
+        }
+        for slot in on_time {
+            request(ctx, state, TriggerKind::Schedule, slot).await;
+        }
+    }
+}
+
+/// Applies the job's `catch_up` to slots found late; `superseded` when a slot is due on time now.
+async fn catch_up(
+    ctx: &mut Ctx,
     state: &mut JobState,
-    at: DateTime<Utc>,
-    env: &Arc<RunEnv>,
-    cancel: &watch::Receiver<bool>,
-    done: &mpsc::UnboundedSender<RunReport>,
-    started: &mpsc::UnboundedSender<(String, i64, u32)>,
-    tasks: &mut JoinSet<()>,
+    missed: &[DateTime<Utc>],
+    superseded: bool,
+    now: DateTime<Utc>,
 ) {
     let job = Arc::clone(&state.job);
-    if let Some(running) = &state.running {
-        let reason = format!(
-            "previous run {} still running since {}",
-            running
-                .run_id
-                .map_or_else(|| "(starting)".to_string(), |id| id.to_string()),
-            running.started_at.format("%H:%M:%S%.3f UTC")
-        );
-        tracing::info!("⏭️  {} skipped: {reason}", job.id);
+    let start = lookback_start(&job, &ctx.calendar, now);
+    let worth: Vec<DateTime<Utc>> = missed.iter().copied().filter(|t| *t >= start).collect();
+    let run: Vec<DateTime<Utc>> = match job.catch_up {
+        CatchUp::None => Vec::new(),
+        CatchUp::Latest if superseded => Vec::new(),
+        CatchUp::Latest => worth.last().copied().into_iter().collect(),
+        CatchUp::All => worth.clone(),
+    };
+    let skipped: Vec<DateTime<Utc>> = missed
+        .iter()
+        .copied()
+        .filter(|t| !run.contains(t))
+        .collect();
+    let tz = ctx.calendar.tz();
+    let fmt = |t: &DateTime<Utc>| t.with_timezone(&tz).format("%H:%M:%S").to_string();
+    tracing::warn!(
+        "⏰ {}: {} slot(s) missed ({} … {}); catch_up = {} runs {}",
+        job.id,
+        missed.len(),
+        fmt(&missed[0]),
+        fmt(&missed[missed.len() - 1]),
+        match job.catch_up {
+            CatchUp::Latest => "latest",
+            CatchUp::None => "none",
+            CatchUp::All => "all",
+        },
+        run.len()
+    );
+    if !skipped.is_empty() {
+        let reason = match (job.catch_up, run.last()) {
+            (CatchUp::Latest, Some(latest)) => format!(
+                "missed while the scheduler was not running or not awake; caught up with the slot at {} instead",
+                fmt(latest)
+            ),
+            _ if superseded && job.catch_up == CatchUp::Latest => {
+                "missed while the scheduler was not running or not awake; the current slot runs instead".to_string()
+            }
+            _ => "missed while the scheduler was not running or not awake".to_string(),
+        };
         let id = job.id.clone();
-        if let Err(e) = env
-            .db(move |h| h.record_skipped(&id, TriggerKind::Schedule, at, &reason))
+        if let Err(e) = ctx
+            .env
+            .db(move |h| {
+                for slot in skipped {
+                    h.record_skipped(&id, TriggerKind::Schedule, slot, &reason)?;
+                }
+                Ok(())
+            })
             .await
         {
-            tracing::error!(job = %job.id, "cannot record a skipped slot: {e}");
+            tracing::error!(job = %job.id, "cannot record missed slots: {e}");
         }
+    }
+    for slot in run {
+        request(ctx, state, TriggerKind::CatchUp, slot).await;
+    }
+}
+
+/// A slot (or catch-up) wants to run: start it, or apply the job's overlap policy.
+async fn request(ctx: &mut Ctx, state: &mut JobState, trigger: TriggerKind, slot: DateTime<Utc>) {
+    let pending = Pending {
+        trigger,
+        scheduled_at: slot,
+        attempt: 1,
+        at: None,
+    };
+    if state.running.is_none() && state.pending.is_empty() && state.retry.is_none() {
+        start(ctx, state, pending);
         return;
     }
+    // Missed slots caught up with `all` are a backlog: they wait their turn whatever the policy.
+    if trigger == TriggerKind::CatchUp {
+        state.pending.push_back(pending);
+        return;
+    }
+    let tz = ctx.calendar.tz();
+    let at = |t: DateTime<Utc>| t.with_timezone(&tz).format("%H:%M:%S %Z").to_string();
+    let busy = match &state.running {
+        Some(r) => format!(
+            "previous run {}{} {} since {}",
+            r.run_id
+                .map_or_else(|| "(starting)".to_string(), |id| id.to_string()),
+            r.pid.map_or_else(String::new, |p| format!(" (PID {p})")),
+            if r.stuck {
+                "stuck in native code"
+            } else {
+                "still running"
+            },
+            at(r.started_at)
+        ),
+        None => "a retry of the previous slot is pending".to_string(),
+    };
+    let skip_reason = match state.job.overlap {
+        Overlap::Skip => Some(busy),
+        Overlap::Queue => state
+            .pending
+            .iter()
+            .find(|p| p.trigger == TriggerKind::Schedule)
+            .map(|p| {
+                format!(
+                    "{busy}, and the slot at {} is already queued",
+                    at(p.scheduled_at)
+                )
+            }),
+        Overlap::Replace => {
+            match &state.running {
+                Some(r) if !r.stuck => {
+                    let reason = format!("replaced by the slot at {}", at(slot));
+                    tracing::info!("🔁 {}: {reason}", state.job.id);
+                    let _ = r.cancel.send(Some(reason));
+                }
+                _ => {}
+            }
+            state.pending.retain(|p| p.trigger != TriggerKind::Schedule);
+            None
+        }
+    };
+    match skip_reason {
+        Some(reason) => {
+            tracing::info!("⏭️  {} skipped: {reason}", state.job.id);
+            let id = state.job.id.clone();
+            if let Err(e) = ctx
+                .env
+                .db(move |h| h.record_skipped(&id, trigger, slot, &reason))
+                .await
+            {
+                tracing::error!(job = %state.job.id, "cannot record a skipped slot: {e}");
+            }
+        }
+        None => state.pending.push_back(pending),
+    }
+}
+
+/// Starts a run of the job now.
+fn start(ctx: &mut Ctx, state: &mut JobState, p: Pending) {
+    let (cancel_tx, cancel_rx) = watch::channel(None);
     state.running = Some(Running {
         run_id: None,
         pid: None,
         started_at: Utc::now(),
+        cancel: cancel_tx,
+        stuck: false,
     });
     let req = RunRequest {
-        job,
-        trigger: TriggerKind::Schedule,
-        scheduled_at: at,
-        attempt: 1,
+        job: Arc::clone(&state.job),
+        trigger: p.trigger,
+        scheduled_at: p.scheduled_at,
+        attempt: p.attempt,
     };
-    let env = Arc::clone(env);
-    let cancel = cancel.clone();
-    let done = done.clone();
-    let started = started.clone();
-    tasks.spawn(async move {
-        let report = runner::run(&env, req, cancel, Some(started)).await;
-        let _ = done.send(report);
+    let env = Arc::clone(&ctx.env);
+    let events = ctx.events.clone();
+    ctx.tasks.spawn(async move {
+        let report = runner::run(&env, req, cancel_rx, Some(events.clone()), OnBusy::Skip).await;
+        let _ = events.send(RunEvent::Finished(report));
     });
 }
 
-fn finished(jobs: &mut [JobState], report: RunReport) {
-    if let Some(state) = jobs.iter_mut().find(|s| s.job.id == report.job) {
-        state.running = None;
+async fn on_event(ctx: &mut Ctx, jobs: &mut [JobState], event: RunEvent) {
+    match event {
+        RunEvent::Started { job, run_id, pid } => {
+            if let Some(r) = find(jobs, &job).and_then(|s| s.running.as_mut()) {
+                r.run_id = Some(run_id);
+                r.pid = pid;
+            }
+        }
+        RunEvent::Finished(report) => {
+            log_report(&report);
+            let Some(state) = find(jobs, &report.job) else {
+                return;
+            };
+            if report.stuck {
+                if let Some(r) = state.running.as_mut() {
+                    r.stuck = true;
+                }
+            } else {
+                state.running = None;
+            }
+            plan_retry(ctx, state, &report).await;
+            start_pending(ctx, state);
+        }
+        RunEvent::Released { job, .. } => {
+            if let Some(state) = find(jobs, &job) {
+                state.running = None;
+                start_pending(ctx, state);
+            }
+        }
     }
-    log_report(&report);
+}
+
+fn find<'a>(jobs: &'a mut [JobState], id: &str) -> Option<&'a mut JobState> {
+    jobs.iter_mut().find(|s| s.job.id == id)
+}
+
+/// Starts the next queued run once the job is free (and no retry waits).
+fn start_pending(ctx: &mut Ctx, state: &mut JobState) {
+    if state.running.is_none()
+        && state.retry.is_none()
+        && let Some(next) = state.pending.pop_front()
+    {
+        start(ctx, state, next);
+    }
+}
+
+/// Schedules a retry of a failed run, or says on its row why there is none.
+async fn plan_retry(ctx: &mut Ctx, state: &mut JobState, report: &RunReport) {
+    let job = Arc::clone(&state.job);
+    let policy = &job.retry;
+    let Some(run_id) = report.run_id else { return };
+    if !policy.on.contains(&report.outcome) || report.attempt >= policy.attempts {
+        return;
+    }
+    let next_attempt = report.attempt + 1;
+    let delay = jitter(policy.delay_before(next_attempt));
+    let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    let tz = ctx.calendar.tz();
+    let fmt = |t: DateTime<Utc>| t.with_timezone(&tz).format("%H:%M:%S %Z").to_string();
+    let next_slot = job
+        .trigger
+        .next_fire_after(&ctx.calendar, report.scheduled_at.max(Utc::now()));
+    let window_end = job
+        .trigger
+        .window_end_for(&ctx.calendar, report.scheduled_at);
+    let refusal = match (next_slot, window_end) {
+        (Some(next), _) if at >= next => Some(format!("no retry: next slot at {}", fmt(next))),
+        (_, Some(end)) if at > end => Some(format!(
+            "no retry: the session's window ends at {}",
+            fmt(end)
+        )),
+        _ => None,
+    };
+    match refusal {
+        None => {
+            tracing::info!(
+                "🔁 {} will retry in {} (attempt {next_attempt}/{})",
+                job.id,
+                format_duration(delay),
+                policy.attempts
+            );
+            state.retry = Some(Pending {
+                trigger: TriggerKind::Retry,
+                scheduled_at: report.scheduled_at,
+                attempt: next_attempt,
+                at: Some(at),
+            });
+        }
+        Some(why) => {
+            tracing::info!("   {}: {why}", job.id);
+            let error = match &report.error {
+                Some(e) => format!("{e}; {why}"),
+                None => why,
+            };
+            if let Err(e) = ctx.env.db(move |h| h.set_error(run_id, &error)).await {
+                tracing::error!(job = %job.id, "cannot record why there is no retry: {e}");
+            }
+        }
+    }
+}
+
+/// ±10 % of `d`, so retries of many jobs do not land together.
+fn jitter(d: Duration) -> Duration {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+        ^ u64::from(Utc::now().timestamp_subsec_nanos());
+    // splitmix64: a good spread from a weak seed.
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+    d.mul_f64(0.9 + 0.2 * unit)
 }
 
 /// One console line for a finished run, in the old tool's style.
@@ -236,10 +536,20 @@ pub fn log_report(report: &RunReport) {
     let run = report
         .run_id
         .map_or_else(String::new, |id| format!(" (run {id})"));
+    let attempt = if report.attempt > 1 {
+        format!(", attempt {}", report.attempt)
+    } else {
+        String::new()
+    };
     match report.outcome {
-        Outcome::Success => tracing::info!("✅ {} succeeded in {took}{run}", report.job),
+        Outcome::Success => tracing::info!("✅ {} succeeded in {took}{run}{attempt}", report.job),
+        Outcome::Skipped => tracing::info!(
+            "⏭️  {} skipped: {}",
+            report.job,
+            report.busy.as_deref().unwrap_or("busy")
+        ),
         other => tracing::warn!(
-            "❌ {} {} after {took}{run}: {}",
+            "❌ {} {} after {took}{run}{attempt}: {}",
             report.job,
             other.as_str(),
             report.error.as_deref().unwrap_or("no detail")
@@ -259,17 +569,25 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn shutdown(
     signal_name: &str,
     config: &Config,
+    ctx: &mut Ctx,
     jobs: &mut [JobState],
-    cancel: &watch::Sender<bool>,
-    done: &mut mpsc::UnboundedReceiver<RunReport>,
+    events: &mut mpsc::UnboundedReceiver<RunEvent>,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
 ) {
-    let running = |jobs: &[JobState]| jobs.iter().filter(|s| s.running.is_some()).count();
+    for state in jobs.iter_mut() {
+        state.pending.clear();
+        state.retry = None;
+    }
+    // Stuck threads cannot be waited for: they end with the process.
+    let running = |jobs: &[JobState]| {
+        jobs.iter()
+            .filter(|s| s.running.as_ref().is_some_and(|r| !r.stuck))
+            .count()
+    };
     let n = running(jobs);
     if n == 0 {
         tracing::info!("🛑 {signal_name}: stopping (no job running)");
@@ -282,25 +600,41 @@ async fn shutdown(
     );
     let deadline = tokio::time::Instant::now() + grace;
     let mut cancelled = false;
+    let cancel_all = |jobs: &[JobState], why: &str| {
+        for r in jobs.iter().filter_map(|s| s.running.as_ref()) {
+            let _ = r.cancel.send(Some(why.to_string()));
+        }
+    };
     while running(jobs) > 0 {
         tokio::select! {
-            Some(report) = done.recv() => finished(jobs, report),
+            Some(event) = events.recv() => {
+                if let RunEvent::Finished(report) = event {
+                    log_report(&report);
+                    if let Some(state) = find(jobs, &report.job) {
+                        if report.stuck {
+                            if let Some(r) = state.running.as_mut() { r.stuck = true; }
+                        } else {
+                            state.running = None;
+                        }
+                    }
+                }
+            }
+            Some(_) = ctx.tasks.join_next(), if !ctx.tasks.is_empty() => {}
             _ = tokio::time::sleep_until(deadline), if !cancelled => {
                 tracing::warn!("⏱️  shutdown grace is over: ending {} running job(s)", running(jobs));
                 cancelled = true;
-                let _ = cancel.send(true);
+                cancel_all(jobs, "the scheduler is shutting down");
             }
             _ = sigterm.recv(), if !cancelled => {
                 tracing::warn!("🛑 second signal: ending running jobs now");
                 cancelled = true;
-                let _ = cancel.send(true);
+                cancel_all(jobs, "the scheduler is shutting down (second signal)");
             }
             _ = sigint.recv(), if !cancelled => {
                 tracing::warn!("🛑 second signal: ending running jobs now");
                 cancelled = true;
-                let _ = cancel.send(true);
+                cancel_all(jobs, "the scheduler is shutting down (second signal)");
             }
-            else => break,
         }
     }
 }

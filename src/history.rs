@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// Schema migrations, applied in order; `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id           INTEGER PRIMARY KEY,
     job          TEXT    NOT NULL,
@@ -42,7 +43,13 @@ CREATE TABLE daemon (
     heartbeat_at TEXT,
     stopped_at   TEXT
 );
-"#];
+"#,
+    r#"
+ALTER TABLE runs ADD COLUMN stuck INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN executor TEXT;
+CREATE INDEX runs_job_slot ON runs (job, scheduled_at);
+"#,
+];
 
 /// How a run ended (or that it has not yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,6 +100,8 @@ impl Outcome {
 pub enum TriggerKind {
     Schedule,
     Manual,
+    Retry,
+    CatchUp,
 }
 
 impl TriggerKind {
@@ -100,6 +109,8 @@ impl TriggerKind {
         match self {
             TriggerKind::Schedule => "schedule",
             TriggerKind::Manual => "manual",
+            TriggerKind::Retry => "retry",
+            TriggerKind::CatchUp => "catch-up",
         }
     }
 }
@@ -112,6 +123,7 @@ pub struct NewRun<'a> {
     pub scheduled_at: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
     pub attempt: u32,
+    pub executor: &'a str,
 }
 
 /// What is known about a run when it ends.
@@ -145,6 +157,9 @@ pub struct RunRow {
     pub owner_pid: Option<i64>,
     pub error: Option<String>,
     pub result: serde_json::Value,
+    pub executor: Option<String>,
+    /// An in-process run that timed out but whose thread has not returned yet.
+    pub stuck: bool,
 }
 
 /// A daemon's record: when it started and its last heartbeat.
@@ -172,7 +187,7 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 }
 
 const RUN_COLUMNS: &str = "id, job, trigger, scheduled_at, started_at, entered_at, finished_at, \
-     attempt, outcome, exit_code, signal, pid, owner_pid, error, result";
+     attempt, outcome, exit_code, signal, pid, owner_pid, error, result, executor, stuck";
 
 impl History {
     /// Opens (creating if needed) the history for writing, and brings its schema up to date.
@@ -256,8 +271,9 @@ impl History {
     pub fn start_run(&self, run: &NewRun<'_>) -> Result<i64> {
         self.conn
             .prepare_cached(
-                "INSERT INTO runs (job, trigger, scheduled_at, started_at, attempt, outcome, owner_pid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+                "INSERT INTO runs (job, trigger, scheduled_at, started_at, attempt, outcome, owner_pid,
+                                   executor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -267,6 +283,7 @@ impl History {
                     fmt_time(run.started_at),
                     run.attempt,
                     std::process::id(),
+                    run.executor,
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -305,6 +322,38 @@ impl History {
             })
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Marks an in-process run whose thread is stuck (or, with false, has returned).
+    pub fn set_stuck(&self, id: i64, stuck: bool) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE runs SET stuck = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, stuck]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Replaces the error text of run `id`.
+    pub fn set_error(&self, id: i64, error: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, error]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The latest slot of `job` the scheduler dealt with (ran, retried, caught up or skipped):
+    /// slots after it and before now were missed.
+    pub fn last_slot(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
+        let s: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT max(scheduled_at) FROM runs
+                 WHERE job = ?1 AND trigger IN ('schedule', 'catch-up', 'retry')",
+            )
+            .and_then(|mut st| st.query_row(params![job], |r| r.get(0)))
+            .map_err(|e| self.err(e))?;
+        Ok(s.as_deref().and_then(parse_time))
     }
 
     /// Records a slot that was not run, with the reason.
@@ -459,6 +508,8 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         result: result
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or(serde_json::Value::Null),
+        executor: r.get(15)?,
+        stuck: r.get::<_, i64>(16)? != 0,
     })
 }
 
@@ -478,6 +529,7 @@ mod tests {
                 scheduled_at: t0,
                 started_at: t0,
                 attempt: 1,
+                executor: "subprocess",
             })
             .unwrap();
         assert_eq!(h.running().unwrap().len(), 1);

@@ -14,20 +14,27 @@ use crate::error::{ConfigError, Error, Result};
 
 /// Prints the interpreter's facts and which of the given modules it can find, as JSON.
 const PROBE: &str = r#"
-import importlib.util, json, sys
+import importlib.util, json, site, sys
 found = {}
 for name in sys.argv[1:]:
     try:
         found[name] = importlib.util.find_spec(name) is not None
     except Exception as exc:
         found[name] = False
-print(json.dumps({"executable": sys.executable, "version": "%d.%d.%d" % sys.version_info[:3], "found": found}))
+try:
+    packages = site.getsitepackages()
+except AttributeError:
+    packages = []
+print(json.dumps({"executable": sys.executable, "version": "%d.%d.%d" % sys.version_info[:3],
+                  "prefix": sys.prefix, "site_packages": packages, "found": found}))
 "#;
 
 #[derive(Debug, Deserialize)]
 struct Probe {
     executable: String,
     version: String,
+    #[serde(default)]
+    site_packages: Vec<String>,
     found: std::collections::HashMap<String, bool>,
 }
 
@@ -36,6 +43,8 @@ struct Probe {
 pub struct Interpreter {
     pub path: PathBuf,
     pub version: String,
+    /// Its site-packages folders (a venv's own, for a venv): the embedded interpreter adds them.
+    pub site_packages: Vec<PathBuf>,
 }
 
 /// Resolves the configured interpreter and checks that `hedge_bridge` and every job's module
@@ -56,9 +65,25 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
     };
 
     let mut modules = vec!["hedge_bridge".to_string()];
-    for job in &config.jobs {
-        if jobs.is_none_or(|ids| ids.contains(&job.id.as_str())) {
-            modules.push(job.entry.module.clone());
+    let selected = |id: &str| jobs.is_none_or(|ids| ids.contains(&id));
+    for job in config.jobs.iter().filter(|j| selected(&j.id)) {
+        match &job.entry {
+            crate::config::Entry::Function { module, .. } => modules.push(module.clone()),
+            crate::config::Entry::Script(script) => {
+                let path = config.python.cwd.join(script);
+                if !path.is_file() {
+                    return Err(Error::Config(ConfigError::new(
+                        &config.file,
+                        format!(
+                            "script `{}` of `entry` in [jobs.{}] not found (looked for `{}`; scripts are relative to `python.cwd`)",
+                            script.display(),
+                            job.id,
+                            path.display()
+                        ),
+                    )));
+                }
+            }
+            crate::config::Entry::Command(_) => {}
         }
     }
     let pythonpath = std::env::join_paths(&config.python.path).unwrap_or_default();
@@ -104,12 +129,14 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
         )));
     }
     for job in &config.jobs {
-        if probe.found.get(&job.entry.module) == Some(&false) {
+        if let Some(module) = job.entry.module()
+            && probe.found.get(module) == Some(&false)
+        {
             return Err(Error::Config(ConfigError::new(
                 &config.file,
                 format!(
-                    "module `{}` of `entry` in [jobs.{}] not found on `python.path`",
-                    job.entry.module, job.id
+                    "module `{module}` of `entry` in [jobs.{}] not found on `python.path`",
+                    job.id
                 ),
             )));
         }
@@ -117,5 +144,6 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
     Ok(Interpreter {
         path: PathBuf::from(probe.executable),
         version: probe.version,
+        site_packages: probe.site_packages.into_iter().map(PathBuf::from).collect(),
     })
 }

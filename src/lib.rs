@@ -15,6 +15,7 @@ pub mod interpreter;
 pub mod logging;
 pub mod plan;
 pub mod process;
+pub mod python;
 pub mod runner;
 pub mod status;
 pub mod trigger;
@@ -42,13 +43,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             refuse_strict_past_coverage(&config)?;
             let interpreter = interpreter::resolve(&config, None)?;
             let _guard = logging::init_daemon(&config.scheduler.log_dir)?;
-            runtime()?.block_on(daemon::run(config, interpreter))?;
+            let rt = runtime()?;
+            let outcome = rt.block_on(daemon::run(config, interpreter));
+            // Threads stuck in native code end with the process; do not wait for them.
+            rt.shutdown_timeout(std::time::Duration::from_millis(500));
+            outcome?;
             Ok(0)
         }
-        Command::RunOnce { job, json } => {
+        Command::RunOnce { job, json, wait } => {
             logging::init_cli("warn");
             let config = Config::load(&path)?;
-            run_once(config, &job, json)
+            run_once(config, &job, json, wait)
         }
         Command::Status { json } => {
             logging::init_cli("warn");
@@ -185,7 +190,7 @@ pub fn config_warnings(config: &Config, now: chrono::DateTime<Utc>) -> Vec<Strin
     calendar.coverage_warning(today).into_iter().collect()
 }
 
-fn run_once(config: Config, job_id: &str, json: bool) -> Result<i32> {
+fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32> {
     let Some(job) = config.job(job_id).cloned() else {
         return Err(Error::UnknownJob {
             job: job_id.to_string(),
@@ -193,30 +198,46 @@ fn run_once(config: Config, job_id: &str, json: bool) -> Result<i32> {
         });
     };
     let interpreter = interpreter::resolve(&config, Some(&[job_id]))?;
+    if job.executor == config::Executor::Pyo3 {
+        python::init(&config, &interpreter)?;
+    }
     let history = History::open(&config.scheduler.history)?;
     let env = runner::RunEnv {
         config: Arc::new(config),
         python: interpreter.path,
         history: Arc::new(Mutex::new(history)),
     };
-    let report = runtime()?.block_on(async {
-        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(None);
         let req = runner::RunRequest {
             job: Arc::new(job),
             trigger: TriggerKind::Manual,
             scheduled_at: Utc::now(),
             attempt: 1,
         };
-        let run = runner::run(&env, req, cancel_rx, None);
+        let on_busy = if wait {
+            runner::OnBusy::Wait
+        } else {
+            runner::OnBusy::Refuse
+        };
+        let run = runner::run(&env, req, cancel_rx, None, on_busy);
         tokio::pin!(run);
         tokio::select! {
             report = &mut run => report,
             _ = tokio::signal::ctrl_c() => {
-                let _ = cancel_tx.send(true);
+                let _ = cancel_tx.send(Some("interrupted (Ctrl+C)".to_string()));
                 run.await
             }
         }
     });
+    // A stuck embedded thread must not keep the process alive.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    if let Some(holder) = &report.busy {
+        return Err(Error::Busy(format!(
+            "`{job_id}` is already running: {holder} (use --wait to wait for it)"
+        )));
+    }
     if json {
         let row = match report.run_id {
             Some(id) => env

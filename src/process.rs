@@ -121,6 +121,70 @@ pub async fn end_stragglers(pgid: u32, grace: Duration) -> bool {
     true
 }
 
+/// The environment variable that tags every process of a run, so that descendants which left the
+/// run's process group (a new session, a double fork) can still be found.
+pub const RUN_TAG: &str = "HEDGE_SCHEDULER_RUN";
+
+/// PIDs of live processes whose environment carries `RUN_TAG=tag`.
+pub fn tagged_processes(tag: &str) -> Vec<i32> {
+    let needle = format!("{RUN_TAG}={tag}");
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if u32::try_from(pid) == Ok(me) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == needle.as_bytes())
+            && pid_alive(i64::from(pid))
+            && !is_zombie(pid)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|s| s == "Z" || s == "X")
+        })
+        .unwrap_or(true)
+}
+
+/// Ends every process tagged with `tag` (SIGTERM, `grace`, SIGKILL); returns how many there were.
+pub async fn end_tagged(tag: &str, grace: Duration) -> usize {
+    let found = tagged_processes(tag);
+    if found.is_empty() {
+        return 0;
+    }
+    for &pid in &found {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && !tagged_processes(tag).is_empty() {
+        sleep(POLL).await;
+    }
+    for pid in tagged_processes(tag) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    found.len()
+}
+
 /// Whether a process with this PID exists.
 pub fn pid_alive(pid: i64) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
@@ -158,6 +222,32 @@ mod tests {
         assert!(!signal_group(0, Signal::SIGTERM));
         assert!(!signal_group(1, Signal::SIGTERM));
         assert!(!group_alive(0));
+    }
+
+    #[tokio::test]
+    async fn tagged_processes_are_found_outside_their_group() {
+        let tag = format!("test-{}", std::process::id());
+        let mut child = tokio::process::Command::new("setsid")
+            .arg("sleep")
+            .arg("30")
+            .env(RUN_TAG, &tag)
+            .spawn()
+            .unwrap();
+        let found = crate::process::tests::wait_for(|| !tagged_processes(&tag).is_empty()).await;
+        assert!(found);
+        assert_eq!(end_tagged(&tag, Duration::from_secs(2)).await, 1);
+        let _ = child.wait().await;
+        assert!(tagged_processes(&tag).is_empty());
+    }
+
+    async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..100 {
+            if f() {
+                return true;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     #[tokio::test]

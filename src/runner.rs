@@ -1,14 +1,19 @@
-//! One run of one job: its history row, its process group, its output, its timeout, its outcome.
+//! One run of one job: its cross-process lock, its history row, its process group (or embedded
+//! thread), its output, its timeout, its outcome.
 //!
-//! A run always ends in a recorded `Outcome`; failures of the job are never `Err`. The run's
+//! A run always ends in a recorded `Outcome`; failures of the job are never `Err`. A subprocess's
 //! output is read continuously, line by line, into the job's log file, so a chatty job can never
-//! block on a full pipe.
+//! block on a full pipe. The job's lock (`<log_dir>/locks/<job>.lock`) is held for the whole run —
+//! for an embedded run whose thread is stuck in C code, until that thread really returns — so a
+//! job never runs twice at once, whichever process starts it.
 
 use std::collections::VecDeque;
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +21,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, Job};
+use crate::config::{Config, Entry, Executor, Job};
 use crate::error::{Error, Result};
 use crate::history::{History, NewRun, Outcome, RunEnd, TriggerKind};
 use crate::process;
@@ -64,17 +69,51 @@ pub struct RunRequest {
     pub attempt: u32,
 }
 
+/// What to do when another process holds the job's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBusy {
+    /// Record the slot as `skipped` (the daemon).
+    Skip,
+    /// Record nothing; the report says who holds it (`run-once`).
+    Refuse,
+    /// Wait for the lock (`run-once --wait`).
+    Wait,
+}
+
+/// What a run tells the daemon while and after it runs.
+#[derive(Debug)]
+pub enum RunEvent {
+    Started {
+        job: String,
+        run_id: i64,
+        pid: Option<u32>,
+    },
+    Finished(RunReport),
+    /// An embedded run that had timed out stuck has finally returned: its slot is free.
+    Released {
+        job: String,
+        run_id: i64,
+    },
+}
+
 /// How a run ended, as reported to the daemon or printed by `run-once`.
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub job: String,
     pub run_id: Option<i64>,
+    pub trigger: TriggerKind,
+    pub scheduled_at: DateTime<Utc>,
+    pub attempt: u32,
     pub outcome: Outcome,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub error: Option<String>,
     pub exit_code: Option<i32>,
     pub result: Option<String>,
+    /// Who holds the job when the run did not start because of it.
+    pub busy: Option<String>,
+    /// An embedded run whose thread has not returned: the job's slot stays held.
+    pub stuck: bool,
 }
 
 impl RunReport {
@@ -85,7 +124,7 @@ impl RunReport {
     }
 }
 
-/// The JSON `hedge_bridge` writes to the result file.
+/// The JSON `hedge_bridge` reports.
 #[derive(Debug, Deserialize)]
 struct BridgeOutcome {
     status: String,
@@ -96,36 +135,150 @@ struct BridgeOutcome {
     entered_at: Option<f64>,
 }
 
-/// Why the wait for a run's process ended.
+/// Why a run's wait ended; the exit status is `None` for an embedded run.
 enum Ended {
-    Exited(ExitStatus),
+    Exited(Option<ExitStatus>),
     TimedOut(Option<ExitStatus>),
-    Cancelled(Option<ExitStatus>),
+    Cancelled(Option<ExitStatus>, String),
 }
 
-/// Makes one run: records it, runs it, records how it ended. `started` receives the run id and
-/// PID once the process is up; `cancel` flipping to true ends the run (`cancelled`).
+/// What an executor hands back.
+struct Execution {
+    ended: Ended,
+    bridge: Option<BridgeOutcome>,
+    /// Why there is no bridge outcome (could not start, could not call).
+    failure: Option<String>,
+    stderr_tail: Vec<String>,
+    /// An embedded thread that outlived its run; awaited to release the job's slot.
+    stuck: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A job's cross-process lock, held for the length of a run.
+pub struct JobLock {
+    _file: File,
+}
+
+impl JobLock {
+    fn path(config: &Config, job: &str) -> PathBuf {
+        config
+            .scheduler
+            .log_dir
+            .join("locks")
+            .join(format!("{job}.lock"))
+    }
+
+    fn open(path: &Path) -> Result<File> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
+        }
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("cannot open `{}`", path.display()), e))
+    }
+
+    /// The lock, or `None` when another run holds it.
+    pub fn try_acquire(config: &Config, job: &str) -> Result<Option<JobLock>> {
+        let path = JobLock::path(config, job);
+        let file = JobLock::open(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(JobLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => {
+                Err(Error::io(format!("cannot lock `{}`", path.display()), e))
+            }
+        }
+    }
+
+    /// Waits for the lock (blocking: call from a blocking thread).
+    pub fn acquire(config: &Config, job: &str) -> Result<JobLock> {
+        let path = JobLock::path(config, job);
+        let file = JobLock::open(&path)?;
+        file.lock()
+            .map_err(|e| Error::io(format!("cannot lock `{}`", path.display()), e))?;
+        Ok(JobLock { _file: file })
+    }
+}
+
+/// Who holds `job` now, from the history: "run 42 (manual, PID 1234) running since 09:30:00 IST".
+pub fn describe_holder(history: &History, config: &Config, job: &str) -> String {
+    let tz = config.calendar().tz();
+    let row = history.running().ok().and_then(|rows| {
+        rows.into_iter()
+            .rfind(|r| r.job == job && r.owner_pid.is_some_and(process::pid_alive))
+    });
+    match row {
+        Some(r) => {
+            let since = crate::history::parse_time(&r.started_at)
+                .map(|t| t.with_timezone(&tz).format("%H:%M:%S %Z").to_string())
+                .unwrap_or(r.started_at.clone());
+            let pid = r
+                .pid
+                .or(r.owner_pid)
+                .map_or_else(String::new, |p| format!(", PID {p}"));
+            let stuck = if r.stuck {
+                ", stuck in native code"
+            } else {
+                ""
+            };
+            format!(
+                "run {} ({}{pid}{stuck}) running since {since}",
+                r.id, r.trigger
+            )
+        }
+        None => "another process holds the job's lock".to_string(),
+    }
+}
+
+/// Makes one run: takes the job's lock, records the run, runs it, records how it ended.
+/// `cancel` turning `Some(reason)` ends the run (`cancelled`).
 pub async fn run(
     env: &RunEnv,
     req: RunRequest,
-    mut cancel: watch::Receiver<bool>,
-    started: Option<tokio::sync::mpsc::UnboundedSender<(String, i64, u32)>>,
+    mut cancel: watch::Receiver<Option<String>>,
+    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    on_busy: OnBusy,
 ) -> RunReport {
     let job = Arc::clone(&req.job);
-    let started_at = Utc::now();
+    let now = Utc::now();
     let mut report = RunReport {
         job: job.id.clone(),
         run_id: None,
+        trigger: req.trigger,
+        scheduled_at: req.scheduled_at,
+        attempt: req.attempt,
         outcome: Outcome::Failed,
-        started_at,
-        finished_at: started_at,
+        started_at: now,
+        finished_at: now,
         error: None,
         exit_code: None,
         result: None,
+        busy: None,
+        stuck: false,
     };
 
+    let lock = match acquire(env, &req, on_busy, &mut cancel).await {
+        Ok(Ok(lock)) => lock,
+        Ok(Err(holder)) => {
+            report.outcome = Outcome::Skipped;
+            report.busy = Some(holder);
+            return report;
+        }
+        Err(e) => {
+            report.error = Some(e.to_string());
+            report.finished_at = Utc::now();
+            return report;
+        }
+    };
+
+    let started_at = Utc::now();
+    report.started_at = started_at;
     let job_id = job.id.clone();
     let (scheduled_at, trigger, attempt) = (req.scheduled_at, req.trigger, req.attempt);
+    let executor = job.executor.as_str();
     let run_id = match env
         .db(move |h| {
             h.start_run(&NewRun {
@@ -134,6 +287,7 @@ pub async fn run(
                 scheduled_at,
                 started_at,
                 attempt,
+                executor,
             })
         })
         .await
@@ -158,52 +312,181 @@ pub async fn run(
             return finish(env, report, Outcome::Failed, end).await;
         }
     };
+    log.note(&format!(
+        "start: trigger={} scheduled_at={} attempt={} executor={}",
+        req.trigger.as_str(),
+        crate::history::fmt_time(req.scheduled_at),
+        req.attempt,
+        executor
+    ));
+    let context = run_context(&env.config, &job, &req, run_id).to_string();
 
+    let exec = match job.executor {
+        Executor::Subprocess => {
+            let exec =
+                run_subprocess(env, &job, run_id, &context, &log, &mut cancel, &events).await;
+            drop(lock);
+            exec
+        }
+        Executor::Pyo3 => {
+            run_embedded(
+                env,
+                &job,
+                run_id,
+                &context,
+                &log,
+                &mut cancel,
+                &events,
+                lock,
+            )
+            .await
+        }
+    };
+
+    let (outcome, end) = judge(&job, &exec);
+    log.note(&format!(
+        "end: {}{}",
+        outcome.as_str(),
+        end.error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    ));
+    let stuck = exec.stuck;
+    report.stuck = stuck.is_some();
+    let report = finish(env, report, outcome, end).await;
+    if let Some(thread) = stuck {
+        watch_stuck(env, &job.id, run_id, thread, events);
+    }
+    report
+}
+
+/// Takes the job's lock per `on_busy`; `Ok(Err(holder))` when the run must not start.
+async fn acquire(
+    env: &RunEnv,
+    req: &RunRequest,
+    on_busy: OnBusy,
+    cancel: &mut watch::Receiver<Option<String>>,
+) -> Result<std::result::Result<JobLock, String>> {
+    if let Some(lock) = JobLock::try_acquire(&env.config, &req.job.id)? {
+        return Ok(Ok(lock));
+    }
+    let config = Arc::clone(&env.config);
+    let id = req.job.id.clone();
+    let holder = env
+        .db(move |h| Ok(describe_holder(h, &config, &id)))
+        .await?;
+    match on_busy {
+        OnBusy::Refuse => Ok(Err(holder)),
+        OnBusy::Skip => {
+            let (id, trigger, at) = (req.job.id.clone(), req.trigger, req.scheduled_at);
+            let reason = format!("previous {holder}");
+            env.db(move |h| h.record_skipped(&id, trigger, at, &reason))
+                .await?;
+            Ok(Err(holder))
+        }
+        OnBusy::Wait => {
+            let config = Arc::clone(&env.config);
+            let id = req.job.id.clone();
+            let wait = tokio::task::spawn_blocking(move || JobLock::acquire(&config, &id));
+            tokio::select! {
+                lock = wait => lock.map_err(|e| Error::Other(format!("waiting for the job's lock failed: {e}")))?.map(Ok),
+                reason = cancelled(cancel) => Err(Error::Other(format!("gave up waiting: {reason}"))),
+            }
+        }
+    }
+}
+
+/// Resolves with the reason once `cancel` carries one (never, if its sender is gone).
+async fn cancelled(cancel: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(reason) = cancel.borrow_and_update().clone() {
+            return reason;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A run as a short-lived process in a new process group: `python -m hedge_bridge` for a
+/// function or a script, the program itself for a command.
+async fn run_subprocess(
+    env: &RunEnv,
+    job: &Job,
+    run_id: i64,
+    context: &str,
+    log: &Arc<JobLog>,
+    cancel: &mut watch::Receiver<Option<String>>,
+    events: &Option<mpsc::UnboundedSender<RunEvent>>,
+) -> Execution {
     let result_file = std::env::temp_dir().join(format!(
-        "hedge-scheduler-{}-{}.json",
-        std::process::id(),
-        run_id
+        "hedge-scheduler-{}-{run_id}.json",
+        std::process::id()
     ));
     let _ = std::fs::remove_file(&result_file);
-    let context = run_context(&env.config, &job, &req, run_id);
-
-    let mut cmd = Command::new(&env.python);
-    cmd.arg("-m")
-        .arg("hedge_bridge")
-        .current_dir(&env.config.python.cwd)
+    let tag = format!(
+        "{}-{run_id}-{}",
+        std::process::id(),
+        Utc::now().timestamp_micros()
+    );
+    let mut cmd = match &job.entry {
+        Entry::Command(argv) => {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]);
+            cmd
+        }
+        Entry::Function { .. } | Entry::Script(_) => {
+            let mut cmd = Command::new(&env.python);
+            cmd.arg("-m").arg("hedge_bridge");
+            cmd
+        }
+    };
+    cmd.current_dir(&env.config.python.cwd)
         .env("PYTHONPATH", python_path(&env.config.python.path))
         .env("PYTHONUNBUFFERED", "1")
-        .env("HEDGE_CONTEXT", context.to_string())
+        .env("HEDGE_CONTEXT", context)
         .env("HEDGE_RESULT_FILE", &result_file)
+        .env(process::RUN_TAG, &tag)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    if let Some(venv) = &env.config.python.venv {
+        cmd.env("VIRTUAL_ENV", venv);
+    }
+    let mut exec = Execution {
+        ended: Ended::Exited(None),
+        bridge: None,
+        failure: None,
+        stderr_tail: Vec::new(),
+        stuck: None,
+    };
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let msg = format!("cannot start `{}`: {e}", env.python.display());
-            log.note(&msg);
-            let end = RunEnd {
-                error: Some(msg),
-                ..RunEnd::default()
+            let program = match &job.entry {
+                Entry::Command(argv) => argv[0].clone(),
+                _ => env.python.display().to_string(),
             };
-            return finish(env, report, Outcome::Failed, end).await;
+            let msg = format!("cannot start `{program}`: {e}");
+            log.note(&msg);
+            exec.failure = Some(msg);
+            return exec;
         }
     };
     let pid = child.id().unwrap_or(0);
-    log.note(&format!(
-        "start: trigger={} scheduled_at={} attempt={} pid={pid}",
-        req.trigger.as_str(),
-        crate::history::fmt_time(req.scheduled_at),
-        req.attempt
-    ));
+    log.note(&format!("process group {pid}"));
     if let Err(e) = env.db(move |h| h.set_pid(run_id, pid)).await {
         tracing::warn!(job = %job.id, run_id, "cannot record the run's PID: {e}");
     }
-    if let Some(tx) = &started {
-        let _ = tx.send((job.id.clone(), run_id, pid));
+    if let Some(tx) = events {
+        let _ = tx.send(RunEvent::Started {
+            job: job.id.clone(),
+            run_id,
+            pid: Some(pid),
+        });
     }
 
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
@@ -211,11 +494,11 @@ pub async fn run(
         child
             .stdout
             .take()
-            .map(|out| tokio::spawn(pump(out, Arc::clone(&log), "stdout", None))),
+            .map(|out| tokio::spawn(pump(out, Arc::clone(log), "stdout", None))),
         child.stderr.take().map(|err| {
             tokio::spawn(pump(
                 err,
-                Arc::clone(&log),
+                Arc::clone(log),
                 "stderr",
                 Some(Arc::clone(&tail)),
             ))
@@ -224,26 +507,33 @@ pub async fn run(
 
     let grace = env.config.scheduler.kill_grace;
     let deadline = tokio::time::Instant::now() + job.timeout;
-    let ended = tokio::select! {
+    exec.ended = tokio::select! {
         status = child.wait() => match status {
-            Ok(s) => Ended::Exited(s),
+            Ok(s) => Ended::Exited(Some(s)),
             Err(e) => {
                 tracing::error!(job = %job.id, run_id, "waiting for the job failed: {e}");
-                Ended::Cancelled(None)
+                Ended::Cancelled(process::terminate_group(&mut child, pid, grace).await.ok(), format!("waiting failed: {e}"))
             }
         },
         _ = tokio::time::sleep_until(deadline) => {
             log.note(&format!("timeout after {}: ending process group {pid}", humantime::format_duration(job.timeout)));
             Ended::TimedOut(process::terminate_group(&mut child, pid, grace).await.ok())
         },
-        _ = cancelled(&mut cancel) => {
-            log.note(&format!("cancelled: ending process group {pid}"));
-            Ended::Cancelled(process::terminate_group(&mut child, pid, grace).await.ok())
+        reason = cancelled(cancel) => {
+            log.note(&format!("cancelled ({reason}): ending process group {pid}"));
+            Ended::Cancelled(process::terminate_group(&mut child, pid, grace).await.ok(), reason)
         },
     };
-    // Nothing outlives a run: a background process the job left in its group is ended too.
+    // Nothing outlives a run: what the job left in its group, and anything that carries the
+    // run's tag after leaving the group (a new session, a double fork).
     if process::end_stragglers(pid, grace).await {
         log.note("ended processes the job left running in its group");
+    }
+    let escaped = process::end_tagged(&tag, grace).await;
+    if escaped > 0 {
+        log.note(&format!(
+            "ended {escaped} process(es) that left the job's group"
+        ));
     }
     for pump in pumps.into_iter().flatten() {
         // A process outside the group could hold the pipe open: do not wait on it for long.
@@ -255,104 +545,213 @@ pub async fn run(
             abort.abort();
         }
     }
-
-    let bridge = read_outcome(&result_file);
+    exec.bridge = std::fs::read_to_string(&result_file)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
     let _ = std::fs::remove_file(&result_file);
-    let stderr_tail = tail
+    exec.stderr_tail = tail
         .lock()
-        .map(|t| t.iter().cloned().collect::<Vec<_>>())
+        .map(|t| t.iter().cloned().collect())
         .unwrap_or_default();
-    let (outcome, end) = judge(&job, ended, bridge, &stderr_tail);
-    log.note(&format!(
-        "end: {}{}",
-        outcome.as_str(),
-        end.error
-            .as_deref()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default()
-    ));
-    finish(env, report, outcome, end).await
+    exec
 }
 
-/// Resolves when `cancel` turns true (or its sender is gone, which never cancels).
-async fn cancelled(cancel: &mut watch::Receiver<bool>) {
-    loop {
-        if *cancel.borrow_and_update() {
-            return;
+/// A run in the embedded interpreter, on a blocking thread that holds the job's lock until
+/// Python returns.
+#[allow(clippy::too_many_arguments)]
+async fn run_embedded(
+    env: &RunEnv,
+    job: &Job,
+    run_id: i64,
+    context: &str,
+    log: &Arc<JobLog>,
+    cancel: &mut watch::Receiver<Option<String>>,
+    events: &Option<mpsc::UnboundedSender<RunEvent>>,
+    lock: JobLock,
+) -> Execution {
+    let mut exec = Execution {
+        ended: Ended::Exited(None),
+        bridge: None,
+        failure: None,
+        stderr_tail: Vec::new(),
+        stuck: None,
+    };
+    if let Some(tx) = events {
+        let _ = tx.send(RunEvent::Started {
+            job: job.id.clone(),
+            run_id,
+            pid: None,
+        });
+    }
+    let ident = Arc::new(AtomicU64::new(0));
+    let log_file = crate::python::log_file(&env.config, &job.id);
+    let (entry, context_owned, ident_in) = (
+        job.entry.to_string(),
+        context.to_string(),
+        Arc::clone(&ident),
+    );
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let thread = tokio::task::spawn_blocking(move || {
+        let _lock = lock;
+        let outcome = crate::python::call(&entry, &context_owned, &log_file, run_id, &ident_in);
+        let _ = tx.send(outcome);
+    });
+    let grace = env.config.scheduler.kill_grace;
+    let deadline = tokio::time::Instant::now() + job.timeout;
+    let (returned, ended) = tokio::select! {
+        r = &mut rx => (Some(r), Ended::Exited(None)),
+        _ = tokio::time::sleep_until(deadline) => {
+            log.note(&format!("timeout after {}: raising JobTimeout in the job's thread", humantime::format_duration(job.timeout)));
+            interrupt(&ident, true);
+            (None, Ended::TimedOut(None))
+        },
+        reason = cancelled(cancel) => {
+            log.note(&format!("cancelled ({reason}): raising JobCancelled in the job's thread"));
+            interrupt(&ident, false);
+            (None, Ended::Cancelled(None, reason))
+        },
+    };
+    exec.ended = ended;
+    let returned = match returned {
+        Some(r) => Some(r),
+        // Interrupted: give the exception the grace period to unwind the job.
+        None => tokio::time::timeout(grace, &mut rx).await.ok(),
+    };
+    match returned {
+        Some(Ok(Ok(json))) => exec.bridge = serde_json::from_str(&json).ok(),
+        Some(Ok(Err(e))) => exec.failure = Some(e),
+        Some(Err(_)) => exec.failure = Some("the job's thread ended without an outcome".into()),
+        None => {
+            log.note("the job's thread did not return: it is stuck in native code and keeps the job's slot until it returns");
+            exec.stuck = Some(tokio::spawn(async move {
+                let _ = thread.await;
+            }));
         }
-        if cancel.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+    }
+    exec
+}
+
+/// Raises the interrupt from a blocking thread: it needs the GIL, which the job may hold.
+fn interrupt(ident: &AtomicU64, timeout: bool) {
+    let id = ident.load(std::sync::atomic::Ordering::SeqCst);
+    if id != 0 {
+        tokio::task::spawn_blocking(move || crate::python::interrupt(id, timeout));
     }
 }
 
-/// Decides the outcome of a run from how its process ended and what the bridge reported.
-fn judge(
-    job: &Job,
-    ended: Ended,
-    bridge: Option<BridgeOutcome>,
-    stderr_tail: &[String],
-) -> (Outcome, RunEnd) {
+/// Marks a stuck embedded run in the history and releases its job when the thread returns.
+fn watch_stuck(
+    env: &RunEnv,
+    job: &str,
+    run_id: i64,
+    thread: tokio::task::JoinHandle<()>,
+    events: Option<mpsc::UnboundedSender<RunEvent>>,
+) {
+    let history = Arc::clone(&env.history);
+    let job = job.to_string();
+    tokio::spawn(async move {
+        let set = |stuck: bool| {
+            let history = Arc::clone(&history);
+            tokio::task::spawn_blocking(move || {
+                if let Ok(h) = history.lock() {
+                    let _ = h.set_stuck(run_id, stuck);
+                }
+            })
+        };
+        let _ = set(true).await;
+        let _ = thread.await;
+        let _ = set(false).await;
+        tracing::info!(job = %job, run_id, "the stuck thread of run {run_id} returned: {job} is free again");
+        if let Some(tx) = events {
+            let _ = tx.send(RunEvent::Released { job, run_id });
+        }
+    });
+}
+
+/// Decides the outcome of a run from how it ended and what the bridge reported.
+fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
+    let bridge = exec.bridge.as_ref();
     let mut end = RunEnd {
-        entered_at: bridge
-            .as_ref()
-            .and_then(|b| b.entered_at)
-            .and_then(epoch_to_utc),
+        entered_at: bridge.and_then(|b| b.entered_at).and_then(epoch_to_utc),
         ..RunEnd::default()
     };
-    let status = match &ended {
-        Ended::Exited(s) => Some(*s),
-        Ended::TimedOut(s) | Ended::Cancelled(s) => *s,
+    let status = match &exec.ended {
+        Ended::Exited(s) | Ended::TimedOut(s) | Ended::Cancelled(s, _) => *s,
     };
     end.exit_code = status.and_then(|s| s.code());
     end.signal = status.and_then(|s| s.signal()).map(process::signal_name);
-    let outcome = match ended {
+    let outcome = match &exec.ended {
         Ended::TimedOut(_) => {
-            end.error = Some(format!(
+            let mut error = format!(
                 "timed out after {}",
                 humantime::format_duration(job.timeout)
-            ));
+            );
+            if exec.stuck.is_some() {
+                error.push_str("; its thread is stuck in native code and holds the job's slot until it returns");
+            }
+            end.error = Some(error);
             Outcome::Timeout
         }
-        Ended::Cancelled(_) => {
-            end.error = Some("cancelled".to_string());
+        Ended::Cancelled(_, reason) => {
+            end.error = Some(format!("cancelled: {reason}"));
             Outcome::Cancelled
         }
+        Ended::Exited(Some(status)) if status.signal().is_some() => {
+            let sig = process::signal_name(status.signal().unwrap_or_default());
+            end.error = Some(format!("killed by {sig}"));
+            Outcome::Crashed
+        }
         Ended::Exited(status) => {
-            if let Some(sig) = status.signal() {
-                end.error = Some(format!("killed by {}", process::signal_name(sig)));
-                Outcome::Crashed
-            } else {
-                match (status.code(), bridge) {
-                    (Some(0), Some(b)) if b.status == "ok" || b.status == "exit" => {
-                        if b.status == "ok" {
-                            end.result = Some(b.result.to_string());
-                        }
+            let code = status.and_then(|s| s.code());
+            match (&job.entry, bridge, &exec.failure) {
+                (_, _, Some(failure)) => {
+                    end.error = Some(failure.clone());
+                    Outcome::Failed
+                }
+                // A command reports by its exit code alone.
+                (Entry::Command(_), _, None) => {
+                    if code == Some(0) {
+                        Outcome::Success
+                    } else {
+                        end.error = Some(explain(code, &exec.stderr_tail));
+                        Outcome::Failed
+                    }
+                }
+                (_, Some(b), None) => match (b.status.as_str(), b.exit_code) {
+                    ("ok", _) if code.unwrap_or(0) == 0 => {
+                        end.result = Some(b.result.to_string());
                         Outcome::Success
                     }
-                    (code, Some(b)) => {
-                        end.error = b.error.or_else(|| code.map(|c| format!("exit code {c}")));
-                        if let (Some(c), "exit") = (b.exit_code, b.status.as_str()) {
-                            end.exit_code = Some(c);
+                    ("exit", Some(0)) if code.unwrap_or(0) == 0 => Outcome::Success,
+                    (status, exit) => {
+                        if status == "exit" {
+                            end.exit_code = exit.or(end.exit_code);
                         }
+                        end.error = b
+                            .error
+                            .clone()
+                            .or_else(|| Some(explain(code, &exec.stderr_tail)));
                         Outcome::Failed
                     }
-                    (code, None) => {
-                        let why = stderr_tail
-                            .last()
-                            .cloned()
-                            .unwrap_or_else(|| "the job reported no outcome".to_string());
-                        end.error = Some(match code {
-                            Some(c) => format!("exit code {c}: {why}"),
-                            None => why,
-                        });
-                        Outcome::Failed
-                    }
+                },
+                (_, None, None) => {
+                    end.error = Some(explain(code, &exec.stderr_tail));
+                    Outcome::Failed
                 }
             }
         }
     };
     (outcome, end)
+}
+
+fn explain(code: Option<i32>, stderr_tail: &[String]) -> String {
+    let why = stderr_tail.last().cloned();
+    match (code, why) {
+        (Some(c), Some(why)) => format!("exit code {c}: {why}"),
+        (Some(c), None) => format!("exit code {c}"),
+        (None, Some(why)) => why,
+        (None, None) => "the job reported no outcome".to_string(),
+    }
 }
 
 async fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunEnd) -> RunReport {
@@ -374,11 +773,6 @@ async fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunE
     report
 }
 
-fn read_outcome(path: &Path) -> Option<BridgeOutcome> {
-    let text = std::fs::read_to_string(path).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
 fn epoch_to_utc(secs: f64) -> Option<DateTime<Utc>> {
     if !secs.is_finite() {
         return None;
@@ -390,10 +784,14 @@ fn epoch_to_utc(secs: f64) -> Option<DateTime<Utc>> {
 /// The run context handed to Python, as JSON.
 fn run_context(config: &Config, job: &Job, req: &RunRequest, run_id: i64) -> serde_json::Value {
     let tz = config.scheduler.exchange.tz();
+    let entry = match &job.entry {
+        Entry::Script(path) => config.python.cwd.join(path).display().to_string(),
+        other => other.to_string(),
+    };
     serde_json::json!({
         "job": job.id,
         "name": job.name,
-        "entry": job.entry.to_string(),
+        "entry": entry,
         "run_id": run_id,
         "scheduled_at": req.scheduled_at.with_timezone(&tz).to_rfc3339_opts(SecondsFormat::Micros, false),
         "attempt": req.attempt,
@@ -415,7 +813,7 @@ fn python_path(paths: &[PathBuf]) -> std::ffi::OsString {
 
 /// A job's log file, `<log_dir>/jobs/<job>.log`, shared by the run's stdout and stderr readers.
 pub struct JobLog {
-    file: Mutex<std::io::BufWriter<std::fs::File>>,
+    file: Mutex<std::io::BufWriter<File>>,
     run_id: i64,
 }
 
@@ -424,7 +822,7 @@ impl JobLog {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
         let path = dir.join(format!("{job}.log"));
-        let file = std::fs::OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)

@@ -246,6 +246,28 @@ impl Trigger {
         None
     }
 
+    /// The end of the window `slot` fired in, for a market-hours cron job; `None` otherwise.
+    pub fn window_end_for(
+        &self,
+        calendar: &Calendar,
+        slot: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        if !self.market_hours || !matches!(self.schedule, Schedule::Cron(_)) {
+            return None;
+        }
+        let tz = calendar.tz();
+        let local = slot.with_timezone(&tz).naive_local();
+        // The window may have begun the day before (a negative offset past midnight).
+        [Some(local.date()), local.date().pred_opt()]
+            .into_iter()
+            .flatten()
+            .filter_map(|d| calendar.session(d))
+            .find(|s| {
+                self.window_start.in_session(s) <= local && local <= self.window_end.in_session(s)
+            })
+            .and_then(|s| to_instant(tz, self.window_end.in_session(&s)))
+    }
+
     /// Every fire instant in `[from, to)`, in order.
     pub fn fires_between(
         &self,

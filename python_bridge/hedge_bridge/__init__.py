@@ -86,8 +86,27 @@ def context_from_json(text: str) -> RunContext:
     )
 
 
+def _script(path: str) -> Callable[[RunContext], Any]:
+    """A legacy script run as ``__main__``, with ``ctx.args["argv"]`` as its arguments."""
+
+    def run_script(ctx: RunContext) -> None:
+        import runpy
+
+        saved = sys.argv
+        sys.argv = [path, *[str(a) for a in ctx.args.get("argv", [])]]
+        try:
+            runpy.run_path(path, run_name="__main__")
+        finally:
+            sys.argv = saved
+
+    return run_script
+
+
 def resolve(entry: str) -> Callable[[RunContext], Any]:
-    """Imports ``module`` and returns its ``function`` for an entry ``module:function``."""
+    """Imports ``module`` and returns its ``function`` for an entry ``module:function``; an entry
+    that is a ``.py`` path is run as a script."""
+    if entry.endswith(".py") and ":" not in entry:
+        return _script(entry)
     module_name, sep, func_name = entry.partition(":")
     if not sep or not module_name or not func_name:
         raise ValueError(f"entry {entry!r} is not 'module:function'")

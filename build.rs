@@ -1,0 +1,7 @@
+//! Links the machine's libpython for the embedded (pyo3) executor and records its folder as an
+//! rpath, so the binary runs without LD_LIBRARY_PATH.
+
+fn main() {
+    pyo3_build_config::add_libpython_rpath_link_args();
+    println!("cargo:rerun-if-changed=build.rs");
+}

@@ -1,0 +1,129 @@
+"""In-process runs, for hedge-scheduler's pyo3 executor.
+
+The daemon embeds one interpreter for its whole life and calls :func:`run_json` on a worker thread
+per run, so a job's module is imported once and reused. While a run is in progress, what its thread
+prints (``print``, ``sys.stderr``, ``ctx.log``, ``logging``) goes to that job's log file, line by
+line, in the same format as a subprocess run's output; other threads print to the daemon's console.
+
+A run is ended early (timeout, cancellation) by raising :class:`JobTimeout` or
+:class:`JobCancelled` inside its thread (``PyThreadState_SetAsyncExc``). Both derive from
+``BaseException``, so a job's ``except Exception`` does not swallow them. A thread blocked inside C
+code only sees the exception when it returns to Python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as _dt
+import io
+import json
+import sys
+import threading
+
+from hedge_bridge import call, context_from_json
+
+__all__ = ["JobTimeout", "JobCancelled", "run_json", "interrupt"]
+
+
+class JobTimeout(BaseException):
+    """Raised inside a job's thread when its run passes its timeout."""
+
+
+class JobCancelled(BaseException):
+    """Raised inside a job's thread when its run is cancelled (shutdown, `overlap = "replace"`)."""
+
+
+class _RunSink:
+    """One run's output: complete lines, stamped, appended to the job's log file."""
+
+    def __init__(self, path: str, run_id: int) -> None:
+        self._file = open(path, "a", encoding="utf-8", errors="replace")
+        self._run_id = run_id
+        self._partial = {"stdout": "", "stderr": ""}
+        self._lock = threading.Lock()
+
+    def write(self, stream: str, text: str) -> None:
+        with self._lock:
+            pending = self._partial[stream] + text
+            *lines, rest = pending.split("\n")
+            self._partial[stream] = rest
+            if lines:
+                self._emit(stream, lines)
+
+    def _emit(self, stream: str, lines) -> None:
+        now = _dt.datetime.now(_dt.timezone.utc)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+        prefix = f"{stamp} [run {self._run_id} {stream}] "
+        self._file.write("".join(prefix + line.rstrip("\r") + "\n" for line in lines))
+        self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            for stream, rest in self._partial.items():
+                if rest:
+                    self._emit(stream, [rest])
+                    self._partial[stream] = ""
+            self._file.close()
+
+
+_sinks: dict[int, _RunSink] = {}
+
+
+class _Router(io.TextIOBase):
+    """Stands in for sys.stdout/sys.stderr: each thread's writes go to its run's sink."""
+
+    def __init__(self, fallback, name: str) -> None:
+        self._fallback = fallback
+        self._name = name
+
+    def write(self, text: str) -> int:
+        sink = _sinks.get(threading.get_ident())
+        if sink is not None:
+            sink.write(self._name, text)
+        elif self._fallback is not None:
+            self._fallback.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if threading.get_ident() not in _sinks and self._fallback is not None:
+            self._fallback.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+def _install() -> None:
+    if not isinstance(sys.stdout, _Router):
+        sys.stdout = _Router(sys.stdout, "stdout")
+    if not isinstance(sys.stderr, _Router):
+        sys.stderr = _Router(sys.stderr, "stderr")
+
+
+def run_json(entry: str, ctx_json: str, log_path: str, run_id: int) -> str:
+    """Runs one job on the calling thread; returns the outcome as JSON (see hedge_bridge.call)."""
+    _install()
+    ident = threading.get_ident()
+    sink = _RunSink(log_path, run_id)
+    _sinks[ident] = sink
+    try:
+        outcome = call(entry, context_from_json(ctx_json))
+        if outcome["status"] == "error":
+            sink.write("stderr", outcome["traceback"])
+        return json.dumps(outcome, default=str)
+    finally:
+        _sinks.pop(ident, None)
+        sink.close()
+
+
+def interrupt(ident: int, reason: str) -> int:
+    """Raises JobTimeout (reason "timeout") or JobCancelled in thread ``ident``; returns how many
+    threads were hit (0: the thread is gone)."""
+    exc = JobTimeout if reason == "timeout" else JobCancelled
+    return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
