@@ -62,6 +62,8 @@ struct Running {
 
 /// What every handler of the loop needs.
 struct Ctx {
+    /// Slots before this were missed by the daemon, however recent.
+    started_at: DateTime<Utc>,
     env: Arc<RunEnv>,
     calendar: Arc<Calendar>,
     events: mpsc::UnboundedSender<RunEvent>,
@@ -144,6 +146,7 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
         signal(SignalKind::interrupt()).map_err(|e| Error::io("cannot watch SIGINT", e))?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<RunEvent>();
     let mut ctx = Ctx {
+        started_at,
         env: Arc::clone(&env),
         calendar: Arc::clone(&calendar),
         events: events_tx,
@@ -238,7 +241,9 @@ async fn tick(ctx: &mut Ctx, jobs: &mut [JobState], now: DateTime<Utc>) {
         }
         let last = due[due.len() - 1];
         state.next = job.trigger.next_fire_after(&ctx.calendar, last.max(now));
-        let (missed, on_time): (Vec<_>, Vec<_>) = due.into_iter().partition(|t| now - *t > LATE);
+        let (missed, on_time): (Vec<_>, Vec<_>) = due
+            .into_iter()
+            .partition(|t| now - *t > LATE || *t < ctx.started_at);
         if !missed.is_empty() {
             catch_up(ctx, state, &missed, !on_time.is_empty(), now).await;
         }

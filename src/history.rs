@@ -48,6 +48,7 @@ CREATE TABLE daemon (
 ALTER TABLE runs ADD COLUMN stuck INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN executor TEXT;
 CREATE INDEX runs_job_slot ON runs (job, scheduled_at);
+CREATE INDEX runs_stuck ON runs (stuck) WHERE stuck = 1;
 "#,
 ];
 
@@ -429,6 +430,19 @@ impl History {
         self.conn
             .prepare_cached(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE outcome = 'running' ORDER BY id"
+            ))
+            .and_then(|mut st| {
+                st.query_map([], run_row)
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Embedded runs that timed out while their thread is stuck, oldest first.
+    pub fn stuck(&self) -> Result<Vec<RunRow>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE stuck = 1 ORDER BY id"
             ))
             .and_then(|mut st| {
                 st.query_map([], run_row)

@@ -34,6 +34,8 @@ pub struct JobStatus {
     pub schedule: String,
     pub market_hours: bool,
     pub running: bool,
+    /// An in-process run timed out but its thread has not returned: the job is held.
+    pub stuck: bool,
     pub running_pid: Option<i64>,
     pub running_since: Option<String>,
     pub last_outcome: Option<String>,
@@ -52,6 +54,15 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
         Some(h) => h.running()?,
         None => Vec::new(),
     };
+    let stuck_rows: Vec<RunRow> = match &history {
+        Some(h) => h
+            .stuck()?
+            .into_iter()
+            .filter(|r| r.owner_pid.is_some_and(pid_alive))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut warnings = crate::config_warnings(config, now);
     let calendar = config.calendar();
     let tz = calendar.tz();
     let mut jobs = Vec::new();
@@ -74,12 +85,22 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
             },
             _ => last,
         };
+        let stuck = stuck_rows.iter().rfind(|r| r.job == job.id);
+        if let Some(r) = stuck {
+            warnings.push(format!(
+                "{}: run {} timed out but its thread is stuck in native code (since {}); the job is held until it returns",
+                job.id,
+                r.id,
+                local(Some(&r.started_at), tz)
+            ));
+        }
         jobs.push(JobStatus {
             job: job.id.clone(),
             name: job.name.clone(),
             schedule: job.trigger.schedule.to_string(),
             market_hours: job.trigger.market_hours,
-            running: running.is_some(),
+            running: running.is_some() || stuck.is_some(),
+            stuck: stuck.is_some(),
             running_pid: running.and_then(|r| r.pid),
             running_since: running.map(|r| r.started_at.clone()),
             last_outcome: last_done.as_ref().map(|r| r.outcome.clone()),
@@ -103,7 +124,7 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
         },
         jobs,
-        warnings: crate::config_warnings(config, now),
+        warnings,
     })
 }
 
@@ -163,7 +184,9 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
         "JOB", "STATE", "LAST RUN", "OUTCOME", "DURATION", "NEXT FIRE"
     ));
     for j in &status.jobs {
-        let state = if j.running {
+        let state = if j.stuck {
+            "stuck (native code)".to_string()
+        } else if j.running {
             let since = j.running_since.as_deref().and_then(parse_time);
             let for_ = since
                 .map(|s| format_duration((now - s).to_std().unwrap_or_default()))

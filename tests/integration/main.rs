@@ -2,5 +2,6 @@
 //! a real SQLite history. Each test gets a project folder of its own.
 
 mod calendar;
+mod executors;
 mod foundation;
 mod util;
