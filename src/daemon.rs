@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::calendar::Calendar;
-use crate::config::{CatchUp, Config, Executor, Job, Overlap};
+use crate::config::{CatchUp, Config, Job, Overlap};
 use crate::error::{Error, Result};
 use crate::history::{History, Outcome, TriggerKind};
 use crate::instance::InstanceLock;
@@ -74,9 +74,6 @@ struct Ctx {
 pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let started_at = Utc::now();
     let _lock = InstanceLock::acquire(&config.scheduler.log_dir, started_at)?;
-    if config.jobs.iter().any(|j| j.executor == Executor::Pyo3) {
-        crate::python::init(&config, &interpreter)?;
-    }
     let history = History::open(&config.scheduler.history)?;
     let abandoned = abandon_dead_runs(&history)?;
     let daemon_row = history.daemon_started(std::process::id(), started_at)?;

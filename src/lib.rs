@@ -43,6 +43,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             refuse_strict_past_coverage(&config)?;
             let interpreter = interpreter::resolve(&config, None)?;
             let _guard = logging::init_daemon(&config.scheduler.log_dir)?;
+            // The embedded interpreter starts here, never on an async worker.
+            if config.jobs.iter().any(|j| j.executor == config::Executor::Pyo3) {
+                python::init(&config, &interpreter)?;
+            }
             let rt = runtime()?;
             let outcome = rt.block_on(daemon::run(config, interpreter));
             // Threads stuck in native code end with the process; do not wait for them.
