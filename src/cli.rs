@@ -57,6 +57,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop the running daemon (SIGTERM) and wait for it to exit (exit 3: none running)
+    Stop,
     /// Validate the config and print a summary of its jobs
     CheckConfig,
     /// The sessions of an exchange in a date range (closed days absent)

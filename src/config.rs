@@ -56,6 +56,12 @@ struct RawScheduler {
     shutdown_grace: Option<Spanned<String>>,
     kill_grace: Option<Spanned<String>>,
     strict_calendar: Option<bool>,
+    health_interval: Option<Spanned<String>>,
+    report_interval: Option<Spanned<String>>,
+    history_retention: Option<Spanned<String>>,
+    log_files_kept: Option<Spanned<i64>>,
+    legacy: Option<Spanned<String>>,
+    legacy_scripts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +89,7 @@ struct RawJob {
     overlap: Option<Spanned<String>>,
     catch_up: Option<Spanned<String>>,
     misfire_grace: Option<Spanned<String>>,
+    max_memory: Option<Spanned<String>>,
     args: Option<toml::Table>,
     enabled: Option<bool>,
 }
@@ -119,7 +126,37 @@ pub struct Scheduler {
     pub shutdown_grace: Duration,
     /// Between SIGTERM and SIGKILL when a job's process group is ended.
     pub kill_grace: Duration,
+    /// Heartbeat, belt-and-braces timeouts, resource and disk checks.
+    pub health_interval: Duration,
+    /// The status table on the console and in the log.
+    pub report_interval: Duration,
+    /// Runs older than this are pruned from the history, daily.
+    pub history_retention: Duration,
+    /// Daily log files kept, per log (the daemon's and each job's).
+    pub log_files_kept: usize,
+    /// What to do about the old system's scripts still running.
+    pub legacy: Legacy,
+    /// The old system's scripts, by file name.
+    pub legacy_scripts: Vec<String>,
 }
+
+/// What the daemon does when it finds the old system's scripts running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Legacy {
+    /// Refuse to start (both would collect the same data).
+    Refuse,
+    Warn,
+    /// Terminate them, then go on.
+    Stop,
+}
+
+/// The old system's scripts, looked for by default.
+pub const LEGACY_SCRIPTS: [&str; 4] = [
+    "start_options_analysis_background.py",
+    "start_intraday_data_collector_fixed.py",
+    "start_options_collector_background.py",
+    "start_all_background_services.py",
+];
 
 #[derive(Debug, Clone)]
 pub struct Python {
@@ -254,6 +291,8 @@ pub struct Job {
     /// How late a missed slot is still worth running; `None`: anywhere in the current session
     /// (or the last day, for a job not tied to sessions).
     pub misfire_grace: Option<Duration>,
+    /// A run whose process tree uses more memory than this is ended (outcome `failed`).
+    pub max_memory: Option<u64>,
     /// The job's `args` table, handed to Python as `ctx.args`.
     pub args: serde_json::Value,
 }
@@ -306,6 +345,54 @@ impl Config {
                 "scheduler.kill_grace",
                 DEFAULT_KILL_GRACE,
             )?,
+            health_interval: v.duration(
+                raw.scheduler.health_interval.as_ref(),
+                "scheduler.health_interval",
+                Duration::from_secs(30),
+            )?,
+            report_interval: v.duration(
+                raw.scheduler.report_interval.as_ref(),
+                "scheduler.report_interval",
+                Duration::from_secs(300),
+            )?,
+            history_retention: v.duration(
+                raw.scheduler.history_retention.as_ref(),
+                "scheduler.history_retention",
+                Duration::from_secs(90 * 86_400),
+            )?,
+            log_files_kept: match &raw.scheduler.log_files_kept {
+                None => 7,
+                Some(n) => usize::try_from(*n.get_ref())
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        v.at(
+                            n,
+                            "`scheduler.log_files_kept` must be 1 to 1000".to_string(),
+                        )
+                    })?,
+            },
+            legacy: match &raw.scheduler.legacy {
+                None => Legacy::Refuse,
+                Some(l) => match l.get_ref().as_str() {
+                    "refuse" => Legacy::Refuse,
+                    "warn" => Legacy::Warn,
+                    "stop" => Legacy::Stop,
+                    other => {
+                        return Err(v.at(
+                            l,
+                            format!(
+                                "unknown policy `{other}` for `scheduler.legacy` (expected one of: refuse, warn, stop)"
+                            ),
+                        ));
+                    }
+                },
+            },
+            legacy_scripts: raw
+                .scheduler
+                .legacy_scripts
+                .clone()
+                .unwrap_or_else(|| LEGACY_SCRIPTS.map(String::from).to_vec()),
         };
 
         if let (Some(_), Some(venv)) = (&raw.python.executable, &raw.python.venv) {
@@ -608,6 +695,26 @@ impl Validator<'_> {
             None => Retry::default(),
             Some(r) => self.retry(r, &table)?,
         };
+        let max_memory = match &raw.max_memory {
+            None => None,
+            Some(m) => {
+                if executor == Executor::Pyo3 {
+                    return Err(self.at(
+                        m,
+                        format!("`max_memory` in [{table}] needs executor = \"subprocess\" (an in-process run shares the daemon's memory)"),
+                    ));
+                }
+                Some(parse_size(m.get_ref()).map_err(|why| {
+                    self.at(
+                        m,
+                        format!(
+                            "invalid size `{}` for `max_memory` in [{table}]: {why} (expected e.g. \"512MiB\", \"2GiB\")",
+                            m.get_ref()
+                        ),
+                    )
+                })?)
+            }
+        };
         let timeout = self.duration(
             raw.timeout.as_ref(),
             &format!("{table}.timeout"),
@@ -643,6 +750,7 @@ impl Validator<'_> {
             overlap,
             catch_up,
             misfire_grace,
+            max_memory,
             args,
         }))
     }
@@ -750,6 +858,31 @@ fn parse_entry(s: &str) -> Option<Entry> {
         module: module.to_string(),
         function: function.to_string(),
     })
+}
+
+/// Parses "512MiB", "2GiB", "1.5GB", "800000000" (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number.parse().map_err(|_| "no number".to_string())?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown unit `{other}`")),
+    };
+    let bytes = number * factor;
+    if !(1.0..1e15).contains(&bytes) {
+        return Err("out of range".to_string());
+    }
+    Ok(bytes as u64)
 }
 
 /// Parses "150s", "2m", "1h30m", "500ms".
@@ -900,6 +1033,16 @@ args = { indices = ["NIFTY", "BANKNIFTY"] }
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("ten").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2GiB").unwrap(), 2 * 1024 * 1024 * 1024);
+        assert_eq!(parse_size("512 MiB").unwrap(), 512 * 1024 * 1024);
+        assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("2XB").is_err());
     }
 
     #[test]

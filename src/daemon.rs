@@ -9,7 +9,7 @@
 //! `retry`, only while the retry would start before the next slot and the session's end.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -49,6 +49,8 @@ struct JobState {
     running: Option<Running>,
     pending: VecDeque<Pending>,
     retry: Option<Pending>,
+    /// Removed from the config by a reload: dropped once its run ends.
+    retired: bool,
 }
 
 struct Running {
@@ -64,18 +66,26 @@ struct Running {
 struct Ctx {
     /// Slots before this were missed by the daemon, however recent.
     started_at: DateTime<Utc>,
+    daemon_row: i64,
+    config: Arc<Config>,
     env: Arc<RunEnv>,
     calendar: Arc<Calendar>,
     events: mpsc::UnboundedSender<RunEvent>,
     tasks: JoinSet<()>,
+    /// The local date of the last daily chores (pruning, coverage warning).
+    daily_done: Option<chrono::NaiveDate>,
 }
 
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
 pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let started_at = Utc::now();
-    let _lock = InstanceLock::acquire(&config.scheduler.log_dir, started_at)?;
+    let _lock = InstanceLock::acquire(
+        &config.scheduler.log_dir,
+        started_at,
+        config.calendar().tz(),
+    )?;
     let history = History::open(&config.scheduler.history)?;
-    let abandoned = abandon_dead_runs(&history)?;
+    let abandoned = abandon_dead_runs(&history, config.scheduler.kill_grace)?;
     let daemon_row = history.daemon_started(std::process::id(), started_at)?;
     let last_slots: Vec<Option<DateTime<Utc>>> = config
         .jobs
@@ -85,19 +95,16 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
 
     let calendar = config.calendar();
     let config = Arc::new(config);
-    let env = Arc::new(RunEnv {
-        config: Arc::clone(&config),
-        python: interpreter.path.clone(),
-        history: Arc::new(Mutex::new(history)),
-    });
+    let env = Arc::new(RunEnv::new(
+        Arc::clone(&config),
+        interpreter.path.clone(),
+        history,
+    ));
 
     banner(&config, &interpreter, &calendar);
-    for warning in crate::config_warnings(&config, Utc::now()) {
-        tracing::warn!("⚠️  {warning}");
-    }
     if abandoned > 0 {
         tracing::warn!(
-            "⚠️  {abandoned} run(s) left `running` by a dead process were marked abandoned"
+            "⚠️  {abandoned} run(s) left `running` by a dead process were marked abandoned (their processes ended)"
         );
     }
     let now = Utc::now();
@@ -117,6 +124,7 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
                 running: None,
                 pending: VecDeque::new(),
                 retry: None,
+                retired: false,
             }
         })
         .collect();
@@ -135,20 +143,38 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
             None => tracing::warn!("   {:<20} never fires: no slot ahead", state.job.id),
         }
     }
-    tracing::info!("✅ All services initialized ({} jobs)", jobs.len());
 
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("cannot watch SIGTERM", e))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| Error::io("cannot watch SIGINT", e))?;
+    let mut sighup =
+        signal(SignalKind::hangup()).map_err(|e| Error::io("cannot watch SIGHUP", e))?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<RunEvent>();
     let mut ctx = Ctx {
         started_at,
+        daemon_row,
+        config: Arc::clone(&config),
         env: Arc::clone(&env),
         calendar: Arc::clone(&calendar),
         events: events_tx,
         tasks: JoinSet::new(),
+        daily_done: None,
     };
+    health(&mut ctx, &mut jobs).await;
+    tracing::info!("✅ All services initialized ({} jobs)", jobs.len());
+    crate::health::notify_systemd("READY=1");
+
+    let mut health_every = tokio::time::interval_at(
+        tokio::time::Instant::now() + ctx.config.scheduler.health_interval,
+        ctx.config.scheduler.health_interval,
+    );
+    health_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut report_every = tokio::time::interval_at(
+        tokio::time::Instant::now() + ctx.config.scheduler.report_interval,
+        ctx.config.scheduler.report_interval,
+    );
+    report_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let signal_name = loop {
         let now = Utc::now();
@@ -168,9 +194,14 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
             Some(event) = events.recv() => on_event(&mut ctx, &mut jobs, event).await,
             Some(_) = ctx.tasks.join_next(), if !ctx.tasks.is_empty() => {}
             _ = tokio::time::sleep(sleep_for) => tick(&mut ctx, &mut jobs, Utc::now()).await,
+            _ = sighup.recv() => reload(&mut ctx, &mut jobs).await,
+            _ = health_every.tick() => health(&mut ctx, &mut jobs).await,
+            _ = report_every.tick() => report(&ctx, &jobs).await,
         }
     };
 
+    crate::health::notify_systemd("STOPPING=1");
+    let config = Arc::clone(&ctx.config);
     shutdown(
         signal_name,
         &config,
@@ -181,14 +212,252 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
         &mut sigint,
     )
     .await;
+    while ctx.tasks.join_next().await.is_some() {}
+    env.flush().await;
     if let Err(e) = env
         .db(move |h| h.daemon_stopped(daemon_row, Utc::now()))
         .await
     {
         tracing::error!("cannot record the daemon's stop: {e}");
     }
+    let _ = std::fs::remove_file(crate::health::state_path(&config.scheduler.log_dir));
     tracing::info!("👋 hedge-scheduler stopped");
     Ok(())
+}
+
+/// The health check: heartbeat, delayed history writes, runs past their timeout, stuck
+/// threads, disk space, legacy processes, and once a day pruning and the calendar's coverage.
+async fn health(ctx: &mut Ctx, jobs: &mut [JobState]) {
+    let now = Utc::now();
+    let config = Arc::clone(&ctx.config);
+    let mut problems = Vec::new();
+
+    let row = ctx.daemon_row;
+    let heartbeat = ctx.env.db(move |h| h.heartbeat(row, now));
+    if let Err(e) = heartbeat.await {
+        tracing::error!("❗ cannot write the heartbeat: {e}");
+    }
+    let left = ctx.env.flush().await;
+    if let Some((since, e)) = ctx.env.problem() {
+        problems.push(format!(
+            "history database: {e} (since {})",
+            since
+                .with_timezone(&ctx.calendar.tz())
+                .format("%H:%M:%S %Z")
+        ));
+    } else if left > 0 {
+        problems.push(format!("history database: {left} write(s) waiting"));
+    }
+
+    // Belt and braces: a run far past its timeout is ended here too.
+    for state in jobs.iter() {
+        let Some(r) = &state.running else { continue };
+        let limit = state.job.timeout + config.scheduler.kill_grace * 2 + Duration::from_secs(5);
+        let over = (now - r.started_at).to_std().is_ok_and(|d| d > limit);
+        if r.stuck {
+            problems.push(format!(
+                "{}: run {} is stuck in native code since {}; the job is held until it returns",
+                state.job.id,
+                r.run_id.unwrap_or_default(),
+                r.started_at
+                    .with_timezone(&ctx.calendar.tz())
+                    .format("%H:%M:%S %Z")
+            ));
+        } else if over {
+            tracing::warn!(
+                "⏱️  {}: past its timeout, ending it (health check)",
+                state.job.id
+            );
+            let _ = r
+                .cancel
+                .send(Some("health check: past its timeout".to_string()));
+        }
+    }
+
+    let log_dir = &config.scheduler.log_dir;
+    if let Some(free) = crate::health::free_space(log_dir)
+        && free < crate::health::LOW_DISK_BYTES
+    {
+        problems.push(format!(
+            "only {} free in {}",
+            crate::runner::bytes(free),
+            log_dir.display()
+        ));
+    }
+
+    let scripts = config.scheduler.legacy_scripts.clone();
+    let legacy = tokio::task::spawn_blocking(move || crate::legacy::find(&scripts))
+        .await
+        .unwrap_or_default();
+    if !legacy.is_empty() {
+        let list = legacy
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if config.scheduler.legacy == crate::config::Legacy::Stop {
+            tracing::warn!("🧹 stopping the old system's processes: {list}");
+            crate::legacy::stop(&legacy, config.scheduler.kill_grace).await;
+        } else {
+            tracing::warn!("⚠️  the old system is running: {list}");
+            problems.push(format!("the old system is running: {list}"));
+        }
+    }
+
+    let today = now.with_timezone(&ctx.calendar.tz()).date_naive();
+    if ctx.daily_done != Some(today) {
+        ctx.daily_done = Some(today);
+        for warning in crate::config_warnings(&config, now) {
+            tracing::warn!("⚠️  {warning}");
+        }
+        let before = now
+            - chrono::Duration::from_std(config.scheduler.history_retention)
+                .unwrap_or(chrono::Duration::days(90));
+        match ctx.env.db(move |h| h.prune(before)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("🧹 pruned {n} run(s) older than {}", before.date_naive()),
+            Err(e) => tracing::error!("cannot prune the history: {e}"),
+        }
+    }
+
+    for p in &problems {
+        tracing::debug!("problem: {p}");
+    }
+    let state = crate::health::DaemonState {
+        pid: std::process::id(),
+        started_at: ctx.started_at,
+        heartbeat_at: now,
+        problems,
+    };
+    if let Err(e) = crate::health::write_state(log_dir, &state) {
+        tracing::error!("cannot write {}: {e}", crate::health::STATE_FILE);
+    }
+    crate::health::notify_systemd("WATCHDOG=1");
+}
+
+/// The status table on the console and in the log, as `status` shows it.
+async fn report(ctx: &Ctx, jobs: &[JobState]) {
+    let config = Arc::clone(&ctx.config);
+    let now = Utc::now();
+    type Live = (String, Option<i64>, Option<u32>, DateTime<Utc>, bool);
+    let running: Vec<Live> = jobs
+        .iter()
+        .filter_map(|s| {
+            s.running
+                .as_ref()
+                .map(|r| (s.job.id.clone(), r.run_id, r.pid, r.started_at, r.stuck))
+        })
+        .collect();
+    let table = ctx
+        .env
+        .db(move |h| {
+            let mut status = crate::status::gather_from(&config, Some(h), None, now)?;
+            for j in status.jobs.iter_mut() {
+                if let Some((_, id, pid, since, stuck)) = running.iter().find(|r| r.0 == j.job) {
+                    j.running = true;
+                    j.stuck = *stuck;
+                    j.running_run_id = *id;
+                    j.running_pid = pid.map(i64::from);
+                    j.running_since = Some(crate::history::fmt_time(*since));
+                }
+            }
+            Ok(crate::status::render_jobs(&status, &config, now))
+        })
+        .await;
+    match table {
+        Ok(table) => {
+            tracing::info!("📊 Status report");
+            for line in table.lines() {
+                tracing::info!("{line}");
+            }
+        }
+        Err(e) => tracing::error!("cannot build the status report: {e}"),
+    }
+}
+
+/// SIGHUP: a valid new config takes effect for the next slots; an invalid one is rejected and
+/// the old one kept.
+async fn reload(ctx: &mut Ctx, jobs: &mut Vec<JobState>) {
+    let path = ctx.config.file.clone();
+    tracing::info!("🔄 SIGHUP: reloading {}", path.display());
+    let loaded = tokio::task::spawn_blocking(move || -> Result<(Config, Interpreter)> {
+        let config = Config::load(&path)?;
+        let interpreter = crate::interpreter::resolve(&config, None)?;
+        if config
+            .jobs
+            .iter()
+            .any(|j| j.executor == crate::config::Executor::Pyo3)
+        {
+            crate::python::init(&config, &interpreter)?;
+        }
+        Ok((config, interpreter))
+    })
+    .await
+    .map_err(|e| Error::Other(e.to_string()))
+    .and_then(|r| r);
+    let (new, interpreter) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!("❌ config rejected, keeping the old one: {e}");
+            return;
+        }
+    };
+    let old = &ctx.config.scheduler;
+    if new.scheduler.log_dir != old.log_dir || new.scheduler.history != old.history {
+        tracing::warn!(
+            "⚠️  `scheduler.log_dir` and `scheduler.history` change only with a restart; keeping {} and {}",
+            old.log_dir.display(),
+            old.history.display()
+        );
+    }
+    let mut new = new;
+    new.scheduler.log_dir = old.log_dir.clone();
+    new.scheduler.history = old.history.clone();
+    let new = Arc::new(new);
+    let calendar = new.calendar();
+    let now = Utc::now();
+    let mut next_jobs = Vec::new();
+    for job in &new.jobs {
+        let mut state = match jobs.iter().position(|s| s.job.id == job.id) {
+            Some(i) => jobs.remove(i),
+            None => JobState {
+                job: Arc::new(job.clone()),
+                next: None,
+                running: None,
+                pending: VecDeque::new(),
+                retry: None,
+                retired: false,
+            },
+        };
+        state.job = Arc::new(job.clone());
+        state.next = job.trigger.next_fire_after(&calendar, now);
+        state.retired = false;
+        next_jobs.push(state);
+    }
+    // Jobs no longer configured fire no more; one still running is kept until it ends.
+    let removed: Vec<String> = jobs.iter().map(|s| s.job.id.clone()).collect();
+    for mut state in jobs.drain(..) {
+        if state.running.is_some() {
+            state.next = None;
+            state.pending.clear();
+            state.retry = None;
+            state.retired = true;
+            next_jobs.push(state);
+        }
+    }
+    *jobs = next_jobs;
+    ctx.env = Arc::new(ctx.env.with_config(Arc::clone(&new), interpreter.path));
+    ctx.config = new;
+    ctx.calendar = calendar;
+    tracing::info!(
+        "✅ config reloaded: {} job(s){}",
+        ctx.config.jobs.len(),
+        if removed.is_empty() {
+            String::new()
+        } else {
+            format!("; removed: {}", removed.join(", "))
+        }
+    );
 }
 
 /// Missed slots older than this are not looked at: the current session for a job that follows
@@ -298,19 +567,14 @@ async fn catch_up(
             }
             _ => "missed while the scheduler was not running or not awake".to_string(),
         };
+        let env = Arc::clone(&ctx.env);
         let id = job.id.clone();
-        if let Err(e) = ctx
-            .env
-            .db(move |h| {
-                for slot in skipped {
-                    h.record_skipped(&id, TriggerKind::Schedule, slot, &reason)?;
-                }
-                Ok(())
-            })
-            .await
-        {
-            tracing::error!(job = %job.id, "cannot record missed slots: {e}");
-        }
+        ctx.tasks.spawn(async move {
+            for slot in skipped {
+                env.record_skipped(&id, TriggerKind::Schedule, slot, &reason)
+                    .await;
+            }
+        });
     }
     for slot in run {
         request(ctx, state, TriggerKind::CatchUp, slot).await;
@@ -379,14 +643,12 @@ async fn request(ctx: &mut Ctx, state: &mut JobState, trigger: TriggerKind, slot
     match skip_reason {
         Some(reason) => {
             tracing::info!("⏭️  {} skipped: {reason}", state.job.id);
+            // Recorded off the loop: a slow history never delays the next fire.
+            let env = Arc::clone(&ctx.env);
             let id = state.job.id.clone();
-            if let Err(e) = ctx
-                .env
-                .db(move |h| h.record_skipped(&id, trigger, slot, &reason))
-                .await
-            {
-                tracing::error!(job = %state.job.id, "cannot record a skipped slot: {e}");
-            }
+            ctx.tasks.spawn(async move {
+                env.record_skipped(&id, trigger, slot, &reason).await;
+            });
         }
         None => state.pending.push_back(pending),
     }
@@ -416,7 +678,7 @@ fn start(ctx: &mut Ctx, state: &mut JobState, p: Pending) {
     });
 }
 
-async fn on_event(ctx: &mut Ctx, jobs: &mut [JobState], event: RunEvent) {
+async fn on_event(ctx: &mut Ctx, jobs: &mut Vec<JobState>, event: RunEvent) {
     match event {
         RunEvent::Started { job, run_id, pid } => {
             if let Some(r) = find(jobs, &job).and_then(|s| s.running.as_mut()) {
@@ -436,12 +698,22 @@ async fn on_event(ctx: &mut Ctx, jobs: &mut [JobState], event: RunEvent) {
             } else {
                 state.running = None;
             }
+            if state.retired {
+                if state.running.is_none() {
+                    jobs.retain(|s| s.job.id != report.job || !s.retired);
+                }
+                return;
+            }
             plan_retry(ctx, state, &report).await;
             start_pending(ctx, state);
         }
         RunEvent::Released { job, .. } => {
             if let Some(state) = find(jobs, &job) {
                 state.running = None;
+                if state.retired {
+                    jobs.retain(|s| s.job.id != job || !s.retired);
+                    return;
+                }
                 start_pending(ctx, state);
             }
         }
@@ -510,9 +782,12 @@ async fn plan_retry(ctx: &mut Ctx, state: &mut JobState, report: &RunReport) {
                 Some(e) => format!("{e}; {why}"),
                 None => why,
             };
-            if let Err(e) = ctx.env.db(move |h| h.set_error(run_id, &error)).await {
-                tracing::error!(job = %job.id, "cannot record why there is no retry: {e}");
-            }
+            let env = Arc::clone(&ctx.env);
+            ctx.tasks.spawn(async move {
+                if let Err(e) = env.db(move |h| h.set_error(run_id, &error)).await {
+                    tracing::error!("cannot record why there is no retry: {e}");
+                }
+            });
         }
     }
 }
@@ -641,17 +916,31 @@ async fn shutdown(
     }
 }
 
-/// Rows left `running` by a process that is gone become `abandoned`; returns how many.
-fn abandon_dead_runs(history: &History) -> Result<usize> {
+/// Rows left `running` by a process that is gone become `abandoned`, and whatever their
+/// processes left running is ended (found by the run's tag, so a reused PID is never hit);
+/// returns how many.
+fn abandon_dead_runs(history: &History, grace: Duration) -> Result<usize> {
     let mut n = 0;
     for row in history.running()? {
         let owner_alive = row.owner_pid.is_some_and(crate::process::pid_alive);
         if owner_alive {
             continue;
         }
-        if let Some(pid) = row.pid.and_then(|p| u32::try_from(p).ok()) {
-            // Its process group outlived its owner: end it, so the job cannot run twice.
-            crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        if let Some(owner) = row.owner_pid.and_then(|p| u32::try_from(p).ok()) {
+            let tag = crate::runner::run_tag(owner, row.id);
+            let orphans = crate::process::tagged_processes(&tag);
+            if !orphans.is_empty() {
+                tracing::warn!(
+                    "🧹 run {} of {}: ending {} process(es) its dead owner left behind",
+                    row.id,
+                    row.job,
+                    orphans.len()
+                );
+                let rt = tokio::runtime::Handle::current();
+                tokio::task::block_in_place(|| {
+                    rt.block_on(crate::process::end_tagged(&tag, grace))
+                });
+            }
         }
         history.finish_run(
             row.id,

@@ -42,7 +42,7 @@ pub enum Error {
     },
 
     #[error(
-        "hedge-scheduler is already running (PID {pid}, since {since})\n(hint: stop it with `hedge-scheduler stop` or `kill {pid}`)"
+        "hedge-scheduler is already running (PID {pid}, since {since}); stop it with `hedge-scheduler stop`"
     )]
     AlreadyRunning { pid: i64, since: String },
 

@@ -50,6 +50,11 @@ ALTER TABLE runs ADD COLUMN executor TEXT;
 CREATE INDEX runs_job_slot ON runs (job, scheduled_at);
 CREATE INDEX runs_stuck ON runs (stuck) WHERE stuck = 1;
 "#,
+    r#"
+ALTER TABLE runs ADD COLUMN peak_rss_bytes INTEGER;
+ALTER TABLE runs ADD COLUMN cpu_ms INTEGER;
+CREATE INDEX runs_started ON runs (started_at);
+"#,
 ];
 
 /// How a run ended (or that it has not yet).
@@ -131,6 +136,10 @@ pub struct NewRun<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct RunEnd {
     pub finished_at: Option<DateTime<Utc>>,
+    /// The peak memory (RSS) of the run's process tree, sampled.
+    pub peak_rss_bytes: Option<u64>,
+    /// CPU time of the run's process tree, sampled.
+    pub cpu_ms: Option<u64>,
     pub entered_at: Option<DateTime<Utc>>,
     pub exit_code: Option<i32>,
     pub signal: Option<String>,
@@ -161,6 +170,8 @@ pub struct RunRow {
     pub executor: Option<String>,
     /// An in-process run that timed out but whose thread has not returned yet.
     pub stuck: bool,
+    pub peak_rss_bytes: Option<i64>,
+    pub cpu_ms: Option<i64>,
 }
 
 /// A daemon's record: when it started and its last heartbeat.
@@ -174,6 +185,8 @@ pub struct DaemonRow {
 pub struct History {
     conn: Connection,
     path: PathBuf,
+    /// (device, inode) of the file when it was opened.
+    identity: Option<(u64, u64)>,
 }
 
 /// Formats an instant the way the history stores it.
@@ -188,7 +201,8 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 }
 
 const RUN_COLUMNS: &str = "id, job, trigger, scheduled_at, started_at, entered_at, finished_at, \
-     attempt, outcome, exit_code, signal, pid, owner_pid, error, result, executor, stuck";
+     attempt, outcome, exit_code, signal, pid, owner_pid, error, result, executor, stuck, \
+     peak_rss_bytes, cpu_ms";
 
 impl History {
     /// Opens (creating if needed) the history for writing, and brings its schema up to date.
@@ -205,6 +219,7 @@ impl History {
         let h = History {
             conn,
             path: path.to_path_buf(),
+            identity: identity(path),
         };
         h.configure().map_err(|e| Error::history(path, e))?;
         h.migrate().map_err(|e| Error::history(path, e))?;
@@ -232,6 +247,7 @@ impl History {
         Ok(Some(History {
             conn,
             path: path.to_path_buf(),
+            identity: identity(path),
         }))
     }
 
@@ -306,7 +322,7 @@ impl History {
         self.conn
             .prepare_cached(
                 "UPDATE runs SET outcome = ?2, finished_at = ?3, entered_at = ?4, exit_code = ?5,
-                        signal = ?6, error = ?7, result = ?8
+                        signal = ?6, error = ?7, result = ?8, peak_rss_bytes = ?9, cpu_ms = ?10
                  WHERE id = ?1",
             )
             .and_then(|mut st| {
@@ -319,10 +335,89 @@ impl History {
                     end.signal,
                     end.error,
                     end.result,
+                    end.peak_rss_bytes.and_then(|b| i64::try_from(b).ok()),
+                    end.cpu_ms.and_then(|b| i64::try_from(b).ok()),
                 ])
             })
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Writes a whole run at once: one whose start could not be recorded when it happened.
+    pub fn insert_finished_run(
+        &self,
+        run: &NewRun<'_>,
+        outcome: Outcome,
+        pid: Option<u32>,
+        end: &RunEnd,
+    ) -> Result<i64> {
+        let id = self.start_run(run)?;
+        if let Some(pid) = pid {
+            self.set_pid(id, pid)?;
+        }
+        self.finish_run(id, outcome, end)?;
+        Ok(id)
+    }
+
+    /// Whether the database file on disk is still the one this handle writes to (it may have
+    /// been removed or replaced while we ran).
+    pub fn file_is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let on_disk = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        on_disk.is_some() && on_disk == self.identity
+    }
+
+    /// The daemon's heartbeat.
+    pub fn heartbeat(&self, id: i64, at: DateTime<Utc>) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE daemon SET heartbeat_at = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, fmt_time(at)]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Deletes runs that started before `before`; returns how many.
+    pub fn prune(&self, before: DateTime<Utc>) -> Result<usize> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM runs WHERE started_at < ?1 AND outcome <> 'running'",
+                params![fmt_time(before)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// Distinct slots of `job` in `[from, to)` that ran successfully, and failed runs started
+    /// in that span.
+    pub fn day_counts(
+        &self,
+        job: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(u64, u64)> {
+        let (from, to) = (fmt_time(from), fmt_time(to));
+        let done: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(DISTINCT scheduled_at) FROM runs
+                 WHERE job = ?1 AND scheduled_at >= ?2 AND scheduled_at < ?3
+                   AND outcome = 'success' AND trigger <> 'manual'",
+            )
+            .and_then(|mut st| st.query_row(params![job, from, to], |r| r.get(0)))
+            .map_err(|e| self.err(e))?;
+        let failed: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM runs
+                 WHERE job = ?1 AND scheduled_at >= ?2 AND scheduled_at < ?3
+                   AND outcome IN ('failed', 'timeout', 'crashed', 'abandoned')",
+            )
+            .and_then(|mut st| st.query_row(params![job, from, to], |r| r.get(0)))
+            .map_err(|e| self.err(e))?;
+        Ok((done.max(0) as u64, failed.max(0) as u64))
     }
 
     /// Marks an in-process run whose thread is stuck (or, with false, has returned).
@@ -472,6 +567,24 @@ impl History {
         Ok(())
     }
 
+    /// The newest daemon record.
+    pub fn latest_daemon(&self) -> Result<Option<DaemonRow>> {
+        self.conn
+            .query_row(
+                "SELECT pid, started_at, heartbeat_at FROM daemon ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(DaemonRow {
+                        pid: r.get(0)?,
+                        started_at: r.get(1)?,
+                        heartbeat_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     /// The newest daemon record of process `pid`.
     pub fn daemon(&self, pid: i64) -> Result<Option<DaemonRow>> {
         self.conn
@@ -490,6 +603,11 @@ impl History {
             .optional()
             .map_err(|e| self.err(e))
     }
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
@@ -524,6 +642,8 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
             .unwrap_or(serde_json::Value::Null),
         executor: r.get(15)?,
         stuck: r.get::<_, i64>(16)? != 0,
+        peak_rss_bytes: r.get(17)?,
+        cpu_ms: r.get(18)?,
     })
 }
 

@@ -31,7 +31,12 @@ pub struct DaemonInfo {
 
 impl InstanceLock {
     /// Takes the lock for a daemon that starts now, or says who holds it.
-    pub fn acquire(dir: &Path, started_at: DateTime<Utc>) -> Result<InstanceLock> {
+    /// Times in messages are shown in `tz` (the exchange's).
+    pub fn acquire(
+        dir: &Path,
+        started_at: DateTime<Utc>,
+        tz: chrono_tz::Tz,
+    ) -> Result<InstanceLock> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
         let path = dir.join(PID_FILE);
@@ -57,7 +62,7 @@ impl InstanceLock {
                             since: info
                                 .started_at
                                 .map(|t| {
-                                    t.with_timezone(&chrono::Local)
+                                    t.with_timezone(&tz)
                                         .format("%Y-%m-%d %H:%M:%S %Z")
                                         .to_string()
                                 })
@@ -127,14 +132,18 @@ mod tests {
     #[test]
     fn second_lock_is_refused_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = InstanceLock::acquire(dir.path(), Utc::now()).unwrap();
+        let tz = chrono_tz::Asia::Kolkata;
+        let lock = InstanceLock::acquire(dir.path(), Utc::now(), tz).unwrap();
         let info = probe(dir.path()).unwrap();
         assert_eq!(info.pid, i64::from(std::process::id()));
         // flock locks are per open file: a second open in this process conflicts too.
-        let err = InstanceLock::acquire(dir.path(), Utc::now()).err().unwrap();
+        let err = InstanceLock::acquire(dir.path(), Utc::now(), tz)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("already running"), "{err}");
+        assert!(err.to_string().contains("IST"), "{err}");
         drop(lock);
         assert!(probe(dir.path()).is_none());
-        assert!(InstanceLock::acquire(dir.path(), Utc::now()).is_ok());
+        assert!(InstanceLock::acquire(dir.path(), Utc::now(), tz).is_ok());
     }
 }

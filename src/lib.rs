@@ -9,9 +9,11 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod health;
 pub mod history;
 pub mod instance;
 pub mod interpreter;
+pub mod legacy;
 pub mod logging;
 pub mod plan;
 pub mod process;
@@ -22,7 +24,7 @@ pub mod trigger;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{Datelike, Utc};
 
@@ -42,9 +44,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             let config = Config::load(&path)?;
             refuse_strict_past_coverage(&config)?;
             let interpreter = interpreter::resolve(&config, None)?;
-            let _guard = logging::init_daemon(&config.scheduler.log_dir)?;
+            check_log_dir(&config)?;
+            let _guard =
+                logging::init_daemon(&config.scheduler.log_dir, config.scheduler.log_files_kept)?;
+            legacy_at_start(&config)?;
             // The embedded interpreter starts here, never on an async worker.
-            if config.jobs.iter().any(|j| j.executor == config::Executor::Pyo3) {
+            if config
+                .jobs
+                .iter()
+                .any(|j| j.executor == config::Executor::Pyo3)
+            {
                 python::init(&config, &interpreter)?;
             }
             let rt = runtime()?;
@@ -96,6 +105,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 print!("{}", status::render_history(&rows, &config));
             }
             Ok(0)
+        }
+        Command::Stop => {
+            logging::init_cli("warn");
+            let config = Config::load(&path)?;
+            stop(&config)
         }
         Command::CheckConfig => {
             logging::init_cli("warn");
@@ -158,6 +172,80 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// `log_dir` must exist (it is created) and be writable, before anything starts.
+fn check_log_dir(config: &Config) -> Result<()> {
+    let dir = &config.scheduler.log_dir;
+    let probe = dir.join(".write-test");
+    std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&probe, b""))
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            Error::Config(error::ConfigError::new(
+                &config.file,
+                format!(
+                    "`scheduler.log_dir` `{}` is not a writable folder: {e}",
+                    dir.display()
+                ),
+            ))
+        })
+}
+
+/// The old system's scripts at start: refuse (default), warn, or stop them.
+fn legacy_at_start(config: &Config) -> Result<()> {
+    let found = legacy::find(&config.scheduler.legacy_scripts);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let list = found
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match config.scheduler.legacy {
+        config::Legacy::Refuse => Err(Error::Other(format!(
+            "the old system is running ({list}): both would collect the same data; stop it, or set `scheduler.legacy` to \"stop\" or \"warn\""
+        ))),
+        config::Legacy::Warn => {
+            tracing::warn!("⚠️  the old system is running: {list}");
+            Ok(())
+        }
+        config::Legacy::Stop => {
+            tracing::warn!("🧹 stopping the old system's processes: {list}");
+            runtime()?.block_on(legacy::stop(&found, config.scheduler.kill_grace));
+            Ok(())
+        }
+    }
+}
+
+/// `stop`: SIGTERM to the daemon, then wait until it has exited.
+fn stop(config: &Config) -> Result<i32> {
+    let Some(daemon) = instance::probe(&config.scheduler.log_dir) else {
+        println!("hedge-scheduler is not running");
+        return Ok(EXIT_NOT_RUNNING);
+    };
+    let pid = nix::unistd::Pid::from_raw(
+        i32::try_from(daemon.pid).map_err(|_| Error::Other("bad PID in the PID file".into()))?,
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+        .map_err(|e| Error::Other(format!("cannot signal PID {pid}: {e}")))?;
+    println!("🛑 stopping hedge-scheduler (PID {pid})…");
+    let limit = config.scheduler.shutdown_grace
+        + config.scheduler.kill_grace
+        + std::time::Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if instance::probe(&config.scheduler.log_dir).is_none() {
+            println!("✅ hedge-scheduler stopped");
+            return Ok(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(Error::Other(format!(
+        "hedge-scheduler (PID {pid}) has not exited after {}",
+        daemon::format_duration(limit)
+    )))
+}
+
 /// A closed pipe (`| head`) is a normal way for a listing to end.
 fn finish_output(result: std::io::Result<()>) -> Result<i32> {
     match result {
@@ -206,11 +294,7 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
         python::init(&config, &interpreter)?;
     }
     let history = History::open(&config.scheduler.history)?;
-    let env = runner::RunEnv {
-        config: Arc::new(config),
-        python: interpreter.path,
-        history: Arc::new(Mutex::new(history)),
-    };
+    let env = runner::RunEnv::new(Arc::new(config), interpreter.path, history);
     let rt = runtime()?;
     let report = rt.block_on(async {
         let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(None);

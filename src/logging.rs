@@ -19,13 +19,13 @@ fn filter(default: &str) -> EnvFilter {
 
 /// For the daemon: console (stdout) plus `log_dir/hedge-scheduler.log.YYYY-MM-DD`.
 /// Keep the guard alive until exit so the file log is flushed.
-pub fn init_daemon(log_dir: &Path) -> Result<WorkerGuard> {
+pub fn init_daemon(log_dir: &Path, keep: usize) -> Result<WorkerGuard> {
     std::fs::create_dir_all(log_dir)
         .map_err(|e| Error::io(format!("cannot create log_dir `{}`", log_dir.display()), e))?;
     let appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix("hedge-scheduler.log")
-        .max_log_files(7)
+        .max_log_files(keep)
         .build(log_dir)
         .map_err(|e| {
             Error::Other(format!(

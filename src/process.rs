@@ -185,6 +185,57 @@ pub async fn end_tagged(tag: &str, grace: Duration) -> usize {
     found.len()
 }
 
+/// Memory and CPU of a process tree, as sampled.
+#[derive(Debug, Default, Clone)]
+pub struct TreeUsage {
+    /// The largest total RSS seen, in bytes.
+    pub peak_rss: u64,
+    /// The latest CPU time seen per process, in milliseconds.
+    cpu_ms: std::collections::HashMap<u32, u64>,
+}
+
+impl TreeUsage {
+    pub fn cpu_ms(&self) -> u64 {
+        self.cpu_ms.values().sum()
+    }
+
+    /// Samples `root` and its descendants (by parent links); returns their total RSS now.
+    pub fn sample(&mut self, sys: &mut sysinfo::System, root: u32) -> u64 {
+        use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
+        sys.refresh_processes_specifics(
+            ProcessesToUpdate::All,
+            true,
+            ProcessRefreshKind::nothing()
+                .without_tasks()
+                .with_memory()
+                .with_cpu(),
+        );
+        let procs = sys.processes();
+        let mut tree = vec![root];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                procs
+                    .iter()
+                    .filter(|(_, p)| p.parent().map(|pp| pp.as_u32()) == Some(parent))
+                    .map(|(pid, _)| pid.as_u32()),
+            );
+            i += 1;
+        }
+        let mut rss = 0;
+        for pid in tree {
+            if let Some(p) = procs.get(&sysinfo::Pid::from_u32(pid)) {
+                rss += p.memory();
+                let cpu = self.cpu_ms.entry(pid).or_default();
+                *cpu = (*cpu).max(p.accumulated_cpu_time());
+            }
+        }
+        self.peak_rss = self.peak_rss.max(rss);
+        rss
+    }
+}
+
 /// Whether a process with this PID exists.
 pub fn pid_alive(pid: i64) -> bool {
     let Ok(raw) = i32::try_from(pid) else {

@@ -39,24 +39,276 @@ pub struct RunEnv {
     /// The real interpreter, resolved once at start-up.
     pub python: PathBuf,
     pub history: Arc<Mutex<History>>,
+    /// Writes the history could not take yet (locked, full disk): retried, never dropped.
+    pending: Arc<Mutex<Backlog>>,
+}
+
+/// A run whose start row could not be written: kept here until it can be.
+#[derive(Debug, Clone)]
+struct ProvisionalRun {
+    job: String,
+    trigger: TriggerKind,
+    scheduled_at: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+    attempt: u32,
+    executor: &'static str,
+    pid: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+enum HistoryWrite {
+    Finish {
+        id: i64,
+        outcome: Outcome,
+        end: RunEnd,
+    },
+    Insert {
+        run: ProvisionalRun,
+        outcome: Outcome,
+        end: RunEnd,
+    },
+    Skipped {
+        job: String,
+        trigger: TriggerKind,
+        at: DateTime<Utc>,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Backlog {
+    provisional: std::collections::HashMap<i64, ProvisionalRun>,
+    writes: Vec<HistoryWrite>,
+    next_provisional: i64,
+    /// The last history error, and when it happened; cleared by the next successful write.
+    problem: Option<(DateTime<Utc>, String)>,
 }
 
 impl RunEnv {
-    /// Runs `f` on the history without blocking the async runtime.
+    pub fn new(config: Arc<Config>, python: PathBuf, history: History) -> RunEnv {
+        RunEnv {
+            config,
+            python,
+            history: Arc::new(Mutex::new(history)),
+            pending: Arc::new(Mutex::new(Backlog::default())),
+        }
+    }
+
+    /// The same history and delayed writes with a reloaded config.
+    pub fn with_config(&self, config: Arc<Config>, python: PathBuf) -> RunEnv {
+        RunEnv {
+            config,
+            python,
+            history: Arc::clone(&self.history),
+            pending: Arc::clone(&self.pending),
+        }
+    }
+
+    /// Runs `f` on the history without blocking the async runtime. A database file removed or
+    /// replaced under us is reopened (and so recreated) first.
     pub async fn db<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&History) -> Result<T> + Send + 'static,
     {
         let history = Arc::clone(&self.history);
-        tokio::task::spawn_blocking(move || {
-            let guard = history
+        let pending = Arc::clone(&self.pending);
+        let path = self.config.scheduler.history.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut guard = history
                 .lock()
                 .map_err(|_| Error::Other("history lock poisoned".into()))?;
+            if !guard.file_is_current() {
+                tracing::error!(
+                    "❗ the history database `{}` was removed or replaced: recreating it",
+                    path.display()
+                );
+                *guard = History::open(&path)?;
+            }
             f(&guard)
         })
         .await
-        .map_err(|e| Error::Other(format!("history task failed: {e}")))?
+        .map_err(|e| Error::Other(format!("history task failed: {e}")))?;
+        if let Ok(mut p) = self.pending.lock() {
+            match &outcome {
+                Ok(_) => p.problem = None,
+                Err(e) => p.problem = Some((Utc::now(), e.to_string())),
+            }
+        }
+        let _ = pending;
+        outcome
+    }
+
+    /// The last history problem, if the last write failed.
+    pub fn problem(&self) -> Option<(DateTime<Utc>, String)> {
+        self.pending.lock().ok().and_then(|p| {
+            let waiting = p.writes.len() + p.provisional.len();
+            p.problem.clone().map(|(t, e)| {
+                (
+                    t,
+                    if waiting > 0 {
+                        format!("{e} ({waiting} write(s) waiting to be retried)")
+                    } else {
+                        e
+                    },
+                )
+            })
+        })
+    }
+
+    /// Records the start of a run; when the history refuses, a provisional (negative) id that
+    /// the run's end will write in full.
+    async fn start_run(&self, run: ProvisionalRun) -> i64 {
+        let r = run.clone();
+        let written = self
+            .db(move |h| {
+                h.start_run(&NewRun {
+                    job: &r.job,
+                    trigger: r.trigger,
+                    scheduled_at: r.scheduled_at,
+                    started_at: r.started_at,
+                    attempt: r.attempt,
+                    executor: r.executor,
+                })
+            })
+            .await;
+        match written {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(job = %run.job, "❗ cannot record the run's start (the run goes on; the row is written later): {e}");
+                let Ok(mut p) = self.pending.lock() else {
+                    return -1;
+                };
+                p.next_provisional -= 1;
+                let id = p.next_provisional;
+                p.provisional.insert(id, run);
+                id
+            }
+        }
+    }
+
+    async fn set_pid(&self, run_id: i64, pid: u32) {
+        if run_id < 0 {
+            if let Ok(mut p) = self.pending.lock()
+                && let Some(run) = p.provisional.get_mut(&run_id)
+            {
+                run.pid = Some(pid);
+            }
+            return;
+        }
+        if let Err(e) = self.db(move |h| h.set_pid(run_id, pid)).await {
+            tracing::warn!(run_id, "cannot record the run's PID: {e}");
+        }
+    }
+
+    /// Records the end of a run, now or (when the history refuses) at the next flush.
+    async fn finish_run(&self, run_id: i64, outcome: Outcome, end: RunEnd) {
+        let write = if run_id < 0 {
+            let run = self
+                .pending
+                .lock()
+                .ok()
+                .and_then(|mut p| p.provisional.remove(&run_id));
+            match run {
+                Some(run) => HistoryWrite::Insert { run, outcome, end },
+                None => return,
+            }
+        } else {
+            HistoryWrite::Finish {
+                id: run_id,
+                outcome,
+                end,
+            }
+        };
+        self.write(write).await;
+    }
+
+    /// Records a slot that was not run.
+    pub async fn record_skipped(
+        &self,
+        job: &str,
+        trigger: TriggerKind,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) {
+        self.write(HistoryWrite::Skipped {
+            job: job.to_string(),
+            trigger,
+            at,
+            reason: reason.to_string(),
+        })
+        .await;
+    }
+
+    async fn write(&self, write: HistoryWrite) {
+        let w = write.clone();
+        if let Err(e) = self.db(move |h| apply(h, &w)).await {
+            tracing::error!("❗ history write failed, kept to retry: {e}");
+            if let Ok(mut p) = self.pending.lock() {
+                p.writes.push(write);
+            }
+        } else {
+            self.flush().await;
+        }
+    }
+
+    /// Retries the writes the history refused earlier, in order; returns how many are left.
+    pub async fn flush(&self) -> usize {
+        let writes = match self.pending.lock() {
+            Ok(mut p) if !p.writes.is_empty() => std::mem::take(&mut p.writes),
+            _ => return 0,
+        };
+        let n = writes.len();
+        let left = self
+            .db(move |h| {
+                let mut left = Vec::new();
+                for w in writes {
+                    if !left.is_empty() || apply(h, &w).is_err() {
+                        left.push(w);
+                    }
+                }
+                Ok(left)
+            })
+            .await
+            .unwrap_or_default();
+        let remaining = left.len();
+        if remaining < n {
+            tracing::info!("history: {} delayed write(s) recorded", n - remaining);
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            let mut newer = std::mem::take(&mut p.writes);
+            p.writes = left;
+            p.writes.append(&mut newer);
+            return p.writes.len();
+        }
+        remaining
+    }
+}
+
+fn apply(h: &History, w: &HistoryWrite) -> Result<()> {
+    match w {
+        HistoryWrite::Finish { id, outcome, end } => h.finish_run(*id, *outcome, end),
+        HistoryWrite::Insert { run, outcome, end } => h
+            .insert_finished_run(
+                &NewRun {
+                    job: &run.job,
+                    trigger: run.trigger,
+                    scheduled_at: run.scheduled_at,
+                    started_at: run.started_at,
+                    attempt: run.attempt,
+                    executor: run.executor,
+                },
+                *outcome,
+                run.pid,
+                end,
+            )
+            .map(|_| ()),
+        HistoryWrite::Skipped {
+            job,
+            trigger,
+            at,
+            reason,
+        } => h.record_skipped(job, *trigger, *at, reason).map(|_| ()),
     }
 }
 
@@ -140,7 +392,12 @@ enum Ended {
     Exited(Option<ExitStatus>),
     TimedOut(Option<ExitStatus>),
     Cancelled(Option<ExitStatus>, String),
+    /// Its process tree went past `max_memory` (bytes seen).
+    OverMemory(Option<ExitStatus>, u64),
 }
+
+/// How often a subprocess run's process tree is sampled (memory, CPU).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// What an executor hands back.
 struct Execution {
@@ -151,6 +408,8 @@ struct Execution {
     stderr_tail: Vec<String>,
     /// An embedded thread that outlived its run; awaited to release the job's slot.
     stuck: Option<tokio::task::JoinHandle<()>>,
+    /// Sampled memory and CPU of a subprocess run.
+    usage: Option<process::TreeUsage>,
 }
 
 /// A job's cross-process lock, held for the length of a run.
@@ -276,33 +535,26 @@ pub async fn run(
 
     let started_at = Utc::now();
     report.started_at = started_at;
-    let job_id = job.id.clone();
-    let (scheduled_at, trigger, attempt) = (req.scheduled_at, req.trigger, req.attempt);
     let executor = job.executor.as_str();
-    let run_id = match env
-        .db(move |h| {
-            h.start_run(&NewRun {
-                job: &job_id,
-                trigger,
-                scheduled_at,
-                started_at,
-                attempt,
-                executor,
-            })
+    let run_id = env
+        .start_run(ProvisionalRun {
+            job: job.id.clone(),
+            trigger: req.trigger,
+            scheduled_at: req.scheduled_at,
+            started_at,
+            attempt: req.attempt,
+            executor,
+            pid: None,
         })
-        .await
-    {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::error!(job = %job.id, "cannot record the run's start: {e}");
-            report.error = Some(format!("history: {e}"));
-            report.finished_at = Utc::now();
-            return report;
-        }
-    };
+        .await;
     report.run_id = Some(run_id);
 
-    let log = match JobLog::open(&env.config.job_log_dir(), &job.id, run_id) {
+    let log = match JobLog::open(
+        &env.config.job_log_dir(),
+        &job.id,
+        run_id,
+        env.config.scheduler.log_files_kept,
+    ) {
         Ok(log) => Arc::new(log),
         Err(e) => {
             let end = RunEnd {
@@ -379,10 +631,9 @@ async fn acquire(
     match on_busy {
         OnBusy::Refuse => Ok(Err(holder)),
         OnBusy::Skip => {
-            let (id, trigger, at) = (req.job.id.clone(), req.trigger, req.scheduled_at);
             let reason = format!("previous {holder}");
-            env.db(move |h| h.record_skipped(&id, trigger, at, &reason))
-                .await?;
+            env.record_skipped(&req.job.id, req.trigger, req.scheduled_at, &reason)
+                .await;
             Ok(Err(holder))
         }
         OnBusy::Wait => {
@@ -407,6 +658,11 @@ async fn cancelled(cancel: &mut watch::Receiver<Option<String>>) -> String {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// The tag every process of run `run_id` of owner `pid` carries in its environment.
+pub fn run_tag(owner_pid: u32, run_id: i64) -> String {
+    format!("{owner_pid}-{run_id}")
 }
 
 /// A run as a short-lived process in a new process group: `python -m hedge_bridge` for a
@@ -462,6 +718,7 @@ async fn run_subprocess(
         failure: None,
         stderr_tail: Vec::new(),
         stuck: None,
+        usage: None,
     };
     let mut child = match cmd.spawn() {
         Ok(child) => child,
@@ -478,9 +735,7 @@ async fn run_subprocess(
     };
     let pid = child.id().unwrap_or(0);
     log.note(&format!("process group {pid}"));
-    if let Err(e) = env.db(move |h| h.set_pid(run_id, pid)).await {
-        tracing::warn!(job = %job.id, run_id, "cannot record the run's PID: {e}");
-    }
+    env.set_pid(run_id, pid).await;
     if let Some(tx) = events {
         let _ = tx.send(RunEvent::Started {
             job: job.id.clone(),
@@ -505,6 +760,9 @@ async fn run_subprocess(
         }),
     ];
 
+    let usage = Arc::new(Mutex::new(process::TreeUsage::default()));
+    let (over_tx, mut over_rx) = watch::channel::<Option<u64>>(None);
+    let sampler = tokio::spawn(sample(pid, Arc::clone(&usage), job.max_memory, over_tx));
     let grace = env.config.scheduler.kill_grace;
     let deadline = tokio::time::Instant::now() + job.timeout;
     exec.ended = tokio::select! {
@@ -523,7 +781,14 @@ async fn run_subprocess(
             log.note(&format!("cancelled ({reason}): ending process group {pid}"));
             Ended::Cancelled(process::terminate_group(&mut child, pid, grace).await.ok(), reason)
         },
+        Ok(()) = over_rx.changed() => {
+            let rss = over_rx.borrow().unwrap_or_default();
+            log.note(&format!("memory {} is over max_memory: ending process group {pid}", bytes(rss)));
+            Ended::OverMemory(process::terminate_group(&mut child, pid, grace).await.ok(), rss)
+        },
     };
+    sampler.abort();
+    exec.usage = usage.lock().ok().map(|u| u.clone());
     // Nothing outlives a run: what the job left in its group, and anything that carries the
     // run's tag after leaving the group (a new session, a double fork).
     if process::end_stragglers(pid, grace).await {
@@ -556,6 +821,51 @@ async fn run_subprocess(
     exec
 }
 
+/// Samples the run's process tree until aborted; reports the first sample over `limit`.
+async fn sample(
+    pid: u32,
+    usage: Arc<Mutex<process::TreeUsage>>,
+    limit: Option<u64>,
+    over: watch::Sender<Option<u64>>,
+) {
+    let Ok(mut sys) = sysinfo::System::new() else {
+        return;
+    };
+    let mut delay = Duration::from_millis(100);
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = SAMPLE_EVERY;
+        let usage_in = Arc::clone(&usage);
+        let Ok((back, rss)) = tokio::task::spawn_blocking(move || {
+            let rss = usage_in
+                .lock()
+                .map(|mut u| u.sample(&mut sys, pid))
+                .unwrap_or(0);
+            (sys, rss)
+        })
+        .await
+        else {
+            return;
+        };
+        sys = back;
+        if limit.is_some_and(|l| rss > l) {
+            let _ = over.send(Some(rss));
+            return;
+        }
+    }
+}
+
+/// `2.3 GiB`, `512.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    let n = n as f64;
+    if n >= GIB {
+        format!("{:.1} GiB", n / GIB)
+    } else {
+        format!("{:.1} MiB", n / (1024.0 * 1024.0))
+    }
+}
+
 /// A run in the embedded interpreter, on a blocking thread that holds the job's lock until
 /// Python returns.
 #[allow(clippy::too_many_arguments)]
@@ -575,6 +885,7 @@ async fn run_embedded(
         failure: None,
         stderr_tail: Vec::new(),
         stuck: None,
+        usage: None,
     };
     if let Some(tx) = events {
         let _ = tx.send(RunEvent::Started {
@@ -676,8 +987,15 @@ fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
         ..RunEnd::default()
     };
     let status = match &exec.ended {
-        Ended::Exited(s) | Ended::TimedOut(s) | Ended::Cancelled(s, _) => *s,
+        Ended::Exited(s)
+        | Ended::TimedOut(s)
+        | Ended::Cancelled(s, _)
+        | Ended::OverMemory(s, _) => *s,
     };
+    if let Some(u) = &exec.usage {
+        end.peak_rss_bytes = (u.peak_rss > 0).then_some(u.peak_rss);
+        end.cpu_ms = (u.peak_rss > 0).then(|| u.cpu_ms());
+    }
     end.exit_code = status.and_then(|s| s.code());
     end.signal = status.and_then(|s| s.signal()).map(process::signal_name);
     let outcome = match &exec.ended {
@@ -695,6 +1013,14 @@ fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
         Ended::Cancelled(_, reason) => {
             end.error = Some(format!("cancelled: {reason}"));
             Outcome::Cancelled
+        }
+        Ended::OverMemory(_, rss) => {
+            end.error = Some(format!(
+                "memory: the job's processes used {}, over max_memory {}",
+                bytes(*rss),
+                bytes(job.max_memory.unwrap_or_default())
+            ));
+            Outcome::Failed
         }
         Ended::Exited(Some(status)) if status.signal().is_some() => {
             let sig = process::signal_name(status.signal().unwrap_or_default());
@@ -766,9 +1092,7 @@ async fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunE
             finished_at: Some(finished_at),
             ..end
         };
-        if let Err(e) = env.db(move |h| h.finish_run(run_id, outcome, &end)).await {
-            tracing::error!(job = %report.job, run_id, "cannot record the run's end: {e}");
-        }
+        env.finish_run(run_id, outcome, end).await;
     }
     report
 }
@@ -818,10 +1142,11 @@ pub struct JobLog {
 }
 
 impl JobLog {
-    pub fn open(dir: &Path, job: &str, run_id: i64) -> Result<JobLog> {
+    pub fn open(dir: &Path, job: &str, run_id: i64, keep: usize) -> Result<JobLog> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
         let path = dir.join(format!("{job}.log"));
+        rotate_daily(&path, keep);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -848,6 +1173,45 @@ impl JobLog {
     /// A line from the scheduler itself about this run.
     pub fn note(&self, text: &str) {
         self.write_lines("hedge", std::iter::once(text.as_bytes()));
+    }
+}
+
+/// Moves yesterday's (or older) `<job>.log` to `<job>.log.YYYY-MM-DD` (UTC, like the daemon's
+/// log) and keeps `keep` files in all.
+fn rotate_daily(path: &Path, keep: usize) {
+    let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified()) else {
+        return;
+    };
+    let day = DateTime::<Utc>::from(modified).date_naive();
+    if day >= Utc::now().date_naive() {
+        return;
+    }
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let rotated = path.with_file_name(format!("{name}.{day}"));
+    if std::fs::rename(path, &rotated).is_err() {
+        return;
+    }
+    let Some(dir) = path.parent() else { return };
+    let prefix = format!("{name}.");
+    let mut old: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    old.sort();
+    let excess = old.len().saturating_sub(keep.saturating_sub(1));
+    for p in old.into_iter().take(excess) {
+        let _ = std::fs::remove_file(p);
     }
 }
 

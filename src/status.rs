@@ -25,6 +25,12 @@ pub struct DaemonStatus {
     pub running: bool,
     pub pid: Option<i64>,
     pub started_at: Option<String>,
+    pub uptime_seconds: Option<i64>,
+    /// The daemon's last heartbeat (history or state file, the newer).
+    pub heartbeat_at: Option<String>,
+    pub heartbeat_age_seconds: Option<i64>,
+    /// False when the heartbeat is older than two health intervals: hung or stopped.
+    pub responding: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -33,9 +39,11 @@ pub struct JobStatus {
     pub name: String,
     pub schedule: String,
     pub market_hours: bool,
+    pub executor: String,
     pub running: bool,
     /// An in-process run timed out but its thread has not returned: the job is held.
     pub stuck: bool,
+    pub running_run_id: Option<i64>,
     pub running_pid: Option<i64>,
     pub running_since: Option<String>,
     pub last_outcome: Option<String>,
@@ -44,17 +52,41 @@ pub struct JobStatus {
     pub last_duration_ms: Option<i64>,
     pub last_error: Option<String>,
     pub next_fire_at: Option<String>,
+    /// Today's slots (exchange date) that ran successfully, and how many the day has.
+    pub slots_today_done: u64,
+    pub slots_today_expected: u64,
+    /// Runs of today's slots that failed, timed out, crashed or were abandoned.
+    pub failures_today: u64,
 }
 
 /// Gathers the status of the daemon and of every configured job at `now`.
 pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
     let daemon = instance::probe(&config.scheduler.log_dir);
-    let history = History::open_read_only(&config.scheduler.history)?;
-    let running_rows = match &history {
+    match History::open_read_only(&config.scheduler.history) {
+        Ok(history) => gather_from(config, history.as_ref(), daemon, now),
+        Err(e) => {
+            // The history is unusable: say so, and show what is known without it.
+            let mut status = gather_from(config, None, daemon, now)?;
+            status
+                .warnings
+                .push(format!("cannot read the history: {e}"));
+            Ok(status)
+        }
+    }
+}
+
+/// The status from an open history (the daemon's own handle for its reports).
+pub fn gather_from(
+    config: &Config,
+    history: Option<&History>,
+    daemon: Option<DaemonInfo>,
+    now: DateTime<Utc>,
+) -> Result<Status> {
+    let running_rows = match history {
         Some(h) => h.running()?,
         None => Vec::new(),
     };
-    let stuck_rows: Vec<RunRow> = match &history {
+    let stuck_rows: Vec<RunRow> = match history {
         Some(h) => h
             .stuck()?
             .into_iter()
@@ -65,9 +97,10 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
     let mut warnings = crate::config_warnings(config, now);
     let calendar = config.calendar();
     let tz = calendar.tz();
+    let (day_start, day_end) = local_day(now, tz);
     let mut jobs = Vec::new();
     for job in &config.jobs {
-        let last = match &history {
+        let last = match history {
             Some(h) => h.last_run(&job.id)?,
             None => None,
         };
@@ -76,7 +109,7 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
             .iter()
             .rfind(|r| r.job == job.id && r.owner_pid.is_some_and(pid_alive));
         let last_done = match (&last, running) {
-            (Some(l), Some(r)) if l.id == r.id => match &history {
+            (Some(l), Some(r)) if l.id == r.id => match history {
                 Some(h) => h
                     .runs(Some(&job.id), 50)?
                     .into_iter()
@@ -94,15 +127,21 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
                 local(Some(&r.started_at), tz)
             ));
         }
+        let (done, failed) = match history {
+            Some(h) => h.day_counts(&job.id, day_start, day_end)?,
+            None => (0, 0),
+        };
         jobs.push(JobStatus {
             job: job.id.clone(),
             name: job.name.clone(),
             schedule: job.trigger.schedule.to_string(),
             market_hours: job.trigger.market_hours,
+            executor: job.executor.as_str().to_string(),
             running: running.is_some() || stuck.is_some(),
             stuck: stuck.is_some(),
+            running_run_id: running.or(stuck).map(|r| r.id),
             running_pid: running.and_then(|r| r.pid),
-            running_since: running.map(|r| r.started_at.clone()),
+            running_since: running.or(stuck).map(|r| r.started_at.clone()),
             last_outcome: last_done.as_ref().map(|r| r.outcome.clone()),
             last_started_at: last_done.as_ref().map(|r| r.started_at.clone()),
             last_finished_at: last_done.as_ref().and_then(|r| r.finished_at.clone()),
@@ -112,20 +151,65 @@ pub fn gather(config: &Config, now: DateTime<Utc>) -> Result<Status> {
                 .trigger
                 .next_fire_after(&calendar, now)
                 .map(|t| rfc3339_in(t, tz)),
+            slots_today_done: done,
+            slots_today_expected: job.trigger.count_between(&calendar, day_start, day_end),
+            failures_today: failed,
         });
     }
+
+    // The daemon: its lock says it lives; its heartbeat says whether it still works.
+    let state = daemon
+        .as_ref()
+        .and_then(|_| crate::health::read_state(&config.scheduler.log_dir))
+        .filter(|s| daemon.as_ref().is_some_and(|d| d.pid == i64::from(s.pid)));
+    let db_beat = match (history, &daemon) {
+        (Some(h), Some(d)) => h
+            .daemon(d.pid)?
+            .and_then(|row| row.heartbeat_at.as_deref().and_then(parse_time)),
+        _ => None,
+    };
+    let heartbeat = [db_beat, state.as_ref().map(|s| s.heartbeat_at)]
+        .into_iter()
+        .flatten()
+        .max();
+    if let Some(state) = &state {
+        warnings.extend(state.problems.iter().cloned());
+    }
+    let started = daemon.as_ref().and_then(|d| d.started_at);
+    let age = heartbeat.map(|h| (now - h).num_seconds());
+    let interval = i64::try_from(config.scheduler.health_interval.as_secs()).unwrap_or(30);
+    let responding = daemon.is_some()
+        && match age {
+            Some(age) => age <= 2 * interval + 1,
+            // No heartbeat yet: a daemon only just started is given the same slack.
+            None => started.is_some_and(|s| (now - s).num_seconds() <= 2 * interval + 1),
+        };
     Ok(Status {
         daemon: DaemonStatus {
             running: daemon.is_some(),
             pid: daemon.as_ref().map(|d| d.pid),
-            started_at: daemon
-                .as_ref()
-                .and_then(|d: &DaemonInfo| d.started_at)
-                .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            started_at: started.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            uptime_seconds: started.map(|s| (now - s).num_seconds()),
+            heartbeat_at: heartbeat.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            heartbeat_age_seconds: age,
+            responding,
         },
         jobs,
         warnings,
     })
+}
+
+/// Today in the exchange's timezone, as UTC instants `[start, end)`.
+fn local_day(now: DateTime<Utc>, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
+    use chrono::TimeZone;
+    let date = now.with_timezone(&tz).date_naive();
+    let at = |d: chrono::NaiveDate| {
+        tz.from_local_datetime(&d.and_time(chrono::NaiveTime::MIN))
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(now)
+    };
+    (at(date), at(date.succ_opt().unwrap_or(date)))
 }
 
 /// An instant in the exchange's timezone, RFC 3339 with its offset.
@@ -160,16 +244,28 @@ fn icon(outcome: &str) -> &'static str {
 pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> String {
     let tz = config.calendar().tz();
     let mut out = String::new();
-    match (&status.daemon.running, status.daemon.pid) {
+    let d = &status.daemon;
+    match (d.running, d.pid) {
         (true, Some(pid)) => {
-            let since = status.daemon.started_at.as_deref().and_then(parse_time);
-            let up = since
-                .map(|s| format_duration((now - s).to_std().unwrap_or_default()))
+            let up = d
+                .uptime_seconds
+                .map(|s| format_duration(std::time::Duration::from_secs(s.max(0) as u64)))
                 .unwrap_or_else(|| "?".into());
-            out.push_str(&format!(
-                "🟢 hedge-scheduler is running (PID {pid}, since {}, up {up})\n",
-                local(status.daemon.started_at.as_deref(), tz)
-            ));
+            let beat = d.heartbeat_age_seconds.map_or_else(
+                || "no heartbeat yet".to_string(),
+                |a| format!("heartbeat {a}s ago"),
+            );
+            if d.responding {
+                out.push_str(&format!(
+                    "🟢 hedge-scheduler is running (PID {pid}, since {}, up {up}, {beat})\n",
+                    local(d.started_at.as_deref(), tz)
+                ));
+            } else {
+                out.push_str(&format!(
+                    "🟠 hedge-scheduler is not responding (PID {pid}, since {}, {beat}): hung or stopped?\n",
+                    local(d.started_at.as_deref(), tz)
+                ));
+            }
         }
         _ => out.push_str("🔴 hedge-scheduler is not running\n"),
     }
@@ -179,18 +275,27 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
         config.scheduler.exchange.code(),
         tz.name()
     ));
-    out.push_str(&format!(
-        "{:<20} {:<24} {:<26} {:<12} {:>9}  {}\n",
-        "JOB", "STATE", "LAST RUN", "OUTCOME", "DURATION", "NEXT FIRE"
-    ));
+    out.push_str(&render_jobs(status, config, now));
+    out.push_str(&warnings(&status.warnings));
+    out
+}
+
+/// One line per job: state, last run, next fire, today's slots and failures (the status
+/// report's table too).
+pub fn render_jobs(status: &Status, config: &Config, now: DateTime<Utc>) -> String {
+    let tz = config.calendar().tz();
+    let mut out = format!(
+        "{:<20} {:<24} {:<24} {:<12} {:>8} {:>9} {:>6}  {}\n",
+        "JOB", "STATE", "LAST RUN", "OUTCOME", "DURATION", "TODAY", "FAILED", "NEXT FIRE"
+    );
     for j in &status.jobs {
+        let since = j.running_since.as_deref().and_then(parse_time);
+        let for_ = since
+            .map(|s| format_duration((now - s).to_std().unwrap_or_default()))
+            .unwrap_or_default();
         let state = if j.stuck {
-            "stuck (native code)".to_string()
+            format!("stuck {for_}")
         } else if j.running {
-            let since = j.running_since.as_deref().and_then(parse_time);
-            let for_ = since
-                .map(|s| format_duration((now - s).to_std().unwrap_or_default()))
-                .unwrap_or_default();
             match j.running_pid {
                 Some(pid) => format!("running PID {pid} {for_}"),
                 None => format!("running {for_}"),
@@ -214,12 +319,14 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_else(|| "never".into());
         out.push_str(&format!(
-            "{:<20} {:<24} {:<26} {:<12} {:>9}  {}\n",
+            "{:<20} {:<24} {:<24} {:<12} {:>8} {:>9} {:>6}  {}\n",
             j.job,
             state,
             local(j.last_started_at.as_deref(), tz),
             outcome,
             duration,
+            format!("{}/{}", j.slots_today_done, j.slots_today_expected),
+            j.failures_today,
             next
         ));
         if let (Some(err), Some(o)) = (&j.last_error, &j.last_outcome)
@@ -228,7 +335,6 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
             out.push_str(&format!("{:<20} └ {}\n", "", one_line(err, 100)));
         }
     }
-    out.push_str(&warnings(&status.warnings));
     out
 }
 

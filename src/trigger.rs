@@ -268,6 +268,25 @@ impl Trigger {
             .and_then(|s| to_instant(tz, self.window_end.in_session(&s)))
     }
 
+    /// How many fire instants fall in `[from, to)`.
+    pub fn count_between(
+        &self,
+        calendar: &Calendar,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> u64 {
+        let mut n = 0;
+        let mut t = from - Duration::nanoseconds(1);
+        while let Some(next) = self.next_fire_after(calendar, t) {
+            if next >= to {
+                break;
+            }
+            n += 1;
+            t = next;
+        }
+        n
+    }
+
     /// Every fire instant in `[from, to)`, in order.
     pub fn fires_between(
         &self,

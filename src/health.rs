@@ -1,0 +1,103 @@
+//! What the daemon checks every `health_interval` besides firing: it writes a heartbeat (into
+//! the history and into `<log_dir>/hedge-scheduler.state.json`, which `status` reads even when the
+//! history is unusable), lists problems worth a look, and talks to systemd when run under it.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FILE: &str = "hedge-scheduler.state.json";
+
+/// Free space in `log_dir` below which the daemon warns.
+pub const LOW_DISK_BYTES: u64 = 512 * 1024 * 1024;
+
+/// The daemon's last word about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonState {
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    /// Plain-language problems: history unwritable, disk nearly full, legacy processes, …
+    pub problems: Vec<String>,
+}
+
+pub fn state_path(log_dir: &Path) -> PathBuf {
+    log_dir.join(STATE_FILE)
+}
+
+/// Writes the state atomically (write a temporary file, then rename).
+pub fn write_state(log_dir: &Path, state: &DaemonState) -> std::io::Result<()> {
+    let path = state_path(log_dir);
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)
+}
+
+pub fn read_state(log_dir: &Path) -> Option<DaemonState> {
+    let text = std::fs::read(state_path(log_dir)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Free bytes on the file system holding `dir`.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(stat.blocks_available() * stat.fragment_size())
+}
+
+/// A message to systemd (`READY=1`, `WATCHDOG=1`, `STOPPING=1`) when it started us with
+/// `Type=notify`; nothing otherwise.
+pub fn notify_systemd(message: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = socket.as_encoded_bytes();
+    let _ = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(message.as_bytes(), &addr))
+    } else {
+        sock.send_to(message.as_bytes(), Path::new(&socket))
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = DaemonState {
+            pid: 42,
+            started_at: Utc::now(),
+            heartbeat_at: Utc::now(),
+            problems: vec!["disk nearly full".into()],
+        };
+        write_state(dir.path(), &state).unwrap();
+        let back = read_state(dir.path()).unwrap();
+        assert_eq!(back.pid, 42);
+        assert_eq!(back.problems, state.problems);
+        assert!(free_space(dir.path()).unwrap() > 0);
+    }
+
+    #[test]
+    fn notify_reaches_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let server = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        // SAFETY: this test sets the variable before any thread of its own reads it; other
+        // tests do not read NOTIFY_SOCKET.
+        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
+        notify_systemd("READY=1");
+        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        let mut buf = [0u8; 64];
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+    }
+}
