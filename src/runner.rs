@@ -681,11 +681,7 @@ async fn run_subprocess(
         std::process::id()
     ));
     let _ = std::fs::remove_file(&result_file);
-    let tag = format!(
-        "{}-{run_id}-{}",
-        std::process::id(),
-        Utc::now().timestamp_micros()
-    );
+    let tag = run_tag(std::process::id(), run_id);
     let mut cmd = match &job.entry {
         Entry::Command(argv) => {
             let mut cmd = Command::new(&argv[0]);

@@ -4,4 +4,5 @@
 mod calendar;
 mod executors;
 mod foundation;
+mod operations;
 mod util;

@@ -41,12 +41,19 @@ impl Project {
     /// Writes the config: the usual [scheduler] and [python] sections plus `jobs`.
     pub fn config(&self, scheduler_extra: &str, jobs: &str) -> &Self {
         let bridge = repo().join("python_bridge");
+        // Tests run side by side: only the legacy test looks for the old system's scripts.
+        let legacy = if scheduler_extra.contains("legacy") {
+            ""
+        } else {
+            "legacy_scripts = []"
+        };
         let text = format!(
             r#"[scheduler]
 exchange = "XNSE"
 log_dir = "logs"
 history = "logs/history.sqlite3"
 kill_grace = "2s"
+{legacy}
 {scheduler_extra}
 
 [python]
