@@ -40,7 +40,7 @@ struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCalendar {
-    file: Option<String>,
+    file: Option<Spanned<String>>,
     #[serde(default)]
     closures: Vec<Spanned<String>>,
     #[serde(default)]
@@ -70,7 +70,7 @@ struct RawPython {
     executable: Option<Spanned<String>>,
     venv: Option<Spanned<String>>,
     path: Option<Vec<String>>,
-    cwd: Option<String>,
+    cwd: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +171,8 @@ pub struct Python {
     pub path: Vec<PathBuf>,
     /// The working directory of every job.
     pub cwd: PathBuf,
+    /// Where `cwd` is written.
+    pub cwd_at: Option<(usize, usize)>,
 }
 
 /// How a job's code is run.
@@ -282,6 +284,10 @@ pub struct Job {
     pub id: String,
     pub name: String,
     pub entry: Entry,
+    /// Where `entry` (or `command`) is written, for errors found later (module not found).
+    pub entry_at: Option<(usize, usize)>,
+    /// `enabled = false`: configured (and runnable with `run-once`) but never fired.
+    pub enabled: bool,
     pub trigger: Trigger,
     pub executor: Executor,
     pub timeout: Duration,
@@ -303,13 +309,28 @@ impl Config {
         let file = absolute(path);
         let source = std::fs::read_to_string(&file)
             .map_err(|e| ConfigError::new(&file, format!("cannot read config file: {e}")))?;
-        Config::parse(&file, &source)
+        let config = Config::parse(&file, &source)?;
+        if !config.python.cwd.is_dir() {
+            return Err(ConfigError {
+                file,
+                position: config.python.cwd_at,
+                message: format!(
+                    "`python.cwd` `{}` is not a folder",
+                    config.python.cwd.display()
+                ),
+            });
+        }
+        Ok(config)
     }
 
     /// Validates `source`, the text of the config file `file` (absolute).
     pub fn parse(file: &Path, source: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(source).map_err(|e| toml_error(file, source, &e))?;
-        let v = Validator { file, source };
+        let mut v = Validator {
+            file,
+            source,
+            regular: Exchange::Xnse.regular_hours(),
+        };
         let base = file.parent().unwrap_or(Path::new("/")).to_path_buf();
 
         let exchange = match &raw.scheduler.exchange {
@@ -326,6 +347,7 @@ impl Config {
                 )
             })?,
         };
+        v.regular = exchange.regular_hours();
         let scheduler = Scheduler {
             exchange,
             log_dir: base.join(raw.scheduler.log_dir.as_deref().unwrap_or("../logs")),
@@ -426,14 +448,36 @@ impl Config {
                 .iter()
                 .map(|p| base.join(p))
                 .collect(),
-            cwd: base.join(raw.python.cwd.as_deref().unwrap_or(".")),
+            cwd: base.join(
+                raw.python
+                    .cwd
+                    .as_ref()
+                    .map_or(".", |c| c.get_ref().as_str()),
+            ),
+            cwd_at: raw
+                .python
+                .cwd
+                .as_ref()
+                .map(|c| crate::error::line_col(source, c.span().start)),
         };
 
         let calendar_file = raw
             .calendar
             .file
-            .as_deref()
-            .map(|f| normalize(&base.join(f)));
+            .as_ref()
+            .map(|f| normalize(&base.join(f.get_ref())));
+        if let (Some(path), Some(raw_file)) = (&calendar_file, &raw.calendar.file)
+            && !path.is_file()
+        {
+            return Err(v.at(
+                raw_file,
+                format!(
+                    "calendar file `{}` for `calendar.file` not found (looked for `{}`)",
+                    raw_file.get_ref(),
+                    path.display()
+                ),
+            ));
+        }
         let calendar = Calendar::load(
             exchange,
             &calendar_file
@@ -511,6 +555,8 @@ impl Config {
 struct Validator<'a> {
     file: &'a Path,
     source: &'a str,
+    /// The exchange's regular hours, to check windows against.
+    regular: (chrono::NaiveTime, chrono::NaiveTime),
 }
 
 impl Validator<'_> {
@@ -620,6 +666,23 @@ impl Validator<'_> {
         let window_start = point(&raw.window_start, "window_start", SessionPoint::OPEN)?;
         let window_end = point(&raw.window_end, "window_end", SessionPoint::CLOSE)?;
         let market_hours = raw.market_hours.unwrap_or(true);
+        if let Some(w) = raw.window_end.as_ref().or(raw.window_start.as_ref()) {
+            // Checked on a regular session: the window must open before it closes.
+            let session = crate::calendar::Session {
+                date: chrono::NaiveDate::MIN,
+                open: self.regular.0,
+                close: self.regular.1,
+                kind: crate::calendar::SessionKind::Regular,
+            };
+            if window_start.in_session(&session) > window_end.in_session(&session) {
+                return Err(self.at(
+                    w,
+                    format!(
+                        "the window in [{table}] ends ({window_end}) before it starts ({window_start})"
+                    ),
+                ));
+            }
+        }
         if !market_hours && let Some(w) = raw.window_start.as_ref().or(raw.window_end.as_ref()) {
             return Err(self.at(
                 w,
@@ -720,24 +783,22 @@ impl Validator<'_> {
             &format!("{table}.timeout"),
             DEFAULT_TIMEOUT,
         )?;
-        if raw.enabled == Some(false) {
-            return Ok(None);
-        }
         let args = match raw.args {
             None => serde_json::Value::Object(Default::default()),
-            Some(t) => serde_json::to_value(t).map_err(|e| {
-                ConfigError::at(
-                    self.file,
-                    self.source,
-                    job_span.start,
-                    format!("`args` in [{table}] cannot be handed to Python: {e}"),
-                )
-            })?,
+            Some(t) => toml_to_json(toml::Value::Table(t)),
         };
+        let entry_at = raw
+            .entry
+            .as_ref()
+            .map(|e| e.span().start)
+            .or(raw.command.as_ref().map(|c| c.span().start))
+            .map(|offset| crate::error::line_col(self.source, offset));
         Ok(Some(Job {
             id: id.to_string(),
             name: raw.name.unwrap_or_else(|| id.to_string()),
             entry,
+            entry_at,
+            enabled: raw.enabled != Some(false),
             trigger: Trigger {
                 schedule,
                 market_hours,
@@ -814,6 +875,22 @@ impl Validator<'_> {
     }
 }
 
+/// A TOML value as JSON for Python; dates and times become their TOML text ("2026-12-31").
+fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
 /// Turns a TOML/serde error into one line, with the table it happened in.
 fn toml_error(file: &Path, source: &str, e: &toml::de::Error) -> ConfigError {
     let message = e.message().trim().replace('\n', " ");
@@ -830,9 +907,13 @@ fn toml_error(file: &Path, source: &str, e: &toml::de::Error) -> ConfigError {
     }
 }
 
-/// The `[table]` header in force at byte `offset`, if any.
+/// The `[table]` header in force at byte `offset` (the header itself when the offset is on it).
 fn enclosing_table(source: &str, offset: usize) -> Option<String> {
-    let before = source.get(..offset)?;
+    let line_end = source
+        .get(offset..)
+        .and_then(|rest| rest.find('\n'))
+        .map_or(source.len(), |i| offset + i);
+    let before = source.get(..line_end)?;
     before.lines().rev().find_map(|line| {
         let line = line.trim();
         let inner = line.strip_prefix('[')?.split(']').next()?;
@@ -890,6 +971,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| e.to_string())?;
     if d.is_zero() {
         return Err("must be greater than zero".to_string());
+    }
+    if d > Duration::from_secs(10 * 366 * 86_400) {
+        return Err("too long (at most 10 years)".to_string());
     }
     Ok(d)
 }
@@ -1024,6 +1108,46 @@ args = { indices = ["NIFTY", "BANKNIFTY"] }
             e.contains("missing key `entry` in [jobs.options_chain]"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn review_cases_are_placed_errors() {
+        // A job without `schedule`: the error names the job's table, not the one before it.
+        let src = "[python]\npath = []\n\n[jobs.a]\nentry = \"m:f\"\n";
+        let e = parse(src).unwrap_err();
+        assert!(
+            e.contains("missing field `schedule`") && e.contains("[jobs.a]"),
+            "{e}"
+        );
+        assert!(!e.contains("[python]"), "{e}");
+        // A window that ends before it starts.
+        let src = GOOD.replace(
+            "market_hours = true",
+            "market_hours = true\nwindow_start = \"@close\"\nwindow_end = \"@open\"",
+        );
+        let e = parse(&src).unwrap_err();
+        assert!(e.contains("ends (@open) before it starts (@close)"), "{e}");
+        // Absurd durations are refused, not a panic later.
+        let e = parse(&GOOD.replace("\"150s\"", "\"500000000000y\"")).unwrap_err();
+        assert!(
+            e.contains("too long") || e.contains("invalid duration"),
+            "{e}"
+        );
+        // A non-ASCII character after an anchor is an error, not a panic.
+        let e = parse(&GOOD.replace("0 */3 * * * *", "@open€")).unwrap_err();
+        assert!(e.contains("invalid session point"), "{e}");
+    }
+
+    #[test]
+    fn toml_dates_in_args_reach_python_as_text() {
+        let src = GOOD.replace(
+            "args = { indices = [\"NIFTY\", \"BANKNIFTY\"] }",
+            "args = { until = 2026-12-31, at = 09:15:00, ratio = 1.5 }",
+        );
+        let c = parse(&src).unwrap();
+        assert_eq!(c.jobs[0].args["until"], "2026-12-31");
+        assert_eq!(c.jobs[0].args["at"], "09:15:00");
+        assert_eq!(c.jobs[0].args["ratio"], 1.5);
     }
 
     #[test]

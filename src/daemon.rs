@@ -90,6 +90,7 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let last_slots: Vec<Option<DateTime<Utc>>> = config
         .jobs
         .iter()
+        .filter(|j| j.enabled)
         .map(|j| history.last_slot(&j.id))
         .collect::<Result<_>>()?;
 
@@ -111,6 +112,7 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let mut jobs: Vec<JobState> = config
         .jobs
         .iter()
+        .filter(|j| j.enabled)
         .zip(last_slots)
         .map(|(job, last)| {
             // Slots after the last one dealt with are missed: the first tick catches up on them.
@@ -417,7 +419,7 @@ async fn reload(ctx: &mut Ctx, jobs: &mut Vec<JobState>) {
     let calendar = new.calendar();
     let now = Utc::now();
     let mut next_jobs = Vec::new();
-    for job in &new.jobs {
+    for job in new.jobs.iter().filter(|j| j.enabled) {
         let mut state = match jobs.iter().position(|s| s.job.id == job.id) {
             Some(i) => jobs.remove(i),
             None => JobState {
@@ -672,8 +674,40 @@ fn start(ctx: &mut Ctx, state: &mut JobState, p: Pending) {
     };
     let env = Arc::clone(&ctx.env);
     let events = ctx.events.clone();
+    let (job, trigger, scheduled_at, attempt) = (
+        state.job.id.clone(),
+        req.trigger,
+        req.scheduled_at,
+        req.attempt,
+    );
+    let run = tokio::spawn({
+        let events = events.clone();
+        async move { runner::run(&env, req, cancel_rx, Some(events), OnBusy::Skip).await }
+    });
+    // A run that panics must still free its job: report it as failed.
     ctx.tasks.spawn(async move {
-        let report = runner::run(&env, req, cancel_rx, Some(events.clone()), OnBusy::Skip).await;
+        let report = match run.await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(job = %job, "the run's task failed: {e}");
+                let now = Utc::now();
+                RunReport {
+                    job,
+                    run_id: None,
+                    trigger,
+                    scheduled_at,
+                    attempt,
+                    outcome: Outcome::Failed,
+                    started_at: now,
+                    finished_at: now,
+                    error: Some(format!("internal error: {e}")),
+                    exit_code: None,
+                    result: None,
+                    busy: None,
+                    stuck: false,
+                }
+            }
+        };
         let _ = events.send(RunEvent::Finished(report));
     });
 }
@@ -922,7 +956,7 @@ async fn shutdown(
 fn abandon_dead_runs(history: &History, grace: Duration) -> Result<usize> {
     let mut n = 0;
     for row in history.running()? {
-        let owner_alive = row.owner_pid.is_some_and(crate::process::pid_alive);
+        let owner_alive = row.owner_pid.is_some_and(crate::process::scheduler_alive);
         if owner_alive {
             continue;
         }
@@ -970,7 +1004,7 @@ fn banner(config: &Config, interpreter: &Interpreter, calendar: &Calendar) {
     );
     tracing::info!("   history:  {}", config.scheduler.history.display());
     tracing::info!("   logs:     {}", config.scheduler.log_dir.display());
-    for job in &config.jobs {
+    for job in config.jobs.iter().filter(|j| j.enabled) {
         tracing::info!(
             "   📋 {:<20} {:<28} {:<16} {}{}",
             job.id,

@@ -72,15 +72,16 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
             crate::config::Entry::Script(script) => {
                 let path = config.python.cwd.join(script);
                 if !path.is_file() {
-                    return Err(Error::Config(ConfigError::new(
-                        &config.file,
-                        format!(
+                    return Err(Error::Config(ConfigError {
+                        file: config.file.clone(),
+                        position: job.entry_at,
+                        message: format!(
                             "script `{}` of `entry` in [jobs.{}] not found (looked for `{}`; scripts are relative to `python.cwd`)",
                             script.display(),
                             job.id,
                             path.display()
                         ),
-                    )));
+                    }));
                 }
             }
             crate::config::Entry::Command(_) => {}
@@ -132,13 +133,14 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
         if let Some(module) = job.entry.module()
             && probe.found.get(module) == Some(&false)
         {
-            return Err(Error::Config(ConfigError::new(
-                &config.file,
-                format!(
+            return Err(Error::Config(ConfigError {
+                file: config.file.clone(),
+                position: job.entry_at,
+                message: format!(
                     "module `{module}` of `entry` in [jobs.{}] not found on `python.path`",
                     job.id
                 ),
-            )));
+            }));
         }
     }
     Ok(Interpreter {

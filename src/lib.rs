@@ -87,18 +87,20 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::History { job, limit, json } => {
             logging::init_cli("warn");
             let config = Config::load(&path)?;
+            let rows = match History::open_read_only(&config.scheduler.history)? {
+                Some(h) => h.runs(job.as_deref(), limit)?,
+                None => Vec::new(),
+            };
+            // A job no longer configured still has its past: unknown only when it has none.
             if let Some(id) = &job
                 && config.job(id).is_none()
+                && rows.is_empty()
             {
                 return Err(Error::UnknownJob {
                     job: id.clone(),
                     known: config.job_list(),
                 });
             }
-            let rows = match History::open_read_only(&config.scheduler.history)? {
-                Some(h) => h.runs(job.as_deref(), limit)?,
-                None => Vec::new(),
-            };
             if json {
                 println!("{}", to_json(&rows)?);
             } else {
@@ -158,8 +160,15 @@ pub fn run(cli: Cli) -> Result<i32> {
                     job: id.clone(),
                     known: config.job_list(),
                 })?],
-                None => config.jobs.iter().collect(),
+                None => config.jobs.iter().filter(|j| j.enabled).collect(),
             };
+            if let Some(j) = jobs.iter().find(|j| !j.enabled) {
+                eprintln!(
+                    "note: `{}` is disabled (enabled = false): it never fires",
+                    j.id
+                );
+            }
+            let jobs: Vec<&config::Job> = jobs.into_iter().filter(|j| j.enabled).collect();
             let calendar = config.calendar();
             if let Some(note) = plan::coverage_note(&calendar, range) {
                 eprintln!("{note}");
@@ -311,10 +320,32 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
         };
         let run = runner::run(&env, req, cancel_rx, None, on_busy);
         tokio::pin!(run);
+        // Whatever stops us, the job's process group goes first and the row says why.
+        let stop_signal = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let kinds = [
+                (SignalKind::interrupt(), "SIGINT"),
+                (SignalKind::terminate(), "SIGTERM"),
+                (SignalKind::hangup(), "SIGHUP"),
+            ];
+            let mut streams = Vec::new();
+            for (kind, name) in kinds {
+                if let Ok(s) = signal(kind) {
+                    streams.push((s, name));
+                }
+            }
+            let waits = streams.iter_mut().map(|(s, name)| {
+                Box::pin(async move {
+                    s.recv().await;
+                    *name
+                })
+            });
+            futures_select_first(waits.collect()).await
+        };
         tokio::select! {
             report = &mut run => report,
-            _ = tokio::signal::ctrl_c() => {
-                let _ = cancel_tx.send(Some("interrupted (Ctrl+C)".to_string()));
+            name = stop_signal => {
+                let _ = cancel_tx.send(Some(format!("run-once interrupted ({name})")));
                 run.await
             }
         }
@@ -367,6 +398,19 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     } else {
         1
     })
+}
+
+/// The first of several futures to finish (all of the same output).
+async fn futures_select_first<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> F::Output {
+    std::future::poll_fn(move |cx| {
+        for f in futures.iter_mut() {
+            if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(out);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

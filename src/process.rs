@@ -250,6 +250,22 @@ pub fn pid_alive(pid: i64) -> bool {
     )
 }
 
+/// Whether `pid` is a live hedge-scheduler process: a PID reused by something else (after a
+/// reboot, say) does not count.
+pub fn scheduler_alive(pid: i64) -> bool {
+    if !pid_alive(pid) {
+        return false;
+    }
+    if i64::from(std::process::id()) == pid {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        // The kernel keeps 15 characters of the name: "hedge-scheduler" exactly.
+        Ok(comm) => comm.trim_end().starts_with("hedge-schedule"),
+        Err(_) => true,
+    }
+}
+
 /// `SIGSEGV` for 11, or `signal 99` for a number nix does not know.
 pub fn signal_name(sig: i32) -> String {
     Signal::try_from(sig)

@@ -467,7 +467,7 @@ pub fn describe_holder(history: &History, config: &Config, job: &str) -> String 
     let tz = config.calendar().tz();
     let row = history.running().ok().and_then(|rows| {
         rows.into_iter()
-            .rfind(|r| r.job == job && r.owner_pid.is_some_and(process::pid_alive))
+            .rfind(|r| r.job == job && r.owner_pid.is_some_and(process::scheduler_alive))
     });
     match row {
         Some(r) => {

@@ -10,7 +10,6 @@ use crate::daemon::format_duration;
 use crate::error::Result;
 use crate::history::{History, RunRow, parse_time};
 use crate::instance::{self, DaemonInfo};
-use crate::process::pid_alive;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -40,6 +39,7 @@ pub struct JobStatus {
     pub schedule: String,
     pub market_hours: bool,
     pub executor: String,
+    pub enabled: bool,
     pub running: bool,
     /// An in-process run timed out but its thread has not returned: the job is held.
     pub stuck: bool,
@@ -90,7 +90,7 @@ pub fn gather_from(
         Some(h) => h
             .stuck()?
             .into_iter()
-            .filter(|r| r.owner_pid.is_some_and(pid_alive))
+            .filter(|r| r.owner_pid.is_some_and(crate::process::scheduler_alive))
             .collect(),
         None => Vec::new(),
     };
@@ -107,9 +107,10 @@ pub fn gather_from(
         // A `running` row counts only while the process that owns it is alive.
         let running = running_rows
             .iter()
-            .rfind(|r| r.job == job.id && r.owner_pid.is_some_and(pid_alive));
-        let last_done = match (&last, running) {
-            (Some(l), Some(r)) if l.id == r.id => match history {
+            .rfind(|r| r.job == job.id && r.owner_pid.is_some_and(crate::process::scheduler_alive));
+        // The last run that ended; a `running` row whose owner died is reported, not shown.
+        let last_done = match &last {
+            Some(l) if l.outcome == "running" => match history {
                 Some(h) => h
                     .runs(Some(&job.id), 50)?
                     .into_iter()
@@ -118,6 +119,14 @@ pub fn gather_from(
             },
             _ => last,
         };
+        for orphan in running_rows.iter().filter(|r| {
+            r.job == job.id && !r.owner_pid.is_some_and(crate::process::scheduler_alive)
+        }) {
+            warnings.push(format!(
+                "{}: run {} was left `running` by a process that died; the daemon marks it abandoned when it starts",
+                job.id, orphan.id
+            ));
+        }
         let stuck = stuck_rows.iter().rfind(|r| r.job == job.id);
         if let Some(r) = stuck {
             warnings.push(format!(
@@ -150,9 +159,15 @@ pub fn gather_from(
             next_fire_at: job
                 .trigger
                 .next_fire_after(&calendar, now)
+                .filter(|_| job.enabled)
                 .map(|t| rfc3339_in(t, tz)),
+            enabled: job.enabled,
             slots_today_done: done,
-            slots_today_expected: job.trigger.count_between(&calendar, day_start, day_end),
+            slots_today_expected: if job.enabled {
+                job.trigger.count_between(&calendar, day_start, day_end)
+            } else {
+                0
+            },
             failures_today: failed,
         });
     }
@@ -293,7 +308,9 @@ pub fn render_jobs(status: &Status, config: &Config, now: DateTime<Utc>) -> Stri
         let for_ = since
             .map(|s| format_duration((now - s).to_std().unwrap_or_default()))
             .unwrap_or_default();
-        let state = if j.stuck {
+        let state = if !j.enabled {
+            "disabled".to_string()
+        } else if j.stuck {
             format!("stuck {for_}")
         } else if j.running {
             match j.running_pid {
@@ -316,7 +333,11 @@ pub fn render_jobs(status: &Status, config: &Config, now: DateTime<Utc>) -> Stri
             .next_fire_at
             .as_deref()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .map(|t| {
+                t.with_timezone(&tz)
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+                    .to_string()
+            })
             .unwrap_or_else(|| "never".into());
         out.push_str(&format!(
             "{:<20} {:<24} {:<24} {:<12} {:>8} {:>9} {:>6}  {}\n",
@@ -406,10 +427,10 @@ pub fn render_config(config: &Config, python: &str, now: DateTime<Utc>) -> Strin
             job.executor.as_str(),
             format_duration(job.timeout),
             next,
-            if job.trigger.market_hours {
-                " (market hours)"
-            } else {
-                ""
+            match (job.enabled, job.trigger.market_hours) {
+                (false, _) => " (disabled)",
+                (true, true) => " (market hours)",
+                (true, false) => "",
             }
         ));
     }

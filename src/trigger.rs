@@ -88,11 +88,13 @@ impl SessionPoint {
                 offset: Duration::zero(),
             });
         }
-        let (sign, amount) = match rest.split_at(1) {
-            ("+", a) => (1, a),
-            ("-", a) => (-1, a),
+        let mut chars = rest.chars();
+        let sign = match chars.next() {
+            Some('+') => 1,
+            Some('-') => -1,
             _ => return Err("expected `+` or `-` and a duration after the anchor".to_string()),
         };
+        let amount = chars.as_str();
         let d = humantime::parse_duration(amount.trim()).map_err(|e| e.to_string())?;
         if d > std::time::Duration::from_secs(12 * 3600) {
             return Err("an offset of more than 12h".to_string());
@@ -590,5 +592,7 @@ mod tests {
         assert!(SessionPoint::parse("@noon").is_err());
         assert!(SessionPoint::parse("@open*5m").is_err());
         assert!(SessionPoint::parse("@open+13h").is_err());
+        assert!(SessionPoint::parse("@open€").is_err());
+        assert!(SessionPoint::parse("@close€5m").is_err());
     }
 }

@@ -17,6 +17,7 @@ import datetime as _dt
 import importlib
 import json
 import logging
+import math
 import sys
 import time
 import traceback
@@ -126,13 +127,25 @@ def _summary(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities (which JSON cannot hold) become None, at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _jsonable(value: Any) -> Any:
-    """The job's return value as JSON; values JSON cannot hold become their str()."""
+    """The job's return value as strict JSON: values JSON cannot hold become their str(), NaN and
+    infinities become None."""
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)
         return value
     except (TypeError, ValueError):
-        return json.loads(json.dumps(value, default=str))
+        return _finite(json.loads(json.dumps(value, default=str)))
 
 
 def call(entry: str, ctx: RunContext) -> dict:

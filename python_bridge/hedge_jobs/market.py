@@ -145,16 +145,29 @@ class SyntheticMarket(Provider):
         day, minute = _minute_of_session(at)
         return round(self._path(index.upper(), day)[minute], 2)
 
-    def expiry(self, day: dt.date) -> dt.date:
-        """The weekly expiry: the next Thursday on or after ``day``."""
-        return day + dt.timedelta(days=(3 - day.weekday()) % 7)
+    def expiry(self, index: str, day: dt.date) -> dt.date:
+        """The nearest expiry on or after ``day``, by NSE's rules: index options expire on
+        Thursday, on Tuesday from 2025-09-01; only NIFTY keeps weekly expiries (the others went
+        monthly, expiring on the month's last such weekday, from 2024-11-20). Holiday shifts are
+        not modelled."""
+        weekday = 1 if day >= dt.date(2025, 9, 1) else 3
+        if index.upper() == "NIFTY" or day < dt.date(2024, 11, 20):
+            return day + dt.timedelta(days=(weekday - day.weekday()) % 7)
+        year, month = day.year, day.month
+        while True:
+            first_next = dt.date(year + (month == 12), month % 12 + 1, 1)
+            last = first_next - dt.timedelta(days=1)
+            last -= dt.timedelta(days=(last.weekday() - weekday) % 7)
+            if last >= day:
+                return last
+            year, month = first_next.year, first_next.month
 
     def chain(self, index: str, at: dt.datetime, strikes_each_side: int = 10) -> Chain:
         index = index.upper()
         spec = _spec(index)
         spot = self.spot(index, at)
         local = at.astimezone(IST)
-        expiry = self.expiry(local.date())
+        expiry = self.expiry(index, local.date())
         expires_at = dt.datetime.combine(expiry, dt.time(15, 30), IST)
         years = max((expires_at - local).total_seconds(), 3600.0) / (365.0 * 86400.0)
         atm = round(spot / spec.strike_step) * spec.strike_step

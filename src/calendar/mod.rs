@@ -150,6 +150,8 @@ pub struct Calendar {
     strict: bool,
     /// The calendar file, as users should edit it (for messages).
     data_file: PathBuf,
+    /// The data is the built-in copy: `data_file` does not exist.
+    builtin: bool,
 }
 
 impl Calendar {
@@ -157,7 +159,10 @@ impl Calendar {
     pub fn builtin(exchange: Exchange) -> Calendar {
         let path = PathBuf::from("config/calendars").join(exchange.file_name());
         file::parse(&path, exchange.builtin_file(), exchange)
-            .map(|data| Calendar::from_data(exchange, data, &path))
+            .map(|data| Calendar {
+                builtin: true,
+                ..Calendar::from_data(exchange, data, &path)
+            })
             // The shipped file is checked by a unit test; this arm only keeps the rules usable.
             .unwrap_or_else(|_| Calendar {
                 exchange,
@@ -166,6 +171,7 @@ impl Calendar {
                 known_until: (!exchange.by_rule()).then_some(NaiveDate::MIN),
                 strict: false,
                 data_file: path,
+                builtin: true,
             })
     }
 
@@ -202,6 +208,7 @@ impl Calendar {
             known_until,
             strict: false,
             data_file: path.to_path_buf(),
+            builtin: false,
         }
     }
 
@@ -334,8 +341,13 @@ impl Calendar {
             ));
         }
         let next_year = known.year() + 1;
+        let copy = if self.builtin {
+            " (it does not exist yet: start from the shipped config/calendars/ file)"
+        } else {
+            ""
+        };
         Some(format!(
-            "{code} holidays are known up to {known}; add {next_year} to {file} ({after})"
+            "{code} holidays are known up to {known}; add {next_year} to {file}{copy} ({after})"
         ))
     }
 }

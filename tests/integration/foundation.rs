@@ -479,3 +479,94 @@ fn rusqlite_count(db: &std::path::Path) -> impl Fn(&str) -> i64 + '_ {
             .unwrap_or(-1)
     }
 }
+
+#[test]
+fn run_once_killed_by_sigterm_ends_its_job_and_says_so() {
+    let p = Project::new();
+    let pid_file = p.path().join("job.pid");
+    p.config(
+        "",
+        &format!(
+            "[jobs.long]\nentry = \"fixture_jobs:sleepy_pid\"\nschedule = \"0 0 * * * *\"\nargs = {{ pid_file = {pid_file:?} }}\n"
+        ),
+    );
+    let mut once = p
+        .cmd(&["run-once", "long"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(15), || pid_file.exists()));
+    let job_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status = signal_and_wait(&mut once, Signal::SIGTERM, Duration::from_secs(10))
+        .expect("run-once exits");
+    assert_eq!(status.code(), Some(1));
+    assert!(!pid_alive(job_pid), "the job outlived run-once");
+    let row = &p.history()[0];
+    assert_eq!(row["outcome"], "cancelled", "{row}");
+    assert!(row["error"].as_str().unwrap().contains("SIGTERM"), "{row}");
+}
+
+#[test]
+fn nan_results_disabled_jobs_and_the_history_of_a_removed_job() {
+    let p = Project::new();
+    p.config(
+        "",
+        r#"
+[jobs.nan]
+entry = "fixture_jobs:not_a_number"
+schedule = "0 0 * * * *"
+
+[jobs.off]
+entry = "fixture_jobs:noop"
+schedule = "* * * * * *"
+market_hours = false
+enabled = false
+"#,
+    );
+    let out = p.run(&["run-once", "nan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let row = &p.history()[0];
+    assert_eq!(row["outcome"], "success");
+    assert!(row["result"]["iv"].is_null());
+    assert_eq!(row["result"]["pcr"], 1.25);
+
+    // A disabled job runs by hand but never fires.
+    let out = p.run(&["run-once", "off"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut daemon = p.spawn_daemon();
+    std::thread::sleep(Duration::from_millis(2500));
+    signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(10));
+    let rows = p.history();
+    assert!(
+        rows.iter()
+            .filter(|r| r["job"] == "off")
+            .all(|r| r["trigger"] == "manual"),
+        "{rows:#?}"
+    );
+    let (_, status) = (
+        0,
+        serde_json::from_slice::<Value>(&p.run(&["status", "--json"]).stdout).unwrap(),
+    );
+    let off = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "off")
+        .unwrap()
+        .clone();
+    assert_eq!(off["enabled"], false);
+    assert!(off["next_fire_at"].is_null());
+
+    // Once removed from the config, its past is still there to read.
+    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
+    let cut = text_.find("[jobs.off]").unwrap();
+    std::fs::write(p.config_path(), &text_[..cut]).unwrap();
+    let out = p.run(&["history", "off", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = p.run(&["history", "never_existed"]);
+    assert_eq!(out.status.code(), Some(2));
+}
