@@ -27,6 +27,9 @@ use crate::runner::{self, OnBusy, RunEnv, RunEvent, RunReport, RunRequest};
 
 /// The longest the loop sleeps without looking at the wall clock again.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// The loop wakes this much before a slot, so the run is prepared (lock, log) when its instant
+/// comes; the run itself starts at the slot exactly.
+const LEAD: chrono::Duration = chrono::Duration::milliseconds(4);
 /// A slot found later than this is treated as missed (catch-up), not as on time.
 const LATE: chrono::Duration = chrono::Duration::seconds(2);
 /// At most this many missed slots of one job are looked at (and recorded) after a gap.
@@ -79,7 +82,7 @@ struct Ctx {
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
 pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let started_at = Utc::now();
-    let _lock = InstanceLock::acquire(
+    let mut lock = InstanceLock::acquire(
         &config.scheduler.log_dir,
         started_at,
         config.calendar().tz(),
@@ -186,7 +189,7 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
             .flatten()
             .min();
         let sleep_for = due
-            .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
+            .map(|at| (at - LEAD - now).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP);
         tokio::select! {
@@ -197,7 +200,15 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
             Some(_) = ctx.tasks.join_next(), if !ctx.tasks.is_empty() => {}
             _ = tokio::time::sleep(sleep_for) => tick(&mut ctx, &mut jobs, Utc::now()).await,
             _ = sighup.recv() => reload(&mut ctx, &mut jobs).await,
-            _ = health_every.tick() => health(&mut ctx, &mut jobs).await,
+            _ = health_every.tick() => {
+                // The PID file may have been removed (a wiped log folder): lock a new one, and
+                // give way if another daemon started meanwhile — never two firing at once.
+                if let Err(other) = lock.ensure() {
+                    tracing::error!("❗ our PID file was removed and another daemon took its place ({other}): stopping");
+                    break "lock lost";
+                }
+                health(&mut ctx, &mut jobs).await
+            }
             _ = report_every.tick() => report(&ctx, &jobs).await,
         }
     };
@@ -489,11 +500,12 @@ fn lookback_start(job: &Job, calendar: &Calendar, now: DateTime<Utc>) -> DateTim
 
 /// Fires what is due at `now`: retries, then regular slots (on time, or missed → catch-up).
 async fn tick(ctx: &mut Ctx, jobs: &mut [JobState], now: DateTime<Utc>) {
+    let soon = now + LEAD;
     for state in jobs.iter_mut() {
-        if let Some(retry) = state.retry.take_if(|r| r.at.is_some_and(|at| at <= now)) {
+        if let Some(retry) = state.retry.take_if(|r| r.at.is_some_and(|at| at <= soon)) {
             start(ctx, state, retry);
         }
-        let Some(first) = state.next.filter(|t| *t <= now) else {
+        let Some(first) = state.next.filter(|t| *t <= soon) else {
             continue;
         };
         let job = Arc::clone(&state.job);
@@ -503,7 +515,7 @@ async fn tick(ctx: &mut Ctx, jobs: &mut [JobState], now: DateTime<Utc>) {
                 .trigger
                 .next_fire_after(&ctx.calendar, due[due.len() - 1])
             {
-                Some(t) if t <= now => due.push(t),
+                Some(t) if t <= soon => due.push(t),
                 _ => break,
             }
         }
@@ -671,6 +683,8 @@ fn start(ctx: &mut Ctx, state: &mut JobState, p: Pending) {
         trigger: p.trigger,
         scheduled_at: p.scheduled_at,
         attempt: p.attempt,
+        // A slot (or a retry) starts at its instant exactly, however early the loop woke.
+        not_before: Some(p.at.unwrap_or(p.scheduled_at)),
     };
     let env = Arc::clone(&ctx.env);
     let events = ctx.events.clone();
@@ -970,10 +984,8 @@ fn abandon_dead_runs(history: &History, grace: Duration) -> Result<usize> {
                     row.job,
                     orphans.len()
                 );
-                let rt = tokio::runtime::Handle::current();
-                tokio::task::block_in_place(|| {
-                    rt.block_on(crate::process::end_tagged(&tag, grace))
-                });
+                // Before the runtime runs anything else: a plain blocking wait is fine here.
+                end_tagged_now(&tag, grace);
             }
         }
         history.finish_run(
@@ -987,6 +999,23 @@ fn abandon_dead_runs(history: &History, grace: Duration) -> Result<usize> {
         n += 1;
     }
     Ok(n)
+}
+
+/// Ends the processes tagged `tag`: SIGTERM, up to `grace`, SIGKILL (blocking; start-up only).
+fn end_tagged_now(tag: &str, grace: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for pid in crate::process::tagged_processes(tag) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && !crate::process::tagged_processes(tag).is_empty()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in crate::process::tagged_processes(tag) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
 }
 
 fn banner(config: &Config, interpreter: &Interpreter, calendar: &Calendar) {

@@ -20,6 +20,7 @@ pub const PID_FILE: &str = "hedge-scheduler.pid";
 pub struct InstanceLock {
     file: File,
     path: PathBuf,
+    started_at: DateTime<Utc>,
 }
 
 /// What the PID file of a running daemon says.
@@ -90,13 +91,45 @@ impl InstanceLock {
                 file.sync_all()
             })
             .map_err(|e| Error::io(format!("cannot write `{}`", path.display()), e))?;
-        Ok(InstanceLock { file, path })
+        Ok(InstanceLock {
+            file,
+            path,
+            started_at,
+        })
+    }
+
+    /// Checks that the PID file on disk is still the one we lock (someone may have deleted the
+    /// log folder); recreates and relocks it if not. `Err` names the process that holds a new
+    /// lock: another instance started meanwhile.
+    pub fn ensure(&mut self) -> std::result::Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.file.metadata().ok().map(|m| (m.dev(), m.ino()));
+        let on_disk = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if ours.is_some() && ours == on_disk {
+            return Ok(());
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tz = chrono_tz::UTC;
+        match InstanceLock::acquire(dir, self.started_at, tz) {
+            Ok(mut fresh) => {
+                std::mem::swap(&mut self.file, &mut fresh.file);
+                // `fresh` now holds the old, unlinked file: dropping it must not remove the new
+                // PID file, so forget its path.
+                fresh.path = PathBuf::new();
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
 impl Drop for InstanceLock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
         let _ = self.file.unlock();
     }
 }
@@ -144,6 +177,14 @@ mod tests {
         assert!(err.to_string().contains("IST"), "{err}");
         drop(lock);
         assert!(probe(dir.path()).is_none());
-        assert!(InstanceLock::acquire(dir.path(), Utc::now(), tz).is_ok());
+        let mut lock = InstanceLock::acquire(dir.path(), Utc::now(), tz).unwrap();
+        // The PID file removed under a running daemon is recreated and locked again.
+        std::fs::remove_file(dir.path().join(PID_FILE)).unwrap();
+        assert!(probe(dir.path()).is_none());
+        lock.ensure().unwrap();
+        assert_eq!(
+            probe(dir.path()).unwrap().pid,
+            i64::from(std::process::id())
+        );
     }
 }

@@ -319,6 +319,9 @@ pub struct RunRequest {
     pub trigger: TriggerKind,
     pub scheduled_at: DateTime<Utc>,
     pub attempt: u32,
+    /// The run starts at this instant exactly, not earlier: the daemon fires a few milliseconds
+    /// ahead so the run's preparation is done by then.
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 /// What to do when another process holds the job's lock.
@@ -533,6 +536,9 @@ pub async fn run(
         }
     };
 
+    if let Some(at) = req.not_before {
+        wait_until(at).await;
+    }
     let started_at = Utc::now();
     report.started_at = started_at;
     let executor = job.executor.as_str();
@@ -611,6 +617,21 @@ pub async fn run(
         watch_stuck(env, &job.id, run_id, thread, events);
     }
     report
+}
+
+/// Returns at wall-clock instant `at` (or at once if it has passed), to within tens of
+/// microseconds: a thread sleep is finer than the async timer's millisecond ticks.
+async fn wait_until(at: DateTime<Utc>) {
+    let Ok(ahead) = (at - Utc::now()).to_std() else {
+        return;
+    };
+    let _ = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(ahead);
+        while Utc::now() < at {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    })
+    .await;
 }
 
 /// Takes the job's lock per `on_busy`; `Ok(Err(holder))` when the run must not start.

@@ -1,7 +1,6 @@
 //! Operations through the binary: one instance, legacy processes, shutdown, crash recovery,
 //! heartbeat, status reports, SIGHUP, a vanished history, memory limits, log rotation, `stop`.
 
-use std::io::Read;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -33,12 +32,9 @@ fn sig(pid: u32, s: Signal) {
     kill(Pid::from_raw(pid as i32), s).expect("signal");
 }
 
-fn stop(mut daemon: std::process::Child) -> String {
+fn stop(p: &Project, mut daemon: std::process::Child) -> String {
     let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(40));
-    let mut out = String::new();
-    if let Some(mut o) = daemon.stdout.take() {
-        let _ = o.read_to_string(&mut out);
-    }
+    let out = p.daemon_output();
     assert_eq!(
         status.and_then(|s| s.code()),
         Some(0),
@@ -71,7 +67,7 @@ fn one_instance_and_a_restart_after_kill_9() {
     let third = p.spawn_daemon();
     assert!(wait_running(&p), "a restart after kill -9 was blocked");
     assert_eq!(status_json(&p).1["daemon"]["pid"], third.id());
-    stop(third);
+    stop(&p, third);
 }
 
 #[test]
@@ -113,7 +109,7 @@ fn legacy_processes_are_refused_warned_about_or_stopped() {
     p.config("legacy = \"warn\"", &job("tick", TICK));
     let daemon = p.spawn_daemon();
     assert!(wait_running(&p));
-    let out = stop(daemon);
+    let out = stop(&p, daemon);
     assert!(
         out.contains(&format!("the old system is running: PID {}", old.id())),
         "{out}"
@@ -135,7 +131,7 @@ fn legacy_processes_are_refused_warned_about_or_stopped() {
         !pid_alive(old.id() as i32),
         "the old system's process was not stopped"
     );
-    let _ = stop(daemon);
+    let _ = stop(&p, daemon);
     assert!(
         pid_alive(viewer.id() as i32),
         "the viewer must be left alone"
@@ -149,7 +145,7 @@ fn legacy_processes_are_refused_warned_about_or_stopped() {
     p.config("legacy = \"refuse\"", &job("tick", TICK));
     let daemon = p.spawn_daemon();
     assert!(wait_running(&p));
-    let _ = stop(daemon);
+    let _ = stop(&p, daemon);
     viewer.kill().unwrap();
     viewer.wait().unwrap();
 }
@@ -171,7 +167,7 @@ fn sigterm_cancels_a_long_run_and_lets_a_short_one_finish() {
         .trim()
         .parse()
         .unwrap();
-    let _ = stop(daemon);
+    let _ = stop(&p, daemon);
     let rows = p.history();
     let long = rows
         .iter()
@@ -196,7 +192,7 @@ fn sigterm_cancels_a_long_run_and_lets_a_short_one_finish() {
         .join("history.sqlite3")
         .exists()
         && !p.runs_with("running").is_empty()));
-    let _ = stop(daemon);
+    let _ = stop(&p, daemon);
     assert!(!p.runs_with("success").is_empty(), "{:#?}", p.history());
     assert!(p.runs_with("cancelled").is_empty(), "{:#?}", p.history());
 }
@@ -239,7 +235,7 @@ fn kill_9_mid_run_then_restart_abandons_the_row_and_ends_the_orphan() {
     let rows = p.history();
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(rows[0]["outcome"], "abandoned");
-    let _ = stop(daemon);
+    let _ = stop(&p, daemon);
 }
 
 #[test]
@@ -268,7 +264,7 @@ fn heartbeat_ages_and_a_stopped_daemon_is_not_responding() {
     assert!(wait_until(Duration::from_secs(10), || {
         status_json(&p).1["daemon"]["responding"] == true
     }));
-    let _ = stop(daemon);
+    let _ = stop(&p, daemon);
 }
 
 #[test]
@@ -280,7 +276,7 @@ fn status_reports_at_the_configured_interval() {
         .runs_with("success")
         .len()
         >= 4));
-    let out = stop(daemon);
+    let out = stop(&p, daemon);
     let reports = out.matches("📊 Status report").count();
     assert!(reports >= 2, "{reports} reports:\n{out}");
     assert!(out.contains("TODAY"), "{out}");
@@ -349,7 +345,7 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_otherwise() {
             .iter()
             .any(|r| r["job"] == "tock" && r["outcome"] == "success")
     });
-    let out = stop(daemon);
+    let out = stop(&p, daemon);
     assert!(added, "{out}");
     assert!(
         out.contains("config rejected, keeping the old one"),
@@ -380,7 +376,7 @@ fn a_removed_history_database_is_recreated_and_firing_goes_on() {
                 .count()
                 >= 2
     });
-    let out = stop(daemon);
+    let out = stop(&p, daemon);
     assert!(recreated, "{out}");
     assert!(
         out.contains("was removed or replaced: recreating it"),

@@ -15,6 +15,19 @@ pub fn repo() -> PathBuf {
 /// A throwaway project: a config, the fixture jobs, its own logs and history.
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// Daemons this test started: killed when the test ends, even when it fails.
+    daemons: std::cell::RefCell<Vec<u32>>,
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        for pid in self.daemons.borrow().iter() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl Project {
@@ -27,7 +40,10 @@ impl Project {
             jobs.join("fixture_jobs.py"),
         )
         .expect("copy fixtures");
-        Project { dir }
+        Project {
+            dir,
+            daemons: Default::default(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -83,12 +99,23 @@ path = [{bridge:?}, "jobs"]
         self.cmd(args).output().expect("run hedge-scheduler")
     }
 
+    /// Starts `run`; its console goes to `daemon.out` in the project (see `daemon_output`).
     pub fn spawn_daemon(&self) -> Child {
-        self.cmd(&["run"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let out = std::fs::File::create(self.path().join("daemon.out")).expect("daemon.out");
+        let err = out.try_clone().expect("daemon.out");
+        let child = self
+            .cmd(&["run"])
+            .stdout(out)
+            .stderr(err)
             .spawn()
-            .expect("spawn daemon")
+            .expect("spawn daemon");
+        self.daemons.borrow_mut().push(child.id());
+        child
+    }
+
+    /// What the last daemon started printed.
+    pub fn daemon_output(&self) -> String {
+        std::fs::read_to_string(self.path().join("daemon.out")).unwrap_or_default()
     }
 
     /// `history --json` for all runs, newest first.
