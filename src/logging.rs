@@ -33,7 +33,12 @@ pub fn init_daemon(log_dir: &Path, keep: usize) -> Result<WorkerGuard> {
                 log_dir.display()
             ))
         })?;
-    let (file_writer, guard) = tracing_appender::non_blocking(appender);
+    // A small queue: the default one (128 000 lines) is preallocated, megabytes the idle daemon
+    // would carry for nothing. Lines past it are counted, not lost silently.
+    let (file_writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(2048)
+        .lossy(true)
+        .finish(appender);
     let time = ChronoLocal::new("%Y-%m-%d %H:%M:%S%.3f".to_string());
     let console = tracing_subscriber::fmt::layer()
         .with_target(false)

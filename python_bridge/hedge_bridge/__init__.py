@@ -14,14 +14,13 @@ Standard library only: it must work in any interpreter a user points the schedul
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import json
-import logging
 import math
 import sys
 import time
-import traceback
-from typing import Any, Callable
+
+# Kept out of the import path on purpose: `logging`, `traceback` and `typing` cost milliseconds at
+# every subprocess start, so they are imported only when a run needs them.
 
 __all__ = ["RunContext", "resolve", "call", "context_from_json"]
 
@@ -50,7 +49,14 @@ class RunContext:
         self.trigger = trigger
         self.exchange = exchange
         self.timezone = timezone
-        self.log = _job_logger(job)
+        self._log = None
+
+    @property
+    def log(self):
+        """A ``logging.Logger`` for the job; what it logs goes to the job's log file."""
+        if self._log is None:
+            self._log = _job_logger(self.job)
+        return self._log
 
     def __repr__(self) -> str:
         return (
@@ -59,8 +65,10 @@ class RunContext:
         )
 
 
-def _job_logger(job: str) -> logging.Logger:
+def _job_logger(job: str):
     """A logger whose records go to stderr, which the scheduler writes to the job's log file."""
+    import logging
+
     logger = logging.getLogger(f"hedge.{job}")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -87,7 +95,7 @@ def context_from_json(text: str) -> RunContext:
     )
 
 
-def _script(path: str) -> Callable[[RunContext], Any]:
+def _script(path: str):
     """A legacy script run as ``__main__``, with ``ctx.args["argv"]`` as its arguments."""
 
     def run_script(ctx: RunContext) -> None:
@@ -103,11 +111,13 @@ def _script(path: str) -> Callable[[RunContext], Any]:
     return run_script
 
 
-def resolve(entry: str) -> Callable[[RunContext], Any]:
+def resolve(entry: str):
     """Imports ``module`` and returns its ``function`` for an entry ``module:function``; an entry
     that is a ``.py`` path is run as a script."""
     if entry.endswith(".py") and ":" not in entry:
         return _script(entry)
+    import importlib
+
     module_name, sep, func_name = entry.partition(":")
     if not sep or not module_name or not func_name:
         raise ValueError(f"entry {entry!r} is not 'module:function'")
@@ -127,7 +137,7 @@ def _summary(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def _finite(value: Any) -> Any:
+def _finite(value):
     """NaN and infinities (which JSON cannot hold) become None, at any depth."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -138,7 +148,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value):
     """The job's return value as strict JSON: values JSON cannot hold become their str(), NaN and
     infinities become None."""
     try:
@@ -170,6 +180,8 @@ def call(entry: str, ctx: RunContext) -> dict:
             "entered_at": entered_at,
         }
     except BaseException as exc:  # noqa: BLE001 - a job's failure of any kind is its outcome
+        import traceback
+
         tb = traceback.format_exc()
         return {
             "status": "error",

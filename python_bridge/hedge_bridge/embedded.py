@@ -13,7 +13,6 @@ code only sees the exception when it returns to Python.
 
 from __future__ import annotations
 
-import ctypes
 import datetime as _dt
 import io
 import json
@@ -125,5 +124,7 @@ def run_json(entry: str, ctx_json: str, log_path: str, run_id: int) -> str:
 def interrupt(ident: int, reason: str) -> int:
     """Raises JobTimeout (reason "timeout") or JobCancelled in thread ``ident``; returns how many
     threads were hit (0: the thread is gone)."""
+    import ctypes  # only when a run must be interrupted: it costs memory at idle
+
     exc = JobTimeout if reason == "timeout" else JobCancelled
     return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
