@@ -104,39 +104,52 @@ impl RunEnv {
         }
     }
 
-    /// Runs `f` on the history without blocking the async runtime. A database file removed or
+    /// Runs `f` on the history, on the calling (blocking) thread. A database file removed or
     /// replaced under us is reopened (and so recreated) first.
-    pub async fn db<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&History) -> Result<T> + Send + 'static,
-    {
-        let history = Arc::clone(&self.history);
-        let pending = Arc::clone(&self.pending);
-        let path = self.config.scheduler.history.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut guard = history
+    pub fn with_history<T>(&self, f: impl FnOnce(&History) -> Result<T>) -> Result<T> {
+        let outcome = (|| {
+            let mut guard = self
+                .history
                 .lock()
                 .map_err(|_| Error::Other("history lock poisoned".into()))?;
             if !guard.file_is_current() {
                 tracing::error!(
                     "❗ the history database `{}` was removed or replaced: recreating it",
-                    path.display()
+                    self.config.scheduler.history.display()
                 );
-                *guard = History::open(&path)?;
+                *guard = History::open(&self.config.scheduler.history)?;
             }
             f(&guard)
-        })
-        .await
-        .map_err(|e| Error::Other(format!("history task failed: {e}")))?;
+        })();
         if let Ok(mut p) = self.pending.lock() {
             match &outcome {
                 Ok(_) => p.problem = None,
                 Err(e) => p.problem = Some((Utc::now(), e.to_string())),
             }
         }
-        let _ = pending;
         outcome
+    }
+
+    /// Runs `f` on the history without blocking the async runtime.
+    pub async fn db<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&History) -> Result<T> + Send + 'static,
+    {
+        let me = self.handle();
+        tokio::task::spawn_blocking(move || me.with_history(f))
+            .await
+            .map_err(|e| Error::Other(format!("history task failed: {e}")))?
+    }
+
+    /// A cheap copy sharing the history, the delayed writes and the config, for blocking threads.
+    fn handle(&self) -> RunEnv {
+        RunEnv {
+            config: Arc::clone(&self.config),
+            python: self.python.clone(),
+            history: Arc::clone(&self.history),
+            pending: Arc::clone(&self.pending),
+        }
     }
 
     /// The last history problem, if the last write failed.
@@ -156,22 +169,19 @@ impl RunEnv {
         })
     }
 
-    /// Records the start of a run; when the history refuses, a provisional (negative) id that
-    /// the run's end will write in full.
-    async fn start_run(&self, run: ProvisionalRun) -> i64 {
-        let r = run.clone();
-        let written = self
-            .db(move |h| {
-                h.start_run(&NewRun {
-                    job: &r.job,
-                    trigger: r.trigger,
-                    scheduled_at: r.scheduled_at,
-                    started_at: r.started_at,
-                    attempt: r.attempt,
-                    executor: r.executor,
-                })
+    /// Records the start of a run (blocking); when the history refuses, a provisional (negative)
+    /// id that the run's end will write in full.
+    fn start_run_blocking(&self, run: ProvisionalRun) -> i64 {
+        let written = self.with_history(|h| {
+            h.start_run(&NewRun {
+                job: &run.job,
+                trigger: run.trigger,
+                scheduled_at: run.scheduled_at,
+                started_at: run.started_at,
+                attempt: run.attempt,
+                executor: run.executor,
             })
-            .await;
+        });
         match written {
             Ok(id) => id,
             Err(e) => {
@@ -536,68 +546,58 @@ pub async fn run(
         }
     };
 
-    if let Some(at) = req.not_before {
-        wait_until(at).await;
-    }
-    let started_at = Utc::now();
-    report.started_at = started_at;
-    let executor = job.executor.as_str();
-    let run_id = env
-        .start_run(ProvisionalRun {
-            job: job.id.clone(),
-            trigger: req.trigger,
-            scheduled_at: req.scheduled_at,
-            started_at,
-            attempt: req.attempt,
-            executor,
-            pid: None,
-        })
-        .await;
-    report.run_id = Some(run_id);
-
-    let log = match JobLog::open(
-        &env.config.job_log_dir(),
-        &job.id,
-        run_id,
-        env.config.scheduler.log_files_kept,
-    ) {
-        Ok(log) => Arc::new(log),
-        Err(e) => {
-            let end = RunEnd {
-                error: Some(e.to_string()),
-                ..RunEnd::default()
-            };
-            return finish(env, report, Outcome::Failed, end).await;
-        }
+    let run = ProvisionalRun {
+        job: job.id.clone(),
+        trigger: req.trigger,
+        scheduled_at: req.scheduled_at,
+        started_at: report.started_at,
+        attempt: req.attempt,
+        executor: job.executor.as_str(),
+        pid: None,
     };
-    log.note(&format!(
-        "start: trigger={} scheduled_at={} attempt={} executor={}",
-        req.trigger.as_str(),
-        crate::history::fmt_time(req.scheduled_at),
-        req.attempt,
-        executor
-    ));
-    let context = run_context(&env.config, &job, &req, run_id).to_string();
-
-    let exec = match job.executor {
+    let (run_id, log, exec) = match job.executor {
         Executor::Subprocess => {
+            // One hand-off: wait for the slot's instant and record the start.
+            let env2 = env.handle();
+            let at = req.not_before;
+            let begun = tokio::task::spawn_blocking(move || begin_blocking(&env2, run, at)).await;
+            let (run_id, started_at, log) = match begun {
+                Ok(Ok(begun)) => begun,
+                Ok(Err(e)) => {
+                    report.error = Some(e.to_string());
+                    report.finished_at = Utc::now();
+                    return report;
+                }
+                Err(e) => {
+                    report.error = Some(format!("internal error: {e}"));
+                    report.finished_at = Utc::now();
+                    return report;
+                }
+            };
+            report.run_id = Some(run_id);
+            report.started_at = started_at;
+            let context = run_context(&env.config, &job, &req, run_id).to_string();
             let exec =
                 run_subprocess(env, &job, run_id, &context, &log, &mut cancel, &events).await;
             drop(lock);
-            exec
+            (run_id, log, exec)
         }
         Executor::Pyo3 => {
-            run_embedded(
-                env,
-                &job,
-                run_id,
-                &context,
-                &log,
-                &mut cancel,
-                &events,
-                lock,
-            )
-            .await
+            let context = run_context(&env.config, &job, &req, 0);
+            match run_embedded(env, &job, run, req.not_before, context, &mut cancel, &events, lock)
+                .await
+            {
+                Ok((run_id, started_at, log, exec)) => {
+                    report.run_id = Some(run_id);
+                    report.started_at = started_at;
+                    (run_id, log, exec)
+                }
+                Err(e) => {
+                    report.error = Some(e.to_string());
+                    report.finished_at = Utc::now();
+                    return report;
+                }
+            }
         }
     };
 
@@ -620,18 +620,46 @@ pub async fn run(
 }
 
 /// Returns at wall-clock instant `at` (or at once if it has passed), to within tens of
-/// microseconds: a thread sleep is finer than the async timer's millisecond ticks.
-async fn wait_until(at: DateTime<Utc>) {
+/// microseconds: a thread sleep is finer than the async timer's millisecond ticks. Blocking.
+fn wait_until_blocking(at: DateTime<Utc>) {
     let Ok(ahead) = (at - Utc::now()).to_std() else {
         return;
     };
-    let _ = tokio::task::spawn_blocking(move || {
-        std::thread::sleep(ahead);
-        while Utc::now() < at {
-            std::thread::sleep(Duration::from_micros(20));
-        }
-    })
-    .await;
+    std::thread::sleep(ahead);
+    while Utc::now() < at {
+        std::thread::sleep(Duration::from_micros(20));
+    }
+}
+
+/// On a blocking thread: waits for the run's instant, records its start and opens its log with
+/// the start note. Returns the run id, when it started, and the log.
+fn begin_blocking(
+    env: &RunEnv,
+    mut run: ProvisionalRun,
+    not_before: Option<DateTime<Utc>>,
+) -> Result<(i64, DateTime<Utc>, Arc<JobLog>)> {
+    if let Some(at) = not_before {
+        wait_until_blocking(at);
+    }
+    run.started_at = Utc::now();
+    let started_at = run.started_at;
+    let note = format!(
+        "start: trigger={} scheduled_at={} attempt={} executor={}",
+        run.trigger.as_str(),
+        crate::history::fmt_time(run.scheduled_at),
+        run.attempt,
+        run.executor
+    );
+    let job = run.job.clone();
+    let run_id = env.start_run_blocking(run);
+    let log = JobLog::open(
+        &env.config.job_log_dir(),
+        &job,
+        run_id,
+        env.config.scheduler.log_files_kept,
+    )?;
+    log.note(&note);
+    Ok((run_id, started_at, Arc::new(log)))
 }
 
 /// Takes the job's lock per `on_busy`; `Ok(Err(holder))` when the run must not start.
@@ -883,19 +911,20 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// A run in the embedded interpreter, on a blocking thread that holds the job's lock until
-/// Python returns.
+/// A run in the embedded interpreter: one blocking thread waits for the slot, records the
+/// start, and calls Python holding the job's lock until Python returns. Returns the run id, when
+/// it started, its log, and how it went.
 #[allow(clippy::too_many_arguments)]
 async fn run_embedded(
     env: &RunEnv,
     job: &Job,
-    run_id: i64,
-    context: &str,
-    log: &Arc<JobLog>,
+    run: ProvisionalRun,
+    not_before: Option<DateTime<Utc>>,
+    mut context: serde_json::Value,
     cancel: &mut watch::Receiver<Option<String>>,
     events: &Option<mpsc::UnboundedSender<RunEvent>>,
     lock: JobLock,
-) -> Execution {
+) -> Result<(i64, DateTime<Utc>, Arc<JobLog>, Execution)> {
     let mut exec = Execution {
         ended: Ended::Exited(None),
         bridge: None,
@@ -904,6 +933,29 @@ async fn run_embedded(
         stuck: None,
         usage: None,
     };
+    let ident = Arc::new(AtomicU64::new(0));
+    let log_file = crate::python::log_file(&env.config, &job.id);
+    let (entry, ident_in, env2) = (job.entry.to_string(), Arc::clone(&ident), env.handle());
+    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel();
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let thread = tokio::task::spawn_blocking(move || {
+        let _lock = lock;
+        let (run_id, started_at, log) = match begin_blocking(&env2, run, not_before) {
+            Ok(begun) => begun,
+            Err(e) => {
+                let _ = begun_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = begun_tx.send(Ok((run_id, started_at, Arc::clone(&log))));
+        context["run_id"] = run_id.into();
+        let outcome =
+            crate::python::call(&entry, &context.to_string(), &log_file, run_id, &ident_in);
+        let _ = tx.send(outcome);
+    });
+    let (run_id, started_at, log) = begun_rx
+        .await
+        .map_err(|_| Error::Other("the job's thread ended before it started".into()))??;
     if let Some(tx) = events {
         let _ = tx.send(RunEvent::Started {
             job: job.id.clone(),
@@ -911,19 +963,6 @@ async fn run_embedded(
             pid: None,
         });
     }
-    let ident = Arc::new(AtomicU64::new(0));
-    let log_file = crate::python::log_file(&env.config, &job.id);
-    let (entry, context_owned, ident_in) = (
-        job.entry.to_string(),
-        context.to_string(),
-        Arc::clone(&ident),
-    );
-    let (tx, mut rx) = tokio::sync::oneshot::channel();
-    let thread = tokio::task::spawn_blocking(move || {
-        let _lock = lock;
-        let outcome = crate::python::call(&entry, &context_owned, &log_file, run_id, &ident_in);
-        let _ = tx.send(outcome);
-    });
     let grace = env.config.scheduler.kill_grace;
     let deadline = tokio::time::Instant::now() + job.timeout;
     let (returned, ended) = tokio::select! {
@@ -956,7 +995,7 @@ async fn run_embedded(
             }));
         }
     }
-    exec
+    Ok((run_id, started_at, log, exec))
 }
 
 /// Raises the interrupt from a blocking thread: it needs the GIL, which the job may hold.
