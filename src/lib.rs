@@ -45,8 +45,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             refuse_strict_past_coverage(&config)?;
             let interpreter = interpreter::resolve(&config, None)?;
             check_log_dir(&config)?;
-            let _guard =
-                logging::init_daemon(&config.scheduler.log_dir, config.scheduler.log_files_kept)?;
+            logging::init_daemon(&config.scheduler.log_dir, config.scheduler.log_files_kept)?;
             legacy_at_start(&config)?;
             // The embedded interpreter starts here, never on an async worker.
             if config

@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::time::ChronoLocal;
 use tracing_subscriber::layer::SubscriberExt;
@@ -18,8 +17,7 @@ fn filter(default: &str) -> EnvFilter {
 }
 
 /// For the daemon: console (stdout) plus `log_dir/hedge-scheduler.log.YYYY-MM-DD`.
-/// Keep the guard alive until exit so the file log is flushed.
-pub fn init_daemon(log_dir: &Path, keep: usize) -> Result<WorkerGuard> {
+pub fn init_daemon(log_dir: &Path, keep: usize) -> Result<()> {
     std::fs::create_dir_all(log_dir)
         .map_err(|e| Error::io(format!("cannot create log_dir `{}`", log_dir.display()), e))?;
     let appender = tracing_appender::rolling::Builder::new()
@@ -33,12 +31,9 @@ pub fn init_daemon(log_dir: &Path, keep: usize) -> Result<WorkerGuard> {
                 log_dir.display()
             ))
         })?;
-    // A small queue: the default one (128 000 lines) is preallocated, megabytes the idle daemon
-    // would carry for nothing. Lines past it are counted, not lost silently.
-    let (file_writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(2048)
-        .lossy(true)
-        .finish(appender);
+    // Written in place, not through a logging thread: the daemon logs a few lines a minute, and a
+    // thread woken for each would cost more than the write (and its queue, memory at idle).
+    let file_writer = appender;
     let time = ChronoLocal::new("%Y-%m-%d %H:%M:%S%.3f".to_string());
     let console = tracing_subscriber::fmt::layer()
         .with_target(false)
@@ -55,7 +50,7 @@ pub fn init_daemon(log_dir: &Path, keep: usize) -> Result<WorkerGuard> {
         .with(console)
         .with(file)
         .try_init();
-    Ok(guard)
+    Ok(())
 }
 
 /// For `run-once` and the reading commands: warnings and errors on stderr.

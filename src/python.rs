@@ -11,7 +11,13 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyList;
+
+/// The bridge's entry points and `threading.get_ident`, looked up once.
+static RUN_JSON: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static INTERRUPT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static GET_IDENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 use crate::config::Config;
 use crate::error::{ConfigError, Error, Result};
@@ -80,43 +86,91 @@ fn describe(py: Python<'_>, e: &PyErr) -> String {
         .unwrap_or_else(|_| e.to_string())
 }
 
-/// One in-process call: the Python thread it runs on is published in `ident` before the job starts.
+/// Work for a job's Python thread.
+type Task = Box<dyn FnOnce(Python<'_>) + Send>;
+
+/// One long-lived Python thread per pyo3 job: it keeps its Python thread state (no set-up and
+/// tear-down per run) and holds the GIL only while a task runs. A job whose thread is stuck in
+/// native code is held by it, which is what the scheduler wants anyway.
+static WORKERS: std::sync::Mutex<
+    Option<std::collections::HashMap<String, std::sync::mpsc::Sender<Task>>>,
+> = std::sync::Mutex::new(None);
+
+/// Runs `task` on `job`'s Python thread (started on first use), attached to the interpreter.
+pub fn submit(job: &str, task: impl FnOnce(Python<'_>) + Send + 'static) -> Result<()> {
+    let mut guard = WORKERS
+        .lock()
+        .map_err(|_| Error::Other("python workers lock poisoned".into()))?;
+    let workers = guard.get_or_insert_with(Default::default);
+    let mut task: Task = Box::new(task);
+    // A worker that has gone (it panicked) is replaced.
+    for _ in 0..2 {
+        let tx = match workers.get(job) {
+            Some(tx) => tx.clone(),
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel::<Task>();
+                std::thread::Builder::new()
+                    .name(format!("py-{job}"))
+                    .spawn(move || {
+                        // Waiting for work happens detached: the GIL is free meanwhile.
+                        let rx = std::sync::Mutex::new(rx);
+                        Python::attach(|py| {
+                            while let Some(task) =
+                                py.detach(|| rx.lock().ok().and_then(|rx| rx.recv().ok()))
+                            {
+                                task(py);
+                            }
+                        })
+                    })
+                    .map_err(|e| Error::io("cannot start a Python thread", e))?;
+                workers.insert(job.to_string(), tx.clone());
+                tx
+            }
+        };
+        match tx.send(task) {
+            Ok(()) => return Ok(()),
+            Err(std::sync::mpsc::SendError(t)) => {
+                task = t;
+                workers.remove(job);
+            }
+        }
+    }
+    Err(Error::Other("the job's Python thread is gone".into()))
+}
+
+/// One in-process call on the calling (attached) thread; the thread is published in `ident`
+/// before the job starts.
 pub fn call(
+    py: Python<'_>,
     entry: &str,
     context: &str,
     log_file: &Path,
     run_id: i64,
     ident: &AtomicU64,
 ) -> std::result::Result<String, String> {
-    Python::attach(|py| {
+    {
         let run = || -> PyResult<String> {
-            let thread: u64 = py
-                .import("threading")?
-                .call_method0("get_ident")?
+            let thread: u64 = GET_IDENT
+                .import(py, "threading", "get_ident")?
+                .call0()?
                 .extract()?;
             ident.store(thread, Ordering::SeqCst);
-            py.import("hedge_bridge.embedded")?
-                .call_method1(
-                    "run_json",
-                    (entry, context, log_file.display().to_string(), run_id),
-                )?
+            RUN_JSON
+                .import(py, "hedge_bridge.embedded", "run_json")?
+                .call1((entry, context, log_file.display().to_string(), run_id))?
                 .extract()
         };
         run().map_err(|e| describe(py, &e))
-    })
+    }
 }
 
 /// Raises `JobTimeout` (`timeout = true`) or `JobCancelled` in the Python thread `ident`.
 /// Needs the GIL: call it from a blocking thread, never an async worker.
 pub fn interrupt(ident: u64, timeout: bool) -> bool {
     Python::attach(|py| {
-        py.import("hedge_bridge.embedded")
-            .and_then(|m| {
-                m.call_method1(
-                    "interrupt",
-                    (ident, if timeout { "timeout" } else { "cancel" }),
-                )
-            })
+        INTERRUPT
+            .import(py, "hedge_bridge.embedded", "interrupt")
+            .and_then(|f| f.call1((ident, if timeout { "timeout" } else { "cancel" })))
             .and_then(|n| n.extract::<i64>())
             .map(|n| n > 0)
             .unwrap_or(false)

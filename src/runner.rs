@@ -41,6 +41,8 @@ pub struct RunEnv {
     pub history: Arc<Mutex<History>>,
     /// Writes the history could not take yet (locked, full disk): retried, never dropped.
     pending: Arc<Mutex<Backlog>>,
+    /// Job logs kept open between runs.
+    log_files: Arc<Mutex<LogFiles>>,
 }
 
 /// A run whose start row could not be written: kept here until it can be.
@@ -91,6 +93,7 @@ impl RunEnv {
             python,
             history: Arc::new(Mutex::new(history)),
             pending: Arc::new(Mutex::new(Backlog::default())),
+            log_files: Arc::default(),
         }
     }
 
@@ -101,6 +104,7 @@ impl RunEnv {
             python,
             history: Arc::clone(&self.history),
             pending: Arc::clone(&self.pending),
+            log_files: Arc::clone(&self.log_files),
         }
     }
 
@@ -149,6 +153,7 @@ impl RunEnv {
             python: self.python.clone(),
             history: Arc::clone(&self.history),
             pending: Arc::clone(&self.pending),
+            log_files: Arc::clone(&self.log_files),
         }
     }
 
@@ -213,6 +218,13 @@ impl RunEnv {
 
     /// Records the end of a run, now or (when the history refuses) at the next flush.
     async fn finish_run(&self, run_id: i64, outcome: Outcome, end: RunEnd) {
+        let me = self.handle();
+        let _ =
+            tokio::task::spawn_blocking(move || me.finish_run_blocking(run_id, outcome, end)).await;
+    }
+
+    /// Records the end of a run on the calling (blocking) thread; kept for later if refused.
+    fn finish_run_blocking(&self, run_id: i64, outcome: Outcome, end: RunEnd) {
         let write = if run_id < 0 {
             let run = self
                 .pending
@@ -230,7 +242,19 @@ impl RunEnv {
                 end,
             }
         };
-        self.write(write).await;
+        self.write_blocking(write);
+    }
+
+    /// Applies a write now, or keeps it for the next flush; flushes what waits after a success.
+    fn write_blocking(&self, write: HistoryWrite) {
+        if let Err(e) = self.with_history(|h| apply(h, &write)) {
+            tracing::error!("❗ history write failed, kept to retry: {e}");
+            if let Ok(mut p) = self.pending.lock() {
+                p.writes.push(write);
+            }
+        } else if self.pending.lock().is_ok_and(|p| !p.writes.is_empty()) {
+            self.flush_blocking();
+        }
     }
 
     /// Records a slot that was not run.
@@ -251,39 +275,39 @@ impl RunEnv {
     }
 
     async fn write(&self, write: HistoryWrite) {
-        let w = write.clone();
-        if let Err(e) = self.db(move |h| apply(h, &w)).await {
-            tracing::error!("❗ history write failed, kept to retry: {e}");
-            if let Ok(mut p) = self.pending.lock() {
-                p.writes.push(write);
-            }
-        } else {
-            self.flush().await;
-        }
+        let me = self.handle();
+        let _ = tokio::task::spawn_blocking(move || me.write_blocking(write)).await;
     }
 
     /// Retries the writes the history refused earlier, in order; returns how many are left.
     pub async fn flush(&self) -> usize {
+        let me = self.handle();
+        tokio::task::spawn_blocking(move || me.flush_blocking())
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Retries the delayed writes in order on the calling thread; returns how many are left.
+    fn flush_blocking(&self) -> usize {
         let writes = match self.pending.lock() {
             Ok(mut p) if !p.writes.is_empty() => std::mem::take(&mut p.writes),
             _ => return 0,
         };
         let n = writes.len();
-        let left = self
-            .db(move |h| {
-                let mut left = Vec::new();
-                for w in writes {
-                    if !left.is_empty() || apply(h, &w).is_err() {
-                        left.push(w);
-                    }
+        let mut left = Vec::new();
+        let reached = self.with_history(|h| {
+            for w in &writes {
+                if !left.is_empty() || apply(h, w).is_err() {
+                    left.push(w.clone());
                 }
-                Ok(left)
-            })
-            .await
-            .unwrap_or_default();
-        let remaining = left.len();
-        if remaining < n {
-            tracing::info!("history: {} delayed write(s) recorded", n - remaining);
+            }
+            Ok(())
+        });
+        if reached.is_err() {
+            left = writes;
+        }
+        if left.is_empty() && n > 0 {
+            tracing::info!("history: {n} delayed write(s) recorded");
         }
         if let Ok(mut p) = self.pending.lock() {
             let mut newer = std::mem::take(&mut p.writes);
@@ -291,7 +315,7 @@ impl RunEnv {
             p.writes.append(&mut newer);
             return p.writes.len();
         }
-        remaining
+        0
     }
 }
 
@@ -419,8 +443,8 @@ struct Execution {
     /// Why there is no bridge outcome (could not start, could not call).
     failure: Option<String>,
     stderr_tail: Vec<String>,
-    /// An embedded thread that outlived its run; awaited to release the job's slot.
-    stuck: Option<tokio::task::JoinHandle<()>>,
+    /// An embedded thread that outlived its run; resolves when it returns and frees the job.
+    stuck: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Sampled memory and CPU of a subprocess run.
     usage: Option<process::TreeUsage>,
 }
@@ -440,16 +464,25 @@ impl JobLock {
     }
 
     fn open(path: &Path) -> Result<File> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+        };
+        match open() {
+            Ok(f) => Ok(f),
+            // The folder is made on first use (or again, if someone removed it).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
+                }
+                open().map_err(|e| Error::io(format!("cannot open `{}`", path.display()), e))
+            }
+            Err(e) => Err(Error::io(format!("cannot open `{}`", path.display()), e)),
         }
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io(format!("cannot open `{}`", path.display()), e))
     }
 
     /// The lock, or `None` when another run holds it.
@@ -584,13 +617,36 @@ pub async fn run(
         }
         Executor::Pyo3 => {
             let context = run_context(&env.config, &job, &req, 0);
-            match run_embedded(env, &job, run, req.not_before, context, &mut cancel, &events, lock)
-                .await
+            match run_embedded(
+                env,
+                &job,
+                run,
+                req.not_before,
+                context,
+                &mut cancel,
+                &events,
+                lock,
+            )
+            .await
             {
-                Ok((run_id, started_at, log, exec)) => {
-                    report.run_id = Some(run_id);
-                    report.started_at = started_at;
-                    (run_id, log, exec)
+                Ok(done) => {
+                    report.run_id = Some(done.run_id);
+                    report.started_at = done.started_at;
+                    if let Some((outcome, end)) = done.recorded {
+                        // Judged and recorded on the run's own thread already.
+                        report.outcome = outcome;
+                        report.finished_at = end.finished_at.unwrap_or_else(Utc::now);
+                        report.error = end.error;
+                        report.exit_code = end.exit_code;
+                        report.result = end.result;
+                        return report;
+                    }
+                    let Some(log) = done.log else {
+                        report.error = Some("the job's thread never started".to_string());
+                        report.finished_at = Utc::now();
+                        return report;
+                    };
+                    (done.run_id, log, done.exec)
                 }
                 Err(e) => {
                     report.error = Some(e.to_string());
@@ -602,14 +658,7 @@ pub async fn run(
     };
 
     let (outcome, end) = judge(&job, &exec);
-    log.note(&format!(
-        "end: {}{}",
-        outcome.as_str(),
-        end.error
-            .as_deref()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default()
-    ));
+    log.note(&end_note(outcome, &end));
     let stuck = exec.stuck;
     report.stuck = stuck.is_some();
     let report = finish(env, report, outcome, end).await;
@@ -652,12 +701,7 @@ fn begin_blocking(
     );
     let job = run.job.clone();
     let run_id = env.start_run_blocking(run);
-    let log = JobLog::open(
-        &env.config.job_log_dir(),
-        &job,
-        run_id,
-        env.config.scheduler.log_files_kept,
-    )?;
+    let log = JobLog::cached(env, &job, run_id)?;
     log.note(&note);
     Ok((run_id, started_at, Arc::new(log)))
 }
@@ -911,20 +955,186 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// What an embedded run's thread hands back.
+enum EmbeddedEnd {
+    /// It could not begin (the job log could not be opened).
+    NotStarted(Error),
+    /// Python returned and the thread judged and recorded the run itself (the common case: no
+    /// further hand-off).
+    Recorded(Box<(Execution, Outcome, RunEnd)>),
+    /// Python returned after the run was interrupted: the async side judges it.
+    Returned(std::result::Result<String, String>),
+}
+
+/// What an embedded run's thread publishes once its start is recorded: id, start, log.
+type Begun = Arc<Mutex<Option<(i64, DateTime<Utc>, Arc<JobLog>)>>>;
+
+/// How an embedded run went, for `run` to report.
+struct Embedded {
+    run_id: i64,
+    started_at: DateTime<Utc>,
+    log: Option<Arc<JobLog>>,
+    exec: Execution,
+    /// Set when the run's thread already recorded its end.
+    recorded: Option<(Outcome, RunEnd)>,
+}
+
 /// A run in the embedded interpreter: one blocking thread waits for the slot, records the
-/// start, and calls Python holding the job's lock until Python returns. Returns the run id, when
-/// it started, its log, and how it went.
+/// start, calls Python holding the job's lock until Python returns, and records the end. The
+/// async side only watches the timeout and cancellation.
 #[allow(clippy::too_many_arguments)]
 async fn run_embedded(
     env: &RunEnv,
-    job: &Job,
+    job: &Arc<Job>,
     run: ProvisionalRun,
     not_before: Option<DateTime<Utc>>,
     mut context: serde_json::Value,
     cancel: &mut watch::Receiver<Option<String>>,
     events: &Option<mpsc::UnboundedSender<RunEvent>>,
     lock: JobLock,
-) -> Result<(i64, DateTime<Utc>, Arc<JobLog>, Execution)> {
+) -> Result<Embedded> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ident = Arc::new(AtomicU64::new(0));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    // Filled by the thread once the start is recorded.
+    let begun: Begun = Arc::new(Mutex::new(None));
+    let log_file = crate::python::log_file(&env.config, &job.id);
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let (released_tx, released_rx) = tokio::sync::oneshot::channel::<()>();
+    let submitted = {
+        let (ident, interrupted, begun, env2) = (
+            Arc::clone(&ident),
+            Arc::clone(&interrupted),
+            Arc::clone(&begun),
+            env.handle(),
+        );
+        let (job, events, entry) = (Arc::clone(job), events.clone(), job.entry.to_string());
+        crate::python::submit(&job.id.clone(), move |py| {
+            // Tells a watcher of a stuck run that the thread is free again, however it ends.
+            let _released = Released(Some(released_tx));
+            let _lock = lock;
+            let (run_id, started_at, log) = match begin_blocking(&env2, run, not_before) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(EmbeddedEnd::NotStarted(e));
+                    return;
+                }
+            };
+            if let Ok(mut b) = begun.lock() {
+                *b = Some((run_id, started_at, Arc::clone(&log)));
+            }
+            if let Some(tx) = &events {
+                let _ = tx.send(RunEvent::Started {
+                    job: job.id.clone(),
+                    run_id,
+                    pid: None,
+                });
+            }
+            context["run_id"] = run_id.into();
+            let outcome =
+                crate::python::call(py, &entry, &context.to_string(), &log_file, run_id, &ident);
+            if interrupted.load(Ordering::SeqCst) {
+                let _ = tx.send(EmbeddedEnd::Returned(outcome));
+                return;
+            }
+            let exec = embedded_execution(outcome);
+            let (o, mut end) = judge(&job, &exec);
+            end.finished_at = Some(Utc::now());
+            log.note(&end_note(o, &end));
+            env2.finish_run_blocking(run_id, o, end.clone());
+            let _ = tx.send(EmbeddedEnd::Recorded(Box::new((exec, o, end))));
+        })
+    };
+    submitted?;
+    let grace = env.config.scheduler.kill_grace;
+    let lead = not_before
+        .and_then(|at| (at - Utc::now()).to_std().ok())
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + lead + job.timeout;
+    let begun_now = |begun: &Begun| begun.lock().ok().and_then(|b| b.clone());
+    let (returned, ended) = tokio::select! {
+        r = &mut rx => (Some(r), Ended::Exited(None)),
+        _ = tokio::time::sleep_until(deadline) => {
+            interrupted.store(true, Ordering::SeqCst);
+            if let Some((_, _, log)) = begun_now(&begun) {
+                log.note(&format!("timeout after {}: raising JobTimeout in the job's thread", humantime::format_duration(job.timeout)));
+            }
+            interrupt(&ident, true);
+            (None, Ended::TimedOut(None))
+        },
+        reason = cancelled(cancel) => {
+            interrupted.store(true, Ordering::SeqCst);
+            if let Some((_, _, log)) = begun_now(&begun) {
+                log.note(&format!("cancelled ({reason}): raising JobCancelled in the job's thread"));
+            }
+            interrupt(&ident, false);
+            (None, Ended::Cancelled(None, reason))
+        },
+    };
+    let returned = match returned {
+        Some(r) => Some(r),
+        // Interrupted: give the exception the grace period to unwind the job.
+        None => tokio::time::timeout(grace, &mut rx).await.ok(),
+    };
+    let begun_state = begun_now(&begun);
+    let (run_id, started_at, log) = match (&returned, begun_state) {
+        (Some(Ok(EmbeddedEnd::NotStarted(_))), _) => {
+            let Some(Ok(EmbeddedEnd::NotStarted(e))) = returned else {
+                unreachable!("matched just above")
+            };
+            return Err(e);
+        }
+        (_, Some((id, at, log))) => (id, at, Some(log)),
+        (_, None) => (0, Utc::now(), None),
+    };
+    let mut exec = Execution {
+        ended,
+        bridge: None,
+        failure: None,
+        stderr_tail: Vec::new(),
+        stuck: None,
+        usage: None,
+    };
+    let mut recorded = None;
+    match returned {
+        Some(Ok(EmbeddedEnd::Recorded(done))) => {
+            let (done_exec, o, end) = *done;
+            exec = done_exec;
+            recorded = Some((o, end));
+        }
+        Some(Ok(EmbeddedEnd::Returned(Ok(json)))) => exec.bridge = serde_json::from_str(&json).ok(),
+        Some(Ok(EmbeddedEnd::Returned(Err(e)))) => exec.failure = Some(e),
+        Some(Ok(EmbeddedEnd::NotStarted(e))) => exec.failure = Some(e.to_string()),
+        Some(Err(_)) => exec.failure = Some("the job's thread ended without an outcome".into()),
+        None => {
+            if let Some(log) = &log {
+                log.note("the job's thread did not return: it is stuck in native code and keeps the job's slot until it returns");
+            }
+            exec.stuck = Some(released_rx);
+        }
+    }
+    Ok(Embedded {
+        run_id,
+        started_at,
+        log,
+        exec,
+        recorded,
+    })
+}
+
+/// Signals, when dropped, that an embedded run's thread is done with it.
+struct Released(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The execution of an embedded run that returned normally.
+fn embedded_execution(outcome: std::result::Result<String, String>) -> Execution {
     let mut exec = Execution {
         ended: Ended::Exited(None),
         bridge: None,
@@ -933,69 +1143,23 @@ async fn run_embedded(
         stuck: None,
         usage: None,
     };
-    let ident = Arc::new(AtomicU64::new(0));
-    let log_file = crate::python::log_file(&env.config, &job.id);
-    let (entry, ident_in, env2) = (job.entry.to_string(), Arc::clone(&ident), env.handle());
-    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel();
-    let (tx, mut rx) = tokio::sync::oneshot::channel();
-    let thread = tokio::task::spawn_blocking(move || {
-        let _lock = lock;
-        let (run_id, started_at, log) = match begin_blocking(&env2, run, not_before) {
-            Ok(begun) => begun,
-            Err(e) => {
-                let _ = begun_tx.send(Err(e));
-                return;
-            }
-        };
-        let _ = begun_tx.send(Ok((run_id, started_at, Arc::clone(&log))));
-        context["run_id"] = run_id.into();
-        let outcome =
-            crate::python::call(&entry, &context.to_string(), &log_file, run_id, &ident_in);
-        let _ = tx.send(outcome);
-    });
-    let (run_id, started_at, log) = begun_rx
-        .await
-        .map_err(|_| Error::Other("the job's thread ended before it started".into()))??;
-    if let Some(tx) = events {
-        let _ = tx.send(RunEvent::Started {
-            job: job.id.clone(),
-            run_id,
-            pid: None,
-        });
+    match outcome {
+        Ok(json) => exec.bridge = serde_json::from_str(&json).ok(),
+        Err(e) => exec.failure = Some(e),
     }
-    let grace = env.config.scheduler.kill_grace;
-    let deadline = tokio::time::Instant::now() + job.timeout;
-    let (returned, ended) = tokio::select! {
-        r = &mut rx => (Some(r), Ended::Exited(None)),
-        _ = tokio::time::sleep_until(deadline) => {
-            log.note(&format!("timeout after {}: raising JobTimeout in the job's thread", humantime::format_duration(job.timeout)));
-            interrupt(&ident, true);
-            (None, Ended::TimedOut(None))
-        },
-        reason = cancelled(cancel) => {
-            log.note(&format!("cancelled ({reason}): raising JobCancelled in the job's thread"));
-            interrupt(&ident, false);
-            (None, Ended::Cancelled(None, reason))
-        },
-    };
-    exec.ended = ended;
-    let returned = match returned {
-        Some(r) => Some(r),
-        // Interrupted: give the exception the grace period to unwind the job.
-        None => tokio::time::timeout(grace, &mut rx).await.ok(),
-    };
-    match returned {
-        Some(Ok(Ok(json))) => exec.bridge = serde_json::from_str(&json).ok(),
-        Some(Ok(Err(e))) => exec.failure = Some(e),
-        Some(Err(_)) => exec.failure = Some("the job's thread ended without an outcome".into()),
-        None => {
-            log.note("the job's thread did not return: it is stuck in native code and keeps the job's slot until it returns");
-            exec.stuck = Some(tokio::spawn(async move {
-                let _ = thread.await;
-            }));
-        }
-    }
-    Ok((run_id, started_at, log, exec))
+    exec
+}
+
+/// The log's closing line for a run.
+fn end_note(outcome: Outcome, end: &RunEnd) -> String {
+    format!(
+        "end: {}{}",
+        outcome.as_str(),
+        end.error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    )
 }
 
 /// Raises the interrupt from a blocking thread: it needs the GIL, which the job may hold.
@@ -1011,7 +1175,7 @@ fn watch_stuck(
     env: &RunEnv,
     job: &str,
     run_id: i64,
-    thread: tokio::task::JoinHandle<()>,
+    thread: tokio::sync::oneshot::Receiver<()>,
     events: Option<mpsc::UnboundedSender<RunEvent>>,
 ) {
     let history = Arc::clone(&env.history);
@@ -1193,23 +1357,56 @@ fn python_path(paths: &[PathBuf]) -> std::ffi::OsString {
 
 /// A job's log file, `<log_dir>/jobs/<job>.log`, shared by the run's stdout and stderr readers.
 pub struct JobLog {
-    file: Mutex<std::io::BufWriter<File>>,
+    file: Arc<Mutex<std::io::BufWriter<File>>>,
     run_id: i64,
 }
 
+/// Open job logs, kept between runs: (the UTC day it was opened, the file).
+type LogFiles =
+    std::collections::HashMap<String, (chrono::NaiveDate, Arc<Mutex<std::io::BufWriter<File>>>)>;
+
 impl JobLog {
+    /// The job's log for run `run_id`, reusing the open file while the day lasts and the file is
+    /// still there (rotation and a removed folder both reopen it).
+    fn cached(env: &RunEnv, job: &str, run_id: i64) -> Result<JobLog> {
+        let dir = env.config.job_log_dir();
+        let today = Utc::now().date_naive();
+        let path = dir.join(format!("{job}.log"));
+        if let Ok(files) = env.log_files.lock()
+            && let Some((day, file)) = files.get(job)
+            && *day == today
+            && path.exists()
+        {
+            return Ok(JobLog {
+                file: Arc::clone(file),
+                run_id,
+            });
+        }
+        let log = JobLog::open(&dir, job, run_id, env.config.scheduler.log_files_kept)?;
+        if let Ok(mut files) = env.log_files.lock() {
+            files.insert(job.to_string(), (today, Arc::clone(&log.file)));
+        }
+        Ok(log)
+    }
+
     pub fn open(dir: &Path, job: &str, run_id: i64, keep: usize) -> Result<JobLog> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
         let path = dir.join(format!("{job}.log"));
         rotate_daily(&path, keep);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("cannot open job log `{}`", path.display()), e))?;
+        let open = || OpenOptions::new().create(true).append(true).open(&path);
+        let file = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(|e| Error::io(format!("cannot open job log `{}`", path.display()), e))?;
         Ok(JobLog {
-            file: Mutex::new(std::io::BufWriter::with_capacity(64 * 1024, file)),
+            file: Arc::new(Mutex::new(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                file,
+            ))),
             run_id,
         })
     }

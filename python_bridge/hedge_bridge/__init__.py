@@ -151,6 +151,8 @@ def _finite(value):
 def _jsonable(value):
     """The job's return value as strict JSON: values JSON cannot hold become their str(), NaN and
     infinities become None."""
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
     try:
         json.dumps(value, allow_nan=False)
         return value

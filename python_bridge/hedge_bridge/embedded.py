@@ -33,10 +33,12 @@ class JobCancelled(BaseException):
 
 
 class _RunSink:
-    """One run's output: complete lines, stamped, appended to the job's log file."""
+    """One run's output: complete lines, stamped, appended to the job's log file (opened only
+    when the run first prints)."""
 
     def __init__(self, path: str, run_id: int) -> None:
-        self._file = open(path, "a", encoding="utf-8", errors="replace")
+        self._path = path
+        self._file = None
         self._run_id = run_id
         self._partial = {"stdout": "", "stderr": ""}
         self._lock = threading.Lock()
@@ -53,6 +55,8 @@ class _RunSink:
         now = _dt.datetime.now(_dt.timezone.utc)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
         prefix = f"{stamp} [run {self._run_id} {stream}] "
+        if self._file is None:
+            self._file = open(self._path, "a", encoding="utf-8", errors="replace")
         self._file.write("".join(prefix + line.rstrip("\r") + "\n" for line in lines))
         self._file.flush()
 
@@ -62,7 +66,8 @@ class _RunSink:
                 if rest:
                     self._emit(stream, [rest])
                     self._partial[stream] = ""
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
 
 
 _sinks: dict[int, _RunSink] = {}
@@ -115,7 +120,7 @@ def run_json(entry: str, ctx_json: str, log_path: str, run_id: int) -> str:
         outcome = call(entry, context_from_json(ctx_json))
         if outcome["status"] == "error":
             sink.write("stderr", outcome["traceback"])
-        return json.dumps(outcome, default=str)
+        return json.dumps(outcome, default=str, allow_nan=False)
     finally:
         _sinks.pop(ident, None)
         sink.close()

@@ -125,6 +125,15 @@ path = [{bridge:?}, "jobs"]
         serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("history JSON")
     }
 
+    /// `history --json`, or nothing while the history cannot be read (being recreated, say).
+    pub fn try_history(&self) -> Option<Vec<Value>> {
+        let out = self.run(&["history", "--limit", "100000", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).ok()
+    }
+
     pub fn runs_with(&self, outcome: &str) -> Vec<Value> {
         self.history()
             .into_iter()
