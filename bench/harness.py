@@ -29,6 +29,9 @@ BIN = ROOT / "target" / "release" / "hedge-scheduler"
 BRIDGE = ROOT / "python_bridge"
 PY = sys.executable  # bench/run resolves the real interpreter, not a shim
 
+# Start-up's tail (first imports, idle blocking threads leaving after 10 s) is left out of windows.
+SETTLE = 15
+
 ANCHOR_PACKAGES = ["pandas", "duckdb", "loguru", "schedule", "psutil", "apscheduler==3.11.0"]
 
 
@@ -66,6 +69,20 @@ def pss_kib(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
+
+
+def threads_snapshot(pid: int) -> dict:
+    """Per-thread CPU time (ns, from schedstat) and context switches of a process, summed."""
+    cpu = csw = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            cpu += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+            for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+                if "ctxt_switches" in line:
+                    csw += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return {"cpu_ns": cpu, "csw": csw, "t": time.perf_counter()}
 
 
 def machine() -> dict:
@@ -180,9 +197,21 @@ executor = "{executor}"
 """,
     )
     d = Daemon(config)
+    time.sleep(SETTLE)
+    a = threads_snapshot(d.proc.pid)
+    window_start = dt.datetime.now(dt.timezone.utc)
     time.sleep(seconds)
+    b = threads_snapshot(d.proc.pid)
+    window_end = dt.datetime.now(dt.timezone.utc)
     usage = d.stop()
     rows = [r for r in history_rows(config) if r["trigger"] == "schedule" and r["outcome"] == "success"]
+    in_window = [r for r in rows if window_start <= parse_time(r["started_at"]) <= window_end]
+    usage["window"] = {
+        "cpu_ns": b["cpu_ns"] - a["cpu_ns"],
+        "csw": b["csw"] - a["csw"],
+        "seconds": b["t"] - a["t"],
+        "runs": len(in_window),
+    }
     # The first run imports the job's module: the steady state is what the targets are about.
     lat = [(parse_time(r["entered_at"]) - parse_time(r["scheduled_at"])).total_seconds() * 1000 for r in rows[1:]]
     start = [(parse_time(r["started_at"]) - parse_time(r["scheduled_at"])).total_seconds() * 1000 for r in rows[1:]]
@@ -210,11 +239,20 @@ executor = "pyo3"
     )
     config = project(f"idle-{health}", jobs, f'health_interval = "{health}"')
     d = Daemon(config)
+    # Past start-up's tail (idle blocking threads leave after 10 s), then a steady window.
+    time.sleep(SETTLE)
+    a = threads_snapshot(d.proc.pid)
     time.sleep(seconds)
+    b = threads_snapshot(d.proc.pid)
     pss = pss_kib(d.proc.pid)
     usage = d.stop()
     usage["pss_kib"] = pss
     usage["ready_ms"] = d.ready_ms
+    usage["window"] = {
+        "cpu_ns": b["cpu_ns"] - a["cpu_ns"],
+        "csw": b["csw"] - a["csw"],
+        "seconds": b["t"] - a["t"],
+    }
     return usage
 
 
@@ -460,16 +498,15 @@ def write_results(r: dict, seconds: int) -> str:
     lat_s = r["latency_subprocess"]["entered_ms"]
     idle_t = r["idle_target"]
     idle_d = r["idle_default"]
-    base = r["idle_short"]
-    # Idle rates from the difference of a short and a long idle run (start-up cancels out).
-    span = idle_t["wall_s"] - base["wall_s"]
-    wakeups = (idle_t["csw"] - base["csw"]) / span
-    span_d = idle_d["wall_s"] - base["wall_s"]
-    wakeups_d = (idle_d["csw"] - base["csw"]) / span_d
-    idle_cpu_rate = max(0.0, (idle_t["cpu_s"] - base["cpu_s"]) / span)
-    startup_cpu = max(0.0, base["cpu_s"] - idle_cpu_rate * base["wall_s"])
-    u = r["latency_pyo3"]["usage"]
-    per_run_us = (u["cpu_s"] - startup_cpu - idle_cpu_rate * u["wall_s"]) / max(1, r["latency_pyo3"]["runs"]) * 1e6
+    w = idle_t["window"]
+    span = w["seconds"]
+    wakeups = w["csw"] / span
+    wakeups_d = idle_d["window"]["csw"] / idle_d["window"]["seconds"]
+    idle_cpu_rate = w["cpu_ns"] / 1e9 / span
+    lw = r["latency_pyo3"]["usage"]["window"]
+    per_run_us = (lw["cpu_ns"] / 1e9 - idle_cpu_rate * lw["seconds"]) / max(1, lw["runs"]) * 1e6
+    sw = r["latency_subprocess"]["usage"]["window"]
+    per_sub_run_us = (sw["cpu_ns"] / 1e9 - idle_cpu_rate * sw["seconds"]) / max(1, sw["runs"]) * 1e6
     st = r["status"]
     start = r["startup"]
     old = r.get("old_system")
@@ -512,11 +549,12 @@ was entered, relative to its slot.
   slots fired twice: {r['latency_pyo3']['duplicate_slots']}.
 - subprocess runs: {r['latency_subprocess']['runs']}; started − scheduled
   {ms(r['latency_subprocess']['started_ms'])}; slots fired twice: {r['latency_subprocess']['duplicate_slots']}.
-- Idle: context switches and CPU of all the daemon's threads (from `wait4`), a {span:.0f} s idle
-  run minus a short one so that start-up cancels out; idle CPU {idle_cpu_rate * 1e6:.0f} µs/s.
-  PSS from `/proc/PID/smaps_rollup`.
-- CPU per run: the pyo3 latency run's CPU minus start-up ({startup_cpu * 1000:.1f} ms) and idle CPU,
-  divided by its runs.
+- Idle: context switches and CPU time of every thread of the daemon (`/proc/PID/task/*/status`
+  and `schedstat`) over a {span:.0f} s window that starts {SETTLE} s after start-up; idle CPU
+  {idle_cpu_rate * 1e6:.1f} µs/s. PSS from `/proc/PID/smaps_rollup` at the end of the window.
+- CPU per run: the daemon's CPU time (all threads) over a {lw['seconds']:.0f} s window of the
+  pyo3 latency run, less idle CPU, divided by the {lw['runs']} runs in it; a subprocess run costs
+  the daemon {per_sub_run_us:.0f} µs the same way (the child's own CPU not counted).
 - The old system's stand-in imports pandas, duckdb, loguru, schedule and psutil in each worker,
   as the old scripts do. {anchor_note}
 - Anchors: tokio-cron-scheduler measured with `bench/anchors/tcs` (a no-op job on `* * * * * *`,
@@ -540,11 +578,8 @@ def main() -> None:
     r["interpreter"] = interpreter_start(30)
     r["latency_pyo3"] = fire_latency("pyo3", args.seconds)
     r["latency_subprocess"] = fire_latency("subprocess", args.seconds)
-    # The short run outlasts start-up's tail (idle blocking threads exit after 10 s), so the
-    # difference of the two is the idle steady state.
-    r["idle_short"] = idle(15, "1h")
-    r["idle_target"] = idle(15 + args.seconds, "1h")
-    r["idle_default"] = idle(15 + args.seconds, "30s")
+    r["idle_target"] = idle(args.seconds, "1h")
+    r["idle_default"] = idle(args.seconds, "30s")
     r["status"] = status_timing(args.rows, 20)
     r["startup"] = startup(10)
     if not args.no_anchors:
