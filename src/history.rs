@@ -526,22 +526,19 @@ impl History {
 
     /// Rows still marked `running`, oldest first.
     pub fn running(&self) -> Result<Vec<RunRow>> {
-        self.conn
-            .prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE outcome = 'running' ORDER BY id"
-            ))
-            .and_then(|mut st| {
-                st.query_map([], run_row)
-                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            })
-            .map_err(|e| self.err(e))
+        self.rows_where("outcome = 'running'")
     }
 
     /// Embedded runs that timed out while their thread is stuck, oldest first.
     pub fn stuck(&self) -> Result<Vec<RunRow>> {
+        self.rows_where("stuck = 1")
+    }
+
+    /// The runs matching a fixed condition (served by a partial index), oldest first.
+    fn rows_where(&self, condition: &str) -> Result<Vec<RunRow>> {
         self.conn
             .prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE stuck = 1 ORDER BY id"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE {condition} ORDER BY id"
             ))
             .and_then(|mut st| {
                 st.query_map([], run_row)

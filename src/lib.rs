@@ -137,13 +137,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                 (None, false) => None,
             };
             let calendar = plan::calendar_for(exchange.as_deref(), config.as_ref())?;
-            if let Some(note) = plan::coverage_note(&calendar, range) {
-                eprintln!("{note}");
-            }
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            finish_output(
-                plan::write_calendar(&mut out, &calendar, range, json).and_then(|_| out.flush()),
-            )
+            listing(&calendar, range, |out| {
+                plan::write_calendar(out, &calendar, range, json)
+            })
         }
         Command::Plan {
             job,
@@ -169,13 +165,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             let jobs: Vec<&config::Job> = jobs.into_iter().filter(|j| j.enabled).collect();
             let calendar = config.calendar();
-            if let Some(note) = plan::coverage_note(&calendar, range) {
-                eprintln!("{note}");
-            }
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            finish_output(
-                plan::write_plan(&mut out, &calendar, &jobs, range, json).and_then(|_| out.flush()),
-            )
+            listing(&calendar, range, |out| {
+                plan::write_plan(out, &calendar, &jobs, range, json)
+            })
         }
     }
 }
@@ -254,9 +246,19 @@ fn stop(config: &Config) -> Result<i32> {
     )))
 }
 
-/// A closed pipe (`| head`) is a normal way for a listing to end.
-fn finish_output(result: std::io::Result<()>) -> Result<i32> {
-    match result {
+/// Writes a listing over a range to stdout, after a note on stderr when the range runs past the
+/// calendar's holiday data.
+fn listing(
+    calendar: &calendar::Calendar,
+    range: plan::Range,
+    write: impl FnOnce(&mut std::io::BufWriter<std::io::StdoutLock<'static>>) -> std::io::Result<()>,
+) -> Result<i32> {
+    if let Some(note) = plan::coverage_note(calendar, range) {
+        eprintln!("{note}");
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // A closed pipe (`| head`) is a normal way for a listing to end.
+    match write(&mut out).and_then(|_| out.flush()) {
         Ok(()) => Ok(0),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
         Err(e) => Err(Error::io("cannot write the output", e)),

@@ -449,6 +449,19 @@ struct Execution {
     usage: Option<process::TreeUsage>,
 }
 
+impl Execution {
+    fn new(ended: Ended) -> Execution {
+        Execution {
+            ended,
+            bridge: None,
+            failure: None,
+            stderr_tail: Vec::new(),
+            stuck: None,
+            usage: None,
+        }
+    }
+}
+
 /// A job's cross-process lock, held for the length of a run.
 pub struct JobLock {
     _file: File,
@@ -801,14 +814,7 @@ async fn run_subprocess(
     if let Some(venv) = &env.config.python.venv {
         cmd.env("VIRTUAL_ENV", venv);
     }
-    let mut exec = Execution {
-        ended: Ended::Exited(None),
-        bridge: None,
-        failure: None,
-        stderr_tail: Vec::new(),
-        stuck: None,
-        usage: None,
-    };
+    let mut exec = Execution::new(Ended::Exited(None));
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -1087,14 +1093,7 @@ async fn run_embedded(
         (_, Some((id, at, log))) => (id, at, Some(log)),
         (_, None) => (0, Utc::now(), None),
     };
-    let mut exec = Execution {
-        ended,
-        bridge: None,
-        failure: None,
-        stderr_tail: Vec::new(),
-        stuck: None,
-        usage: None,
-    };
+    let mut exec = Execution::new(ended);
     let mut recorded = None;
     match returned {
         Some(Ok(EmbeddedEnd::Recorded(done))) => {
@@ -1135,14 +1134,7 @@ impl Drop for Released {
 
 /// The execution of an embedded run that returned normally.
 fn embedded_execution(outcome: std::result::Result<String, String>) -> Execution {
-    let mut exec = Execution {
-        ended: Ended::Exited(None),
-        bridge: None,
-        failure: None,
-        stderr_tail: Vec::new(),
-        stuck: None,
-        usage: None,
-    };
+    let mut exec = Execution::new(Ended::Exited(None));
     match outcome {
         Ok(json) => exec.bridge = serde_json::from_str(&json).ok(),
         Err(e) => exec.failure = Some(e),
