@@ -568,24 +568,6 @@ impl History {
         Ok(())
     }
 
-    /// The newest daemon record.
-    pub fn latest_daemon(&self) -> Result<Option<DaemonRow>> {
-        self.conn
-            .query_row(
-                "SELECT pid, started_at, heartbeat_at FROM daemon ORDER BY id DESC LIMIT 1",
-                [],
-                |r| {
-                    Ok(DaemonRow {
-                        pid: r.get(0)?,
-                        started_at: r.get(1)?,
-                        heartbeat_at: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))
-    }
-
     /// The newest daemon record of process `pid`.
     pub fn daemon(&self, pid: i64) -> Result<Option<DaemonRow>> {
         self.conn
