@@ -57,6 +57,20 @@ struct ProvisionalRun {
     pid: Option<u32>,
 }
 
+impl ProvisionalRun {
+    /// The start row this run writes.
+    fn as_new_run(&self) -> NewRun<'_> {
+        NewRun {
+            job: &self.job,
+            trigger: self.trigger,
+            scheduled_at: self.scheduled_at,
+            started_at: self.started_at,
+            attempt: self.attempt,
+            executor: self.executor,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum HistoryWrite {
     Finish {
@@ -177,16 +191,7 @@ impl RunEnv {
     /// Records the start of a run (blocking); when the history refuses, a provisional (negative)
     /// id that the run's end will write in full.
     fn start_run_blocking(&self, run: ProvisionalRun) -> i64 {
-        let written = self.with_history(|h| {
-            h.start_run(&NewRun {
-                job: &run.job,
-                trigger: run.trigger,
-                scheduled_at: run.scheduled_at,
-                started_at: run.started_at,
-                attempt: run.attempt,
-                executor: run.executor,
-            })
-        });
+        let written = self.with_history(|h| h.start_run(&run.as_new_run()));
         match written {
             Ok(id) => id,
             Err(e) => {
@@ -323,19 +328,7 @@ fn apply(h: &History, w: &HistoryWrite) -> Result<()> {
     match w {
         HistoryWrite::Finish { id, outcome, end } => h.finish_run(*id, *outcome, end),
         HistoryWrite::Insert { run, outcome, end } => h
-            .insert_finished_run(
-                &NewRun {
-                    job: &run.job,
-                    trigger: run.trigger,
-                    scheduled_at: run.scheduled_at,
-                    started_at: run.started_at,
-                    attempt: run.attempt,
-                    executor: run.executor,
-                },
-                *outcome,
-                run.pid,
-                end,
-            )
+            .insert_finished_run(&run.as_new_run(), *outcome, run.pid, end)
             .map(|_| ()),
         HistoryWrite::Skipped {
             job,
