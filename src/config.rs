@@ -71,6 +71,7 @@ struct RawPython {
     venv: Option<Spanned<String>>,
     path: Option<Vec<String>>,
     cwd: Option<Spanned<String>>,
+    probe_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +174,9 @@ pub struct Python {
     pub cwd: PathBuf,
     /// Where `cwd` is written.
     pub cwd_at: Option<(usize, usize)>,
+    /// How long the interpreter may take to answer the start-up probe (start, reload,
+    /// `check-config`) before it is killed and the config refused.
+    pub probe_timeout: Duration,
 }
 
 /// How a job's code is run.
@@ -428,7 +432,13 @@ impl Config {
             .venv
             .as_ref()
             .map(|v| normalize(&base.join(v.get_ref())));
+        let probe_timeout = v.duration(
+            raw.python.probe_timeout.as_ref(),
+            "python.probe_timeout",
+            Duration::from_secs(10),
+        )?;
         let python = Python {
+            probe_timeout,
             executable: match (&venv, &raw.python.executable) {
                 (Some(v), _) => v.join("bin/python").display().to_string(),
                 (None, Some(e)) => e.get_ref().clone(),

@@ -20,6 +20,9 @@ pub struct DaemonState {
     pub heartbeat_at: DateTime<Utc>,
     /// Plain-language problems: history unwritable, disk nearly full, legacy processes, …
     pub problems: Vec<String>,
+    /// How late the scheduling loop woke for its slots since it started.
+    #[serde(default)]
+    pub loop_lag_ms: Option<crate::daemon::LoopLag>,
 }
 
 pub fn state_path(log_dir: &Path) -> PathBuf {
@@ -78,6 +81,7 @@ mod tests {
             started_at: Utc::now(),
             heartbeat_at: Utc::now(),
             problems: vec!["disk nearly full".into()],
+            loop_lag_ms: None,
         };
         write_state(dir.path(), &state).unwrap();
         let back = read_state(dir.path()).unwrap();

@@ -88,17 +88,23 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
         }
     }
     let pythonpath = std::env::join_paths(&config.python.path).unwrap_or_default();
-    let output = Command::new(&program)
-        .arg("-c")
+    let mut cmd = Command::new(&program);
+    cmd.arg("-c")
         .arg(PROBE)
         .args(&modules)
         .current_dir(&config.python.cwd)
         .env("PYTHONPATH", pythonpath)
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::null());
+    let output = output_within(cmd, config.python.probe_timeout)
         .map_err(|e| {
             located(format!(
                 "cannot start python `{exe}` for `python.executable`: {e}"
+            ))
+        })?
+        .ok_or_else(|| {
+            located(format!(
+                "python `{exe}` for `python.executable` did not answer within {} (`python.probe_timeout`): it was ended",
+                humantime::format_duration(config.python.probe_timeout)
             ))
         })?;
     if !output.status.success() {
@@ -148,4 +154,63 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
         version: probe.version,
         site_packages: probe.site_packages.into_iter().map(PathBuf::from).collect(),
     })
+}
+
+/// Runs `cmd` in a process group of its own and collects its output; `None` (the group killed)
+/// when it has not exited within `timeout`.
+fn output_within(
+    mut cmd: Command,
+    timeout: std::time::Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    // The pipes are drained on threads so a chatty interpreter cannot block on them.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            if let Ok(pgid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    Ok(Some(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }))
 }

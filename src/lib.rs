@@ -303,8 +303,8 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     if job.executor == config::Executor::Pyo3 {
         python::init(&config, &interpreter)?;
     }
-    let history = History::open(&config.scheduler.history)?;
-    let env = runner::RunEnv::new(Arc::new(config), interpreter.path, history);
+    let recorder = history::Recorder::open(&config.scheduler.history, 1)?;
+    let env = runner::RunEnv::new(Arc::new(config), interpreter.path, recorder.clone());
     let rt = runtime()?;
     let report = rt.block_on(async {
         let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(None);
@@ -354,6 +354,14 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     });
     // A stuck embedded thread must not keep the process alive.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    let unwritten = recorder.close(std::time::Duration::from_secs(10));
+    if unwritten > 0 {
+        eprintln!(
+            "warning: the history `{}` refused {unwritten} write(s): this run is not recorded ({})",
+            env.config.scheduler.history.display(),
+            recorder.health().problem.map(|p| p.1).unwrap_or_default()
+        );
+    }
     if let Some(holder) = &report.busy {
         return Err(Error::Busy(format!(
             "`{job_id}` is already running: {holder} (use --wait to wait for it)"
@@ -361,10 +369,9 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     }
     if json {
         let row = match report.run_id {
-            Some(id) => env
-                .history
-                .lock()
+            Some(id) => History::open_read_only(&env.config.scheduler.history)
                 .ok()
+                .flatten()
                 .and_then(|h| h.runs(Some(job_id), 20).ok())
                 .and_then(|rows| rows.into_iter().find(|r| r.id == id)),
             None => None,

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -16,7 +16,8 @@ use pyo3::types::PyList;
 
 /// The bridge's entry points and `threading.get_ident`, looked up once.
 static RUN_JSON: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static INTERRUPT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static JOB_TIMEOUT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static JOB_CANCELLED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GET_IDENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 use crate::config::Config;
@@ -138,42 +139,101 @@ pub fn submit(job: &str, task: impl FnOnce(Python<'_>) + Send + 'static) -> Resu
     Err(Error::Other("the job's Python thread is gone".into()))
 }
 
-/// One in-process call on the calling (attached) thread; the thread is published in `ident`
-/// before the job starts.
+/// One run's race between Python returning and an interrupt (timeout, cancel), decided once,
+/// under the GIL, so an interrupt only ever hits the run it was meant for.
+#[derive(Debug, Default)]
+pub struct RunPhase {
+    /// The Python thread running the job, once it has entered.
+    ident: AtomicU64,
+    phase: AtomicU8,
+}
+
+const RUNNING: u8 = 0;
+const RETURNED: u8 = 1;
+const INTERRUPTED: u8 = 2;
+
+impl RunPhase {
+    /// Whether the interrupt won: the run's outcome is the interrupt's.
+    pub fn interrupted(&self) -> bool {
+        self.phase.load(Ordering::SeqCst) == INTERRUPTED
+    }
+}
+
+/// Drops an asynchronous exception still pending for thread `ident` (needs the GIL).
+fn clear_pending(_py: Python<'_>, ident: u64) {
+    // SAFETY: the GIL is held (`_py`); a NULL exception clears what is pending for the thread.
+    unsafe {
+        pyo3::ffi::PyThreadState_SetAsyncExc(ident as std::ffi::c_long, std::ptr::null_mut());
+    }
+}
+
+/// One in-process call on the calling (attached) thread. Whatever an earlier run's interrupt
+/// left pending on this thread is cleared first, and the race with an interrupt is decided before
+/// the GIL is let go.
 pub fn call(
     py: Python<'_>,
     entry: &str,
     context: &str,
     log_file: &Path,
     run_id: i64,
-    ident: &AtomicU64,
+    run: &RunPhase,
 ) -> std::result::Result<String, String> {
-    {
-        let run = || -> PyResult<String> {
-            let thread: u64 = GET_IDENT
-                .import(py, "threading", "get_ident")?
-                .call0()?
-                .extract()?;
-            ident.store(thread, Ordering::SeqCst);
-            RUN_JSON
-                .import(py, "hedge_bridge.embedded", "run_json")?
-                .call1((entry, context, log_file.display().to_string(), run_id))?
-                .extract()
-        };
-        run().map_err(|e| describe(py, &e))
+    let thread: u64 = GET_IDENT
+        .import(py, "threading", "get_ident")
+        .and_then(|f| f.call0())
+        .and_then(|t| t.extract())
+        .map_err(|e| describe(py, &e))?;
+    clear_pending(py, thread);
+    run.ident.store(thread, Ordering::SeqCst);
+    if run.interrupted() {
+        return Err("interrupted before the job was entered".to_string());
     }
+    let outcome = RUN_JSON
+        .import(py, "hedge_bridge.embedded", "run_json")
+        .and_then(|f| f.call1((entry, context, log_file.display().to_string(), run_id)))
+        .and_then(|r| r.extract::<String>());
+    let _ = run
+        .phase
+        .compare_exchange(RUNNING, RETURNED, Ordering::SeqCst, Ordering::SeqCst);
+    clear_pending(py, thread);
+    outcome.map_err(|e| describe(py, &e))
 }
 
-/// Raises `JobTimeout` (`timeout = true`) or `JobCancelled` in the Python thread `ident`.
-/// Needs the GIL: call it from a blocking thread, never an async worker.
-pub fn interrupt(ident: u64, timeout: bool) -> bool {
+/// Raises `JobTimeout` (`timeout = true`) or `JobCancelled` in the run's thread, unless Python
+/// has already returned; returns whether the interrupt won. Needs the GIL: call it from a
+/// blocking thread, never an async worker.
+pub fn interrupt(run: &RunPhase, timeout: bool) -> bool {
     Python::attach(|py| {
-        INTERRUPT
-            .import(py, "hedge_bridge.embedded", "interrupt")
-            .and_then(|f| f.call1((ident, if timeout { "timeout" } else { "cancel" })))
-            .and_then(|n| n.extract::<i64>())
-            .map(|n| n > 0)
-            .unwrap_or(false)
+        if run
+            .phase
+            .compare_exchange(RUNNING, INTERRUPTED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        let ident = run.ident.load(Ordering::SeqCst);
+        if ident == 0 {
+            // Not entered yet: `call` sees the phase and does not enter.
+            return true;
+        }
+        let (lock, name) = if timeout {
+            (&JOB_TIMEOUT, "JobTimeout")
+        } else {
+            (&JOB_CANCELLED, "JobCancelled")
+        };
+        let raised = lock
+            .import(py, "hedge_bridge.embedded", name)
+            .map(|exc| {
+                // SAFETY: the GIL is held; `exc` is a live exception class.
+                unsafe {
+                    pyo3::ffi::PyThreadState_SetAsyncExc(ident as std::ffi::c_long, exc.as_ptr())
+                }
+            })
+            .unwrap_or(0);
+        if raised == 0 {
+            tracing::warn!("could not raise {name} in the job's thread");
+        }
+        true
     })
 }
 

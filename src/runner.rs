@@ -13,7 +13,6 @@ use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Entry, Executor, Job};
 use crate::error::{Error, Result};
-use crate::history::{History, NewRun, Outcome, RunEnd, TriggerKind};
+use crate::history::{History, Outcome, Recorder, RunEnd, StartRow, TriggerKind};
 use crate::process;
 
 /// A line longer than this is written out in pieces.
@@ -33,309 +32,46 @@ const MAX_LINE: usize = 64 * 1024;
 /// How many trailing stderr lines are kept to explain a failure without a result.
 const STDERR_TAIL: usize = 8;
 
+/// The longest a run waits for its slot's instant. The dispatcher wakes a few milliseconds
+/// ahead; a longer wait means the wall clock stepped back meanwhile, and the slot's moment has
+/// come by the monotonic clock all the same.
+const MAX_SLOT_WAIT: Duration = Duration::from_millis(50);
+
 /// What every run of a daemon (or of `run-once`) shares.
+#[derive(Clone)]
 pub struct RunEnv {
     pub config: Arc<Config>,
     /// The real interpreter, resolved once at start-up.
     pub python: PathBuf,
-    pub history: Arc<Mutex<History>>,
-    /// Writes the history could not take yet (locked, full disk): retried, never dropped.
-    pending: Arc<Mutex<Backlog>>,
+    /// The history's one writer.
+    pub recorder: Recorder,
     /// Job logs kept open between runs.
     log_files: Arc<Mutex<LogFiles>>,
 }
 
-/// A run whose start row could not be written: kept here until it can be.
-#[derive(Debug, Clone)]
-struct ProvisionalRun {
-    job: String,
-    trigger: TriggerKind,
-    scheduled_at: DateTime<Utc>,
-    started_at: DateTime<Utc>,
-    attempt: u32,
-    executor: &'static str,
-    pid: Option<u32>,
-}
-
-impl ProvisionalRun {
-    /// The start row this run writes.
-    fn as_new_run(&self) -> NewRun<'_> {
-        NewRun {
-            job: &self.job,
-            trigger: self.trigger,
-            scheduled_at: self.scheduled_at,
-            started_at: self.started_at,
-            attempt: self.attempt,
-            executor: self.executor,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-enum HistoryWrite {
-    Finish {
-        id: i64,
-        outcome: Outcome,
-        end: RunEnd,
-    },
-    Insert {
-        run: ProvisionalRun,
-        outcome: Outcome,
-        end: RunEnd,
-    },
-    Skipped {
-        job: String,
-        trigger: TriggerKind,
-        at: DateTime<Utc>,
-        reason: String,
-    },
-}
-
-#[derive(Debug, Default)]
-struct Backlog {
-    provisional: std::collections::HashMap<i64, ProvisionalRun>,
-    writes: Vec<HistoryWrite>,
-    next_provisional: i64,
-    /// The last history error, and when it happened; cleared by the next successful write.
-    problem: Option<(DateTime<Utc>, String)>,
-}
-
 impl RunEnv {
-    pub fn new(config: Arc<Config>, python: PathBuf, history: History) -> RunEnv {
+    pub fn new(config: Arc<Config>, python: PathBuf, recorder: Recorder) -> RunEnv {
         RunEnv {
             config,
             python,
-            history: Arc::new(Mutex::new(history)),
-            pending: Arc::new(Mutex::new(Backlog::default())),
+            recorder,
             log_files: Arc::default(),
         }
     }
 
-    /// The same history and delayed writes with a reloaded config.
+    /// The same history and job logs with a reloaded config.
     pub fn with_config(&self, config: Arc<Config>, python: PathBuf) -> RunEnv {
         RunEnv {
             config,
             python,
-            history: Arc::clone(&self.history),
-            pending: Arc::clone(&self.pending),
+            recorder: self.recorder.clone(),
             log_files: Arc::clone(&self.log_files),
-        }
-    }
-
-    /// Runs `f` on the history, on the calling (blocking) thread. A database file removed or
-    /// replaced under us is reopened (and so recreated) first.
-    pub fn with_history<T>(&self, f: impl FnOnce(&History) -> Result<T>) -> Result<T> {
-        let outcome = (|| {
-            let mut guard = self
-                .history
-                .lock()
-                .map_err(|_| Error::Other("history lock poisoned".into()))?;
-            if !guard.file_is_current() {
-                tracing::error!(
-                    "❗ the history database `{}` was removed or replaced: recreating it",
-                    self.config.scheduler.history.display()
-                );
-                *guard = History::open(&self.config.scheduler.history)?;
-            }
-            f(&guard)
-        })();
-        if let Ok(mut p) = self.pending.lock() {
-            match &outcome {
-                Ok(_) => p.problem = None,
-                Err(e) => p.problem = Some((Utc::now(), e.to_string())),
-            }
-        }
-        outcome
-    }
-
-    /// Runs `f` on the history without blocking the async runtime.
-    pub async fn db<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&History) -> Result<T> + Send + 'static,
-    {
-        let me = self.handle();
-        tokio::task::spawn_blocking(move || me.with_history(f))
-            .await
-            .map_err(|e| Error::Other(format!("history task failed: {e}")))?
-    }
-
-    /// A cheap copy sharing the history, the delayed writes and the config, for blocking threads.
-    fn handle(&self) -> RunEnv {
-        RunEnv {
-            config: Arc::clone(&self.config),
-            python: self.python.clone(),
-            history: Arc::clone(&self.history),
-            pending: Arc::clone(&self.pending),
-            log_files: Arc::clone(&self.log_files),
-        }
-    }
-
-    /// The last history problem, if the last write failed.
-    pub fn problem(&self) -> Option<(DateTime<Utc>, String)> {
-        self.pending.lock().ok().and_then(|p| {
-            let waiting = p.writes.len() + p.provisional.len();
-            p.problem.clone().map(|(t, e)| {
-                (
-                    t,
-                    if waiting > 0 {
-                        format!("{e} ({waiting} write(s) waiting to be retried)")
-                    } else {
-                        e
-                    },
-                )
-            })
-        })
-    }
-
-    /// Records the start of a run (blocking); when the history refuses, a provisional (negative)
-    /// id that the run's end will write in full.
-    fn start_run_blocking(&self, run: ProvisionalRun) -> i64 {
-        let written = self.with_history(|h| h.start_run(&run.as_new_run()));
-        match written {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::error!(job = %run.job, "❗ cannot record the run's start (the run goes on; the row is written later): {e}");
-                let Ok(mut p) = self.pending.lock() else {
-                    return -1;
-                };
-                p.next_provisional -= 1;
-                let id = p.next_provisional;
-                p.provisional.insert(id, run);
-                id
-            }
-        }
-    }
-
-    async fn set_pid(&self, run_id: i64, pid: u32) {
-        if run_id < 0 {
-            if let Ok(mut p) = self.pending.lock()
-                && let Some(run) = p.provisional.get_mut(&run_id)
-            {
-                run.pid = Some(pid);
-            }
-            return;
-        }
-        if let Err(e) = self.db(move |h| h.set_pid(run_id, pid)).await {
-            tracing::warn!(run_id, "cannot record the run's PID: {e}");
-        }
-    }
-
-    /// Records the end of a run, now or (when the history refuses) at the next flush.
-    async fn finish_run(&self, run_id: i64, outcome: Outcome, end: RunEnd) {
-        let me = self.handle();
-        let _ =
-            tokio::task::spawn_blocking(move || me.finish_run_blocking(run_id, outcome, end)).await;
-    }
-
-    /// Records the end of a run on the calling (blocking) thread; kept for later if refused.
-    fn finish_run_blocking(&self, run_id: i64, outcome: Outcome, end: RunEnd) {
-        let write = if run_id < 0 {
-            let run = self
-                .pending
-                .lock()
-                .ok()
-                .and_then(|mut p| p.provisional.remove(&run_id));
-            match run {
-                Some(run) => HistoryWrite::Insert { run, outcome, end },
-                None => return,
-            }
-        } else {
-            HistoryWrite::Finish {
-                id: run_id,
-                outcome,
-                end,
-            }
-        };
-        self.write_blocking(write);
-    }
-
-    /// Applies a write now, or keeps it for the next flush; flushes what waits after a success.
-    fn write_blocking(&self, write: HistoryWrite) {
-        if let Err(e) = self.with_history(|h| apply(h, &write)) {
-            tracing::error!("❗ history write failed, kept to retry: {e}");
-            if let Ok(mut p) = self.pending.lock() {
-                p.writes.push(write);
-            }
-        } else if self.pending.lock().is_ok_and(|p| !p.writes.is_empty()) {
-            self.flush_blocking();
         }
     }
 
     /// Records a slot that was not run.
-    pub async fn record_skipped(
-        &self,
-        job: &str,
-        trigger: TriggerKind,
-        at: DateTime<Utc>,
-        reason: &str,
-    ) {
-        self.write(HistoryWrite::Skipped {
-            job: job.to_string(),
-            trigger,
-            at,
-            reason: reason.to_string(),
-        })
-        .await;
-    }
-
-    async fn write(&self, write: HistoryWrite) {
-        let me = self.handle();
-        let _ = tokio::task::spawn_blocking(move || me.write_blocking(write)).await;
-    }
-
-    /// Retries the writes the history refused earlier, in order; returns how many are left.
-    pub async fn flush(&self) -> usize {
-        let me = self.handle();
-        tokio::task::spawn_blocking(move || me.flush_blocking())
-            .await
-            .unwrap_or(0)
-    }
-
-    /// Retries the delayed writes in order on the calling thread; returns how many are left.
-    fn flush_blocking(&self) -> usize {
-        let writes = match self.pending.lock() {
-            Ok(mut p) if !p.writes.is_empty() => std::mem::take(&mut p.writes),
-            _ => return 0,
-        };
-        let n = writes.len();
-        let mut left = Vec::new();
-        let reached = self.with_history(|h| {
-            for w in &writes {
-                if !left.is_empty() || apply(h, w).is_err() {
-                    left.push(w.clone());
-                }
-            }
-            Ok(())
-        });
-        if reached.is_err() {
-            left = writes;
-        }
-        if left.is_empty() && n > 0 {
-            tracing::info!("history: {n} delayed write(s) recorded");
-        }
-        if let Ok(mut p) = self.pending.lock() {
-            let mut newer = std::mem::take(&mut p.writes);
-            p.writes = left;
-            p.writes.append(&mut newer);
-            return p.writes.len();
-        }
-        0
-    }
-}
-
-fn apply(h: &History, w: &HistoryWrite) -> Result<()> {
-    match w {
-        HistoryWrite::Finish { id, outcome, end } => h.finish_run(*id, *outcome, end),
-        HistoryWrite::Insert { run, outcome, end } => h
-            .insert_finished_run(&run.as_new_run(), *outcome, run.pid, end)
-            .map(|_| ()),
-        HistoryWrite::Skipped {
-            job,
-            trigger,
-            at,
-            reason,
-        } => h.record_skipped(job, *trigger, *at, reason).map(|_| ()),
+    pub fn record_skipped(&self, job: &str, trigger: TriggerKind, at: DateTime<Utc>, reason: &str) {
+        self.recorder.skipped(job, trigger, at, reason, None);
     }
 }
 
@@ -585,19 +321,19 @@ pub async fn run(
         }
     };
 
-    let run = ProvisionalRun {
+    let run = StartRow {
+        id: env.recorder.next_id(),
         job: job.id.clone(),
         trigger: req.trigger,
         scheduled_at: req.scheduled_at,
         started_at: report.started_at,
         attempt: req.attempt,
         executor: job.executor.as_str(),
-        pid: None,
     };
     let (run_id, log, exec) = match job.executor {
         Executor::Subprocess => {
-            // One hand-off: wait for the slot's instant and record the start.
-            let env2 = env.handle();
+            // One hand-off: open the log, wait for the slot's instant and record the start.
+            let env2 = env.clone();
             let at = req.not_before;
             let begun = tokio::task::spawn_blocking(move || begin_blocking(&env2, run, at)).await;
             let (run_id, started_at, log) = match begun {
@@ -667,7 +403,7 @@ pub async fn run(
     log.note(&end_note(outcome, &end));
     let stuck = exec.stuck;
     report.stuck = stuck.is_some();
-    let report = finish(env, report, outcome, end).await;
+    let report = finish(env, report, outcome, end);
     if let Some(thread) = stuck {
         watch_stuck(env, &job.id, run_id, thread, events);
     }
@@ -675,40 +411,38 @@ pub async fn run(
 }
 
 /// Returns at wall-clock instant `at` (or at once if it has passed), to within tens of
-/// microseconds: a thread sleep is finer than the async timer's millisecond ticks. Blocking.
+/// microseconds: a thread sleep is finer than the async timer's millisecond ticks. Blocking. The
+/// wait is measured on the monotonic clock and never longer than `MAX_SLOT_WAIT`, so a wall-clock
+/// step during it can neither hold the run nor make it spin.
 fn wait_until_blocking(at: DateTime<Utc>) {
     let Ok(ahead) = (at - Utc::now()).to_std() else {
         return;
     };
-    std::thread::sleep(ahead);
-    while Utc::now() < at {
-        std::thread::sleep(Duration::from_micros(20));
-    }
+    std::thread::sleep(ahead.min(MAX_SLOT_WAIT));
 }
 
-/// On a blocking thread: waits for the run's instant, records its start and opens its log with
-/// the start note. Returns the run id, when it started, and the log.
+/// On a blocking thread: opens the run's log, waits for the run's instant, records its start and
+/// writes the start note. Returns the run id, when it started, and the log. Nothing here waits
+/// for the history: the start row is a message to its writer.
 fn begin_blocking(
     env: &RunEnv,
-    mut run: ProvisionalRun,
+    mut run: StartRow,
     not_before: Option<DateTime<Utc>>,
 ) -> Result<(i64, DateTime<Utc>, Arc<JobLog>)> {
+    let log = JobLog::cached(env, &run.job, run.id)?;
     if let Some(at) = not_before {
         wait_until_blocking(at);
     }
     run.started_at = Utc::now();
-    let started_at = run.started_at;
-    let note = format!(
+    let (run_id, started_at) = (run.id, run.started_at);
+    log.note(&format!(
         "start: trigger={} scheduled_at={} attempt={} executor={}",
         run.trigger.as_str(),
         crate::history::fmt_time(run.scheduled_at),
         run.attempt,
         run.executor
-    );
-    let job = run.job.clone();
-    let run_id = env.start_run_blocking(run);
-    let log = JobLog::cached(env, &job, run_id)?;
-    log.note(&note);
+    ));
+    env.recorder.start(run);
     Ok((run_id, started_at, Arc::new(log)))
 }
 
@@ -724,15 +458,21 @@ async fn acquire(
     }
     let config = Arc::clone(&env.config);
     let id = req.job.id.clone();
-    let holder = env
-        .db(move |h| Ok(describe_holder(h, &config, &id)))
-        .await?;
+    // A read on its own connection: the writer is never held up, and a locked file only
+    // shortens the description.
+    let holder = tokio::task::spawn_blocking(move || {
+        match History::open_read_only(&config.scheduler.history) {
+            Ok(Some(h)) => describe_holder(&h, &config, &id),
+            _ => "another process holds the job's lock".to_string(),
+        }
+    })
+    .await
+    .map_err(|e| Error::Other(format!("internal error: {e}")))?;
     match on_busy {
         OnBusy::Refuse => Ok(Err(holder)),
         OnBusy::Skip => {
             let reason = format!("previous {holder}");
-            env.record_skipped(&req.job.id, req.trigger, req.scheduled_at, &reason)
-                .await;
+            env.record_skipped(&req.job.id, req.trigger, req.scheduled_at, &reason);
             Ok(Err(holder))
         }
         OnBusy::Wait => {
@@ -823,7 +563,7 @@ async fn run_subprocess(
     };
     let pid = child.id().unwrap_or(0);
     log.note(&format!("process group {pid}"));
-    env.set_pid(run_id, pid).await;
+    env.recorder.set_pid(run_id, pid);
     if let Some(tx) = events {
         let _ = tx.send(RunEvent::Started {
             job: job.id.clone(),
@@ -985,28 +725,21 @@ struct Embedded {
 async fn run_embedded(
     env: &RunEnv,
     job: &Arc<Job>,
-    run: ProvisionalRun,
+    run: StartRow,
     not_before: Option<DateTime<Utc>>,
     mut context: serde_json::Value,
     cancel: &mut watch::Receiver<Option<String>>,
     events: &Option<mpsc::UnboundedSender<RunEvent>>,
     lock: JobLock,
 ) -> Result<Embedded> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let ident = Arc::new(AtomicU64::new(0));
-    let interrupted = Arc::new(AtomicBool::new(false));
+    let phase = Arc::new(crate::python::RunPhase::default());
     // Filled by the thread once the start is recorded.
     let begun: Begun = Arc::new(Mutex::new(None));
     let log_file = crate::python::log_file(&env.config, &job.id);
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     let (released_tx, released_rx) = tokio::sync::oneshot::channel::<()>();
     let submitted = {
-        let (ident, interrupted, begun, env2) = (
-            Arc::clone(&ident),
-            Arc::clone(&interrupted),
-            Arc::clone(&begun),
-            env.handle(),
-        );
+        let (phase, begun, env2) = (Arc::clone(&phase), Arc::clone(&begun), env.clone());
         let (job, events, entry) = (Arc::clone(job), events.clone(), job.entry.to_string());
         crate::python::submit(&job.id.clone(), move |py| {
             // Tells a watcher of a stuck run that the thread is free again, however it ends.
@@ -1031,8 +764,8 @@ async fn run_embedded(
             }
             context["run_id"] = run_id.into();
             let outcome =
-                crate::python::call(py, &entry, &context.to_string(), &log_file, run_id, &ident);
-            if interrupted.load(Ordering::SeqCst) {
+                crate::python::call(py, &entry, &context.to_string(), &log_file, run_id, &phase);
+            if phase.interrupted() {
                 let _ = tx.send(EmbeddedEnd::Returned(outcome));
                 return;
             }
@@ -1040,7 +773,7 @@ async fn run_embedded(
             let (o, mut end) = judge(&job, &exec);
             end.finished_at = Some(Utc::now());
             log.note(&end_note(o, &end));
-            env2.finish_run_blocking(run_id, o, end.clone());
+            env2.recorder.finish(run_id, o, end.clone());
             let _ = tx.send(EmbeddedEnd::Recorded(Box::new((exec, o, end))));
         })
     };
@@ -1048,25 +781,24 @@ async fn run_embedded(
     let grace = env.config.scheduler.kill_grace;
     let lead = not_before
         .and_then(|at| (at - Utc::now()).to_std().ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .min(MAX_SLOT_WAIT);
     let deadline = tokio::time::Instant::now() + lead + job.timeout;
     let begun_now = |begun: &Begun| begun.lock().ok().and_then(|b| b.clone());
     let (returned, ended) = tokio::select! {
         r = &mut rx => (Some(r), Ended::Exited(None)),
         _ = tokio::time::sleep_until(deadline) => {
-            interrupted.store(true, Ordering::SeqCst);
             if let Some((_, _, log)) = begun_now(&begun) {
                 log.note(&format!("timeout after {}: raising JobTimeout in the job's thread", humantime::format_duration(job.timeout)));
             }
-            interrupt(&ident, true);
+            interrupt(&phase, true);
             (None, Ended::TimedOut(None))
         },
         reason = cancelled(cancel) => {
-            interrupted.store(true, Ordering::SeqCst);
             if let Some((_, _, log)) = begun_now(&begun) {
                 log.note(&format!("cancelled ({reason}): raising JobCancelled in the job's thread"));
             }
-            interrupt(&ident, false);
+            interrupt(&phase, false);
             (None, Ended::Cancelled(None, reason))
         },
     };
@@ -1148,11 +880,9 @@ fn end_note(outcome: Outcome, end: &RunEnd) -> String {
 }
 
 /// Raises the interrupt from a blocking thread: it needs the GIL, which the job may hold.
-fn interrupt(ident: &AtomicU64, timeout: bool) {
-    let id = ident.load(std::sync::atomic::Ordering::SeqCst);
-    if id != 0 {
-        tokio::task::spawn_blocking(move || crate::python::interrupt(id, timeout));
-    }
+fn interrupt(phase: &Arc<crate::python::RunPhase>, timeout: bool) {
+    let phase = Arc::clone(phase);
+    tokio::task::spawn_blocking(move || crate::python::interrupt(&phase, timeout));
 }
 
 /// Marks a stuck embedded run in the history and releases its job when the thread returns.
@@ -1163,20 +893,12 @@ fn watch_stuck(
     thread: tokio::sync::oneshot::Receiver<()>,
     events: Option<mpsc::UnboundedSender<RunEvent>>,
 ) {
-    let history = Arc::clone(&env.history);
+    let recorder = env.recorder.clone();
     let job = job.to_string();
+    recorder.set_stuck(run_id, true);
     tokio::spawn(async move {
-        let set = |stuck: bool| {
-            let history = Arc::clone(&history);
-            tokio::task::spawn_blocking(move || {
-                if let Ok(h) = history.lock() {
-                    let _ = h.set_stuck(run_id, stuck);
-                }
-            })
-        };
-        let _ = set(true).await;
         let _ = thread.await;
-        let _ = set(false).await;
+        recorder.set_stuck(run_id, false);
         tracing::info!(job = %job, run_id, "the stuck thread of run {run_id} returned: {job} is free again");
         if let Some(tx) = events {
             let _ = tx.send(RunEvent::Released { job, run_id });
@@ -1285,7 +1007,7 @@ fn explain(code: Option<i32>, stderr_tail: &[String]) -> String {
     }
 }
 
-async fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunEnd) -> RunReport {
+fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunEnd) -> RunReport {
     let finished_at = Utc::now();
     report.outcome = outcome;
     report.finished_at = finished_at;
@@ -1297,7 +1019,7 @@ async fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunE
             finished_at: Some(finished_at),
             ..end
         };
-        env.finish_run(run_id, outcome, end).await;
+        env.recorder.finish(run_id, outcome, end);
     }
     report
 }

@@ -30,6 +30,9 @@ pub struct DaemonStatus {
     pub heartbeat_age_seconds: Option<i64>,
     /// False when the heartbeat is older than two health intervals: hung or stopped.
     pub responding: bool,
+    /// How late the scheduling loop woke for its slots since the daemon started (as of its last
+    /// health check): `{"p50", "max", "samples"}` in milliseconds.
+    pub loop_lag_ms: Option<crate::daemon::LoopLag>,
 }
 
 #[derive(Debug, Serialize)]
@@ -208,6 +211,7 @@ pub fn gather_from(
             heartbeat_at: heartbeat.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
             heartbeat_age_seconds: age,
             responding,
+            loop_lag_ms: state.as_ref().and_then(|s| s.loop_lag_ms),
         },
         jobs,
         warnings,

@@ -676,11 +676,16 @@ fn catch_up_rows(
     let last = pretend_last_slot(&p, "minutely", 3);
     let started = chrono::Utc::now();
     let daemon = p.spawn_daemon();
+    // Missed slots are accounted for: run, or counted in one compact row per gap.
     let settled = wait_until(Duration::from_secs(15), || {
         p.history()
             .iter()
-            .filter(|r| r["outcome"] == "skipped" || r["trigger"] == "catch-up")
-            .count()
+            .map(|r| match (r["outcome"].as_str(), r["trigger"].as_str()) {
+                (Some("skipped"), _) => r["missed_count"].as_u64().unwrap_or(1),
+                (_, Some("catch-up")) => 1,
+                _ => 0,
+            })
+            .sum::<u64>()
             >= 3
     });
     // Give a wrong extra catch-up the time to show up.
@@ -712,15 +717,34 @@ fn catch_up_latest_runs_exactly_the_most_recent_missed_slot() {
         slot,
         "the job saw its original slot"
     );
+    // The other missed slots are one compact row.
     let skipped: Vec<&Value> = rows.iter().filter(|r| r["outcome"] == "skipped").collect();
-    assert!(!skipped.is_empty());
+    assert_eq!(skipped.len(), 1, "{skipped:#?}");
     assert!(error_of(skipped[0]).contains("missed"), "{skipped:?}");
+    let count = skipped[0]["missed_count"].as_i64().expect("missed_count");
+    assert!((1..=2).contains(&count), "{skipped:?}");
+    assert_eq!(
+        ts(&skipped[0]["missed_from"]),
+        last + chrono::Duration::minutes(1)
+    );
+    assert!(ts(&skipped[0]["missed_to"]) < slot);
+    assert_eq!(
+        ts(&skipped[0]["missed_to"]),
+        slot - chrono::Duration::minutes(1)
+    );
 }
 
 #[test]
 fn catch_up_none_and_all() {
-    let (rows, _, _) = catch_up_rows("none");
+    let (rows, last, _) = catch_up_rows("none");
     assert!(rows.iter().all(|r| r["trigger"] != "catch-up"), "{rows:#?}");
+    let gap: Vec<&Value> = rows.iter().filter(|r| r["outcome"] == "skipped").collect();
+    assert_eq!(gap.len(), 1, "one compact row: {rows:#?}");
+    assert_eq!(
+        ts(&gap[0]["missed_from"]),
+        last + chrono::Duration::minutes(1)
+    );
+    assert!(error_of(gap[0]).contains("not running"), "{gap:?}");
 
     let (rows, last, started) = catch_up_rows("all");
     let mut slots: Vec<_> = rows

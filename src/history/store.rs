@@ -59,7 +59,20 @@ CREATE INDEX runs_started ON runs (started_at);
     r#"
 DROP INDEX IF EXISTS runs_started;
 "#,
+    // Run ids are handed out by the writer before the row is written (a run never waits for the
+    // database); `meta.next_run_id` is the first id no process has reserved. A compact `skipped`
+    // row covers a whole gap of missed slots.
+    r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+ALTER TABLE runs ADD COLUMN missed_count INTEGER;
+ALTER TABLE runs ADD COLUMN missed_from TEXT;
+ALTER TABLE runs ADD COLUMN missed_to TEXT;
+CREATE INDEX runs_gaps ON runs (job, missed_to) WHERE missed_to IS NOT NULL;
+"#,
 ];
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How a run ended (or that it has not yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -152,6 +165,21 @@ pub struct RunEnd {
     pub result: Option<String>,
 }
 
+/// A slot (or a gap of slots) that was not run, as the writer records it.
+#[derive(Debug, Clone)]
+pub struct SkippedRow {
+    pub id: i64,
+    pub job: String,
+    pub trigger: TriggerKind,
+    /// The slot, or the first slot of the gap.
+    pub scheduled_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub owner_pid: u32,
+    pub reason: String,
+    /// For a gap: how many slots, and the last one.
+    pub gap: Option<(u64, DateTime<Utc>)>,
+}
+
 /// One row of the history, as `history --json` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRow {
@@ -176,6 +204,10 @@ pub struct RunRow {
     pub stuck: bool,
     pub peak_rss_bytes: Option<i64>,
     pub cpu_ms: Option<i64>,
+    /// A compact `skipped` row for a gap: how many slots were missed, the first and the last.
+    pub missed_count: Option<i64>,
+    pub missed_from: Option<String>,
+    pub missed_to: Option<String>,
 }
 
 /// A daemon's record: when it started and its last heartbeat.
@@ -206,7 +238,7 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 
 const RUN_COLUMNS: &str = "id, job, trigger, scheduled_at, started_at, entered_at, finished_at, \
      attempt, outcome, exit_code, signal, pid, owner_pid, error, result, executor, stuck, \
-     peak_rss_bytes, cpu_ms";
+     peak_rss_bytes, cpu_ms, missed_count, missed_from, missed_to";
 
 impl History {
     /// Opens (creating if needed) the history for writing, and brings its schema up to date.
@@ -230,24 +262,42 @@ impl History {
         Ok(h)
     }
 
-    /// Opens an existing history for reading; `None` when there is none yet.
+    /// Opens an existing history for reading; `None` when there is none yet. A history written by
+    /// an older version is brought up to date first (in one transaction, as the daemon would);
+    /// when that is not possible the error says how to do it.
     pub fn open_read_only(path: &Path) -> Result<Option<History>> {
         if !path.exists() {
             return Ok(None);
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| Error::history(path, e))?;
-        conn.busy_timeout(Duration::from_secs(5))
+        let open = || -> Result<(Connection, i64)> {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
             .map_err(|e| Error::history(path, e))?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| Error::history(path, e))?;
+            conn.busy_timeout(Duration::from_secs(5))
+                .map_err(|e| Error::history(path, e))?;
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(|e| Error::history(path, e))?;
+            Ok((conn, version))
+        };
+        let (mut conn, mut version) = open()?;
         if version == 0 {
+            // Empty, or being created right now: nothing to read yet.
             return Ok(None);
         }
+        if version < SCHEMA_VERSION {
+            drop(conn);
+            History::open(path).map_err(|e| {
+                Error::Other(format!(
+                    "the history `{}` has schema version {version}, older than this build's {SCHEMA_VERSION}, and cannot be upgraded here ({e}); run `hedge-scheduler run` or `run-once` once as a user who can write it",
+                    path.display()
+                ))
+            })?;
+            (conn, version) = open()?;
+        }
+        let _ = version;
         Ok(Some(History {
             conn,
             path: path.to_path_buf(),
@@ -270,45 +320,166 @@ impl History {
         Ok(())
     }
 
+    /// Brings the schema up to date in one transaction: a reader sees the old schema or the new
+    /// one, never a step between.
     fn migrate(&self) -> rusqlite::Result<()> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let applied = usize::try_from(version).unwrap_or(0);
-        for (i, sql) in (0i64..).zip(MIGRATIONS.iter()).skip(applied) {
-            let tx = self.conn.unchecked_transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-            tx.commit()?;
+        let current = |conn: &Connection| -> rusqlite::Result<i64> {
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        };
+        if current(&self.conn)? >= SCHEMA_VERSION {
+            return Ok(());
         }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let applied = (|| {
+            // Read again under the write lock: another process may have migrated meanwhile.
+            let version = current(&self.conn)?;
+            let done = usize::try_from(version).unwrap_or(0);
+            for sql in MIGRATIONS.iter().skip(done) {
+                self.conn.execute_batch(sql)?;
+            }
+            if version < SCHEMA_VERSION {
+                self.conn
+                    .pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            Ok(())
+        })();
+        match applied {
+            Ok(()) => self.conn.execute_batch("COMMIT"),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// The first run id no process has taken: past every row and every reservation.
+    pub fn first_free_id(&self) -> Result<i64> {
+        let max: i64 = self
+            .conn
+            .query_row("SELECT coalesce(max(id), 0) + 1 FROM runs", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(max.max(self.reserved_until()?.unwrap_or(0)))
+    }
+
+    /// `meta.next_run_id`: ids below it are taken or reserved by some process.
+    pub fn reserved_until(&self) -> Result<Option<i64>> {
+        self.conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'next_run_id'")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Sets `meta.next_run_id` to `until` (it only grows).
+    pub fn reserve_until(&self, until: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('next_run_id', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            )
+            .and_then(|mut st| st.execute(params![until]))
+            .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Writes the `running` row of run `id`, started by process `owner`.
+    pub fn insert_run(
+        &self,
+        id: i64,
+        run: &NewRun<'_>,
+        owner: u32,
+        pid: Option<u32>,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO runs (id, job, trigger, scheduled_at, started_at, attempt, outcome,
+                                   owner_pid, executor, pid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    id,
+                    run.job,
+                    run.trigger.as_str(),
+                    fmt_time(run.scheduled_at),
+                    fmt_time(run.started_at),
+                    run.attempt,
+                    owner,
+                    run.executor,
+                    pid,
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Writes a `skipped` row (a slot, or a gap of slots).
+    pub fn insert_skipped(&self, row: &SkippedRow) -> Result<()> {
+        let (count, to) = match row.gap {
+            Some((n, to)) => (
+                Some(i64::try_from(n).unwrap_or(i64::MAX)),
+                Some(fmt_time(to)),
+            ),
+            None => (None, None),
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO runs (id, job, trigger, scheduled_at, started_at, finished_at, attempt,
+                                   outcome, owner_pid, error, missed_count, missed_from, missed_to)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, 'skipped', ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    row.id,
+                    row.job,
+                    row.trigger.as_str(),
+                    fmt_time(row.scheduled_at),
+                    fmt_time(row.recorded_at),
+                    row.owner_pid,
+                    row.reason,
+                    count,
+                    count.map(|_| fmt_time(row.scheduled_at)),
+                    to,
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// How long a statement waits for another process's lock before it fails.
+    pub fn set_busy_timeout(&self, d: Duration) -> Result<()> {
+        self.conn.busy_timeout(d).map_err(|e| self.err(e))
+    }
+
+    /// Starts a write transaction (the writer's batches).
+    pub fn begin(&self) -> Result<()> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn commit(&self) -> Result<()> {
+        self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))
+    }
+
+    pub fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
         Error::history(&self.path, e)
     }
 
-    /// Writes the `running` row of a run that starts now; returns its id.
+    /// Writes the `running` row of a run that starts now, with the next free id (for tools and
+    /// benchmarks; the daemon's writer hands ids out itself); returns the id.
     pub fn start_run(&self, run: &NewRun<'_>) -> Result<i64> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO runs (job, trigger, scheduled_at, started_at, attempt, outcome, owner_pid,
-                                   executor)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    run.job,
-                    run.trigger.as_str(),
-                    fmt_time(run.scheduled_at),
-                    fmt_time(run.started_at),
-                    run.attempt,
-                    std::process::id(),
-                    run.executor,
-                ])
-            })
-            .map_err(|e| self.err(e))?;
-        Ok(self.conn.last_insert_rowid())
+        let id = self.first_free_id()?;
+        self.insert_run(id, run, std::process::id(), None)?;
+        self.reserve_until(id + 1)?;
+        Ok(id)
     }
 
     /// Records the PID of the process that runs `id`.
@@ -320,10 +491,11 @@ impl History {
         Ok(())
     }
 
-    /// Completes the row of run `id`.
-    pub fn finish_run(&self, id: i64, outcome: Outcome, end: &RunEnd) -> Result<()> {
+    /// Completes the row of run `id`; returns whether there was one.
+    pub fn finish_run(&self, id: i64, outcome: Outcome, end: &RunEnd) -> Result<bool> {
         let finished = end.finished_at.unwrap_or_else(Utc::now);
-        self.conn
+        let changed = self
+            .conn
             .prepare_cached(
                 "UPDATE runs SET outcome = ?2, finished_at = ?3, entered_at = ?4, exit_code = ?5,
                         signal = ?6, error = ?7, result = ?8, peak_rss_bytes = ?9, cpu_ms = ?10
@@ -344,23 +516,7 @@ impl History {
                 ])
             })
             .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Writes a whole run at once: one whose start could not be recorded when it happened.
-    pub fn insert_finished_run(
-        &self,
-        run: &NewRun<'_>,
-        outcome: Outcome,
-        pid: Option<u32>,
-        end: &RunEnd,
-    ) -> Result<i64> {
-        let id = self.start_run(run)?;
-        if let Some(pid) = pid {
-            self.set_pid(id, pid)?;
-        }
-        self.finish_run(id, outcome, end)?;
-        Ok(id)
+        Ok(changed > 0)
     }
 
     /// Whether the database file on disk is still the one this handle writes to (it may have
@@ -373,13 +529,14 @@ impl History {
         on_disk.is_some() && on_disk == self.identity
     }
 
-    /// The daemon's heartbeat.
-    pub fn heartbeat(&self, id: i64, at: DateTime<Utc>) -> Result<()> {
-        self.conn
+    /// The daemon's heartbeat; false when its record is gone.
+    pub fn heartbeat(&self, id: i64, at: DateTime<Utc>) -> Result<bool> {
+        let n = self
+            .conn
             .prepare_cached("UPDATE daemon SET heartbeat_at = ?2 WHERE id = ?1")
             .and_then(|mut st| st.execute(params![id, fmt_time(at)]))
             .map_err(|e| self.err(e))?;
-        Ok(())
+        Ok(n > 0)
     }
 
     /// Deletes runs that started before `before`; returns how many.
@@ -453,36 +610,19 @@ impl History {
             )
             .and_then(|mut st| st.query_row(params![job], |r| r.get(0)))
             .map_err(|e| self.err(e))?;
-        Ok(s.as_deref().and_then(parse_time))
-    }
-
-    /// Records a slot that was not run, with the reason.
-    pub fn record_skipped(
-        &self,
-        job: &str,
-        trigger: TriggerKind,
-        scheduled_at: DateTime<Utc>,
-        reason: &str,
-    ) -> Result<i64> {
-        let now = fmt_time(Utc::now());
-        self.conn
+        // A compact gap row stands for slots up to its last one.
+        let gap: Option<String> = self
+            .conn
             .prepare_cached(
-                "INSERT INTO runs (job, trigger, scheduled_at, started_at, finished_at, attempt,
-                                   outcome, owner_pid, error)
-                 VALUES (?1, ?2, ?3, ?4, ?4, 1, 'skipped', ?5, ?6)",
+                "SELECT max(missed_to) FROM runs WHERE job = ?1 AND missed_to IS NOT NULL",
             )
-            .and_then(|mut st| {
-                st.execute(params![
-                    job,
-                    trigger.as_str(),
-                    fmt_time(scheduled_at),
-                    now,
-                    std::process::id(),
-                    reason,
-                ])
-            })
+            .and_then(|mut st| st.query_row(params![job], |r| r.get(0)))
             .map_err(|e| self.err(e))?;
-        Ok(self.conn.last_insert_rowid())
+        Ok([s, gap]
+            .iter()
+            .flatten()
+            .filter_map(|t| parse_time(t))
+            .max())
     }
 
     /// The newest runs, of one job or of all, newest first.
@@ -627,6 +767,9 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         stuck: r.get::<_, i64>(16)? != 0,
         peak_rss_bytes: r.get(17)?,
         cpu_ms: r.get(18)?,
+        missed_count: r.get(19)?,
+        missed_from: r.get(20)?,
+        missed_to: r.get(21)?,
     })
 }
 

@@ -1,0 +1,269 @@
+//! What the daemon does besides firing, each as a task that answers the loop by message: the
+//! health check, the status report, a config reload. None of them can delay a fire: a stalled
+//! database, disk or interpreter delays only its own answer.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::history::{History, Recorder};
+use crate::instance::InstanceLock;
+use crate::interpreter::Interpreter;
+
+/// A task's answer to the loop.
+pub(crate) enum Chore {
+    /// The health check is done; `Some` when our PID file now belongs to another daemon.
+    HealthDone {
+        lock_lost: Option<String>,
+    },
+    ReportDone,
+    /// A reload's new config and interpreter, or why it was rejected.
+    Reloaded(Box<Result<(Config, Interpreter)>>),
+}
+
+/// How late the loop wakes for a slot, since it started: p50 and max, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoopLag {
+    pub p50: f64,
+    pub max: f64,
+    pub samples: u64,
+}
+
+/// A histogram of the loop's lateness in 0.1 ms steps up to 100 ms (later ones share the last
+/// bucket), and the exact maximum.
+#[derive(Debug, Clone)]
+pub(crate) struct LagStats {
+    buckets: Vec<u64>,
+    max: Duration,
+    samples: u64,
+}
+
+const LAG_STEP_US: u128 = 100;
+const LAG_BUCKETS: usize = 1001;
+
+impl Default for LagStats {
+    fn default() -> Self {
+        LagStats {
+            buckets: vec![0; LAG_BUCKETS],
+            max: Duration::ZERO,
+            samples: 0,
+        }
+    }
+}
+
+impl LagStats {
+    pub(crate) fn record(&mut self, lag: Duration) {
+        let i = usize::try_from(lag.as_micros() / LAG_STEP_US)
+            .unwrap_or(usize::MAX)
+            .min(LAG_BUCKETS - 1);
+        self.buckets[i] += 1;
+        self.max = self.max.max(lag);
+        self.samples += 1;
+    }
+
+    pub(crate) fn summary(&self) -> LoopLag {
+        let half = self.samples.div_ceil(2);
+        let mut seen = 0;
+        let mut p50 = 0.0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= half && *n > 0 {
+                // The bucket's middle, never above the real maximum.
+                p50 = ((i as f64 + 0.5) * LAG_STEP_US as f64 / 1000.0)
+                    .min(self.max.as_secs_f64() * 1000.0);
+                break;
+            }
+        }
+        LoopLag {
+            p50: round2(p50),
+            max: round2(self.max.as_secs_f64() * 1000.0),
+            samples: self.samples,
+        }
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// What the health check needs from the loop.
+pub(crate) struct HealthInput {
+    pub config: Arc<Config>,
+    pub recorder: Recorder,
+    pub lock: Arc<Mutex<InstanceLock>>,
+    pub started_at: DateTime<Utc>,
+    /// Problems the loop found in its own state (stuck threads).
+    pub problems: Vec<String>,
+    /// The first check of the day: prune, calendar coverage.
+    pub daily: bool,
+    pub lag: LoopLag,
+}
+
+/// The health check: heartbeat, the history writer's backlog, disk space, legacy processes, the
+/// PID file, once a day pruning and the calendar's coverage; then the state file and systemd.
+pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>) {
+    let now = Utc::now();
+    let config = Arc::clone(&input.config);
+    input.recorder.heartbeat(now);
+    let mut problems = input.problems;
+    let tz = config.calendar().tz();
+    let writer = input.recorder.health();
+    if let Some((since, e)) = writer.problem {
+        problems.push(format!(
+            "history database: {e} (since {}; {} write(s) waiting)",
+            since.with_timezone(&tz).format("%H:%M:%S %Z"),
+            writer.waiting
+        ));
+    }
+
+    let (lock, scripts, log_dir) = (
+        Arc::clone(&input.lock),
+        config.scheduler.legacy_scripts.clone(),
+        config.scheduler.log_dir.clone(),
+    );
+    let checked = tokio::task::spawn_blocking(move || {
+        // The PID file may have been removed (a wiped log folder): lock a new one, and give way
+        // if another daemon started meanwhile — never two firing at once.
+        let lock_lost = match lock.lock() {
+            Ok(mut l) => l.ensure().err(),
+            Err(_) => None,
+        };
+        let low = crate::health::free_space(&log_dir)
+            .filter(|free| *free < crate::health::LOW_DISK_BYTES)
+            .map(|free| {
+                format!(
+                    "only {} free in {}",
+                    crate::runner::bytes(free),
+                    log_dir.display()
+                )
+            });
+        (lock_lost, low, crate::legacy::find(&scripts))
+    })
+    .await;
+    let (lock_lost, low_disk, legacy) = checked.unwrap_or_default();
+    problems.extend(low_disk);
+    if !legacy.is_empty() {
+        let list = legacy
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if config.scheduler.legacy == crate::config::Legacy::Stop {
+            tracing::warn!("🧹 stopping the old system's processes: {list}");
+            crate::legacy::stop(&legacy, config.scheduler.kill_grace).await;
+        } else {
+            tracing::warn!("⚠️  the old system is running: {list}");
+            problems.push(format!("the old system is running: {list}"));
+        }
+    }
+
+    if input.daily {
+        for warning in crate::config_warnings(&config, now) {
+            tracing::warn!("⚠️  {warning}");
+        }
+        let keep = chrono::Duration::from_std(config.scheduler.history_retention)
+            .unwrap_or(chrono::Duration::days(90));
+        input.recorder.prune(now - keep);
+    }
+
+    for p in &problems {
+        tracing::debug!("problem: {p}");
+    }
+    let state = crate::health::DaemonState {
+        pid: std::process::id(),
+        started_at: input.started_at,
+        heartbeat_at: now,
+        problems,
+        loop_lag_ms: Some(input.lag),
+    };
+    let dir = config.scheduler.log_dir.clone();
+    let written = tokio::task::spawn_blocking(move || crate::health::write_state(&dir, &state))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+    if let Err(e) = written {
+        tracing::error!("cannot write {}: {e}", crate::health::STATE_FILE);
+    }
+    crate::health::notify_systemd("WATCHDOG=1");
+    let _ = tx.send(Chore::HealthDone { lock_lost });
+}
+
+/// A run in progress as the report shows it: (job, run id, PID, since, stuck).
+pub(crate) type Live = (String, Option<i64>, Option<u32>, DateTime<Utc>, bool);
+
+/// The status table on the console and in the log, as `status` shows it, read on its own
+/// connection.
+pub(crate) async fn report(config: Arc<Config>, live: Vec<Live>, tx: mpsc::UnboundedSender<Chore>) {
+    let now = Utc::now();
+    let table = tokio::task::spawn_blocking(move || -> Result<String> {
+        let history = History::open_read_only(&config.scheduler.history)?;
+        let mut status = crate::status::gather_from(&config, history.as_ref(), None, now)?;
+        for j in status.jobs.iter_mut() {
+            if let Some((_, id, pid, since, stuck)) = live.iter().find(|r| r.0 == j.job) {
+                j.running = true;
+                j.stuck = *stuck;
+                j.running_run_id = *id;
+                j.running_pid = pid.map(i64::from);
+                j.running_since = Some(crate::history::fmt_time(*since));
+            }
+        }
+        Ok(crate::status::render_jobs(&status, &config, now))
+    })
+    .await
+    .map_err(|e| Error::Other(format!("internal error: {e}")))
+    .and_then(|r| r);
+    match table {
+        Ok(table) => {
+            tracing::info!("📊 Status report");
+            for line in table.lines() {
+                tracing::info!("{line}");
+            }
+        }
+        Err(e) => tracing::error!("cannot build the status report: {e}"),
+    }
+    let _ = tx.send(Chore::ReportDone);
+}
+
+/// SIGHUP: reads and checks the config file, probes its interpreter (within the probe's
+/// timeout) and readies the embedded one; the loop applies the answer.
+pub(crate) async fn reload(path: std::path::PathBuf, tx: mpsc::UnboundedSender<Chore>) {
+    let loaded = tokio::task::spawn_blocking(move || -> Result<(Config, Interpreter)> {
+        let config = Config::load(&path)?;
+        let interpreter = crate::interpreter::resolve(&config, None)?;
+        if config
+            .jobs
+            .iter()
+            .any(|j| j.executor == crate::config::Executor::Pyo3)
+        {
+            crate::python::init(&config, &interpreter)?;
+        }
+        Ok((config, interpreter))
+    })
+    .await
+    .map_err(|e| Error::Other(format!("internal error: {e}")))
+    .and_then(|r| r);
+    let _ = tx.send(Chore::Reloaded(Box::new(loaded)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_lag_p50_and_max() {
+        let mut s = LagStats::default();
+        assert_eq!(s.summary().samples, 0);
+        for us in [100, 200, 300, 400, 250_000] {
+            s.record(Duration::from_micros(us));
+        }
+        let l = s.summary();
+        assert_eq!(l.samples, 5);
+        assert_eq!(l.max, 250.0);
+        assert_eq!(l.p50, 0.35);
+    }
+}

@@ -1,0 +1,556 @@
+//! The dispatcher's decisions, pure: which slots are due, what catch-up, overlap and retry do.
+//! Each function takes a job's state, its config (in the state), the calendar and explicit
+//! instants, changes the state and returns the `Action`s the dispatcher carries out (start a run,
+//! record a skipped slot or a gap, cancel a run). No clock, no I/O: the table tests below drive
+//! them with instants written out.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+
+use crate::calendar::Calendar;
+use crate::config::{CatchUp, Job, Overlap};
+use crate::history::{Outcome, TriggerKind};
+
+/// The loop wakes this much before a slot, so the run is prepared (lock, log) when its instant
+/// comes; the run itself starts at the slot exactly.
+pub(crate) const LEAD: Duration = Duration::milliseconds(4);
+/// A slot found later than this is treated as missed (catch-up), not as on time.
+pub(crate) const LATE: Duration = Duration::seconds(2);
+/// How far back a restarted daemon accounts for missed slots.
+pub(crate) const MAX_GAP: Duration = Duration::days(7);
+
+/// A run waiting to start: queued by overlap or catch-up, or a retry (with its start time).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Pending {
+    pub trigger: TriggerKind,
+    pub scheduled_at: DateTime<Utc>,
+    pub attempt: u32,
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// A run in progress, as the loop knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Running {
+    pub trigger: TriggerKind,
+    pub run_id: Option<i64>,
+    pub pid: Option<u32>,
+    pub started_at: DateTime<Utc>,
+    /// The run has ended (timeout) but its embedded thread has not returned.
+    pub stuck: bool,
+}
+
+/// What the loop knows about one job.
+#[derive(Debug, Clone)]
+pub(crate) struct JobState {
+    pub job: Arc<Job>,
+    /// The next regular slot not yet dealt with.
+    pub next: Option<DateTime<Utc>>,
+    /// Every slot at or before this instant has been dealt with (a reload starts after it).
+    pub checked: DateTime<Utc>,
+    pub running: Option<Running>,
+    pub pending: VecDeque<Pending>,
+    pub retry: Option<Pending>,
+    /// Removed from the config by a reload: dropped once its run ends.
+    pub retired: bool,
+}
+
+/// What the dispatcher does for a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Action {
+    /// Start a run now (the state already says it runs).
+    Start(Pending),
+    /// Record one slot that does not run.
+    Skip {
+        trigger: TriggerKind,
+        slot: DateTime<Utc>,
+        reason: String,
+    },
+    /// Record a gap of missed slots as one compact row.
+    Gap {
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        count: u64,
+        reason: String,
+    },
+    /// End the running run.
+    Cancel(String),
+    /// A failed run is tried again at `at`.
+    Retry { at: DateTime<Utc>, attempt: u32 },
+    /// A failed run is not tried again: its row says why.
+    NoRetry { run_id: i64, error: String },
+}
+
+impl JobState {
+    /// A job's state when the daemon starts (or a reload adds it): slots after `last` (the
+    /// newest slot the history knows of) and before `now` were missed, as far back as `MAX_GAP`.
+    pub(crate) fn new(
+        job: Arc<Job>,
+        calendar: &Calendar,
+        last: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> JobState {
+        let from = match last {
+            Some(last) if last < now => last.max(now - MAX_GAP),
+            _ => now,
+        };
+        JobState {
+            next: job.trigger.next_fire_after(calendar, from),
+            checked: from,
+            job,
+            running: None,
+            pending: VecDeque::new(),
+            retry: None,
+            retired: false,
+        }
+    }
+
+    /// When this job next needs the loop: its next slot or its retry.
+    pub(crate) fn due_at(&self) -> Option<DateTime<Utc>> {
+        [self.next, self.retry.as_ref().and_then(|r| r.at)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A reloaded job: the new definition takes over after the last slot dealt with, so a slot
+    /// that fell due while the config was being read is neither lost nor run twice.
+    pub(crate) fn reconfigure(&mut self, job: Arc<Job>, calendar: &Calendar) {
+        self.next = job.trigger.next_fire_after(calendar, self.checked);
+        self.job = job;
+        self.retired = false;
+    }
+
+    fn start(&mut self, p: Pending, now: DateTime<Utc>) -> Action {
+        self.running = Some(Running {
+            trigger: p.trigger,
+            run_id: None,
+            pid: None,
+            started_at: now,
+            stuck: false,
+        });
+        Action::Start(p)
+    }
+
+    /// Whether missed slots caught up with `all` are being worked off.
+    fn draining_backlog(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.trigger == TriggerKind::CatchUp)
+            || self
+                .pending
+                .iter()
+                .any(|p| p.trigger == TriggerKind::CatchUp)
+    }
+}
+
+/// What the loop knows at a wake-up, besides the job.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wake<'a> {
+    pub calendar: &'a Calendar,
+    pub now: DateTime<Utc>,
+    /// Slots before this were missed by the daemon, however recent.
+    pub started_at: DateTime<Utc>,
+    /// Why slots are late at this wake-up, when the loop knows (a clock step).
+    pub late_because: Option<&'a str>,
+}
+
+impl Wake<'_> {
+    fn tz(&self) -> Tz {
+        self.calendar.tz()
+    }
+}
+
+/// The missed slots of one wake-up, without keeping them all.
+#[derive(Debug, Default)]
+struct Missed {
+    count: u64,
+    first: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+    /// The one before `last`.
+    prev: Option<DateTime<Utc>>,
+    /// Slots older than the look-back: never run, only counted.
+    old: u64,
+    old_last: Option<DateTime<Utc>>,
+    /// Slots inside the look-back, kept only for `catch_up = "all"`.
+    recent: Vec<DateTime<Utc>>,
+}
+
+/// Fires what is due at `wake.now` for one job: a retry whose time has come, then its regular
+/// slots, on time or missed (catch-up).
+pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
+    let now = wake.now;
+    let soon = now + LEAD;
+    let mut actions = Vec::new();
+    if let Some(retry) = state.retry.take_if(|r| r.at.is_some_and(|at| at <= soon)) {
+        actions.push(state.start(retry, now));
+    }
+    state.checked = state.checked.max(soon);
+    let Some(first) = state.next.filter(|t| *t <= soon) else {
+        return actions;
+    };
+    let job = Arc::clone(&state.job);
+    let lookback = lookback_start(&job, wake.calendar, now);
+    let mut missed = Missed::default();
+    let mut on_time = Vec::new();
+    let mut slot = Some(first);
+    while let Some(t) = slot.filter(|t| *t <= soon) {
+        if now - t > LATE || t < wake.started_at {
+            missed.count += 1;
+            missed.first.get_or_insert(t);
+            missed.prev = missed.last.replace(t);
+            if t < lookback {
+                missed.old += 1;
+                missed.old_last = Some(t);
+            } else if job.catch_up == CatchUp::All {
+                missed.recent.push(t);
+            }
+        } else {
+            on_time.push(t);
+        }
+        slot = job.trigger.next_fire_after(wake.calendar, t);
+    }
+    state.next = slot;
+    if missed.count > 0 {
+        actions.extend(catch_up(state, missed, !on_time.is_empty(), wake));
+    }
+    for t in on_time {
+        actions.extend(request(
+            state,
+            TriggerKind::Schedule,
+            t,
+            wake.now,
+            wake.tz(),
+        ));
+    }
+    actions
+}
+
+/// Why a slot at `last` was missed, in words.
+fn missed_reason(last: DateTime<Utc>, wake: &Wake<'_>) -> String {
+    if last < wake.started_at {
+        format!(
+            "missed while the scheduler was not running (it started at {})",
+            hms(wake.started_at, wake.tz())
+        )
+    } else if let Some(why) = wake.late_because {
+        format!("missed: {why}")
+    } else {
+        format!(
+            "missed: the scheduler looked {} after the slot (the machine was suspended or overloaded)",
+            humantime::format_duration(round_s(wake.now - last))
+        )
+    }
+}
+
+/// Applies the job's `catch_up` to the slots found late; `superseded` when a slot is due on
+/// time now.
+fn catch_up(state: &mut JobState, m: Missed, superseded: bool, wake: &Wake<'_>) -> Vec<Action> {
+    let (Some(first), Some(last)) = (m.first, m.last) else {
+        return Vec::new();
+    };
+    let why = missed_reason(last, wake);
+    let tz = wake.tz();
+    let gap = |first, last, count, reason: String| Action::Gap {
+        first,
+        last,
+        count,
+        reason,
+    };
+    let mut actions = Vec::new();
+    match state.job.catch_up {
+        CatchUp::None => actions.push(gap(first, last, m.count, why)),
+        // The latest slot is older than the look-back when every missed slot is.
+        CatchUp::Latest if superseded || m.old == m.count => actions.push(gap(
+            first,
+            last,
+            m.count,
+            if superseded {
+                format!("{why}; the current slot runs instead")
+            } else {
+                why
+            },
+        )),
+        CatchUp::Latest => {
+            if let Some(prev) = m.prev {
+                actions.push(gap(
+                    first,
+                    prev,
+                    m.count - 1,
+                    format!(
+                        "{why}; caught up with the slot at {} instead",
+                        hms(last, tz)
+                    ),
+                ));
+            }
+            actions.extend(request(state, TriggerKind::CatchUp, last, wake.now, tz));
+        }
+        CatchUp::All => {
+            if let Some(old_last) = m.old_last {
+                actions.push(gap(
+                    first,
+                    old_last,
+                    m.old,
+                    format!("{why}; older than the catch-up look-back"),
+                ));
+            }
+            for t in m.recent {
+                actions.extend(request(state, TriggerKind::CatchUp, t, wake.now, tz));
+            }
+        }
+    }
+    actions
+}
+
+/// A slot (or a catch-up) wants to run: start it, or apply the job's overlap policy.
+pub(crate) fn request(
+    state: &mut JobState,
+    trigger: TriggerKind,
+    slot: DateTime<Utc>,
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> Vec<Action> {
+    let pending = Pending {
+        trigger,
+        scheduled_at: slot,
+        attempt: 1,
+        at: None,
+    };
+    if state.running.is_none() && state.pending.is_empty() && state.retry.is_none() {
+        return vec![state.start(pending, now)];
+    }
+    // A backlog caught up with `all` is worked off in order, and the slots that come meanwhile
+    // wait their turn behind it whatever the overlap policy.
+    if trigger == TriggerKind::CatchUp || state.draining_backlog() {
+        state.pending.push_back(pending);
+        return Vec::new();
+    }
+    let busy = match &state.running {
+        Some(r) => format!(
+            "previous run {}{} {} since {}",
+            r.run_id
+                .map_or_else(|| "(starting)".to_string(), |id| id.to_string()),
+            r.pid.map_or_else(String::new, |p| format!(" (PID {p})")),
+            if r.stuck {
+                "stuck in native code"
+            } else {
+                "still running"
+            },
+            hms_zone(r.started_at, tz)
+        ),
+        None => "a retry of the previous slot is pending".to_string(),
+    };
+    match state.job.overlap {
+        Overlap::Skip => vec![Action::Skip {
+            trigger,
+            slot,
+            reason: busy,
+        }],
+        Overlap::Queue => match state
+            .pending
+            .iter()
+            .find(|p| p.trigger == TriggerKind::Schedule)
+        {
+            Some(queued) => vec![Action::Skip {
+                trigger,
+                slot,
+                reason: format!(
+                    "{busy}, and the slot at {} is already queued",
+                    hms_zone(queued.scheduled_at, tz)
+                ),
+            }],
+            None => {
+                state.pending.push_back(pending);
+                Vec::new()
+            }
+        },
+        Overlap::Replace => {
+            let mut actions = Vec::new();
+            if state.running.as_ref().is_some_and(|r| !r.stuck) {
+                actions.push(Action::Cancel(format!(
+                    "replaced by the slot at {}",
+                    hms_zone(slot, tz)
+                )));
+            }
+            state.pending.retain(|p| p.trigger != TriggerKind::Schedule);
+            state.pending.push_back(pending);
+            actions
+        }
+    }
+}
+
+/// How a run ended, as far as the decisions need it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ended {
+    pub run_id: Option<i64>,
+    pub scheduled_at: DateTime<Utc>,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    /// An embedded run whose thread has not returned: the job stays held.
+    pub stuck: bool,
+}
+
+/// A run of the job ended: plan its retry (with `jitter`, a factor near 1), then start what
+/// waits.
+pub(crate) fn finished(
+    state: &mut JobState,
+    ended: &Ended,
+    calendar: &Calendar,
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> Vec<Action> {
+    if ended.stuck {
+        if let Some(r) = state.running.as_mut() {
+            r.stuck = true;
+        }
+    } else {
+        state.running = None;
+    }
+    if state.retired {
+        return Vec::new();
+    }
+    let mut actions = Vec::new();
+    match plan_retry(&state.job, calendar, ended, now, jitter) {
+        Some(Ok(retry)) => {
+            actions.push(Action::Retry {
+                at: retry.at.unwrap_or(now),
+                attempt: retry.attempt,
+            });
+            state.retry = Some(retry);
+        }
+        Some(Err(why)) => {
+            if let Some(run_id) = ended.run_id {
+                let error = match &ended.error {
+                    Some(e) => format!("{e}; {why}"),
+                    None => why,
+                };
+                actions.push(Action::NoRetry { run_id, error });
+            }
+        }
+        None => {}
+    }
+    actions.extend(start_pending(state, now));
+    actions
+}
+
+/// A stuck run's thread returned: the job is free again.
+pub(crate) fn released(state: &mut JobState, now: DateTime<Utc>) -> Vec<Action> {
+    state.running = None;
+    if state.retired {
+        return Vec::new();
+    }
+    start_pending(state, now).into_iter().collect()
+}
+
+/// Starts the next queued run once the job is free (and no retry waits).
+fn start_pending(state: &mut JobState, now: DateTime<Utc>) -> Option<Action> {
+    if state.running.is_none() && state.retry.is_none() {
+        let next = state.pending.pop_front()?;
+        return Some(state.start(next, now));
+    }
+    None
+}
+
+/// The retry of a failed run: `None` when its outcome is not retried or its attempts are spent,
+/// `Err(why)` when the retry would start at or after the next slot or past the session's window.
+pub(crate) fn plan_retry(
+    job: &Job,
+    calendar: &Calendar,
+    ended: &Ended,
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> Option<Result<Pending, String>> {
+    let policy = &job.retry;
+    ended.run_id?;
+    if !policy.on.contains(&ended.outcome) || ended.attempt >= policy.attempts {
+        return None;
+    }
+    let attempt = ended.attempt + 1;
+    let delay = policy.delay_before(attempt).mul_f64(jitter.clamp(0.0, 2.0));
+    let at = now + Duration::from_std(delay).unwrap_or(Duration::MAX / 2);
+    let tz = calendar.tz();
+    let next_slot = job
+        .trigger
+        .next_fire_after(calendar, ended.scheduled_at.max(now));
+    let window_end = job.trigger.window_end_for(calendar, ended.scheduled_at);
+    match (next_slot, window_end) {
+        (Some(next), _) if at >= next => Some(Err(format!(
+            "no retry: next slot at {}",
+            hms_zone(next, tz)
+        ))),
+        (_, Some(end)) if at > end => Some(Err(format!(
+            "no retry: the session's window ends at {}",
+            hms_zone(end, tz)
+        ))),
+        _ => Some(Ok(Pending {
+            trigger: TriggerKind::Retry,
+            scheduled_at: ended.scheduled_at,
+            attempt,
+            at: Some(at),
+        })),
+    }
+}
+
+/// What the health check finds about one job's run: a reason to end it (far past its timeout),
+/// or a problem to show (a thread stuck in native code).
+pub(crate) fn overdue(
+    state: &JobState,
+    now: DateTime<Utc>,
+    kill_grace: StdDuration,
+    tz: Tz,
+) -> Option<Result<String, String>> {
+    let r = state.running.as_ref()?;
+    if r.stuck {
+        return Some(Err(format!(
+            "{}: run {} is stuck in native code since {}; the job is held until it returns",
+            state.job.id,
+            r.run_id.unwrap_or_default(),
+            hms_zone(r.started_at, tz)
+        )));
+    }
+    let limit = state.job.timeout + kill_grace * 2 + StdDuration::from_secs(5);
+    let over = (now - r.started_at).to_std().is_ok_and(|d| d > limit);
+    over.then(|| Ok("health check: past its timeout".to_string()))
+}
+
+/// Missed slots older than this are not run: the current session for a job that follows
+/// sessions (from local midnight), a day otherwise, and never past `misfire_grace`.
+pub(crate) fn lookback_start(job: &Job, calendar: &Calendar, now: DateTime<Utc>) -> DateTime<Utc> {
+    let mut start = if job.trigger.follows_sessions() {
+        let tz = calendar.tz();
+        let midnight = now
+            .with_timezone(&tz)
+            .date_naive()
+            .and_time(chrono::NaiveTime::MIN);
+        chrono::TimeZone::from_local_datetime(&tz, &midnight)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(now - Duration::days(1))
+    } else {
+        now - Duration::days(1)
+    };
+    if let Some(grace) = job.misfire_grace.and_then(|g| Duration::from_std(g).ok()) {
+        start = start.max(now - grace);
+    }
+    start
+}
+
+fn hms(t: DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz).format("%H:%M:%S").to_string()
+}
+
+fn hms_zone(t: DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz).format("%H:%M:%S %Z").to_string()
+}
+
+fn round_s(d: Duration) -> StdDuration {
+    StdDuration::from_secs(d.num_seconds().max(0).unsigned_abs())
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,776 @@
+//! The daemon: a dispatcher that owns every job's state, sleeps until the next fire instant of
+//! any job (or a retry), decides what is due (`decide`, pure) and dispatches it. It never awaits
+//! I/O: runs are tasks that report by message, history rows are messages to the one writer, and
+//! the health check, the status report and a reload are tasks that answer by message (`chores`).
+//!
+//! Time: the loop sleeps on the monotonic clock and reads the wall clock at every wake. A wall
+//! clock that moved more (or less) than the monotonic one is a step: it is logged with its size;
+//! slots it jumped over are accounted for in one compact `skipped` row per gap, and a backward
+//! step fires nothing twice (a job's next slot only moves forward).
+
+mod chores;
+mod decide;
+
+pub use chores::LoopLag;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::calendar::Calendar;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::history::{History, Outcome, Recorder};
+use crate::instance::InstanceLock;
+use crate::interpreter::Interpreter;
+use crate::runner::{self, OnBusy, RunEnv, RunEvent, RunReport, RunRequest};
+use chores::{Chore, LagStats};
+use decide::{Action, JobState, Wake};
+
+/// The longest the loop sleeps without looking at the wall clock again.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// A difference between wall-clock and monotonic time larger than this is a clock step.
+const STEP: chrono::Duration = chrono::Duration::seconds(1);
+/// Ids the daemon's history writer reserves at a time.
+const RESERVE_IDS: i64 = 16;
+
+/// The dispatcher's own state besides the jobs.
+struct Dispatcher {
+    started_at: DateTime<Utc>,
+    config: Arc<Config>,
+    env: Arc<RunEnv>,
+    calendar: Arc<Calendar>,
+    events: mpsc::UnboundedSender<RunEvent>,
+    chores: mpsc::UnboundedSender<Chore>,
+    /// Runs, and the tasks that report a run's end even when it panics.
+    tasks: JoinSet<()>,
+    /// How to cancel each job's running run.
+    cancels: HashMap<String, watch::Sender<Option<String>>>,
+    lock: Arc<Mutex<InstanceLock>>,
+    lag: LagStats,
+    /// The local date of the last daily chores (pruning, coverage warning).
+    daily_done: Option<chrono::NaiveDate>,
+    health_running: bool,
+    report_running: bool,
+    /// A reload is being read; `true` inside when another SIGHUP came meanwhile.
+    reloading: Option<bool>,
+}
+
+/// Runs the daemon in the foreground until SIGINT or SIGTERM.
+pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
+    let started_at = Utc::now();
+    let lock = InstanceLock::acquire(
+        &config.scheduler.log_dir,
+        started_at,
+        config.calendar().tz(),
+    )?;
+    let recorder = Recorder::open(&config.scheduler.history, RESERVE_IDS)?;
+    let reader = History::open_read_only(&config.scheduler.history)?;
+    let abandoned = match &reader {
+        Some(h) => abandon_dead_runs(h, &recorder, config.scheduler.kill_grace)?,
+        None => 0,
+    };
+    recorder.daemon_started(std::process::id(), started_at);
+    let last_slots: Vec<Option<DateTime<Utc>>> = config
+        .jobs
+        .iter()
+        .filter(|j| j.enabled)
+        .map(|j| match &reader {
+            Some(h) => h.last_slot(&j.id),
+            None => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    drop(reader);
+
+    let calendar = config.calendar();
+    let config = Arc::new(config);
+    let env = Arc::new(RunEnv::new(
+        Arc::clone(&config),
+        interpreter.path.clone(),
+        recorder.clone(),
+    ));
+
+    banner(&config, &interpreter, &calendar);
+    if abandoned > 0 {
+        tracing::warn!(
+            "⚠️  {abandoned} run(s) left `running` by a dead process were marked abandoned (their processes ended)"
+        );
+    }
+    let now = Utc::now();
+    let mut jobs: Vec<JobState> = config
+        .jobs
+        .iter()
+        .filter(|j| j.enabled)
+        .zip(last_slots)
+        .map(|(job, last)| JobState::new(Arc::new(job.clone()), &calendar, last, now))
+        .collect();
+    for state in &jobs {
+        let upcoming = state
+            .next
+            .filter(|t| *t > now)
+            .or_else(|| state.job.trigger.next_fire_after(&calendar, now));
+        match upcoming {
+            Some(at) => tracing::info!(
+                "   {:<20} next fire {}",
+                state.job.id,
+                at.with_timezone(&calendar.tz())
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+            ),
+            None => tracing::warn!("   {:<20} never fires: no slot ahead", state.job.id),
+        }
+    }
+
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("cannot watch SIGTERM", e))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("cannot watch SIGINT", e))?;
+    let mut sighup =
+        signal(SignalKind::hangup()).map_err(|e| Error::io("cannot watch SIGHUP", e))?;
+    let (events_tx, mut events) = mpsc::unbounded_channel::<RunEvent>();
+    let (chores_tx, mut chores) = mpsc::unbounded_channel::<Chore>();
+    let mut d = Dispatcher {
+        started_at,
+        config: Arc::clone(&config),
+        env: Arc::clone(&env),
+        calendar: Arc::clone(&calendar),
+        events: events_tx,
+        chores: chores_tx,
+        tasks: JoinSet::new(),
+        cancels: HashMap::new(),
+        lock: Arc::new(Mutex::new(lock)),
+        lag: LagStats::default(),
+        daily_done: None,
+        health_running: false,
+        report_running: false,
+        reloading: None,
+    };
+    d.health(&mut jobs);
+    tracing::info!("✅ All services initialized ({} jobs)", jobs.len());
+    crate::health::notify_systemd("READY=1");
+
+    let mut health_every = tokio::time::interval_at(
+        Instant::now() + config.scheduler.health_interval,
+        config.scheduler.health_interval,
+    );
+    health_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut report_every = tokio::time::interval_at(
+        Instant::now() + config.scheduler.report_interval,
+        config.scheduler.report_interval,
+    );
+    report_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    // The last wake, on both clocks, to tell a clock step from the passing of time.
+    let mut last_wake = (Instant::now(), Utc::now());
+    let signal_name = loop {
+        let now = Utc::now();
+        let due = jobs.iter().filter_map(JobState::due_at).min();
+        let sleep_for = due
+            .map(|at| (at - decide::LEAD - now).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        let wake_at = Instant::now() + sleep_for;
+        tokio::select! {
+            biased;
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = tokio::time::sleep_until(wake_at) => {
+                if due.is_some_and(|at| at - decide::LEAD <= now + chrono::Duration::from_std(sleep_for).unwrap_or_default()) {
+                    d.lag.record(Instant::now().saturating_duration_since(wake_at));
+                }
+                let (mono, wall) = (Instant::now(), Utc::now());
+                let step = clock_step(last_wake, (mono, wall));
+                last_wake = (mono, wall);
+                d.tick(&mut jobs, wall, step.as_deref());
+            }
+            Some(event) = events.recv() => d.on_event(&mut jobs, event),
+            Some(chore) = chores.recv() => {
+                if let Some(why) = d.on_chore(&mut jobs, chore) {
+                    break why;
+                }
+            }
+            Some(_) = d.tasks.join_next(), if !d.tasks.is_empty() => {}
+            _ = sighup.recv() => d.reload(),
+            _ = health_every.tick() => d.health(&mut jobs),
+            _ = report_every.tick() => d.report(&jobs),
+        }
+    };
+
+    crate::health::notify_systemd("STOPPING=1");
+    d.shutdown(
+        signal_name,
+        &mut jobs,
+        &mut events,
+        &mut sigterm,
+        &mut sigint,
+    )
+    .await;
+    while d.tasks.join_next().await.is_some() {}
+    recorder.daemon_stopped(Utc::now());
+    let left = tokio::task::spawn_blocking(move || recorder.close(Duration::from_secs(10)))
+        .await
+        .unwrap_or(0);
+    if left > 0 {
+        tracing::error!("❗ {left} history write(s) could not be made before stopping");
+    }
+    let _ = std::fs::remove_file(crate::health::state_path(&d.config.scheduler.log_dir));
+    tracing::info!("👋 hedge-scheduler stopped");
+    Ok(())
+}
+
+/// A clock step between two wakes, in words, when the wall clock moved by more than `STEP`
+/// besides the time that passed (logged here).
+fn clock_step(before: (Instant, DateTime<Utc>), after: (Instant, DateTime<Utc>)) -> Option<String> {
+    let mono = chrono::Duration::from_std(after.0.saturating_duration_since(before.0)).ok()?;
+    let step = (after.1 - before.1) - mono;
+    if step.abs() <= STEP {
+        return None;
+    }
+    let size = humantime::format_duration(Duration::from_millis(
+        step.num_milliseconds().unsigned_abs(),
+    ));
+    if step > chrono::Duration::zero() {
+        tracing::warn!(
+            "⏰ the wall clock stepped forward by {size} (or the machine was suspended): slots it passed over are accounted for"
+        );
+        Some(format!(
+            "the wall clock stepped forward by {size} (or the machine was suspended)"
+        ))
+    } else {
+        tracing::warn!(
+            "⏰ the wall clock stepped back by {size}: slots already dealt with do not fire again"
+        );
+        None
+    }
+}
+
+impl Dispatcher {
+    fn wake<'a>(&'a self, now: DateTime<Utc>, late_because: Option<&'a str>) -> Wake<'a> {
+        Wake {
+            calendar: &self.calendar,
+            now,
+            started_at: self.started_at,
+            late_because,
+        }
+    }
+
+    /// Fires what is due at `now` for every job.
+    fn tick(&mut self, jobs: &mut [JobState], now: DateTime<Utc>, late_because: Option<&str>) {
+        for state in jobs.iter_mut() {
+            let actions = decide::tick(state, &self.wake(now, late_because));
+            self.dispatch(state, actions);
+        }
+    }
+
+    /// Carries out the decisions for one job.
+    fn dispatch(&mut self, state: &JobState, actions: Vec<Action>) {
+        let tz = self.calendar.tz();
+        let hms = |t: DateTime<Utc>| t.with_timezone(&tz).format("%H:%M:%S").to_string();
+        let job = &state.job.id;
+        for action in actions {
+            match action {
+                Action::Start(p) => self.start(state, p),
+                Action::Skip {
+                    trigger,
+                    slot,
+                    reason,
+                } => {
+                    tracing::info!("⏭️  {job} skipped: {reason}");
+                    self.env.recorder.skipped(job, trigger, slot, &reason, None);
+                }
+                Action::Gap {
+                    first,
+                    last,
+                    count,
+                    reason,
+                } => {
+                    tracing::warn!(
+                        "⏰ {job}: {count} slot(s) missed ({} … {}): {reason}",
+                        hms(first),
+                        hms(last)
+                    );
+                    self.env.recorder.skipped(
+                        job,
+                        crate::history::TriggerKind::Schedule,
+                        first,
+                        &reason,
+                        Some((count, last)),
+                    );
+                }
+                Action::Cancel(reason) => {
+                    tracing::info!("🔁 {job}: {reason}");
+                    if let Some(tx) = self.cancels.get(job) {
+                        let _ = tx.send(Some(reason));
+                    }
+                }
+                Action::Retry { at, attempt } => tracing::info!(
+                    "🔁 {job} will retry at {} (attempt {attempt}/{})",
+                    hms(at),
+                    state.job.retry.attempts
+                ),
+                Action::NoRetry { run_id, error } => {
+                    tracing::info!("   {job}: {error}");
+                    self.env.recorder.set_error(run_id, error);
+                }
+            }
+        }
+    }
+
+    /// Starts a run of the job now (the state already holds it as running).
+    fn start(&mut self, state: &JobState, p: decide::Pending) {
+        let (cancel_tx, cancel_rx) = watch::channel(None);
+        self.cancels.insert(state.job.id.clone(), cancel_tx);
+        let req = RunRequest {
+            job: Arc::clone(&state.job),
+            trigger: p.trigger,
+            scheduled_at: p.scheduled_at,
+            attempt: p.attempt,
+            // A slot (or a retry) starts at its instant exactly, however early the loop woke.
+            not_before: Some(p.at.unwrap_or(p.scheduled_at)),
+        };
+        let env = Arc::clone(&self.env);
+        let events = self.events.clone();
+        let (job, trigger, scheduled_at, attempt) = (
+            state.job.id.clone(),
+            req.trigger,
+            req.scheduled_at,
+            req.attempt,
+        );
+        let run = tokio::spawn({
+            let events = events.clone();
+            async move { runner::run(&env, req, cancel_rx, Some(events), OnBusy::Skip).await }
+        });
+        // A run that panics must still free its job: report it as failed.
+        self.tasks.spawn(async move {
+            let report = match run.await {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::error!(job = %job, "the run's task failed: {e}");
+                    let now = Utc::now();
+                    RunReport {
+                        job,
+                        run_id: None,
+                        trigger,
+                        scheduled_at,
+                        attempt,
+                        outcome: Outcome::Failed,
+                        started_at: now,
+                        finished_at: now,
+                        error: Some(format!("internal error: {e}")),
+                        exit_code: None,
+                        result: None,
+                        busy: None,
+                        stuck: false,
+                    }
+                }
+            };
+            let _ = events.send(RunEvent::Finished(report));
+        });
+    }
+
+    fn on_event(&mut self, jobs: &mut Vec<JobState>, event: RunEvent) {
+        let now = Utc::now();
+        match event {
+            RunEvent::Started { job, run_id, pid } => {
+                if let Some(r) = find(jobs, &job).and_then(|s| s.running.as_mut()) {
+                    r.run_id = Some(run_id);
+                    r.pid = pid;
+                }
+            }
+            RunEvent::Finished(report) => {
+                log_report(&report);
+                let Some(i) = jobs.iter().position(|s| s.job.id == report.job) else {
+                    return;
+                };
+                let ended = decide::Ended {
+                    run_id: report.run_id,
+                    scheduled_at: report.scheduled_at,
+                    attempt: report.attempt,
+                    outcome: report.outcome,
+                    error: report.error.clone(),
+                    stuck: report.stuck,
+                };
+                let actions = decide::finished(&mut jobs[i], &ended, &self.calendar, now, jitter());
+                self.dispatch(&jobs[i], actions);
+                self.drop_retired(jobs);
+            }
+            RunEvent::Released { job, .. } => {
+                if let Some(i) = jobs.iter().position(|s| s.job.id == job) {
+                    let actions = decide::released(&mut jobs[i], now);
+                    self.dispatch(&jobs[i], actions);
+                    self.drop_retired(jobs);
+                }
+            }
+        }
+    }
+
+    fn drop_retired(&mut self, jobs: &mut Vec<JobState>) {
+        jobs.retain(|s| !(s.retired && s.running.is_none()));
+    }
+
+    /// A task's answer; `Some(reason)` when the daemon must stop.
+    fn on_chore(&mut self, jobs: &mut Vec<JobState>, chore: Chore) -> Option<&'static str> {
+        match chore {
+            Chore::HealthDone { lock_lost } => {
+                self.health_running = false;
+                if let Some(other) = lock_lost {
+                    tracing::error!(
+                        "❗ our PID file was removed and another daemon took its place ({other}): stopping"
+                    );
+                    return Some("lock lost");
+                }
+            }
+            Chore::ReportDone => self.report_running = false,
+            Chore::Reloaded(loaded) => {
+                let again = self.reloading.take().unwrap_or(false);
+                match *loaded {
+                    Ok((config, interpreter)) => self.apply_reload(jobs, config, interpreter),
+                    Err(e) => tracing::error!("❌ config rejected, keeping the old one: {e}"),
+                }
+                if again {
+                    self.reload();
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts the health check unless one is still running.
+    fn health(&mut self, jobs: &mut [JobState]) {
+        let now = Utc::now();
+        let tz = self.calendar.tz();
+        let mut problems = Vec::new();
+        // Belt and braces: a run far past its timeout is ended here too.
+        for state in jobs.iter() {
+            match decide::overdue(state, now, self.config.scheduler.kill_grace, tz) {
+                Some(Ok(reason)) => {
+                    tracing::warn!(
+                        "⏱️  {}: past its timeout, ending it (health check)",
+                        state.job.id
+                    );
+                    if let Some(tx) = self.cancels.get(&state.job.id) {
+                        let _ = tx.send(Some(reason));
+                    }
+                }
+                Some(Err(problem)) => problems.push(problem),
+                None => {}
+            }
+        }
+        if self.health_running {
+            return;
+        }
+        let today = now.with_timezone(&tz).date_naive();
+        let daily = self.daily_done != Some(today);
+        self.daily_done = Some(today);
+        self.health_running = true;
+        let input = chores::HealthInput {
+            config: Arc::clone(&self.config),
+            recorder: self.env.recorder.clone(),
+            lock: Arc::clone(&self.lock),
+            started_at: self.started_at,
+            problems,
+            daily,
+            lag: self.lag.summary(),
+        };
+        tokio::spawn(chores::health(input, self.chores.clone()));
+    }
+
+    /// Starts the status report unless one is still running.
+    fn report(&mut self, jobs: &[JobState]) {
+        if self.report_running {
+            return;
+        }
+        self.report_running = true;
+        let live: Vec<chores::Live> = jobs
+            .iter()
+            .filter_map(|s| {
+                s.running
+                    .as_ref()
+                    .map(|r| (s.job.id.clone(), r.run_id, r.pid, r.started_at, r.stuck))
+            })
+            .collect();
+        tokio::spawn(chores::report(
+            Arc::clone(&self.config),
+            live,
+            self.chores.clone(),
+        ));
+    }
+
+    /// SIGHUP: reads the config in a task; firing goes on with the old one meanwhile.
+    fn reload(&mut self) {
+        let path = self.config.file.clone();
+        if let Some(again) = self.reloading.as_mut() {
+            *again = true;
+            tracing::info!("🔄 SIGHUP: a reload is in progress; reloading again after it");
+            return;
+        }
+        tracing::info!("🔄 SIGHUP: reloading {}", path.display());
+        self.reloading = Some(false);
+        tokio::spawn(chores::reload(path, self.chores.clone()));
+    }
+
+    /// A valid new config takes effect after the last slot each job has dealt with.
+    fn apply_reload(&mut self, jobs: &mut Vec<JobState>, new: Config, interpreter: Interpreter) {
+        let old = &self.config.scheduler;
+        if new.scheduler.log_dir != old.log_dir || new.scheduler.history != old.history {
+            tracing::warn!(
+                "⚠️  `scheduler.log_dir` and `scheduler.history` change only with a restart; keeping {} and {}",
+                old.log_dir.display(),
+                old.history.display()
+            );
+        }
+        let mut new = new;
+        new.scheduler.log_dir = old.log_dir.clone();
+        new.scheduler.history = old.history.clone();
+        let new = Arc::new(new);
+        let calendar = new.calendar();
+        let now = Utc::now();
+        let mut next_jobs = Vec::new();
+        for job in new.jobs.iter().filter(|j| j.enabled) {
+            let job = Arc::new(job.clone());
+            let state = match jobs.iter().position(|s| s.job.id == job.id) {
+                Some(i) => {
+                    let mut state = jobs.remove(i);
+                    state.reconfigure(job, &calendar);
+                    state
+                }
+                None => JobState::new(job, &calendar, None, now),
+            };
+            next_jobs.push(state);
+        }
+        // Jobs no longer configured fire no more; one still running is kept until it ends.
+        let removed: Vec<String> = jobs.iter().map(|s| s.job.id.clone()).collect();
+        for mut state in jobs.drain(..) {
+            if state.running.is_some() {
+                state.next = None;
+                state.pending.clear();
+                state.retry = None;
+                state.retired = true;
+                next_jobs.push(state);
+            }
+        }
+        *jobs = next_jobs;
+        self.env = Arc::new(self.env.with_config(Arc::clone(&new), interpreter.path));
+        self.config = new;
+        self.calendar = calendar;
+        tracing::info!(
+            "✅ config reloaded: {} job(s){}",
+            self.config.jobs.len(),
+            if removed.is_empty() {
+                String::new()
+            } else {
+                format!("; removed: {}", removed.join(", "))
+            }
+        );
+    }
+
+    async fn shutdown(
+        &mut self,
+        signal_name: &str,
+        jobs: &mut [JobState],
+        events: &mut mpsc::UnboundedReceiver<RunEvent>,
+        sigterm: &mut tokio::signal::unix::Signal,
+        sigint: &mut tokio::signal::unix::Signal,
+    ) {
+        for state in jobs.iter_mut() {
+            state.pending.clear();
+            state.retry = None;
+        }
+        // Stuck threads cannot be waited for: they end with the process.
+        let running = |jobs: &[JobState]| {
+            jobs.iter()
+                .filter(|s| s.running.as_ref().is_some_and(|r| !r.stuck))
+                .count()
+        };
+        let n = running(jobs);
+        if n == 0 {
+            tracing::info!("🛑 {signal_name}: stopping (no job running)");
+            return;
+        }
+        let grace = self.config.scheduler.shutdown_grace;
+        tracing::info!(
+            "🛑 {signal_name}: stopping; waiting up to {} for {n} running job(s) (a second signal ends them now)",
+            format_duration(grace)
+        );
+        let deadline = Instant::now() + grace;
+        let mut cancelled = false;
+        let cancel_all = |cancels: &HashMap<String, watch::Sender<Option<String>>>, why: &str| {
+            for tx in cancels.values() {
+                let _ = tx.send(Some(why.to_string()));
+            }
+        };
+        while running(jobs) > 0 {
+            tokio::select! {
+                Some(event) = events.recv() => {
+                    if let RunEvent::Finished(report) = event {
+                        log_report(&report);
+                        if let Some(state) = find(jobs, &report.job) {
+                            if report.stuck {
+                                if let Some(r) = state.running.as_mut() { r.stuck = true; }
+                            } else {
+                                state.running = None;
+                            }
+                        }
+                    }
+                }
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                _ = tokio::time::sleep_until(deadline), if !cancelled => {
+                    tracing::warn!("⏱️  shutdown grace is over: ending {} running job(s)", running(jobs));
+                    cancelled = true;
+                    cancel_all(&self.cancels, "the scheduler is shutting down");
+                }
+                _ = sigterm.recv(), if !cancelled => {
+                    tracing::warn!("🛑 second signal: ending running jobs now");
+                    cancelled = true;
+                    cancel_all(&self.cancels, "the scheduler is shutting down (second signal)");
+                }
+                _ = sigint.recv(), if !cancelled => {
+                    tracing::warn!("🛑 second signal: ending running jobs now");
+                    cancelled = true;
+                    cancel_all(&self.cancels, "the scheduler is shutting down (second signal)");
+                }
+            }
+        }
+    }
+}
+
+fn find<'a>(jobs: &'a mut [JobState], id: &str) -> Option<&'a mut JobState> {
+    jobs.iter_mut().find(|s| s.job.id == id)
+}
+
+/// A factor in [0.9, 1.1], so retries of many jobs do not land together.
+fn jitter() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+        ^ u64::from(Utc::now().timestamp_subsec_nanos());
+    // splitmix64: a good spread from a weak seed.
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+    0.9 + 0.2 * unit
+}
+
+/// One console line for a finished run, in the old tool's style.
+pub fn log_report(report: &RunReport) {
+    let took = format_duration(report.duration());
+    let run = report
+        .run_id
+        .map_or_else(String::new, |id| format!(" (run {id})"));
+    let attempt = if report.attempt > 1 {
+        format!(", attempt {}", report.attempt)
+    } else {
+        String::new()
+    };
+    match report.outcome {
+        Outcome::Success => tracing::info!("✅ {} succeeded in {took}{run}{attempt}", report.job),
+        Outcome::Skipped => tracing::info!(
+            "⏭️  {} skipped: {}",
+            report.job,
+            report.busy.as_deref().unwrap_or("busy")
+        ),
+        other => tracing::warn!(
+            "❌ {} {} after {took}{run}{attempt}: {}",
+            report.job,
+            other.as_str(),
+            report.error.as_deref().unwrap_or("no detail")
+        ),
+    }
+}
+
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        let s = d.as_secs();
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// Rows left `running` by a process that is gone become `abandoned`, and whatever their
+/// processes left running is ended (found by the run's tag, so a reused PID is never hit);
+/// returns how many.
+fn abandon_dead_runs(history: &History, recorder: &Recorder, grace: Duration) -> Result<usize> {
+    let mut n = 0;
+    for row in history.running()? {
+        let owner_alive = row.owner_pid.is_some_and(crate::process::scheduler_alive);
+        if owner_alive {
+            continue;
+        }
+        if let Some(owner) = row.owner_pid.and_then(|p| u32::try_from(p).ok()) {
+            let tag = crate::runner::run_tag(owner, row.id);
+            let orphans = crate::process::tagged_processes(&tag);
+            if !orphans.is_empty() {
+                tracing::warn!(
+                    "🧹 run {} of {}: ending {} process(es) its dead owner left behind",
+                    row.id,
+                    row.job,
+                    orphans.len()
+                );
+                // Before the runtime runs anything else: a plain blocking wait is fine here.
+                end_tagged_now(&tag, grace);
+            }
+        }
+        recorder.abandon(row.id, "the process that ran it died".to_string());
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Ends the processes tagged `tag`: SIGTERM, up to `grace`, SIGKILL (blocking; start-up only).
+fn end_tagged_now(tag: &str, grace: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for pid in crate::process::tagged_processes(tag) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && !crate::process::tagged_processes(tag).is_empty()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in crate::process::tagged_processes(tag) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+fn banner(config: &Config, interpreter: &Interpreter, calendar: &Calendar) {
+    tracing::info!("🚀 Starting hedge-scheduler {}", env!("CARGO_PKG_VERSION"));
+    tracing::info!("   config:   {}", config.file.display());
+    tracing::info!(
+        "   exchange: {} ({})",
+        calendar.exchange().code(),
+        calendar.tz().name()
+    );
+    tracing::info!(
+        "   python:   {} (Python {})",
+        interpreter.path.display(),
+        interpreter.version
+    );
+    tracing::info!("   history:  {}", config.scheduler.history.display());
+    tracing::info!("   logs:     {}", config.scheduler.log_dir.display());
+    for job in config.jobs.iter().filter(|j| j.enabled) {
+        tracing::info!(
+            "   📋 {:<20} {:<28} {:<16} {}{}",
+            job.id,
+            job.name,
+            job.trigger.schedule.to_string(),
+            job.executor.as_str(),
+            if job.trigger.market_hours {
+                ", market hours"
+            } else {
+                ""
+            }
+        );
+    }
+}

@@ -1,0 +1,690 @@
+//! The one writer of the history: every row (a run's start and end, a skipped slot or gap, a
+//! stuck mark, the daemon's record and heartbeat, the daily prune) goes through its queue and is
+//! written on its own thread, in order, a batch per transaction.
+//!
+//! Nobody waits for it: a run's id is handed out at once from a counter (ids are reserved ahead in
+//! `meta.next_run_id`, so another process such as `run-once` takes ids past ours), and a write is
+//! a message. When the database refuses (locked by another process, disk full, file removed) the
+//! writes stay queued, in order, and are retried with a growing pause; the health check shows how
+//! many wait and why. A run's end is an upsert: if its start row is gone (the file was removed or
+//! replaced mid-run), the whole row is written again.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::store::{History, NewRun, Outcome, RunEnd, SkippedRow, TriggerKind};
+use crate::error::{Error, Result};
+
+/// The first pause after a refused write; it doubles up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long the writer waits for another process's lock before it lets the batch wait.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What is known about a run when it starts, with the id it was given.
+#[derive(Debug, Clone)]
+pub struct StartRow {
+    pub id: i64,
+    pub job: String,
+    pub trigger: TriggerKind,
+    pub scheduled_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub attempt: u32,
+    pub executor: &'static str,
+}
+
+impl StartRow {
+    fn as_new_run(&self) -> NewRun<'_> {
+        NewRun {
+            job: &self.job,
+            trigger: self.trigger,
+            scheduled_at: self.scheduled_at,
+            started_at: self.started_at,
+            attempt: self.attempt,
+            executor: self.executor,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Write {
+    Start(StartRow),
+    Pid {
+        id: i64,
+        pid: u32,
+    },
+    Finish {
+        id: i64,
+        outcome: Outcome,
+        end: RunEnd,
+    },
+    Skipped(SkippedRow),
+    Stuck {
+        id: i64,
+        stuck: bool,
+    },
+    Error {
+        id: i64,
+        error: String,
+    },
+    /// Rows left `running` by a dead process.
+    Abandon {
+        id: i64,
+        error: String,
+    },
+    DaemonStarted {
+        pid: u32,
+        at: DateTime<Utc>,
+    },
+    Heartbeat {
+        at: DateTime<Utc>,
+    },
+    DaemonStopped {
+        at: DateTime<Utc>,
+    },
+    Prune {
+        before: DateTime<Utc>,
+    },
+}
+
+enum Msg {
+    Write(Write),
+    /// Answered with how many writes wait, once none does.
+    Flush(Sender<usize>),
+    /// Write what can be written until the instant, answer, and end the thread.
+    Close(Instant, Sender<usize>),
+}
+
+/// How the writer is doing, for the health check.
+#[derive(Debug, Clone, Default)]
+pub struct RecorderHealth {
+    /// Writes queued and not yet in the database.
+    pub waiting: usize,
+    /// The last error, and since when writes have been failing; `None` once a batch succeeds.
+    pub problem: Option<(DateTime<Utc>, String)>,
+}
+
+/// A handle on the writer: cheap to clone, never blocks (but `flush` and `close`).
+#[derive(Clone)]
+pub struct Recorder {
+    tx: Sender<Msg>,
+    ids: Arc<AtomicI64>,
+    /// Writes sent and not yet committed.
+    waiting: Arc<AtomicUsize>,
+    health: Arc<Mutex<RecorderHealth>>,
+    owner: u32,
+}
+
+impl Recorder {
+    /// Opens (creating and migrating if needed) the history at `path` and starts its writer.
+    /// `ahead` ids are reserved at a time: many for a daemon, one for a single run.
+    pub fn open(path: &Path, ahead: i64) -> Result<Recorder> {
+        let history = History::open(path)?;
+        history.set_busy_timeout(BUSY_TIMEOUT)?;
+        let next = history.first_free_id()?;
+        let ids = Arc::new(AtomicI64::new(next));
+        let health = Arc::new(Mutex::new(RecorderHealth::default()));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let owner = std::process::id();
+        let writer = Writer {
+            path: path.to_path_buf(),
+            history: Some(history),
+            queue: VecDeque::new(),
+            state: State::default(),
+            ids: Arc::clone(&ids),
+            ahead: ahead.max(1),
+            health: Arc::clone(&health),
+            waiting: Arc::clone(&waiting),
+            owner,
+            failing_since: None,
+            last_error: None,
+        };
+        std::thread::Builder::new()
+            .name("history".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::io("cannot start the history writer", e))?;
+        Ok(Recorder {
+            tx,
+            ids,
+            waiting,
+            health,
+            owner,
+        })
+    }
+
+    /// A new run id, at once.
+    pub fn next_id(&self) -> i64 {
+        self.ids.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn send(&self, w: Write) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(Msg::Write(w)).is_err() {
+            tracing::error!("❗ the history writer has stopped: a row is lost");
+        }
+    }
+
+    pub fn start(&self, row: StartRow) {
+        self.send(Write::Start(row));
+    }
+
+    pub fn set_pid(&self, id: i64, pid: u32) {
+        self.send(Write::Pid { id, pid });
+    }
+
+    pub fn finish(&self, id: i64, outcome: Outcome, end: RunEnd) {
+        self.send(Write::Finish { id, outcome, end });
+    }
+
+    /// Records a slot that was not run, or a gap of `count` slots up to `last`; returns its id.
+    pub fn skipped(
+        &self,
+        job: &str,
+        trigger: TriggerKind,
+        slot: DateTime<Utc>,
+        reason: &str,
+        gap: Option<(u64, DateTime<Utc>)>,
+    ) -> i64 {
+        let id = self.next_id();
+        self.send(Write::Skipped(SkippedRow {
+            id,
+            job: job.to_string(),
+            trigger,
+            scheduled_at: slot,
+            recorded_at: Utc::now(),
+            owner_pid: self.owner,
+            reason: reason.to_string(),
+            gap,
+        }));
+        id
+    }
+
+    pub fn set_stuck(&self, id: i64, stuck: bool) {
+        self.send(Write::Stuck { id, stuck });
+    }
+
+    pub fn set_error(&self, id: i64, error: String) {
+        self.send(Write::Error { id, error });
+    }
+
+    pub fn abandon(&self, id: i64, error: String) {
+        self.send(Write::Abandon { id, error });
+    }
+
+    pub fn daemon_started(&self, pid: u32, at: DateTime<Utc>) {
+        self.send(Write::DaemonStarted { pid, at });
+    }
+
+    pub fn heartbeat(&self, at: DateTime<Utc>) {
+        self.send(Write::Heartbeat { at });
+    }
+
+    pub fn daemon_stopped(&self, at: DateTime<Utc>) {
+        self.send(Write::DaemonStopped { at });
+    }
+
+    pub fn prune(&self, before: DateTime<Utc>) {
+        self.send(Write::Prune { before });
+    }
+
+    /// Waits (blocking) until every queued write is in the database, up to `timeout`; returns
+    /// how many still wait.
+    pub fn flush(&self, timeout: Duration) -> usize {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.tx.send(Msg::Flush(tx)).is_err() {
+            return self.waiting();
+        }
+        rx.recv_timeout(timeout).unwrap_or_else(|_| self.waiting())
+    }
+
+    /// Writes what it can within `timeout` and stops the writer (blocking); returns how many
+    /// writes could not be made.
+    pub fn close(&self, timeout: Duration) -> usize {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self
+            .tx
+            .send(Msg::Close(Instant::now() + timeout, tx))
+            .is_err()
+        {
+            return self.waiting();
+        }
+        rx.recv_timeout(timeout + BUSY_TIMEOUT * 2)
+            .unwrap_or_else(|_| self.waiting())
+    }
+
+    pub fn health(&self) -> RecorderHealth {
+        let mut h = self.health.lock().map(|h| h.clone()).unwrap_or_default();
+        h.waiting = self.waiting();
+        h
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+/// What the writer remembers between batches; a batch works on a copy that replaces it only
+/// when the batch commits.
+#[derive(Debug, Clone, Default)]
+struct State {
+    /// Runs started and not yet ended: their end rewrites the whole row if the start is gone.
+    inflight: HashMap<i64, StartRow>,
+    /// Ids that another process took before our row was written, and the ids used instead.
+    remap: HashMap<i64, i64>,
+    /// The daemon's record, and what it was started with (to write it again into a new file).
+    daemon: Option<(i64, u32, DateTime<Utc>)>,
+    /// `meta.next_run_id` as we last wrote it.
+    ceiling: i64,
+}
+
+struct Writer {
+    path: PathBuf,
+    history: Option<History>,
+    queue: VecDeque<Write>,
+    state: State,
+    ids: Arc<AtomicI64>,
+    ahead: i64,
+    health: Arc<Mutex<RecorderHealth>>,
+    waiting: Arc<AtomicUsize>,
+    owner: u32,
+    /// Since when, and why, batches fail.
+    failing_since: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut waiters: Vec<Sender<usize>> = Vec::new();
+        let mut closing: Option<Instant> = None;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let first = if self.queue.is_empty() && closing.is_none() {
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(backoff)
+            };
+            let disconnected = match first {
+                Ok(m) => {
+                    self.take(m, &mut waiters, &mut closing);
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            while let Ok(m) = rx.try_recv() {
+                self.take(m, &mut waiters, &mut closing);
+            }
+            let ok = self.write_batch();
+            backoff = if ok {
+                MIN_BACKOFF
+            } else {
+                (backoff * 2).min(MAX_BACKOFF)
+            };
+            self.publish();
+            let over = closing.is_some_and(|at| Instant::now() >= at);
+            if self.queue.is_empty() || over {
+                for w in waiters.drain(..) {
+                    let _ = w.send(self.queue.len());
+                }
+            }
+            if (closing.is_some() && (self.queue.is_empty() || over))
+                || (disconnected && (self.queue.is_empty() || !ok))
+            {
+                if !self.queue.is_empty() {
+                    tracing::error!(
+                        "❗ {} history write(s) could not be made before the writer stopped",
+                        self.queue.len()
+                    );
+                }
+                return;
+            }
+        }
+    }
+
+    fn take(&mut self, m: Msg, waiters: &mut Vec<Sender<usize>>, closing: &mut Option<Instant>) {
+        match m {
+            Msg::Write(w) => self.queue.push_back(w),
+            Msg::Flush(tx) => waiters.push(tx),
+            Msg::Close(at, tx) => {
+                *closing = Some(at);
+                waiters.push(tx);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        if let Ok(mut h) = self.health.lock() {
+            h.problem = None;
+            if let Some(since) = self.failing_since
+                && let Some(e) = self.last_error.as_ref()
+            {
+                h.problem = Some((since, e.clone()));
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Writes the whole queue in one transaction; on a refusal keeps it all for the next try.
+    fn write_batch(&mut self) -> bool {
+        if self.queue.is_empty() {
+            return true;
+        }
+        match self.try_batch() {
+            Ok(()) => {
+                let n = self.queue.len();
+                self.queue.clear();
+                self.waiting.fetch_sub(n, Ordering::SeqCst);
+                if self.failing_since.take().is_some() {
+                    tracing::info!("history: writing again; {n} delayed write(s) recorded");
+                }
+                self.last_error = None;
+                true
+            }
+            Err(e) => {
+                if self.failing_since.is_none() {
+                    tracing::error!(
+                        "❗ history write failed, {} write(s) kept to retry: {e}",
+                        self.queue.len()
+                    );
+                    self.failing_since = Some(Utc::now());
+                }
+                self.last_error = Some(e.to_string());
+                false
+            }
+        }
+    }
+
+    fn try_batch(&mut self) -> Result<()> {
+        let current = self.history.as_ref().is_some_and(History::file_is_current);
+        if !current {
+            if self.history.take().is_some() {
+                tracing::error!(
+                    "❗ the history database `{}` was removed or replaced: recreating it",
+                    self.path.display()
+                );
+            }
+            let h = History::open(&self.path)?;
+            h.set_busy_timeout(BUSY_TIMEOUT)?;
+            self.history = Some(h);
+            // A new file knows nothing of our ids and our daemon record.
+            self.state.ceiling = 0;
+        }
+        let Some(h) = self.history.as_ref() else {
+            return Err(Error::Other("the history is not open".into()));
+        };
+        let mut st = self.state.clone();
+        h.begin()?;
+        let applied = (|| {
+            reserve(h, &mut st, &self.ids, self.ahead)?;
+            for w in &self.queue {
+                apply(h, &mut st, &self.ids, self.owner, w)?;
+            }
+            Ok(())
+        })();
+        match applied.and_then(|()| h.commit()) {
+            Ok(()) => {
+                self.state = st;
+                Ok(())
+            }
+            Err(e) => {
+                h.rollback();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Keeps `meta.next_run_id` ahead of the ids we hand out; jumps our counter past ids another
+/// process reserved meanwhile, so ids stay in the order runs start.
+fn reserve(h: &History, st: &mut State, ids: &AtomicI64, ahead: i64) -> Result<()> {
+    let theirs = h.reserved_until()?.unwrap_or(0);
+    if theirs > st.ceiling {
+        ids.fetch_max(theirs, Ordering::SeqCst);
+    }
+    let next = ids.load(Ordering::SeqCst);
+    if next + ahead / 2 >= st.ceiling || theirs > st.ceiling {
+        let until = next + ahead;
+        h.reserve_until(until)?;
+        st.ceiling = until;
+    }
+    Ok(())
+}
+
+/// Whether a failed statement is about this write only (it is dropped) rather than the database.
+fn only_this_write(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::History {
+            source: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        } if matches!(f.code, rusqlite::ErrorCode::ConstraintViolation | rusqlite::ErrorCode::TooBig)
+    )
+}
+
+/// A fresh id for a row whose id another process took first.
+fn fresh_id(h: &History, ids: &AtomicI64) -> Result<i64> {
+    let free = h.first_free_id()?;
+    ids.fetch_max(free + 1, Ordering::SeqCst);
+    Ok(ids.fetch_add(1, Ordering::SeqCst).max(free))
+}
+
+fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) -> Result<()> {
+    let id_of = |st: &State, id: i64| st.remap.get(&id).copied().unwrap_or(id);
+    match w {
+        Write::Start(row) => {
+            let mut id = id_of(st, row.id);
+            for _ in 0..3 {
+                match h.insert_run(id, &row.as_new_run(), owner, None) {
+                    Err(e) if only_this_write(&e) => {
+                        let fresh = fresh_id(h, ids)?;
+                        tracing::warn!(
+                            "history: run id {id} was taken by another process; run {} is recorded as {fresh}",
+                            row.id
+                        );
+                        st.remap.insert(row.id, fresh);
+                        id = fresh;
+                    }
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
+            st.inflight.insert(row.id, row.clone());
+        }
+        Write::Pid { id, pid } => h.set_pid(id_of(st, *id), *pid)?,
+        Write::Finish { id, outcome, end } => {
+            let row_id = id_of(st, *id);
+            if !h.finish_run(row_id, *outcome, end)? {
+                match st.inflight.get(id) {
+                    Some(start) => {
+                        tracing::warn!(
+                            "history: the start row of run {row_id} was gone; writing the whole run"
+                        );
+                        h.insert_run(row_id, &start.as_new_run(), owner, None)?;
+                        h.finish_run(row_id, *outcome, end)?;
+                    }
+                    None => tracing::error!(
+                        "history: run {row_id} has no row to complete ({})",
+                        outcome.as_str()
+                    ),
+                }
+            }
+            st.inflight.remove(id);
+        }
+        Write::Skipped(row) => {
+            let mut row = row.clone();
+            row.id = id_of(st, row.id);
+            for _ in 0..3 {
+                match h.insert_skipped(&row) {
+                    Err(e) if only_this_write(&e) => {
+                        let fresh = fresh_id(h, ids)?;
+                        st.remap.insert(row.id, fresh);
+                        row.id = fresh;
+                    }
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
+        }
+        Write::Stuck { id, stuck } => h.set_stuck(id_of(st, *id), *stuck)?,
+        Write::Error { id, error } => h.set_error(id_of(st, *id), error)?,
+        Write::Abandon { id, error } => {
+            h.finish_run(
+                *id,
+                Outcome::Abandoned,
+                &RunEnd {
+                    error: Some(error.clone()),
+                    ..RunEnd::default()
+                },
+            )?;
+        }
+        Write::DaemonStarted { pid, at } => {
+            let row = h.daemon_started(*pid, *at)?;
+            st.daemon = Some((row, *pid, *at));
+        }
+        Write::Heartbeat { at } => {
+            if let Some((row, pid, started)) = st.daemon
+                && !h.heartbeat(row, *at)?
+            {
+                // The file was replaced: our record goes into the new one.
+                let row = h.daemon_started(pid, started)?;
+                h.heartbeat(row, *at)?;
+                st.daemon = Some((row, pid, started));
+            }
+        }
+        Write::DaemonStopped { at } => {
+            if let Some((row, _, _)) = st.daemon {
+                h.daemon_stopped(row, *at)?;
+            }
+        }
+        Write::Prune { before } => {
+            let n = h.prune(*before)?;
+            if n > 0 {
+                tracing::info!("🧹 pruned {n} run(s) older than {}", before.date_naive());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(r: &Recorder, job: &str) -> i64 {
+        let id = r.next_id();
+        r.start(StartRow {
+            id,
+            job: job.into(),
+            trigger: TriggerKind::Schedule,
+            scheduled_at: Utc::now(),
+            started_at: Utc::now(),
+            attempt: 1,
+            executor: "subprocess",
+        });
+        id
+    }
+
+    #[test]
+    fn writes_wait_while_another_process_holds_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite3");
+        let r = Recorder::open(&path, 64).unwrap();
+        let locker = rusqlite::Connection::open(&path).unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let a = start(&r, "a");
+        let b = start(&r, "b");
+        assert_eq!(b, a + 1, "ids are handed out without the database");
+        r.finish(a, Outcome::Success, RunEnd::default());
+        assert_eq!(
+            r.flush(Duration::from_millis(1500)),
+            3,
+            "the lock holds the writes back"
+        );
+        assert!(r.health().problem.is_some());
+        locker.execute_batch("COMMIT").unwrap();
+        assert_eq!(r.flush(Duration::from_secs(10)), 0);
+        assert!(r.health().problem.is_none());
+        let h = History::open_read_only(&path).unwrap().unwrap();
+        let rows = h.runs(None, 10).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.iter().find(|r| r.id == a).unwrap().outcome, "success");
+        assert_eq!(rows.iter().find(|r| r.id == b).unwrap().outcome, "running");
+    }
+
+    #[test]
+    fn a_run_whose_file_was_replaced_is_written_whole_and_ids_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite3");
+        let r = Recorder::open(&path, 64).unwrap();
+        let a = start(&r, "a");
+        assert_eq!(r.flush(Duration::from_secs(5)), 0);
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+        r.finish(a, Outcome::Success, RunEnd::default());
+        let b = start(&r, "b");
+        assert_eq!(r.flush(Duration::from_secs(5)), 0);
+        assert!(b > a);
+        let h = History::open_read_only(&path).unwrap().unwrap();
+        let rows = h.runs(None, 10).unwrap();
+        let row_a = rows.iter().find(|r| r.id == a).expect("run a rewritten");
+        assert_eq!(row_a.outcome, "success");
+        assert_eq!(row_a.job, "a");
+    }
+
+    #[test]
+    fn another_process_taking_ids_moves_ours_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite3");
+        let r = Recorder::open(&path, 4).unwrap();
+        let a = start(&r, "a");
+        assert_eq!(r.flush(Duration::from_secs(5)), 0);
+        // Another process (run-once) takes an id past our reservation.
+        let other = Recorder::open(&path, 1).unwrap();
+        let theirs = start(&other, "x");
+        assert_eq!(other.close(Duration::from_secs(5)), 0);
+        assert!(theirs > a);
+        // Our next write learns of it; ids handed out after that come after theirs.
+        let b = start(&r, "a");
+        assert_eq!(r.flush(Duration::from_secs(5)), 0);
+        let c = start(&r, "a");
+        assert!(b < theirs && c > theirs, "{b} {theirs} {c}");
+        assert_eq!(r.flush(Duration::from_secs(5)), 0);
+        // A tool inserting by hand takes the id we hand out next: ours is recorded under
+        // another one, nothing is lost.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO runs (job, trigger, scheduled_at, started_at, outcome) VALUES ('y', 'manual', 'x', 'x', 'success')",
+            [],
+        )
+        .unwrap();
+        let by_hand = conn.last_insert_rowid();
+        let d = start(&r, "a");
+        assert_eq!(d, by_hand, "the collision this test is about");
+        r.finish(d, Outcome::Success, RunEnd::default());
+        assert_eq!(r.flush(Duration::from_secs(5)), 0);
+        let h = History::open_read_only(&path).unwrap().unwrap();
+        let rows = h.runs(None, 100).unwrap();
+        assert_eq!(rows.iter().filter(|r| r.job == "a").count(), 4, "{rows:#?}");
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.job == "a" && r.outcome == "success")
+                .count(),
+            1,
+            "the end found the remapped row: {rows:#?}"
+        );
+        assert_eq!(rows.iter().find(|r| r.id == by_hand).unwrap().job, "y");
+    }
+}
