@@ -179,6 +179,8 @@ fn output_within(
             buf
         })
     };
+    let pgid = i32::try_from(child.id()).unwrap_or(0);
+    let _registered = Running::register(pgid);
     let out = drain(
         child
             .stdout
@@ -197,12 +199,7 @@ fn output_within(
             break status;
         }
         if std::time::Instant::now() >= deadline {
-            if let Ok(pgid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pgid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            kill_group(pgid);
             let _ = child.wait();
             return Ok(None);
         }
@@ -213,4 +210,45 @@ fn output_within(
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     }))
+}
+
+/// Process groups of probes running now, so a daemon that stops meanwhile ends them.
+static PROBES: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// A probe's place in `PROBES`, given up when dropped.
+struct Running(i32);
+
+impl Running {
+    fn register(pgid: i32) -> Running {
+        if let Ok(mut p) = PROBES.lock() {
+            p.push(pgid);
+        }
+        Running(pgid)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut p) = PROBES.lock() {
+            p.retain(|g| *g != self.0);
+        }
+    }
+}
+
+fn kill_group(pgid: i32) {
+    if pgid > 1 {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Ends the probes still running (a daemon stopping while a reload's probe hangs): they are
+/// ours, in process groups we made.
+pub fn end_probes() {
+    let groups = PROBES.lock().map(|p| p.clone()).unwrap_or_default();
+    for pgid in groups {
+        kill_group(pgid);
+    }
 }

@@ -57,6 +57,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             let rt = runtime()?;
             let outcome = rt.block_on(daemon::run(config, interpreter));
+            // A reload's probe still hanging is ours: it goes with us.
+            interpreter::end_probes();
             // Threads stuck in native code end with the process; do not wait for them.
             rt.shutdown_timeout(std::time::Duration::from_millis(500));
             outcome?;

@@ -195,10 +195,13 @@ pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
     let job = Arc::clone(&state.job);
     let lookback = lookback_start(&job, wake.calendar, now);
     let mut missed = Missed::default();
-    let mut on_time = Vec::new();
+    let mut on_time = None;
     let mut slot = Some(first);
     while let Some(t) = slot.filter(|t| *t <= soon) {
-        if now - t > LATE || t < wake.started_at {
+        let next = job.trigger.next_fire_after(wake.calendar, t);
+        // Only the newest due slot can be on time: older ones found at the same wake are late.
+        let newest = next.is_none_or(|n| n > soon);
+        if !newest || now - t > LATE || t < wake.started_at {
             missed.count += 1;
             missed.first.get_or_insert(t);
             missed.prev = missed.last.replace(t);
@@ -209,15 +212,15 @@ pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
                 missed.recent.push(t);
             }
         } else {
-            on_time.push(t);
+            on_time = Some(t);
         }
-        slot = job.trigger.next_fire_after(wake.calendar, t);
+        slot = next;
     }
     state.next = slot;
     if missed.count > 0 {
-        actions.extend(catch_up(state, missed, !on_time.is_empty(), wake));
+        actions.extend(catch_up(state, missed, on_time.is_some(), wake));
     }
-    for t in on_time {
+    if let Some(t) = on_time {
         actions.extend(request(
             state,
             TriggerKind::Schedule,

@@ -33,8 +33,9 @@ use crate::runner::{self, OnBusy, RunEnv, RunEvent, RunReport, RunRequest};
 use chores::{Chore, LagStats};
 use decide::{Action, JobState, Wake};
 
-/// The longest the loop sleeps without looking at the wall clock again.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// The longest the loop sleeps without looking at the wall clock again: how soon a clock step
+/// (or the end of a suspend) is noticed when no slot is near.
+const MAX_SLEEP: Duration = Duration::from_secs(5);
 /// A difference between wall-clock and monotonic time larger than this is a clock step.
 const STEP: chrono::Duration = chrono::Duration::seconds(1);
 /// Ids the daemon's history writer reserves at a time.

@@ -5,4 +5,5 @@ mod calendar;
 mod executors;
 mod foundation;
 mod operations;
+mod reliability;
 mod util;
