@@ -256,6 +256,49 @@ executor = "pyo3"
     return usage
 
 
+def load(n: int, seconds: int) -> dict:
+    """n pyo3 no-op jobs every second, with a status report every 2 s and a health check every
+    second: every slot must run, on time, while the report reads the history."""
+    log(f"load: {n} pyo3 jobs every second, report_interval 2s, health_interval 1s, {seconds}s")
+    jobs = "".join(
+        f"""
+[jobs.j{i:03}]
+entry = "bench_jobs:noop"
+schedule = "* * * * * *"
+market_hours = false
+executor = "pyo3"
+"""
+        for i in range(n)
+    )
+    config = project(f"load-{n}", jobs, 'report_interval = "2s"\nhealth_interval = "1s"')
+    d = Daemon(config)
+    time.sleep(5)  # first imports
+    window_start = dt.datetime.now(dt.timezone.utc)
+    time.sleep(seconds)
+    window_end = dt.datetime.now(dt.timezone.utc)
+    time.sleep(1.5)  # the last slots of the window finish
+    st = subprocess.run([str(BIN), "--config", str(config), "status", "--json"], capture_output=True, text=True)
+    lag = json.loads(st.stdout)["daemon"].get("loop_lag_ms") or {}
+    d.stop()
+    rows = history_rows(config)
+    inside = [r for r in rows if window_start <= parse_time(r["scheduled_at"]) < window_end]
+    skipped = sum(r.get("missed_count") or 1 for r in inside if r["outcome"] == "skipped")
+    ran = [r for r in inside if r["outcome"] == "success"]
+    lat = [(parse_time(r["entered_at"]) - parse_time(r["scheduled_at"])).total_seconds() * 1000 for r in ran if r["entered_at"]]
+    slots = [(r["job"], r["scheduled_at"]) for r in inside if r["trigger"] == "schedule" and r["outcome"] != "skipped"]
+    whole = int(window_end.timestamp()) - int(window_start.timestamp())
+    return {
+        "jobs": n,
+        "expected": n * whole,
+        "ran": len(ran),
+        "skipped": skipped,
+        "other": len(inside) - len(ran) - sum(1 for r in inside if r["outcome"] == "skipped"),
+        "duplicate_slots": len(slots) - len(set(slots)),
+        "entered_ms": summary(lat),
+        "loop_lag_ms": lag,
+    }
+
+
 def status_timing(rows_wanted: int, repeats: int) -> dict:
     log(f"status and history on a {rows_wanted:,}-row history")
     config = project(
@@ -491,6 +534,20 @@ def ms(s: dict, keys=("p50", "p99", "max")) -> str:
     return " / ".join(f"{s[k]:.2f}" for k in keys) + " ms"
 
 
+def load_details(r: dict) -> str:
+    parts = []
+    for key in ("load_50", "load_200"):
+        ld = r.get(key)
+        if ld:
+            parts.append(
+                f"{ld['jobs']} jobs: {ld['ran']} runs of {ld['expected']} slots in the window, {ld['skipped']} skipped, "
+                f"{ld['other']} other outcomes, {ld['duplicate_slots']} slots run twice; loop lag since start "
+                f"{ld['loop_lag_ms'].get('p50', float('nan')):.2f} / {ld['loop_lag_ms'].get('max', float('nan')):.2f} ms "
+                f"over {ld['loop_lag_ms'].get('samples', 0)} wakes"
+            )
+    return "; ".join(parts) + ". The status report (a full status gather) runs every 2 s and the health check every second throughout."
+
+
 def write_results(r: dict, seconds: int) -> str:
     m = r["machine"]
     py_bare = r["interpreter"]["real interpreter"]["p50"]
@@ -531,6 +588,16 @@ def write_results(r: dict, seconds: int) -> str:
     shipped = next(iter(start.values()))
     rows.append(("`run` start-up to \"All services initialized\", p50 / p99 / max", "old manager: ≥ 6 s (sleeps 2 s per service)", "≤ 200 ms", ms(shipped) + " (shipped config); " + "; ".join(f"{k}: {ms(v)}" for k, v in list(start.items())[1:]), ok(shipped["p50"] <= 200)))
 
+    for key, bound in (("load_50", None), ("load_200", 20.0)):
+        ld = r.get(key)
+        if not ld:
+            continue
+        e, lag = ld["entered_ms"], ld["loop_lag_ms"]
+        if bound is None:
+            rows.append((f"{ld['jobs']} pyo3 jobs every second, report every 2 s, health every 1 s: skipped; entered − scheduled p50 / p99 / max", "v1 (197d81c): 30 % of slots skipped, p50 951 ms", "0 skipped, p99 ≤ 50 ms", f"{ld['skipped']} skipped of {ld['expected']} ({ld['ran']} ran); {ms(e)}", ok(ld["skipped"] == 0 and e["p99"] <= 50)))
+        else:
+            rows.append((f"{ld['jobs']} pyo3 jobs every second: skipped; loop lag p50 / max", "v1 (197d81c): the loop blocked 8.7 s", f"0 skipped, loop lag max ≤ {bound:.0f} ms", f"{ld['skipped']} skipped of {ld['expected']} ({ld['ran']} ran); {lag.get('p50', float('nan')):.2f} / {lag.get('max', float('nan')):.2f} ms; entered − scheduled {ms(e)}", ok(ld["skipped"] == 0 and lag.get("max", 1e9) <= bound)))
+
     table = "| figure | anchor (this run) | target | hedge-scheduler | met |\n|---|---|---|---|---|\n"
     table += "\n".join(f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows)
     text = f"""# Performance results
@@ -557,6 +624,7 @@ was entered, relative to its slot.
   the daemon {per_sub_run_us:.0f} µs the same way (the child's own CPU not counted).
 - The old system's stand-in imports pandas, duckdb, loguru, schedule and psutil in each worker,
   as the old scripts do. {anchor_note}
+- Load: {load_details(r)}
 - Anchors: tokio-cron-scheduler measured with `bench/anchors/tcs` (a no-op job on `* * * * * *`,
   lateness after the whole second); APScheduler with a cron job every second in a
   BlockingScheduler; both the same way as the issue's figures.
@@ -571,10 +639,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=60, help="length of each latency and idle run")
     ap.add_argument("--rows", type=int, default=1_000_000, help="history rows for the status timing")
     ap.add_argument("--no-anchors", action="store_true", help="skip the venv, APScheduler, tokio-cron-scheduler and the old-system stand-in")
+    ap.add_argument("--load-only", action="store_true", help="only the load runs (50 and 200 jobs); print them, leave RESULTS.md alone")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     r: dict = {"machine": machine()}
+    r["load_50"] = load(50, args.seconds)
+    r["load_200"] = load(200, args.seconds)
+    if args.load_only:
+        print(json.dumps({k: r[k] for k in ("load_50", "load_200")}, indent=2))
+        return
     r["interpreter"] = interpreter_start(30)
     r["latency_pyo3"] = fire_latency("pyo3", args.seconds)
     r["latency_subprocess"] = fire_latency("subprocess", args.seconds)

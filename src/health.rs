@@ -7,6 +7,14 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// How late the loop wakes for a slot, since it started: p50 and max, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoopLag {
+    pub p50: f64,
+    pub max: f64,
+    pub samples: u64,
+}
+
 pub const STATE_FILE: &str = "hedge-scheduler.state.json";
 
 /// Free space in `log_dir` below which the daemon warns.
@@ -22,7 +30,7 @@ pub struct DaemonState {
     pub problems: Vec<String>,
     /// How late the scheduling loop woke for its slots since it started.
     #[serde(default)]
-    pub loop_lag_ms: Option<crate::daemon::LoopLag>,
+    pub loop_lag_ms: Option<LoopLag>,
 }
 
 pub fn state_path(log_dir: &Path) -> PathBuf {

@@ -6,20 +6,21 @@
 
 pub mod calendar;
 pub mod cli;
-pub mod config;
-pub mod daemon;
+pub(crate) mod config;
+pub(crate) mod daemon;
 pub mod error;
-pub mod health;
+pub(crate) mod fmt;
+pub(crate) mod health;
 pub mod history;
-pub mod instance;
-pub mod interpreter;
-pub mod legacy;
-pub mod logging;
-pub mod plan;
-pub mod process;
-pub mod python;
-pub mod runner;
-pub mod status;
+pub(crate) mod instance;
+pub(crate) mod interpreter;
+pub(crate) mod legacy;
+pub(crate) mod logging;
+pub(crate) mod plan;
+pub(crate) mod process;
+pub(crate) mod python;
+pub(crate) mod runner;
+pub(crate) mod status;
 pub mod trigger;
 
 use std::io::Write;
@@ -244,7 +245,7 @@ fn stop(config: &Config) -> Result<i32> {
     }
     Err(Error::Other(format!(
         "hedge-scheduler (PID {pid}) has not exited after {}",
-        daemon::format_duration(limit)
+        fmt::duration(limit)
     )))
 }
 
@@ -386,7 +387,7 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
             ),
         }
     } else {
-        let took = daemon::format_duration(report.duration());
+        let took = fmt::duration(report.duration());
         let run = report
             .run_id
             .map_or_else(String::new, |id| format!(" (run {id})"));

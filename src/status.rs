@@ -6,8 +6,8 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::daemon::format_duration;
 use crate::error::Result;
+use crate::fmt::duration as format_duration;
 use crate::history::{History, RunRow, parse_time};
 use crate::instance::{self, DaemonInfo};
 
@@ -32,7 +32,7 @@ pub struct DaemonStatus {
     pub responding: bool,
     /// How late the scheduling loop woke for its slots since the daemon started (as of its last
     /// health check): `{"p50", "max", "samples"}` in milliseconds.
-    pub loop_lag_ms: Option<crate::daemon::LoopLag>,
+    pub loop_lag_ms: Option<crate::health::LoopLag>,
 }
 
 #[derive(Debug, Serialize)]

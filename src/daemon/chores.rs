@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::health::LoopLag;
 use crate::history::{History, Recorder};
 use crate::instance::InstanceLock;
 use crate::interpreter::Interpreter;
@@ -24,14 +24,6 @@ pub(crate) enum Chore {
     ReportDone,
     /// A reload's new config and interpreter, or why it was rejected.
     Reloaded(Box<Result<(Config, Interpreter)>>),
-}
-
-/// How late the loop wakes for a slot, since it started: p50 and max, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct LoopLag {
-    pub p50: f64,
-    pub max: f64,
-    pub samples: u64,
 }
 
 /// A histogram of the loop's lateness in 0.1 ms steps up to 100 ms (later ones share the last
@@ -138,7 +130,7 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
             .map(|free| {
                 format!(
                     "only {} free in {}",
-                    crate::runner::bytes(free),
+                    crate::fmt::bytes(free),
                     log_dir.display()
                 )
             });

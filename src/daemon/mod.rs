@@ -10,8 +10,12 @@
 
 mod chores;
 mod decide;
+mod recovery;
+mod report;
 
-pub use chores::LoopLag;
+use recovery::abandon_dead_runs;
+use report::banner;
+pub use report::log_report;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -400,7 +404,7 @@ impl Dispatcher {
                 self.dispatch(&jobs[i], actions);
                 self.drop_retired(jobs);
             }
-            RunEvent::Released { job, .. } => {
+            RunEvent::Released { job } => {
                 if let Some(i) = jobs.iter().position(|s| s.job.id == job) {
                     let actions = decide::released(&mut jobs[i], now);
                     self.dispatch(&jobs[i], actions);
@@ -596,7 +600,7 @@ impl Dispatcher {
         let grace = self.config.scheduler.shutdown_grace;
         tracing::info!(
             "🛑 {signal_name}: stopping; waiting up to {} for {n} running job(s) (a second signal ends them now)",
-            format_duration(grace)
+            crate::fmt::duration(grace)
         );
         let deadline = Instant::now() + grace;
         let mut cancelled = false;
@@ -657,121 +661,4 @@ fn jitter() -> f64 {
     z ^= z >> 31;
     let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
     0.9 + 0.2 * unit
-}
-
-/// One console line for a finished run, in the old tool's style.
-pub fn log_report(report: &RunReport) {
-    let took = format_duration(report.duration());
-    let run = report
-        .run_id
-        .map_or_else(String::new, |id| format!(" (run {id})"));
-    let attempt = if report.attempt > 1 {
-        format!(", attempt {}", report.attempt)
-    } else {
-        String::new()
-    };
-    match report.outcome {
-        Outcome::Success => tracing::info!("✅ {} succeeded in {took}{run}{attempt}", report.job),
-        Outcome::Skipped => tracing::info!(
-            "⏭️  {} skipped: {}",
-            report.job,
-            report.busy.as_deref().unwrap_or("busy")
-        ),
-        other => tracing::warn!(
-            "❌ {} {} after {took}{run}{attempt}: {}",
-            report.job,
-            other.as_str(),
-            report.error.as_deref().unwrap_or("no detail")
-        ),
-    }
-}
-
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        let s = d.as_secs();
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
-}
-
-/// Rows left `running` by a process that is gone become `abandoned`, and whatever their
-/// processes left running is ended (found by the run's tag, so a reused PID is never hit);
-/// returns how many.
-fn abandon_dead_runs(history: &History, recorder: &Recorder, grace: Duration) -> Result<usize> {
-    let mut n = 0;
-    for row in history.running()? {
-        let owner_alive = row.owner_pid.is_some_and(crate::process::scheduler_alive);
-        if owner_alive {
-            continue;
-        }
-        if let Some(owner) = row.owner_pid.and_then(|p| u32::try_from(p).ok()) {
-            let tag = crate::runner::run_tag(owner, row.id);
-            let orphans = crate::process::tagged_processes(&tag);
-            if !orphans.is_empty() {
-                tracing::warn!(
-                    "🧹 run {} of {}: ending {} process(es) its dead owner left behind",
-                    row.id,
-                    row.job,
-                    orphans.len()
-                );
-                // Before the runtime runs anything else: a plain blocking wait is fine here.
-                end_tagged_now(&tag, grace);
-            }
-        }
-        recorder.abandon(row.id, "the process that ran it died".to_string());
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// Ends the processes tagged `tag`: SIGTERM, up to `grace`, SIGKILL (blocking; start-up only).
-fn end_tagged_now(tag: &str, grace: Duration) {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    for pid in crate::process::tagged_processes(tag) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    }
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline && !crate::process::tagged_processes(tag).is_empty()
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for pid in crate::process::tagged_processes(tag) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-}
-
-fn banner(config: &Config, interpreter: &Interpreter, calendar: &Calendar) {
-    tracing::info!("🚀 Starting hedge-scheduler {}", env!("CARGO_PKG_VERSION"));
-    tracing::info!("   config:   {}", config.file.display());
-    tracing::info!(
-        "   exchange: {} ({})",
-        calendar.exchange().code(),
-        calendar.tz().name()
-    );
-    tracing::info!(
-        "   python:   {} (Python {})",
-        interpreter.path.display(),
-        interpreter.version
-    );
-    tracing::info!("   history:  {}", config.scheduler.history.display());
-    tracing::info!("   logs:     {}", config.scheduler.log_dir.display());
-    for job in config.jobs.iter().filter(|j| j.enabled) {
-        tracing::info!(
-            "   📋 {:<20} {:<28} {:<16} {}{}",
-            job.id,
-            job.name,
-            job.trigger.schedule.to_string(),
-            job.executor.as_str(),
-            if job.trigger.market_hours {
-                ", market hours"
-            } else {
-                ""
-            }
-        );
-    }
 }

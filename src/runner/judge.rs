@@ -1,0 +1,179 @@
+//! How a run ended, judged: the executor's account (exit status, interrupt, the bridge's report)
+//! becomes an `Outcome` and the history's `RunEnd`. Pure.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::config::{Entry, Job};
+use crate::history::{Outcome, RunEnd};
+use crate::process;
+
+/// The JSON `hedge_bridge` reports.
+#[derive(Debug, Deserialize)]
+pub(super) struct BridgeOutcome {
+    pub(super) status: String,
+    #[serde(default)]
+    pub(super) result: serde_json::Value,
+    pub(super) error: Option<String>,
+    pub(super) exit_code: Option<i32>,
+    pub(super) entered_at: Option<f64>,
+}
+
+/// Why a run's wait ended; the exit status is `None` for an embedded run.
+pub(super) enum Ended {
+    Exited(Option<ExitStatus>),
+    TimedOut(Option<ExitStatus>),
+    Cancelled(Option<ExitStatus>, String),
+    /// Its process tree went past `max_memory` (bytes seen).
+    OverMemory(Option<ExitStatus>, u64),
+}
+
+/// What an executor hands back.
+pub(super) struct Execution {
+    pub(super) ended: Ended,
+    pub(super) bridge: Option<BridgeOutcome>,
+    /// Why there is no bridge outcome (could not start, could not call).
+    pub(super) failure: Option<String>,
+    pub(super) stderr_tail: Vec<String>,
+    /// An embedded thread that outlived its run; resolves when it returns and frees the job.
+    pub(super) stuck: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Sampled memory and CPU of a subprocess run.
+    pub(super) usage: Option<process::TreeUsage>,
+}
+
+impl Execution {
+    pub(super) fn new(ended: Ended) -> Execution {
+        Execution {
+            ended,
+            bridge: None,
+            failure: None,
+            stderr_tail: Vec::new(),
+            stuck: None,
+            usage: None,
+        }
+    }
+}
+
+/// The log's closing line for a run.
+pub(super) fn end_note(outcome: Outcome, end: &RunEnd) -> String {
+    format!(
+        "end: {}{}",
+        outcome.as_str(),
+        end.error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    )
+}
+
+/// Decides the outcome of a run from how it ended and what the bridge reported.
+pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
+    let bridge = exec.bridge.as_ref();
+    let mut end = RunEnd {
+        entered_at: bridge.and_then(|b| b.entered_at).and_then(epoch_to_utc),
+        ..RunEnd::default()
+    };
+    let status = match &exec.ended {
+        Ended::Exited(s)
+        | Ended::TimedOut(s)
+        | Ended::Cancelled(s, _)
+        | Ended::OverMemory(s, _) => *s,
+    };
+    if let Some(u) = &exec.usage {
+        end.peak_rss_bytes = (u.peak_rss > 0).then_some(u.peak_rss);
+        end.cpu_ms = (u.peak_rss > 0).then(|| u.cpu_ms());
+    }
+    end.exit_code = status.and_then(|s| s.code());
+    end.signal = status.and_then(|s| s.signal()).map(process::signal_name);
+    let outcome = match &exec.ended {
+        Ended::TimedOut(_) => {
+            let mut error = format!(
+                "timed out after {}",
+                humantime::format_duration(job.timeout)
+            );
+            if exec.stuck.is_some() {
+                error.push_str("; its thread is stuck in native code and holds the job's slot until it returns");
+            }
+            end.error = Some(error);
+            Outcome::Timeout
+        }
+        Ended::Cancelled(_, reason) => {
+            end.error = Some(format!("cancelled: {reason}"));
+            Outcome::Cancelled
+        }
+        Ended::OverMemory(_, rss) => {
+            end.error = Some(format!(
+                "memory: the job's processes used {}, over max_memory {}",
+                crate::fmt::bytes(*rss),
+                crate::fmt::bytes(job.max_memory.unwrap_or_default())
+            ));
+            Outcome::Failed
+        }
+        Ended::Exited(Some(status)) if status.signal().is_some() => {
+            let sig = process::signal_name(status.signal().unwrap_or_default());
+            end.error = Some(format!("killed by {sig}"));
+            Outcome::Crashed
+        }
+        Ended::Exited(status) => {
+            let code = status.and_then(|s| s.code());
+            match (&job.entry, bridge, &exec.failure) {
+                (_, _, Some(failure)) => {
+                    end.error = Some(failure.clone());
+                    Outcome::Failed
+                }
+                // A command reports by its exit code alone.
+                (Entry::Command(_), _, None) => {
+                    if code == Some(0) {
+                        Outcome::Success
+                    } else {
+                        end.error = Some(explain(code, &exec.stderr_tail));
+                        Outcome::Failed
+                    }
+                }
+                (_, Some(b), None) => match (b.status.as_str(), b.exit_code) {
+                    ("ok", _) if code.unwrap_or(0) == 0 => {
+                        end.result = Some(b.result.to_string());
+                        Outcome::Success
+                    }
+                    ("exit", Some(0)) if code.unwrap_or(0) == 0 => Outcome::Success,
+                    (status, exit) => {
+                        if status == "exit" {
+                            end.exit_code = exit.or(end.exit_code);
+                        }
+                        end.error = b
+                            .error
+                            .clone()
+                            .or_else(|| Some(explain(code, &exec.stderr_tail)));
+                        Outcome::Failed
+                    }
+                },
+                (_, None, None) => {
+                    end.error = Some(explain(code, &exec.stderr_tail));
+                    Outcome::Failed
+                }
+            }
+        }
+    };
+    (outcome, end)
+}
+
+pub(super) fn explain(code: Option<i32>, stderr_tail: &[String]) -> String {
+    let why = stderr_tail.last().cloned();
+    match (code, why) {
+        (Some(c), Some(why)) => format!("exit code {c}: {why}"),
+        (Some(c), None) => format!("exit code {c}"),
+        (None, Some(why)) => why,
+        (None, None) => "the job reported no outcome".to_string(),
+    }
+}
+
+pub(super) fn epoch_to_utc(secs: f64) -> Option<DateTime<Utc>> {
+    if !secs.is_finite() {
+        return None;
+    }
+    let micros = (secs * 1e6).round() as i64;
+    DateTime::from_timestamp_micros(micros)
+}

@@ -1,0 +1,403 @@
+//! One run of one job: its cross-process lock, its history row, its process group (or embedded
+//! thread), its output, its timeout, its outcome.
+//!
+//! A run always ends in a recorded `Outcome`; failures of the job are never `Err`. A subprocess's
+//! output is read continuously, line by line, into the job's log file, so a chatty job can never
+//! block on a full pipe. The job's lock (`<log_dir>/locks/<job>.lock`) is held for the whole run —
+//! for an embedded run whose thread is stuck in C code, until that thread really returns — so a
+//! job never runs twice at once, whichever process starts it.
+
+mod embedded;
+mod job_log;
+mod judge;
+mod lock;
+mod subprocess;
+
+use embedded::*;
+pub use job_log::JobLog;
+use job_log::*;
+use judge::*;
+pub use lock::{JobLock, describe_holder};
+use subprocess::*;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, Entry, Executor, Job};
+use crate::error::{Error, Result};
+use crate::history::{History, Outcome, Recorder, RunEnd, StartRow, TriggerKind};
+
+/// The longest a run waits for its slot's instant. The dispatcher wakes a few milliseconds
+/// ahead; a longer wait means the wall clock stepped back meanwhile, and the slot's moment has
+/// come by the monotonic clock all the same.
+const MAX_SLOT_WAIT: Duration = Duration::from_millis(50);
+
+/// What every run of a daemon (or of `run-once`) shares.
+#[derive(Clone)]
+pub struct RunEnv {
+    pub config: Arc<Config>,
+    /// The real interpreter, resolved once at start-up.
+    pub python: PathBuf,
+    /// The history's one writer.
+    pub recorder: Recorder,
+    /// Job logs kept open between runs.
+    log_files: Arc<Mutex<LogFiles>>,
+}
+
+impl RunEnv {
+    pub fn new(config: Arc<Config>, python: PathBuf, recorder: Recorder) -> RunEnv {
+        RunEnv {
+            config,
+            python,
+            recorder,
+            log_files: Arc::default(),
+        }
+    }
+
+    /// The same history and job logs with a reloaded config.
+    pub fn with_config(&self, config: Arc<Config>, python: PathBuf) -> RunEnv {
+        RunEnv {
+            config,
+            python,
+            recorder: self.recorder.clone(),
+            log_files: Arc::clone(&self.log_files),
+        }
+    }
+
+    /// Records a slot that was not run.
+    pub fn record_skipped(&self, job: &str, trigger: TriggerKind, at: DateTime<Utc>, reason: &str) {
+        self.recorder.skipped(job, trigger, at, reason, None);
+    }
+}
+
+/// A run to make.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub job: Arc<Job>,
+    pub trigger: TriggerKind,
+    pub scheduled_at: DateTime<Utc>,
+    pub attempt: u32,
+    /// The run starts at this instant exactly, not earlier: the daemon fires a few milliseconds
+    /// ahead so the run's preparation is done by then.
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+/// What to do when another process holds the job's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBusy {
+    /// Record the slot as `skipped` (the daemon).
+    Skip,
+    /// Record nothing; the report says who holds it (`run-once`).
+    Refuse,
+    /// Wait for the lock (`run-once --wait`).
+    Wait,
+}
+
+/// What a run tells the daemon while and after it runs.
+#[derive(Debug)]
+pub enum RunEvent {
+    Started {
+        job: String,
+        run_id: i64,
+        pid: Option<u32>,
+    },
+    Finished(RunReport),
+    /// An embedded run that had timed out stuck has finally returned: its slot is free.
+    Released {
+        job: String,
+    },
+}
+
+/// How a run ended, as reported to the daemon or printed by `run-once`.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub job: String,
+    pub run_id: Option<i64>,
+    pub trigger: TriggerKind,
+    pub scheduled_at: DateTime<Utc>,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub result: Option<String>,
+    /// Who holds the job when the run did not start because of it.
+    pub busy: Option<String>,
+    /// An embedded run whose thread has not returned: the job's slot stays held.
+    pub stuck: bool,
+}
+
+impl RunReport {
+    pub fn duration(&self) -> Duration {
+        (self.finished_at - self.started_at)
+            .to_std()
+            .unwrap_or_default()
+    }
+}
+
+/// Makes one run: takes the job's lock, records the run, runs it, records how it ended.
+/// `cancel` turning `Some(reason)` ends the run (`cancelled`).
+pub async fn run(
+    env: &RunEnv,
+    req: RunRequest,
+    mut cancel: watch::Receiver<Option<String>>,
+    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    on_busy: OnBusy,
+) -> RunReport {
+    let job = Arc::clone(&req.job);
+    let now = Utc::now();
+    let mut report = RunReport {
+        job: job.id.clone(),
+        run_id: None,
+        trigger: req.trigger,
+        scheduled_at: req.scheduled_at,
+        attempt: req.attempt,
+        outcome: Outcome::Failed,
+        started_at: now,
+        finished_at: now,
+        error: None,
+        exit_code: None,
+        result: None,
+        busy: None,
+        stuck: false,
+    };
+
+    let lock = match acquire(env, &req, on_busy, &mut cancel).await {
+        Ok(Ok(lock)) => lock,
+        Ok(Err(holder)) => {
+            report.outcome = Outcome::Skipped;
+            report.busy = Some(holder);
+            return report;
+        }
+        Err(e) => {
+            report.error = Some(e.to_string());
+            report.finished_at = Utc::now();
+            return report;
+        }
+    };
+
+    let run = StartRow {
+        id: env.recorder.next_id(),
+        job: job.id.clone(),
+        trigger: req.trigger,
+        scheduled_at: req.scheduled_at,
+        started_at: report.started_at,
+        attempt: req.attempt,
+        executor: job.executor.as_str(),
+    };
+    let (run_id, log, exec) = match job.executor {
+        Executor::Subprocess => {
+            // One hand-off: open the log, wait for the slot's instant and record the start.
+            let env2 = env.clone();
+            let at = req.not_before;
+            let begun = tokio::task::spawn_blocking(move || begin_blocking(&env2, run, at)).await;
+            let (run_id, started_at, log) = match begun {
+                Ok(Ok(begun)) => begun,
+                Ok(Err(e)) => {
+                    report.error = Some(e.to_string());
+                    report.finished_at = Utc::now();
+                    return report;
+                }
+                Err(e) => {
+                    report.error = Some(format!("internal error: {e}"));
+                    report.finished_at = Utc::now();
+                    return report;
+                }
+            };
+            report.run_id = Some(run_id);
+            report.started_at = started_at;
+            let context = run_context(&env.config, &job, &req, run_id).to_string();
+            let exec =
+                run_subprocess(env, &job, run_id, &context, &log, &mut cancel, &events).await;
+            drop(lock);
+            (run_id, log, exec)
+        }
+        Executor::Pyo3 => {
+            let context = run_context(&env.config, &job, &req, 0);
+            match run_embedded(
+                env,
+                &job,
+                run,
+                req.not_before,
+                context,
+                &mut cancel,
+                &events,
+                lock,
+            )
+            .await
+            {
+                Ok(done) => {
+                    report.run_id = Some(done.run_id);
+                    report.started_at = done.started_at;
+                    if let Some((outcome, end)) = done.recorded {
+                        // Judged and recorded on the run's own thread already.
+                        report.outcome = outcome;
+                        report.finished_at = end.finished_at.unwrap_or_else(Utc::now);
+                        report.error = end.error;
+                        report.exit_code = end.exit_code;
+                        report.result = end.result;
+                        return report;
+                    }
+                    let Some(log) = done.log else {
+                        report.error = Some("the job's thread never started".to_string());
+                        report.finished_at = Utc::now();
+                        return report;
+                    };
+                    (done.run_id, log, done.exec)
+                }
+                Err(e) => {
+                    report.error = Some(e.to_string());
+                    report.finished_at = Utc::now();
+                    return report;
+                }
+            }
+        }
+    };
+
+    let (outcome, end) = judge(&job, &exec);
+    log.note(&end_note(outcome, &end));
+    let stuck = exec.stuck;
+    report.stuck = stuck.is_some();
+    let report = finish(env, report, outcome, end);
+    if let Some(thread) = stuck {
+        watch_stuck(env, &job.id, run_id, thread, events);
+    }
+    report
+}
+
+/// Returns at wall-clock instant `at` (or at once if it has passed), to within tens of
+/// microseconds: a thread sleep is finer than the async timer's millisecond ticks. Blocking. The
+/// wait is measured on the monotonic clock and never longer than `MAX_SLOT_WAIT`, so a wall-clock
+/// step during it can neither hold the run nor make it spin.
+fn wait_until_blocking(at: DateTime<Utc>) {
+    let Ok(ahead) = (at - Utc::now()).to_std() else {
+        return;
+    };
+    std::thread::sleep(ahead.min(MAX_SLOT_WAIT));
+}
+
+/// On a blocking thread: opens the run's log, waits for the run's instant, records its start and
+/// writes the start note. Returns the run id, when it started, and the log. Nothing here waits
+/// for the history: the start row is a message to its writer.
+fn begin_blocking(
+    env: &RunEnv,
+    mut run: StartRow,
+    not_before: Option<DateTime<Utc>>,
+) -> Result<(i64, DateTime<Utc>, Arc<JobLog>)> {
+    let log = JobLog::cached(env, &run.job, run.id)?;
+    if let Some(at) = not_before {
+        wait_until_blocking(at);
+    }
+    run.started_at = Utc::now();
+    let (run_id, started_at) = (run.id, run.started_at);
+    log.note(&format!(
+        "start: trigger={} scheduled_at={} attempt={} executor={}",
+        run.trigger.as_str(),
+        crate::history::fmt_time(run.scheduled_at),
+        run.attempt,
+        run.executor
+    ));
+    env.recorder.start(run);
+    Ok((run_id, started_at, Arc::new(log)))
+}
+
+/// Takes the job's lock per `on_busy`; `Ok(Err(holder))` when the run must not start.
+async fn acquire(
+    env: &RunEnv,
+    req: &RunRequest,
+    on_busy: OnBusy,
+    cancel: &mut watch::Receiver<Option<String>>,
+) -> Result<std::result::Result<JobLock, String>> {
+    if let Some(lock) = JobLock::try_acquire(&env.config, &req.job.id)? {
+        return Ok(Ok(lock));
+    }
+    let config = Arc::clone(&env.config);
+    let id = req.job.id.clone();
+    // A read on its own connection: the writer is never held up, and a locked file only
+    // shortens the description.
+    let holder = tokio::task::spawn_blocking(move || {
+        match History::open_read_only(&config.scheduler.history) {
+            Ok(Some(h)) => describe_holder(&h, &config, &id),
+            _ => "another process holds the job's lock".to_string(),
+        }
+    })
+    .await
+    .map_err(|e| Error::Other(format!("internal error: {e}")))?;
+    match on_busy {
+        OnBusy::Refuse => Ok(Err(holder)),
+        OnBusy::Skip => {
+            let reason = format!("previous {holder}");
+            env.record_skipped(&req.job.id, req.trigger, req.scheduled_at, &reason);
+            Ok(Err(holder))
+        }
+        OnBusy::Wait => {
+            let config = Arc::clone(&env.config);
+            let id = req.job.id.clone();
+            let wait = tokio::task::spawn_blocking(move || JobLock::acquire(&config, &id));
+            tokio::select! {
+                lock = wait => lock.map_err(|e| Error::Other(format!("waiting for the job's lock failed: {e}")))?.map(Ok),
+                reason = cancelled(cancel) => Err(Error::Other(format!("gave up waiting: {reason}"))),
+            }
+        }
+    }
+}
+
+/// Resolves with the reason once `cancel` carries one (never, if its sender is gone).
+async fn cancelled(cancel: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(reason) = cancel.borrow_and_update().clone() {
+            return reason;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The tag every process of run `run_id` of owner `pid` carries in its environment.
+pub fn run_tag(owner_pid: u32, run_id: i64) -> String {
+    format!("{owner_pid}-{run_id}")
+}
+
+fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunEnd) -> RunReport {
+    let finished_at = Utc::now();
+    report.outcome = outcome;
+    report.finished_at = finished_at;
+    report.error = end.error.clone();
+    report.exit_code = end.exit_code;
+    report.result = end.result.clone();
+    if let Some(run_id) = report.run_id {
+        let end = RunEnd {
+            finished_at: Some(finished_at),
+            ..end
+        };
+        env.recorder.finish(run_id, outcome, end);
+    }
+    report
+}
+
+/// The run context handed to Python, as JSON.
+fn run_context(config: &Config, job: &Job, req: &RunRequest, run_id: i64) -> serde_json::Value {
+    let tz = config.scheduler.exchange.tz();
+    let entry = match &job.entry {
+        Entry::Script(path) => config.python.cwd.join(path).display().to_string(),
+        other => other.to_string(),
+    };
+    serde_json::json!({
+        "job": job.id,
+        "name": job.name,
+        "entry": entry,
+        "run_id": run_id,
+        "scheduled_at": req.scheduled_at.with_timezone(&tz).to_rfc3339_opts(SecondsFormat::Micros, false),
+        "attempt": req.attempt,
+        "trigger": req.trigger.as_str(),
+        "args": job.args,
+        "exchange": config.scheduler.exchange.code(),
+        "timezone": tz.name(),
+    })
+}

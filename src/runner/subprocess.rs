@@ -1,0 +1,281 @@
+//! The process-group executor: spawn, output pumps, sampling, timeout, cancel, memory limit.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Entry, Job};
+use crate::process;
+
+use super::*;
+
+/// A line longer than this is written out in pieces.
+pub(super) const MAX_LINE: usize = 64 * 1024;
+/// How many trailing stderr lines are kept to explain a failure without a result.
+pub(super) const STDERR_TAIL: usize = 8;
+
+/// How often a subprocess run's process tree is sampled (memory, CPU).
+pub(super) const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// A run as a short-lived process in a new process group: `python -m hedge_bridge` for a
+/// function or a script, the program itself for a command.
+pub(super) async fn run_subprocess(
+    env: &RunEnv,
+    job: &Job,
+    run_id: i64,
+    context: &str,
+    log: &Arc<JobLog>,
+    cancel: &mut watch::Receiver<Option<String>>,
+    events: &Option<mpsc::UnboundedSender<RunEvent>>,
+) -> Execution {
+    let result_file = std::env::temp_dir().join(format!(
+        "hedge-scheduler-{}-{run_id}.json",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&result_file);
+    let tag = run_tag(std::process::id(), run_id);
+    let mut cmd = match &job.entry {
+        Entry::Command(argv) => {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]);
+            cmd
+        }
+        Entry::Function { .. } | Entry::Script(_) => {
+            let mut cmd = Command::new(&env.python);
+            cmd.arg("-m").arg("hedge_bridge");
+            cmd
+        }
+    };
+    cmd.current_dir(&env.config.python.cwd)
+        .env("PYTHONPATH", python_path(&env.config.python.path))
+        .env("PYTHONUNBUFFERED", "1")
+        .env("HEDGE_CONTEXT", context)
+        .env("HEDGE_RESULT_FILE", &result_file)
+        .env(process::RUN_TAG, &tag)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(venv) = &env.config.python.venv {
+        cmd.env("VIRTUAL_ENV", venv);
+    }
+    let mut exec = Execution::new(Ended::Exited(None));
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let program = match &job.entry {
+                Entry::Command(argv) => argv[0].clone(),
+                _ => env.python.display().to_string(),
+            };
+            let msg = format!("cannot start `{program}`: {e}");
+            log.note(&msg);
+            exec.failure = Some(msg);
+            return exec;
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    log.note(&format!("process group {pid}"));
+    env.recorder.set_pid(run_id, pid);
+    if let Some(tx) = events {
+        let _ = tx.send(RunEvent::Started {
+            job: job.id.clone(),
+            run_id,
+            pid: Some(pid),
+        });
+    }
+
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    let pumps = [
+        child
+            .stdout
+            .take()
+            .map(|out| tokio::spawn(pump(out, Arc::clone(log), "stdout", None))),
+        child.stderr.take().map(|err| {
+            tokio::spawn(pump(
+                err,
+                Arc::clone(log),
+                "stderr",
+                Some(Arc::clone(&tail)),
+            ))
+        }),
+    ];
+
+    let usage = Arc::new(Mutex::new(process::TreeUsage::default()));
+    let (over_tx, mut over_rx) = watch::channel::<Option<u64>>(None);
+    let sampler = tokio::spawn(sample(pid, Arc::clone(&usage), job.max_memory, over_tx));
+    let grace = env.config.scheduler.kill_grace;
+    let deadline = tokio::time::Instant::now() + job.timeout;
+    exec.ended = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => Ended::Exited(Some(s)),
+            Err(e) => {
+                tracing::error!(job = %job.id, run_id, "waiting for the job failed: {e}");
+                Ended::Cancelled(process::terminate_group(&mut child, pid, grace).await.ok(), format!("waiting failed: {e}"))
+            }
+        },
+        _ = tokio::time::sleep_until(deadline) => {
+            log.note(&format!("timeout after {}: ending process group {pid}", humantime::format_duration(job.timeout)));
+            Ended::TimedOut(process::terminate_group(&mut child, pid, grace).await.ok())
+        },
+        reason = cancelled(cancel) => {
+            log.note(&format!("cancelled ({reason}): ending process group {pid}"));
+            Ended::Cancelled(process::terminate_group(&mut child, pid, grace).await.ok(), reason)
+        },
+        Ok(()) = over_rx.changed() => {
+            let rss = over_rx.borrow().unwrap_or_default();
+            log.note(&format!("memory {} is over max_memory: ending process group {pid}", crate::fmt::bytes(rss)));
+            Ended::OverMemory(process::terminate_group(&mut child, pid, grace).await.ok(), rss)
+        },
+    };
+    sampler.abort();
+    exec.usage = usage.lock().ok().map(|u| u.clone());
+    // Nothing outlives a run: what the job left in its group, and anything that carries the
+    // run's tag after leaving the group (a new session, a double fork).
+    if process::end_stragglers(pid, grace).await {
+        log.note("ended processes the job left running in its group");
+    }
+    let escaped = process::end_tagged(&tag, grace).await;
+    if escaped > 0 {
+        log.note(&format!(
+            "ended {escaped} process(es) that left the job's group"
+        ));
+    }
+    for pump in pumps.into_iter().flatten() {
+        // A process outside the group could hold the pipe open: do not wait on it for long.
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), pump)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    exec.bridge = std::fs::read_to_string(&result_file)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let _ = std::fs::remove_file(&result_file);
+    exec.stderr_tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    exec
+}
+
+/// Samples the run's process tree until aborted; reports the first sample over `limit`.
+pub(super) async fn sample(
+    pid: u32,
+    usage: Arc<Mutex<process::TreeUsage>>,
+    limit: Option<u64>,
+    over: watch::Sender<Option<u64>>,
+) {
+    let Ok(mut sys) = sysinfo::System::new() else {
+        return;
+    };
+    let mut delay = Duration::from_millis(100);
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = SAMPLE_EVERY;
+        let usage_in = Arc::clone(&usage);
+        let Ok((back, rss)) = tokio::task::spawn_blocking(move || {
+            let rss = usage_in
+                .lock()
+                .map(|mut u| u.sample(&mut sys, pid))
+                .unwrap_or(0);
+            (sys, rss)
+        })
+        .await
+        else {
+            return;
+        };
+        sys = back;
+        if limit.is_some_and(|l| rss > l) {
+            let _ = over.send(Some(rss));
+            return;
+        }
+    }
+}
+
+/// The configured paths ahead of any `PYTHONPATH` the scheduler itself was given.
+pub(super) fn python_path(paths: &[PathBuf]) -> std::ffi::OsString {
+    let mut all: Vec<PathBuf> = paths.to_vec();
+    if let Some(existing) = std::env::var_os("PYTHONPATH") {
+        all.extend(std::env::split_paths(&existing));
+    }
+    std::env::join_paths(all).unwrap_or_default()
+}
+
+/// Copies one output stream into the job log, line by line, until the stream closes.
+pub(super) async fn pump(
+    mut stream: impl AsyncRead + Unpin,
+    log: Arc<JobLog>,
+    name: &'static str,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut lines: Vec<&[u8]> = Vec::new();
+        let mut start = 0;
+        for (i, &b) in pending.iter().enumerate() {
+            if b == b'\n' || i + 1 - start >= MAX_LINE {
+                let end = if b == b'\n' { i } else { i + 1 };
+                lines.push(trim_cr(&pending[start..end]));
+                start = i + 1;
+            }
+        }
+        if !lines.is_empty() {
+            log.write_lines(name, lines.iter().copied());
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                for line in &lines {
+                    tracing::debug!(
+                        run_id = log.run_id,
+                        stream = name,
+                        "{}",
+                        String::from_utf8_lossy(line)
+                    );
+                }
+            }
+            if let Some(tail) = &tail {
+                remember(tail, &lines);
+            }
+        }
+        pending.drain(..start);
+    }
+    if !pending.is_empty() {
+        let line = trim_cr(&pending);
+        log.write_lines(name, std::iter::once(line));
+        if let Some(tail) = &tail {
+            remember(tail, &[line]);
+        }
+    }
+}
+
+pub(super) fn remember(tail: &Mutex<VecDeque<String>>, lines: &[&[u8]]) {
+    let Ok(mut t) = tail.lock() else { return };
+    for line in lines.iter().rev().take(STDERR_TAIL).rev() {
+        let text = String::from_utf8_lossy(line).trim().to_string();
+        if text.is_empty() {
+            continue;
+        }
+        if t.len() == STDERR_TAIL {
+            t.pop_front();
+        }
+        t.push_back(text);
+    }
+}
+
+pub(super) fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
