@@ -88,26 +88,11 @@ pub fn python_script<S: AsRef<OsStr>>(cmd: &[S]) -> Option<&OsStr> {
 
 /// Ends the processes: SIGTERM, up to `grace`, then SIGKILL.
 pub async fn stop(procs: &[LegacyProcess], grace: Duration) {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    let pids: Vec<Pid> = procs
+    let pids: Vec<i32> = procs
         .iter()
-        .filter_map(|p| i32::try_from(p.pid).ok().map(Pid::from_raw))
+        .filter_map(|p| i32::try_from(p.pid).ok())
         .collect();
-    for pid in &pids {
-        let _ = kill(*pid, Signal::SIGTERM);
-    }
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline
-        && pids
-            .iter()
-            .any(|p| crate::process::pid_alive(i64::from(p.as_raw())))
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for pid in &pids {
-        let _ = kill(*pid, Signal::SIGKILL);
-    }
+    crate::process::terminate(crate::process::Target::Pids(&pids), grace).await;
 }
 
 #[cfg(test)]

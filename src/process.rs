@@ -69,10 +69,49 @@ fn live_members(pgid: u32) -> Option<usize> {
     Some(n)
 }
 
-/// Waits until group `pgid` has no live member, or `deadline`; true when it is gone.
-pub async fn wait_group_gone(pgid: u32, deadline: Instant) -> bool {
+/// What `terminate` ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// Every process of a process group we made.
+    Group(u32),
+    /// Every process carrying a run's tag (descendants that left its group).
+    Tagged(&'a str),
+    /// These processes (found by the caller, e.g. the old system's scripts).
+    Pids(&'a [i32]),
+}
+
+impl Target<'_> {
+    fn signal(&self, sig: Signal) {
+        match self {
+            Target::Group(pgid) => {
+                signal_group(*pgid, sig);
+            }
+            Target::Tagged(tag) => signal_pids(&tagged_processes(tag), sig),
+            Target::Pids(pids) => signal_pids(pids, sig),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        match self {
+            Target::Group(pgid) => group_alive(*pgid),
+            Target::Tagged(tag) => !tagged_processes(tag).is_empty(),
+            Target::Pids(pids) => pids
+                .iter()
+                .any(|p| pid_alive(i64::from(*p)) && !is_zombie(*p)),
+        }
+    }
+}
+
+fn signal_pids(pids: &[i32], sig: Signal) {
+    for &pid in pids.iter().filter(|p| **p > 1) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// Waits until `target` has no live process, or `deadline`; true when it is gone.
+async fn wait_gone(target: &Target<'_>, deadline: Instant) -> bool {
     loop {
-        if !group_alive(pgid) {
+        if !target.alive() {
             return true;
         }
         if Instant::now() >= deadline {
@@ -82,43 +121,44 @@ pub async fn wait_group_gone(pgid: u32, deadline: Instant) -> bool {
     }
 }
 
-/// Ends a run's process group: SIGTERM, up to `grace` for it to exit, then SIGKILL; reaps the
-/// leader. Returns the leader's exit status.
+/// The one way processes are ended: SIGTERM, up to `grace` for them to exit, then SIGKILL (and a
+/// short wait for the kernel to take them). Returns false when nothing was there to end.
+pub async fn terminate(target: Target<'_>, grace: Duration) -> bool {
+    if !target.alive() {
+        return false;
+    }
+    target.signal(Signal::SIGTERM);
+    if !wait_gone(&target, Instant::now() + grace).await {
+        target.signal(Signal::SIGKILL);
+        wait_gone(&target, Instant::now() + Duration::from_secs(2)).await;
+    }
+    true
+}
+
+/// Ends a run's process group as `terminate` does, reaping the leader meanwhile; returns the
+/// leader's exit status.
 pub async fn terminate_group(
     child: &mut Child,
     pgid: u32,
     grace: Duration,
 ) -> std::io::Result<std::process::ExitStatus> {
-    signal_group(pgid, Signal::SIGTERM);
+    let group = Target::Group(pgid);
+    group.signal(Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     let status = match timeout_at(deadline, child.wait()).await {
         Ok(status) => Some(status?),
         Err(_) => None,
     };
     // The leader may be gone while others of its group linger: they get the rest of the grace.
-    if !wait_group_gone(pgid, deadline).await {
-        signal_group(pgid, Signal::SIGKILL);
+    if !wait_gone(&group, deadline).await {
+        group.signal(Signal::SIGKILL);
     }
     let status = match status {
         Some(s) => s,
         None => child.wait().await?,
     };
-    wait_group_gone(pgid, Instant::now() + Duration::from_secs(2)).await;
+    wait_gone(&group, Instant::now() + Duration::from_secs(2)).await;
     Ok(status)
-}
-
-/// Ends whatever a finished run left behind in its group (a background grandchild).
-/// Returns true when something had to be ended.
-pub async fn end_stragglers(pgid: u32, grace: Duration) -> bool {
-    if !group_alive(pgid) {
-        return false;
-    }
-    signal_group(pgid, Signal::SIGTERM);
-    if !wait_group_gone(pgid, Instant::now() + grace).await {
-        signal_group(pgid, Signal::SIGKILL);
-        wait_group_gone(pgid, Instant::now() + Duration::from_secs(2)).await;
-    }
-    true
 }
 
 /// The environment variable that tags every process of a run, so that descendants which left the
@@ -164,25 +204,6 @@ fn is_zombie(pid: i32) -> bool {
             rest.split_whitespace().next().map(|s| s == "Z" || s == "X")
         })
         .unwrap_or(true)
-}
-
-/// Ends every process tagged with `tag` (SIGTERM, `grace`, SIGKILL); returns how many there were.
-pub async fn end_tagged(tag: &str, grace: Duration) -> usize {
-    let found = tagged_processes(tag);
-    if found.is_empty() {
-        return 0;
-    }
-    for &pid in &found {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && !tagged_processes(tag).is_empty() {
-        sleep(POLL).await;
-    }
-    for pid in tagged_processes(tag) {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    found.len()
 }
 
 /// Memory and CPU of a process tree, as sampled.
@@ -292,6 +313,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn terminate_escalates_to_sigkill_for_a_process_that_ignores_sigterm() {
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; sleep 30"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap() as i32;
+        // Give the shell the moment it needs to install its trap.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        assert!(
+            terminate(Target::Pids(&[pid]), Duration::from_millis(300)).await
+                || child.try_wait().unwrap().is_some()
+        );
+        let status = child.wait().await.unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
     async fn tagged_processes_are_found_outside_their_group() {
         let tag = format!("test-{}", std::process::id());
         let mut child = tokio::process::Command::new("setsid")
@@ -302,9 +346,11 @@ mod tests {
             .unwrap();
         let found = crate::process::tests::wait_for(|| !tagged_processes(&tag).is_empty()).await;
         assert!(found);
-        assert_eq!(end_tagged(&tag, Duration::from_secs(2)).await, 1);
+        assert_eq!(tagged_processes(&tag).len(), 1);
+        assert!(terminate(Target::Tagged(&tag), Duration::from_secs(2)).await);
         let _ = child.wait().await;
         assert!(tagged_processes(&tag).is_empty());
+        assert!(!terminate(Target::Tagged(&tag), Duration::from_secs(2)).await);
     }
 
     async fn wait_for(mut f: impl FnMut() -> bool) -> bool {

@@ -78,7 +78,7 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let recorder = Recorder::open(&config.scheduler.history, RESERVE_IDS)?;
     let reader = History::open_read_only(&config.scheduler.history)?;
     let abandoned = match &reader {
-        Some(h) => abandon_dead_runs(h, &recorder, config.scheduler.kill_grace)?,
+        Some(h) => abandon_dead_runs(h, &recorder, config.scheduler.kill_grace).await?,
         None => 0,
     };
     recorder.daemon_started(std::process::id(), started_at);

@@ -8,7 +8,7 @@ use crate::history::{History, Recorder};
 /// Rows left `running` by a process that is gone become `abandoned`, and whatever their
 /// processes left running is ended (found by the run's tag, so a reused PID is never hit);
 /// returns how many.
-pub(super) fn abandon_dead_runs(
+pub(super) async fn abandon_dead_runs(
     history: &History,
     recorder: &Recorder,
     grace: Duration,
@@ -29,29 +29,11 @@ pub(super) fn abandon_dead_runs(
                     row.job,
                     orphans.len()
                 );
-                // Before the runtime runs anything else: a plain blocking wait is fine here.
-                end_tagged_now(&tag, grace);
+                crate::process::terminate(crate::process::Target::Tagged(&tag), grace).await;
             }
         }
         recorder.abandon(row.id, "the process that ran it died".to_string());
         n += 1;
     }
     Ok(n)
-}
-
-/// Ends the processes tagged `tag`: SIGTERM, up to `grace`, SIGKILL (blocking; start-up only).
-fn end_tagged_now(tag: &str, grace: Duration) {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    for pid in crate::process::tagged_processes(tag) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    }
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline && !crate::process::tagged_processes(tag).is_empty()
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for pid in crate::process::tagged_processes(tag) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
 }

@@ -138,11 +138,11 @@ pub(super) async fn run_subprocess(
     exec.usage = usage.lock().ok().map(|u| u.clone());
     // Nothing outlives a run: what the job left in its group, and anything that carries the
     // run's tag after leaving the group (a new session, a double fork).
-    if process::end_stragglers(pid, grace).await {
+    if process::terminate(process::Target::Group(pid), grace).await {
         log.note("ended processes the job left running in its group");
     }
-    let escaped = process::end_tagged(&tag, grace).await;
-    if escaped > 0 {
+    let escaped = process::tagged_processes(&tag).len();
+    if process::terminate(process::Target::Tagged(&tag), grace).await {
         log.note(&format!(
             "ended {escaped} process(es) that left the job's group"
         ));
