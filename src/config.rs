@@ -142,7 +142,8 @@ pub struct Scheduler {
 }
 
 /// What the daemon does when it finds the old system's scripts running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Legacy {
     /// Refuse to start (both would collect the same data).
     Refuse,
@@ -180,7 +181,8 @@ pub struct Python {
 }
 
 /// How a job's code is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Executor {
     /// A short-lived process in its own process group: hard kill, crash isolation.
     Subprocess,
@@ -229,7 +231,8 @@ impl std::fmt::Display for Entry {
 }
 
 /// What a job does when a slot comes while its previous run still runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Overlap {
     /// Record the slot as `skipped`, with the reason.
     Skip,
@@ -240,7 +243,8 @@ pub enum Overlap {
 }
 
 /// What a job does about slots missed while the daemon was down or asleep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CatchUp {
     /// Run the most recent missed slot once.
     Latest,
@@ -398,22 +402,12 @@ impl Config {
                         )
                     })?,
             },
-            legacy: match &raw.scheduler.legacy {
-                None => Legacy::Refuse,
-                Some(l) => match l.get_ref().as_str() {
-                    "refuse" => Legacy::Refuse,
-                    "warn" => Legacy::Warn,
-                    "stop" => Legacy::Stop,
-                    other => {
-                        return Err(v.at(
-                            l,
-                            format!(
-                                "unknown policy `{other}` for `scheduler.legacy` (expected one of: refuse, warn, stop)"
-                            ),
-                        ));
-                    }
-                },
-            },
+            legacy: v.policy(
+                raw.scheduler.legacy.as_ref(),
+                "scheduler.legacy",
+                None,
+                Legacy::Refuse,
+            )?,
             legacy_scripts: raw
                 .scheduler
                 .legacy_scripts
@@ -569,9 +563,62 @@ struct Validator<'a> {
     regular: (chrono::NaiveTime, chrono::NaiveTime),
 }
 
+/// A policy written as one of a few lowercase words: deserialized by serde, refused with the
+/// words it accepts.
+trait Policy: Sized + serde::de::DeserializeOwned {
+    /// What the error calls it: "overlap policy".
+    const WHAT: &'static str;
+    const WORDS: &'static [&'static str];
+}
+
+impl Policy for Legacy {
+    const WHAT: &'static str = "policy";
+    const WORDS: &'static [&'static str] = &["refuse", "warn", "stop"];
+}
+
+impl Policy for Executor {
+    const WHAT: &'static str = "executor";
+    const WORDS: &'static [&'static str] = &["subprocess", "pyo3"];
+}
+
+impl Policy for Overlap {
+    const WHAT: &'static str = "overlap policy";
+    const WORDS: &'static [&'static str] = &["skip", "queue", "replace"];
+}
+
+impl Policy for CatchUp {
+    const WHAT: &'static str = "catch-up policy";
+    const WORDS: &'static [&'static str] = &["latest", "none", "all"];
+}
+
 impl Validator<'_> {
     fn at<T>(&self, spanned: &Spanned<T>, message: String) -> ConfigError {
         ConfigError::at(self.file, self.source, spanned.span().start, message)
+    }
+
+    /// A policy key (`overlap`, `catch_up`, …): `default` when absent.
+    fn policy<P: Policy>(
+        &self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        table: Option<&str>,
+        default: P,
+    ) -> Result<P, ConfigError> {
+        let Some(raw) = raw else { return Ok(default) };
+        let words =
+            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(raw.get_ref());
+        P::deserialize(words).map_err(|_| {
+            self.at(
+                raw,
+                format!(
+                    "unknown {} `{}` for `{key}`{} (expected one of: {})",
+                    P::WHAT,
+                    raw.get_ref(),
+                    table.map(|t| format!(" in [{t}]")).unwrap_or_default(),
+                    P::WORDS.join(", ")
+                ),
+            )
+        })
     }
 
     fn duration(
@@ -699,21 +746,12 @@ impl Validator<'_> {
                 format!("a window needs `market_hours = true` in [{table}]"),
             ));
         }
-        let executor = match &raw.executor {
-            None => Executor::Subprocess,
-            Some(e) => match e.get_ref().as_str() {
-                "subprocess" => Executor::Subprocess,
-                "pyo3" => Executor::Pyo3,
-                other => {
-                    return Err(self.at(
-                        e,
-                        format!(
-                            "unknown executor `{other}` for `executor` in [{table}] (expected one of: subprocess, pyo3)"
-                        ),
-                    ));
-                }
-            },
-        };
+        let executor = self.policy(
+            raw.executor.as_ref(),
+            "executor",
+            Some(&table),
+            Executor::Subprocess,
+        )?;
         if let (Executor::Pyo3, Some(e), false) = (
             executor,
             &raw.executor,
@@ -726,38 +764,13 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let overlap = match &raw.overlap {
-            None => Overlap::Skip,
-            Some(o) => match o.get_ref().as_str() {
-                "skip" => Overlap::Skip,
-                "queue" => Overlap::Queue,
-                "replace" => Overlap::Replace,
-                other => {
-                    return Err(self.at(
-                        o,
-                        format!(
-                            "unknown overlap policy `{other}` for `overlap` in [{table}] (expected one of: skip, queue, replace)"
-                        ),
-                    ));
-                }
-            },
-        };
-        let catch_up = match &raw.catch_up {
-            None => CatchUp::Latest,
-            Some(c) => match c.get_ref().as_str() {
-                "latest" => CatchUp::Latest,
-                "none" => CatchUp::None,
-                "all" => CatchUp::All,
-                other => {
-                    return Err(self.at(
-                        c,
-                        format!(
-                            "unknown catch-up policy `{other}` for `catch_up` in [{table}] (expected one of: latest, none, all)"
-                        ),
-                    ));
-                }
-            },
-        };
+        let overlap = self.policy(raw.overlap.as_ref(), "overlap", Some(&table), Overlap::Skip)?;
+        let catch_up = self.policy(
+            raw.catch_up.as_ref(),
+            "catch_up",
+            Some(&table),
+            CatchUp::Latest,
+        )?;
         let misfire_grace = match &raw.misfire_grace {
             None => None,
             Some(g) => {
