@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::error::Result;
 use crate::fmt::duration as format_duration;
-use crate::history::{History, RunRow, parse_time};
+use crate::history::{History, Outcome, RunRow, parse_time};
 use crate::instance::{self, DaemonInfo};
 
 #[derive(Debug, Serialize)]
@@ -113,11 +113,11 @@ pub fn gather_from(
             .rfind(|r| r.job == job.id && r.owner_pid.is_some_and(crate::process::scheduler_alive));
         // The last run that ended; a `running` row whose owner died is reported, not shown.
         let last_done = match &last {
-            Some(l) if l.outcome == "running" => match history {
+            Some(l) if l.outcome == Outcome::Running => match history {
                 Some(h) => h
                     .runs(Some(&job.id), 50)?
                     .into_iter()
-                    .find(|x| x.outcome != "running" && x.outcome != "skipped"),
+                    .find(|x| !matches!(x.outcome, Outcome::Running | Outcome::Skipped)),
                 None => None,
             },
             _ => last,
@@ -154,7 +154,7 @@ pub fn gather_from(
             running_run_id: running.or(stuck).map(|r| r.id),
             running_pid: running.and_then(|r| r.pid),
             running_since: running.or(stuck).map(|r| r.started_at.clone()),
-            last_outcome: last_done.as_ref().map(|r| r.outcome.clone()),
+            last_outcome: last_done.as_ref().map(|r| r.outcome.to_string()),
             last_started_at: last_done.as_ref().map(|r| r.started_at.clone()),
             last_finished_at: last_done.as_ref().and_then(|r| r.finished_at.clone()),
             last_duration_ms: last_done.as_ref().and_then(|r| r.duration_ms),
@@ -381,7 +381,7 @@ pub fn render_history(rows: &[RunRow], config: &Config) -> String {
             r.job,
             r.trigger,
             local(Some(&r.scheduled_at), tz),
-            format!("{} {}", icon(&r.outcome), r.outcome),
+            format!("{} {}", icon(r.outcome.as_str()), r.outcome),
             duration,
             r.attempt,
             r.error

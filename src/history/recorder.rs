@@ -619,8 +619,14 @@ mod tests {
         let h = History::open_read_only(&path).unwrap().unwrap();
         let rows = h.runs(None, 10).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows.iter().find(|r| r.id == a).unwrap().outcome, "success");
-        assert_eq!(rows.iter().find(|r| r.id == b).unwrap().outcome, "running");
+        assert_eq!(
+            rows.iter().find(|r| r.id == a).unwrap().outcome,
+            Outcome::Success
+        );
+        assert_eq!(
+            rows.iter().find(|r| r.id == b).unwrap().outcome,
+            Outcome::Running
+        );
     }
 
     #[test]
@@ -640,7 +646,7 @@ mod tests {
         let h = History::open_read_only(&path).unwrap().unwrap();
         let rows = h.runs(None, 10).unwrap();
         let row_a = rows.iter().find(|r| r.id == a).expect("run a rewritten");
-        assert_eq!(row_a.outcome, "success");
+        assert_eq!(row_a.outcome, Outcome::Success);
         assert_eq!(row_a.job, "a");
     }
 
@@ -680,7 +686,7 @@ mod tests {
         assert_eq!(rows.iter().filter(|r| r.job == "a").count(), 4, "{rows:#?}");
         assert_eq!(
             rows.iter()
-                .filter(|r| r.job == "a" && r.outcome == "success")
+                .filter(|r| r.job == "a" && r.outcome == Outcome::Success)
                 .count(),
             1,
             "the end found the remapped row: {rows:#?}"

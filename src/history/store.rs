@@ -119,7 +119,8 @@ impl Outcome {
 }
 
 /// Why a run was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TriggerKind {
     Schedule,
     Manual,
@@ -127,7 +128,48 @@ pub enum TriggerKind {
     CatchUp,
 }
 
+/// Both enums are stored as their words (`success`, `catch-up`) and read back typed.
+macro_rules! word_column {
+    ($t:ty, $what:literal) => {
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let word = value.as_str()?;
+                <$t>::parse(word).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("unknown {} `{word}` (written by a newer version?)", $what).into(),
+                    )
+                })
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+word_column!(Outcome, "outcome");
+word_column!(TriggerKind, "trigger");
+
 impl TriggerKind {
+    pub fn parse(s: &str) -> Option<TriggerKind> {
+        [
+            TriggerKind::Schedule,
+            TriggerKind::Manual,
+            TriggerKind::Retry,
+            TriggerKind::CatchUp,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TriggerKind::Schedule => "schedule",
@@ -185,14 +227,14 @@ pub struct SkippedRow {
 pub struct RunRow {
     pub id: i64,
     pub job: String,
-    pub trigger: String,
+    pub trigger: TriggerKind,
     pub scheduled_at: String,
     pub started_at: String,
     pub entered_at: Option<String>,
     pub finished_at: Option<String>,
     pub duration_ms: Option<i64>,
     pub attempt: u32,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub exit_code: Option<i32>,
     pub signal: Option<String>,
     pub pid: Option<i64>,
@@ -804,7 +846,7 @@ mod tests {
         .unwrap();
         let rows = h.runs(Some("j"), 10).unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].outcome, "success");
+        assert_eq!(rows[0].outcome, Outcome::Success);
         assert_eq!(rows[0].result["n"], 3);
         assert!(h.running().unwrap().is_empty());
         // Reopening keeps the schema and the rows.
