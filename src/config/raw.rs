@@ -1,0 +1,89 @@
+//! What the TOML says, before validation: unknown keys are refused, spans kept for errors.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::calendar::file::RawSession;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) scheduler: RawScheduler,
+    #[serde(default)]
+    pub(super) python: RawPython,
+    #[serde(default)]
+    pub(super) calendar: RawCalendar,
+    #[serde(default)]
+    pub(super) jobs: BTreeMap<String, Spanned<RawJob>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCalendar {
+    pub(super) file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) closures: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) sessions: Vec<Spanned<RawSession>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScheduler {
+    pub(super) exchange: Option<Spanned<String>>,
+    pub(super) log_dir: Option<String>,
+    pub(super) history: Option<String>,
+    pub(super) shutdown_grace: Option<Spanned<String>>,
+    pub(super) kill_grace: Option<Spanned<String>>,
+    pub(super) strict_calendar: Option<bool>,
+    pub(super) health_interval: Option<Spanned<String>>,
+    pub(super) report_interval: Option<Spanned<String>>,
+    pub(super) history_retention: Option<Spanned<String>>,
+    pub(super) log_files_kept: Option<Spanned<i64>>,
+    pub(super) legacy: Option<Spanned<String>>,
+    pub(super) legacy_scripts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPython {
+    pub(super) executable: Option<Spanned<String>>,
+    pub(super) venv: Option<Spanned<String>>,
+    pub(super) path: Option<Vec<String>>,
+    pub(super) cwd: Option<Spanned<String>>,
+    pub(super) probe_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJob {
+    pub(super) name: Option<String>,
+    pub(super) entry: Option<Spanned<String>>,
+    pub(super) command: Option<Spanned<Vec<String>>>,
+    pub(super) schedule: Spanned<String>,
+    pub(super) market_hours: Option<bool>,
+    pub(super) window_start: Option<Spanned<String>>,
+    pub(super) window_end: Option<Spanned<String>>,
+    pub(super) executor: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) retry: Option<Spanned<RawRetry>>,
+    pub(super) overlap: Option<Spanned<String>>,
+    pub(super) catch_up: Option<Spanned<String>>,
+    pub(super) misfire_grace: Option<Spanned<String>>,
+    pub(super) max_memory: Option<Spanned<String>>,
+    pub(super) args: Option<toml::Table>,
+    pub(super) enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetry {
+    pub(super) attempts: Option<Spanned<i64>>,
+    pub(super) backoff: Option<Spanned<String>>,
+    pub(super) factor: Option<Spanned<f64>>,
+    pub(super) max_backoff: Option<Spanned<String>>,
+    pub(super) on: Option<Vec<Spanned<String>>>,
+}

@@ -1,0 +1,175 @@
+//! Config tests: good configs resolve, bad ones are refused at their key.
+
+use super::*;
+
+const GOOD: &str = r#"
+[scheduler]
+exchange = "XNSE"
+log_dir = "../logs"
+history = "../logs/history.sqlite3"
+
+[python]
+executable = "python3"
+path = ["../python_bridge"]
+
+[jobs.options_chain]
+name = "Options Chain Collection"
+entry = "hedge_jobs.options_chain:run"
+schedule = "0 */3 * * * *"
+market_hours = true
+executor = "subprocess"
+timeout = "150s"
+args = { indices = ["NIFTY", "BANKNIFTY"] }
+"#;
+
+fn parse(src: &str) -> Result<Config, String> {
+    Config::parse(Path::new("/p/config/c.toml"), src).map_err(|e| e.to_string())
+}
+
+#[test]
+fn good_config_resolves_paths_against_its_folder() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.scheduler.log_dir, Path::new("/p/logs"));
+    assert_eq!(c.scheduler.history, Path::new("/p/logs/history.sqlite3"));
+    assert_eq!(c.python.path, vec![PathBuf::from("/p/python_bridge")]);
+    let j = &c.jobs[0];
+    assert_eq!(j.id, "options_chain");
+    assert_eq!(j.entry.to_string(), "hedge_jobs.options_chain:run");
+    assert_eq!(j.timeout, Duration::from_secs(150));
+    assert_eq!(j.args["indices"][1], "BANKNIFTY");
+}
+
+#[test]
+fn unknown_key_names_file_line_and_table() {
+    let src = GOOD.replace("market_hours = true", "schedual = 1");
+    let e = parse(&src).unwrap_err();
+    assert!(
+        e.starts_with("/p/config/c.toml:15:1: unknown field `schedual`"),
+        "{e}"
+    );
+    assert!(e.contains("[jobs.options_chain]"), "{e}");
+}
+
+#[test]
+fn bad_values_are_placed_and_named() {
+    let cases = [
+        (
+            "\"0 */3 * * * *\"",
+            "\"0 */3 * * * * * *\"",
+            "14:12: invalid cron",
+            "schedule",
+        ),
+        (
+            "\"XNSE\"",
+            "\"XLON\"",
+            "3:12: unknown exchange `XLON`",
+            "scheduler.exchange",
+        ),
+        (
+            "\"subprocess\"",
+            "\"thread\"",
+            "16:12: unknown executor `thread`",
+            "executor",
+        ),
+        (
+            "\"150s\"",
+            "\"soon\"",
+            "17:11: invalid duration `soon`",
+            "jobs.options_chain.timeout",
+        ),
+        (
+            "\"hedge_jobs.options_chain:run\"",
+            "\"hedge_jobs\"",
+            "13:9: invalid `entry`",
+            "jobs.options_chain",
+        ),
+    ];
+    for (from, to, want, key) in cases {
+        let e = parse(&GOOD.replace(from, to)).unwrap_err();
+        assert!(e.contains(want), "{e}");
+        assert!(e.contains(key), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+#[test]
+fn missing_entry_names_the_job() {
+    let src = GOOD.replace("entry = \"hedge_jobs.options_chain:run\"\n", "");
+    let e = parse(&src).unwrap_err();
+    assert!(
+        e.contains("missing key `entry` in [jobs.options_chain]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn review_cases_are_placed_errors() {
+    // A job without `schedule`: the error names the job's table, not the one before it.
+    let src = "[python]\npath = []\n\n[jobs.a]\nentry = \"m:f\"\n";
+    let e = parse(src).unwrap_err();
+    assert!(
+        e.contains("missing field `schedule`") && e.contains("[jobs.a]"),
+        "{e}"
+    );
+    assert!(!e.contains("[python]"), "{e}");
+    // A window that ends before it starts.
+    let src = GOOD.replace(
+        "market_hours = true",
+        "market_hours = true\nwindow_start = \"@close\"\nwindow_end = \"@open\"",
+    );
+    let e = parse(&src).unwrap_err();
+    assert!(e.contains("ends (@open) before it starts (@close)"), "{e}");
+    // Absurd durations are refused, not a panic later.
+    let e = parse(&GOOD.replace("\"150s\"", "\"500000000000y\"")).unwrap_err();
+    assert!(
+        e.contains("too long") || e.contains("invalid duration"),
+        "{e}"
+    );
+    // A non-ASCII character after an anchor is an error, not a panic.
+    let e = parse(&GOOD.replace("0 */3 * * * *", "@open€")).unwrap_err();
+    assert!(e.contains("invalid session point"), "{e}");
+}
+
+#[test]
+fn toml_dates_in_args_reach_python_as_text() {
+    let src = GOOD.replace(
+        "args = { indices = [\"NIFTY\", \"BANKNIFTY\"] }",
+        "args = { until = 2026-12-31, at = 09:15:00, ratio = 1.5 }",
+    );
+    let c = parse(&src).unwrap();
+    assert_eq!(c.jobs[0].args["until"], "2026-12-31");
+    assert_eq!(c.jobs[0].args["at"], "09:15:00");
+    assert_eq!(c.jobs[0].args["ratio"], 1.5);
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert!(parse_duration("0s").is_err());
+    assert!(parse_duration("ten").is_err());
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("2GiB").unwrap(), 2 * 1024 * 1024 * 1024);
+    assert_eq!(parse_size("512 MiB").unwrap(), 512 * 1024 * 1024);
+    assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
+    assert_eq!(parse_size("4096").unwrap(), 4096);
+    assert!(parse_size("lots").is_err());
+    assert!(parse_size("2XB").is_err());
+}
+
+#[test]
+fn entries() {
+    assert!(parse_entry("a.b:run").is_some());
+    assert!(parse_entry("a.b").is_none());
+    assert!(parse_entry("a.b:").is_none());
+    assert!(parse_entry("a..b:run").is_none());
+    assert!(parse_entry("a:b.c").is_none());
+    assert_eq!(
+        parse_entry("src/data/collector.py"),
+        Some(Entry::Script(PathBuf::from("src/data/collector.py")))
+    );
+}

@@ -1,0 +1,570 @@
+//! `RawConfig` → `Config`: every value checked, every error placed at its key.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::calendar::{Calendar, Exchange};
+use crate::error::ConfigError;
+use crate::trigger::{Schedule, SessionPoint, Trigger};
+
+use super::*;
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = absolute(path);
+        let source = std::fs::read_to_string(&file)
+            .map_err(|e| ConfigError::new(&file, format!("cannot read config file: {e}")))?;
+        let config = Config::parse(&file, &source)?;
+        if !config.python.cwd.is_dir() {
+            return Err(ConfigError {
+                file,
+                position: config.python.cwd_at,
+                message: format!(
+                    "`python.cwd` `{}` is not a folder",
+                    config.python.cwd.display()
+                ),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Validates `source`, the text of the config file `file` (absolute).
+    pub fn parse(file: &Path, source: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(source).map_err(|e| toml_error(file, source, &e))?;
+        let mut v = Validator {
+            file,
+            source,
+            regular: Exchange::Xnse.regular_hours(),
+        };
+        let base = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+
+        let exchange = match &raw.scheduler.exchange {
+            None => Exchange::Xnse,
+            Some(s) => Exchange::parse(s.get_ref()).ok_or_else(|| {
+                let known: Vec<_> = Exchange::ALL.iter().map(|e| e.code()).collect();
+                v.at(
+                    s,
+                    format!(
+                        "unknown exchange `{}` in `scheduler.exchange` (expected one of: {})",
+                        s.get_ref(),
+                        known.join(", ")
+                    ),
+                )
+            })?,
+        };
+        v.regular = exchange.regular_hours();
+        let scheduler = Scheduler {
+            exchange,
+            log_dir: base.join(raw.scheduler.log_dir.as_deref().unwrap_or("../logs")),
+            history: base.join(
+                raw.scheduler
+                    .history
+                    .as_deref()
+                    .unwrap_or("../logs/history.sqlite3"),
+            ),
+            shutdown_grace: v.duration(
+                raw.scheduler.shutdown_grace.as_ref(),
+                "scheduler.shutdown_grace",
+                DEFAULT_SHUTDOWN_GRACE,
+            )?,
+            kill_grace: v.duration(
+                raw.scheduler.kill_grace.as_ref(),
+                "scheduler.kill_grace",
+                DEFAULT_KILL_GRACE,
+            )?,
+            health_interval: v.duration(
+                raw.scheduler.health_interval.as_ref(),
+                "scheduler.health_interval",
+                Duration::from_secs(30),
+            )?,
+            report_interval: v.duration(
+                raw.scheduler.report_interval.as_ref(),
+                "scheduler.report_interval",
+                Duration::from_secs(300),
+            )?,
+            history_retention: v.duration(
+                raw.scheduler.history_retention.as_ref(),
+                "scheduler.history_retention",
+                Duration::from_secs(90 * 86_400),
+            )?,
+            log_files_kept: match &raw.scheduler.log_files_kept {
+                None => 7,
+                Some(n) => usize::try_from(*n.get_ref())
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        v.at(
+                            n,
+                            "`scheduler.log_files_kept` must be 1 to 1000".to_string(),
+                        )
+                    })?,
+            },
+            legacy: v.policy(
+                raw.scheduler.legacy.as_ref(),
+                "scheduler.legacy",
+                None,
+                Legacy::Refuse,
+            )?,
+            legacy_scripts: raw
+                .scheduler
+                .legacy_scripts
+                .clone()
+                .unwrap_or_else(|| LEGACY_SCRIPTS.map(String::from).to_vec()),
+        };
+
+        if let (Some(_), Some(venv)) = (&raw.python.executable, &raw.python.venv) {
+            return Err(v.at(
+                venv,
+                "set either `python.executable` or `python.venv`, not both (the venv's interpreter is used)".to_string(),
+            ));
+        }
+        let venv = raw
+            .python
+            .venv
+            .as_ref()
+            .map(|v| normalize(&base.join(v.get_ref())));
+        let probe_timeout = v.duration(
+            raw.python.probe_timeout.as_ref(),
+            "python.probe_timeout",
+            Duration::from_secs(10),
+        )?;
+        let python = Python {
+            probe_timeout,
+            executable: match (&venv, &raw.python.executable) {
+                (Some(v), _) => v.join("bin/python").display().to_string(),
+                (None, Some(e)) => e.get_ref().clone(),
+                (None, None) => "python3".to_string(),
+            },
+            venv,
+            executable_at: raw
+                .python
+                .executable
+                .as_ref()
+                .or(raw.python.venv.as_ref())
+                .map(|s| crate::error::line_col(source, s.span().start)),
+            path: raw
+                .python
+                .path
+                .unwrap_or_else(|| vec!["../python_bridge".to_string()])
+                .iter()
+                .map(|p| base.join(p))
+                .collect(),
+            cwd: base.join(
+                raw.python
+                    .cwd
+                    .as_ref()
+                    .map_or(".", |c| c.get_ref().as_str()),
+            ),
+            cwd_at: raw
+                .python
+                .cwd
+                .as_ref()
+                .map(|c| crate::error::line_col(source, c.span().start)),
+        };
+
+        let calendar_file = raw
+            .calendar
+            .file
+            .as_ref()
+            .map(|f| normalize(&base.join(f.get_ref())));
+        if let (Some(path), Some(raw_file)) = (&calendar_file, &raw.calendar.file)
+            && !path.is_file()
+        {
+            return Err(v.at(
+                raw_file,
+                format!(
+                    "calendar file `{}` for `calendar.file` not found (looked for `{}`)",
+                    raw_file.get_ref(),
+                    path.display()
+                ),
+            ));
+        }
+        let calendar = Calendar::load(
+            exchange,
+            &calendar_file
+                .clone()
+                .unwrap_or_else(|| base.join("calendars").join(exchange.file_name())),
+            calendar_file.is_some(),
+        )?;
+        let overrides = crate::calendar::file::parse_overrides(
+            file,
+            source,
+            exchange,
+            "calendar.",
+            &raw.calendar.closures,
+            &raw.calendar.sessions,
+        )?;
+        let calendar = Arc::new(
+            calendar.with_overrides(overrides, raw.scheduler.strict_calendar.unwrap_or(false)),
+        );
+
+        let mut jobs = Vec::new();
+        for (id, raw_job) in raw.jobs {
+            if let Some(job) = v.job(&id, raw_job)? {
+                jobs.push(job);
+            }
+        }
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            scheduler: Scheduler {
+                log_dir: normalize(&scheduler.log_dir),
+                history: normalize(&scheduler.history),
+                ..scheduler
+            },
+            python: Python {
+                path: python.path.iter().map(|p| normalize(p)).collect(),
+                cwd: normalize(&python.cwd),
+                ..python
+            },
+            calendar,
+            jobs,
+        })
+    }
+}
+
+pub(super) struct Validator<'a> {
+    pub(super) file: &'a Path,
+    pub(super) source: &'a str,
+    /// The exchange's regular hours, to check windows against.
+    pub(super) regular: (chrono::NaiveTime, chrono::NaiveTime),
+}
+
+/// A policy written as one of a few lowercase words: deserialized by serde, refused with the
+/// words it accepts.
+pub(super) trait Policy: Sized + serde::de::DeserializeOwned {
+    /// What the error calls it: "overlap policy".
+    const WHAT: &'static str;
+    const WORDS: &'static [&'static str];
+}
+
+impl Policy for Legacy {
+    const WHAT: &'static str = "policy";
+    const WORDS: &'static [&'static str] = &["refuse", "warn", "stop"];
+}
+
+impl Policy for Executor {
+    const WHAT: &'static str = "executor";
+    const WORDS: &'static [&'static str] = &["subprocess", "pyo3"];
+}
+
+impl Policy for Overlap {
+    const WHAT: &'static str = "overlap policy";
+    const WORDS: &'static [&'static str] = &["skip", "queue", "replace"];
+}
+
+impl Policy for CatchUp {
+    const WHAT: &'static str = "catch-up policy";
+    const WORDS: &'static [&'static str] = &["latest", "none", "all"];
+}
+
+impl Validator<'_> {
+    pub(super) fn at<T>(&self, spanned: &Spanned<T>, message: String) -> ConfigError {
+        ConfigError::at(self.file, self.source, spanned.span().start, message)
+    }
+
+    /// A policy key (`overlap`, `catch_up`, …): `default` when absent.
+    pub(super) fn policy<P: Policy>(
+        &self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        table: Option<&str>,
+        default: P,
+    ) -> Result<P, ConfigError> {
+        let Some(raw) = raw else { return Ok(default) };
+        let words =
+            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(raw.get_ref());
+        P::deserialize(words).map_err(|_| {
+            self.at(
+                raw,
+                format!(
+                    "unknown {} `{}` for `{key}`{} (expected one of: {})",
+                    P::WHAT,
+                    raw.get_ref(),
+                    table.map(|t| format!(" in [{t}]")).unwrap_or_default(),
+                    P::WORDS.join(", ")
+                ),
+            )
+        })
+    }
+
+    pub(super) fn duration(
+        &self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(raw) = raw else { return Ok(default) };
+        parse_duration(raw.get_ref()).map_err(|why| {
+            self.at(
+                raw,
+                format!(
+                    "invalid duration `{}` for `{key}`: {why} (expected e.g. \"150s\", \"2m\", \"1h30m\")",
+                    raw.get_ref()
+                ),
+            )
+        })
+    }
+
+    pub(super) fn job(&self, id: &str, raw: Spanned<RawJob>) -> Result<Option<Job>, ConfigError> {
+        let table = format!("jobs.{id}");
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(self.at(
+                &raw,
+                format!("invalid job id `{id}` in [{table}] (use letters, digits, `_` and `-`)"),
+            ));
+        }
+        let job_span = raw.span();
+        let raw = raw.into_inner();
+        let entry = match (&raw.entry, &raw.command) {
+            (None, None) => {
+                return Err(ConfigError::at(
+                    self.file,
+                    self.source,
+                    job_span.start,
+                    format!(
+                        "missing key `entry` in [{table}] (expected \"module:function\", a script \"path/to/script.py\", or `command = [\"prog\", \"arg\"]`)"
+                    ),
+                ));
+            }
+            (Some(_), Some(c)) => {
+                return Err(self.at(
+                    c,
+                    format!("set either `entry` or `command` in [{table}], not both"),
+                ));
+            }
+            (None, Some(c)) => {
+                if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() {
+                    return Err(self.at(
+                        c,
+                        format!("`command` in [{table}] is empty (expected [\"prog\", \"arg\", ...])"),
+                    ));
+                }
+                Entry::Command(c.get_ref().clone())
+            }
+            (Some(e), None) => parse_entry(e.get_ref()).ok_or_else(|| {
+                self.at(
+                    e,
+                    format!(
+                        "invalid `entry` `{}` in [{table}] (expected \"module:function\", e.g. \"hedge_jobs.options_chain:run\", or a script \"path/to/script.py\")",
+                        e.get_ref()
+                    ),
+                )
+            })?,
+        };
+        let schedule = Schedule::parse(raw.schedule.get_ref()).map_err(|why| {
+            let (what, expected) = if raw.schedule.get_ref().trim_start().starts_with('@') {
+                ("session point", "expected \"@open\", \"@open+5m\", \"@close-10m\"")
+            } else {
+                (
+                    "cron",
+                    "expected e.g. \"0 */3 * * * *\": sec min hour day month weekday, or \"@open+5m\"",
+                )
+            };
+            self.at(
+                &raw.schedule,
+                format!(
+                    "invalid {what} `{}` for `schedule` in [{table}]: {why} ({expected})",
+                    raw.schedule.get_ref()
+                ),
+            )
+        })?;
+        let point = |raw: &Option<Spanned<String>>, key: &str, default: SessionPoint| {
+            match raw {
+            None => Ok(default),
+            Some(s) => SessionPoint::parse(s.get_ref()).map_err(|why| {
+                self.at(
+                    s,
+                    format!(
+                        "invalid `{key}` `{}` in [{table}]: {why} (expected e.g. \"@open-15m\" or \"@close+5m\")",
+                        s.get_ref()
+                    ),
+                )
+            }),
+        }
+        };
+        let window_start = point(&raw.window_start, "window_start", SessionPoint::OPEN)?;
+        let window_end = point(&raw.window_end, "window_end", SessionPoint::CLOSE)?;
+        let market_hours = raw.market_hours.unwrap_or(true);
+        if let Some(w) = raw.window_end.as_ref().or(raw.window_start.as_ref()) {
+            // Checked on a regular session: the window must open before it closes.
+            let session = crate::calendar::Session {
+                date: chrono::NaiveDate::MIN,
+                open: self.regular.0,
+                close: self.regular.1,
+                kind: crate::calendar::SessionKind::Regular,
+            };
+            if window_start.in_session(&session) > window_end.in_session(&session) {
+                return Err(self.at(
+                    w,
+                    format!(
+                        "the window in [{table}] ends ({window_end}) before it starts ({window_start})"
+                    ),
+                ));
+            }
+        }
+        if !market_hours && let Some(w) = raw.window_start.as_ref().or(raw.window_end.as_ref()) {
+            return Err(self.at(
+                w,
+                format!("a window needs `market_hours = true` in [{table}]"),
+            ));
+        }
+        let executor = self.policy(
+            raw.executor.as_ref(),
+            "executor",
+            Some(&table),
+            Executor::Subprocess,
+        )?;
+        if let (Executor::Pyo3, Some(e), false) = (
+            executor,
+            &raw.executor,
+            matches!(entry, Entry::Function { .. }),
+        ) {
+            return Err(self.at(
+                e,
+                format!(
+                    "executor `pyo3` in [{table}] runs a \"module:function\" entry only; scripts and commands run as subprocesses"
+                ),
+            ));
+        }
+        let overlap = self.policy(raw.overlap.as_ref(), "overlap", Some(&table), Overlap::Skip)?;
+        let catch_up = self.policy(
+            raw.catch_up.as_ref(),
+            "catch_up",
+            Some(&table),
+            CatchUp::Latest,
+        )?;
+        let misfire_grace = match &raw.misfire_grace {
+            None => None,
+            Some(g) => {
+                Some(self.duration(Some(g), &format!("{table}.misfire_grace"), Duration::ZERO)?)
+            }
+        };
+        let retry = match &raw.retry {
+            None => Retry::default(),
+            Some(r) => self.retry(r, &table)?,
+        };
+        let max_memory = match &raw.max_memory {
+            None => None,
+            Some(m) => {
+                if executor == Executor::Pyo3 {
+                    return Err(self.at(
+                        m,
+                        format!("`max_memory` in [{table}] needs executor = \"subprocess\" (an in-process run shares the daemon's memory)"),
+                    ));
+                }
+                Some(parse_size(m.get_ref()).map_err(|why| {
+                    self.at(
+                        m,
+                        format!(
+                            "invalid size `{}` for `max_memory` in [{table}]: {why} (expected e.g. \"512MiB\", \"2GiB\")",
+                            m.get_ref()
+                        ),
+                    )
+                })?)
+            }
+        };
+        let timeout = self.duration(
+            raw.timeout.as_ref(),
+            &format!("{table}.timeout"),
+            DEFAULT_TIMEOUT,
+        )?;
+        let args = match raw.args {
+            None => serde_json::Value::Object(Default::default()),
+            Some(t) => toml_to_json(toml::Value::Table(t)),
+        };
+        let entry_at = raw
+            .entry
+            .as_ref()
+            .map(|e| e.span().start)
+            .or(raw.command.as_ref().map(|c| c.span().start))
+            .map(|offset| crate::error::line_col(self.source, offset));
+        Ok(Some(Job {
+            id: id.to_string(),
+            name: raw.name.unwrap_or_else(|| id.to_string()),
+            entry,
+            entry_at,
+            enabled: raw.enabled != Some(false),
+            trigger: Trigger {
+                schedule,
+                market_hours,
+                window_start,
+                window_end,
+            },
+            executor,
+            timeout,
+            retry,
+            overlap,
+            catch_up,
+            misfire_grace,
+            max_memory,
+            args,
+        }))
+    }
+
+    pub(super) fn retry(&self, raw: &Spanned<RawRetry>, table: &str) -> Result<Retry, ConfigError> {
+        let r = raw.get_ref();
+        let mut retry = Retry::default();
+        if let Some(a) = &r.attempts {
+            retry.attempts = u32::try_from(*a.get_ref())
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| {
+                    self.at(
+                        a,
+                        format!(
+                            "`retry.attempts` in [{table}] must be 1 to 100 (attempts in all, the first included)"
+                        ),
+                    )
+                })?;
+        }
+        retry.backoff = self.duration(
+            r.backoff.as_ref(),
+            &format!("{table}.retry.backoff"),
+            retry.backoff,
+        )?;
+        retry.max_backoff = self.duration(
+            r.max_backoff.as_ref(),
+            &format!("{table}.retry.max_backoff"),
+            retry.max_backoff.max(retry.backoff),
+        )?;
+        if let Some(f) = &r.factor {
+            if !(1.0..=10.0).contains(f.get_ref()) {
+                return Err(self.at(
+                    f,
+                    format!("`retry.factor` in [{table}] must be from 1 to 10"),
+                ));
+            }
+            retry.factor = *f.get_ref();
+        }
+        if let Some(on) = &r.on {
+            use crate::history::Outcome;
+            retry.on = Vec::new();
+            for o in on {
+                match Outcome::parse(o.get_ref()) {
+                    Some(out @ (Outcome::Failed | Outcome::Timeout | Outcome::Crashed)) => {
+                        retry.on.push(out)
+                    }
+                    _ => {
+                        return Err(self.at(
+                            o,
+                            format!(
+                                "`retry.on` in [{table}] lists `{}` (expected any of: failed, timeout, crashed)",
+                                o.get_ref()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(retry)
+    }
+}
