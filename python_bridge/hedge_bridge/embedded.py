@@ -6,7 +6,8 @@ prints (``print``, ``sys.stderr``, ``ctx.log``, ``logging``) goes to that job's 
 line, in the same format as a subprocess run's output; other threads print to the daemon's console.
 
 A run is ended early (timeout, cancellation) by raising :class:`JobTimeout` or
-:class:`JobCancelled` inside its thread (``PyThreadState_SetAsyncExc``). Both derive from
+:class:`JobCancelled` inside its thread (``PyThreadState_SetAsyncExc``, from the daemon, only
+while the run is still in Python: the race with its return is settled under the GIL). Both derive from
 ``BaseException``, so a job's ``except Exception`` does not swallow them. A thread blocked inside C
 code only sees the exception when it returns to Python.
 """
@@ -21,7 +22,7 @@ import threading
 
 from hedge_bridge import call, context_from_json
 
-__all__ = ["JobTimeout", "JobCancelled", "run_json", "interrupt"]
+__all__ = ["JobTimeout", "JobCancelled", "run_json"]
 
 
 class JobTimeout(BaseException):
@@ -124,12 +125,3 @@ def run_json(entry: str, ctx_json: str, log_path: str, run_id: int) -> str:
     finally:
         _sinks.pop(ident, None)
         sink.close()
-
-
-def interrupt(ident: int, reason: str) -> int:
-    """Raises JobTimeout (reason "timeout") or JobCancelled in thread ``ident``; returns how many
-    threads were hit (0: the thread is gone)."""
-    import ctypes  # only when a run must be interrupted: it costs memory at idle
-
-    exc = JobTimeout if reason == "timeout" else JobCancelled
-    return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
