@@ -38,8 +38,9 @@ use chores::{Chore, LagStats};
 use decide::{Action, JobState, Wake};
 
 /// The longest the loop sleeps without looking at the wall clock again: how soon a clock step
-/// (or the end of a suspend) is noticed when no slot is near.
-const MAX_SLEEP: Duration = Duration::from_secs(5);
+/// (or the end of a suspend) is noticed when no slot is near. A slot that comes is never later
+/// than its own timer; this only bounds how long a step goes unnoticed while nothing is due.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// A difference between wall-clock and monotonic time larger than this is a clock step.
 const STEP: chrono::Duration = chrono::Duration::seconds(1);
 /// Ids the daemon's history writer reserves at a time.

@@ -24,6 +24,9 @@ use crate::error::{Error, Result};
 /// The first pause after a refused write; it doubles up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// After a first write wakes it, the writer waits this long for the writes that follow (a short
+/// run's end follows its start within a millisecond): one transaction for both.
+const LINGER: Duration = Duration::from_millis(2);
 /// How long the writer waits for another process's lock before it lets the batch wait.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -312,6 +315,9 @@ impl Writer {
             };
             let disconnected = match first {
                 Ok(m) => {
+                    if self.queue.is_empty() && matches!(m, Msg::Write(_)) {
+                        std::thread::sleep(LINGER);
+                    }
                     self.take(m, &mut waiters, &mut closing);
                     false
                 }

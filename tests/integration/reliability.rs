@@ -111,8 +111,22 @@ fn a_locked_history_delays_rows_never_a_fire() {
         .expect("locker says it holds the lock");
     assert_eq!(line.trim(), "locked");
     let locked_at = Utc::now();
+    // `status` tells the truth meanwhile: the history refuses, and how many rows wait.
+    let told = wait_until(Duration::from_secs(8), || {
+        let out = p.run(&["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| {
+            v["warnings"].as_array().is_some_and(|w| {
+                w.iter().any(|w| {
+                    w.as_str().is_some_and(|w| {
+                        w.starts_with("history database:") && w.contains("write(s) waiting")
+                    })
+                })
+            })
+        })
+    });
     let _ = locker.wait();
     let unlocked_at = Utc::now();
+    assert!(told, "status did not say the history refuses writes");
     assert!(unlocked_at - locked_at >= chrono::Duration::seconds(9));
 
     // While the lock was held every slot of both jobs ran, on time.
