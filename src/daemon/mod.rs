@@ -82,6 +82,12 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
         Some(h) => abandon_dead_runs(h, &recorder, config.scheduler.kill_grace).await?,
         None => 0,
     };
+    if abandoned > 0 {
+        // Before anything fires, so `status` never shows a dead run as running; bounded, so a
+        // locked history cannot hold the start.
+        let r = recorder.clone();
+        let _ = tokio::task::spawn_blocking(move || r.flush(Duration::from_secs(2))).await;
+    }
     recorder.daemon_started(std::process::id(), started_at);
     let last_slots: Vec<Option<DateTime<Utc>>> = config
         .jobs

@@ -232,6 +232,11 @@ fn kill_9_mid_run_then_restart_abandons_the_row_and_ends_the_orphan() {
         wait_until(Duration::from_secs(10), || !pid_alive(job_pid)),
         "the orphaned job survived the restart"
     );
+    // The row is written by the history writer a moment later.
+    assert!(wait_until(
+        Duration::from_secs(10),
+        || p.history()[0]["outcome"] == "abandoned"
+    ));
     let rows = p.history();
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(rows[0]["outcome"], "abandoned");
