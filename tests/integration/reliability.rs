@@ -534,3 +534,54 @@ c.commit()
     assert_eq!(rows.len(), 2);
     assert!(rows[0]["id"].as_i64() > rows[1]["id"].as_i64());
 }
+
+#[test]
+fn a_pyo3_timeout_never_lands_in_the_next_run() {
+    // Runs that end within ±20 ms of their 100 ms timeout: the interrupt and Python's return
+    // race every time. An interrupt that lost must not hit the thread's next run.
+    let p = Project::new();
+    let file = p.path().join("edge.journal");
+    p.config(
+        "",
+        &format!(
+            "\n[jobs.edge]\nentry = \"fixture_jobs:edge\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nexecutor = \"pyo3\"\ntimeout = \"100ms\"\nargs = {{ file = {:?}, ms = 100 }}\n",
+            file.display().to_string()
+        ),
+    );
+    let daemon = p.spawn_daemon();
+    let enough = wait_until(Duration::from_secs(40), || {
+        p.try_history().is_some_and(|rows| {
+            let done = |o: &str| rows.iter().filter(|r| r["outcome"] == o).count();
+            done("success") >= 4 && done("timeout") >= 4 || rows.len() >= 25
+        })
+    });
+    stop_within(daemon, Duration::from_secs(10));
+    assert!(enough, "{:#?}", p.history());
+    let journal = std::fs::read_to_string(&file).unwrap_or_default();
+    let entered = |id: i64| journal.lines().any(|l| l == format!("enter {id}"));
+    for row in p.history() {
+        let id = row["id"].as_i64().expect("id");
+        let outcome = row["outcome"].as_str().unwrap_or_default();
+        let error = row["error"].as_str().unwrap_or_default();
+        match outcome {
+            "success" => assert!(
+                journal.lines().any(|l| l == format!("leave {id}")),
+                "run {id} succeeded without finishing"
+            ),
+            "timeout" => {
+                let ms = row["duration_ms"].as_i64().unwrap_or_default();
+                assert!(ms >= 95, "run {id} timed out after only {ms} ms: {row:#}");
+            }
+            // Cancelled by the shutdown at the end.
+            "cancelled" => {}
+            other => panic!("run {id}: {other}: {error}"),
+        }
+        if outcome != "cancelled" {
+            assert!(entered(id), "run {id} never entered the job: {row:#}");
+        }
+        assert!(
+            !(outcome != "timeout" && error.contains("JobTimeout")),
+            "a timeout landed in run {id}: {row:#}"
+        );
+    }
+}
