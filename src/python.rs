@@ -178,6 +178,18 @@ pub fn call(
     run_id: i64,
     run: &RunPhase,
 ) -> std::result::Result<String, String> {
+    let thread = enter(py, run)?;
+    let outcome = RUN_JSON
+        .import(py, "hedge_bridge.embedded", "run_json")
+        .and_then(|f| f.call1((entry, context, log_file.display().to_string(), run_id)))
+        .and_then(|r| r.extract::<String>());
+    leave(py, run, thread);
+    outcome.map_err(|e| describe(py, &e))
+}
+
+/// A run enters Python on this thread: nothing pending from an earlier run, the thread published
+/// for an interrupt; `Err` when the interrupt came first.
+fn enter(py: Python<'_>, run: &RunPhase) -> std::result::Result<u64, String> {
     let thread: u64 = GET_IDENT
         .import(py, "threading", "get_ident")
         .and_then(|f| f.call0())
@@ -188,15 +200,16 @@ pub fn call(
     if run.interrupted() {
         return Err("interrupted before the job was entered".to_string());
     }
-    let outcome = RUN_JSON
-        .import(py, "hedge_bridge.embedded", "run_json")
-        .and_then(|f| f.call1((entry, context, log_file.display().to_string(), run_id)))
-        .and_then(|r| r.extract::<String>());
+    Ok(thread)
+}
+
+/// Python returned: settle the race (still holding the GIL, which an interrupt needs too) and
+/// drop whatever an interrupt left pending.
+fn leave(py: Python<'_>, run: &RunPhase, thread: u64) {
     let _ = run
         .phase
         .compare_exchange(RUNNING, RETURNED, Ordering::SeqCst, Ordering::SeqCst);
     clear_pending(py, thread);
-    outcome.map_err(|e| describe(py, &e))
 }
 
 /// Raises `JobTimeout` (`timeout = true`) or `JobCancelled` in the run's thread, unless Python
@@ -240,4 +253,74 @@ pub fn interrupt(run: &RunPhase, timeout: bool) -> bool {
 /// Where the job's in-process output goes.
 pub fn log_file(config: &Config, job: &str) -> PathBuf {
     config.job_log_dir().join(format!("{job}.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn with_bridge() {
+        Python::initialize();
+        Python::attach(|py| {
+            let bridge = concat!(env!("CARGO_MANIFEST_DIR"), "/python_bridge");
+            py.import("sys")
+                .and_then(|sys| sys.getattr("path"))
+                .and_then(|path| path.call_method1("insert", (0, bridge)))
+                .expect("sys.path");
+        });
+    }
+
+    #[test]
+    fn an_interrupt_that_lost_the_race_never_reaches_the_next_run() {
+        with_bridge();
+        let first = Arc::new(RunPhase::default());
+        Python::attach(|py| {
+            let thread = enter(py, &first).expect("enter");
+            py.run(c"x = 1", None, None).expect("run");
+            leave(py, &first, thread);
+        });
+        // The timeout fires just after Python returned: it loses and raises nothing.
+        let late = Arc::clone(&first);
+        let raised = std::thread::spawn(move || interrupt(&late, true))
+            .join()
+            .expect("interrupter");
+        assert!(!raised && !first.interrupted());
+        // The thread's next run runs undisturbed.
+        let next = RunPhase::default();
+        Python::attach(|py| {
+            let thread = enter(py, &next).expect("enter");
+            py.run(c"y = sum(range(100000))", None, None)
+                .expect("no JobTimeout in the next run");
+            leave(py, &next, thread);
+        });
+    }
+
+    #[test]
+    fn an_interrupt_that_wins_ends_its_own_run() {
+        with_bridge();
+        let run = Arc::new(RunPhase::default());
+        let target = Arc::clone(&run);
+        let interrupter = std::thread::spawn(move || {
+            while target.ident.load(Ordering::SeqCst) == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            interrupt(&target, true)
+        });
+        let outcome = Python::attach(|py| {
+            let thread = enter(py, &run).expect("enter");
+            // Sleeps in steps, letting the GIL go: the interrupter gets in.
+            let r = py.run(
+                c"import time\nfor _ in range(500): time.sleep(0.01)",
+                None,
+                None,
+            );
+            leave(py, &run, thread);
+            r.map_err(|e| describe(py, &e))
+        });
+        assert!(interrupter.join().expect("interrupter"));
+        assert!(run.interrupted());
+        let err = outcome.expect_err("the run was interrupted");
+        assert!(err.contains("JobTimeout"), "{err}");
+    }
 }
