@@ -306,7 +306,8 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     if job.executor == config::Executor::Pyo3 {
         python::init(&config, &interpreter)?;
     }
-    let recorder = history::Recorder::open(&config.scheduler.history, 1)?;
+    // A single run reserves no ids ahead: the next process goes on right after it.
+    let recorder = history::Recorder::open(&config.scheduler.history, 0)?;
     let env = runner::RunEnv::new(Arc::new(config), interpreter.path, recorder.clone());
     let rt = runtime()?;
     let report = rt.block_on(async {

@@ -142,7 +142,7 @@ impl Recorder {
             queue: VecDeque::new(),
             state: State::default(),
             ids: Arc::clone(&ids),
-            ahead: ahead.max(1),
+            ahead: ahead.max(0),
             health: Arc::clone(&health),
             waiting: Arc::clone(&waiting),
             owner,
@@ -335,6 +335,9 @@ impl Writer {
             };
             self.publish();
             let over = closing.is_some_and(|at| Instant::now() >= at);
+            if closing.is_some() && self.queue.is_empty() {
+                self.release_reservation();
+            }
             if self.queue.is_empty() || over {
                 for w in waiters.drain(..) {
                     let _ = w.send(self.queue.len());
@@ -378,6 +381,18 @@ impl Writer {
 }
 
 impl Writer {
+    /// Gives back the ids reserved and not used, so the next process goes on from ours without a
+    /// gap (unless another process reserved past us meanwhile).
+    fn release_reservation(&mut self) {
+        let Some(h) = self.history.as_ref() else {
+            return;
+        };
+        let next = self.ids.load(Ordering::SeqCst);
+        if next < self.state.ceiling && h.release_reservation(self.state.ceiling, next).is_ok() {
+            self.state.ceiling = next;
+        }
+    }
+
     /// Writes the whole queue in one transaction; on a refusal keeps it all for the next try.
     fn write_batch(&mut self) -> bool {
         if self.queue.is_empty() {
@@ -698,5 +713,20 @@ mod tests {
             "the end found the remapped row: {rows:#?}"
         );
         assert_eq!(rows.iter().find(|r| r.id == by_hand).unwrap().job, "y");
+    }
+
+    #[test]
+    fn ids_go_on_without_gaps_across_processes_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite3");
+        let mut ids = Vec::new();
+        // A daemon (reserving ahead), then two run-once processes, then a daemon again.
+        for ahead in [16, 0, 0, 16] {
+            let r = Recorder::open(&path, ahead).unwrap();
+            ids.push(start(&r, "a"));
+            ids.push(start(&r, "a"));
+            assert_eq!(r.close(Duration::from_secs(5)), 0);
+        }
+        assert_eq!(ids, (1..=8).collect::<Vec<i64>>());
     }
 }

@@ -425,6 +425,15 @@ impl History {
         Ok(())
     }
 
+    /// Lowers `meta.next_run_id` from `ours` to `next` if nobody moved it past `ours`.
+    pub fn release_reservation(&self, ours: i64, next: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE meta SET value = ?2 WHERE key = 'next_run_id' AND value = ?1")
+            .and_then(|mut st| st.execute(params![ours, next]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Writes the `running` row of run `id`, started by process `owner`.
     pub fn insert_run(
         &self,
