@@ -344,7 +344,12 @@ mod tests {
             .env(RUN_TAG, &tag)
             .spawn()
             .unwrap();
-        let found = crate::process::tests::wait_for(|| !tagged_processes(&tag).is_empty()).await;
+        // Found once `setsid` has become `sleep` (while it execs, its environment can read empty).
+        let exec_done = |pid: &i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+        };
+        let found =
+            crate::process::tests::wait_for(|| tagged_processes(&tag).iter().any(exec_done)).await;
         assert!(found);
         assert_eq!(tagged_processes(&tag).len(), 1);
         assert!(terminate(Target::Tagged(&tag), Duration::from_secs(2)).await);
