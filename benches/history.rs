@@ -5,10 +5,11 @@ use std::hint::black_box;
 
 use chrono::{Duration, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
-use hedge_scheduler::history::{History, NewRun, Outcome, RunEnd, TriggerKind};
+use hedge_scheduler::history::{History, Key, NewRun, Outcome, RunEnd, TriggerKind, new_uid};
 
-fn new_run(job: &str, at: chrono::DateTime<Utc>) -> NewRun<'_> {
+fn new_run<'a>(job: &'a str, uid: &'a str, at: chrono::DateTime<Utc>) -> NewRun<'a> {
     NewRun {
+        uid,
         job,
         trigger: TriggerKind::Schedule,
         scheduled_at: at,
@@ -25,11 +26,11 @@ fn history(c: &mut Criterion) {
     let t0 = Utc::now() - Duration::days(200);
     for i in 0..100_000i64 {
         let at = t0 + Duration::minutes(3 * i);
-        let id = h
-            .start_run(&new_run(jobs[(i % 3) as usize], at))
+        let uid = new_uid();
+        h.start_run(&new_run(jobs[(i % 3) as usize], &uid, at))
             .expect("insert");
         h.finish_run(
-            id,
+            Key::Uid(&uid),
             Outcome::Success,
             &RunEnd {
                 finished_at: Some(at + Duration::seconds(2)),
@@ -43,8 +44,10 @@ fn history(c: &mut Criterion) {
     g.bench_function("record a run (start + end)", |b| {
         b.iter(|| {
             let now = Utc::now();
-            let id = h.start_run(&new_run("options_chain", now)).expect("insert");
-            h.finish_run(id, Outcome::Success, &RunEnd::default())
+            let uid = new_uid();
+            h.start_run(&new_run("options_chain", &uid, now))
+                .expect("insert");
+            h.finish_run(Key::Uid(&uid), Outcome::Success, &RunEnd::default())
                 .expect("finish");
         })
     });

@@ -17,6 +17,7 @@ pub(crate) mod interpreter;
 pub(crate) mod legacy;
 pub(crate) mod logging;
 pub(crate) mod plan;
+pub(crate) mod private;
 pub(crate) mod process;
 pub(crate) mod python;
 pub(crate) mod runner;
@@ -372,12 +373,12 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
         )));
     }
     if json {
-        let row = match report.run_id {
-            Some(id) => History::open_read_only(&env.config.scheduler.history)
+        // Found by the run's own identity: its id may have changed if another process took it.
+        let row = match &report.run_uid {
+            Some(uid) => History::open_read_only(&env.config.scheduler.history)
                 .ok()
                 .flatten()
-                .and_then(|h| h.runs(Some(job_id), 20).ok())
-                .and_then(|rows| rows.into_iter().find(|r| r.id == id)),
+                .and_then(|h| h.run_by_uid(uid).ok().flatten()),
             None => None,
         };
         match row {

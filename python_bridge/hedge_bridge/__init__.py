@@ -39,10 +39,13 @@ class RunContext:
         name: str | None = None,
         exchange: str | None = None,
         timezone: str | None = None,
+        run_uid: str | None = None,
     ) -> None:
         self.job = job
         self.name = name or job
         self.run_id = run_id
+        # Unique across restarts, history files and hosts (a UUIDv7): a key for idempotent writes.
+        self.run_uid = run_uid
         self.scheduled_at = scheduled_at
         self.attempt = attempt
         self.args = dict(args or {})
@@ -92,6 +95,7 @@ def context_from_json(text: str) -> RunContext:
         name=raw.get("name"),
         exchange=raw.get("exchange"),
         timezone=raw.get("timezone"),
+        run_uid=raw.get("run_uid"),
     )
 
 

@@ -1,8 +1,10 @@
 """``python -m hedge_bridge``: one run of one job in a short-lived process.
 
 The scheduler passes the run context as JSON in ``HEDGE_CONTEXT`` (with the entry point under
-``entry``) and a path in ``HEDGE_RESULT_FILE`` where the outcome is written as JSON. The process
-exits 0 on success, the job's code for ``sys.exit(n)``, and 1 when the job raised.
+``entry``) and a path in ``HEDGE_RESULT_FILE`` where the outcome is written as JSON: a name of
+the run's own in the scheduler's private runtime folder, created exclusively and never through a
+symbolic link. The process exits 0 on success, the job's code for ``sys.exit(n)``, and 1 when
+the job raised.
 """
 
 import json
@@ -10,6 +12,17 @@ import os
 import sys
 
 from hedge_bridge import call, context_from_json
+
+
+def _write_result(path: str, outcome: dict) -> None:
+    """Writes the outcome beside ``path`` in a new file (``O_EXCL``, ``O_NOFOLLOW``, 0600), then
+    renames it into place: the reader sees all of it or nothing."""
+    tmp = path + ".tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(outcome, f)
+    os.replace(tmp, path)
 
 
 def main() -> int:
@@ -24,10 +37,7 @@ def main() -> int:
         sys.stderr.write(outcome["traceback"])
     result_file = os.environ.get("HEDGE_RESULT_FILE")
     if result_file:
-        tmp = result_file + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(outcome, f)
-        os.replace(tmp, result_file)
+        _write_result(result_file, outcome)
     sys.stdout.flush()
     sys.stderr.flush()
     if outcome["status"] == "ok":

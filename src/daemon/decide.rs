@@ -81,7 +81,7 @@ pub(crate) enum Action {
     /// A failed run is tried again at `at`.
     Retry { at: DateTime<Utc>, attempt: u32 },
     /// A failed run is not tried again: its row says why.
-    NoRetry { run_id: i64, error: String },
+    NoRetry { run_uid: String, error: String },
 }
 
 impl JobState {
@@ -389,6 +389,7 @@ pub(crate) fn request(
 #[derive(Debug, Clone)]
 pub(crate) struct Ended {
     pub run_id: Option<i64>,
+    pub run_uid: Option<String>,
     pub scheduled_at: DateTime<Utc>,
     pub attempt: u32,
     pub outcome: Outcome,
@@ -426,12 +427,12 @@ pub(crate) fn finished(
             state.retry = Some(retry);
         }
         Some(Err(why)) => {
-            if let Some(run_id) = ended.run_id {
+            if let Some(run_uid) = ended.run_uid.clone() {
                 let error = match &ended.error {
                     Some(e) => format!("{e}; {why}"),
                     None => why,
                 };
-                actions.push(Action::NoRetry { run_id, error });
+                actions.push(Action::NoRetry { run_uid, error });
             }
         }
         None => {}

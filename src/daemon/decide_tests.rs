@@ -734,6 +734,7 @@ fn retry_is_bounded_by_the_next_slot_and_the_window() {
         ));
         let ended = Ended {
             run_id: Some(1),
+            run_uid: Some("u1".into()),
             scheduled_at: t(slot),
             attempt: *attempt,
             outcome: *outcome,
@@ -769,6 +770,7 @@ fn a_finished_run_plans_its_retry_then_frees_the_job() {
     );
     let failed = Ended {
         run_id: Some(3),
+        run_uid: Some("u3".into()),
         scheduled_at: slot,
         attempt: 1,
         outcome: Outcome::Failed,

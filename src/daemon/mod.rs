@@ -325,9 +325,9 @@ impl Dispatcher {
                     hms(at),
                     state.job.retry.attempts
                 ),
-                Action::NoRetry { run_id, error } => {
+                Action::NoRetry { run_uid, error } => {
                     tracing::info!("   {job}: {error}");
-                    self.env.recorder.set_error(run_id, error);
+                    self.env.recorder.set_error(&run_uid, error);
                 }
             }
         }
@@ -367,6 +367,7 @@ impl Dispatcher {
                     RunReport {
                         job,
                         run_id: None,
+                        run_uid: None,
                         trigger,
                         scheduled_at,
                         attempt,
@@ -401,6 +402,7 @@ impl Dispatcher {
                 };
                 let ended = decide::Ended {
                     run_id: report.run_id,
+                    run_uid: report.run_uid.clone(),
                     scheduled_at: report.scheduled_at,
                     attempt: report.attempt,
                     outcome: report.outcome,

@@ -20,7 +20,10 @@ pub(super) async fn abandon_dead_runs(
             continue;
         }
         if let Some(owner) = row.owner_pid.and_then(|p| u32::try_from(p).ok()) {
-            let tag = crate::runner::run_tag(owner, row.id);
+            let tag = match &row.run_uid {
+                Some(uid) => uid.clone(),
+                None => crate::runner::legacy_run_tag(owner, row.id),
+            };
             let orphans = crate::process::tagged_processes(&tag);
             if !orphans.is_empty() {
                 tracing::warn!(
@@ -32,7 +35,15 @@ pub(super) async fn abandon_dead_runs(
                 crate::process::terminate(crate::process::Target::Tagged(&tag), grace).await;
             }
         }
-        recorder.abandon(row.id, "the process that ran it died".to_string());
+        recorder.settle(
+            row.id,
+            row.run_uid.clone(),
+            crate::history::Outcome::Abandoned,
+            crate::history::RunEnd {
+                error: Some("the process that ran it died".to_string()),
+                ..Default::default()
+            },
+        );
         n += 1;
     }
     Ok(n)

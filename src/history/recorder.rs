@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::store::{History, NewRun, Outcome, RunEnd, SkippedRow, TriggerKind};
+use super::store::{History, Key, NewRun, Outcome, RunEnd, SkippedRow, TriggerKind};
 use crate::error::{Error, Result};
 
 /// The first pause after a refused write; it doubles up to `MAX_BACKOFF`.
@@ -34,6 +34,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone)]
 pub struct StartRow {
     pub id: i64,
+    /// The run's identity (`history::new_uid`): every later write about the run names it.
+    pub uid: String,
     pub job: String,
     pub trigger: TriggerKind,
     pub scheduled_at: DateTime<Utc>,
@@ -45,6 +47,7 @@ pub struct StartRow {
 impl StartRow {
     fn as_new_run(&self) -> NewRun<'_> {
         NewRun {
+            uid: &self.uid,
             job: &self.job,
             trigger: self.trigger,
             scheduled_at: self.scheduled_at,
@@ -59,27 +62,29 @@ impl StartRow {
 enum Write {
     Start(StartRow),
     Pid {
-        id: i64,
+        uid: String,
         pid: u32,
     },
     Finish {
-        id: i64,
+        uid: String,
         outcome: Outcome,
         end: RunEnd,
     },
     Skipped(SkippedRow),
     Stuck {
-        id: i64,
+        uid: String,
         stuck: bool,
     },
     Error {
-        id: i64,
+        uid: String,
         error: String,
     },
-    /// Rows left `running` by a dead process.
-    Abandon {
+    /// A row left `running` by a dead process: `abandoned`, or what its surviving result says.
+    Settle {
         id: i64,
-        error: String,
+        uid: Option<String>,
+        outcome: Outcome,
+        end: RunEnd,
     },
     DaemonStarted {
         pid: u32,
@@ -178,12 +183,19 @@ impl Recorder {
         self.send(Write::Start(row));
     }
 
-    pub fn set_pid(&self, id: i64, pid: u32) {
-        self.send(Write::Pid { id, pid });
+    pub fn set_pid(&self, uid: &str, pid: u32) {
+        self.send(Write::Pid {
+            uid: uid.to_string(),
+            pid,
+        });
     }
 
-    pub fn finish(&self, id: i64, outcome: Outcome, end: RunEnd) {
-        self.send(Write::Finish { id, outcome, end });
+    pub fn finish(&self, uid: &str, outcome: Outcome, end: RunEnd) {
+        self.send(Write::Finish {
+            uid: uid.to_string(),
+            outcome,
+            end,
+        });
     }
 
     /// Records a slot that was not run, or a gap of `count` slots up to `last`; returns its id.
@@ -198,6 +210,7 @@ impl Recorder {
         let id = self.next_id();
         self.send(Write::Skipped(SkippedRow {
             id,
+            uid: super::new_uid(),
             job: job.to_string(),
             trigger,
             scheduled_at: slot,
@@ -209,16 +222,29 @@ impl Recorder {
         id
     }
 
-    pub fn set_stuck(&self, id: i64, stuck: bool) {
-        self.send(Write::Stuck { id, stuck });
+    pub fn set_stuck(&self, uid: &str, stuck: bool) {
+        self.send(Write::Stuck {
+            uid: uid.to_string(),
+            stuck,
+        });
     }
 
-    pub fn set_error(&self, id: i64, error: String) {
-        self.send(Write::Error { id, error });
+    pub fn set_error(&self, uid: &str, error: String) {
+        self.send(Write::Error {
+            uid: uid.to_string(),
+            error,
+        });
     }
 
-    pub fn abandon(&self, id: i64, error: String) {
-        self.send(Write::Abandon { id, error });
+    /// Completes a row found `running` in the file whose process is gone (by its uid when it
+    /// has one, else its id).
+    pub fn settle(&self, id: i64, uid: Option<String>, outcome: Outcome, end: RunEnd) {
+        self.send(Write::Settle {
+            id,
+            uid,
+            outcome,
+            end,
+        });
     }
 
     pub fn daemon_started(&self, pid: u32, at: DateTime<Utc>) {
@@ -277,10 +303,9 @@ impl Recorder {
 /// when the batch commits.
 #[derive(Debug, Clone, Default)]
 struct State {
-    /// Runs started and not yet ended: their end rewrites the whole row if the start is gone.
-    inflight: HashMap<i64, StartRow>,
-    /// Ids that another process took before our row was written, and the ids used instead.
-    remap: HashMap<i64, i64>,
+    /// Runs started and not yet ended, by uid: a write that finds no row writes the whole row
+    /// again first (the file was removed or replaced mid-run).
+    inflight: HashMap<String, StartRow>,
     /// The daemon's record, and what it was started with (to write it again into a new file).
     daemon: Option<(i64, u32, DateTime<Utc>)>,
     /// `meta.next_run_id` as we last wrote it.
@@ -497,60 +522,80 @@ fn fresh_id(h: &History, ids: &AtomicI64) -> Result<i64> {
     Ok(ids.fetch_add(1, Ordering::SeqCst).max(free))
 }
 
+/// Writes a run's `running` row under its id, or under a fresh one when another process took
+/// that id; returns the id used.
+fn insert_start(h: &History, ids: &AtomicI64, owner: u32, row: &StartRow) -> Result<i64> {
+    let mut id = row.id;
+    for _ in 0..3 {
+        match h.insert_run(id, &row.as_new_run(), owner, None) {
+            Err(e) if only_this_write(&e) => {
+                let fresh = fresh_id(h, ids)?;
+                tracing::warn!(
+                    "history: run id {id} was taken by another process; run {} of {} is recorded as {fresh}",
+                    row.id,
+                    row.job
+                );
+                id = fresh;
+            }
+            other => {
+                other?;
+                break;
+            }
+        }
+    }
+    Ok(id)
+}
+
+/// Applies `update` to run `uid`'s row; when there is none (the file was removed or replaced
+/// since the run started), writes the run's whole start row again first. An update never
+/// touches another run's row: it names the run by its uid, never by an id.
+fn update_run(
+    h: &History,
+    st: &State,
+    ids: &AtomicI64,
+    owner: u32,
+    uid: &str,
+    what: &str,
+    update: impl Fn(&History) -> Result<bool>,
+) -> Result<()> {
+    if update(h)? {
+        return Ok(());
+    }
+    match st.inflight.get(uid) {
+        Some(start) => {
+            tracing::warn!(
+                "history: the row of run {} ({}) was gone; writing the whole run",
+                start.id,
+                start.job
+            );
+            insert_start(h, ids, owner, start)?;
+            update(h)?;
+        }
+        None => tracing::error!("history: run {uid} has no row to record its {what}"),
+    }
+    Ok(())
+}
+
 fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) -> Result<()> {
-    let id_of = |st: &State, id: i64| st.remap.get(&id).copied().unwrap_or(id);
     match w {
         Write::Start(row) => {
-            let mut id = id_of(st, row.id);
-            for _ in 0..3 {
-                match h.insert_run(id, &row.as_new_run(), owner, None) {
-                    Err(e) if only_this_write(&e) => {
-                        let fresh = fresh_id(h, ids)?;
-                        tracing::warn!(
-                            "history: run id {id} was taken by another process; run {} is recorded as {fresh}",
-                            row.id
-                        );
-                        st.remap.insert(row.id, fresh);
-                        id = fresh;
-                    }
-                    other => {
-                        other?;
-                        break;
-                    }
-                }
-            }
-            st.inflight.insert(row.id, row.clone());
+            insert_start(h, ids, owner, row)?;
+            st.inflight.insert(row.uid.clone(), row.clone());
         }
-        Write::Pid { id, pid } => h.set_pid(id_of(st, *id), *pid)?,
-        Write::Finish { id, outcome, end } => {
-            let row_id = id_of(st, *id);
-            if !h.finish_run(row_id, *outcome, end)? {
-                match st.inflight.get(id) {
-                    Some(start) => {
-                        tracing::warn!(
-                            "history: the start row of run {row_id} was gone; writing the whole run"
-                        );
-                        h.insert_run(row_id, &start.as_new_run(), owner, None)?;
-                        h.finish_run(row_id, *outcome, end)?;
-                    }
-                    None => tracing::error!(
-                        "history: run {row_id} has no row to complete ({})",
-                        outcome.as_str()
-                    ),
-                }
-            }
-            st.inflight.remove(id);
+        Write::Pid { uid, pid } => update_run(h, st, ids, owner, uid, "PID", |h| {
+            h.set_pid(Key::Uid(uid), *pid)
+        })?,
+        Write::Finish { uid, outcome, end } => {
+            update_run(h, st, ids, owner, uid, outcome.as_str(), |h| {
+                h.finish_run(Key::Uid(uid), *outcome, end)
+            })?;
+            st.inflight.remove(uid);
         }
         Write::Skipped(row) => {
             let mut row = row.clone();
-            row.id = id_of(st, row.id);
             for _ in 0..3 {
                 match h.insert_skipped(&row) {
-                    Err(e) if only_this_write(&e) => {
-                        let fresh = fresh_id(h, ids)?;
-                        st.remap.insert(row.id, fresh);
-                        row.id = fresh;
-                    }
+                    Err(e) if only_this_write(&e) => row.id = fresh_id(h, ids)?,
                     other => {
                         other?;
                         break;
@@ -558,17 +603,23 @@ fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) ->
                 }
             }
         }
-        Write::Stuck { id, stuck } => h.set_stuck(id_of(st, *id), *stuck)?,
-        Write::Error { id, error } => h.set_error(id_of(st, *id), error)?,
-        Write::Abandon { id, error } => {
-            h.finish_run(
-                *id,
-                Outcome::Abandoned,
-                &RunEnd {
-                    error: Some(error.clone()),
-                    ..RunEnd::default()
-                },
-            )?;
+        Write::Stuck { uid, stuck } => update_run(h, st, ids, owner, uid, "stuck mark", |h| {
+            h.set_stuck(Key::Uid(uid), *stuck)
+        })?,
+        Write::Error { uid, error } => update_run(h, st, ids, owner, uid, "error", |h| {
+            h.set_error(Key::Uid(uid), error)
+        })?,
+        Write::Settle {
+            id,
+            uid,
+            outcome,
+            end,
+        } => {
+            let key = match uid {
+                Some(uid) => Key::Uid(uid),
+                None => Key::Id(*id),
+            };
+            h.finish_run(key, *outcome, end)?;
         }
         Write::DaemonStarted { pid, at } => {
             let row = h.daemon_started(*pid, *at)?;
@@ -607,6 +658,7 @@ mod tests {
         let id = r.next_id();
         r.start(StartRow {
             id,
+            uid: format!("uid-{job}-{id}"),
             job: job.into(),
             trigger: TriggerKind::Schedule,
             scheduled_at: Utc::now(),
@@ -627,7 +679,7 @@ mod tests {
         let a = start(&r, "a");
         let b = start(&r, "b");
         assert_eq!(b, a + 1, "ids are handed out without the database");
-        r.finish(a, Outcome::Success, RunEnd::default());
+        r.finish(&format!("uid-a-{a}"), Outcome::Success, RunEnd::default());
         assert_eq!(
             r.flush(Duration::from_millis(1500)),
             3,
@@ -660,7 +712,7 @@ mod tests {
         for ext in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
         }
-        r.finish(a, Outcome::Success, RunEnd::default());
+        r.finish(&format!("uid-a-{a}"), Outcome::Success, RunEnd::default());
         let b = start(&r, "b");
         assert_eq!(r.flush(Duration::from_secs(5)), 0);
         assert!(b > a);
@@ -700,7 +752,7 @@ mod tests {
         let by_hand = conn.last_insert_rowid();
         let d = start(&r, "a");
         assert_eq!(d, by_hand, "the collision this test is about");
-        r.finish(d, Outcome::Success, RunEnd::default());
+        r.finish(&format!("uid-a-{d}"), Outcome::Success, RunEnd::default());
         assert_eq!(r.flush(Duration::from_secs(5)), 0);
         let h = History::open_read_only(&path).unwrap().unwrap();
         let rows = h.runs(None, 100).unwrap();
@@ -728,5 +780,51 @@ mod tests {
             assert_eq!(r.close(Duration::from_secs(5)), 0);
         }
         assert_eq!(ids, (1..=8).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn an_update_never_touches_another_runs_row_after_the_file_was_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite3");
+        let r = Recorder::open(&path, 64).unwrap();
+        let long = start(&r, "long");
+        assert_eq!(r.flush(Duration::from_secs(5)), 0);
+        // The history is deleted mid-run; another process starts afresh and takes id 1, the
+        // long run's id, for a run of its own that ends `success`.
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+        let other = Recorder::open(&path, 0).unwrap();
+        let quick = start(&other, "quick");
+        assert_eq!(quick, long, "the collision this test is about");
+        other.finish(
+            &format!("uid-quick-{quick}"),
+            Outcome::Success,
+            RunEnd::default(),
+        );
+        assert_eq!(other.close(Duration::from_secs(5)), 0);
+        // The long run ends: its end must not land on the quick run's row.
+        r.finish(
+            &format!("uid-long-{long}"),
+            Outcome::Failed,
+            RunEnd {
+                error: Some("long failed".into()),
+                ..RunEnd::default()
+            },
+        );
+        assert_eq!(r.flush(Duration::from_secs(5)), 0);
+        let h = History::open_read_only(&path).unwrap().unwrap();
+        let rows = h.runs(None, 10).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:#?}");
+        let q = rows.iter().find(|r| r.job == "quick").unwrap();
+        assert_eq!((q.id, q.outcome), (quick, Outcome::Success));
+        assert_eq!(q.error, None);
+        let l = rows.iter().find(|r| r.job == "long").unwrap();
+        assert_eq!(l.outcome, Outcome::Failed);
+        assert_ne!(l.id, q.id);
+        assert_eq!(
+            l.run_uid.as_deref(),
+            Some(format!("uid-long-{long}").as_str())
+        );
     }
 }

@@ -69,6 +69,13 @@ ALTER TABLE runs ADD COLUMN missed_from TEXT;
 ALTER TABLE runs ADD COLUMN missed_to TEXT;
 CREATE INDEX runs_gaps ON runs (job, missed_to) WHERE missed_to IS NOT NULL;
 "#,
+    // A run's identity that no database hands out (a UUIDv7 made when it starts): its process
+    // tag, its result file and every update of its row carry it, so an update never touches
+    // another run's row, whatever happened to the file and its ids meanwhile.
+    r#"
+ALTER TABLE runs ADD COLUMN uid TEXT;
+CREATE UNIQUE INDEX runs_uid ON runs (uid);
+"#,
 ];
 
 /// The schema version this build writes and reads.
@@ -180,9 +187,42 @@ impl TriggerKind {
     }
 }
 
+/// Which row an update is for: a run's own identity, or (for rows found in the file, such as
+/// those a dead process left `running`) the row's id.
+#[derive(Debug, Clone, Copy)]
+pub enum Key<'a> {
+    Id(i64),
+    Uid(&'a str),
+}
+
+impl Key<'_> {
+    fn column(self) -> &'static str {
+        match self {
+            Key::Id(_) => "id",
+            Key::Uid(_) => "uid",
+        }
+    }
+}
+
+impl rusqlite::ToSql for Key<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Key::Id(id) => id.to_sql(),
+            Key::Uid(uid) => uid.to_sql(),
+        }
+    }
+}
+
+/// A new run's identity: a UUIDv7 (its start instant and 74 random bits), unique across
+/// restarts, history files and hosts.
+pub fn new_uid() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// What is known about a run when it starts.
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
+    pub uid: &'a str,
     pub job: &'a str,
     pub trigger: TriggerKind,
     pub scheduled_at: DateTime<Utc>,
@@ -211,6 +251,7 @@ pub struct RunEnd {
 #[derive(Debug, Clone)]
 pub struct SkippedRow {
     pub id: i64,
+    pub uid: String,
     pub job: String,
     pub trigger: TriggerKind,
     /// The slot, or the first slot of the gap.
@@ -240,7 +281,8 @@ pub struct RunRow {
     pub pid: Option<i64>,
     pub owner_pid: Option<i64>,
     pub error: Option<String>,
-    pub result: serde_json::Value,
+    /// The job's return value, verbatim (any JSON Python wrote: big numbers, deep nesting).
+    pub result: Option<Box<serde_json::value::RawValue>>,
     pub executor: Option<String>,
     /// An in-process run that timed out but whose thread has not returned yet.
     pub stuck: bool,
@@ -250,6 +292,9 @@ pub struct RunRow {
     pub missed_count: Option<i64>,
     pub missed_from: Option<String>,
     pub missed_to: Option<String>,
+    /// The run's identity, unique across restarts, hosts and history files (a UUIDv7); absent
+    /// from rows written before schema 6.
+    pub run_uid: Option<String>,
 }
 
 /// A daemon's record: when it started and its last heartbeat.
@@ -280,7 +325,7 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 
 const RUN_COLUMNS: &str = "id, job, trigger, scheduled_at, started_at, entered_at, finished_at, \
      attempt, outcome, exit_code, signal, pid, owner_pid, error, result, executor, stuck, \
-     peak_rss_bytes, cpu_ms, missed_count, missed_from, missed_to";
+     peak_rss_bytes, cpu_ms, missed_count, missed_from, missed_to, uid";
 
 impl History {
     /// Opens (creating if needed) the history for writing, and brings its schema up to date.
@@ -445,8 +490,8 @@ impl History {
         self.conn
             .prepare_cached(
                 "INSERT INTO runs (id, job, trigger, scheduled_at, started_at, attempt, outcome,
-                                   owner_pid, executor, pid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9)",
+                                   owner_pid, executor, pid, uid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -459,6 +504,7 @@ impl History {
                     owner,
                     run.executor,
                     pid,
+                    run.uid,
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -477,8 +523,9 @@ impl History {
         self.conn
             .prepare_cached(
                 "INSERT INTO runs (id, job, trigger, scheduled_at, started_at, finished_at, attempt,
-                                   outcome, owner_pid, error, missed_count, missed_from, missed_to)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, 'skipped', ?6, ?7, ?8, ?9, ?10)",
+                                   outcome, owner_pid, error, missed_count, missed_from, missed_to,
+                                   uid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, 'skipped', ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -492,6 +539,7 @@ impl History {
                     count,
                     count.map(|_| fmt_time(row.scheduled_at)),
                     to,
+                    row.uid,
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -534,40 +582,43 @@ impl History {
     }
 
     /// Records the PID of the process that runs `id`.
-    pub fn set_pid(&self, id: i64, pid: u32) -> Result<()> {
-        self.conn
-            .prepare_cached("UPDATE runs SET pid = ?2 WHERE id = ?1")
-            .and_then(|mut st| st.execute(params![id, pid]))
+    pub fn set_pid(&self, key: Key<'_>, pid: u32) -> Result<bool> {
+        self.update(key, "pid = ?2", params![key, pid])
+    }
+
+    /// Runs `UPDATE runs SET {set} WHERE <key> = ?1`; returns whether a row changed.
+    fn update(&self, key: Key<'_>, set: &str, params: &[&dyn rusqlite::ToSql]) -> Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(&format!(
+                "UPDATE runs SET {set} WHERE {} = ?1",
+                key.column()
+            ))
+            .and_then(|mut st| st.execute(params))
             .map_err(|e| self.err(e))?;
-        Ok(())
+        Ok(n > 0)
     }
 
     /// Completes the row of run `id`; returns whether there was one.
-    pub fn finish_run(&self, id: i64, outcome: Outcome, end: &RunEnd) -> Result<bool> {
+    pub fn finish_run(&self, key: Key<'_>, outcome: Outcome, end: &RunEnd) -> Result<bool> {
         let finished = end.finished_at.unwrap_or_else(Utc::now);
-        let changed = self
-            .conn
-            .prepare_cached(
-                "UPDATE runs SET outcome = ?2, finished_at = ?3, entered_at = ?4, exit_code = ?5,
-                        signal = ?6, error = ?7, result = ?8, peak_rss_bytes = ?9, cpu_ms = ?10
-                 WHERE id = ?1",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    id,
-                    outcome.as_str(),
-                    fmt_time(finished),
-                    end.entered_at.map(fmt_time),
-                    end.exit_code,
-                    end.signal,
-                    end.error,
-                    end.result,
-                    end.peak_rss_bytes.and_then(|b| i64::try_from(b).ok()),
-                    end.cpu_ms.and_then(|b| i64::try_from(b).ok()),
-                ])
-            })
-            .map_err(|e| self.err(e))?;
-        Ok(changed > 0)
+        self.update(
+            key,
+            "outcome = ?2, finished_at = ?3, entered_at = ?4, exit_code = ?5, signal = ?6,
+             error = ?7, result = ?8, peak_rss_bytes = ?9, cpu_ms = ?10",
+            params![
+                key,
+                outcome.as_str(),
+                fmt_time(finished),
+                end.entered_at.map(fmt_time),
+                end.exit_code,
+                end.signal,
+                end.error,
+                end.result,
+                end.peak_rss_bytes.and_then(|b| i64::try_from(b).ok()),
+                end.cpu_ms.and_then(|b| i64::try_from(b).ok()),
+            ],
+        )
     }
 
     /// Whether the database file on disk is still the one this handle writes to (it may have
@@ -633,21 +684,13 @@ impl History {
     }
 
     /// Marks an in-process run whose thread is stuck (or, with false, has returned).
-    pub fn set_stuck(&self, id: i64, stuck: bool) -> Result<()> {
-        self.conn
-            .prepare_cached("UPDATE runs SET stuck = ?2 WHERE id = ?1")
-            .and_then(|mut st| st.execute(params![id, stuck]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
+    pub fn set_stuck(&self, key: Key<'_>, stuck: bool) -> Result<bool> {
+        self.update(key, "stuck = ?2", params![key, stuck])
     }
 
     /// Replaces the error text of run `id`.
-    pub fn set_error(&self, id: i64, error: &str) -> Result<()> {
-        self.conn
-            .prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")
-            .and_then(|mut st| st.execute(params![id, error]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
+    pub fn set_error(&self, key: Key<'_>, error: &str) -> Result<bool> {
+        self.update(key, "error = ?2", params![key, error])
     }
 
     /// The latest slot of `job` the scheduler dealt with (ran, retried, caught up or skipped):
@@ -712,6 +755,14 @@ impl History {
                  ORDER BY id DESC LIMIT 1"
             ))
             .and_then(|mut st| st.query_row(params![job], run_row).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The row of the run with this identity.
+    pub fn run_by_uid(&self, uid: &str) -> Result<Option<RunRow>> {
+        self.conn
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE uid = ?1"))
+            .and_then(|mut st| st.query_row(params![uid], run_row).optional())
             .map_err(|e| self.err(e))
     }
 
@@ -811,9 +862,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         pid: r.get(11)?,
         owner_pid: r.get(12)?,
         error: r.get(13)?,
-        result: result
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(serde_json::Value::Null),
+        result: result.and_then(|s| serde_json::value::RawValue::from_string(s).ok()),
         executor: r.get(15)?,
         stuck: r.get::<_, i64>(16)? != 0,
         peak_rss_bytes: r.get(17)?,
@@ -821,6 +870,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         missed_count: r.get(19)?,
         missed_from: r.get(20)?,
         missed_to: r.get(21)?,
+        run_uid: r.get(22)?,
     })
 }
 
@@ -833,19 +883,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = History::open(&dir.path().join("h.sqlite3")).unwrap();
         let t0 = Utc::now();
-        let id = h
-            .start_run(&NewRun {
-                job: "j",
-                trigger: TriggerKind::Manual,
-                scheduled_at: t0,
-                started_at: t0,
-                attempt: 1,
-                executor: "subprocess",
-            })
-            .unwrap();
+        h.start_run(&NewRun {
+            uid: "u",
+            job: "j",
+            trigger: TriggerKind::Manual,
+            scheduled_at: t0,
+            started_at: t0,
+            attempt: 1,
+            executor: "subprocess",
+        })
+        .unwrap();
         assert_eq!(h.running().unwrap().len(), 1);
         h.finish_run(
-            id,
+            Key::Uid("u"),
             Outcome::Success,
             &RunEnd {
                 result: Some("{\"n\": 3}".into()),
@@ -856,7 +906,7 @@ mod tests {
         let rows = h.runs(Some("j"), 10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].outcome, Outcome::Success);
-        assert_eq!(rows[0].result["n"], 3);
+        assert_eq!(rows[0].result.as_ref().unwrap().get(), r#"{"n": 3}"#);
         assert!(h.running().unwrap().is_empty());
         // Reopening keeps the schema and the rows.
         drop(h);

@@ -59,6 +59,7 @@ pub(super) async fn run_embedded(
     let submitted = {
         let (phase, begun, env2) = (Arc::clone(&phase), Arc::clone(&begun), env.clone());
         let (job, events, entry) = (Arc::clone(job), events.clone(), job.entry.to_string());
+        let uid = run.uid.clone();
         crate::python::submit(&job.id.clone(), move |py| {
             // Tells a watcher of a stuck run that the thread is free again, however it ends.
             let _released = Released(Some(released_tx));
@@ -91,7 +92,7 @@ pub(super) async fn run_embedded(
             let (o, mut end) = judge(&job, &exec);
             end.finished_at = Some(Utc::now());
             log.note(&end_note(o, &end));
-            env2.recorder.finish(run_id, o, end.clone());
+            env2.recorder.finish(&uid, o, end.clone());
             let _ = tx.send(EmbeddedEnd::Recorded(Box::new((exec, o, end))));
         })
     };
@@ -144,7 +145,7 @@ pub(super) async fn run_embedded(
             exec = done_exec;
             recorded = Some((o, end));
         }
-        Some(Ok(EmbeddedEnd::Returned(Ok(json)))) => exec.bridge = serde_json::from_str(&json).ok(),
+        Some(Ok(EmbeddedEnd::Returned(Ok(json)))) => exec.bridge = parse_bridge(json.as_bytes()),
         Some(Ok(EmbeddedEnd::Returned(Err(e)))) => exec.failure = Some(e),
         Some(Ok(EmbeddedEnd::NotStarted(e))) => exec.failure = Some(e.to_string()),
         Some(Err(_)) => exec.failure = Some("the job's thread ended without an outcome".into()),
@@ -179,7 +180,7 @@ impl Drop for Released {
 pub(super) fn embedded_execution(outcome: std::result::Result<String, String>) -> Execution {
     let mut exec = Execution::new(Ended::Exited(None));
     match outcome {
-        Ok(json) => exec.bridge = serde_json::from_str(&json).ok(),
+        Ok(json) => exec.bridge = parse_bridge(json.as_bytes()),
         Err(e) => exec.failure = Some(e),
     }
     exec
@@ -195,16 +196,17 @@ pub(super) fn interrupt(phase: &Arc<crate::python::RunPhase>, timeout: bool) {
 pub(super) fn watch_stuck(
     env: &RunEnv,
     job: &str,
-    run_id: i64,
+    (run_id, uid): (i64, &str),
     thread: tokio::sync::oneshot::Receiver<()>,
     events: Option<mpsc::UnboundedSender<RunEvent>>,
 ) {
     let recorder = env.recorder.clone();
     let job = job.to_string();
-    recorder.set_stuck(run_id, true);
+    let uid = uid.to_string();
+    recorder.set_stuck(&uid, true);
     tokio::spawn(async move {
         let _ = thread.await;
-        recorder.set_stuck(run_id, false);
+        recorder.set_stuck(&uid, false);
         tracing::info!(job = %job, run_id, "the stuck thread of run {run_id} returned: {job} is free again");
         if let Some(tx) = events {
             let _ = tx.send(RunEvent::Released { job });

@@ -13,13 +13,20 @@ use crate::process;
 
 /// The JSON `hedge_bridge` reports.
 #[derive(Debug, Deserialize)]
-pub(super) struct BridgeOutcome {
+pub(crate) struct BridgeOutcome {
     pub(super) status: String,
+    /// Kept verbatim: any JSON Python can write is stored as it is (numbers of any size, any
+    /// depth), never re-parsed into a value.
     #[serde(default)]
-    pub(super) result: serde_json::Value,
+    pub(super) result: Option<Box<serde_json::value::RawValue>>,
     pub(super) error: Option<String>,
     pub(super) exit_code: Option<i32>,
     pub(super) entered_at: Option<f64>,
+}
+
+/// Parses the bridge's report; `None` when it is not one.
+pub(crate) fn parse_bridge(text: &[u8]) -> Option<BridgeOutcome> {
+    serde_json::from_slice(text).ok()
 }
 
 /// Why a run's wait ended; the exit status is `None` for an embedded run.
@@ -87,6 +94,18 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
         end.cpu_ms = (u.peak_rss > 0).then(|| u.cpu_ms());
     }
     end.exit_code = status.and_then(|s| s.code());
+    if status.is_none()
+        && matches!(exec.ended, Ended::Exited(_))
+        && let Some(b) = bridge
+    {
+        // An in-process run reports as `python -m hedge_bridge` would exit: 0, the code given
+        // to `sys.exit`, 1 for a raise.
+        end.exit_code = match b.status.as_str() {
+            "ok" => Some(0),
+            "exit" => b.exit_code,
+            _ => Some(1),
+        };
+    }
     end.signal = status.and_then(|s| s.signal()).map(process::signal_name);
     let outcome = match &exec.ended {
         Ended::TimedOut(_) => {
@@ -135,7 +154,7 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
                 }
                 (_, Some(b), None) => match (b.status.as_str(), b.exit_code) {
                     ("ok", _) if code.unwrap_or(0) == 0 => {
-                        end.result = Some(b.result.to_string());
+                        end.result = b.result.as_ref().map(|r| r.get().to_string());
                         Outcome::Success
                     }
                     ("exit", Some(0)) if code.unwrap_or(0) == 0 => Outcome::Success,

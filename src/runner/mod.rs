@@ -117,6 +117,8 @@ pub enum RunEvent {
 pub struct RunReport {
     pub job: String,
     pub run_id: Option<i64>,
+    /// The run's identity (a UUIDv7), unique across restarts and history files.
+    pub run_uid: Option<String>,
     pub trigger: TriggerKind,
     pub scheduled_at: DateTime<Utc>,
     pub attempt: u32,
@@ -154,6 +156,7 @@ pub async fn run(
     let mut report = RunReport {
         job: job.id.clone(),
         run_id: None,
+        run_uid: None,
         trigger: req.trigger,
         scheduled_at: req.scheduled_at,
         attempt: req.attempt,
@@ -181,8 +184,10 @@ pub async fn run(
         }
     };
 
+    let uid = crate::history::new_uid();
     let run = StartRow {
         id: env.recorder.next_id(),
+        uid: uid.clone(),
         job: job.id.clone(),
         trigger: req.trigger,
         scheduled_at: req.scheduled_at,
@@ -210,15 +215,24 @@ pub async fn run(
                 }
             };
             report.run_id = Some(run_id);
+            report.run_uid = Some(uid.clone());
             report.started_at = started_at;
-            let context = run_context(&env.config, &job, &req, run_id).to_string();
-            let exec =
-                run_subprocess(env, &job, run_id, &context, &log, &mut cancel, &events).await;
+            let context = run_context(&env.config, &job, &req, run_id, &uid).to_string();
+            let exec = run_subprocess(
+                env,
+                &job,
+                (run_id, &uid),
+                &context,
+                &log,
+                &mut cancel,
+                &events,
+            )
+            .await;
             drop(lock);
             (run_id, log, exec)
         }
         Executor::Pyo3 => {
-            let context = run_context(&env.config, &job, &req, 0);
+            let context = run_context(&env.config, &job, &req, 0, &uid);
             match run_embedded(
                 env,
                 &job,
@@ -233,6 +247,7 @@ pub async fn run(
             {
                 Ok(done) => {
                     report.run_id = Some(done.run_id);
+                    report.run_uid = Some(uid.clone());
                     report.started_at = done.started_at;
                     if let Some((outcome, end)) = done.recorded {
                         // Judged and recorded on the run's own thread already.
@@ -265,7 +280,7 @@ pub async fn run(
     report.stuck = stuck.is_some();
     let report = finish(env, report, outcome, end);
     if let Some(thread) = stuck {
-        watch_stuck(env, &job.id, run_id, thread, events);
+        watch_stuck(env, &job.id, (run_id, &uid), thread, events);
     }
     report
 }
@@ -359,9 +374,29 @@ async fn cancelled(cancel: &mut watch::Receiver<Option<String>>) -> String {
     }
 }
 
-/// The tag every process of run `run_id` of owner `pid` carries in its environment.
-pub fn run_tag(owner_pid: u32, run_id: i64) -> String {
+/// The tag the processes of a run written before schema 6 (no uid) carried: owner PID and run id.
+pub fn legacy_run_tag(owner_pid: u32, run_id: i64) -> String {
     format!("{owner_pid}-{run_id}")
+}
+
+/// Where a subprocess run's bridge leaves its outcome: `<runtime>/<uid>.json`.
+pub fn result_path(runtime: &std::path::Path, uid: &str) -> PathBuf {
+    runtime.join(format!("{uid}.json"))
+}
+
+/// Reads and removes a run's result file (never through a link); `None` when there is none or
+/// it does not parse.
+pub(crate) fn take_result(path: &std::path::Path) -> Option<BridgeOutcome> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    let read = crate::private::open(path, crate::private::Open::Read)
+        .and_then(|mut f| f.read_to_end(&mut text));
+    let _ = std::fs::remove_file(path);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let _ = std::fs::remove_file(tmp);
+    read.ok()?;
+    parse_bridge(&text)
 }
 
 fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunEnd) -> RunReport {
@@ -371,18 +406,24 @@ fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunEnd) ->
     report.error = end.error.clone();
     report.exit_code = end.exit_code;
     report.result = end.result.clone();
-    if let Some(run_id) = report.run_id {
+    if let Some(uid) = &report.run_uid {
         let end = RunEnd {
             finished_at: Some(finished_at),
             ..end
         };
-        env.recorder.finish(run_id, outcome, end);
+        env.recorder.finish(uid, outcome, end);
     }
     report
 }
 
 /// The run context handed to Python, as JSON.
-fn run_context(config: &Config, job: &Job, req: &RunRequest, run_id: i64) -> serde_json::Value {
+fn run_context(
+    config: &Config,
+    job: &Job,
+    req: &RunRequest,
+    run_id: i64,
+    uid: &str,
+) -> serde_json::Value {
     let tz = config.scheduler.exchange.tz();
     let entry = match &job.entry {
         Entry::Script(path) => config.python.cwd.join(path).display().to_string(),
@@ -393,6 +434,7 @@ fn run_context(config: &Config, job: &Job, req: &RunRequest, run_id: i64) -> ser
         "name": job.name,
         "entry": entry,
         "run_id": run_id,
+        "run_uid": uid,
         "scheduled_at": req.scheduled_at.with_timezone(&tz).to_rfc3339_opts(SecondsFormat::Micros, false),
         "attempt": req.attempt,
         "trigger": req.trigger.as_str(),

@@ -28,18 +28,24 @@ pub(super) const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub(super) async fn run_subprocess(
     env: &RunEnv,
     job: &Job,
-    run_id: i64,
+    (run_id, uid): (i64, &str),
     context: &str,
     log: &Arc<JobLog>,
     cancel: &mut watch::Receiver<Option<String>>,
     events: &Option<mpsc::UnboundedSender<RunEvent>>,
 ) -> Execution {
-    let result_file = std::env::temp_dir().join(format!(
-        "hedge-scheduler-{}-{run_id}.json",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&result_file);
-    let tag = run_tag(std::process::id(), run_id);
+    let mut exec = Execution::new(Ended::Exited(None));
+    // The result comes back through the private runtime folder, under the run's own identity.
+    let result_file = match crate::private::runtime_dir(&env.config.scheduler.log_dir) {
+        Ok(dir) => result_path(&dir, uid),
+        Err(e) => {
+            let msg = format!("cannot prepare the runtime folder: {e}");
+            log.note(&msg);
+            exec.failure = Some(msg);
+            return exec;
+        }
+    };
+    let tag = uid;
     let mut cmd = match &job.entry {
         Entry::Command(argv) => {
             let mut cmd = Command::new(&argv[0]);
@@ -57,7 +63,7 @@ pub(super) async fn run_subprocess(
         .env("PYTHONUNBUFFERED", "1")
         .env("HEDGE_CONTEXT", context)
         .env("HEDGE_RESULT_FILE", &result_file)
-        .env(process::RUN_TAG, &tag)
+        .env(process::RUN_TAG, tag)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -66,7 +72,6 @@ pub(super) async fn run_subprocess(
     if let Some(venv) = &env.config.python.venv {
         cmd.env("VIRTUAL_ENV", venv);
     }
-    let mut exec = Execution::new(Ended::Exited(None));
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -82,7 +87,7 @@ pub(super) async fn run_subprocess(
     };
     let pid = child.id().unwrap_or(0);
     log.note(&format!("process group {pid}"));
-    env.recorder.set_pid(run_id, pid);
+    env.recorder.set_pid(uid, pid);
     if let Some(tx) = events {
         let _ = tx.send(RunEvent::Started {
             job: job.id.clone(),
@@ -141,8 +146,8 @@ pub(super) async fn run_subprocess(
     if process::terminate(process::Target::Group(pid), grace).await {
         log.note("ended processes the job left running in its group");
     }
-    let escaped = process::tagged_processes(&tag).len();
-    if process::terminate(process::Target::Tagged(&tag), grace).await {
+    let escaped = process::tagged_processes(tag).len();
+    if process::terminate(process::Target::Tagged(tag), grace).await {
         log.note(&format!(
             "ended {escaped} process(es) that left the job's group"
         ));
@@ -157,10 +162,7 @@ pub(super) async fn run_subprocess(
             abort.abort();
         }
     }
-    exec.bridge = std::fs::read_to_string(&result_file)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok());
-    let _ = std::fs::remove_file(&result_file);
+    exec.bridge = take_result(&result_file);
     exec.stderr_tail = tail
         .lock()
         .map(|t| t.iter().cloned().collect())

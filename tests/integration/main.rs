@@ -3,6 +3,7 @@
 
 mod calendar;
 mod executors;
+mod faults;
 mod foundation;
 mod operations;
 mod reliability;
