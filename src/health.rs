@@ -31,6 +31,9 @@ pub struct DaemonState {
     /// How late the scheduling loop woke for its slots since it started.
     #[serde(default)]
     pub loop_lag_ms: Option<LoopLag>,
+    /// How runs are contained: "cgroup" or "subreaper".
+    #[serde(default)]
+    pub containment: Option<String>,
 }
 
 pub fn state_path(log_dir: &Path) -> PathBuf {
@@ -39,11 +42,8 @@ pub fn state_path(log_dir: &Path) -> PathBuf {
 
 /// Writes the state atomically (write a temporary file, then rename).
 pub fn write_state(log_dir: &Path, state: &DaemonState) -> std::io::Result<()> {
-    let path = state_path(log_dir);
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)
+    crate::private::write_atomic(&state_path(log_dir), &text)
 }
 
 pub fn read_state(log_dir: &Path) -> Option<DaemonState> {
@@ -90,6 +90,7 @@ mod tests {
             heartbeat_at: Utc::now(),
             problems: vec!["disk nearly full".into()],
             loop_lag_ms: None,
+            containment: Some("cgroup".into()),
         };
         write_state(dir.path(), &state).unwrap();
         let back = read_state(dir.path()).unwrap();

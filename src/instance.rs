@@ -4,7 +4,7 @@
 //! The lock is the truth, not the file: a PID file left by a killed daemon is unlocked (the kernel
 //! drops the lock with the process), so it never blocks a restart.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +28,9 @@ pub struct InstanceLock {
 pub struct DaemonInfo {
     pub pid: i64,
     pub started_at: Option<DateTime<Utc>>,
+    /// The process's start time in clock ticks since boot (`/proc/<pid>/stat`): tells the
+    /// daemon from a process that got its PID later.
+    pub start_ticks: Option<u64>,
 }
 
 impl InstanceLock {
@@ -38,15 +41,10 @@ impl InstanceLock {
         started_at: DateTime<Utc>,
         tz: chrono_tz::Tz,
     ) -> Result<InstanceLock> {
-        std::fs::create_dir_all(dir)
+        crate::private::create_dir(dir)
             .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
         let path = dir.join(PID_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
+        let mut file = crate::private::open(&path, crate::private::Open::ReadWrite)
             .map_err(|e| Error::io(format!("cannot open `{}`", path.display()), e))?;
         // `status` takes the lock shared for an instant to look; retry briefly before refusing.
         let mut tries = 0;
@@ -87,7 +85,15 @@ impl InstanceLock {
         file.set_len(0)
             .and_then(|_| file.rewind())
             .and_then(|_| {
-                writeln!(file, "{}\n{}", std::process::id(), fmt_time(started_at))?;
+                let ticks = start_ticks(i64::from(std::process::id()))
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                writeln!(
+                    file,
+                    "{}\n{}\n{ticks}",
+                    std::process::id(),
+                    fmt_time(started_at)
+                )?;
                 file.sync_all()
             })
             .map_err(|e| Error::io(format!("cannot write `{}`", path.display()), e))?;
@@ -136,7 +142,7 @@ impl Drop for InstanceLock {
 
 /// The running daemon of this log folder, if any.
 pub fn probe(dir: &Path) -> Option<DaemonInfo> {
-    let mut file = File::open(dir.join(PID_FILE)).ok()?;
+    let mut file = crate::private::open(&dir.join(PID_FILE), crate::private::Open::Read).ok()?;
     match file.try_lock_shared() {
         // Nobody holds it: no daemon (the file is a leftover).
         Ok(()) => {
@@ -155,7 +161,79 @@ fn read_info(file: &mut File) -> Option<DaemonInfo> {
     let mut lines = text.lines();
     let pid = lines.next()?.trim().parse().ok()?;
     let started_at = lines.next().and_then(|l| parse_time(l.trim()));
-    Some(DaemonInfo { pid, started_at })
+    let start_ticks = lines.next().and_then(|l| l.trim().parse().ok());
+    Some(DaemonInfo {
+        pid,
+        started_at,
+        start_ticks,
+    })
+}
+
+/// A process's start time, in clock ticks since boot.
+pub fn start_ticks(pid: i64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Checks that `info` (read from the PID file in `dir`) names the daemon that holds this
+/// folder's lock before anyone signals it: a PID above 1, alive, a hedge-scheduler executable,
+/// holding the PID file's lock, started when the file says. `Err` says why not.
+pub fn verify(dir: &Path, info: &DaemonInfo) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let pid = info.pid;
+    if pid <= 1 {
+        return Err(format!(
+            "the PID file holds {pid}, which can never be a hedge-scheduler daemon"
+        ));
+    }
+    if !crate::process::pid_alive(pid) {
+        return Err(format!("PID {pid} from the PID file is not running"));
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let named = exe
+        .as_ref()
+        .and_then(|e| e.file_name())
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("hedge-scheduler"));
+    if !named || !comm.trim_end().starts_with("hedge-schedule") {
+        return Err(format!(
+            "PID {pid} from the PID file is not hedge-scheduler (it is `{}`)",
+            exe.map(|e| e.display().to_string())
+                .unwrap_or_else(|| comm.trim().to_string())
+        ));
+    }
+    let inode = std::fs::metadata(dir.join(PID_FILE)).map(|m| m.ino()).ok();
+    let holds = inode.is_some_and(|ino| lock_holders(ino).contains(&pid));
+    if !holds {
+        return Err(format!(
+            "PID {pid} does not hold the lock on `{}`: it is not this folder's daemon",
+            dir.join(PID_FILE).display()
+        ));
+    }
+    if let Some(expected) = info.start_ticks
+        && start_ticks(pid) != Some(expected)
+    {
+        return Err(format!(
+            "PID {pid} started at another time than the PID file says: it is another process"
+        ));
+    }
+    Ok(())
+}
+
+/// PIDs holding a lock on the file with inode `ino` (from `/proc/locks`).
+fn lock_holders(ino: u64) -> Vec<i64> {
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let pid = f.get(4)?.parse().ok()?;
+            let file_ino: u64 = f.get(5)?.rsplit(':').next()?.parse().ok()?;
+            (file_ino == ino).then_some(pid)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -29,6 +29,90 @@ print(json.dumps({"executable": sys.executable, "version": "%d.%d.%d" % sys.vers
                   "prefix": sys.prefix, "site_packages": packages, "found": found}))
 "#;
 
+/// `check-config`'s deeper look: imports each job's module and looks its function up. Answers
+/// `{"module:function": null | "why not"}`.
+const ENTRY_PROBE: &str = r#"
+import importlib, json, sys
+answer = {}
+for entry in sys.argv[1:]:
+    module, _, function = entry.partition(":")
+    try:
+        m = importlib.import_module(module)
+    except BaseException as exc:
+        answer[entry] = "importing `%s` failed: %s: %s" % (module, type(exc).__name__, exc)
+        continue
+    f = getattr(m, function, None)
+    if f is None:
+        answer[entry] = "module `%s` has no function `%s`" % (module, function)
+    elif not callable(f):
+        answer[entry] = "`%s` in module `%s` is not callable" % (function, module)
+    else:
+        answer[entry] = None
+print(json.dumps(answer))
+"#;
+
+/// Imports every function job's module (with `python.probe_timeout`) and checks its function is
+/// there: the first that is not is an error at its `entry`.
+pub fn check_entries(config: &Config, interpreter: &Interpreter) -> Result<()> {
+    let entries: Vec<(&crate::config::Job, String)> = config
+        .jobs
+        .iter()
+        .filter(|j| matches!(j.entry, crate::config::Entry::Function { .. }))
+        .map(|j| (j, j.entry.to_string()))
+        .collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = Command::new(&interpreter.path);
+    cmd.arg("-c")
+        .arg(ENTRY_PROBE)
+        .args(entries.iter().map(|(_, e)| e))
+        .current_dir(&config.python.cwd)
+        .env(
+            "PYTHONPATH",
+            std::env::join_paths(&config.python.path).unwrap_or_default(),
+        )
+        .stdin(Stdio::null());
+    let at = |job: Option<&crate::config::Job>, message: String| {
+        Error::Config(ConfigError {
+            file: config.file.clone(),
+            position: job.and_then(|j| j.entry_at),
+            message,
+        })
+    };
+    let output = output_within(cmd, config.python.probe_timeout)
+        .map_err(|e| at(None, format!("cannot start python to check the entries: {e}")))?
+        .ok_or_else(|| {
+            at(
+                None,
+                format!(
+                    "importing the jobs' modules did not finish within {} (`python.probe_timeout`): it was ended",
+                    humantime::format_duration(config.python.probe_timeout)
+                ),
+            )
+        })?;
+    let answer: std::collections::HashMap<String, Option<String>> =
+        serde_json::from_slice(&output.stdout).map_err(|e| {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            at(
+                None,
+                format!(
+                    "checking the entries gave no answer ({e}): {}",
+                    stderr.lines().last().unwrap_or("").trim()
+                ),
+            )
+        })?;
+    for (job, entry) in &entries {
+        if let Some(Some(why)) = answer.get(entry) {
+            return Err(at(
+                Some(job),
+                format!("`entry` of [jobs.{}]: {why}", job.id),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize)]
 struct Probe {
     executable: String,

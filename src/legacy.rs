@@ -1,6 +1,7 @@
 //! The old system's scripts: found by the script argument of a Python process (not a substring of
 //! any argument, so an editor holding the file open is not one), then refused, warned about or
-//! stopped, per `scheduler.legacy`.
+//! stopped, per `scheduler.legacy`. Only processes of the scheduler's own user count: another
+//! user's process is reported, never refused nor stopped (anyone can name a process anything).
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -13,12 +14,39 @@ use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 pub struct LegacyProcess {
     pub pid: u32,
     pub script: String,
+    /// Its owner (real user id).
+    pub uid: u32,
+}
+
+impl LegacyProcess {
+    /// Whether it runs as our own user: only then is it the old system we replace.
+    pub fn ours(&self) -> bool {
+        self.uid == crate::private::euid()
+    }
 }
 
 impl std::fmt::Display for LegacyProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PID {} ({})", self.pid, self.script)
+        write!(f, "PID {} ({}", self.pid, self.script)?;
+        if !self.ours() {
+            write!(f, ", user {}", self.uid)?;
+        }
+        write!(f, ")")
     }
+}
+
+/// Splits what `find` found into ours (the old system) and other users' (reported only).
+pub fn split(found: Vec<LegacyProcess>) -> (Vec<LegacyProcess>, Vec<LegacyProcess>) {
+    found.into_iter().partition(LegacyProcess::ours)
+}
+
+/// `PID 1 (a.py), PID 2 (b.py)`.
+pub fn list(procs: &[LegacyProcess]) -> String {
+    procs
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The Python processes whose script's file name is one of `scripts`.
@@ -41,9 +69,13 @@ pub fn find(scripts: &[String]) -> Vec<LegacyProcess> {
         .filter_map(|(pid, p)| {
             let script = python_script(p.cmd())?;
             let name = Path::new(script).file_name()?.to_str()?;
+            let uid = std::fs::metadata(format!("/proc/{}", pid.as_u32()))
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+                .ok()?;
             scripts.iter().any(|s| s == name).then(|| LegacyProcess {
                 pid: pid.as_u32(),
                 script: script.to_string_lossy().into_owned(),
+                uid,
             })
         })
         .collect();
@@ -90,6 +122,7 @@ pub fn python_script<S: AsRef<OsStr>>(cmd: &[S]) -> Option<&OsStr> {
 pub async fn stop(procs: &[LegacyProcess], grace: Duration) {
     let pids: Vec<i32> = procs
         .iter()
+        .filter(|p| p.ours())
         .filter_map(|p| i32::try_from(p.pid).ok())
         .collect();
     crate::process::terminate(crate::process::Target::Pids(&pids), grace).await;

@@ -7,6 +7,7 @@
 pub mod calendar;
 pub mod cli;
 pub(crate) mod config;
+pub(crate) mod contain;
 pub(crate) mod daemon;
 pub mod error;
 pub(crate) mod fmt;
@@ -37,6 +38,8 @@ use crate::history::{History, Outcome, TriggerKind};
 
 /// Runs one command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    // What we create is ours alone; the runs get the user's umask back.
+    private::set_umask();
     let path = cli
         .config
         .clone()
@@ -45,9 +48,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run => {
             let config = Config::load(&path)?;
             refuse_strict_past_coverage(&config)?;
+            // Before any thread or lock: the runs die with us, however we die.
+            contain::start_keeper().map_err(|e| Error::io("cannot start the keeper", e))?;
             let interpreter = interpreter::resolve(&config, None)?;
             check_log_dir(&config)?;
             logging::init_daemon(&config.scheduler.log_dir, config.scheduler.log_files_kept)?;
+            let mode = contain_runs(&config)?;
+            tracing::info!("🔒 containment: {}", mode.describe());
             legacy_at_start(&config)?;
             // The embedded interpreter starts here, never on an async worker.
             if config
@@ -63,13 +70,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             interpreter::end_probes();
             // Threads stuck in native code end with the process; do not wait for them.
             rt.shutdown_timeout(std::time::Duration::from_millis(500));
+            contain::cleanup();
             outcome?;
             Ok(0)
         }
         Command::RunOnce { job, json, wait } => {
             logging::init_cli("warn");
             let config = Config::load(&path)?;
-            run_once(config, &job, json, wait)
+            contain::start_keeper().map_err(|e| Error::io("cannot start the keeper", e))?;
+            let outcome = run_once(config, &job, json, wait);
+            contain::cleanup();
+            outcome
         }
         Command::Status { json } => {
             logging::init_cli("warn");
@@ -120,6 +131,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             logging::init_cli("warn");
             let config = Config::load(&path)?;
             let interpreter = interpreter::resolve(&config, None)?;
+            interpreter::check_entries(&config, &interpreter)?;
             let python = format!(
                 "{} (Python {})",
                 interpreter.path.display(),
@@ -176,12 +188,23 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// `log_dir` must exist (it is created) and be writable, before anything starts.
+/// Prepares the containment of runs (`scheduler.containment`).
+fn contain_runs(config: &Config) -> Result<&'static contain::Mode> {
+    contain::init(config.scheduler.containment).map_err(|why| {
+        Error::Config(error::ConfigError::new(
+            &config.file,
+            format!("`scheduler.containment` = \"cgroup\" is not possible here: {why}"),
+        ))
+    })
+}
+
+/// `log_dir` must exist (it is created, 0700) and be writable, before anything starts; what
+/// the scheduler keeps there is made private.
 fn check_log_dir(config: &Config) -> Result<()> {
     let dir = &config.scheduler.log_dir;
-    let probe = dir.join(".write-test");
-    std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(&probe, b""))
+    let probe = dir.join(format!(".write-test.{}", std::process::id()));
+    private::create_dir(dir)
+        .and_then(|_| private::open(&probe, private::Open::CreateNew))
         .and_then(|_| std::fs::remove_file(&probe))
         .map_err(|e| {
             Error::Config(error::ConfigError::new(
@@ -191,20 +214,30 @@ fn check_log_dir(config: &Config) -> Result<()> {
                     dir.display()
                 ),
             ))
-        })
+        })?;
+    let tightened = private::tighten_log_dir(dir, &config.scheduler.history);
+    if tightened > 0 {
+        eprintln!(
+            "note: made {tightened} file(s) and folder(s) in `{}` private (others could read them)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// The old system's scripts at start: refuse (default), warn, or stop them.
 fn legacy_at_start(config: &Config) -> Result<()> {
-    let found = legacy::find(&config.scheduler.legacy_scripts);
+    let (found, others) = legacy::split(legacy::find(&config.scheduler.legacy_scripts));
+    if !others.is_empty() {
+        tracing::warn!(
+            "⚠️  processes of other users are named like the old system's scripts: {}; not ours, so never refused nor stopped",
+            legacy::list(&others)
+        );
+    }
     if found.is_empty() {
         return Ok(());
     }
-    let list = found
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = legacy::list(&found);
     match config.scheduler.legacy {
         config::Legacy::Refuse => Err(Error::Other(format!(
             "the old system is running ({list}): both would collect the same data; stop it, or set `scheduler.legacy` to \"stop\" or \"warn\""
@@ -227,6 +260,13 @@ fn stop(config: &Config) -> Result<i32> {
         println!("hedge-scheduler is not running");
         return Ok(EXIT_NOT_RUNNING);
     };
+    // Never a signal to a process we cannot prove is this folder's daemon.
+    instance::verify(&config.scheduler.log_dir, &daemon).map_err(|why| {
+        Error::Other(format!(
+            "refusing to stop: {why} (PID file `{}`)",
+            config.scheduler.log_dir.join(instance::PID_FILE).display()
+        ))
+    })?;
     let pid = nix::unistd::Pid::from_raw(
         i32::try_from(daemon.pid).map_err(|_| Error::Other("bad PID in the PID file".into()))?,
     );
@@ -293,7 +333,21 @@ fn refuse_strict_past_coverage(config: &Config) -> Result<()> {
 pub fn config_warnings(config: &Config, now: chrono::DateTime<Utc>) -> Vec<String> {
     let calendar = config.calendar();
     let today = now.with_timezone(&calendar.tz()).date_naive();
-    calendar.coverage_warning(today).into_iter().collect()
+    let mut warnings: Vec<String> = calendar.coverage_warning(today).into_iter().collect();
+    for job in config.jobs.iter().filter(|j| j.enabled) {
+        if job.trigger.next_fire_after(&calendar, now).is_none() {
+            warnings.push(format!(
+                "[jobs.{}] never fires: its schedule has no instant ahead{}",
+                job.id,
+                if job.trigger.market_hours {
+                    " inside market hours"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    warnings
 }
 
 fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32> {
@@ -304,6 +358,8 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
         });
     };
     let interpreter = interpreter::resolve(&config, Some(&[job_id]))?;
+    contain_runs(&config)?;
+    private::tighten_log_dir(&config.scheduler.log_dir, &config.scheduler.history);
     if job.executor == config::Executor::Pyo3 {
         python::init(&config, &interpreter)?;
     }

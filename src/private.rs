@@ -19,8 +19,6 @@ pub enum Open {
     Append,
     /// Read and write, creating it if needed, keeping its content (locks, the PID file).
     ReadWrite,
-    /// Write a new file, replacing any content (temporary files renamed into place).
-    Truncate,
     /// Create a file that must not exist yet.
     CreateNew,
     /// Read an existing file.
@@ -33,7 +31,6 @@ pub fn open(path: &Path, how: Open) -> io::Result<File> {
     match how {
         Open::Append => o.append(true).create(true),
         Open::ReadWrite => o.read(true).write(true).create(true).truncate(false),
-        Open::Truncate => o.write(true).create(true).truncate(true),
         Open::CreateNew => o.write(true).create_new(true),
         Open::Read => o.read(true),
     };
@@ -74,6 +71,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.write_all(bytes)?;
     drop(f);
     std::fs::rename(&tmp, path)
+}
+
+static USER_UMASK: std::sync::OnceLock<nix::sys::stat::Mode> = std::sync::OnceLock::new();
+
+/// Makes what this process creates private (umask 077), remembering the user's umask for the
+/// processes of runs, which get it back.
+pub fn set_umask() {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let _ = USER_UMASK.set(old);
+}
+
+/// The umask the scheduler was started with, if `set_umask` ran.
+pub fn user_umask() -> Option<nix::sys::stat::Mode> {
+    USER_UMASK.get().copied()
 }
 
 /// Our effective user id.
@@ -131,6 +142,31 @@ pub fn tighten(path: &Path) -> bool {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).is_ok()
 }
 
+/// Makes the log folder and what the scheduler keeps in it private (files of older versions,
+/// or made by hand, that others could read); returns how many were changed.
+pub fn tighten_log_dir(log_dir: &Path, history: &Path) -> usize {
+    let mut n = usize::from(tighten(log_dir));
+    for sub in ["jobs", "locks", "runtime"] {
+        let dir = log_dir.join(sub);
+        n += usize::from(tighten(&dir));
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            n += entries.flatten().filter(|e| tighten(&e.path())).count();
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(log_dir) {
+        n += entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()) && tighten(&e.path()))
+            .count();
+    }
+    for ext in ["", "-wal", "-shm"] {
+        let mut p = history.as_os_str().to_owned();
+        p.push(ext);
+        n += usize::from(tighten(Path::new(&p)));
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,7 +178,7 @@ mod tests {
         std::fs::write(&target, b"precious").unwrap();
         let link = dir.path().join("hedge-scheduler.pid");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        for how in [Open::Append, Open::ReadWrite, Open::Truncate, Open::Read] {
+        for how in [Open::Append, Open::ReadWrite, Open::Read] {
             let err = open(&link, how).unwrap_err();
             assert!(err.to_string().contains("symbolic link"), "{how:?}: {err}");
         }

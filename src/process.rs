@@ -78,6 +78,8 @@ pub enum Target<'a> {
     Tagged(&'a str),
     /// These processes (found by the caller, e.g. the old system's scripts).
     Pids(&'a [i32]),
+    /// Every process in a run's cgroup, wherever it went.
+    Cgroup(&'a std::path::Path),
 }
 
 impl Target<'_> {
@@ -88,6 +90,8 @@ impl Target<'_> {
             }
             Target::Tagged(tag) => signal_pids(&tagged_processes(tag), sig),
             Target::Pids(pids) => signal_pids(pids, sig),
+            Target::Cgroup(dir) if sig == Signal::SIGKILL => crate::contain::kill_cgroup(dir),
+            Target::Cgroup(dir) => signal_pids(&crate::contain::cgroup_pids(dir), sig),
         }
     }
 
@@ -98,6 +102,7 @@ impl Target<'_> {
             Target::Pids(pids) => pids
                 .iter()
                 .any(|p| pid_alive(i64::from(*p)) && !is_zombie(*p)),
+            Target::Cgroup(dir) => crate::contain::cgroup_populated(dir),
         }
     }
 }
@@ -179,6 +184,13 @@ pub fn tagged_processes(tag: &str) -> Vec<i32> {
             continue;
         };
         if u32::try_from(pid) == Ok(me) {
+            continue;
+        }
+        // Only processes of our own user: another user's process carrying the tag is not ours.
+        if std::fs::metadata(entry.path())
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) != crate::private::euid())
+            .unwrap_or(true)
+        {
             continue;
         }
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
@@ -274,7 +286,8 @@ pub fn pid_alive(pid: i64) -> bool {
 /// Whether `pid` is a live hedge-scheduler process: a PID reused by something else (after a
 /// reboot, say) does not count.
 pub fn scheduler_alive(pid: i64) -> bool {
-    if !pid_alive(pid) {
+    // A zombie (killed, not yet reaped by its parent) is dead: its rows and runs are not its.
+    if !pid_alive(pid) || i32::try_from(pid).is_ok_and(is_zombie) {
         return false;
     }
     if i64::from(std::process::id()) == pid {

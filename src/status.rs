@@ -33,6 +33,8 @@ pub struct DaemonStatus {
     /// How late the scheduling loop woke for its slots since the daemon started (as of its last
     /// health check): `{"p50", "max", "samples"}` in milliseconds.
     pub loop_lag_ms: Option<crate::health::LoopLag>,
+    /// How the daemon contains its runs: "cgroup" or "subreaper".
+    pub containment: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -212,6 +214,7 @@ pub fn gather_from(
             heartbeat_age_seconds: age,
             responding,
             loop_lag_ms: state.as_ref().and_then(|s| s.loop_lag_ms),
+            containment: state.as_ref().and_then(|s| s.containment.clone()),
         },
         jobs,
         warnings,

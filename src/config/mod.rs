@@ -62,6 +62,20 @@ pub struct Scheduler {
     pub legacy: Legacy,
     /// The old system's scripts, by file name.
     pub legacy_scripts: Vec<String>,
+    /// How runs are contained: a cgroup per run, or the daemon as the runs' subreaper.
+    pub containment: Containment,
+}
+
+/// How the processes of a run are kept from outliving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Containment {
+    /// A cgroup per run where one can be made, else the subreaper.
+    Auto,
+    /// A cgroup v2 per run, ended with `cgroup.kill`; refuse to start without one.
+    Cgroup,
+    /// The daemon adopts what escapes a run (`PR_SET_CHILD_SUBREAPER`) and ends it.
+    Subreaper,
 }
 
 /// What the daemon does when it finds the old system's scripts running.

@@ -45,6 +45,7 @@ pub(super) struct RawScheduler {
     pub(super) log_files_kept: Option<Spanned<i64>>,
     pub(super) legacy: Option<Spanned<String>>,
     pub(super) legacy_scripts: Option<Vec<String>>,
+    pub(super) containment: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -173,3 +173,83 @@ fn entries() {
         Some(Entry::Script(PathBuf::from("src/data/collector.py")))
     );
 }
+
+#[test]
+fn every_error_names_its_key_wrong_types_duplicates_and_an_empty_file_included() {
+    let cases = [
+        // (replace, with, wanted in the one-line error)
+        (
+            "timeout = \"150s\"",
+            "timeout = 150",
+            "17:11: `jobs.options_chain.timeout`: invalid type",
+        ),
+        (
+            "timeout = \"150s\"",
+            "timeout = \"150s\"\ntimeout = \"2m\"",
+            "18:1: `jobs.options_chain.timeout`: duplicate key",
+        ),
+        (
+            "exchange = \"XNSE\"",
+            "exchange = \"XNSE\"\nhealth_interval = \"1ns\"",
+            "`scheduler.health_interval` = \"1ns\" is too short: at least 1s",
+        ),
+        (
+            "exchange = \"XNSE\"",
+            "exchange = \"XNSE\"\nreport_interval = \"999ms\"",
+            "`scheduler.report_interval` = \"999ms\" is too short",
+        ),
+        (
+            "[jobs.options_chain]",
+            "[jobs.a_very_long_job_id_that_nobody_could_read_on_a_status_line_at_all_really]",
+            "is 72 characters long; at most 64",
+        ),
+    ];
+    for (from, to, want) in cases {
+        let src = GOOD.replace(from, to);
+        assert_ne!(src, GOOD, "{from}");
+        let e = parse(&src).unwrap_err();
+        assert!(e.contains(want), "{want}\n{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    let e = parse("  \n").unwrap_err();
+    assert!(e.contains("the config file is empty"), "{e}");
+    // A 64-character id is fine.
+    assert!(
+        parse(&GOOD.replace(
+            "[jobs.options_chain]",
+            &format!("[jobs.{}]", "x".repeat(64))
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
+fn a_history_folder_and_a_root_log_dir_are_refused_by_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |extra: &str| {
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            GOOD.replace(
+                "log_dir = \"../logs\"\nhistory = \"../logs/history.sqlite3\"",
+                extra,
+            ),
+        )
+        .unwrap();
+        Config::load(&p).map(|_| ()).map_err(|e| e.to_string())
+    };
+    std::fs::create_dir(dir.path().join("afolder")).unwrap();
+    let e = write("log_dir = \"logs\"\nhistory = \"afolder\"").unwrap_err();
+    assert!(
+        e.contains("5:1: `scheduler.history`") && e.contains("is a folder"),
+        "{e}"
+    );
+    let e = write("log_dir = \"/\"\nhistory = \"h.sqlite3\"").unwrap_err();
+    assert!(
+        e.contains("4:1: `scheduler.log_dir` `/` is a filesystem root"),
+        "{e}"
+    );
+    let e = write("log_dir = \"../../../../../../../../..\"\nhistory = \"h.sqlite3\"").unwrap_err();
+    assert!(e.contains("is a filesystem root"), "{e}");
+    write("log_dir = \"logs\"\nhistory = \"logs/h.sqlite3\"").unwrap();
+}

@@ -29,14 +29,43 @@ pub(super) fn toml_error(file: &Path, source: &str, e: &toml::de::Error) -> Conf
     match e.span() {
         Some(span) => {
             let table = enclosing_table(source, span.start);
+            // Name the key the error is about (a wrong type, a duplicate), from its line.
+            let key = key_at(source, span.start);
+            let message = match (&key, &table) {
+                (Some(k), Some(t)) if !message.contains(&format!("`{k}`")) => {
+                    format!("`{t}.{k}`: {message}")
+                }
+                (Some(k), None) if !message.contains(&format!("`{k}`")) => {
+                    format!("`{k}`: {message}")
+                }
+                _ => message,
+            };
             let message = match table {
-                Some(t) if !message.contains(&format!("[{t}]")) => format!("{message} in [{t}]"),
+                Some(t)
+                    if !message.contains(&format!("[{t}]"))
+                        && !message.contains(&format!("`{t}.")) =>
+                {
+                    format!("{message} in [{t}]")
+                }
                 _ => message,
             };
             ConfigError::at(file, source, span.start, message)
         }
         None => ConfigError::new(file, message),
     }
+}
+
+/// The key of the `key = value` line holding byte `offset`, if it is one.
+pub(super) fn key_at(source: &str, offset: usize) -> Option<String> {
+    let start = source.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = source.get(start..)?.lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    plain.then(|| key.to_string())
 }
 
 /// The `[table]` header in force at byte `offset` (the header itself when the offset is on it).

@@ -19,6 +19,41 @@ impl Config {
         let source = std::fs::read_to_string(&file)
             .map_err(|e| ConfigError::new(&file, format!("cannot read config file: {e}")))?;
         let config = Config::parse(&file, &source)?;
+        let key_offset = |key: &str| {
+            source
+                .lines()
+                .scan(0, |at, line| {
+                    let start = *at;
+                    *at += line.len() + 1;
+                    Some((start, line))
+                })
+                .find(|(_, l)| l.trim_start().starts_with(key))
+                .map(|(start, _)| start)
+        };
+        let placed = |key: &str, message: String| match key_offset(key) {
+            Some(at) => ConfigError::at(&file, &source, at, message),
+            None => ConfigError::new(&file, message),
+        };
+        let log_dir = &config.scheduler.log_dir;
+        let real = log_dir.canonicalize().unwrap_or_else(|_| log_dir.clone());
+        if real.parent().is_none() {
+            return Err(placed(
+                "log_dir",
+                format!(
+                    "`scheduler.log_dir` `{}` is a filesystem root: hedge-scheduler makes its log folder private (0700) and keeps its files there; give it a folder of its own, such as \"logs\"",
+                    log_dir.display()
+                ),
+            ));
+        }
+        if config.scheduler.history.is_dir() {
+            return Err(placed(
+                "history",
+                format!(
+                    "`scheduler.history` `{}` is a folder; it names the history's database file, such as \"logs/history.sqlite3\"",
+                    config.scheduler.history.display()
+                ),
+            ));
+        }
         if !config.python.cwd.is_dir() {
             return Err(ConfigError {
                 file,
@@ -34,6 +69,12 @@ impl Config {
 
     /// Validates `source`, the text of the config file `file` (absolute).
     pub fn parse(file: &Path, source: &str) -> Result<Config, ConfigError> {
+        if source.trim().is_empty() {
+            return Err(ConfigError::new(
+                file,
+                "the config file is empty: it needs a [scheduler] table and at least one [jobs.<id>] (start from config/hedge-scheduler.toml)".to_string(),
+            ));
+        }
         let raw: RawConfig = toml::from_str(source).map_err(|e| toml_error(file, source, &e))?;
         let mut v = Validator {
             file,
@@ -76,15 +117,17 @@ impl Config {
                 "scheduler.kill_grace",
                 DEFAULT_KILL_GRACE,
             )?,
-            health_interval: v.duration(
+            health_interval: v.at_least(
                 raw.scheduler.health_interval.as_ref(),
                 "scheduler.health_interval",
                 Duration::from_secs(30),
+                MIN_INTERVAL,
             )?,
-            report_interval: v.duration(
+            report_interval: v.at_least(
                 raw.scheduler.report_interval.as_ref(),
                 "scheduler.report_interval",
                 Duration::from_secs(300),
+                MIN_INTERVAL,
             )?,
             history_retention: v.duration(
                 raw.scheduler.history_retention.as_ref(),
@@ -114,6 +157,12 @@ impl Config {
                 .legacy_scripts
                 .clone()
                 .unwrap_or_else(|| LEGACY_SCRIPTS.map(String::from).to_vec()),
+            containment: v.policy(
+                raw.scheduler.containment.as_ref(),
+                "scheduler.containment",
+                None,
+                Containment::Auto,
+            )?,
         };
 
         if let (Some(_), Some(venv)) = (&raw.python.executable, &raw.python.venv) {
@@ -247,6 +296,11 @@ impl Policy for Legacy {
     const WORDS: &'static [&'static str] = &["refuse", "warn", "stop"];
 }
 
+impl Policy for Containment {
+    const WHAT: &'static str = "containment";
+    const WORDS: &'static [&'static str] = &["auto", "cgroup", "subreaper"];
+}
+
 impl Policy for Executor {
     const WHAT: &'static str = "executor";
     const WORDS: &'static [&'static str] = &["subprocess", "pyo3"];
@@ -262,7 +316,34 @@ impl Policy for CatchUp {
     const WORDS: &'static [&'static str] = &["latest", "none", "all"];
 }
 
+/// The shortest health or report interval: shorter ones would keep the daemon busy.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest job id: it names the job's log and lock files.
+pub const MAX_JOB_ID: usize = 64;
+
 impl Validator<'_> {
+    /// A duration key that must be at least `min`.
+    pub(super) fn at_least(
+        &self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(raw, key, default)?;
+        match raw {
+            Some(r) if d < min => Err(self.at(
+                r,
+                format!(
+                    "`{key}` = \"{}\" is too short: at least {}",
+                    r.get_ref(),
+                    humantime::format_duration(min)
+                ),
+            )),
+            _ => Ok(d),
+        }
+    }
+
     pub(super) fn at<T>(&self, spanned: &Spanned<T>, message: String) -> ConfigError {
         ConfigError::at(self.file, self.source, spanned.span().start, message)
     }
@@ -320,6 +401,16 @@ impl Validator<'_> {
             return Err(self.at(
                 &raw,
                 format!("invalid job id `{id}` in [{table}] (use letters, digits, `_` and `-`)"),
+            ));
+        }
+        if id.len() > MAX_JOB_ID {
+            return Err(self.at(
+                &raw,
+                format!(
+                    "job id `{}…` is {} characters long; at most {MAX_JOB_ID} (it names the job's files)",
+                    &id[..16],
+                    id.len()
+                ),
             ));
         }
         let job_span = raw.span();

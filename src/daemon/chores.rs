@@ -139,12 +139,15 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
     .await;
     let (lock_lost, low_disk, legacy) = checked.unwrap_or_default();
     problems.extend(low_disk);
+    let (legacy, others) = crate::legacy::split(legacy);
+    if !others.is_empty() {
+        problems.push(format!(
+            "processes of other users are named like the old system's scripts (not ours, ignored): {}",
+            crate::legacy::list(&others)
+        ));
+    }
     if !legacy.is_empty() {
-        let list = legacy
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = crate::legacy::list(&legacy);
         if config.scheduler.legacy == crate::config::Legacy::Stop {
             tracing::warn!("🧹 stopping the old system's processes: {list}");
             crate::legacy::stop(&legacy, config.scheduler.kill_grace).await;
@@ -172,6 +175,7 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
         heartbeat_at: now,
         problems,
         loop_lag_ms: Some(input.lag),
+        containment: crate::contain::mode().map(|m| m.name().to_string()),
     };
     let dir = config.scheduler.log_dir.clone();
     let written = tokio::task::spawn_blocking(move || crate::health::write_state(&dir, &state))

@@ -338,7 +338,12 @@ impl History {
                 )
             })?;
         }
-        let conn = Connection::open(path).map_err(|e| Error::history(path, e))?;
+        // Never through a link planted where the history should be.
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(|e| Error::history(path, e))?;
         let h = History {
             conn,
             path: path.to_path_buf(),
@@ -359,7 +364,9 @@ impl History {
         let open = || -> Result<(Connection, i64)> {
             let conn = Connection::open_with_flags(
                 path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_NOFOLLOW,
             )
             .map_err(|e| Error::history(path, e))?;
             conn.busy_timeout(Duration::from_secs(5))

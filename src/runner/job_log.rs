@@ -1,6 +1,6 @@
 //! The job logs: `<log_dir>/jobs/<job>.log`, kept open between runs, rotated daily.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -48,10 +48,10 @@ impl JobLog {
     pub fn open(dir: &Path, job: &str, run_id: i64, keep: usize) -> Result<JobLog> {
         let path = dir.join(format!("{job}.log"));
         rotate_daily(&path, keep);
-        let open = || OpenOptions::new().create(true).append(true).open(&path);
+        let open = || crate::private::open(&path, crate::private::Open::Append);
         let file = match open() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)
+                crate::private::create_dir(dir)
                     .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
                 open()
             }

@@ -1,7 +1,7 @@
 //! A job's cross-process lock (`<log_dir>/locks/<job>.lock`), held for the length of a run, and
 //! who holds it.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
@@ -24,19 +24,13 @@ impl JobLock {
     }
 
     pub(super) fn open(path: &Path) -> Result<File> {
-        let open = || {
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(path)
-        };
+        let open = || crate::private::open(path, crate::private::Open::ReadWrite);
         match open() {
             Ok(f) => Ok(f),
             // The folder is made on first use (or again, if someone removed it).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
+                    crate::private::create_dir(dir)
                         .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
                 }
                 open().map_err(|e| Error::io(format!("cannot open `{}`", path.display()), e))

@@ -195,6 +195,7 @@ pub async fn run(
         attempt: req.attempt,
         executor: job.executor.as_str(),
     };
+    let inflight = crate::contain::InFlight::begin(&uid);
     let (run_id, log, exec) = match job.executor {
         Executor::Subprocess => {
             // One hand-off: open the log, wait for the slot's instant and record the start.
@@ -274,6 +275,14 @@ pub async fn run(
         }
     };
 
+    drop(inflight);
+    // In subreaper mode, what escaped this run (and no run in flight can own) is ended now.
+    let strays = crate::contain::end_strays(env.config.scheduler.kill_grace).await;
+    if strays > 0 {
+        log.note(&format!(
+            "ended {strays} process(es) that escaped a run and were adopted by the scheduler"
+        ));
+    }
     let (outcome, end) = judge(&job, &exec);
     log.note(&end_note(outcome, &end));
     let stuck = exec.stuck;

@@ -20,6 +20,9 @@ pub(super) const MAX_LINE: usize = 64 * 1024;
 /// How many trailing stderr lines are kept to explain a failure without a result.
 pub(super) const STDERR_TAIL: usize = 8;
 
+/// How long the output is read after the run has ended, whoever else holds the pipe.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
+
 /// How often a subprocess run's process tree is sampled (memory, CPU).
 pub(super) const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -72,7 +75,24 @@ pub(super) async fn run_subprocess(
     if let Some(venv) = &env.config.python.venv {
         cmd.env("VIRTUAL_ENV", venv);
     }
-    let mut child = match cmd.spawn() {
+    // Contained from its first instruction: its own cgroup (where one can be made), and the
+    // user's umask.
+    let cage = match crate::contain::Cage::new(uid) {
+        Ok(cage) => cage,
+        Err(e) => {
+            log.note(&format!(
+                "no cgroup for this run ({e}): contained by its process group and tag"
+            ));
+            None
+        }
+    };
+    let setup = crate::contain::ChildSetup::new(cage.as_ref());
+    // SAFETY: `in_child` makes only async-signal-safe calls (write, umask).
+    unsafe {
+        cmd.pre_exec(move || setup.in_child());
+    }
+    let spawned = crate::contain::Spawned::spawn(|| cmd.spawn(), |c| c.id());
+    let (mut child, _spawned) = match spawned {
         Ok(child) => child,
         Err(e) => {
             let program = match &job.entry {
@@ -87,6 +107,9 @@ pub(super) async fn run_subprocess(
     };
     let pid = child.id().unwrap_or(0);
     log.note(&format!("process group {pid}"));
+    // Should the scheduler die now, its keeper ends this group.
+    crate::contain::keeper_note(&format!("+G {pid}"));
+    let _forget = crate::contain::KeeperGroup(pid);
     env.recorder.set_pid(uid, pid);
     if let Some(tx) = events {
         let _ = tx.send(RunEvent::Started {
@@ -152,14 +175,21 @@ pub(super) async fn run_subprocess(
             "ended {escaped} process(es) that left the job's group"
         ));
     }
+    if let Some(cage) = &cage {
+        let left = crate::contain::cgroup_pids(cage.dir()).len();
+        if process::terminate(process::Target::Cgroup(cage.dir()), grace).await {
+            log.note(&format!(
+                "ended {left} process(es) left in the run's cgroup (a new session, a double fork)"
+            ));
+        }
+    }
+    drop(cage);
     for pump in pumps.into_iter().flatten() {
-        // A process outside the group could hold the pipe open: do not wait on it for long.
+        // A process we could not end may hold the pipe open: the run does not wait on it.
         let abort = pump.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), pump)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(OUTPUT_DRAIN, pump).await.is_err() {
             abort.abort();
+            log.note("output still held open by a process outside the run: stopped reading it");
         }
     }
     exec.bridge = take_result(&result_file);

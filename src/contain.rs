@@ -1,0 +1,525 @@
+//! Nothing outlives a run, and every run dies with its daemon.
+//!
+//! - **cgroup** (the better one): each subprocess run starts inside a cgroup v2 of its own,
+//!   `<our cgroup>/hedge-scheduler.<pid>/run-<uid>`, whatever it does later (a double fork, a new
+//!   session, a cleared environment) it stays there, and the run ends with `cgroup.kill`. Needs a
+//!   cgroup v2 we may write: root, or systemd's `Delegate=yes`.
+//! - **subreaper** (elsewhere): the daemon is `PR_SET_CHILD_SUBREAPER`, so a descendant that
+//!   escapes its run's process group is reparented to the daemon instead of init; once no run that
+//!   could own it is in flight, it is ended and reaped.
+//!
+//! In both, every run dies with its daemon: a keeper process, forked from the scheduler before
+//! it starts a thread, waits on a pipe whose only writer is the scheduler. When the scheduler is
+//! gone, however it died, the read ends and the keeper kills what is left: the runs' cgroups, or
+//! the process groups of the runs in flight. At start, what a dead daemon left is ended too.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::config::Containment;
+
+/// How this process contains its runs.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Runs go into cgroups under this one (ours, made at start).
+    Cgroup(PathBuf),
+    Subreaper,
+}
+
+impl Mode {
+    pub fn describe(&self) -> String {
+        match self {
+            Mode::Cgroup(base) => format!("cgroup per run under {}", base.display()),
+            Mode::Subreaper => "subreaper (no writable cgroup v2)".to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Cgroup(_) => "cgroup",
+            Mode::Subreaper => "subreaper",
+        }
+    }
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+/// The write end of the keeper's pipe: what it must end if we die.
+static KEEPER: Mutex<Option<File>> = Mutex::new(None);
+/// Our direct children that someone waits for (run leaders, probes): never strays.
+static SPAWNED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+/// Runs in flight: (uid, start in clock ticks since boot).
+static INFLIGHT: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+
+/// Chooses and prepares the containment (once per process); `Err` says why the chosen one is
+/// not possible here.
+pub fn init(choice: Containment) -> std::result::Result<&'static Mode, String> {
+    if let Some(m) = MODE.get() {
+        return Ok(m);
+    }
+    let mode = match choice {
+        Containment::Subreaper => subreaper()?,
+        Containment::Cgroup => Mode::Cgroup(cgroup_base()?),
+        Containment::Auto => match cgroup_base() {
+            Ok(base) => Mode::Cgroup(base),
+            Err(why) => {
+                tracing::info!("no cgroup per run ({why}): using the subreaper");
+                subreaper()?
+            }
+        },
+    };
+    if let Mode::Cgroup(base) = &mode {
+        keeper_note(&format!("+C {}", base.display()));
+    }
+    Ok(MODE.get_or_init(|| mode))
+}
+
+/// The containment in use, if `init` ran.
+pub fn mode() -> Option<&'static Mode> {
+    MODE.get()
+}
+
+fn subreaper() -> std::result::Result<Mode, String> {
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| format!("cannot become the runs' subreaper: {e}"))?;
+    Ok(Mode::Subreaper)
+}
+
+/// Our own cgroup v2 folder: `/proc/self/cgroup`'s `0::` line under the cgroup2 mount.
+fn own_cgroup() -> std::result::Result<PathBuf, String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("no cgroup v2 hierarchy")?
+        .trim();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    for line in mounts.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !right.starts_with("cgroup2 ") {
+            continue;
+        }
+        let f: Vec<&str> = left.split(' ').collect();
+        let (Some(root), Some(mnt)) = (f.get(3), f.get(4)) else {
+            continue;
+        };
+        let Some(sub) = rel.strip_prefix(root.trim_end_matches('/')) else {
+            continue;
+        };
+        return Ok(Path::new(mnt).join(sub.trim_start_matches('/')));
+    }
+    Err("cgroup2 is not mounted".into())
+}
+
+/// Makes `<our cgroup>/hedge-scheduler.<pid>` for our runs, after ending what dead daemons left.
+fn cgroup_base() -> std::result::Result<PathBuf, String> {
+    let own = own_cgroup()?;
+    let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+    if !writable(&own.join("cgroup.procs")) {
+        return Err(format!(
+            "cgroup `{}` is not ours to write (run as root, or under systemd with Delegate=yes)",
+            own.display()
+        ));
+    }
+    end_dead_daemons_cgroups(&own);
+    let base = own.join(format!("hedge-scheduler.{}", std::process::id()));
+    match std::fs::create_dir(&base) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create cgroup `{}`: {e}", base.display())),
+    }
+    if !base.join("cgroup.kill").exists() {
+        let _ = std::fs::remove_dir(&base);
+        return Err("this kernel has no cgroup.kill (Linux 5.14 or later needed)".into());
+    }
+    Ok(base)
+}
+
+/// Ends and removes the run cgroups of daemons that are gone (killed, crashed).
+fn end_dead_daemons_cgroups(own: &Path) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("hedge-scheduler."))
+            .and_then(|p| p.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        if crate::process::scheduler_alive(pid) && pid != i64::from(std::process::id()) {
+            continue;
+        }
+        let dir = entry.path();
+        let left = cgroup_pids(&dir);
+        if !left.is_empty() {
+            tracing::warn!(
+                "🧹 ending {} process(es) left in the run cgroups of a dead daemon (PID {pid})",
+                left.len()
+            );
+        }
+        kill_cgroup(&dir);
+        remove_cgroup_tree(&dir);
+    }
+}
+
+/// Every process in `dir` and below.
+pub fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    let mut out: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(cgroup_pids(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// Whether a process is still in `dir` (or below).
+pub fn cgroup_populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map(|t| t.lines().any(|l| l.trim() == "populated 1"))
+        .unwrap_or(false)
+}
+
+/// SIGKILLs everything in `dir` and below, at once, however it was started.
+pub fn kill_cgroup(dir: &Path) {
+    let _ = std::fs::write(dir.join("cgroup.kill"), b"1");
+}
+
+/// Removes `dir` and its child cgroups once they are empty (waits up to 2 s for the kernel).
+fn remove_cgroup_tree(dir: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while cgroup_populated(dir) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Removes our own runs' cgroup folder (at exit).
+pub fn cleanup() {
+    if let Some(Mode::Cgroup(base)) = MODE.get() {
+        kill_cgroup(base);
+        remove_cgroup_tree(base);
+    }
+}
+
+/// A run's cgroup, removed (its processes killed first) when dropped.
+pub struct Cage {
+    dir: PathBuf,
+    procs: File,
+}
+
+impl Cage {
+    /// A cgroup for run `uid`, in cgroup mode; `Ok(None)` otherwise.
+    pub fn new(uid: &str) -> io::Result<Option<Cage>> {
+        let Some(Mode::Cgroup(base)) = MODE.get() else {
+            return Ok(None);
+        };
+        let dir = base.join(format!("run-{uid}"));
+        std::fs::create_dir(&dir)?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))?;
+        Ok(Some(Cage { dir, procs }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn procs_fd(&self) -> RawFd {
+        self.procs.as_raw_fd()
+    }
+}
+
+impl Drop for Cage {
+    fn drop(&mut self) {
+        if cgroup_populated(&self.dir) {
+            kill_cgroup(&self.dir);
+        }
+        remove_cgroup_tree(&self.dir);
+    }
+}
+
+/// What a run's leader does between fork and exec: join its cgroup, take the user's umask.
+/// Only async-signal-safe calls.
+pub struct ChildSetup {
+    procs: Option<RawFd>,
+    umask: Option<nix::sys::stat::Mode>,
+}
+
+impl ChildSetup {
+    pub fn new(cage: Option<&Cage>) -> ChildSetup {
+        ChildSetup {
+            procs: cage.map(Cage::procs_fd),
+            umask: crate::private::user_umask(),
+        }
+    }
+
+    /// Runs in the child after fork, before exec.
+    pub fn in_child(&self) -> io::Result<()> {
+        if let Some(fd) = self.procs {
+            // SAFETY: the descriptor is open in the parent, and so in the child.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            nix::unistd::write(fd, b"0").map_err(io::Error::from)?;
+        }
+        if let Some(mask) = self.umask {
+            nix::sys::stat::umask(mask);
+        }
+        Ok(())
+    }
+}
+
+/// Starts the keeper: a process forked from us that ends our runs when we die. Call it before
+/// any thread starts and before any lock is taken (a forked copy would hold it).
+pub fn start_keeper() -> io::Result<()> {
+    use nix::unistd::{ForkResult, fork, pipe2};
+    let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    // SAFETY: no other thread exists yet (see above), so the child may do anything.
+    match unsafe { fork() }.map_err(io::Error::from)? {
+        ForkResult::Child => {
+            drop(write);
+            keeper_main(read)
+        }
+        ForkResult::Parent { child } => {
+            drop(read);
+            if let Ok(mut set) = SPAWNED.lock() {
+                set.get_or_insert_with(HashSet::new)
+                    .insert(u32::try_from(child.as_raw()).unwrap_or(0));
+            }
+            if let Ok(mut k) = KEEPER.lock() {
+                *k = Some(File::from(write));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Tells the keeper what to end should we die: `+G <pgid>` / `-G <pgid>` for a run's process
+/// group, `+C <dir>` for our runs' cgroup.
+pub fn keeper_note(line: &str) {
+    use std::io::Write;
+    if let Ok(mut k) = KEEPER.lock()
+        && let Some(f) = k.as_mut()
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Tells the keeper, when dropped, that a run's group is ended.
+pub struct KeeperGroup(pub u32);
+
+impl Drop for KeeperGroup {
+    fn drop(&mut self) {
+        keeper_note(&format!("-G {}", self.0));
+    }
+}
+
+/// The keeper's life: read notes until the scheduler is gone, then end what it left.
+fn keeper_main(read: OwnedFd) -> ! {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    use std::io::BufRead;
+    let _ = nix::sys::prctl::set_name(c"hedge-keeper");
+    // Ctrl+C, a hangup or a SIGTERM to the whole group is for the scheduler: the keeper stays
+    // until the scheduler is gone.
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
+        // SAFETY: ignoring a signal installs no handler code.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+    // Hold nothing of the scheduler's but the pipe (no lock, no log, no socket).
+    let keep = read.as_raw_fd();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<RawFd> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .filter(|fd: &RawFd| *fd > 2 && *fd != keep)
+            .collect();
+        for fd in fds {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+    let mut groups: HashSet<i32> = HashSet::new();
+    let mut cgroups: HashSet<PathBuf> = HashSet::new();
+    let reader = std::io::BufReader::new(File::from(read));
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        match line.split_once(' ') {
+            Some(("+G", g)) => {
+                groups.extend(g.parse::<i32>().ok().filter(|g| *g > 1));
+            }
+            Some(("-G", g)) => {
+                if let Ok(g) = g.parse() {
+                    groups.remove(&g);
+                }
+            }
+            Some(("+C", dir)) => {
+                cgroups.insert(PathBuf::from(dir));
+            }
+            _ => {}
+        }
+    }
+    // The scheduler is gone (it closed the pipe by exiting, or was killed).
+    for dir in &cgroups {
+        kill_cgroup(dir);
+    }
+    for g in groups {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(g), Signal::SIGKILL);
+    }
+    for dir in &cgroups {
+        remove_cgroup_tree(dir);
+    }
+    std::process::exit(0)
+}
+
+/// Keeps a direct child of ours out of the strays while someone waits for it.
+pub struct Spawned(u32);
+
+impl Spawned {
+    /// Spawns with `spawn` and registers the child in one step (a sweep never sees it between).
+    pub fn spawn<T>(
+        spawn: impl FnOnce() -> io::Result<T>,
+        pid_of: impl Fn(&T) -> Option<u32>,
+    ) -> io::Result<(T, Spawned)> {
+        let mut set = SPAWNED.lock().unwrap_or_else(|e| e.into_inner());
+        let child = spawn()?;
+        let pid = pid_of(&child).unwrap_or(0);
+        set.get_or_insert_with(HashSet::new).insert(pid);
+        Ok((child, Spawned(pid)))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(mut set) = SPAWNED.lock()
+            && let Some(set) = set.as_mut()
+        {
+            set.remove(&self.0);
+        }
+    }
+}
+
+/// A run in flight: descendants born since it started may be its own.
+pub struct InFlight(String);
+
+impl InFlight {
+    pub fn begin(uid: &str) -> InFlight {
+        let ticks = now_ticks().unwrap_or(0);
+        if let Ok(mut v) = INFLIGHT.lock() {
+            v.push((uid.to_string(), ticks));
+        }
+        InFlight(uid.to_string())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut v) = INFLIGHT.lock() {
+            v.retain(|(u, _)| *u != self.0);
+        }
+    }
+}
+
+fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .unwrap_or(100)
+}
+
+/// Now, in clock ticks since boot (the unit of a process's start time).
+fn now_ticks() -> Option<u64> {
+    let up = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = up.split_whitespace().next()?.parse().ok()?;
+    Some((secs * clock_ticks() as f64) as u64)
+}
+
+/// (ppid, start ticks) of a process.
+fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(1)?.parse().ok()?, f.get(19)?.parse().ok()?))
+}
+
+/// In subreaper mode: children of ours that nobody waits for and that no run in flight can own
+/// (born before the oldest of them started): escaped from runs that have ended.
+fn strays() -> Vec<i32> {
+    if !matches!(MODE.get(), Some(Mode::Subreaper)) {
+        return Vec::new();
+    }
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    let horizon = INFLIGHT
+        .lock()
+        .ok()
+        .and_then(|v| v.iter().map(|(_, t)| *t).min())
+        .unwrap_or(u64::MAX);
+    let spawned = SPAWNED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Some((ppid, start)) = parent_and_start(pid) else {
+            continue;
+        };
+        let ours = spawned
+            .as_ref()
+            .is_some_and(|s| u32::try_from(pid).is_ok_and(|p| s.contains(&p)));
+        if ppid == me && !ours && start < horizon {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Ends (SIGTERM, `grace`, SIGKILL) and reaps what escaped runs that have ended; returns how
+/// many there were.
+pub async fn end_strays(grace: Duration) -> usize {
+    let found = strays();
+    if found.is_empty() {
+        return 0;
+    }
+    crate::process::terminate(crate::process::Target::Pids(&found), grace).await;
+    for pid in &found {
+        // They are our children now: reap each (by PID only, never another's child).
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(*pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    found.len()
+}
