@@ -418,9 +418,16 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     let unwritten = recorder.close(std::time::Duration::from_secs(10));
     if unwritten > 0 {
         eprintln!(
-            "warning: the history `{}` refused {unwritten} write(s): this run is not recorded ({})",
+            "warning: the history `{}` refused {unwritten} write(s) ({}); {}",
             env.config.scheduler.history.display(),
-            recorder.health().problem.map(|p| p.1).unwrap_or_default()
+            recorder.health().problem.map(|p| p.1).unwrap_or_default(),
+            match recorder.spill_path() {
+                Some(p) => format!(
+                    "they are kept in `{}` and written by the next process to open the history",
+                    p.display()
+                ),
+                None => "this run is not recorded".to_string(),
+            }
         );
     }
     if let Some(holder) = &report.busy {

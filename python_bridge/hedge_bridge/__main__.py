@@ -37,7 +37,11 @@ def main() -> int:
         sys.stderr.write(outcome["traceback"])
     result_file = os.environ.get("HEDGE_RESULT_FILE")
     if result_file:
-        _write_result(result_file, outcome)
+        try:
+            _write_result(result_file, outcome)
+        except OSError as exc:
+            # A full disk, say: the exit code still tells the scheduler how the job went.
+            print(f"hedge_bridge: cannot write the result ({exc}); reporting by exit code", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     if outcome["status"] == "ok":

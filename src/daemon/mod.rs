@@ -18,6 +18,7 @@ use report::banner;
 pub use report::log_report;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,7 +80,13 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let recorder = Recorder::open(&config.scheduler.history, RESERVE_IDS)?;
     let reader = History::open_read_only(&config.scheduler.history)?;
     let abandoned = match &reader {
-        Some(h) => abandon_dead_runs(h, &recorder, config.scheduler.kill_grace).await?,
+        Some(h) => {
+            // What a previous process could not write goes in first: rows it ended are not
+            // settled again.
+            let r = recorder.clone();
+            let _ = tokio::task::spawn_blocking(move || r.flush(Duration::from_secs(2))).await;
+            abandon_dead_runs(h, &recorder, &config).await?
+        }
         None => 0,
     };
     if abandoned > 0 {
@@ -224,13 +231,23 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     .await;
     while d.tasks.join_next().await.is_some() {}
     recorder.daemon_stopped(Utc::now());
+    let spill = recorder.spill_path().map(Path::to_path_buf);
     let left = tokio::task::spawn_blocking(move || recorder.close(Duration::from_secs(10)))
         .await
         .unwrap_or(0);
-    if left > 0 {
-        tracing::error!("❗ {left} history write(s) could not be made before stopping");
-    }
     let _ = std::fs::remove_file(crate::health::state_path(&d.config.scheduler.log_dir));
+    if left > 0 {
+        // Not a clean stop: say so by the exit code, and where the rows are.
+        return Err(crate::error::Error::Other(match spill {
+            Some(spill) => format!(
+                "stopped with {left} history write(s) the database refused; they are kept in `{}` and written at the next start",
+                spill.display()
+            ),
+            None => {
+                format!("stopped with {left} history write(s) the database refused: they are lost")
+            }
+        }));
+    }
     tracing::info!("👋 hedge-scheduler stopped");
     Ok(())
 }

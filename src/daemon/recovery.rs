@@ -1,7 +1,5 @@
 //! Start-up: rows left `running` by a dead daemon are abandoned and their processes ended.
 
-use std::time::Duration;
-
 use crate::error::Result;
 use crate::history::{History, Recorder};
 
@@ -11,8 +9,9 @@ use crate::history::{History, Recorder};
 pub(super) async fn abandon_dead_runs(
     history: &History,
     recorder: &Recorder,
-    grace: Duration,
+    config: &crate::config::Config,
 ) -> Result<usize> {
+    let grace = config.scheduler.kill_grace;
     let mut n = 0;
     for row in history.running()? {
         let owner_alive = row.owner_pid.is_some_and(crate::process::scheduler_alive);
@@ -35,15 +34,21 @@ pub(super) async fn abandon_dead_runs(
                 crate::process::terminate(crate::process::Target::Tagged(&tag), grace).await;
             }
         }
-        recorder.settle(
-            row.id,
-            row.run_uid.clone(),
-            crate::history::Outcome::Abandoned,
-            crate::history::RunEnd {
-                error: Some("the process that ran it died".to_string()),
-                ..Default::default()
-            },
-        );
+        // Its result survived it: the run is recorded as it really went.
+        let left = row
+            .run_uid
+            .as_deref()
+            .and_then(|uid| crate::runner::judge_left_result(config, &row.job, uid));
+        let (outcome, end) = left.unwrap_or_else(|| {
+            (
+                crate::history::Outcome::Abandoned,
+                crate::history::RunEnd {
+                    error: Some("the process that ran it died".to_string()),
+                    ..Default::default()
+                },
+            )
+        });
+        recorder.settle(row.id, row.run_uid.clone(), outcome, end);
         n += 1;
     }
     Ok(n)

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use super::spill::{self, Spill};
 use super::store::{History, Key, NewRun, Outcome, RunEnd, SkippedRow, TriggerKind};
 use crate::error::{Error, Result};
 
@@ -31,7 +32,7 @@ const LINGER: Duration = Duration::from_millis(2);
 const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What is known about a run when it starts, with the id it was given.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StartRow {
     pub id: i64,
     /// The run's identity (`history::new_uid`): every later write about the run names it.
@@ -41,7 +42,7 @@ pub struct StartRow {
     pub scheduled_at: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
     pub attempt: u32,
-    pub executor: &'static str,
+    pub executor: String,
 }
 
 impl StartRow {
@@ -53,12 +54,12 @@ impl StartRow {
             scheduled_at: self.scheduled_at,
             started_at: self.started_at,
             attempt: self.attempt,
-            executor: self.executor,
+            executor: &self.executor,
         }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Write {
     Start(StartRow),
     Pid {
@@ -127,6 +128,8 @@ pub struct Recorder {
     waiting: Arc<AtomicUsize>,
     health: Arc<Mutex<RecorderHealth>>,
     owner: u32,
+    /// The spill journal, where refused writes outlive us.
+    spill_path: Option<PathBuf>,
 }
 
 impl Recorder {
@@ -141,10 +144,44 @@ impl Recorder {
         let waiting = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = std::sync::mpsc::channel();
         let owner = std::process::id();
+        let reserve = if ahead > 0 {
+            spill::DAEMON_RESERVE
+        } else {
+            spill::RUN_RESERVE
+        };
+        let spill = match Spill::open(path, reserve) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(
+                    "history: no spill journal ({e}): writes the database refuses are kept in memory only"
+                );
+                None
+            }
+        };
+        let spill_path = spill.as_ref().map(|s| s.path().to_path_buf());
+        // What processes that are gone could not write comes first.
+        let (lines, claimed) = spill::leftovers(path);
+        let mut queue = VecDeque::new();
+        for line in &lines {
+            match serde_json::from_str::<Write>(line) {
+                Ok(Write::Heartbeat { .. }) => {}
+                Ok(w) => queue.push_back(w),
+                Err(e) => tracing::error!("history: a spilled write cannot be read ({e}): {line}"),
+            }
+        }
+        if !queue.is_empty() {
+            tracing::warn!(
+                "history: writing {} row update(s) that a previous process could not write",
+                queue.len()
+            );
+        }
+        waiting.fetch_add(queue.len(), Ordering::SeqCst);
         let writer = Writer {
+            spill,
+            claimed,
             path: path.to_path_buf(),
             history: Some(history),
-            queue: VecDeque::new(),
+            queue,
             state: State::default(),
             ids: Arc::clone(&ids),
             ahead: ahead.max(0),
@@ -164,6 +201,7 @@ impl Recorder {
             waiting,
             health,
             owner,
+            spill_path,
         })
     }
 
@@ -288,6 +326,11 @@ impl Recorder {
             .unwrap_or_else(|_| self.waiting())
     }
 
+    /// Where writes the database refused are kept for the next process.
+    pub fn spill_path(&self) -> Option<&Path> {
+        self.spill_path.as_deref()
+    }
+
     pub fn health(&self) -> RecorderHealth {
         let mut h = self.health.lock().map(|h| h.clone()).unwrap_or_default();
         h.waiting = self.waiting();
@@ -313,6 +356,9 @@ struct State {
 }
 
 struct Writer {
+    spill: Option<Spill>,
+    /// Spill journals of gone processes, replayed: removed once their writes are in.
+    claimed: Vec<PathBuf>,
     path: PathBuf,
     history: Option<History>,
     queue: VecDeque<Write>,
@@ -371,11 +417,18 @@ impl Writer {
             if (closing.is_some() && (self.queue.is_empty() || over))
                 || (disconnected && (self.queue.is_empty() || !ok))
             {
-                if !self.queue.is_empty() {
-                    tracing::error!(
-                        "❗ {} history write(s) could not be made before the writer stopped",
+                match (self.spill.take(), self.queue.is_empty()) {
+                    (Some(spill), true) => spill.remove(),
+                    (Some(spill), false) => tracing::error!(
+                        "❗ {} history write(s) could not be made; they are kept in `{}` and written by the next process to open the history",
+                        self.queue.len(),
+                        spill.path().display()
+                    ),
+                    (None, false) => tracing::error!(
+                        "❗ {} history write(s) could not be made before the writer stopped: they are lost",
                         self.queue.len()
-                    );
+                    ),
+                    (None, true) => {}
                 }
                 return;
             }
@@ -427,6 +480,12 @@ impl Writer {
             Ok(()) => {
                 let n = self.queue.len();
                 self.queue.clear();
+                if let Some(spill) = self.spill.as_mut() {
+                    spill.clear();
+                }
+                for path in self.claimed.drain(..) {
+                    let _ = std::fs::remove_file(path);
+                }
                 self.waiting.fetch_sub(n, Ordering::SeqCst);
                 if self.failing_since.take().is_some() {
                     tracing::info!("history: writing again; {n} delayed write(s) recorded");
@@ -443,6 +502,20 @@ impl Writer {
                     self.failing_since = Some(Utc::now());
                 }
                 self.last_error = Some(e.to_string());
+                // What waits survives us: a crash now loses nothing that was queued.
+                if let Some(spill) = self.spill.as_mut() {
+                    let lines: Vec<String> = self
+                        .queue
+                        .iter()
+                        .filter_map(|w| serde_json::to_string(w).ok())
+                        .collect();
+                    if let Err(e) = spill.save(&lines) {
+                        tracing::error!(
+                            "❗ history: cannot keep the waiting writes in `{}`: {e}",
+                            spill.path().display()
+                        );
+                    }
+                }
                 false
             }
         }
@@ -619,7 +692,7 @@ fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) ->
                 Some(uid) => Key::Uid(uid),
                 None => Key::Id(*id),
             };
-            h.finish_run(key, *outcome, end)?;
+            h.settle_run(key, *outcome, end)?;
         }
         Write::DaemonStarted { pid, at } => {
             let row = h.daemon_started(*pid, *at)?;
@@ -664,7 +737,7 @@ mod tests {
             scheduled_at: Utc::now(),
             started_at: Utc::now(),
             attempt: 1,
-            executor: "subprocess",
+            executor: "subprocess".into(),
         });
         id
     }

@@ -82,7 +82,7 @@ CREATE UNIQUE INDEX runs_uid ON runs (uid);
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How a run ended (or that it has not yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Running,
@@ -126,7 +126,7 @@ impl Outcome {
 }
 
 /// Why a run was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TriggerKind {
     Schedule,
@@ -232,7 +232,7 @@ pub struct NewRun<'a> {
 }
 
 /// What is known about a run when it ends.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct RunEnd {
     pub finished_at: Option<DateTime<Utc>>,
     /// The peak memory (RSS) of the run's process tree, sampled.
@@ -248,7 +248,7 @@ pub struct RunEnd {
 }
 
 /// A slot (or a gap of slots) that was not run, as the writer records it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SkippedRow {
     pub id: i64,
     pub uid: String,
@@ -595,10 +595,21 @@ impl History {
 
     /// Runs `UPDATE runs SET {set} WHERE <key> = ?1`; returns whether a row changed.
     fn update(&self, key: Key<'_>, set: &str, params: &[&dyn rusqlite::ToSql]) -> Result<bool> {
+        self.update_where(key, set, "", params)
+    }
+
+    /// `update` with a further condition (` AND …`).
+    fn update_where(
+        &self,
+        key: Key<'_>,
+        set: &str,
+        and: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<bool> {
         let n = self
             .conn
             .prepare_cached(&format!(
-                "UPDATE runs SET {set} WHERE {} = ?1",
+                "UPDATE runs SET {set} WHERE {} = ?1{and}",
                 key.column()
             ))
             .and_then(|mut st| st.execute(params))
@@ -624,6 +635,28 @@ impl History {
                 end.result,
                 end.peak_rss_bytes.and_then(|b| i64::try_from(b).ok()),
                 end.cpu_ms.and_then(|b| i64::try_from(b).ok()),
+            ],
+        )
+    }
+
+    /// Completes the row only if it is still `running` (a row settled at start-up must not undo
+    /// an end that a replayed write recorded first).
+    pub fn settle_run(&self, key: Key<'_>, outcome: Outcome, end: &RunEnd) -> Result<bool> {
+        let finished = end.finished_at.unwrap_or_else(Utc::now);
+        self.update_where(
+            key,
+            "outcome = ?2, finished_at = ?3, entered_at = ?4, exit_code = ?5, signal = ?6,
+             error = ?7, result = ?8",
+            " AND outcome = 'running'",
+            params![
+                key,
+                outcome.as_str(),
+                fmt_time(finished),
+                end.entered_at.map(fmt_time),
+                end.exit_code,
+                end.signal,
+                end.error,
+                end.result,
             ],
         )
     }

@@ -169,6 +169,9 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
                         Outcome::Failed
                     }
                 },
+                // The bridge exits 0 only when the job returned: its report could not be
+                // written (a full disk), the exit code tells how it went.
+                (_, None, None) if code == Some(0) => Outcome::Success,
                 (_, None, None) => {
                     end.error = Some(explain(code, &exec.stderr_tail));
                     Outcome::Failed

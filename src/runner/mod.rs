@@ -193,7 +193,7 @@ pub async fn run(
         scheduled_at: req.scheduled_at,
         started_at: report.started_at,
         attempt: req.attempt,
-        executor: job.executor.as_str(),
+        executor: job.executor.as_str().to_string(),
     };
     let inflight = crate::contain::InFlight::begin(&uid);
     let (run_id, log, exec) = match job.executor {
@@ -386,6 +386,23 @@ async fn cancelled(cancel: &mut watch::Receiver<Option<String>>) -> String {
 /// The tag the processes of a run written before schema 6 (no uid) carried: owner PID and run id.
 pub fn legacy_run_tag(owner_pid: u32, run_id: i64) -> String {
     format!("{owner_pid}-{run_id}")
+}
+
+/// How a run went whose process finished while its scheduler was dead, from the result it left;
+/// `None` when it left none (or its job is no longer configured).
+pub fn judge_left_result(config: &Config, job: &str, uid: &str) -> Option<(Outcome, RunEnd)> {
+    let job = config.job(job)?;
+    let runtime = crate::private::runtime_dir(&config.scheduler.log_dir).ok()?;
+    let bridge = take_result(&result_path(&runtime, uid))?;
+    let mut exec = Execution::new(Ended::Exited(None));
+    exec.bridge = Some(bridge);
+    let (outcome, mut end) = judge(job, &exec);
+    let note = "recorded at the next start: it finished while the scheduler was down";
+    end.error = Some(match end.error {
+        Some(e) => format!("{e}; {note}"),
+        None => note.to_string(),
+    });
+    Some((outcome, end))
 }
 
 /// Where a subprocess run's bridge leaves its outcome: `<runtime>/<uid>.json`.

@@ -629,3 +629,197 @@ fn check_config_refuses_a_missing_function_and_warns_of_a_cron_that_never_fires(
         text(&out)
     );
 }
+
+#[test]
+fn a_run_that_finished_while_the_daemon_was_dead_is_recorded_as_it_went() {
+    let p = Project::new();
+    let witness = p.path().join("w.witness");
+    p.config(
+        "",
+        &job(
+            "w",
+            &format!(
+                "entry = \"fixture_jobs:witness\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ file = {:?}, seconds = 1.5 }}",
+                witness.display().to_string()
+            ),
+        ),
+    );
+    let mut daemon = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || !witnessed(&witness).is_empty()),
+        "{}",
+        p.daemon_output()
+    );
+    let uid = witnessed(&witness)[0][1].clone();
+    // The daemon is frozen while its run ends and leaves its result, then killed.
+    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+    let result = p.log_dir().join("runtime").join(format!("{uid}.json"));
+    let left = wait_until(Duration::from_secs(10), || result.exists());
+    nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
+    daemon.wait().unwrap();
+    assert!(left, "the run left no result");
+    assert_eq!(witnessed(&witness).len(), 2, "the run finished");
+    p.config(
+        "",
+        &job(
+            "w",
+            &format!(
+                "entry = \"fixture_jobs:witness\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nargs = {{ file = {:?} }}",
+                witness.display().to_string()
+            ),
+        ),
+    );
+    let mut second = p.spawn_daemon();
+    let recorded = wait_until(Duration::from_secs(20), || {
+        p.try_history().is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r["run_uid"] == uid.as_str() && r["outcome"] != "running")
+        })
+    });
+    assert!(recorded, "{}", p.daemon_output());
+    let row = p
+        .history()
+        .into_iter()
+        .find(|r| r["run_uid"] == uid.as_str())
+        .unwrap();
+    assert_eq!(row["outcome"], "success", "{row}");
+    assert_eq!(row["result"]["run_uid"], uid.as_str(), "{row}");
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("while the scheduler was down"),
+        "{row}"
+    );
+    assert!(!result.exists());
+    let status = signal_and_wait(&mut second, Signal::SIGTERM, Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()));
+}
+
+/// A small tmpfs mounted on `dir` for the length of a test (root only), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+
+    /// Fills it up; returns the filler's path.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.0.join("filler");
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", filler.display()))
+            .stderr(std::process::Stdio::null())
+            .status();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn disk_full_then_sigterm_keeps_every_row_and_exits_non_zero() {
+    let p = Project::new();
+    let Some(disk) = SmallDisk::mount(&p.path().join("disk"), "16m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        assert!(
+            std::env::var_os("CI").is_none() || !nix::unistd::geteuid().is_root(),
+            "CI runs as root: the full-disk test must run"
+        );
+        return;
+    };
+    let witness = p.path().join("w.witness");
+    let jobs = job(
+        "w",
+        &format!(
+            "entry = \"fixture_jobs:witness\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ file = {:?} }}",
+            witness.display().to_string()
+        ),
+    );
+    let config = std::fs::read_to_string({
+        p.config("", &jobs);
+        p.config_path()
+    })
+    .unwrap()
+    .replace("log_dir = \"logs\"", "log_dir = \"disk/logs\"")
+    .replace(
+        "history = \"logs/history.sqlite3\"",
+        "history = \"disk/logs/history.sqlite3\"",
+    );
+    std::fs::write(p.config_path(), config).unwrap();
+    let ends = || {
+        witnessed(&witness)
+            .iter()
+            .filter(|l| l.first().is_some_and(|w| w == "end"))
+            .count()
+    };
+    let mut daemon = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || ends() >= 2),
+        "{}",
+        p.daemon_output()
+    );
+    let filler = disk.fill();
+    let full_at = ends();
+    // Runs go on while nothing can be written.
+    assert!(
+        wait_until(Duration::from_secs(30), || ends() >= full_at + 6),
+        "{}",
+        p.daemon_output()
+    );
+    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(40));
+    let out = p.daemon_output();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a stop that left rows unwritten must not exit 0: {status:?}\n{out}"
+    );
+    assert!(out.contains("are kept in"), "{out}");
+    let ran = ends();
+    // Space again: the next process writes what was kept, in order, before anything else.
+    std::fs::remove_file(filler).unwrap();
+    let out = p.run(&["run-once", "w"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = p.history();
+    let successes: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["job"] == "w" && r["outcome"] == "success")
+        .collect();
+    assert_eq!(
+        successes.len(),
+        ran + 1,
+        "every run the job made has its row (+ the run-once): {rows:#?}"
+    );
+    assert!(rows.iter().all(|r| r["outcome"] != "running"), "{rows:#?}");
+    // Each row is the run the job saw.
+    let uids: std::collections::BTreeSet<String> = witnessed(&witness)
+        .iter()
+        .filter(|l| l[0] == "end")
+        .map(|l| l[1].clone())
+        .collect();
+    let row_uids: std::collections::BTreeSet<String> = successes
+        .iter()
+        .map(|r| r["run_uid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(uids, row_uids);
+}
