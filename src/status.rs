@@ -291,8 +291,14 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
         }
         _ => out.push_str("🔴 hedge-scheduler is not running\n"),
     }
+    let contained = d
+        .containment
+        .as_deref()
+        .filter(|_| d.running)
+        .map(|c| format!("  ·  containment {c}"))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "   config {}  ·  exchange {} ({})\n\n",
+        "   config {}  ·  exchange {} ({}){contained}\n\n",
         config.file.display(),
         config.scheduler.exchange.code(),
         tz.name()

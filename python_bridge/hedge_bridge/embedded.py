@@ -10,13 +10,21 @@ A run is ended early (timeout, cancellation) by raising :class:`JobTimeout` or
 while the run is still in Python: the race with its return is settled under the GIL). Both derive from
 ``BaseException``, so a job's ``except Exception`` does not swallow them. A thread blocked inside C
 code only sees the exception when it returns to Python.
+
+The output surface matches a subprocess run's: ``sys.stdout.buffer`` takes bytes (decoded as
+UTF-8), ``fileno()`` raises ``io.UnsupportedOperation`` saying why (an in-process run has no file
+descriptor of its own), a raise reports exit code 1. A job may not signal its own process (the
+scheduler) with ``os.kill``/``os.killpg``: the call raises ``PermissionError`` and the run fails,
+where under ``subprocess`` the signal would have ended the job's own process.
 """
 
 from __future__ import annotations
 
+import codecs
 import datetime as _dt
 import io
 import json
+import os
 import sys
 import threading
 
@@ -42,7 +50,14 @@ class _RunSink:
         self._file = None
         self._run_id = run_id
         self._partial = {"stdout": "", "stderr": ""}
+        self._decoders = {}
         self._lock = threading.Lock()
+
+    def write_bytes(self, stream: str, data: bytes) -> None:
+        decoder = self._decoders.get(stream)
+        if decoder is None:
+            decoder = self._decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
+        self.write(stream, decoder.decode(bytes(data)))
 
     def write(self, stream: str, text: str) -> None:
         with self._lock:
@@ -74,12 +89,60 @@ class _RunSink:
 _sinks: dict[int, _RunSink] = {}
 
 
+_NO_FD = (
+    "an in-process (pyo3) run has no file descriptor of its own for {name}; "
+    'write to sys.{name} (or sys.{name}.buffer), or use executor = "subprocess"'
+)
+
+
+class _BinaryRouter(io.RawIOBase):
+    """``sys.stdout.buffer``: bytes, decoded as UTF-8, go where the text would."""
+
+    def __init__(self, text: "_Router") -> None:
+        self._text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        sink = _sinks.get(threading.get_ident())
+        if sink is not None:
+            sink.write_bytes(self._text._name, bytes(data))
+        elif self._text._fallback is not None:
+            buffer = getattr(self._text._fallback, "buffer", None)
+            if buffer is not None:
+                buffer.write(data)
+            else:
+                self._text._fallback.write(bytes(data).decode("utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        self._text.flush()
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation(_NO_FD.format(name=self._text._name))
+
+
 class _Router(io.TextIOBase):
     """Stands in for sys.stdout/sys.stderr: each thread's writes go to its run's sink."""
 
     def __init__(self, fallback, name: str) -> None:
         self._fallback = fallback
         self._name = name
+        self._buffer = _BinaryRouter(self)
+
+    @property
+    def buffer(self) -> _BinaryRouter:
+        return self._buffer
+
+    @property
+    def errors(self) -> str:
+        return "replace"
+
+    def fileno(self) -> int:
+        if threading.get_ident() not in _sinks and self._fallback is not None:
+            return self._fallback.fileno()
+        raise io.UnsupportedOperation(_NO_FD.format(name=self._name))
 
     def write(self, text: str) -> int:
         sink = _sinks.get(threading.get_ident())
@@ -104,7 +167,27 @@ class _Router(io.TextIOBase):
         return "utf-8"
 
 
+def _guard_signals(event: str, args) -> None:
+    """An audit hook: a job's thread may not signal the scheduler's own process or group."""
+    if event not in ("os.kill", "os.killpg") or threading.get_ident() not in _sinks:
+        return
+    target, sig = args[0], args[1]
+    ours = os.getpid() if event == "os.kill" else os.getpgrp()
+    if sig != 0 and target in (ours, 0, -ours):
+        raise PermissionError(
+            f"{event}({target}, {sig}): a pyo3 job runs inside the scheduler and may not signal "
+            'its own process; use executor = "subprocess" for a job that does'
+        )
+
+
+_hooked = False
+
+
 def _install() -> None:
+    global _hooked
+    if not _hooked:
+        sys.addaudithook(_guard_signals)
+        _hooked = True
     if not isinstance(sys.stdout, _Router):
         sys.stdout = _Router(sys.stdout, "stdout")
     if not isinstance(sys.stderr, _Router):

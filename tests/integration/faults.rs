@@ -823,3 +823,84 @@ fn disk_full_then_sigterm_keeps_every_row_and_exits_non_zero() {
         .collect();
     assert_eq!(uids, row_uids);
 }
+
+#[test]
+fn pyo3_and_subprocess_report_alike_bytes_raises_big_results_and_self_signals() {
+    let p = Project::new();
+    let mut jobs = String::new();
+    for executor in ["subprocess", "pyo3"] {
+        for f in ["bytes_out", "boom", "big_result", "self_segv"] {
+            jobs += &job(
+                &format!("{f}_{executor}"),
+                &format!(
+                    "entry = \"fixture_jobs:{f}\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nexecutor = \"{executor}\""
+                ),
+            );
+        }
+    }
+    p.config("", &jobs);
+    let run = |id: &str| {
+        let out = p.run(&["run-once", id, "--json"]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let log = |id: &str| {
+        std::fs::read_to_string(p.log_dir().join(format!("jobs/{id}.log"))).unwrap_or_default()
+    };
+    for executor in ["subprocess", "pyo3"] {
+        // Bytes through sys.stdout.buffer reach the log under both.
+        let id = format!("bytes_out_{executor}");
+        let (code, out) = run(&id);
+        assert_eq!(code, Some(0), "{id}: {out}");
+        assert!(log(&id).contains("bytes-out é"), "{id}: {}", log(&id));
+        if executor == "pyo3" {
+            assert!(
+                log(&id).contains("no file descriptor of its own"),
+                "{}",
+                log(&id)
+            );
+        }
+        // A raise is exit code 1 under both.
+        let id = format!("boom_{executor}");
+        let (code, out) = run(&id);
+        assert_eq!(code, Some(1));
+        let row: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(row["outcome"], "failed", "{id}: {row}");
+        assert_eq!(row["exit_code"], 1, "{id}: {row}");
+        // Any JSON Python writes is stored as it is.
+        let id = format!("big_result_{executor}");
+        let (code, out) = run(&id);
+        assert_eq!(code, Some(0), "{id}: {out}");
+        assert!(
+            out.contains(&format!("\"big\": 1{}", "0".repeat(400))),
+            "{id}: {out}"
+        );
+        assert!(
+            out.contains(&format!("{}{}", "[".repeat(300), "]".repeat(300))),
+            "{id}"
+        );
+        let history = p.run(&["history", &id, "--json"]);
+        assert!(String::from_utf8_lossy(&history.stdout).contains(&"0".repeat(400)));
+        // A signal the job sends its own process: the subprocess crashes, the pyo3 job is
+        // refused (it would have hit the scheduler).
+        let id = format!("self_segv_{executor}");
+        let (code, out) = run(&id);
+        assert_eq!(code, Some(1), "{id}: {out}");
+        let row: Value = serde_json::from_str(&out).unwrap();
+        if executor == "subprocess" {
+            assert_eq!(row["outcome"], "crashed", "{row}");
+            assert_eq!(row["signal"], "SIGSEGV", "{row}");
+        } else {
+            assert_eq!(row["outcome"], "failed", "{row}");
+            assert!(
+                row["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("may not signal its own process"),
+                "{row}"
+            );
+        }
+    }
+}
