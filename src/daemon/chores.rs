@@ -139,6 +139,14 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
     .await;
     let (lock_lost, low_disk, legacy) = checked.unwrap_or_default();
     problems.extend(low_disk);
+    // Subreaper mode: what escaped runs that have ended and was not ended at a run's end (runs
+    // in flight then could have owned it).
+    let strays = crate::contain::end_strays(config.scheduler.kill_grace).await;
+    if strays > 0 {
+        tracing::warn!(
+            "🧹 ended {strays} process(es) that escaped runs and were adopted by the scheduler"
+        );
+    }
     let (legacy, others) = crate::legacy::split(legacy);
     if !others.is_empty() {
         problems.push(format!(

@@ -460,8 +460,15 @@ fn symlinks_planted_in_log_dir_are_never_followed() {
             "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false",
         ),
     );
-    let out = p.run(&["run-once", "w"]);
+    // No shared temporary folder is used: nothing appears in TMPDIR.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = p
+        .cmd(&["run-once", "w"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     let victim = p.path().join("victim.txt");
     let plant = |name: &str| {
         std::fs::write(&victim, b"precious").unwrap();
@@ -477,6 +484,15 @@ fn symlinks_planted_in_log_dir_are_never_followed() {
     assert!(text(&out).contains("symbolic link"), "{}", text(&out));
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     std::fs::remove_file(link).unwrap();
+    // The runtime folder (where results come back): a link in its place is refused.
+    std::fs::remove_dir_all(p.log_dir().join("runtime")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), p.log_dir().join("runtime")).unwrap();
+    let out = p.run(&["run-once", "w"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("runtime"), "{}", text(&out));
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    std::fs::remove_file(p.log_dir().join("runtime")).unwrap();
     // The job's lock.
     let link = plant("locks/w.lock");
     let out = p.run(&["run-once", "w"]);
