@@ -523,3 +523,38 @@ pub async fn end_strays(grace: Duration) -> usize {
     }
     found.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn strays_are_children_nobody_waits_for_that_no_run_in_flight_can_own() {
+        init(Containment::Subreaper).unwrap();
+        let pid = |c: &std::process::Child| i32::try_from(c.id()).unwrap();
+        let sleep = || Command::new("sleep").arg("30").spawn().unwrap();
+        // A child someone waits for (a run's leader, a probe) is never a stray.
+        let (mut waited, guard) =
+            Spawned::spawn(|| Command::new("sleep").arg("30").spawn(), |c| Some(c.id())).unwrap();
+        // An unregistered child stands in for one adopted from an ended run.
+        let mut adopted = sleep();
+        std::thread::sleep(Duration::from_millis(30));
+        let flight = InFlight::begin("run-in-flight");
+        std::thread::sleep(Duration::from_millis(30));
+        // Born while a run is in flight: it may be that run's, so it is left alone.
+        let mut young = sleep();
+        let found = strays();
+        assert!(found.contains(&pid(&adopted)), "{found:?}");
+        assert!(!found.contains(&pid(&waited)), "{found:?}");
+        assert!(!found.contains(&pid(&young)), "{found:?}");
+        drop(flight);
+        assert!(strays().contains(&pid(&young)));
+        drop(guard);
+        assert!(strays().contains(&pid(&waited)));
+        for c in [&mut waited, &mut adopted, &mut young] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}

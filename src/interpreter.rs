@@ -248,11 +248,11 @@ fn output_within(
 ) -> std::io::Result<Option<std::process::Output>> {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
-    let mut child = cmd
-        .stdout(Stdio::piped())
+    cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()?;
+        .process_group(0);
+    // Registered as ours, so the subreaper never takes it for a run's stray.
+    let (mut child, _spawned) = crate::contain::Spawned::spawn(|| cmd.spawn(), |c| Some(c.id()))?;
     // The pipes are drained on threads so a chatty interpreter cannot block on them.
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
