@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -28,28 +28,34 @@ use crate::config::Containment;
 pub enum Mode {
     /// Runs go into cgroups under this one (ours, made at start).
     Cgroup(PathBuf),
-    Subreaper,
+    /// Why there is no cgroup per run.
+    Subreaper(String),
 }
 
 impl Mode {
     pub fn describe(&self) -> String {
         match self {
             Mode::Cgroup(base) => format!("cgroup per run under {}", base.display()),
-            Mode::Subreaper => "subreaper (no writable cgroup v2)".to_string(),
+            Mode::Subreaper(why) => format!("subreaper ({why})"),
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Mode::Cgroup(_) => "cgroup",
-            Mode::Subreaper => "subreaper",
+            Mode::Subreaper(_) => "subreaper",
         }
     }
 }
 
 static MODE: OnceLock<Mode> = OnceLock::new();
-/// The write end of the keeper's pipe: what it must end if we die.
-static KEEPER: Mutex<Option<File>> = Mutex::new(None);
+/// The keeper: its PID and the write end of its pipe.
+static KEEPER: Mutex<Option<(i32, File)>> = Mutex::new(None);
+/// What the keeper has been told and not told to forget, to tell a new keeper.
+static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The argument that makes the binary a keeper reading its notes on stdin.
+pub const KEEPER_ARG: &str = "__hedge-keeper";
 /// Our direct children that someone waits for (run leaders, probes): never strays.
 static SPAWNED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 /// Runs in flight: (uid, start in clock ticks since boot).
@@ -62,14 +68,11 @@ pub fn init(choice: Containment) -> std::result::Result<&'static Mode, String> {
         return Ok(m);
     }
     let mode = match choice {
-        Containment::Subreaper => subreaper()?,
+        Containment::Subreaper => subreaper("chosen in the config".into())?,
         Containment::Cgroup => Mode::Cgroup(cgroup_base()?),
         Containment::Auto => match cgroup_base() {
             Ok(base) => Mode::Cgroup(base),
-            Err(why) => {
-                tracing::info!("no cgroup per run ({why}): using the subreaper");
-                subreaper()?
-            }
+            Err(why) => subreaper(format!("no cgroup per run: {why}"))?,
         },
     };
     if let Mode::Cgroup(base) = &mode {
@@ -83,10 +86,10 @@ pub fn mode() -> Option<&'static Mode> {
     MODE.get()
 }
 
-fn subreaper() -> std::result::Result<Mode, String> {
+fn subreaper(why: String) -> std::result::Result<Mode, String> {
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| format!("cannot become the runs' subreaper: {e}"))?;
-    Ok(Mode::Subreaper)
+    Ok(Mode::Subreaper(why))
 }
 
 /// Our own cgroup v2 folder: `/proc/self/cgroup`'s `0::` line under the cgroup2 mount.
@@ -287,6 +290,17 @@ impl ChildSetup {
         if let Some(mask) = self.umask {
             nix::sys::stat::umask(mask);
         }
+        // Nothing the scheduler was handed by whoever started it (descriptors above stderr)
+        // reaches the job: closed at exec. (An old kernel without close_range keeps them.)
+        // SAFETY: a plain system call on the child's own descriptor table.
+        unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                nix::libc::CLOSE_RANGE_CLOEXEC,
+            );
+        }
         Ok(())
     }
 }
@@ -309,19 +323,91 @@ pub fn start_keeper() -> io::Result<()> {
                     .insert(u32::try_from(child.as_raw()).unwrap_or(0));
             }
             if let Ok(mut k) = KEEPER.lock() {
-                *k = Some(File::from(write));
+                *k = Some((child.as_raw(), File::from(write)));
             }
             Ok(())
         }
     }
 }
 
+/// Checks that the keeper lives; if it died (anyone of our user can kill it), reaps it and
+/// starts a new one (this binary again, as a keeper reading stdin) and tells it everything it
+/// must know. Returns a line to log when it did.
+pub fn check_keeper() -> Option<String> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let mut k = KEEPER.lock().ok()?;
+    let (pid, _) = k.as_ref()?;
+    let pid = *pid;
+    if let Ok(WaitStatus::StillAlive) =
+        waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))
+    {
+        return None;
+    }
+    let mut fresh = std::process::Command::new("/proc/self/exe");
+    fresh
+        .arg(KEEPER_ARG)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let spawned = {
+        let mut set = SPAWNED.lock().unwrap_or_else(|e| e.into_inner());
+        let child = fresh.spawn();
+        if let Ok(c) = &child {
+            let set = set.get_or_insert_with(HashSet::new);
+            set.remove(&u32::try_from(pid).unwrap_or(0));
+            set.insert(c.id());
+        }
+        child
+    };
+    match spawned {
+        Ok(mut child) => {
+            let Some(stdin) = child.stdin.take() else {
+                return Some("the keeper died and a new one has no pipe".into());
+            };
+            let new_pid = i32::try_from(child.id()).unwrap_or(0);
+            // Waited for by `check_keeper` itself, through its PID.
+            drop(child);
+            let mut file = File::from(OwnedFd::from(stdin));
+            let notes = NOTES.lock().map(|n| n.clone()).unwrap_or_default();
+            for line in notes {
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+            }
+            *k = Some((new_pid, file));
+            Some(format!(
+                "the keeper (PID {pid}) was gone: started a new one (PID {new_pid})"
+            ))
+        }
+        Err(e) => {
+            *k = None;
+            Some(format!(
+                "the keeper (PID {pid}) was gone and a new one cannot start ({e}): runs will not die with the scheduler"
+            ))
+        }
+    }
+}
+
+/// `hedge-scheduler __hedge-keeper`: a keeper reading its notes on stdin.
+pub fn keeper_from_stdin() -> ! {
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .unwrap_or_else(|_| std::process::exit(1));
+    keeper_main(stdin)
+}
+
 /// Tells the keeper what to end should we die: `+G <pgid>` / `-G <pgid>` for a run's process
 /// group, `+C <dir>` for our runs' cgroup.
 pub fn keeper_note(line: &str) {
     use std::io::Write;
+    if let Ok(mut notes) = NOTES.lock() {
+        match line.strip_prefix("-G ") {
+            Some(g) => notes.retain(|n| n.strip_prefix("+G ") != Some(g)),
+            None => notes.push(line.to_string()),
+        }
+    }
     if let Ok(mut k) = KEEPER.lock()
-        && let Some(f) = k.as_mut()
+        && let Some((_, f)) = k.as_mut()
     {
         let _ = writeln!(f, "{line}");
     }
@@ -341,6 +427,8 @@ fn keeper_main(read: OwnedFd) -> ! {
     use nix::sys::signal::{SigHandler, Signal, signal};
     use std::io::BufRead;
     let _ = nix::sys::prctl::set_name(c"hedge-keeper");
+    // A group of its own: a signal to the scheduler's process group does not reach it.
+    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
     // Ctrl+C, a hangup or a SIGTERM to the whole group is for the scheduler: the keeper stays
     // until the scheduler is gone.
     for sig in [
@@ -471,7 +559,7 @@ fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
 /// In subreaper mode: children of ours that nobody waits for and that no run in flight can own
 /// (born before the oldest of them started): escaped from runs that have ended.
 fn strays() -> Vec<i32> {
-    if !matches!(MODE.get(), Some(Mode::Subreaper)) {
+    if !matches!(MODE.get(), Some(Mode::Subreaper(_))) {
         return Vec::new();
     }
     let me = i32::try_from(std::process::id()).unwrap_or(0);
@@ -506,22 +594,54 @@ fn strays() -> Vec<i32> {
     out
 }
 
-/// Ends (SIGTERM, `grace`, SIGKILL) and reaps what escaped runs that have ended; returns how
-/// many there were.
-pub async fn end_strays(grace: Duration) -> usize {
-    let found = strays();
-    if found.is_empty() {
-        return 0;
+/// Ends and reaps what escaped runs that have ended; returns how many live processes it ended.
+/// They have no run left to finish for, and one that forks and exits to stay ahead of a signal
+/// must not get away: each found is frozen (SIGSTOP) at once, the search is repeated until it
+/// finds nothing new, then all are killed (SIGKILL) and reaped.
+pub async fn end_strays(_grace: Duration) -> usize {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let mut frozen: Vec<i32> = Vec::new();
+    let mut live = 0;
+    for _ in 0..100 {
+        let fresh: Vec<i32> = strays()
+            .into_iter()
+            .filter(|p| !frozen.contains(p))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for pid in &fresh {
+            if !crate::process::is_zombie(*pid) {
+                live += 1;
+            }
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
+        }
+        frozen.extend(fresh);
+        // A fork in flight when it was stopped shows up at the next look.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    crate::process::terminate(crate::process::Target::Pids(&found), grace).await;
-    for pid in &found {
-        // They are our children now: reap each (by PID only, never another's child).
-        let _ = nix::sys::wait::waitpid(
-            nix::unistd::Pid::from_raw(*pid),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
+    for pid in &frozen {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
     }
-    found.len()
+    // Our children now: reap each, by its PID only (never another's child).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut left = frozen;
+    while !left.is_empty() && tokio::time::Instant::now() < deadline {
+        left.retain(|pid| {
+            matches!(
+                nix::sys::wait::waitpid(
+                    Pid::from_raw(*pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+                ),
+                Ok(nix::sys::wait::WaitStatus::StillAlive)
+            )
+        });
+        if !left.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    live
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ pub const PID_FILE: &str = "hedge-scheduler.pid";
 
 /// The lock of a running daemon; released (and the PID file removed) on drop.
 pub struct InstanceLock {
+    /// The lock on the log folder itself: the PID file can be deleted, the folder (holding the
+    /// history and the logs) hardly; a second daemon is refused while either is held.
+    _dir_lock: Option<File>,
     file: File,
     path: PathBuf,
     started_at: DateTime<Utc>,
@@ -43,6 +46,42 @@ impl InstanceLock {
     ) -> Result<InstanceLock> {
         crate::private::create_dir(dir)
             .map_err(|e| Error::io(format!("cannot create `{}`", dir.display()), e))?;
+        let folder = File::open(dir)
+            .map_err(|e| Error::io(format!("cannot open `{}`", dir.display()), e))?;
+        let mut tries = 0;
+        loop {
+            match folder.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let info = probe(dir);
+                    return Err(Error::AlreadyRunning {
+                        pid: info.as_ref().map_or(0, |i| i.pid),
+                        since: info
+                            .and_then(|i| i.started_at)
+                            .map(|t| {
+                                t.with_timezone(&tz)
+                                    .format("%Y-%m-%d %H:%M:%S %Z")
+                                    .to_string()
+                            })
+                            .unwrap_or_else(|| "an unknown time".to_string()),
+                    });
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(Error::io(format!("cannot lock `{}`", dir.display()), e));
+                }
+            }
+        }
+        let mut lock = InstanceLock::pid_file(dir, started_at, tz)?;
+        lock._dir_lock = Some(folder);
+        Ok(lock)
+    }
+
+    /// Writes and locks the PID file (the folder's lock is already ours).
+    fn pid_file(dir: &Path, started_at: DateTime<Utc>, tz: chrono_tz::Tz) -> Result<InstanceLock> {
         let path = dir.join(PID_FILE);
         let mut file = crate::private::open(&path, crate::private::Open::ReadWrite)
             .map_err(|e| Error::io(format!("cannot open `{}`", path.display()), e))?;
@@ -98,6 +137,7 @@ impl InstanceLock {
             })
             .map_err(|e| Error::io(format!("cannot write `{}`", path.display()), e))?;
         Ok(InstanceLock {
+            _dir_lock: None,
             file,
             path,
             started_at,
@@ -118,7 +158,7 @@ impl InstanceLock {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tz = chrono_tz::UTC;
-        match InstanceLock::acquire(dir, self.started_at, tz) {
+        match InstanceLock::pid_file(dir, self.started_at, tz) {
             Ok(mut fresh) => {
                 std::mem::swap(&mut self.file, &mut fresh.file);
                 // `fresh` now holds the old, unlinked file: dropping it must not remove the new
@@ -142,14 +182,38 @@ impl Drop for InstanceLock {
 
 /// The running daemon of this log folder, if any.
 pub fn probe(dir: &Path) -> Option<DaemonInfo> {
-    let mut file = crate::private::open(&dir.join(PID_FILE), crate::private::Open::Read).ok()?;
-    match file.try_lock_shared() {
-        // Nobody holds it: no daemon (the file is a leftover).
+    let from_file = crate::private::open(&dir.join(PID_FILE), crate::private::Open::Read)
+        .ok()
+        .and_then(|mut file| match file.try_lock_shared() {
+            // Nobody holds it: no daemon (the file is a leftover).
+            Ok(()) => {
+                let _ = file.unlock();
+                None
+            }
+            Err(TryLockError::WouldBlock) => read_info(&mut file),
+            Err(TryLockError::Error(_)) => None,
+        });
+    if from_file.is_some() {
+        return from_file;
+    }
+    // No PID file (deleted under a running daemon): the folder's lock still tells, and who holds
+    // it.
+    use std::os::unix::fs::MetadataExt;
+    let folder = File::open(dir).ok()?;
+    match folder.try_lock_shared() {
         Ok(()) => {
-            let _ = file.unlock();
+            let _ = folder.unlock();
             None
         }
-        Err(TryLockError::WouldBlock) => read_info(&mut file),
+        Err(TryLockError::WouldBlock) => {
+            let ino = folder.metadata().ok()?.ino();
+            let pid = *lock_holders(ino).first()?;
+            Some(DaemonInfo {
+                pid,
+                started_at: None,
+                start_ticks: None,
+            })
+        }
         Err(TryLockError::Error(_)) => None,
     }
 }
@@ -204,8 +268,9 @@ pub fn verify(dir: &Path, info: &DaemonInfo) -> std::result::Result<(), String> 
                 .unwrap_or_else(|| comm.trim().to_string())
         ));
     }
-    let inode = std::fs::metadata(dir.join(PID_FILE)).map(|m| m.ino()).ok();
-    let holds = inode.is_some_and(|ino| lock_holders(ino).contains(&pid));
+    let holds = [dir.join(PID_FILE), dir.to_path_buf()]
+        .iter()
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| lock_holders(m.ino()).contains(&pid)));
     if !holds {
         return Err(format!(
             "PID {pid} does not hold the lock on `{}`: it is not this folder's daemon",
@@ -258,7 +323,10 @@ mod tests {
         let mut lock = InstanceLock::acquire(dir.path(), Utc::now(), tz).unwrap();
         // The PID file removed under a running daemon is recreated and locked again.
         std::fs::remove_file(dir.path().join(PID_FILE)).unwrap();
-        assert!(probe(dir.path()).is_none());
+        // Meanwhile the folder's lock still tells who runs.
+        let info = probe(dir.path()).unwrap();
+        assert_eq!(info.pid, i64::from(std::process::id()));
+        assert!(info.started_at.is_none());
         lock.ensure().unwrap();
         assert_eq!(
             probe(dir.path()).unwrap().pid,

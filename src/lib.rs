@@ -36,6 +36,8 @@ use crate::config::Config;
 use crate::error::{EXIT_NOT_RUNNING, Error, Result};
 use crate::history::{History, Outcome, TriggerKind};
 
+pub use contain::{KEEPER_ARG, keeper_from_stdin};
+
 /// Runs one command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     // What we create is ours alone; the runs get the user's umask back.
@@ -215,6 +217,12 @@ fn check_log_dir(config: &Config) -> Result<()> {
                 ),
             ))
         })?;
+    if let Some(why) = private::unsafe_log_dir(dir) {
+        return Err(Error::Config(error::ConfigError::new(
+            &config.file,
+            format!("`scheduler.log_dir` `{}` is not safe: {why}", dir.display()),
+        )));
+    }
     let tightened = private::tighten_log_dir(dir, &config.scheduler.history);
     if tightened > 0 {
         eprintln!(
@@ -359,7 +367,7 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     };
     let interpreter = interpreter::resolve(&config, Some(&[job_id]))?;
     contain_runs(&config)?;
-    private::tighten_log_dir(&config.scheduler.log_dir, &config.scheduler.history);
+    check_log_dir(&config)?;
     if job.executor == config::Executor::Pyo3 {
         python::init(&config, &interpreter)?;
     }

@@ -1,9 +1,14 @@
-//! Tracing set-up: the daemon logs to the console in the old tool's style and to a daily-rotated
-//! file in `log_dir`; the short-lived commands only print warnings. `HEDGE_LOG` (an env-filter
-//! directive such as `debug`) overrides the level.
+//! Tracing set-up: the daemon logs to the console in the old tool's style and to
+//! `log_dir/hedge-scheduler.log` (private, never written through a link, rotated daily to
+//! `hedge-scheduler.log.YYYY-MM-DD`); the short-lived commands only print warnings. `HEDGE_LOG`
+//! (an env-filter directive such as `debug`) overrides the level.
 
+use std::fs::File;
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{NaiveDate, Utc};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::time::ChronoLocal;
@@ -16,24 +21,76 @@ fn filter(default: &str) -> EnvFilter {
     EnvFilter::try_from_env("HEDGE_LOG").unwrap_or_else(|_| EnvFilter::new(default))
 }
 
-/// For the daemon: console (stdout) plus `log_dir/hedge-scheduler.log.YYYY-MM-DD`.
+/// The daemon's log file, by its fixed name (so `tail -F` follows it).
+pub const LOG_FILE: &str = "hedge-scheduler.log";
+
+/// The daemon's log: opened private and without following a link, moved to
+/// `hedge-scheduler.log.<day>` at the first line of a new UTC day (or reopened if removed), with
+/// `keep` files in all. Written in place, not through a logging thread: the daemon logs a few
+/// lines a minute, and a thread woken for each would cost more than the write.
+struct DailyLog {
+    path: PathBuf,
+    keep: usize,
+    open: Mutex<Option<(NaiveDate, File)>>,
+}
+
+impl DailyLog {
+    fn new(dir: &Path, keep: usize) -> std::io::Result<DailyLog> {
+        let log = DailyLog {
+            path: dir.join(LOG_FILE),
+            keep,
+            open: Mutex::new(None),
+        };
+        log.file_for(Utc::now().date_naive())?;
+        Ok(log)
+    }
+
+    /// Makes sure today's file is the open one.
+    fn file_for(&self, today: NaiveDate) -> std::io::Result<()> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let current = open.as_ref().is_some_and(|(day, _)| *day == today) && self.path.exists();
+        if !current {
+            crate::runner::rotate_daily(&self.path, self.keep);
+            let file = crate::private::open(&self.path, crate::private::Open::Append)?;
+            *open = Some((today, file));
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for &DailyLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file_for(Utc::now().date_naive())?;
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        match open.as_mut() {
+            Some((_, f)) => f.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for DailyLog {
+    type Writer = &'a DailyLog;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self
+    }
+}
+
+/// For the daemon: console (stdout) plus `log_dir/hedge-scheduler.log`.
 pub fn init_daemon(log_dir: &Path, keep: usize) -> Result<()> {
-    std::fs::create_dir_all(log_dir)
+    crate::private::create_dir(log_dir)
         .map_err(|e| Error::io(format!("cannot create log_dir `{}`", log_dir.display()), e))?;
-    let appender = tracing_appender::rolling::Builder::new()
-        .rotation(tracing_appender::rolling::Rotation::DAILY)
-        .filename_prefix("hedge-scheduler.log")
-        .max_log_files(keep)
-        .build(log_dir)
-        .map_err(|e| {
-            Error::Other(format!(
-                "cannot write the log in `{}`: {e}",
-                log_dir.display()
-            ))
-        })?;
-    // Written in place, not through a logging thread: the daemon logs a few lines a minute, and a
-    // thread woken for each would cost more than the write (and its queue, memory at idle).
-    let file_writer = appender;
+    let file_writer = DailyLog::new(log_dir, keep).map_err(|e| {
+        Error::Other(format!(
+            "cannot write the log in `{}`: {e}",
+            log_dir.display()
+        ))
+    })?;
     let time = ChronoLocal::new("%Y-%m-%d %H:%M:%S%.3f".to_string());
     let console = tracing_subscriber::fmt::layer()
         .with_target(false)

@@ -142,27 +142,77 @@ pub fn tighten(path: &Path) -> bool {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).is_ok()
 }
 
-/// Makes the log folder and what the scheduler keeps in it private (files of older versions,
-/// or made by hand, that others could read); returns how many were changed.
+/// Why `log_dir` is not safe to keep our files in, if it is not: others may write in it (they
+/// could plant links and files), or it belongs to another user.
+pub fn unsafe_log_dir(log_dir: &Path) -> Option<String> {
+    let meta = std::fs::metadata(log_dir).ok()?;
+    if meta.mode() & 0o022 != 0 {
+        return Some(format!(
+            "other users may write in it (mode {:o}): they could plant files and links among ours; give hedge-scheduler a folder of its own",
+            meta.mode() & 0o7777
+        ));
+    }
+    if meta.uid() != euid() && euid() != 0 {
+        return Some(format!("it belongs to user {}, not to us", meta.uid()));
+    }
+    if meta.uid() != euid() {
+        return Some(format!(
+            "it belongs to user {}, who could plant links in it that root would follow; run as that user, or give hedge-scheduler a folder of root's",
+            meta.uid()
+        ));
+    }
+    None
+}
+
+/// Whether `name` (in `dir`, one of ours) is a file the scheduler makes there.
+fn ours_by_name(dir: &str, name: &str) -> bool {
+    match dir {
+        "" => {
+            name == crate::instance::PID_FILE
+                || name == crate::health::STATE_FILE
+                || name.starts_with("hedge-scheduler.log")
+        }
+        "jobs" => name.ends_with(".log") || name.contains(".log."),
+        "locks" => name.ends_with(".lock"),
+        "runtime" => true,
+        _ => false,
+    }
+}
+
+/// Makes what the scheduler keeps in `log_dir` private: its own folders (`jobs`, `locks`,
+/// `runtime`) and the files it makes there, by name (files of older versions, or made by hand,
+/// that others could read); the history only if it is a SQLite database. Nothing else in the
+/// folder is touched. Returns how many were changed.
 pub fn tighten_log_dir(log_dir: &Path, history: &Path) -> usize {
-    let mut n = usize::from(tighten(log_dir));
-    for sub in ["jobs", "locks", "runtime"] {
+    let mut n = 0;
+    for sub in ["", "jobs", "locks", "runtime"] {
         let dir = log_dir.join(sub);
-        n += usize::from(tighten(&dir));
+        if !sub.is_empty() {
+            n += usize::from(tighten(&dir));
+        }
         if let Ok(entries) = std::fs::read_dir(&dir) {
-            n += entries.flatten().filter(|e| tighten(&e.path())).count();
+            n += entries
+                .flatten()
+                .filter(|e| {
+                    e.file_type().is_ok_and(|t| t.is_file())
+                        && ours_by_name(sub, &e.file_name().to_string_lossy())
+                        && tighten(&e.path())
+                })
+                .count();
         }
     }
-    if let Ok(entries) = std::fs::read_dir(log_dir) {
-        n += entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()) && tighten(&e.path()))
-            .count();
-    }
-    for ext in ["", "-wal", "-shm"] {
-        let mut p = history.as_os_str().to_owned();
-        p.push(ext);
-        n += usize::from(tighten(Path::new(&p)));
+    let is_sqlite = |p: &Path| {
+        let mut head = [0u8; 16];
+        std::fs::File::open(p)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok_and(|()| &head == b"SQLite format 3\0")
+    };
+    if is_sqlite(history) {
+        for ext in ["", "-wal", "-shm"] {
+            let mut p = history.as_os_str().to_owned();
+            p.push(ext);
+            n += usize::from(tighten(Path::new(&p)));
+        }
     }
     n
 }

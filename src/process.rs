@@ -208,7 +208,7 @@ pub fn tagged_processes(tag: &str) -> Vec<i32> {
     out
 }
 
-fn is_zombie(pid: i32) -> bool {
+pub fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {

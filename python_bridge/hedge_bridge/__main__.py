@@ -17,12 +17,18 @@ from hedge_bridge import call, context_from_json
 def _write_result(path: str, outcome: dict) -> None:
     """Writes the outcome beside ``path`` in a new file (``O_EXCL``, ``O_NOFOLLOW``, 0600), then
     renames it into place: the reader sees all of it or nothing."""
-    tmp = path + ".tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(outcome, f)
-    os.replace(tmp, path)
+    folder, name = os.path.split(path)
+    # The folder is opened once, never through a link, and everything happens inside it.
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        tmp = name + ".tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(outcome, f)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def main() -> int:

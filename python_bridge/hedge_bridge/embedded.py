@@ -13,9 +13,11 @@ code only sees the exception when it returns to Python.
 
 The output surface matches a subprocess run's: ``sys.stdout.buffer`` takes bytes (decoded as
 UTF-8), ``fileno()`` raises ``io.UnsupportedOperation`` saying why (an in-process run has no file
-descriptor of its own), a raise reports exit code 1. A job may not signal its own process (the
-scheduler) with ``os.kill``/``os.killpg``: the call raises ``PermissionError`` and the run fails,
-where under ``subprocess`` the signal would have ended the job's own process.
+descriptor of its own), a raise reports exit code 1. Python code here may not signal its own
+process (the scheduler) with ``os.kill``, ``os.killpg`` or ``signal.pthread_kill``: the call
+raises ``PermissionError`` and the run fails, where under ``subprocess`` the signal would have
+ended the job's own process. ``signal.raise_signal`` and C code (``ctypes``) are not caught: a
+pyo3 job is not isolated from the scheduler (see the README's executor table).
 """
 
 from __future__ import annotations
@@ -72,7 +74,10 @@ class _RunSink:
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
         prefix = f"{stamp} [run {self._run_id} {stream}] "
         if self._file is None:
-            self._file = open(self._path, "a", encoding="utf-8", errors="replace")
+            # Private, and never through a link planted in the log folder.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self._path, flags, 0o600)
+            self._file = os.fdopen(fd, "a", encoding="utf-8", errors="replace")
         self._file.write("".join(prefix + line.rstrip("\r") + "\n" for line in lines))
         self._file.flush()
 
@@ -168,12 +173,20 @@ class _Router(io.TextIOBase):
 
 
 def _guard_signals(event: str, args) -> None:
-    """An audit hook: a job's thread may not signal the scheduler's own process or group."""
-    if event not in ("os.kill", "os.killpg") or threading.get_ident() not in _sinks:
+    """An audit hook: Python code in the scheduler (a job, or a thread a job started) may not
+    signal the scheduler's own process, its group, or every process (-1)."""
+    if event == "os.kill":
+        target, sig = args[0], args[1]
+        hits = target in (os.getpid(), 0, -1, -os.getpgrp())
+    elif event == "os.killpg":
+        target, sig = args[0], args[1]
+        hits = target in (os.getpgrp(), 0)
+    elif event == "signal.pthread_kill":
+        target, sig = args[0], args[1]
+        hits = True  # every thread of ours is the scheduler's
+    else:
         return
-    target, sig = args[0], args[1]
-    ours = os.getpid() if event == "os.kill" else os.getpgrp()
-    if sig != 0 and target in (ours, 0, -ours):
+    if sig != 0 and hits:
         raise PermissionError(
             f"{event}({target}, {sig}): a pyo3 job runs inside the scheduler and may not signal "
             'its own process; use executor = "subprocess" for a job that does'

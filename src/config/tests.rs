@@ -211,8 +211,10 @@ fn every_error_names_its_key_wrong_types_duplicates_and_an_empty_file_included()
         assert!(e.contains(want), "{want}\n{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
     }
-    let e = parse("  \n").unwrap_err();
-    assert!(e.contains("the config file is empty"), "{e}");
+    for blank in ["  \n", "# only a comment\n\n   # and another\n"] {
+        let e = parse(blank).unwrap_err();
+        assert!(e.contains("the config file is empty"), "{e}");
+    }
     // A 64-character id is fine.
     assert!(
         parse(&GOOD.replace(

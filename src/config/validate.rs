@@ -69,7 +69,11 @@ impl Config {
 
     /// Validates `source`, the text of the config file `file` (absolute).
     pub fn parse(file: &Path, source: &str) -> Result<Config, ConfigError> {
-        if source.trim().is_empty() {
+        let blank = source.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#')
+        });
+        if blank {
             return Err(ConfigError::new(
                 file,
                 "the config file is empty: it needs a [scheduler] table and at least one [jobs.<id>] (start from config/hedge-scheduler.toml)".to_string(),

@@ -141,6 +141,9 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
     problems.extend(low_disk);
     // Subreaper mode: what escaped runs that have ended and was not ended at a run's end (runs
     // in flight then could have owned it).
+    if let Some(news) = crate::contain::check_keeper() {
+        tracing::warn!("⚠️  {news}");
+    }
     let strays = crate::contain::end_strays(config.scheduler.kill_grace).await;
     if strays > 0 {
         tracing::warn!(

@@ -43,6 +43,9 @@ pub struct StartRow {
     pub started_at: DateTime<Utc>,
     pub attempt: u32,
     pub executor: String,
+    /// Its process, once known (kept to write the whole row again if it must be).
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 impl StartRow {
@@ -600,7 +603,7 @@ fn fresh_id(h: &History, ids: &AtomicI64) -> Result<i64> {
 fn insert_start(h: &History, ids: &AtomicI64, owner: u32, row: &StartRow) -> Result<i64> {
     let mut id = row.id;
     for _ in 0..3 {
-        match h.insert_run(id, &row.as_new_run(), owner, None) {
+        match h.insert_run(id, &row.as_new_run(), owner, row.pid) {
             Err(e) if only_this_write(&e) => {
                 let fresh = fresh_id(h, ids)?;
                 tracing::warn!(
@@ -655,9 +658,14 @@ fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) ->
             insert_start(h, ids, owner, row)?;
             st.inflight.insert(row.uid.clone(), row.clone());
         }
-        Write::Pid { uid, pid } => update_run(h, st, ids, owner, uid, "PID", |h| {
-            h.set_pid(Key::Uid(uid), *pid)
-        })?,
+        Write::Pid { uid, pid } => {
+            if let Some(start) = st.inflight.get_mut(uid) {
+                start.pid = Some(*pid);
+            }
+            update_run(h, st, ids, owner, uid, "PID", |h| {
+                h.set_pid(Key::Uid(uid), *pid)
+            })?
+        }
         Write::Finish { uid, outcome, end } => {
             update_run(h, st, ids, owner, uid, outcome.as_str(), |h| {
                 h.finish_run(Key::Uid(uid), *outcome, end)
@@ -738,6 +746,7 @@ mod tests {
             started_at: Utc::now(),
             attempt: 1,
             executor: "subprocess".into(),
+            pid: None,
         });
         id
     }

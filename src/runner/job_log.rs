@@ -87,7 +87,7 @@ impl JobLog {
 
 /// Moves yesterday's (or older) `<job>.log` to `<job>.log.YYYY-MM-DD` (UTC, like the daemon's
 /// log) and keeps `keep` files in all.
-pub(super) fn rotate_daily(path: &Path, keep: usize) {
+pub(crate) fn rotate_daily(path: &Path, keep: usize) {
     let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified()) else {
         return;
     };

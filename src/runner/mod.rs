@@ -15,6 +15,7 @@ mod subprocess;
 
 use embedded::*;
 pub use job_log::JobLog;
+pub(crate) use job_log::rotate_daily;
 use job_log::*;
 use judge::*;
 pub use lock::{JobLock, describe_holder};
@@ -194,6 +195,7 @@ pub async fn run(
         started_at: report.started_at,
         attempt: req.attempt,
         executor: job.executor.as_str().to_string(),
+        pid: None,
     };
     let inflight = crate::contain::InFlight::begin(&uid);
     let (run_id, log, exec) = match job.executor {

@@ -189,7 +189,9 @@ pub(super) async fn run_subprocess(
         let abort = pump.abort_handle();
         if tokio::time::timeout(OUTPUT_DRAIN, pump).await.is_err() {
             abort.abort();
-            log.note("output still held open by a process outside the run: stopped reading it");
+            log.note(
+                "output still held open by another process after the run ended: stopped reading it",
+            );
         }
     }
     exec.bridge = take_result(&result_file);

@@ -148,6 +148,55 @@ fn assert_nothing_outlives_the_run(containment: &str, keep_stdout: bool) {
     );
 }
 
+/// A descendant that ignores SIGTERM and forks-and-exits every 0.2 s (a new PID each time).
+fn assert_a_hopping_descendant_is_ended(containment: &str) {
+    let p = Project::new();
+    let pids = p.path().join("hopper.pids");
+    p.config(
+        &format!("containment = \"{containment}\""),
+        &job(
+            "hop",
+            &format!(
+                "entry = \"fixture_jobs:hopper\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nargs = {{ pid_file = {:?} }}",
+                pids.display().to_string()
+            ),
+        ),
+    );
+    let out = p.run(&["run-once", "hop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let all = || -> Vec<i32> {
+        std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    assert!(!all().is_empty(), "the hopper never started");
+    let gone = wait_until(Duration::from_secs(5), || {
+        all().iter().all(|p| !pid_alive(*p))
+    });
+    let alive: Vec<i32> = all().into_iter().filter(|p| pid_alive(*p)).collect();
+    for pid in &alive {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    assert!(
+        gone,
+        "{containment}: the hopper outlived its run: {alive:?}"
+    );
+    // And it stays gone: no new PID after a while.
+    let n = all().len();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(all().len(), n, "{containment}: the hopper still hops");
+}
+
+#[test]
+fn a_descendant_that_hops_to_new_pids_is_ended_with_its_run() {
+    assert_a_hopping_descendant_is_ended("subreaper");
+    if cgroups_here() {
+        assert_a_hopping_descendant_is_ended("cgroup");
+    }
+}
+
 #[test]
 fn double_forked_setsid_envless_descendant_is_ended_with_its_run_subreaper() {
     assert_nothing_outlives_the_run("subreaper", false);
@@ -382,7 +431,7 @@ fn mode_of(path: &Path) -> u32 {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .permissions()
         .mode()
-        & 0o777
+        & 0o7777
 }
 
 #[test]
@@ -443,11 +492,29 @@ fn files_the_scheduler_creates_are_private_and_jobs_keep_the_users_umask() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
+    // Nothing else in the folder is touched: a file of someone else's keeps its mode, and an
+    // existing log folder its own.
+    let foreign = logs.join("notes.txt");
+    std::fs::write(&foreign, b"mine").unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = p.run(&["run-once", "w"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(mode_of(&logs.join("jobs/w.log")), 0o600);
-    assert_eq!(mode_of(&logs), 0o700);
+    assert_eq!(mode_of(&foreign), 0o644);
+    assert_eq!(mode_of(&logs), 0o755);
+    // A log folder others may write in (a shared folder, /tmp) is refused, and left as it is.
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = p.run(&["run-once", "w"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("`scheduler.log_dir`")
+            && text(&out).contains("other users may write in it"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(mode_of(&logs) & 0o7777, 0o1777);
+    assert_eq!(mode_of(&foreign), 0o644);
 }
 
 #[test]
@@ -845,7 +912,13 @@ fn pyo3_and_subprocess_report_alike_bytes_raises_big_results_and_self_signals() 
     let p = Project::new();
     let mut jobs = String::new();
     for executor in ["subprocess", "pyo3"] {
-        for f in ["bytes_out", "boom", "big_result", "self_segv"] {
+        for f in [
+            "bytes_out",
+            "boom",
+            "big_result",
+            "self_segv",
+            "signal_from_thread",
+        ] {
             jobs += &job(
                 &format!("{f}_{executor}"),
                 &format!(
@@ -899,6 +972,20 @@ fn pyo3_and_subprocess_report_alike_bytes_raises_big_results_and_self_signals() 
         );
         let history = p.run(&["history", &id, "--json"]);
         assert!(String::from_utf8_lossy(&history.stdout).contains(&"0".repeat(400)));
+        if executor == "pyo3" {
+            // From a thread it starts, or at the scheduler's group, or at every process: refused.
+            let id = "signal_from_thread_pyo3";
+            let (code, out) = run(id);
+            assert_eq!(code, Some(1), "{id}: {out}");
+            let row: Value = serde_json::from_str(&out).unwrap();
+            assert!(
+                row["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("may not signal its own process"),
+                "{row}"
+            );
+        }
         // A signal the job sends its own process: the subprocess crashes, the pyo3 job is
         // refused (it would have hit the scheduler).
         let id = format!("self_segv_{executor}");
@@ -919,4 +1006,142 @@ fn pyo3_and_subprocess_report_alike_bytes_raises_big_results_and_self_signals() 
             );
         }
     }
+}
+
+#[test]
+fn a_second_daemon_is_refused_after_the_pid_file_is_deleted() {
+    let p = Project::new();
+    p.config(
+        "",
+        &job(
+            "tick",
+            "entry = \"fixture_jobs:noop\"\nschedule = \"* * * * * *\"\nmarket_hours = false",
+        ),
+    );
+    let mut first = p.spawn_daemon();
+    assert!(wait_until(Duration::from_secs(20), || p
+        .run(&["status"])
+        .status
+        .success()));
+    std::fs::remove_file(p.log_dir().join("hedge-scheduler.pid")).unwrap();
+    // `status` still sees it, by the folder's lock.
+    let out = p.run(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["daemon"]["pid"], first.id(), "{v}");
+    // A second daemon is refused, naming the first.
+    let second = p.cmd(&["run"]).output().unwrap();
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    assert!(
+        text(&second).contains(&format!("already running (PID {}", first.id())),
+        "{}",
+        text(&second)
+    );
+    // `stop` finds and stops it all the same.
+    let out = p.run(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn a_link_swapped_in_for_a_pyo3_jobs_log_is_not_written_through() {
+    let p = Project::new();
+    p.config(
+        "",
+        &job(
+            "talk",
+            "entry = \"fixture_jobs:noop\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nexecutor = \"pyo3\"",
+        ),
+    );
+    let log = p.log_dir().join("jobs/talk.log");
+    let mut daemon = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("noop talk"))),
+        "{}",
+        p.daemon_output()
+    );
+    let victim = p.path().join("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::rename(&log, p.path().join("talk.log.moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, &log).unwrap();
+    let seen = p.history().len();
+    assert!(wait_until(Duration::from_secs(20), || p.history().len() >= seen + 3));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()));
+}
+
+/// The `hedge-keeper` children of `daemon`.
+fn keepers_of(daemon: u32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let comm = stat.split('(').nth(1).and_then(|r| r.split(')').next());
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            comm == Some("hedge-keeper") && ppid == Some(daemon) && pid_alive(*pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_keeper_is_replaced_and_runs_still_die_with_the_daemon() {
+    let p = Project::new();
+    let pids = p.path().join("py.pid");
+    p.config(
+        "health_interval = \"1s\"",
+        &job(
+            "py",
+            &format!(
+                "entry = \"fixture_jobs:sleepy\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ pid_file = {:?} }}",
+                pids.display().to_string()
+            ),
+        ),
+    );
+    let mut daemon = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&pids)
+            .is_ok_and(|t| t.split_whitespace().count() == 2)),
+        "{}",
+        p.daemon_output()
+    );
+    let first = keepers_of(daemon.id());
+    assert_eq!(first.len(), 1, "one keeper: {first:?}");
+    // A job (or anyone of our user) kills the keeper.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first[0]), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let now = keepers_of(daemon.id());
+            now.len() == 1 && now[0] != first[0]
+        }),
+        "no new keeper: {}",
+        p.daemon_output()
+    );
+    assert!(
+        p.daemon_output().contains("started a new one"),
+        "{}",
+        p.daemon_output()
+    );
+    let job: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || job
+            .iter()
+            .all(|p| !pid_alive(*p))),
+        "the run outlived its daemon after the keeper was replaced"
+    );
 }
