@@ -567,6 +567,13 @@ fn symlinks_planted_in_log_dir_are_never_followed() {
     assert!(text(&out).contains("symbolic link"), "{}", text(&out));
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     std::fs::remove_file(link).unwrap();
+    // The daemon's log: the daemon refuses to start.
+    let link = plant("hedge-scheduler.log");
+    let out = p.run(&["run"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("symbolic link"), "{}", text(&out));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    std::fs::remove_file(link).unwrap();
     // The PID file: the daemon refuses to start.
     let link = plant("hedge-scheduler.pid");
     let out = p.run(&["run"]);
@@ -1144,4 +1151,36 @@ fn a_killed_keeper_is_replaced_and_runs_still_die_with_the_daemon() {
             .all(|p| !pid_alive(*p))),
         "the run outlived its daemon after the keeper was replaced"
     );
+}
+
+#[test]
+fn jobs_inherit_no_descriptor_the_scheduler_was_started_with() {
+    use std::os::fd::AsRawFd;
+    let p = Project::new();
+    p.config(
+        "",
+        &job(
+            "fds",
+            "command = [\"sh\", \"-c\", \"ls /proc/$$/fd\"]\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false",
+        ),
+    );
+    // A descriptor the launching process leaves inheritable (a secret file, a socket).
+    let secret = std::fs::File::open(p.config_path()).unwrap();
+    let fd = secret.as_raw_fd();
+    nix::fcntl::fcntl(
+        &secret,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let out = p.run(&["run-once", "fds"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = std::fs::read_to_string(p.log_dir().join("jobs/fds.log")).unwrap();
+    let listed: Vec<i32> = log
+        .lines()
+        .filter(|l| l.contains(" stdout] "))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(listed.contains(&0) && listed.contains(&2), "{log}");
+    assert!(!listed.contains(&fd), "fd {fd} reached the job: {log}");
+    drop(secret);
 }
