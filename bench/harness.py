@@ -244,7 +244,18 @@ executor = "pyo3"
     a = threads_snapshot(d.proc.pid)
     time.sleep(seconds)
     b = threads_snapshot(d.proc.pid)
-    pss = pss_kib(d.proc.pid)
+    # The daemon and its keeper (a forked child that ends the runs if the daemon dies).
+    keepers = [
+        int(pid)
+        for pid, ppid, comm in (
+            line.split()
+            for line in subprocess.run(
+                ["ps", "-e", "-o", "pid=,ppid=,comm="], capture_output=True, text=True
+            ).stdout.splitlines()
+        )
+        if int(ppid) == d.proc.pid and comm == "hedge-keeper"
+    ]
+    pss = pss_kib(d.proc.pid) + sum(pss_kib(k) for k in keepers)
     usage = d.stop()
     usage["pss_kib"] = pss
     usage["ready_ms"] = d.ready_ms

@@ -48,10 +48,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
     match cli.command {
         Command::Run => {
+            // First, before any thread, lock or sizeable allocation (the keeper is a forked copy
+            // of us: what we hold now, it holds): the runs die with us, however we die.
+            contain::start_keeper().map_err(|e| Error::io("cannot start the keeper", e))?;
             let config = Config::load(&path)?;
             refuse_strict_past_coverage(&config)?;
-            // Before any thread or lock: the runs die with us, however we die.
-            contain::start_keeper().map_err(|e| Error::io("cannot start the keeper", e))?;
             let interpreter = interpreter::resolve(&config, None)?;
             check_log_dir(&config)?;
             logging::init_daemon(&config.scheduler.log_dir, config.scheduler.log_files_kept)?;
@@ -77,9 +78,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::RunOnce { job, json, wait } => {
+            contain::start_keeper().map_err(|e| Error::io("cannot start the keeper", e))?;
             logging::init_cli("warn");
             let config = Config::load(&path)?;
-            contain::start_keeper().map_err(|e| Error::io("cannot start the keeper", e))?;
             let outcome = run_once(config, &job, json, wait);
             contain::cleanup();
             outcome
