@@ -67,6 +67,11 @@ pub fn init(choice: Containment) -> std::result::Result<&'static Mode, String> {
     if let Some(m) = MODE.get() {
         return Ok(m);
     }
+    // Whatever the mode now, what dead daemons left in cgroups (a run in cgroup mode before a
+    // restart in subreaper mode) is ended.
+    if let Ok(own) = own_cgroup() {
+        end_dead_daemons_cgroups(&own);
+    }
     let mode = match choice {
         Containment::Subreaper => subreaper("chosen in the config".into())?,
         Containment::Cgroup => Mode::Cgroup(cgroup_base()?),

@@ -479,7 +479,8 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
             ),
         }
     }
-    Ok(if report.outcome == Outcome::Success {
+    // A run the history could not take is not a clean success: say so by the exit code.
+    Ok(if report.outcome == Outcome::Success && unwritten == 0 {
         0
     } else {
         1

@@ -67,10 +67,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::process::id()
     ));
     let _ = std::fs::remove_file(&tmp);
-    let mut f = open(&tmp, Open::CreateNew)?;
-    f.write_all(bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    let written = open(&tmp, Open::CreateNew)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // A full disk, say: leave no half-written file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 static USER_UMASK: std::sync::OnceLock<nix::sys::stat::Mode> = std::sync::OnceLock::new();
@@ -160,6 +164,35 @@ pub fn unsafe_log_dir(log_dir: &Path) -> Option<String> {
             "it belongs to user {}, who could plant links in it that root would follow; run as that user, or give hedge-scheduler a folder of root's",
             meta.uid()
         ));
+    }
+    // Whoever may rename an entry of a folder above it could put a folder of theirs in its
+    // place: every folder above must be root's or ours, and not writable by others unless it is
+    // sticky (as /tmp is) and the entry below it is ours.
+    let real = log_dir.canonicalize().ok()?;
+    let mut below_ours = true;
+    for dir in real.ancestors() {
+        let Ok(m) = std::fs::metadata(dir) else {
+            continue;
+        };
+        if dir != real.as_path() {
+            let open = m.mode() & 0o022 != 0;
+            let sticky = m.mode() & 0o1000 != 0;
+            if (m.uid() != 0 && m.uid() != euid()) || (open && !(sticky && below_ours)) {
+                return Some(format!(
+                    "`{}` above it {}: they could put a folder of theirs in its place",
+                    dir.display(),
+                    if m.uid() != 0 && m.uid() != euid() {
+                        format!("belongs to user {}", m.uid())
+                    } else {
+                        format!(
+                            "may be written by other users (mode {:o})",
+                            m.mode() & 0o7777
+                        )
+                    }
+                ));
+            }
+        }
+        below_ours = m.uid() == euid() || m.uid() == 0;
     }
     None
 }

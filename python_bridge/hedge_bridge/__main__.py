@@ -10,6 +10,7 @@ the job raised.
 import json
 import os
 import sys
+import time
 
 from hedge_bridge import call, context_from_json
 
@@ -36,9 +37,15 @@ def main() -> int:
     if not raw:
         print("hedge_bridge: HEDGE_CONTEXT is not set; run jobs through hedge-scheduler", file=sys.stderr)
         return 2
-    entry = json.loads(raw)["entry"]
+    context = json.loads(raw)
+    entry = context["entry"]
     ctx = context_from_json(raw)
     outcome = call(entry, ctx)
+    outcome["finished_at"] = time.time()
+    # Enough to record the run from this file alone, should the scheduler lose its row.
+    outcome["run"] = {
+        k: context.get(k) for k in ("job", "run_uid", "scheduled_at", "trigger", "attempt", "owner")
+    }
     if outcome["status"] == "error":
         sys.stderr.write(outcome["traceback"])
     result_file = os.environ.get("HEDGE_RESULT_FILE")

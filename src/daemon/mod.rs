@@ -85,7 +85,14 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
             // settled again.
             let r = recorder.clone();
             let _ = tokio::task::spawn_blocking(move || r.flush(Duration::from_secs(2))).await;
-            abandon_dead_runs(h, &recorder, &config).await?
+            let settled = abandon_dead_runs(h, &recorder, &config).await?;
+            let recorded = runner::record_left_results(&config, h, &recorder);
+            if recorded > 0 {
+                tracing::warn!(
+                    "🧹 {recorded} run(s) whose rows were lost (the history refused writes when the scheduler died) recorded from the results they left"
+                );
+            }
+            settled + recorded
         }
         None => 0,
     };
@@ -118,7 +125,7 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     banner(&config, &interpreter, &calendar);
     if abandoned > 0 {
         tracing::warn!(
-            "⚠️  {abandoned} run(s) left `running` by a dead process were marked abandoned (their processes ended)"
+            "⚠️  {abandoned} run(s) of a dead process were settled: abandoned, or recorded as they went from the results they left (what of theirs was still running was ended)"
         );
     }
     let now = Utc::now();

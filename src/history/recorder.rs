@@ -30,6 +30,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const LINGER: Duration = Duration::from_millis(2);
 /// How long the writer waits for another process's lock before it lets the batch wait.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+/// The same while writes already wait: a refusal is found fast, so what comes meanwhile reaches
+/// the spill journal at once.
+const BUSY_TIMEOUT_FAILING: Duration = Duration::from_millis(20);
 
 /// What is known about a run when it starts, with the id it was given.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -46,6 +49,9 @@ pub struct StartRow {
     /// Its process, once known (kept to write the whole row again if it must be).
     #[serde(default)]
     pub pid: Option<u32>,
+    /// The process that ran it (set by the writer; a replayed row keeps its dead owner's).
+    #[serde(default)]
+    pub owner: Option<u32>,
 }
 
 impl StartRow {
@@ -181,6 +187,7 @@ impl Recorder {
         waiting.fetch_add(queue.len(), Ordering::SeqCst);
         let writer = Writer {
             spill,
+            spilled: 0,
             claimed,
             path: path.to_path_buf(),
             history: Some(history),
@@ -220,7 +227,8 @@ impl Recorder {
         }
     }
 
-    pub fn start(&self, row: StartRow) {
+    pub fn start(&self, mut row: StartRow) {
+        row.owner.get_or_insert(self.owner);
         self.send(Write::Start(row));
     }
 
@@ -360,6 +368,8 @@ struct State {
 
 struct Writer {
     spill: Option<Spill>,
+    /// How many of the queue's writes the spill journal holds.
+    spilled: usize,
     /// Spill journals of gone processes, replayed: removed once their writes are in.
     claimed: Vec<PathBuf>,
     path: PathBuf,
@@ -400,6 +410,11 @@ impl Writer {
             };
             while let Ok(m) = rx.try_recv() {
                 self.take(m, &mut waiters, &mut closing);
+            }
+            // While the database refuses, what just came is journaled before it is tried: a crash
+            // in the attempt loses nothing.
+            if self.failing_since.is_some() && self.queue.len() > self.spilled {
+                self.save_spill();
             }
             let ok = self.write_batch();
             backoff = if ok {
@@ -486,8 +501,12 @@ impl Writer {
                 if let Some(spill) = self.spill.as_mut() {
                     spill.clear();
                 }
+                self.spilled = 0;
                 for path in self.claimed.drain(..) {
                     let _ = std::fs::remove_file(path);
+                }
+                if let Some(h) = self.history.as_ref() {
+                    let _ = h.set_busy_timeout(BUSY_TIMEOUT);
                 }
                 self.waiting.fetch_sub(n, Ordering::SeqCst);
                 if self.failing_since.take().is_some() {
@@ -505,22 +524,39 @@ impl Writer {
                     self.failing_since = Some(Utc::now());
                 }
                 self.last_error = Some(e.to_string());
-                // What waits survives us: a crash now loses nothing that was queued.
-                if let Some(spill) = self.spill.as_mut() {
-                    let lines: Vec<String> = self
-                        .queue
-                        .iter()
-                        .filter_map(|w| serde_json::to_string(w).ok())
-                        .collect();
-                    if let Err(e) = spill.save(&lines) {
-                        tracing::error!(
-                            "❗ history: cannot keep the waiting writes in `{}`: {e}",
-                            spill.path().display()
-                        );
-                    }
+                if let Some(h) = self.history.as_ref() {
+                    let _ = h.set_busy_timeout(BUSY_TIMEOUT_FAILING);
                 }
+                // What waits survives us: a crash now loses nothing that was queued.
+                self.save_spill();
                 false
             }
+        }
+    }
+
+    /// Writes the whole queue over the spill journal. The journals of gone processes it
+    /// replays are in the queue now: once ours holds them, theirs go (or a next process would
+    /// replay them twice).
+    fn save_spill(&mut self) {
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        let lines: Vec<String> = self
+            .queue
+            .iter()
+            .filter_map(|w| serde_json::to_string(w).ok())
+            .collect();
+        match spill.save(&lines) {
+            Ok(()) => {
+                self.spilled = self.queue.len();
+                for path in self.claimed.drain(..) {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            Err(e) => tracing::error!(
+                "❗ history: cannot keep the waiting writes in `{}`: {e}",
+                spill.path().display()
+            ),
         }
     }
 
@@ -603,7 +639,7 @@ fn fresh_id(h: &History, ids: &AtomicI64) -> Result<i64> {
 fn insert_start(h: &History, ids: &AtomicI64, owner: u32, row: &StartRow) -> Result<i64> {
     let mut id = row.id;
     for _ in 0..3 {
-        match h.insert_run(id, &row.as_new_run(), owner, row.pid) {
+        match h.insert_run(id, &row.as_new_run(), row.owner.unwrap_or(owner), row.pid) {
             Err(e) if only_this_write(&e) => {
                 let fresh = fresh_id(h, ids)?;
                 tracing::warn!(
@@ -747,6 +783,7 @@ mod tests {
             attempt: 1,
             executor: "subprocess".into(),
             pid: None,
+            owner: None,
         });
         id
     }

@@ -34,9 +34,27 @@ impl Spill {
     pub(super) fn open(history: &Path, reserve: u64) -> io::Result<Spill> {
         let path = path_for(history, std::process::id());
         let file = crate::private::open(&path, crate::private::Open::ReadWrite)?;
+        let ready = Spill::prepare(&file, &path, reserve);
+        match ready {
+            Ok(reserved) => Ok(Spill {
+                file,
+                path,
+                reserved,
+                holding: false,
+            }),
+            Err(e) => {
+                // Not even an empty journal fits: leave nothing behind.
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Empties the journal and reserves its space; returns how much was reserved.
+    fn prepare(file: &File, path: &Path, reserve: u64) -> io::Result<u64> {
         file.set_len(0)?;
         let reserved = match nix::fcntl::fallocate(
-            &file,
+            file,
             nix::fcntl::FallocateFlags::empty(),
             0,
             i64::try_from(reserve).unwrap_or(i64::MAX),
@@ -53,12 +71,7 @@ impl Spill {
         };
         // An empty journal: a NUL where the first line would be.
         file.write_all_at(b"\0", 0)?;
-        Ok(Spill {
-            file,
-            path,
-            reserved,
-            holding: false,
-        })
+        Ok(reserved)
     }
 
     pub(super) fn path(&self) -> &Path {

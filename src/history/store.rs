@@ -498,7 +498,8 @@ impl History {
             .prepare_cached(
                 "INSERT INTO runs (id, job, trigger, scheduled_at, started_at, attempt, outcome,
                                    owner_pid, executor, pid, uid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)
+                 ON CONFLICT (uid) DO NOTHING",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -532,7 +533,8 @@ impl History {
                 "INSERT INTO runs (id, job, trigger, scheduled_at, started_at, finished_at, attempt,
                                    outcome, owner_pid, error, missed_count, missed_from, missed_to,
                                    uid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, 'skipped', ?6, ?7, ?8, ?9, ?10, ?11)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, 'skipped', ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (uid) DO NOTHING",
             )
             .and_then(|mut st| {
                 st.execute(params![

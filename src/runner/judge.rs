@@ -22,6 +22,25 @@ pub(crate) struct BridgeOutcome {
     pub(super) error: Option<String>,
     pub(super) exit_code: Option<i32>,
     pub(super) entered_at: Option<f64>,
+    /// When the bridge finished (a subprocess run's result file).
+    #[serde(default)]
+    pub(super) finished_at: Option<f64>,
+    /// The run the result belongs to, as the bridge was told (a subprocess run's result file).
+    #[serde(default)]
+    pub(super) run: Option<LeftRun>,
+}
+
+/// What a result file says of its run: enough to record it if its row was lost.
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct LeftRun {
+    pub(super) job: String,
+    pub(super) scheduled_at: String,
+    #[serde(default)]
+    pub(super) trigger: String,
+    #[serde(default)]
+    pub(super) attempt: Option<u32>,
+    #[serde(default)]
+    pub(super) owner: Option<u32>,
 }
 
 /// Parses the bridge's report; `None` when it is not one.

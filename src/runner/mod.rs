@@ -196,8 +196,11 @@ pub async fn run(
         attempt: req.attempt,
         executor: job.executor.as_str().to_string(),
         pid: None,
+        owner: None,
     };
     let inflight = crate::contain::InFlight::begin(&uid);
+    // Kept to record the run even if it cannot begin (its log cannot be opened, say).
+    let start_copy = run.clone();
     let (run_id, log, exec) = match job.executor {
         Executor::Subprocess => {
             // One hand-off: open the log, wait for the slot's instant and record the start.
@@ -206,11 +209,7 @@ pub async fn run(
             let begun = tokio::task::spawn_blocking(move || begin_blocking(&env2, run, at)).await;
             let (run_id, started_at, log) = match begun {
                 Ok(Ok(begun)) => begun,
-                Ok(Err(e)) => {
-                    report.error = Some(e.to_string());
-                    report.finished_at = Utc::now();
-                    return report;
-                }
+                Ok(Err(e)) => return not_started(env, report, start_copy, e.to_string()),
                 Err(e) => {
                     report.error = Some(format!("internal error: {e}"));
                     report.finished_at = Utc::now();
@@ -268,11 +267,7 @@ pub async fn run(
                     };
                     (done.run_id, log, done.exec)
                 }
-                Err(e) => {
-                    report.error = Some(e.to_string());
-                    report.finished_at = Utc::now();
-                    return report;
-                }
+                Err(e) => return not_started(env, report, start_copy, e.to_string()),
             }
         }
     };
@@ -396,15 +391,107 @@ pub fn judge_left_result(config: &Config, job: &str, uid: &str) -> Option<(Outco
     let job = config.job(job)?;
     let runtime = crate::private::runtime_dir(&config.scheduler.log_dir).ok()?;
     let bridge = take_result(&result_path(&runtime, uid))?;
+    Some(judge_left(
+        job,
+        bridge,
+        "recorded at the next start: it finished while the scheduler was down",
+    ))
+}
+
+/// How a run went from the result it left, with `note` added to its error.
+fn judge_left(job: &Job, bridge: BridgeOutcome, note: &str) -> (Outcome, RunEnd) {
+    let finished_at = bridge.finished_at.and_then(epoch_to_utc);
     let mut exec = Execution::new(Ended::Exited(None));
     exec.bridge = Some(bridge);
     let (outcome, mut end) = judge(job, &exec);
-    let note = "recorded at the next start: it finished while the scheduler was down";
+    end.finished_at = finished_at;
     end.error = Some(match end.error {
         Some(e) => format!("{e}; {note}"),
         None => note.to_string(),
     });
-    Some((outcome, end))
+    (outcome, end)
+}
+
+/// Results left in the runtime folder by runs of dead processes that the history has no row
+/// for (their rows were lost with a crash while the history refused writes): each is recorded,
+/// whole, from what the result says, so its slot counts as run and is never run again. Returns
+/// how many.
+pub fn record_left_results(config: &Config, history: &History, recorder: &Recorder) -> usize {
+    let Ok(runtime) = crate::private::runtime_dir(&config.scheduler.log_dir) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(&runtime) else {
+        return 0;
+    };
+    let mut n = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(uid) = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        match history.run_by_uid(uid) {
+            // Recorded (or being settled from this file at start-up): nothing to add.
+            Ok(Some(row)) if row.outcome != Outcome::Running => {
+                let _ = take_result(&path);
+                continue;
+            }
+            Ok(None) => {}
+            _ => continue,
+        }
+        let Some(bridge) = take_result_if_orphaned(&path) else {
+            continue;
+        };
+        let Some(run) = bridge.run.clone() else {
+            continue;
+        };
+        let (Some(job), Some(scheduled_at)) = (
+            config.job(&run.job),
+            DateTime::parse_from_rfc3339(&run.scheduled_at)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+        ) else {
+            continue;
+        };
+        let started_at = bridge
+            .entered_at
+            .and_then(epoch_to_utc)
+            .unwrap_or(scheduled_at);
+        recorder.start(StartRow {
+            id: recorder.next_id(),
+            uid: uid.to_string(),
+            job: run.job.clone(),
+            trigger: TriggerKind::parse(&run.trigger).unwrap_or(TriggerKind::Schedule),
+            scheduled_at,
+            started_at,
+            attempt: run.attempt.unwrap_or(1),
+            executor: job.executor.as_str().to_string(),
+            pid: None,
+            owner: run.owner,
+        });
+        let (outcome, end) = judge_left(
+            job,
+            bridge,
+            "recorded at the next start from the result it left: the history had lost its row",
+        );
+        recorder.finish(uid, outcome, end);
+        n += 1;
+    }
+    n
+}
+
+/// Takes a result whose writer's scheduler is gone (a live one reads its own).
+fn take_result_if_orphaned(path: &std::path::Path) -> Option<BridgeOutcome> {
+    let text = std::fs::read(path).ok()?;
+    let bridge = parse_bridge(&text)?;
+    let owner = bridge.run.as_ref()?.owner?;
+    if crate::process::scheduler_alive(i64::from(owner)) {
+        return None;
+    }
+    take_result(path)
 }
 
 /// Where a subprocess run's bridge leaves its outcome: `<runtime>/<uid>.json`.
@@ -425,6 +512,20 @@ pub(crate) fn take_result(path: &std::path::Path) -> Option<BridgeOutcome> {
     let _ = std::fs::remove_file(tmp);
     read.ok()?;
     parse_bridge(&text)
+}
+
+/// A run that could not begin (its log cannot be opened, say) is recorded all the same:
+/// `failed`, with why, so the history and `status` show the slot was not run.
+fn not_started(env: &RunEnv, mut report: RunReport, run: StartRow, error: String) -> RunReport {
+    tracing::error!(job = %run.job, "❗ {} could not start: {error}", run.job);
+    report.run_id = Some(run.id);
+    report.run_uid = Some(run.uid.clone());
+    env.recorder.start(run);
+    let end = RunEnd {
+        error: Some(format!("could not start: {error}")),
+        ..RunEnd::default()
+    };
+    finish(env, report, Outcome::Failed, end)
 }
 
 fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunEnd) -> RunReport {
@@ -463,6 +564,7 @@ fn run_context(
         "entry": entry,
         "run_id": run_id,
         "run_uid": uid,
+        "owner": std::process::id(),
         "scheduled_at": req.scheduled_at.with_timezone(&tz).to_rfc3339_opts(SecondsFormat::Micros, false),
         "attempt": req.attempt,
         "trigger": req.trigger.as_str(),

@@ -544,12 +544,18 @@ fn symlinks_planted_in_log_dir_are_never_followed() {
         std::os::unix::fs::symlink(&victim, &link).unwrap();
         link
     };
-    // A job log: the run fails, saying why; the target is untouched.
+    // A job log: the run fails, saying why, and is recorded; the target is untouched.
     let link = plant("jobs/w.log");
     let out = p.run(&["run-once", "w"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("symbolic link"), "{}", text(&out));
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    let row = &p.history()[0];
+    assert_eq!(row["outcome"], "failed", "{row}");
+    assert!(
+        row["error"].as_str().unwrap().contains("could not start"),
+        "{row}"
+    );
     std::fs::remove_file(link).unwrap();
     // The runtime folder (where results come back): a link in its place is refused.
     std::fs::remove_dir_all(p.log_dir().join("runtime")).unwrap();
@@ -1183,4 +1189,126 @@ fn jobs_inherit_no_descriptor_the_scheduler_was_started_with() {
     assert!(listed.contains(&0) && listed.contains(&2), "{log}");
     assert!(!listed.contains(&fd), "fd {fd} reached the job: {log}");
     drop(secret);
+}
+
+/// Holds `BEGIN EXCLUSIVE` on the history until the returned process is killed.
+fn lock_history(db: &Path) -> std::process::Child {
+    let mut locker = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(300)",
+        ])
+        .arg(db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("locker");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(locker.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    locker
+}
+
+#[test]
+fn a_crash_while_the_history_refuses_writes_loses_no_run_and_runs_no_slot_twice() {
+    let p = Project::new();
+    let journal = p.path().join("j.journal");
+    p.config(
+        "health_interval = \"1s\"",
+        &job(
+            "j",
+            &format!(
+                "entry = \"fixture_jobs:journal\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ file = {:?} }}",
+                journal.display().to_string()
+            ),
+        ),
+    );
+    let slots = || -> Vec<String> {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    let mut first = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || slots().len() >= 2),
+        "{}",
+        p.daemon_output()
+    );
+    let first_pid = first.id();
+    let mut locker = lock_history(&p.log_dir().join("history.sqlite3"));
+    // The writer knows the history refuses (status says writes wait)…
+    assert!(wait_until(Duration::from_secs(15), || {
+        let out = p.run(&["status", "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains("write(s) waiting")
+    }));
+    // …runs go on, and the daemon dies right after one.
+    let seen = slots().len();
+    assert!(wait_until(Duration::from_secs(15), || slots().len() >= seen + 2));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    locker.kill().unwrap();
+    locker.wait().unwrap();
+    let ran_before = slots();
+    // The next start writes what was kept, settles what the dead daemon left, and catches up
+    // without running any slot again.
+    let mut second = p.spawn_daemon();
+    assert!(wait_until(Duration::from_secs(20), || slots().len()
+        >= ran_before.len() + 3));
+    let status = signal_and_wait(&mut second, Signal::SIGTERM, Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", p.daemon_output());
+    let all = slots();
+    let mut seen = std::collections::BTreeSet::new();
+    let twice: Vec<&String> = all.iter().filter(|s| !seen.insert(s.as_str())).collect();
+    assert!(twice.is_empty(), "slots run twice: {twice:?}");
+    let rows = p.history();
+    for slot in &ran_before {
+        let at = ts(&Value::String(slot.clone()));
+        let row = rows
+            .iter()
+            .find(|r| r["job"] == "j" && r["outcome"] != "skipped" && ts(&r["scheduled_at"]) == at);
+        let row = row.unwrap_or_else(|| panic!("slot {slot} ran but has no row: {rows:#?}"));
+        assert_ne!(row["outcome"], "running", "{row}");
+        if ts(&row["started_at"]) > at + chrono::Duration::seconds(60) {
+            panic!("{row}");
+        }
+        if row["owner_pid"] != first_pid {
+            panic!("a replayed row took another owner: {row}");
+        }
+    }
+    assert!(rows.iter().all(|r| r["outcome"] != "running"), "{rows:#?}");
+}
+
+#[test]
+fn a_log_dir_whose_parent_others_may_write_is_refused() {
+    let p = Project::new();
+    let open = p.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    p.config(
+        "",
+        &job(
+            "w",
+            "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false",
+        ),
+    );
+    let text_ = std::fs::read_to_string(p.config_path())
+        .unwrap()
+        .replace("log_dir = \"logs\"", "log_dir = \"open/logs\"");
+    std::fs::write(p.config_path(), text_).unwrap();
+    let out = p.run(&["run-once", "w"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("may be written by other users"),
+        "{}",
+        text(&out)
+    );
+    // Sticky, as /tmp is, with the folder below ours: fine.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = p.run(&["run-once", "w"]);
+    assert!(out.status.success(), "{}", text(&out));
 }
