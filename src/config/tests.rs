@@ -215,6 +215,15 @@ fn every_error_names_its_key_wrong_types_duplicates_and_an_empty_file_included()
         let e = parse(blank).unwrap_err();
         assert!(e.contains("the config file is empty"), "{e}");
     }
+    let big = GOOD.replace(
+        "args = { indices = [\"NIFTY\", \"BANKNIFTY\"] }",
+        &format!("args = {{ blob = \"{}\" }}", "x".repeat(120 * 1024)),
+    );
+    let e = parse(&big).unwrap_err();
+    assert!(
+        e.contains("`args` of [jobs.options_chain] is 121 KiB as JSON; at most 100 KiB"),
+        "{e}"
+    );
     // A 64-character id is fine.
     assert!(
         parse(&GOOD.replace(

@@ -324,6 +324,8 @@ impl Policy for CatchUp {
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest job id: it names the job's log and lock files.
 pub const MAX_JOB_ID: usize = 64;
+/// The largest `args` of a job, as JSON.
+const MAX_ARGS: usize = 100 * 1024;
 
 impl Validator<'_> {
     /// A duration key that must be at least `min`.
@@ -576,6 +578,20 @@ impl Validator<'_> {
             None => serde_json::Value::Object(Default::default()),
             Some(t) => toml_to_json(toml::Value::Table(t)),
         };
+        // The run context travels in one environment variable (at most 128 KiB on Linux).
+        let args_len = args.to_string().len();
+        if args_len > MAX_ARGS {
+            return Err(ConfigError::at(
+                self.file,
+                self.source,
+                job_span.start,
+                format!(
+                    "`args` of [{table}] is {} KiB as JSON; at most {} KiB (it travels in the run's environment): put large inputs in a file and pass its path",
+                    args_len.div_ceil(1024),
+                    MAX_ARGS / 1024
+                ),
+            ));
+        }
         let entry_at = raw
             .entry
             .as_ref()
