@@ -621,11 +621,22 @@ impl History {
 
     /// Completes the row of run `id`; returns whether there was one.
     pub fn finish_run(&self, key: Key<'_>, outcome: Outcome, end: &RunEnd) -> Result<bool> {
+        self.end_run(key, outcome, end, "")
+    }
+
+    /// Completes the row only if it is still `running` (a row settled at start-up must not undo
+    /// an end that a replayed write recorded first).
+    pub fn settle_run(&self, key: Key<'_>, outcome: Outcome, end: &RunEnd) -> Result<bool> {
+        self.end_run(key, outcome, end, " AND outcome = 'running'")
+    }
+
+    fn end_run(&self, key: Key<'_>, outcome: Outcome, end: &RunEnd, and: &str) -> Result<bool> {
         let finished = end.finished_at.unwrap_or_else(Utc::now);
-        self.update(
+        self.update_where(
             key,
             "outcome = ?2, finished_at = ?3, entered_at = ?4, exit_code = ?5, signal = ?6,
              error = ?7, result = ?8, peak_rss_bytes = ?9, cpu_ms = ?10",
+            and,
             params![
                 key,
                 outcome.as_str(),
@@ -637,28 +648,6 @@ impl History {
                 end.result,
                 end.peak_rss_bytes.and_then(|b| i64::try_from(b).ok()),
                 end.cpu_ms.and_then(|b| i64::try_from(b).ok()),
-            ],
-        )
-    }
-
-    /// Completes the row only if it is still `running` (a row settled at start-up must not undo
-    /// an end that a replayed write recorded first).
-    pub fn settle_run(&self, key: Key<'_>, outcome: Outcome, end: &RunEnd) -> Result<bool> {
-        let finished = end.finished_at.unwrap_or_else(Utc::now);
-        self.update_where(
-            key,
-            "outcome = ?2, finished_at = ?3, entered_at = ?4, exit_code = ?5, signal = ?6,
-             error = ?7, result = ?8",
-            " AND outcome = 'running'",
-            params![
-                key,
-                outcome.as_str(),
-                fmt_time(finished),
-                end.entered_at.map(fmt_time),
-                end.exit_code,
-                end.signal,
-                end.error,
-                end.result,
             ],
         )
     }

@@ -323,14 +323,12 @@ fn a_zombie_daemon_counts_as_dead_at_restart() {
     first.wait().unwrap();
 }
 
-/// Holds an exclusive flock on `path` in a separate process until the returned child is killed.
-fn hold_flock(path: &Path) -> std::process::Child {
+/// Runs a Python `script` (with `arg`) that takes a lock, prints `locked` and holds it until the
+/// returned child is killed.
+fn python_holding(script: &str, arg: &Path) -> std::process::Child {
     let mut child = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import fcntl,sys,time\nf=open(sys.argv[1],'a')\nfcntl.flock(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(300)",
-        ])
-        .arg(path)
+        .args(["-c", script])
+        .arg(arg)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("locker");
@@ -342,6 +340,14 @@ fn hold_flock(path: &Path) -> std::process::Child {
     .unwrap();
     assert_eq!(line.trim(), "locked");
     child
+}
+
+/// Holds an exclusive flock on `path` until the returned child is killed.
+fn hold_flock(path: &Path) -> std::process::Child {
+    python_holding(
+        "import fcntl,sys,time\nf=open(sys.argv[1],'a')\nfcntl.flock(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(300)",
+        path,
+    )
 }
 
 #[test]
@@ -1193,23 +1199,10 @@ fn jobs_inherit_no_descriptor_the_scheduler_was_started_with() {
 
 /// Holds `BEGIN EXCLUSIVE` on the history until the returned process is killed.
 fn lock_history(db: &Path) -> std::process::Child {
-    let mut locker = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(300)",
-        ])
-        .arg(db)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("locker");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(locker.stdout.take().unwrap()),
-        &mut line,
+    python_holding(
+        "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(300)",
+        db,
     )
-    .unwrap();
-    assert_eq!(line.trim(), "locked");
-    locker
 }
 
 #[test]
