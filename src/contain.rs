@@ -328,7 +328,9 @@ pub fn start_keeper() -> io::Result<()> {
                     .insert(u32::try_from(child.as_raw()).unwrap_or(0));
             }
             if let Ok(mut k) = KEEPER.lock() {
-                *k = Some((child.as_raw(), File::from(write)));
+                let file = File::from(write);
+                nonblocking(&file);
+                *k = Some((child.as_raw(), file));
             }
             Ok(())
         }
@@ -378,6 +380,7 @@ pub fn check_keeper() -> Option<String> {
                 use std::io::Write;
                 let _ = writeln!(file, "{line}");
             }
+            nonblocking(&file);
             *k = Some((new_pid, file));
             Some(format!(
                 "the keeper (PID {pid}) was gone: started a new one (PID {new_pid})"
@@ -412,9 +415,27 @@ pub fn keeper_note(line: &str) {
         }
     }
     if let Ok(mut k) = KEEPER.lock()
-        && let Some((_, f)) = k.as_mut()
+        && let Some((pid, f)) = k.as_mut()
     {
-        let _ = writeln!(f, "{line}");
+        // Never blocks (the pipe is non-blocking): a keeper that stopped reading (stopped, hung)
+        // is ended, and the next health check starts one that is told everything again.
+        if f.write_all(format!("{line}\n").as_bytes()).is_err() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Makes the write end of the keeper's pipe non-blocking.
+fn nonblocking(f: &File) {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    if let Ok(flags) = fcntl(f, FcntlArg::F_GETFL) {
+        let _ = fcntl(
+            f,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        );
     }
 }
 
