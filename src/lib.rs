@@ -281,6 +281,8 @@ fn stop(config: &Config) -> Result<i32> {
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
         .map_err(|e| Error::Other(format!("cannot signal PID {pid}: {e}")))?;
+    // A daemon someone stopped (SIGSTOP, Ctrl+Z) cannot act on SIGTERM until it continues.
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
     println!("🛑 stopping hedge-scheduler (PID {pid})…");
     let limit = config.scheduler.shutdown_grace
         + config.scheduler.kill_grace

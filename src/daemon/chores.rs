@@ -193,8 +193,20 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r);
-    if let Err(e) = written {
-        tracing::error!("cannot write {}: {e}", crate::health::STATE_FILE);
+    // Said once when it starts failing (a full disk would repeat it every health check), and
+    // once when it works again.
+    static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match written {
+        Err(e) => {
+            if !FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!("cannot write {}: {e}", crate::health::STATE_FILE);
+            }
+        }
+        Ok(()) => {
+            if FAILING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("{} written again", crate::health::STATE_FILE);
+            }
+        }
     }
     crate::health::notify_systemd("WATCHDOG=1");
     let _ = tx.send(Chore::HealthDone { lock_lost });

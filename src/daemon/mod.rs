@@ -581,8 +581,12 @@ impl Dispatcher {
             };
             next_jobs.push(state);
         }
-        // Jobs no longer configured fire no more; one still running is kept until it ends.
-        let removed: Vec<String> = jobs.iter().map(|s| s.job.id.clone()).collect();
+        // Jobs no longer configured (or now disabled) fire no more; one still running is kept
+        // until it ends.
+        let (disabled, removed): (Vec<String>, Vec<String>) = jobs
+            .iter()
+            .map(|s| s.job.id.clone())
+            .partition(|id| new.job(id).is_some_and(|j| !j.enabled));
         for mut state in jobs.drain(..) {
             if state.running.is_some() {
                 state.next = None;
@@ -599,11 +603,11 @@ impl Dispatcher {
         tracing::info!(
             "✅ config reloaded: {} job(s){}",
             self.config.jobs.len(),
-            if removed.is_empty() {
-                String::new()
-            } else {
-                format!("; removed: {}", removed.join(", "))
-            }
+            [("removed", &removed), ("disabled", &disabled)]
+                .iter()
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(what, ids)| format!("; {what}: {}", ids.join(", ")))
+                .collect::<String>()
         );
     }
 

@@ -1305,3 +1305,75 @@ fn a_log_dir_whose_parent_others_may_write_is_refused() {
     let out = p.run(&["run-once", "w"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn stop_ends_a_daemon_that_was_sigstopped() {
+    let p = Project::new();
+    p.config(
+        "",
+        &job(
+            "tick",
+            "entry = \"fixture_jobs:noop\"\nschedule = \"* * * * * *\"\nmarket_hours = false",
+        ),
+    );
+    let mut daemon = p.spawn_daemon();
+    assert!(wait_until(Duration::from_secs(20), || p
+        .run(&["status"])
+        .status
+        .success()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        Signal::SIGSTOP,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = p.run(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(daemon.wait().unwrap().success());
+    // Well inside stop's own deadline (shutdown_grace + kill_grace + 15 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_reload_names_a_disabled_job_as_disabled_not_removed() {
+    let p = Project::new();
+    let jobs = |b_enabled: bool| {
+        job(
+            "a",
+            "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false",
+        ) + &job(
+            "b",
+            &format!(
+                "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nenabled = {b_enabled}"
+            ),
+        )
+    };
+    p.config("", &jobs(true));
+    let mut daemon = p.spawn_daemon();
+    assert!(wait_until(Duration::from_secs(20), || p
+        .run(&["status"])
+        .status
+        .success()));
+    p.config("", &jobs(false));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        Signal::SIGHUP,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || p
+            .daemon_output()
+            .contains("config reloaded")),
+        "{}",
+        p.daemon_output()
+    );
+    let out = p.daemon_output();
+    assert!(out.contains("; disabled: b"), "{out}");
+    assert!(!out.contains("removed: b"), "{out}");
+    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()));
+}
