@@ -16,6 +16,17 @@ fn job(id: &str, body: &str) -> String {
     format!("\n[jobs.{id}]\n{body}\n")
 }
 
+/// `[jobs.<id>]` running `fixture_jobs:<function>` on `schedule`, outside market hours, with
+/// `extra` TOML lines.
+fn fixture(id: &str, function: &str, schedule: &str, extra: &str) -> String {
+    job(
+        id,
+        &format!(
+            "entry = \"fixture_jobs:{function}\"\nschedule = \"{schedule}\"\nmarket_hours = false\n{extra}"
+        ),
+    )
+}
+
 /// The lines of a witness file (`start <uid> <pid>` / `end <uid>`).
 fn witnessed(path: &Path) -> Vec<Vec<String>> {
     std::fs::read_to_string(path)
@@ -34,18 +45,19 @@ fn history_deleted_mid_run_keeps_each_run_on_its_own_row() {
     let p = Project::new();
     let long = p.path().join("long.witness");
     let quick = p.path().join("quick.witness");
-    let jobs = job(
+    let jobs = fixture(
         "long",
+        "witness",
+        "* * * * * *",
         &format!(
-            "entry = \"fixture_jobs:witness\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ file = {:?}, seconds = 300 }}",
+            "args = {{ file = {:?}, seconds = 300 }}",
             long.display().to_string()
         ),
-    ) + &job(
+    ) + &fixture(
         "quick",
-        &format!(
-            "entry = \"fixture_jobs:witness\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nargs = {{ file = {:?} }}",
-            quick.display().to_string()
-        ),
+        "witness",
+        "0 0 0 1 1 *",
+        &format!("args = {{ file = {:?} }}", quick.display().to_string()),
     );
     p.config("shutdown_grace = \"1s\"", &jobs);
     let mut daemon = p.spawn_daemon();
@@ -109,10 +121,12 @@ fn double_fork_project(containment: &str, keep_stdout: bool) -> (Project, std::p
     let pid_file = p.path().join("descendant.pid");
     p.config(
         &format!("containment = \"{containment}\""),
-        &job(
+        &fixture(
             "df",
+            "double_fork",
+            "0 0 0 1 1 *",
             &format!(
-                "entry = \"fixture_jobs:double_fork\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nargs = {{ pid_file = {:?}, keep_stdout = {keep_stdout} }}",
+                "args = {{ pid_file = {:?}, keep_stdout = {keep_stdout} }}",
                 pid_file.display().to_string()
             ),
         ),
@@ -154,12 +168,11 @@ fn assert_a_hopping_descendant_is_ended(containment: &str) {
     let pids = p.path().join("hopper.pids");
     p.config(
         &format!("containment = \"{containment}\""),
-        &job(
+        &fixture(
             "hop",
-            &format!(
-                "entry = \"fixture_jobs:hopper\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nargs = {{ pid_file = {:?} }}",
-                pids.display().to_string()
-            ),
+            "hopper",
+            "0 0 0 1 1 *",
+            &format!("args = {{ pid_file = {:?} }}", pids.display().to_string()),
         ),
     );
     let out = p.run(&["run-once", "hop"]);
@@ -224,10 +237,12 @@ fn assert_runs_die_with_a_killed_daemon(containment: &str) {
     let p = Project::new();
     let py_pids = p.path().join("py.pid");
     let sh_pid = p.path().join("sh.pid");
-    let jobs = job(
+    let jobs = fixture(
         "py",
+        "sleepy",
+        "* * * * * *",
         &format!(
-            "entry = \"fixture_jobs:sleepy\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ pid_file = {:?} }}",
+            "args = {{ pid_file = {:?} }}",
             py_pids.display().to_string()
         ),
     ) + &job(
@@ -279,10 +294,12 @@ fn a_zombie_daemon_counts_as_dead_at_restart() {
     let pid_file = p.path().join("job.pid");
     p.config(
         "shutdown_grace = \"1s\"",
-        &job(
+        &fixture(
             "long",
+            "sleepy_pid",
+            "* * * * * *",
             &format!(
-                "entry = \"fixture_jobs:sleepy_pid\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ pid_file = {:?} }}",
+                "args = {{ pid_file = {:?} }}",
                 pid_file.display().to_string()
             ),
         ),
@@ -446,12 +463,11 @@ fn files_the_scheduler_creates_are_private_and_jobs_keep_the_users_umask() {
     let witness = p.path().join("made-by-the-job.txt");
     p.config(
         "health_interval = \"1s\"",
-        &job(
+        &fixture(
             "w",
-            &format!(
-                "entry = \"fixture_jobs:witness\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ file = {:?} }}",
-                witness.display().to_string()
-            ),
+            "witness",
+            "* * * * * *",
+            &format!("args = {{ file = {:?} }}", witness.display().to_string()),
         ),
     );
     let mut daemon = p.spawn_daemon();
@@ -526,13 +542,7 @@ fn files_the_scheduler_creates_are_private_and_jobs_keep_the_users_umask() {
 #[test]
 fn symlinks_planted_in_log_dir_are_never_followed() {
     let p = Project::new();
-    p.config(
-        "",
-        &job(
-            "w",
-            "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false",
-        ),
-    );
+    p.config("", &fixture("w", "noop", "0 0 0 1 1 *", ""));
     // No shared temporary folder is used: nothing appears in TMPDIR.
     let tmp = tempfile::tempdir().unwrap();
     let out = p
@@ -609,10 +619,7 @@ fn symlinks_planted_in_log_dir_are_never_followed() {
     let _state = plant("hedge-scheduler.state.json");
     p.config(
         "health_interval = \"1s\"",
-        &job(
-            "w",
-            "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false",
-        ),
+        &fixture("w", "noop", "0 0 0 1 1 *", ""),
     );
     let mut daemon = p.spawn_daemon();
     assert!(
@@ -661,10 +668,7 @@ fn legacy_processes_of_other_users_are_reported_never_refused_nor_stopped() {
             &format!(
                 "legacy = \"{policy}\"\nlegacy_scripts = [\"start_other_users_collector.py\"]\nhealth_interval = \"1s\""
             ),
-            &job(
-                "tick",
-                "entry = \"fixture_jobs:noop\"\nschedule = \"* * * * * *\"\nmarket_hours = false",
-            ),
+            &fixture("tick", "noop", "* * * * * *", ""),
         );
         let mut daemon = p.spawn_daemon();
         // It starts, and says what it saw.
@@ -699,13 +703,7 @@ fn legacy_processes_of_other_users_are_reported_never_refused_nor_stopped() {
 #[test]
 fn check_config_refuses_a_missing_function_and_warns_of_a_cron_that_never_fires() {
     let p = Project::new();
-    p.config(
-        "",
-        &job(
-            "typo",
-            "entry = \"fixture_jobs:no_such_function\"\nschedule = \"* * * * * *\"\nmarket_hours = false",
-        ),
-    );
+    p.config("", &fixture("typo", "no_such_function", "* * * * * *", ""));
     let out = p.run(&["check-config"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -716,13 +714,7 @@ fn check_config_refuses_a_missing_function_and_warns_of_a_cron_that_never_fires(
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    p.config(
-        "",
-        &job(
-            "feb30",
-            "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 30 2 *\"\nmarket_hours = false",
-        ),
-    );
+    p.config("", &fixture("feb30", "noop", "0 0 0 30 2 *", ""));
     let out = p.run(&["check-config"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -738,10 +730,12 @@ fn a_run_that_finished_while_the_daemon_was_dead_is_recorded_as_it_went() {
     let witness = p.path().join("w.witness");
     p.config(
         "",
-        &job(
+        &fixture(
             "w",
+            "witness",
+            "* * * * * *",
             &format!(
-                "entry = \"fixture_jobs:witness\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ file = {:?}, seconds = 1.5 }}",
+                "args = {{ file = {:?}, seconds = 1.5 }}",
                 witness.display().to_string()
             ),
         ),
@@ -764,12 +758,11 @@ fn a_run_that_finished_while_the_daemon_was_dead_is_recorded_as_it_went() {
     assert_eq!(witnessed(&witness).len(), 2, "the run finished");
     p.config(
         "",
-        &job(
+        &fixture(
             "w",
-            &format!(
-                "entry = \"fixture_jobs:witness\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nargs = {{ file = {:?} }}",
-                witness.display().to_string()
-            ),
+            "witness",
+            "0 0 0 1 1 *",
+            &format!("args = {{ file = {:?} }}", witness.display().to_string()),
         ),
     );
     let mut second = p.spawn_daemon();
@@ -852,12 +845,11 @@ fn disk_full_then_sigterm_keeps_every_row_and_exits_non_zero() {
         return;
     };
     let witness = p.path().join("w.witness");
-    let jobs = job(
+    let jobs = fixture(
         "w",
-        &format!(
-            "entry = \"fixture_jobs:witness\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ file = {:?} }}",
-            witness.display().to_string()
-        ),
+        "witness",
+        "* * * * * *",
+        &format!("args = {{ file = {:?} }}", witness.display().to_string()),
     );
     let config = std::fs::read_to_string({
         p.config("", &jobs);
@@ -938,11 +930,11 @@ fn pyo3_and_subprocess_report_alike_bytes_raises_big_results_and_self_signals() 
             "self_segv",
             "signal_from_thread",
         ] {
-            jobs += &job(
+            jobs += &fixture(
                 &format!("{f}_{executor}"),
-                &format!(
-                    "entry = \"fixture_jobs:{f}\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nexecutor = \"{executor}\""
-                ),
+                f,
+                "0 0 0 1 1 *",
+                &format!("executor = \"{executor}\""),
             );
         }
     }
@@ -1030,13 +1022,7 @@ fn pyo3_and_subprocess_report_alike_bytes_raises_big_results_and_self_signals() 
 #[test]
 fn a_second_daemon_is_refused_after_the_pid_file_is_deleted() {
     let p = Project::new();
-    p.config(
-        "",
-        &job(
-            "tick",
-            "entry = \"fixture_jobs:noop\"\nschedule = \"* * * * * *\"\nmarket_hours = false",
-        ),
-    );
+    p.config("", &fixture("tick", "noop", "* * * * * *", ""));
     let mut first = p.spawn_daemon();
     assert!(wait_until(Duration::from_secs(20), || p
         .run(&["status"])
@@ -1067,10 +1053,7 @@ fn a_link_swapped_in_for_a_pyo3_jobs_log_is_not_written_through() {
     let p = Project::new();
     p.config(
         "",
-        &job(
-            "talk",
-            "entry = \"fixture_jobs:noop\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nexecutor = \"pyo3\"",
-        ),
+        &fixture("talk", "noop", "* * * * * *", "executor = \"pyo3\""),
     );
     let log = p.log_dir().join("jobs/talk.log");
     let mut daemon = p.spawn_daemon();
@@ -1118,12 +1101,11 @@ fn a_killed_keeper_is_replaced_and_runs_still_die_with_the_daemon() {
     let pids = p.path().join("py.pid");
     p.config(
         "health_interval = \"1s\"",
-        &job(
+        &fixture(
             "py",
-            &format!(
-                "entry = \"fixture_jobs:sleepy\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ pid_file = {:?} }}",
-                pids.display().to_string()
-            ),
+            "sleepy",
+            "* * * * * *",
+            &format!("args = {{ pid_file = {:?} }}", pids.display().to_string()),
         ),
     );
     let mut daemon = p.spawn_daemon();
@@ -1211,12 +1193,11 @@ fn a_crash_while_the_history_refuses_writes_loses_no_run_and_runs_no_slot_twice(
     let journal = p.path().join("j.journal");
     p.config(
         "health_interval = \"1s\"",
-        &job(
+        &fixture(
             "j",
-            &format!(
-                "entry = \"fixture_jobs:journal\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nargs = {{ file = {:?} }}",
-                journal.display().to_string()
-            ),
+            "journal",
+            "* * * * * *",
+            &format!("args = {{ file = {:?} }}", journal.display().to_string()),
         ),
     );
     let slots = || -> Vec<String> {
@@ -1282,13 +1263,7 @@ fn a_log_dir_whose_parent_others_may_write_is_refused() {
     let open = p.path().join("open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-    p.config(
-        "",
-        &job(
-            "w",
-            "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false",
-        ),
-    );
+    p.config("", &fixture("w", "noop", "0 0 0 1 1 *", ""));
     let text_ = std::fs::read_to_string(p.config_path())
         .unwrap()
         .replace("log_dir = \"logs\"", "log_dir = \"open/logs\"");
@@ -1309,13 +1284,7 @@ fn a_log_dir_whose_parent_others_may_write_is_refused() {
 #[test]
 fn stop_ends_a_daemon_that_was_sigstopped() {
     let p = Project::new();
-    p.config(
-        "",
-        &job(
-            "tick",
-            "entry = \"fixture_jobs:noop\"\nschedule = \"* * * * * *\"\nmarket_hours = false",
-        ),
-    );
+    p.config("", &fixture("tick", "noop", "* * * * * *", ""));
     let mut daemon = p.spawn_daemon();
     assert!(wait_until(Duration::from_secs(20), || p
         .run(&["status"])
@@ -1342,15 +1311,13 @@ fn stop_ends_a_daemon_that_was_sigstopped() {
 fn a_reload_names_a_disabled_job_as_disabled_not_removed() {
     let p = Project::new();
     let jobs = |b_enabled: bool| {
-        job(
-            "a",
-            "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false",
-        ) + &job(
-            "b",
-            &format!(
-                "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nenabled = {b_enabled}"
-            ),
-        )
+        fixture("a", "noop", "0 0 0 1 1 *", "")
+            + &fixture(
+                "b",
+                "noop",
+                "0 0 0 1 1 *",
+                &format!("enabled = {b_enabled}"),
+            )
     };
     p.config("", &jobs(true));
     let mut daemon = p.spawn_daemon();
