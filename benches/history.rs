@@ -16,6 +16,7 @@ fn new_run<'a>(job: &'a str, uid: &'a str, at: chrono::DateTime<Utc>) -> NewRun<
         started_at: at,
         attempt: 1,
         executor: "pyo3",
+        tag: None,
     }
 }
 

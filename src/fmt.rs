@@ -25,3 +25,8 @@ pub fn bytes(n: u64) -> String {
         format!("{:.1} MiB", n / (1024.0 * 1024.0))
     }
 }
+
+/// An instant as `09:30:00 UTC` (the cluster's messages: nodes may sit in different zones).
+pub fn instant(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%H:%M:%S%.3f UTC").to_string()
+}

@@ -6,6 +6,7 @@
 
 pub mod calendar;
 pub mod cli;
+pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod contain;
 pub(crate) mod daemon;
@@ -386,6 +387,7 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
             scheduled_at: Utc::now(),
             attempt: 1,
             not_before: None,
+            tag: None,
         };
         let on_busy = if wait {
             runner::OnBusy::Wait

@@ -40,6 +40,9 @@ class RunContext:
         exchange: str | None = None,
         timezone: str | None = None,
         run_uid: str | None = None,
+        node: str | None = None,
+        fence: int | None = None,
+        degraded: bool = False,
     ) -> None:
         self.job = job
         self.name = name or job
@@ -52,6 +55,12 @@ class RunContext:
         self.trigger = trigger
         self.exchange = exchange
         self.timezone = timezone
+        # Cluster mode: the node running the slot and the slot's fencing token (it grows with
+        # every claim of the slot, so a store that keeps the highest fence per slot ignores a
+        # stale writer); `degraded` when run without the cluster's database.
+        self.node = node
+        self.fence = fence
+        self.degraded = degraded
         self._log = None
 
     @property
@@ -96,6 +105,9 @@ def context_from_json(text: str) -> RunContext:
         exchange=raw.get("exchange"),
         timezone=raw.get("timezone"),
         run_uid=raw.get("run_uid"),
+        node=raw.get("node"),
+        fence=raw.get("fence"),
+        degraded=bool(raw.get("degraded", False)),
     )
 
 

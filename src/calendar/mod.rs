@@ -223,6 +223,28 @@ impl Calendar {
         self.exchange
     }
 
+    /// The calendar's data in a canonical text (sorted), to compare two nodes' calendars.
+    pub fn fingerprint(&self) -> String {
+        let mut lines = Vec::new();
+        for (origin, o) in [("file", &self.listed), ("config", &self.overrides)] {
+            for (d, note) in &o.closures {
+                lines.push(format!(
+                    "{origin} closed {d} {}",
+                    note.as_deref().unwrap_or("")
+                ));
+            }
+            for (d, s) in &o.sessions {
+                lines.push(format!("{origin} session {d} {}-{}", s.open, s.close));
+            }
+        }
+        lines.sort();
+        lines.push(format!(
+            "strict={} until={:?}",
+            self.strict, self.known_until
+        ));
+        lines.join("\n")
+    }
+
     pub fn tz(&self) -> Tz {
         self.exchange.tz()
     }

@@ -4,10 +4,12 @@
 //! Every error names the file, the line and column, and the key. Relative paths resolve against
 //! the folder that holds the config file, never against the current directory.
 
+mod cluster;
 mod raw;
 mod units;
 mod validate;
 
+pub use cluster::{Cluster, DatabaseLoss, Takeover};
 use raw::*;
 use units::*;
 pub use units::{parse_duration, parse_size};
@@ -39,6 +41,8 @@ pub struct Config {
     pub calendar: Arc<Calendar>,
     /// Enabled jobs, sorted by id.
     pub jobs: Vec<Job>,
+    /// `[cluster]`: the daemons sharing a PostgreSQL database; `None` runs alone.
+    pub cluster: Option<Cluster>,
 }
 
 #[derive(Debug, Clone)]
@@ -246,6 +250,10 @@ pub struct Job {
     pub max_memory: Option<u64>,
     /// The job's `args` table, handed to Python as `ctx.args`.
     pub args: serde_json::Value,
+    /// Cluster mode: what happens to a slot whose node died mid-run.
+    pub takeover: Takeover,
+    /// Cluster mode: overrides `[cluster] on_database_loss` for this job.
+    pub on_database_loss: Option<DatabaseLoss>,
 }
 
 impl Config {
@@ -256,6 +264,13 @@ impl Config {
     /// The folder holding the config file.
     pub fn dir(&self) -> &Path {
         self.file.parent().unwrap_or(Path::new("/"))
+    }
+
+    /// What `job` does while the cluster's database is unreachable.
+    pub fn database_loss(&self, job: &Job) -> DatabaseLoss {
+        job.on_database_loss
+            .or(self.cluster.as_ref().map(|c| c.on_database_loss))
+            .unwrap_or(DatabaseLoss::Run)
     }
 
     pub fn job(&self, id: &str) -> Option<&Job> {

@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub(super) calendar: RawCalendar,
     #[serde(default)]
     pub(super) jobs: BTreeMap<String, Spanned<RawJob>>,
+    pub(super) cluster: Option<Spanned<super::cluster::RawCluster>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +78,8 @@ pub(super) struct RawJob {
     pub(super) max_memory: Option<Spanned<String>>,
     pub(super) args: Option<toml::Table>,
     pub(super) enabled: Option<bool>,
+    pub(super) takeover: Option<Spanned<String>>,
+    pub(super) on_database_loss: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -264,3 +264,59 @@ fn a_history_folder_and_a_root_log_dir_are_refused_by_load() {
     assert!(e.contains("is a filesystem root"), "{e}");
     write("log_dir = \"logs\"\nhistory = \"logs/h.sqlite3\"").unwrap();
 }
+
+#[test]
+fn a_cluster_table_is_validated_at_its_keys() {
+    let base = format!(
+        "{GOOD}\n[cluster]\ndatabase = \"host=/run/postgresql dbname=hedge\"\nnode = \"alpha\"\n"
+    );
+    let c = parse(&base).unwrap();
+    let cl = c.cluster.as_ref().unwrap();
+    assert_eq!(cl.node, "alpha");
+    assert_eq!(cl.database_shown, "/run/postgresql:5432/hedge");
+    assert_eq!(cl.lease, Duration::from_secs(10));
+    assert_eq!(c.jobs[0].takeover, Takeover::Rerun);
+    let cases = [
+        ("heartbeat = \"5s\"", "must be at least 3 × `heartbeat`"),
+        ("max_clock_skew = \"6s\"", "less than half of `lease`"),
+        ("priority = 30", "shorter than `lease`"),
+        ("priority = -1", "must be 0 to 100"),
+        (
+            "on_database_loss = \"maybe\"",
+            "expected one of: run, primary, skip",
+        ),
+        ("schema = \"Bad\"", "invalid `schema`"),
+    ];
+    for (line, want) in cases {
+        let e = parse(&format!("{base}{line}\n")).unwrap_err();
+        assert!(e.contains(want), "{line}: {e}");
+        assert!(e.starts_with("/p/config/c.toml:"), "{line}: {e}");
+    }
+    let e =
+        parse(&base.replace("database = \"host=/run/postgresql dbname=hedge\"\n", "")).unwrap_err();
+    assert!(e.contains("missing key `database` in [cluster]"), "{e}");
+    let e = parse(&base.replace("dbname=hedge", "dbname=hedge sslmode=bogus")).unwrap_err();
+    assert!(e.contains("invalid `database`"), "{e}");
+    // A password never shows.
+    let c = parse(&base.replace(
+        "host=/run/postgresql dbname=hedge",
+        "postgresql://u:s3cret@db:5433/h",
+    ))
+    .unwrap();
+    assert_eq!(c.cluster.unwrap().database_shown, "db:5433/h");
+}
+
+#[test]
+fn cluster_keys_of_a_job_need_a_cluster_table() {
+    let src = GOOD.replace(
+        "timeout = \"150s\"",
+        "timeout = \"150s\"\ntakeover = \"abandon\"",
+    );
+    let e = parse(&src).unwrap_err();
+    assert!(
+        e.contains("`takeover` in [jobs.options_chain] needs a [cluster] table"),
+        "{e}"
+    );
+    let src = format!("{src}\n[cluster]\ndatabase = \"host=/tmp dbname=x\"\n");
+    assert_eq!(parse(&src).unwrap().jobs[0].takeover, Takeover::Abandon);
+}

@@ -255,8 +255,29 @@ impl Config {
             calendar.with_overrides(overrides, raw.scheduler.strict_calendar.unwrap_or(false)),
         );
 
+        let cluster = match &raw.cluster {
+            Some(c) => Some(v.cluster(c)?),
+            None => None,
+        };
         let mut jobs = Vec::new();
         for (id, raw_job) in raw.jobs {
+            if cluster.is_none()
+                && let Some(k) = raw_job
+                    .get_ref()
+                    .takeover
+                    .as_ref()
+                    .or(raw_job.get_ref().on_database_loss.as_ref())
+            {
+                let key = if raw_job.get_ref().takeover.is_some() {
+                    "takeover"
+                } else {
+                    "on_database_loss"
+                };
+                return Err(v.at(
+                    k,
+                    format!("`{key}` in [jobs.{id}] needs a [cluster] table (it says what a cluster of daemons does)"),
+                ));
+            }
             if let Some(job) = v.job(&id, raw_job)? {
                 jobs.push(job);
             }
@@ -276,6 +297,7 @@ impl Config {
             },
             calendar,
             jobs,
+            cluster,
         })
     }
 }
@@ -618,6 +640,21 @@ impl Validator<'_> {
             misfire_grace,
             max_memory,
             args,
+            takeover: self.policy(
+                raw.takeover.as_ref(),
+                "takeover",
+                Some(&table),
+                Takeover::Rerun,
+            )?,
+            on_database_loss: match &raw.on_database_loss {
+                None => None,
+                Some(p) => Some(self.policy(
+                    Some(p),
+                    "on_database_loss",
+                    Some(&table),
+                    DatabaseLoss::Run,
+                )?),
+            },
         }))
     }
 

@@ -13,7 +13,7 @@ use chrono_tz::Tz;
 
 use crate::calendar::Calendar;
 use crate::config::{CatchUp, Job, Overlap};
-use crate::history::{Outcome, TriggerKind};
+use crate::history::{Outcome, RunTag, TriggerKind};
 
 /// The loop wakes this much before a slot, so the run is prepared (lock, log) when its instant
 /// comes; the run itself starts at the slot exactly.
@@ -30,6 +30,8 @@ pub(crate) struct Pending {
     pub scheduled_at: DateTime<Utc>,
     pub attempt: u32,
     pub at: Option<DateTime<Utc>>,
+    /// Cluster mode: the slot is already ours (a retry, a takeover) under this fence.
+    pub tag: Option<RunTag>,
 }
 
 /// A run in progress, as the loop knows it.
@@ -41,6 +43,8 @@ pub(crate) struct Running {
     pub started_at: DateTime<Utc>,
     /// The run has ended (timeout) but its embedded thread has not returned.
     pub stuck: bool,
+    /// Cluster mode: the claim it runs under, once won.
+    pub tag: Option<RunTag>,
 }
 
 /// What the loop knows about one job.
@@ -108,12 +112,16 @@ impl JobState {
         }
     }
 
-    /// When this job next needs the loop: its next slot or its retry.
-    pub(crate) fn due_at(&self) -> Option<DateTime<Utc>> {
-        [self.next, self.retry.as_ref().and_then(|r| r.at)]
-            .into_iter()
-            .flatten()
-            .min()
+    /// When this job next needs the loop: `lead` before its next slot, or `LEAD` before its
+    /// retry.
+    pub(crate) fn wake_at(&self, lead: Duration) -> Option<DateTime<Utc>> {
+        [
+            self.next.map(|t| t - lead),
+            self.retry.as_ref().and_then(|r| r.at).map(|t| t - LEAD),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// A reloaded job: the new definition takes over after the last slot dealt with, so a slot
@@ -131,6 +139,7 @@ impl JobState {
             pid: None,
             started_at: now,
             stuck: false,
+            tag: p.tag.clone(),
         });
         Action::Start(p)
     }
@@ -156,6 +165,9 @@ pub(crate) struct Wake<'a> {
     pub started_at: DateTime<Utc>,
     /// Why slots are late at this wake-up, when the loop knows (a clock step).
     pub late_because: Option<&'a str>,
+    /// How long before a slot the loop deals with it: `LEAD` alone, or a cluster node's claim
+    /// lead (negative for a standby, which tries after the slot).
+    pub lead: Duration,
 }
 
 impl Wake<'_> {
@@ -183,9 +195,14 @@ struct Missed {
 /// slots, on time or missed (catch-up).
 pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
     let now = wake.now;
-    let soon = now + LEAD;
+    let soon = now + wake.lead;
+    // A standby looks at a slot after its instant on purpose: that is not late.
+    let late = LATE + (-wake.lead).max(Duration::zero());
     let mut actions = Vec::new();
-    if let Some(retry) = state.retry.take_if(|r| r.at.is_some_and(|at| at <= soon)) {
+    if let Some(retry) = state
+        .retry
+        .take_if(|r| r.at.is_some_and(|at| at <= now + LEAD))
+    {
         actions.push(state.start(retry, now));
     }
     state.checked = state.checked.max(soon);
@@ -201,7 +218,7 @@ pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
         let next = job.trigger.next_fire_after(wake.calendar, t);
         // Only the newest due slot can be on time: older ones found at the same wake are late.
         let newest = next.is_none_or(|n| n > soon);
-        if !newest || now - t > LATE || t < wake.started_at {
+        if !newest || now - t > late || t < wake.started_at {
             missed.count += 1;
             missed.first.get_or_insert(t);
             missed.prev = missed.last.replace(t);
@@ -321,6 +338,7 @@ pub(crate) fn request(
         scheduled_at: slot,
         attempt: 1,
         at: None,
+        tag: None,
     };
     if state.running.is_none() && state.pending.is_empty() && state.retry.is_none() {
         return vec![state.start(pending, now)];
@@ -396,6 +414,8 @@ pub(crate) struct Ended {
     pub error: Option<String>,
     /// An embedded run whose thread has not returned: the job stays held.
     pub stuck: bool,
+    /// Cluster mode: the claim it ran under (a retry keeps it).
+    pub tag: Option<RunTag>,
 }
 
 /// A run of the job ended: plan its retry (with `jitter`, a factor near 1), then start what
@@ -439,6 +459,40 @@ pub(crate) fn finished(
     }
     actions.extend(start_pending(state, now));
     actions
+}
+
+/// Cluster mode: a dead node's slot is ours to run again. It starts now if the job is free
+/// here; otherwise it is given up (`Skip`): the job is busy on this node.
+pub(crate) fn takeover(
+    state: &mut JobState,
+    p: Pending,
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> Vec<Action> {
+    if state.retired {
+        return vec![Action::Skip {
+            trigger: p.trigger,
+            slot: p.scheduled_at,
+            reason: "taken over from a dead node, but the job is no longer configured here"
+                .to_string(),
+        }];
+    }
+    if state.running.is_none() && state.retry.is_none() {
+        return vec![state.start(p, now)];
+    }
+    vec![Action::Skip {
+        trigger: p.trigger,
+        slot: p.scheduled_at,
+        reason: match &state.running {
+            Some(r) => format!(
+                "taken over from a dead node, but the job already runs here (since {})",
+                hms_zone(r.started_at, tz)
+            ),
+            None => {
+                "taken over from a dead node, but a retry of the job is pending here".to_string()
+            }
+        },
+    }]
 }
 
 /// A stuck run's thread returned: the job is free again.
@@ -495,6 +549,7 @@ pub(crate) fn plan_retry(
             scheduled_at: ended.scheduled_at,
             attempt,
             at: Some(at),
+            tag: ended.tag.clone(),
         })),
     }
 }

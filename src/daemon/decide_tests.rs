@@ -181,6 +181,7 @@ fn overlap_under_each_policy() {
             pid: Some(4242),
             started_at: slot - Duration::minutes(1),
             stuck,
+            tag: None,
         });
         s.pending = pending
             .iter()
@@ -189,6 +190,7 @@ fn overlap_under_each_policy() {
                 scheduled_at: slot - Duration::minutes(2),
                 attempt: 1,
                 at: None,
+                tag: None,
             })
             .collect();
         if *retry {
@@ -197,6 +199,7 @@ fn overlap_under_each_policy() {
                 scheduled_at: slot - Duration::minutes(1),
                 attempt: 2,
                 at: Some(slot + Duration::seconds(5)),
+                tag: None,
             });
         }
         let actions = request(&mut s, *incoming, slot, slot, c.calendar().tz());
@@ -246,6 +249,7 @@ fn check_catch_up(schedule: &str, market_hours: bool, rows: &[CatchRow]) {
             now: t(now),
             started_at: t(started),
             late_because: None,
+            lead: LEAD,
         };
         let actions = tick(&mut s, &wake);
         assert_eq!(kinds(&actions), *want, "row {i}: {:?}", kinds(&actions));
@@ -546,6 +550,7 @@ fn a_daily_slot_in_the_autumn_fold_fires_once() {
             now: t(now),
             started_at: t("2026-11-01T05:00:00Z"),
             late_because: None,
+            lead: LEAD,
         };
         let actions = tick(&mut s, &wake);
         starts += actions
@@ -571,6 +576,7 @@ fn a_clock_stepped_back_fires_no_slot_twice_and_a_step_forward_is_one_gap() {
             now: t(now),
             started_at: started,
             late_because: why,
+            lead: LEAD,
         };
         let actions = tick(s, &wake);
         s.running = None;
@@ -740,6 +746,7 @@ fn retry_is_bounded_by_the_next_slot_and_the_window() {
             outcome: *outcome,
             error: Some("boom".into()),
             stuck: false,
+            tag: None,
         };
         let got = plan_retry(&c.jobs[0], &c.calendar(), &ended, t(now), 1.0);
         match (want, got) {
@@ -776,6 +783,7 @@ fn a_finished_run_plans_its_retry_then_frees_the_job() {
         outcome: Outcome::Failed,
         error: None,
         stuck: false,
+        tag: None,
     };
     let now = slot + Duration::seconds(2);
     // The retry comes first: the queued slot waits for it.
@@ -786,6 +794,7 @@ fn a_finished_run_plans_its_retry_then_frees_the_job() {
         now: now + Duration::seconds(10),
         started_at: slot,
         late_because: None,
+        lead: LEAD,
     };
     let actions = tick(&mut s, &wake);
     assert!(matches!(&actions[..], [Action::Start(p)] if p.trigger == R && p.attempt == 2));
@@ -818,6 +827,7 @@ fn a_reload_takes_over_after_the_last_slot_dealt_with() {
         now: t("2026-11-27T09:59:59.997Z"),
         started_at: t("2026-11-27T09:00:00Z"),
         late_because: None,
+        lead: LEAD,
     };
     assert_eq!(kinds(&tick(&mut s, &wake)), ["start"]);
     // The new config (every 30 s) is applied at 10:00:45: its 10:00:30 slot is still due.
@@ -839,6 +849,7 @@ fn the_health_check_ends_runs_far_past_their_timeout() {
         pid: None,
         started_at: start,
         stuck: false,
+        tag: None,
     });
     let grace = StdDuration::from_secs(2);
     // 10 s + 2 × 2 s + 5 s = 19 s.

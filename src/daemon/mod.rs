@@ -9,6 +9,7 @@
 //! step fires nothing twice (a job's next slot only moves forward).
 
 mod chores;
+mod cluster_glue;
 mod decide;
 mod recovery;
 mod report;
@@ -67,6 +68,10 @@ struct Dispatcher {
     report_running: bool,
     /// A reload is being read; `true` inside when another SIGHUP came meanwhile.
     reloading: Option<bool>,
+    /// Cluster mode: this daemon's node.
+    node: Option<crate::cluster::Node>,
+    /// How long before a slot the loop deals with it (a cluster node claims it then).
+    lead: chrono::Duration,
 }
 
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
@@ -78,6 +83,14 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
         config.calendar().tz(),
     )?;
     let recorder = Recorder::open(&config.scheduler.history, RESERVE_IDS)?;
+    // Cluster mode: join first, so what is recorded from here on carries the node.
+    let (node, mut cluster_events, cluster_last) = if config.cluster.is_some() {
+        let (node, events) = crate::cluster::Node::start(&config, recorder.clone()).await?;
+        let last = node.last_slots().await;
+        (Some(node), Some(events), last)
+    } else {
+        (None, None, HashMap::new())
+    };
     let reader = History::open_read_only(&config.scheduler.history)?;
     let abandoned = match &reader {
         Some(h) => {
@@ -107,9 +120,13 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
         .jobs
         .iter()
         .filter(|j| j.enabled)
-        .map(|j| match &reader {
-            Some(h) => h.last_slot(&j.id),
-            None => Ok(None),
+        .map(|j| {
+            let local = match &reader {
+                Some(h) => h.last_slot(&j.id)?,
+                None => None,
+            };
+            // In a cluster, the newest slot any node dealt with.
+            Ok(local.max(cluster_last.get(&j.id).copied()))
         })
         .collect::<Result<_>>()?;
     drop(reader);
@@ -175,6 +192,10 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
         health_running: false,
         report_running: false,
         reloading: None,
+        lead: node
+            .as_ref()
+            .map_or(decide::LEAD, |n| n.config.claim_lead()),
+        node,
     };
     d.health(&mut jobs);
     tracing::info!("✅ All services initialized ({} jobs)", jobs.len());
@@ -195,9 +216,9 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let mut last_wake = (Instant::now(), Utc::now());
     let signal_name = loop {
         let now = Utc::now();
-        let due = jobs.iter().filter_map(JobState::due_at).min();
+        let due = jobs.iter().filter_map(|j| j.wake_at(d.lead)).min();
         let sleep_for = due
-            .map(|at| (at - decide::LEAD - now).to_std().unwrap_or(Duration::ZERO))
+            .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP);
         let wake_at = Instant::now() + sleep_for;
@@ -206,7 +227,7 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = tokio::time::sleep_until(wake_at) => {
-                if due.is_some_and(|at| at - decide::LEAD <= now + chrono::Duration::from_std(sleep_for).unwrap_or_default()) {
+                if due.is_some_and(|at| at <= now + chrono::Duration::from_std(sleep_for).unwrap_or_default()) {
                     d.lag.record(Instant::now().saturating_duration_since(wake_at));
                 }
                 let (mono, wall) = (Instant::now(), Utc::now());
@@ -215,6 +236,7 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
                 d.tick(&mut jobs, wall, step.as_deref());
             }
             Some(event) = events.recv() => d.on_event(&mut jobs, event),
+            Some(event) = cluster_event(&mut cluster_events) => d.on_cluster(&mut jobs, event),
             Some(chore) = chores.recv() => {
                 if let Some(why) = d.on_chore(&mut jobs, chore) {
                     break why;
@@ -238,6 +260,13 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     .await;
     while d.tasks.join_next().await.is_some() {}
     recorder.daemon_stopped(Utc::now());
+    if let Some(node) = &d.node {
+        // The journal's last rows go up, then the node says it stopped: peers take the next
+        // slots without waiting for its lease.
+        let r = recorder.clone();
+        let _ = tokio::task::spawn_blocking(move || r.flush(Duration::from_secs(2))).await;
+        node.leave().await;
+    }
     let spill = recorder.spill_path().map(Path::to_path_buf);
     let left = tokio::task::spawn_blocking(move || recorder.close(Duration::from_secs(10)))
         .await
@@ -292,6 +321,7 @@ impl Dispatcher {
             now,
             started_at: self.started_at,
             late_because,
+            lead: self.lead,
         }
     }
 
@@ -368,6 +398,26 @@ impl Dispatcher {
             attempt: p.attempt,
             // A slot (or a retry) starts at its instant exactly, however early the loop woke.
             not_before: Some(p.at.unwrap_or(p.scheduled_at)),
+            tag: p.tag.clone(),
+        };
+        // Cluster mode: a new slot is claimed first (a retry or a takeover already owns it).
+        let claim = match (&self.node, &p.tag) {
+            (Some(node), None) => Some((
+                node.clone(),
+                crate::cluster::ClaimRequest {
+                    job: state.job.id.clone(),
+                    slot: p.scheduled_at,
+                    manual: false,
+                    valid_until: crate::cluster::valid_until(
+                        &state.job,
+                        &self.calendar,
+                        p.scheduled_at,
+                    ),
+                    overlap: state.job.overlap,
+                    wait: false,
+                },
+            )),
+            _ => None,
         };
         let env = Arc::clone(&self.env);
         let events = self.events.clone();
@@ -379,7 +429,17 @@ impl Dispatcher {
         );
         let run = tokio::spawn({
             let events = events.clone();
-            async move { runner::run(&env, req, cancel_rx, Some(events), OnBusy::Skip).await }
+            async move {
+                let mut req = req;
+                if let Some((node, claim)) = claim {
+                    match cluster_glue::claim(&env, &node, claim, &req).await {
+                        Ok(tag) => req.tag = Some(tag),
+                        Err(report) => return *report,
+                    }
+                }
+                cluster_glue::sleep_until_near(req.not_before).await;
+                runner::run(&env, req, cancel_rx, Some(events), OnBusy::Skip).await
+            }
         });
         // A run that panics must still free its job: report it as failed.
         self.tasks.spawn(async move {
@@ -403,10 +463,12 @@ impl Dispatcher {
                         result: None,
                         busy: None,
                         stuck: false,
+                        taken_by: None,
+                        tag: None,
                     }
                 }
             };
-            let _ = events.send(RunEvent::Finished(report));
+            let _ = events.send(RunEvent::Finished(Box::new(report)));
         });
     }
 
@@ -432,8 +494,14 @@ impl Dispatcher {
                     outcome: report.outcome,
                     error: report.error.clone(),
                     stuck: report.stuck,
+                    tag: report.tag.clone(),
                 };
                 let actions = decide::finished(&mut jobs[i], &ended, &self.calendar, now, jitter());
+                // The slot is free cluster-wide once its run ended for good (a retry keeps it;
+                // a stuck thread keeps it until it returns).
+                if jobs[i].retry.is_none() && !report.stuck {
+                    self.release(&report.job, report.scheduled_at, report.tag.as_ref());
+                }
                 self.dispatch(&jobs[i], actions);
                 self.drop_retired(jobs);
             }
@@ -442,6 +510,73 @@ impl Dispatcher {
                     let actions = decide::released(&mut jobs[i], now);
                     self.dispatch(&jobs[i], actions);
                     self.drop_retired(jobs);
+                }
+            }
+        }
+    }
+
+    /// Cluster mode: the slot's claim ends (`done`).
+    fn release(&self, job: &str, slot: DateTime<Utc>, tag: Option<&crate::history::RunTag>) {
+        if let (Some(node), Some(fence)) = (&self.node, tag.and_then(|t| t.fence)) {
+            node.release(job, slot, fence, "done");
+        }
+    }
+
+    /// What the cluster's coordinator tells the loop.
+    fn on_cluster(&mut self, jobs: &mut [JobState], event: crate::cluster::Event) {
+        use crate::cluster::Event;
+        let now = Utc::now();
+        match event {
+            Event::Takeover {
+                job,
+                slot,
+                attempt,
+                tag,
+                reason,
+            } => {
+                let Some(i) = jobs.iter().position(|s| s.job.id == job) else {
+                    if let Some(node) = &self.node
+                        && let Some(fence) = tag.fence
+                    {
+                        node.release(&job, slot, fence, "skipped");
+                    }
+                    return;
+                };
+                tracing::warn!(
+                    "🪂 {job}: {reason}; running its slot at {} here",
+                    slot.with_timezone(&self.calendar.tz()).format("%H:%M:%S")
+                );
+                let pending = decide::Pending {
+                    trigger: crate::history::TriggerKind::Takeover,
+                    scheduled_at: slot,
+                    attempt,
+                    at: None,
+                    tag: Some(tag.clone()),
+                };
+                let actions = decide::takeover(&mut jobs[i], pending, now, self.calendar.tz());
+                if actions.iter().any(|a| matches!(a, Action::Skip { .. }))
+                    && let (Some(node), Some(fence)) = (&self.node, tag.fence)
+                {
+                    node.release(&job, slot, fence, "skipped");
+                }
+                self.dispatch(&jobs[i], actions);
+            }
+            Event::Cancel { job, reason } => {
+                tracing::info!("🔁 {job}: {reason}");
+                if let Some(tx) = self.cancels.get(&job) {
+                    let _ = tx.send(Some(reason));
+                }
+            }
+            Event::LeaseLost => {
+                for state in jobs.iter() {
+                    if state.running.is_some()
+                        && let Some(tx) = self.cancels.get(&state.job.id)
+                    {
+                        let _ = tx.send(Some(
+                            "this node lost its cluster lease: the slot belongs to another node now"
+                                .to_string(),
+                        ));
+                    }
                 }
             }
         }
@@ -483,6 +618,29 @@ impl Dispatcher {
         let now = Utc::now();
         let tz = self.calendar.tz();
         let mut problems = Vec::new();
+        if let Some(node) = &self.node {
+            let view = node.view();
+            match view.clock_offset_ms {
+                Some(off) if off.unsigned_abs() > node.config.max_clock_skew.as_millis() as u64 => {
+                    problems.push(format!(
+                        "this host's clock is {off:+} ms off the cluster database's, more than max_clock_skew: slots are not claimed early"
+                    ))
+                }
+                Some(off) if off.abs() > 250 => problems.push(format!(
+                    "this host's clock is {off:+} ms off the cluster database's"
+                )),
+                _ => {}
+            }
+            if !view.connected {
+                problems.push(format!(
+                    "cluster database {} unreachable{}",
+                    node.config.database_shown,
+                    view.last_error
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
         // Belt and braces: a run far past its timeout is ended here too.
         for state in jobs.iter() {
             match decide::overdue(state, now, self.config.scheduler.kill_grace, tz) {
@@ -678,6 +836,16 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+/// The next cluster event, or never (no cluster).
+async fn cluster_event(
+    rx: &mut Option<mpsc::UnboundedReceiver<crate::cluster::Event>>,
+) -> Option<crate::cluster::Event> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -8,6 +8,15 @@ use crate::runner::RunReport;
 
 /// One console line for a finished run, in the old tool's style.
 pub fn log_report(report: &RunReport) {
+    if let Some(node) = &report.taken_by {
+        // Another node won the slot: the normal case for every node but one.
+        tracing::debug!(
+            "{} at {}: runs on node {node}",
+            report.job,
+            report.scheduled_at
+        );
+        return;
+    }
     let took = crate::fmt::duration(report.duration());
     // A catch-up or retry says so: its slot is not the one just passed.
     let run = match (report.run_id, report.trigger) {

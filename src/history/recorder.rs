@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::spill::{self, Spill};
-use super::store::{History, Key, NewRun, Outcome, RunEnd, SkippedRow, TriggerKind};
+use super::store::{History, Key, NewRun, Outcome, RunEnd, RunTag, SkippedRow, TriggerKind};
 use crate::error::{Error, Result};
 
 /// The first pause after a refused write; it doubles up to `MAX_BACKOFF`.
@@ -52,6 +52,9 @@ pub struct StartRow {
     /// The process that ran it (set by the writer; a replayed row keeps its dead owner's).
     #[serde(default)]
     pub owner: Option<u32>,
+    /// Cluster mode: the node, its incarnation and the slot's fence.
+    #[serde(default)]
+    pub tag: Option<RunTag>,
 }
 
 impl StartRow {
@@ -64,6 +67,7 @@ impl StartRow {
             started_at: self.started_at,
             attempt: self.attempt,
             executor: &self.executor,
+            tag: self.tag.as_ref(),
         }
     }
 }
@@ -109,6 +113,11 @@ enum Write {
     Prune {
         before: DateTime<Utc>,
     },
+    /// The cluster's database has revision `rev` of the run's row.
+    Synced {
+        uid: String,
+        rev: i64,
+    },
 }
 
 enum Msg {
@@ -139,6 +148,8 @@ pub struct Recorder {
     owner: u32,
     /// The spill journal, where refused writes outlive us.
     spill_path: Option<PathBuf>,
+    /// Cluster mode: the node and incarnation that rows recorded now belong to.
+    tag: Arc<Mutex<Option<RunTag>>>,
 }
 
 impl Recorder {
@@ -212,7 +223,28 @@ impl Recorder {
             health,
             owner,
             spill_path,
+            tag: Arc::default(),
         })
+    }
+
+    /// Cluster mode: the node (and incarnation) whose rows are recorded from now on.
+    pub fn set_tag(&self, tag: Option<RunTag>) {
+        if let Ok(mut t) = self.tag.lock() {
+            *t = tag;
+        }
+    }
+
+    /// The node tag of rows recorded now (cluster mode), with no fence.
+    pub fn tag(&self) -> Option<RunTag> {
+        self.tag.lock().ok().and_then(|t| t.clone())
+    }
+
+    /// Notes that the cluster's database has revision `rev` of run `uid`.
+    pub fn synced(&self, uid: &str, rev: i64) {
+        self.send(Write::Synced {
+            uid: uid.to_string(),
+            rev,
+        });
     }
 
     /// A new run id, at once.
@@ -267,6 +299,7 @@ impl Recorder {
             owner_pid: self.owner,
             reason: reason.to_string(),
             gap,
+            tag: self.tag(),
         }));
         id
     }
@@ -757,6 +790,9 @@ fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) ->
                 h.daemon_stopped(row, *at)?;
             }
         }
+        Write::Synced { uid, rev } => {
+            h.set_synced(uid, *rev)?;
+        }
         Write::Prune { before } => {
             let n = h.prune(*before)?;
             if n > 0 {
@@ -784,6 +820,7 @@ mod tests {
             executor: "subprocess".into(),
             pid: None,
             owner: None,
+            tag: None,
         });
         id
     }

@@ -76,6 +76,23 @@ CREATE INDEX runs_gaps ON runs (job, missed_to) WHERE missed_to IS NOT NULL;
 ALTER TABLE runs ADD COLUMN uid TEXT;
 CREATE UNIQUE INDEX runs_uid ON runs (uid);
 "#,
+    // Cluster mode: the history is the node's journal. Rows carry the node, its incarnation and
+    // the slot's fencing token; every change of a cluster row bumps `rev`, and the uploader marks
+    // what the cluster's database has with `synced`.
+    r#"
+ALTER TABLE runs ADD COLUMN node TEXT;
+ALTER TABLE runs ADD COLUMN node_epoch INTEGER;
+ALTER TABLE runs ADD COLUMN fence INTEGER;
+ALTER TABLE runs ADD COLUMN degraded INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN rev INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE runs ADD COLUMN synced INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX runs_unsynced ON runs (id) WHERE node IS NOT NULL AND synced < rev;
+CREATE TRIGGER runs_rev AFTER UPDATE ON runs FOR EACH ROW
+  WHEN NEW.node IS NOT NULL AND NEW.synced = OLD.synced AND NEW.rev = OLD.rev
+BEGIN
+  UPDATE runs SET rev = OLD.rev + 1 WHERE id = NEW.id;
+END;
+"#,
 ];
 
 /// The schema version this build writes and reads.
@@ -133,6 +150,8 @@ pub enum TriggerKind {
     Manual,
     Retry,
     CatchUp,
+    /// Cluster mode: a slot run again after the node that ran it died.
+    Takeover,
 }
 
 /// Both enums are stored as their words (`success`, `catch-up`) and read back typed.
@@ -172,6 +191,7 @@ impl TriggerKind {
             TriggerKind::Manual,
             TriggerKind::Retry,
             TriggerKind::CatchUp,
+            TriggerKind::Takeover,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -183,6 +203,7 @@ impl TriggerKind {
             TriggerKind::Manual => "manual",
             TriggerKind::Retry => "retry",
             TriggerKind::CatchUp => "catch-up",
+            TriggerKind::Takeover => "takeover",
         }
     }
 }
@@ -219,6 +240,17 @@ pub fn new_uid() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// Cluster mode: which node ran a row, in which incarnation, under which fencing token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct RunTag {
+    pub node: String,
+    pub epoch: i64,
+    /// The slot's fencing token (none for a run made without the cluster's database).
+    pub fence: Option<i64>,
+    /// Run without the cluster's database (`on_database_loss`).
+    pub degraded: bool,
+}
+
 /// What is known about a run when it starts.
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
@@ -229,6 +261,7 @@ pub struct NewRun<'a> {
     pub started_at: DateTime<Utc>,
     pub attempt: u32,
     pub executor: &'a str,
+    pub tag: Option<&'a RunTag>,
 }
 
 /// What is known about a run when it ends.
@@ -261,6 +294,8 @@ pub struct SkippedRow {
     pub reason: String,
     /// For a gap: how many slots, and the last one.
     pub gap: Option<(u64, DateTime<Utc>)>,
+    #[serde(default)]
+    pub tag: Option<RunTag>,
 }
 
 /// One row of the history, as `history --json` prints it.
@@ -295,6 +330,22 @@ pub struct RunRow {
     /// The run's identity, unique across restarts, hosts and history files (a UUIDv7); absent
     /// from rows written before schema 6.
     pub run_uid: Option<String>,
+    /// Cluster mode: the node that recorded the row, and its incarnation.
+    pub node: Option<String>,
+    pub node_epoch: Option<i64>,
+    /// Cluster mode: the slot's fencing token when the run was made.
+    pub fence: Option<i64>,
+    /// The run finished after its slot had been given to another node: kept, never decisive.
+    pub stale: bool,
+    /// Run without the cluster's database, uploaded on reconnect.
+    pub degraded: bool,
+}
+
+/// A journal row the cluster's database does not have yet (or not in this revision).
+#[derive(Debug, Clone)]
+pub struct Unsynced {
+    pub row: RunRow,
+    pub rev: i64,
 }
 
 /// A daemon's record: when it started and its last heartbeat.
@@ -325,7 +376,8 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 
 const RUN_COLUMNS: &str = "id, job, trigger, scheduled_at, started_at, entered_at, finished_at, \
      attempt, outcome, exit_code, signal, pid, owner_pid, error, result, executor, stuck, \
-     peak_rss_bytes, cpu_ms, missed_count, missed_from, missed_to, uid";
+     peak_rss_bytes, cpu_ms, missed_count, missed_from, missed_to, uid, node, node_epoch, fence, \
+     degraded, rev";
 
 impl History {
     /// Opens (creating if needed) the history for writing, and brings its schema up to date.
@@ -497,8 +549,9 @@ impl History {
         self.conn
             .prepare_cached(
                 "INSERT INTO runs (id, job, trigger, scheduled_at, started_at, attempt, outcome,
-                                   owner_pid, executor, pid, uid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)
+                                   owner_pid, executor, pid, uid, node, node_epoch, fence,
+                                   degraded)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                  ON CONFLICT (uid) DO NOTHING",
             )
             .and_then(|mut st| {
@@ -513,6 +566,10 @@ impl History {
                     run.executor,
                     pid,
                     run.uid,
+                    run.tag.map(|t| &t.node),
+                    run.tag.map(|t| t.epoch),
+                    run.tag.and_then(|t| t.fence),
+                    run.tag.is_some_and(|t| t.degraded),
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -532,8 +589,9 @@ impl History {
             .prepare_cached(
                 "INSERT INTO runs (id, job, trigger, scheduled_at, started_at, finished_at, attempt,
                                    outcome, owner_pid, error, missed_count, missed_from, missed_to,
-                                   uid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, 'skipped', ?6, ?7, ?8, ?9, ?10, ?11)
+                                   uid, node, node_epoch, fence, degraded)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, 'skipped', ?6, ?7, ?8, ?9, ?10, ?11, ?12,
+                         ?13, ?14, ?15)
                  ON CONFLICT (uid) DO NOTHING",
             )
             .and_then(|mut st| {
@@ -549,6 +607,10 @@ impl History {
                     count.map(|_| fmt_time(row.scheduled_at)),
                     to,
                     row.uid,
+                    row.tag.as_ref().map(|t| &t.node),
+                    row.tag.as_ref().map(|t| t.epoch),
+                    row.tag.as_ref().and_then(|t| t.fence),
+                    row.tag.as_ref().is_some_and(|t| t.degraded),
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -797,6 +859,37 @@ impl History {
             .map_err(|e| self.err(e))
     }
 
+    /// Cluster rows the cluster's database does not have in their latest revision, oldest
+    /// first.
+    pub fn unsynced(&self, limit: usize) -> Result<Vec<Unsynced>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE node IS NOT NULL AND synced < rev
+                 ORDER BY id LIMIT ?1"
+            ))
+            .and_then(|mut st| {
+                st.query_map(params![limit], |r| {
+                    Ok(Unsynced {
+                        row: run_row(r)?,
+                        rev: r.get(27)?,
+                    })
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Notes that the cluster's database has revision `rev` of run `uid`.
+    pub fn set_synced(&self, uid: &str, rev: i64) -> Result<bool> {
+        self.update_where(
+            Key::Uid(uid),
+            "synced = ?2",
+            " AND synced < ?2",
+            params![uid, rev],
+        )
+    }
+
     /// Rows still marked `running`, oldest first.
     pub fn running(&self) -> Result<Vec<RunRow>> {
         self.rows_where("outcome = 'running'")
@@ -902,6 +995,11 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         missed_from: r.get(20)?,
         missed_to: r.get(21)?,
         run_uid: r.get(22)?,
+        node: r.get(23)?,
+        node_epoch: r.get(24)?,
+        fence: r.get(25)?,
+        stale: false,
+        degraded: r.get::<_, i64>(26)? != 0,
     })
 }
 
@@ -922,6 +1020,7 @@ mod tests {
             started_at: t0,
             attempt: 1,
             executor: "subprocess",
+            tag: None,
         })
         .unwrap();
         assert_eq!(h.running().unwrap().len(), 1);

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Entry, Executor, Job};
 use crate::error::{Error, Result};
-use crate::history::{History, Outcome, Recorder, RunEnd, StartRow, TriggerKind};
+use crate::history::{History, Outcome, Recorder, RunEnd, RunTag, StartRow, TriggerKind};
 
 /// The longest a run waits for its slot's instant. The dispatcher wakes a few milliseconds
 /// ahead; a longer wait means the wall clock stepped back meanwhile, and the slot's moment has
@@ -85,6 +85,8 @@ pub struct RunRequest {
     /// The run starts at this instant exactly, not earlier: the daemon fires a few milliseconds
     /// ahead so the run's preparation is done by then.
     pub not_before: Option<DateTime<Utc>>,
+    /// Cluster mode: the node and the slot's fence (the claim was won before the run).
+    pub tag: Option<RunTag>,
 }
 
 /// What to do when another process holds the job's lock.
@@ -106,7 +108,7 @@ pub enum RunEvent {
         run_id: i64,
         pid: Option<u32>,
     },
-    Finished(RunReport),
+    Finished(Box<RunReport>),
     /// An embedded run that had timed out stuck has finally returned: its slot is free.
     Released {
         job: String,
@@ -133,6 +135,10 @@ pub struct RunReport {
     pub busy: Option<String>,
     /// An embedded run whose thread has not returned: the job's slot stays held.
     pub stuck: bool,
+    /// Cluster mode: the slot was claimed by this other node (nothing to say about it here).
+    pub taken_by: Option<String>,
+    /// Cluster mode: the claim the run ran under.
+    pub tag: Option<RunTag>,
 }
 
 impl RunReport {
@@ -169,6 +175,8 @@ pub async fn run(
         result: None,
         busy: None,
         stuck: false,
+        taken_by: None,
+        tag: req.tag.clone(),
     };
 
     let lock = match acquire(env, &req, on_busy, &mut cancel).await {
@@ -197,6 +205,7 @@ pub async fn run(
         executor: job.executor.as_str().to_string(),
         pid: None,
         owner: None,
+        tag: req.tag.clone(),
     };
     let inflight = crate::contain::InFlight::begin(&uid);
     // Kept to record the run even if it cannot begin (its log cannot be opened, say).
@@ -471,6 +480,7 @@ pub fn record_left_results(config: &Config, history: &History, recorder: &Record
             executor: job.executor.as_str().to_string(),
             pid: None,
             owner: run.owner,
+            tag: recorder.tag(),
         });
         let (outcome, end) = judge_left(
             job,
@@ -571,5 +581,8 @@ fn run_context(
         "args": job.args,
         "exchange": config.scheduler.exchange.code(),
         "timezone": tz.name(),
+        "node": req.tag.as_ref().map(|t| &t.node),
+        "fence": req.tag.as_ref().and_then(|t| t.fence),
+        "degraded": req.tag.as_ref().is_some_and(|t| t.degraded),
     })
 }

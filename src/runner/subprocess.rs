@@ -72,6 +72,17 @@ pub(super) async fn run_subprocess(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    // Cluster mode: a command job has no context object; the node and fence come this way.
+    if env.config.cluster.is_some()
+        && let Ok(ctx) = serde_json::from_str::<serde_json::Value>(context)
+    {
+        if let Some(node) = ctx["node"].as_str() {
+            cmd.env("HEDGE_SCHEDULER_NODE", node);
+        }
+        if let Some(fence) = ctx["fence"].as_i64() {
+            cmd.env("HEDGE_SCHEDULER_FENCE", fence.to_string());
+        }
+    }
     if let Some(venv) = &env.config.python.venv {
         cmd.env("VIRTUAL_ENV", venv);
     }

@@ -2,9 +2,11 @@
 //! a real SQLite history. Each test gets a project folder of its own.
 
 mod calendar;
+mod cluster;
 mod executors;
 mod faults;
 mod foundation;
 mod operations;
+mod pg;
 mod reliability;
 mod util;

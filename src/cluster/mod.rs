@@ -1,0 +1,1348 @@
+//! Cluster mode: N daemons share one PostgreSQL database and each slot runs once cluster-wide.
+//!
+//! There is no leader. Every node computes the same slots with the same pure function and races
+//! a primary-key insert on `slots (job, scheduled_at)`; the winner gets a fencing token and runs
+//! the slot. Liveness is a lease per node on the database clock, renewed at every heartbeat; a
+//! node whose lease ran out is dead, and its live slots are run again by a survivor (`takeover`)
+//! or recorded `abandoned`.
+//!
+//! This module is the only user of `tokio-postgres`. One task (the coordinator) owns the
+//! connection: the daemon's loop never waits for it; a run's task asks for its claim and awaits
+//! the answer, and the coordinator tells the loop about takeovers, cancel requests and a lost
+//! lease by message. The node's SQLite history is its journal: every row is written there first
+//! and uploaded to the cluster's `runs` table (idempotently, by run uid) at every heartbeat.
+
+mod sql;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::{Cluster as ClusterConfig, Config, Overlap, Takeover};
+use crate::error::{Error, Result};
+use crate::history::{History, Recorder, RunTag};
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a statement may take on the client's side (the server ends it after 2 s).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reconnection back-off bounds.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Journal rows uploaded per round.
+const UPLOAD_BATCH: usize = 200;
+
+/// What this node knows of itself, for the loop and `status`.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// This incarnation's epoch, once joined.
+    pub epoch: Option<i64>,
+    pub connected: bool,
+    /// Node clock − database clock at the last heartbeat.
+    pub clock_offset_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The slot is ours: run it under this tag.
+    Won(RunTag),
+    /// Another node claimed the slot first: it runs it and records it.
+    Taken { by: String },
+    /// The job still runs on another node (an overlap across hosts). `recorded` says whether
+    /// this node wrote the slot's `skipped` row (only one node does).
+    Busy { holder: String, recorded: bool },
+    /// The database cannot be reached: `on_database_loss` decides.
+    Unreachable(String),
+    /// The slot could not be claimed in time (its `valid_until` passed while waiting).
+    Expired(String),
+}
+
+/// What the coordinator tells the daemon's loop.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A dead node's slot is now ours to run again.
+    Takeover {
+        job: String,
+        slot: DateTime<Utc>,
+        attempt: u32,
+        tag: RunTag,
+        reason: String,
+    },
+    /// Another node asked that the job's run here end (overlap `replace`).
+    Cancel { job: String, reason: String },
+    /// The database declared this node dead: its runs belong to others now.
+    LeaseLost,
+}
+
+/// A claim to make.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub job: String,
+    pub slot: DateTime<Utc>,
+    pub manual: bool,
+    /// The latest instant the slot is still worth starting.
+    pub valid_until: DateTime<Utc>,
+    pub overlap: Overlap,
+    /// Whether a refused claim may wait for the job's live run elsewhere to end (`queue`,
+    /// `replace`, `run-once --wait`).
+    pub wait: bool,
+}
+
+enum Request {
+    Claim(ClaimRequest, oneshot::Sender<Attempt>),
+    AskCancel {
+        job: String,
+        reason: String,
+    },
+    Release {
+        job: String,
+        slot: DateTime<Utc>,
+        fence: i64,
+        state: &'static str,
+    },
+    Nudge,
+    LastSlots(oneshot::Sender<HashMap<String, DateTime<Utc>>>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// One claim statement's answer.
+#[derive(Debug)]
+enum Attempt {
+    Done(Claim),
+    /// The database clock says it is too early: try again after this long.
+    Early(Duration),
+    /// The job is live elsewhere and the request may wait.
+    Wait(String),
+}
+
+/// A handle on the coordinator: cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    pub config: Arc<ClusterConfig>,
+    tx: mpsc::UnboundedSender<Request>,
+    view: Arc<Mutex<View>>,
+}
+
+/// Per job, what the coordinator needs: its definition's hash and its takeover policy.
+#[derive(Debug, Clone)]
+struct JobInfo {
+    id: String,
+    hash: String,
+    takeover: Takeover,
+}
+
+impl Node {
+    /// Connects, migrates the schema and joins the cluster as `[cluster] node`; then keeps the
+    /// lease on a task of its own. A live daemon with the same node name is an error; an
+    /// unreachable database is not (the node starts disconnected and keeps trying).
+    pub async fn start(
+        config: &Config,
+        recorder: Recorder,
+    ) -> Result<(Node, mpsc::UnboundedReceiver<Event>)> {
+        let cfg = Arc::new(
+            config
+                .cluster
+                .clone()
+                .ok_or_else(|| Error::Other("no [cluster] table".to_string()))?,
+        );
+        let jobs = job_infos(config);
+        let view = Arc::new(Mutex::new(View::default()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let mut c = Coordinator {
+            cfg: Arc::clone(&cfg),
+            jobs,
+            jobs_hash: String::new(),
+            client: None,
+            backoff: MIN_BACKOFF.min(cfg.heartbeat),
+            next_connect: Instant::now(),
+            epoch: None,
+            events: events_tx,
+            view: Arc::clone(&view),
+            recorder,
+            history: config.scheduler.history.clone(),
+            journal: Arc::new(Mutex::new(None)),
+            failing_since: None,
+            connected_since: None,
+        };
+        c.jobs_hash = hash_of(c.jobs.iter().map(|j| format!("{}={}", j.id, j.hash)));
+        match c.connect().await {
+            Ok(()) => match c.join(true).await {
+                Ok(()) => {}
+                Err(JoinError::NameTaken(why)) => return Err(Error::Other(why)),
+                Err(JoinError::Db(e)) => c.lost(&e),
+            },
+            Err(e) => {
+                tracing::warn!(
+                    "⚠️  cluster database {} unreachable at start ({e}): running disconnected (on_database_loss applies) and retrying",
+                    cfg.database_shown
+                );
+            }
+        }
+        tokio::spawn(c.run(rx));
+        Ok((
+            Node {
+                config: cfg,
+                tx,
+                view,
+            },
+            events,
+        ))
+    }
+
+    pub fn view(&self) -> View {
+        self.view.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Claims a slot for a run. Waits (at the heartbeat) for a live run of the job elsewhere
+    /// when the request allows it, never past `valid_until`.
+    pub async fn claim(&self, req: ClaimRequest) -> Claim {
+        let mut early_tries = 0;
+        let mut waited_for: Option<String> = None;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            if self.tx.send(Request::Claim(req.clone(), tx)).is_err() {
+                return Claim::Unreachable("the cluster coordinator has stopped".to_string());
+            }
+            let answer = match rx.await {
+                Ok(a) => a,
+                Err(_) => {
+                    return Claim::Unreachable("the cluster coordinator has stopped".to_string());
+                }
+            };
+            let pause = match answer {
+                Attempt::Done(claim) => return claim,
+                Attempt::Early(wait) if early_tries < 3 => {
+                    early_tries += 1;
+                    wait
+                }
+                Attempt::Early(_) => {
+                    return Claim::Expired(
+                        "the database clock kept refusing the claim as too early".to_string(),
+                    );
+                }
+                Attempt::Wait(holder) => {
+                    if waited_for.is_none() {
+                        tracing::info!("⏳ {}: waiting for {holder}", req.job);
+                        if req.overlap == Overlap::Replace && !req.manual {
+                            let _ = self.tx.send(Request::AskCancel {
+                                job: req.job.clone(),
+                                reason: format!(
+                                    "replaced by the slot at {} on {}",
+                                    crate::fmt::instant(req.slot),
+                                    self.config.node
+                                ),
+                            });
+                        }
+                    }
+                    waited_for = Some(holder);
+                    self.config.heartbeat.min(Duration::from_millis(500))
+                }
+            };
+            if Utc::now() + chrono::Duration::from_std(pause).unwrap_or_default() > req.valid_until
+            {
+                return Claim::Expired(match waited_for {
+                    Some(h) => format!("waited for {h} until it was too late"),
+                    None => "too late to claim".to_string(),
+                });
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The slot's run has ended for good (`done`), or was given up (`skipped`).
+    pub fn release(&self, job: &str, slot: DateTime<Utc>, fence: i64, state: &'static str) {
+        let _ = self.tx.send(Request::Release {
+            job: job.to_string(),
+            slot,
+            fence,
+            state,
+        });
+        let _ = self.tx.send(Request::Nudge);
+    }
+
+    /// The newest slot of each job that any node dealt with (empty when the database cannot
+    /// be reached).
+    pub async fn last_slots(&self) -> HashMap<String, DateTime<Utc>> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::LastSlots(tx)).is_err() {
+            return HashMap::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Leaves the cluster (`state = stopped`), so peers take the next slots without waiting for
+    /// the lease; bounded.
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Leave(tx)).is_ok() {
+            let _ = tokio::time::timeout(CALL_TIMEOUT * 2, rx).await;
+        }
+    }
+}
+
+/// Each job's hash: what makes two nodes compute the same slots for it.
+fn job_infos(config: &Config) -> Vec<JobInfo> {
+    config
+        .jobs
+        .iter()
+        .map(|j| JobInfo {
+            id: j.id.clone(),
+            hash: hash_of([
+                j.trigger.schedule.to_string(),
+                j.trigger.market_hours.to_string(),
+                j.trigger.window_start.to_string(),
+                j.trigger.window_end.to_string(),
+                config.scheduler.exchange.code().to_string(),
+                config.calendar.fingerprint(),
+            ]),
+            takeover: j.takeover,
+        })
+        .collect()
+}
+
+/// A short stable hash (FNV-1a, 64 bits) of some strings.
+fn hash_of(parts: impl IntoIterator<Item = String>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+enum JoinError {
+    NameTaken(String),
+    Db(String),
+}
+
+struct Coordinator {
+    cfg: Arc<ClusterConfig>,
+    jobs: Vec<JobInfo>,
+    jobs_hash: String,
+    client: Option<Client>,
+    backoff: Duration,
+    next_connect: Instant,
+    epoch: Option<i64>,
+    events: mpsc::UnboundedSender<Event>,
+    view: Arc<Mutex<View>>,
+    recorder: Recorder,
+    history: std::path::PathBuf,
+    /// A read connection on the journal, for uploads (used on blocking threads).
+    journal: Arc<Mutex<Option<History>>>,
+    /// Since when the database has been unreachable.
+    failing_since: Option<DateTime<Utc>>,
+    /// Since when this node's connection has worked: it declares others dead only after a
+    /// lease of it (they may be reconnecting after the same outage).
+    connected_since: Option<Instant>,
+}
+
+/// A failed database call: the server refused the statement, or the connection is in doubt
+/// (broken, or no answer in time).
+#[derive(Debug, Clone)]
+struct CallError {
+    message: String,
+    connection: bool,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<CallError> for String {
+    fn from(e: CallError) -> String {
+        e.message
+    }
+}
+
+/// A database call with the client-side timeout.
+async fn call<T>(
+    what: &str,
+    f: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> std::result::Result<T, CallError> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(CallError {
+            message: format!("{what}: {}", pg_error(&e)),
+            // A statement the server refused leaves the connection usable; only a timeout
+            // on the server's side (the server is slow or stuck) puts it in doubt.
+            connection: e.as_db_error().is_none_or(|db| {
+                db.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED
+                    || db.code().code().starts_with("08")
+                    || db.code().code().starts_with("57")
+            }),
+        }),
+        Err(_) => Err(CallError {
+            message: format!(
+                "{what}: no answer within {}",
+                humantime::format_duration(CALL_TIMEOUT)
+            ),
+            connection: true,
+        }),
+    }
+}
+
+/// A PostgreSQL error in one line (the server's message when there is one).
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                s.push_str(&format!(": {inner}"));
+                source = inner.source();
+            }
+            s
+        }
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Coordinator {
+    fn set_view(&self, f: impl FnOnce(&mut View)) {
+        if let Ok(mut v) = self.view.lock() {
+            f(&mut v);
+        }
+    }
+
+    /// Opens the connection and brings the schema up to date.
+    async fn connect(&mut self) -> std::result::Result<(), String> {
+        let mut pg: tokio_postgres::Config = self
+            .cfg
+            .database
+            .parse()
+            .map_err(|e| format!("invalid database: {e}"))?;
+        pg.connect_timeout(CONNECT_TIMEOUT);
+        pg.application_name(format!("hedge-scheduler/{}", self.cfg.node));
+        pg.options(format!(
+            "-c statement_timeout=2000 -c lock_timeout=1000 -c idle_in_transaction_session_timeout=5000 -c search_path={}",
+            self.cfg.schema
+        ));
+        if pg.get_password().is_none() {
+            if let Some(file) = &self.cfg.password_file {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
+                pg.password(text.lines().next().unwrap_or(""));
+            } else if let Ok(p) = std::env::var("PGPASSWORD") {
+                pg.password(p);
+            }
+        }
+        let (mut client, connection) =
+            match tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(NoTls)).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => return Err(pg_error(&e)),
+                Err(_) => {
+                    return Err(format!(
+                        "no connection within {}",
+                        humantime::format_duration(CONNECT_TIMEOUT)
+                    ));
+                }
+            };
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("cluster connection ended: {e}");
+            }
+        });
+        migrate(&mut client, &self.cfg.schema).await?;
+        self.client = Some(client);
+        self.connected_since = Some(Instant::now());
+        self.backoff = MIN_BACKOFF.min(self.cfg.heartbeat);
+        self.set_view(|v| {
+            v.connected = true;
+            v.last_error = None;
+        });
+        if let Some(since) = self.failing_since.take() {
+            tracing::info!(
+                "🔌 cluster database {} reachable again (unreachable since {})",
+                self.cfg.database_shown,
+                crate::fmt::instant(since)
+            );
+        }
+        Ok(())
+    }
+
+    /// A call failed: a connection in doubt is dropped; a refused statement is only logged.
+    fn fail(&mut self, e: &CallError) {
+        if e.connection {
+            self.lost(&e.message);
+        } else {
+            tracing::error!("❗ cluster database refused a statement: {e}");
+        }
+    }
+
+    /// The connection broke (or a call timed out): drop it; the next call reconnects.
+    fn lost(&mut self, why: &str) {
+        if self.failing_since.is_none() {
+            tracing::warn!(
+                "⚠️  cluster database {} unreachable: {why}",
+                self.cfg.database_shown
+            );
+            self.failing_since = Some(Utc::now());
+        }
+        self.client = None;
+        self.connected_since = None;
+        self.next_connect = Instant::now() + self.backoff;
+        // Never slower than the heartbeat: a node must be back before its lease runs out.
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF).min(self.cfg.heartbeat);
+        self.set_view(|v| {
+            v.connected = false;
+            v.last_error = Some(why.to_string());
+        });
+    }
+
+    /// A connection, joined, if one can be had now.
+    async fn ready(&mut self) -> bool {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.lost("the connection was closed");
+        }
+        if self.client.is_none() {
+            if Instant::now() < self.next_connect {
+                return false;
+            }
+            if let Err(e) = self.connect().await {
+                self.lost(&e);
+                return false;
+            }
+        }
+        if self.epoch.is_none() {
+            match self.join(false).await {
+                Ok(()) => {}
+                Err(JoinError::NameTaken(why)) => {
+                    tracing::error!("❗ cannot rejoin the cluster: {why}");
+                    return false;
+                }
+                Err(JoinError::Db(e)) => {
+                    self.lost(&e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Joins as a new incarnation of the node.
+    async fn join(&mut self, at_start: bool) -> std::result::Result<(), JoinError> {
+        let Some(client) = &self.client else {
+            return Err(JoinError::Db("not connected".to_string()));
+        };
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let priority = i32::try_from(self.cfg.priority).unwrap_or(i32::MAX);
+        // Our own restart on this host (same boot) is proven when the previous incarnation's
+        // process is gone: then its runs are settled at once, whatever its lease says. A live
+        // twin on this host with another log folder is not a restart.
+        let previous = call(
+            "join",
+            client.query_opt(
+                "SELECT host, boot_id, pid FROM nodes WHERE node = $1",
+                &[&self.cfg.node],
+            ),
+        )
+        .await
+        .map_err(|e| JoinError::Db(e.message))?;
+        let own_restart = previous.is_some_and(|r| {
+            r.get::<_, String>(0) == host
+                && r.get::<_, String>(1) == boot
+                && !crate::process::scheduler_alive(i64::from(r.get::<_, i32>(2)))
+        });
+        let row = call(
+            "join",
+            client.query_opt(
+                sql::JOIN,
+                &[
+                    &self.cfg.node,
+                    &host,
+                    &pid,
+                    &boot,
+                    &env!("CARGO_PKG_VERSION"),
+                    &self.jobs_hash,
+                    &priority,
+                    &secs(self.cfg.lease),
+                    &own_restart,
+                ],
+            ),
+        )
+        .await
+        .map_err(|e| JoinError::Db(e.message))?;
+        let Some(row) = row else {
+            let holder = call(
+                "join",
+                client.query_opt(sql::NODE_HOLDER, &[&self.cfg.node]),
+            )
+            .await
+            .map_err(|e| JoinError::Db(e.message))?;
+            let who = match holder {
+                Some(r) => format!(
+                    "on host {} (PID {}, heartbeat {:.1} s ago)",
+                    r.get::<_, String>(0),
+                    r.get::<_, i32>(1),
+                    r.get::<_, f64>(2)
+                ),
+                None => "elsewhere".to_string(),
+            };
+            return Err(JoinError::NameTaken(format!(
+                "node `{}` is live {who}; give this daemon another name with [cluster] node",
+                self.cfg.node
+            )));
+        };
+        let epoch: i64 = row.get(0);
+        let previous: Option<i64> = row.get(1);
+        // Which jobs this node defines, with their hashes (for the drift check).
+        let ids: Vec<&str> = self.jobs.iter().map(|j| j.id.as_str()).collect();
+        let hashes: Vec<&str> = self.jobs.iter().map(|j| j.hash.as_str()).collect();
+        call(
+            "join",
+            client.execute(
+                "WITH gone AS (DELETE FROM node_jobs WHERE node = $1)
+                 INSERT INTO node_jobs (node, job, hash)
+                 SELECT $1, j, h FROM unnest($2::text[], $3::text[]) AS t(j, h)
+                 ON CONFLICT (node, job) DO UPDATE SET hash = EXCLUDED.hash",
+                &[&self.cfg.node, &ids, &hashes],
+            ),
+        )
+        .await
+        .map_err(|e| JoinError::Db(e.message))?;
+        self.epoch = Some(epoch);
+        self.recorder.set_tag(Some(RunTag {
+            node: self.cfg.node.clone(),
+            epoch,
+            fence: None,
+            degraded: false,
+        }));
+        self.set_view(|v| v.epoch = Some(epoch));
+        tracing::info!(
+            "🤝 joined the cluster at {} as node {} (epoch {epoch}, priority {}){}",
+            self.cfg.database_shown,
+            self.cfg.node,
+            self.cfg.priority,
+            match (previous, at_start) {
+                (Some(p), _) if p != epoch =>
+                    format!("; the previous incarnation (epoch {p}) is settled now"),
+                _ => String::new(),
+            }
+        );
+        // Whatever an earlier incarnation of ours left live is settled at once.
+        self.sweep().await;
+        Ok(())
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        let mut tick = tokio::time::interval(self.cfg.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                req = rx.recv() => match req {
+                    None => break,
+                    Some(Request::Leave(done)) => {
+                        self.leave().await;
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(req) => self.handle(req).await,
+                },
+                _ = tick.tick() => {
+                    self.beat().await;
+                    self.upload().await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, req: Request) {
+        match req {
+            Request::Claim(req, reply) => {
+                let answer = self.claim(&req).await;
+                let _ = reply.send(answer);
+            }
+            Request::AskCancel { job, reason } => {
+                if !self.ready().await {
+                    return;
+                }
+                if let Some(client) = &self.client
+                    && let Err(e) = call(
+                        "cancel request",
+                        client.execute(
+                            "UPDATE slots SET cancel_requested = $2
+                              WHERE job = $1 AND state IN ('claimed', 'running')",
+                            &[&job, &reason],
+                        ),
+                    )
+                    .await
+                {
+                    self.fail(&e);
+                }
+            }
+            Request::Release {
+                job,
+                slot,
+                fence,
+                state,
+            } => {
+                if !self.ready().await {
+                    return;
+                }
+                if let Some(client) = &self.client
+                    && let Err(e) = call(
+                        "release",
+                        client.execute(sql::RELEASE, &[&job, &slot, &fence, &state]),
+                    )
+                    .await
+                {
+                    self.fail(&e);
+                }
+            }
+            Request::Nudge => self.upload().await,
+            Request::LastSlots(reply) => {
+                let mut last = HashMap::new();
+                if self.ready().await
+                    && let Some(client) = &self.client
+                {
+                    match call(
+                        "last slots",
+                        client.query(
+                            "SELECT job, max(scheduled_at) FROM slots WHERE kind = 'slot' GROUP BY job",
+                            &[],
+                        ),
+                    )
+                    .await
+                    {
+                        Ok(rows) => {
+                            for r in rows {
+                                last.insert(r.get(0), r.get(1));
+                            }
+                        }
+                        Err(e) => self.fail(&e),
+                    }
+                }
+                let _ = reply.send(last);
+            }
+            Request::Leave(_) => {}
+        }
+    }
+
+    async fn claim(&mut self, req: &ClaimRequest) -> Attempt {
+        if !self.ready().await {
+            let why = self
+                .view
+                .lock()
+                .ok()
+                .and_then(|v| v.last_error.clone())
+                .unwrap_or_else(|| "not connected".to_string());
+            return Attempt::Done(Claim::Unreachable(why));
+        }
+        let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
+            return Attempt::Done(Claim::Unreachable("not joined".to_string()));
+        };
+        let hash = self
+            .jobs
+            .iter()
+            .find(|j| j.id == req.job)
+            .map(|j| j.hash.clone())
+            .unwrap_or_default();
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let skew = Some(secs(self.cfg.max_clock_skew));
+        let kind = if req.manual { "manual" } else { "slot" };
+        let result = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.query_one(
+                sql::CLAIM,
+                &[
+                    &req.job,
+                    &req.slot,
+                    &kind,
+                    &self.cfg.node,
+                    &epoch,
+                    &pid,
+                    &req.valid_until,
+                    &hash,
+                    &skew,
+                ],
+            ),
+        )
+        .await;
+        let row = match result {
+            Err(_) => {
+                self.lost("claim: no answer in time");
+                return Attempt::Done(Claim::Unreachable("claim: no answer in time".into()));
+            }
+            Ok(Err(e)) if is_live_conflict(&e) => return self.overlap(req, epoch).await,
+            Ok(Err(e)) => {
+                let why = format!("claim: {}", pg_error(&e));
+                if e.as_db_error().is_none() {
+                    self.lost(&why);
+                }
+                return Attempt::Done(Claim::Unreachable(why));
+            }
+            Ok(Ok(row)) => row,
+        };
+        let fence: Option<i64> = row.get(0);
+        let owner: Option<String> = row.get(1);
+        let db_now: DateTime<Utc> = row.get(2);
+        match (fence, owner) {
+            (Some(fence), _) => Attempt::Done(Claim::Won(RunTag {
+                node: self.cfg.node.clone(),
+                epoch,
+                fence: Some(fence),
+                degraded: false,
+            })),
+            (None, Some(by)) => Attempt::Done(Claim::Taken { by }),
+            (None, None) => {
+                let early = (req.slot
+                    - chrono::Duration::from_std(self.cfg.max_clock_skew).unwrap_or_default())
+                    - db_now;
+                tracing::warn!(
+                    "⏰ {}: claim refused as too early by the database clock (this host's clock is ahead of it by more than max_clock_skew)",
+                    req.job
+                );
+                Attempt::Early(
+                    early
+                        .to_std()
+                        .unwrap_or(Duration::from_millis(10))
+                        .max(Duration::from_millis(10)),
+                )
+            }
+        }
+    }
+
+    /// The job is live on some node: apply its overlap policy across the cluster.
+    async fn overlap(&mut self, req: &ClaimRequest, epoch: i64) -> Attempt {
+        let Some(client) = &self.client else {
+            return Attempt::Done(Claim::Unreachable("not connected".to_string()));
+        };
+        let live = match call("claim", client.query_opt(sql::LIVE_CLAIM, &[&req.job])).await {
+            Ok(Some(row)) => row,
+            // It ended meanwhile: try again at once.
+            Ok(None) => return Attempt::Early(Duration::from_millis(1)),
+            Err(e) => {
+                self.fail(&e);
+                return Attempt::Done(Claim::Unreachable(e.message));
+            }
+        };
+        let owner: String = live.get(0);
+        let owner_epoch: i64 = live.get(1);
+        let owner_pid: Option<i32> = live.get(2);
+        let slot: DateTime<Utc> = live.get(3);
+        let fence: i64 = live.get(4);
+        let alive: bool = live.get(6);
+        if owner == self.cfg.node && owner_epoch == epoch {
+            // Our own claim that was never released (the database was unreachable when its
+            // run ended): the loop asks for a claim only when the job is idle here.
+            if let Err(e) = call(
+                "claim",
+                client.execute(sql::RELEASE_OWN, &[&req.job, &self.cfg.node, &fence]),
+            )
+            .await
+            {
+                self.fail(&e);
+                return Attempt::Done(Claim::Unreachable(e.message));
+            }
+            return Attempt::Early(Duration::from_millis(1));
+        }
+        let holder = format!(
+            "run of the slot at {} on node {owner}{}{}",
+            crate::fmt::instant(slot),
+            owner_pid.map(|p| format!(" (PID {p})")).unwrap_or_default(),
+            if alive {
+                " still running"
+            } else {
+                ", whose node is dead and being taken over"
+            }
+        );
+        if req.wait || (!req.manual && req.overlap != Overlap::Skip) {
+            return Attempt::Wait(holder);
+        }
+        if req.manual {
+            return Attempt::Done(Claim::Busy {
+                holder,
+                recorded: false,
+            });
+        }
+        let hash = self
+            .jobs
+            .iter()
+            .find(|j| j.id == req.job)
+            .map(|j| j.hash.clone())
+            .unwrap_or_default();
+        match call(
+            "claim",
+            client.query_opt(
+                sql::SLOT_SKIPPED,
+                &[&req.job, &req.slot, &self.cfg.node, &epoch, &hash],
+            ),
+        )
+        .await
+        {
+            Ok(row) => Attempt::Done(Claim::Busy {
+                holder,
+                recorded: row.is_some(),
+            }),
+            Err(e) => {
+                self.fail(&e);
+                Attempt::Done(Claim::Unreachable(e.message))
+            }
+        }
+    }
+
+    /// Renews the lease, measures the clock, sweeps dead nodes and reads cancel requests.
+    async fn beat(&mut self) {
+        if !self.ready().await {
+            return;
+        }
+        let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
+            return;
+        };
+        let before = Utc::now();
+        let sent = Instant::now();
+        let offset = self
+            .view
+            .lock()
+            .ok()
+            .and_then(|v| v.clock_offset_ms)
+            .and_then(|o| i32::try_from(o).ok());
+        let row = call(
+            "heartbeat",
+            client.query_opt(
+                sql::HEARTBEAT,
+                &[&self.cfg.node, &epoch, &secs(self.cfg.lease), &offset],
+            ),
+        )
+        .await;
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(&e);
+                return;
+            }
+        };
+        let Some(row) = row else {
+            tracing::error!(
+                "❗ the cluster declared node {} dead (its lease ran out): its runs belong to others now; rejoining",
+                self.cfg.node
+            );
+            self.epoch = None;
+            self.set_view(|v| v.epoch = None);
+            let _ = self.events.send(Event::LeaseLost);
+            return;
+        };
+        let db_now: DateTime<Utc> = row.get(0);
+        let rtt = chrono::Duration::from_std(sent.elapsed()).unwrap_or_default();
+        let mid = before + rtt / 2;
+        let offset = (mid - db_now).num_milliseconds();
+        self.set_view(|v| v.clock_offset_ms = Some(offset));
+        self.sweep().await;
+        self.cancel_requests().await;
+    }
+
+    /// Dead incarnations' live slots: taken over (rerun) or abandoned.
+    async fn sweep(&mut self) {
+        let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
+            return;
+        };
+        let settled = self
+            .connected_since
+            .is_some_and(|t| t.elapsed() >= self.cfg.lease);
+        if settled
+            && let Err(e) = call(
+                "sweep",
+                client.execute(sql::SWEEP_DEAD, &[&secs(self.cfg.lease)]),
+            )
+            .await
+        {
+            self.fail(&e);
+            return;
+        }
+        let dead = match call(
+            "sweep",
+            client.query(
+                "SELECT DISTINCT s.owner_node, s.owner_epoch, coalesce(n.state, 'dead'),
+                        n.lease_until, n.epoch
+                   FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
+                  WHERE s.state IN ('claimed', 'running', 'queued')
+                    AND (n.node IS NULL OR n.state <> 'alive' OR n.epoch <> s.owner_epoch)",
+                &[],
+            ),
+        )
+        .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.fail(&e);
+                return;
+            }
+        };
+        let rerun: Vec<&str> = self
+            .jobs
+            .iter()
+            .filter(|j| j.takeover == Takeover::Rerun)
+            .map(|j| j.id.as_str())
+            .collect();
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        for d in dead {
+            let node: String = d.get(0);
+            let dead_epoch: i64 = d.get(1);
+            let state: String = d.get(2);
+            let lease_until: Option<DateTime<Utc>> = d.get(3);
+            let current_epoch: Option<i64> = d.get(4);
+            let restarted = current_epoch.is_some_and(|e| e != dead_epoch);
+            let reason = if restarted {
+                format!("node {node}'s daemon restarted (epoch {dead_epoch} ended)")
+            } else if state == "stopped" {
+                format!("node {node} stopped")
+            } else {
+                format!(
+                    "node {node} lost its lease at {}",
+                    lease_until.map(crate::fmt::instant).unwrap_or_default()
+                )
+            };
+            // A stopped node's runs were cancelled on purpose: never run again.
+            let may_rerun: Vec<&str> = if state == "stopped" && !restarted {
+                Vec::new()
+            } else {
+                rerun.clone()
+            };
+            let taken = match call(
+                "takeover",
+                client.query(
+                    sql::TAKE_OVER,
+                    &[&node, &dead_epoch, &self.cfg.node, &epoch, &pid, &may_rerun],
+                ),
+            )
+            .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    self.fail(&e);
+                    return;
+                }
+            };
+            let abandoned = match call(
+                "takeover",
+                client.query(sql::ABANDON_SLOTS, &[&node, &dead_epoch]),
+            )
+            .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    self.fail(&e);
+                    return;
+                }
+            };
+            let why_rerun = format!("{reason}; its slot is run again on {}", self.cfg.node);
+            let why_abandoned = format!("{reason}; abandoned");
+            for (rows, why) in [(&taken, &why_rerun), (&abandoned, &why_abandoned)] {
+                for r in rows.iter() {
+                    let job: String = r.get(0);
+                    let slot: DateTime<Utc> = r.get(1);
+                    let _ = call(
+                        "takeover",
+                        client.execute(
+                            sql::ABANDONED_ROW,
+                            &[
+                                &crate::history::new_uid(),
+                                &job,
+                                &slot,
+                                why,
+                                &node,
+                                &dead_epoch,
+                                &None::<i64>,
+                            ],
+                        ),
+                    )
+                    .await;
+                }
+            }
+            let _ = call(
+                "takeover",
+                client.execute(
+                    sql::ABANDON_RUNS,
+                    &[
+                        &node,
+                        &dead_epoch,
+                        &why_rerun_or(&taken, &why_rerun, &why_abandoned),
+                    ],
+                ),
+            )
+            .await;
+            if !taken.is_empty() || !abandoned.is_empty() {
+                tracing::warn!(
+                    "🪦 {reason}: {} slot(s) taken over here, {} abandoned",
+                    taken.len(),
+                    abandoned.len()
+                );
+            }
+            for r in taken {
+                let job: String = r.get(0);
+                let slot: DateTime<Utc> = r.get(1);
+                let fence: i64 = r.get(2);
+                let attempts: i32 = r.get(3);
+                let _ = self.events.send(Event::Takeover {
+                    job,
+                    slot,
+                    attempt: u32::try_from(attempts).unwrap_or(2),
+                    tag: RunTag {
+                        node: self.cfg.node.clone(),
+                        epoch,
+                        fence: Some(fence),
+                        degraded: false,
+                    },
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+
+    /// Cancel requests for runs of ours (overlap `replace` on another node).
+    async fn cancel_requests(&mut self) {
+        let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
+            return;
+        };
+        let rows = call(
+            "cancel requests",
+            client.query(
+                "UPDATE slots SET cancel_requested = NULL
+                  WHERE owner_node = $1 AND owner_epoch = $2 AND cancel_requested IS NOT NULL
+                    AND state IN ('claimed', 'running')
+                 RETURNING job, (SELECT cancel_requested FROM slots o
+                                  WHERE o.job = slots.job AND o.scheduled_at = slots.scheduled_at)",
+                &[&self.cfg.node, &epoch],
+            ),
+        )
+        .await;
+        match rows {
+            Ok(rows) => {
+                for r in rows {
+                    let _ = self.events.send(Event::Cancel {
+                        job: r.get(0),
+                        reason: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                    });
+                }
+            }
+            Err(e) => self.fail(&e),
+        }
+    }
+
+    /// Uploads the journal's new rows and revisions.
+    async fn upload(&mut self) {
+        if self.client.is_none() || self.epoch.is_none() {
+            return;
+        }
+        let journal = Arc::clone(&self.journal);
+        let path = self.history.clone();
+        let rows = tokio::task::spawn_blocking(move || {
+            let mut guard = journal
+                .lock()
+                .map_err(|_| "journal lock poisoned".to_string())?;
+            if guard.is_none() {
+                *guard = History::open_read_only(&path).map_err(|e| e.to_string())?;
+            }
+            match guard.as_ref() {
+                Some(h) => h.unsynced(UPLOAD_BATCH).map_err(|e| e.to_string()),
+                None => Ok(Vec::new()),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::debug!("cluster upload: cannot read the journal: {e}");
+                if let Ok(mut j) = self.journal.lock() {
+                    *j = None;
+                }
+                return;
+            }
+        };
+        let Some(client) = &self.client else { return };
+        let mut failed = None;
+        for u in rows {
+            let r = &u.row;
+            let t = |s: &Option<String>| s.as_deref().and_then(crate::history::parse_time);
+            let Some(scheduled_at) = crate::history::parse_time(&r.scheduled_at) else {
+                continue;
+            };
+            let started_at = crate::history::parse_time(&r.started_at).unwrap_or(scheduled_at);
+            let attempt = i32::try_from(r.attempt).unwrap_or(i32::MAX);
+            let pid = r.pid.and_then(|p| i32::try_from(p).ok());
+            let owner = r.owner_pid.and_then(|p| i32::try_from(p).ok());
+            let result = r.result.as_ref().map(|v| v.get().to_string());
+            let node = r.node.clone().unwrap_or_default();
+            let node_epoch = r.node_epoch.unwrap_or(0);
+            let res = call(
+                "upload",
+                client.execute(
+                    sql::UPLOAD,
+                    &[
+                        r.run_uid.as_ref().unwrap_or(&String::new()),
+                        &r.job,
+                        &r.trigger.as_str(),
+                        &scheduled_at,
+                        &started_at,
+                        &t(&r.entered_at),
+                        &t(&r.finished_at),
+                        &attempt,
+                        &r.outcome.as_str(),
+                        &r.exit_code,
+                        &r.signal,
+                        &pid,
+                        &owner,
+                        &r.error,
+                        &result,
+                        &r.executor,
+                        &r.stuck,
+                        &r.peak_rss_bytes,
+                        &r.cpu_ms,
+                        &r.missed_count,
+                        &t(&r.missed_from),
+                        &t(&r.missed_to),
+                        &node,
+                        &node_epoch,
+                        &r.fence,
+                        &r.degraded,
+                        &r.id,
+                        &u.rev,
+                    ],
+                ),
+            )
+            .await;
+            match res {
+                Ok(_) => {
+                    if let Some(uid) = &r.run_uid {
+                        self.recorder.synced(uid, u.rev);
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            self.fail(&e);
+        }
+    }
+
+    async fn leave(&mut self) {
+        self.upload().await;
+        if let (Some(client), Some(epoch)) = (&self.client, self.epoch) {
+            match call(
+                "leave",
+                client.execute(sql::LEAVE, &[&self.cfg.node, &epoch]),
+            )
+            .await
+            {
+                Ok(_) => tracing::info!("👋 left the cluster (node {} stopped)", self.cfg.node),
+                Err(e) => tracing::warn!("⚠️  could not leave the cluster cleanly: {e}"),
+            }
+        }
+    }
+}
+
+fn why_rerun_or<'a>(
+    taken: &[tokio_postgres::Row],
+    rerun: &'a String,
+    abandoned: &'a String,
+) -> &'a String {
+    if taken.is_empty() { abandoned } else { rerun }
+}
+
+/// A claim refused because the job is live elsewhere (`slots_one_live`).
+fn is_live_conflict(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some("slots_one_live")
+    })
+}
+
+/// Creates or upgrades the schema, once, whoever else starts at the same time.
+async fn migrate(client: &mut Client, schema: &str) -> std::result::Result<(), String> {
+    let tx = call("migrate", client.transaction()).await?;
+    call(
+        "migrate",
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&format!("hedge-scheduler migrate {schema}")],
+        ),
+    )
+    .await?;
+    call(
+        "migrate",
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.meta (version int NOT NULL);"
+        )),
+    )
+    .await?;
+    let version: i32 = match call("migrate", tx.query_opt("SELECT version FROM meta", &[])).await? {
+        Some(r) => r.get(0),
+        None => {
+            call(
+                "migrate",
+                tx.execute("INSERT INTO meta (version) VALUES (0)", &[]),
+            )
+            .await?;
+            0
+        }
+    };
+    let known = i32::try_from(sql::MIGRATIONS.len()).unwrap_or(i32::MAX);
+    if version > known {
+        return Err(format!(
+            "the cluster schema `{schema}` has version {version}, newer than this build's {known}: upgrade hedge-scheduler on this host"
+        ));
+    }
+    for m in &sql::MIGRATIONS[usize::try_from(version).unwrap_or(0)..] {
+        call("migrate", tx.batch_execute(m)).await?;
+    }
+    if version < known {
+        call(
+            "migrate",
+            tx.execute("UPDATE meta SET version = $1", &[&known]),
+        )
+        .await?;
+    }
+    call("migrate", tx.commit()).await?;
+    Ok(())
+}
+
+/// The latest instant a slot is still worth starting (a rerun or a retry of it too): before
+/// the job's next slot, inside the session's window, within `misfire_grace`.
+pub fn valid_until(
+    job: &crate::config::Job,
+    calendar: &crate::calendar::Calendar,
+    slot: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let mut until = job
+        .trigger
+        .next_fire_after(calendar, slot)
+        .unwrap_or(slot + chrono::Duration::days(1));
+    if let Some(end) = job.trigger.window_end_for(calendar, slot) {
+        until = until.min(end.max(slot));
+    }
+    if let Some(grace) = job
+        .misfire_grace
+        .and_then(|g| chrono::Duration::from_std(g).ok())
+    {
+        until = until.min(slot + grace);
+    }
+    until
+}

@@ -1,0 +1,206 @@
+//! The cluster's schema and statements. Migrations run in one transaction under an advisory
+//! lock, so daemons starting together on an empty database apply them once.
+
+/// Migrations, applied in order; `meta.version` counts those applied.
+pub(super) const MIGRATIONS: &[&str] = &[r#"
+CREATE SEQUENCE fence;
+CREATE TABLE nodes (
+  node            text PRIMARY KEY,
+  epoch           bigint NOT NULL,
+  host            text NOT NULL,
+  pid             int NOT NULL,
+  boot_id         text NOT NULL,
+  version         text NOT NULL,
+  jobs_hash       text NOT NULL,
+  priority        int NOT NULL DEFAULT 0,
+  started_at      timestamptz NOT NULL DEFAULT now(),
+  heartbeat_at    timestamptz NOT NULL DEFAULT now(),
+  lease_until     timestamptz NOT NULL,
+  clock_offset_ms int,
+  state           text NOT NULL CHECK (state IN ('alive', 'stopped', 'dead')),
+  degraded_since  timestamptz
+);
+CREATE TABLE node_jobs (
+  node     text NOT NULL REFERENCES nodes ON DELETE CASCADE,
+  job      text NOT NULL,
+  hash     text NOT NULL,
+  PRIMARY KEY (node, job)
+);
+CREATE TABLE slots (
+  job              text NOT NULL,
+  scheduled_at     timestamptz NOT NULL,
+  kind             text NOT NULL DEFAULT 'slot' CHECK (kind IN ('slot', 'manual')),
+  owner_node       text NOT NULL,
+  owner_epoch      bigint NOT NULL,
+  owner_pid        int,
+  fence            bigint NOT NULL DEFAULT nextval('fence'),
+  state            text NOT NULL CHECK (state IN ('queued', 'claimed', 'running', 'done', 'skipped', 'abandoned')),
+  valid_until      timestamptz NOT NULL,
+  attempts         int NOT NULL DEFAULT 1,
+  cancel_requested text,
+  jobs_hash        text NOT NULL,
+  claimed_at       timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (job, scheduled_at)
+);
+CREATE UNIQUE INDEX slots_one_live ON slots (job) WHERE state IN ('claimed', 'running');
+CREATE UNIQUE INDEX slots_one_queued ON slots (job) WHERE state = 'queued';
+CREATE INDEX slots_owner ON slots (owner_node, owner_epoch) WHERE state IN ('claimed', 'running', 'queued');
+CREATE TABLE runs (
+  id             bigserial PRIMARY KEY,
+  uid            text NOT NULL UNIQUE,
+  job            text NOT NULL,
+  trigger        text NOT NULL,
+  scheduled_at   timestamptz NOT NULL,
+  started_at     timestamptz NOT NULL,
+  entered_at     timestamptz,
+  finished_at    timestamptz,
+  attempt        int NOT NULL DEFAULT 1,
+  outcome        text NOT NULL,
+  exit_code      int,
+  signal         text,
+  pid            int,
+  owner_pid      int,
+  error          text,
+  result         text,
+  executor       text,
+  stuck          boolean NOT NULL DEFAULT false,
+  peak_rss_bytes bigint,
+  cpu_ms         bigint,
+  missed_count   bigint,
+  missed_from    timestamptz,
+  missed_to      timestamptz,
+  node           text NOT NULL,
+  node_epoch     bigint NOT NULL,
+  fence          bigint,
+  stale          boolean NOT NULL DEFAULT false,
+  degraded       boolean NOT NULL DEFAULT false,
+  duplicate      boolean NOT NULL DEFAULT false,
+  local_id       bigint,
+  rev            bigint NOT NULL DEFAULT 1
+);
+CREATE INDEX runs_job_id ON runs (job, id);
+CREATE INDEX runs_slot ON runs (job, scheduled_at);
+CREATE INDEX runs_running ON runs (node, node_epoch) WHERE outcome = 'running';
+"#];
+
+/// Joins the cluster as `node`: a new epoch, unless another live daemon holds the name.
+pub(super) const JOIN: &str = "
+INSERT INTO nodes AS n (node, epoch, host, pid, boot_id, version, jobs_hash, priority, lease_until, state)
+VALUES ($1, 1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), 'alive')
+ON CONFLICT (node) DO UPDATE
+  SET epoch = n.epoch + 1, host = EXCLUDED.host, pid = EXCLUDED.pid, boot_id = EXCLUDED.boot_id,
+      version = EXCLUDED.version, jobs_hash = EXCLUDED.jobs_hash, priority = EXCLUDED.priority,
+      started_at = now(), heartbeat_at = now(), lease_until = EXCLUDED.lease_until,
+      state = 'alive', degraded_since = NULL, clock_offset_ms = NULL
+  WHERE n.state <> 'alive' OR n.lease_until < now()
+     OR (n.host = EXCLUDED.host AND n.boot_id = EXCLUDED.boot_id AND $9)
+RETURNING epoch, (SELECT e.epoch FROM nodes e WHERE e.node = $1)";
+
+/// Who holds a node name (when a join was refused).
+pub(super) const NODE_HOLDER: &str = "
+SELECT host, pid, extract(epoch FROM now() - heartbeat_at)::float8 FROM nodes WHERE node = $1";
+
+/// Renews the lease; no row: the node was declared dead (or stopped).
+pub(super) const HEARTBEAT: &str = "
+UPDATE nodes SET heartbeat_at = now(), lease_until = now() + make_interval(secs => $3),
+                 clock_offset_ms = $4
+ WHERE node = $1 AND epoch = $2 AND state = 'alive'
+RETURNING now()";
+
+/// A graceful stop: peers need not wait for the lease.
+pub(super) const LEAVE: &str = "
+UPDATE nodes SET state = 'stopped', lease_until = now() WHERE node = $1 AND epoch = $2";
+
+/// Claims a slot. `fence` is null when another node has it, or when the database clock says
+/// it is too early (then `taken` is false). A live claim of the job elsewhere raises
+/// `slots_one_live`.
+pub(super) const CLAIM: &str = "
+WITH c AS (
+  INSERT INTO slots (job, scheduled_at, kind, owner_node, owner_epoch, owner_pid, state, valid_until, jobs_hash)
+  SELECT $1, $2::timestamptz, $3, $4, $5, $6, 'claimed', $7, $8
+   WHERE $9::float8 IS NULL OR now() >= $2::timestamptz - make_interval(secs => $9)
+  ON CONFLICT (job, scheduled_at) DO NOTHING
+  RETURNING fence)
+SELECT (SELECT fence FROM c),
+       (SELECT owner_node FROM slots WHERE job = $1 AND scheduled_at = $2),
+       now()";
+
+/// The live claim of a job: who runs it.
+pub(super) const LIVE_CLAIM: &str = "
+SELECT s.owner_node, s.owner_epoch, s.owner_pid, s.scheduled_at, s.fence, s.claimed_at,
+       coalesce(n.state = 'alive' AND n.epoch = s.owner_epoch, false)
+  FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
+ WHERE s.job = $1 AND s.state IN ('claimed', 'running')";
+
+/// A slot recorded as not run (overlap across nodes, or nobody ran it); one row whoever sees it.
+pub(super) const SLOT_SKIPPED: &str = "
+INSERT INTO slots (job, scheduled_at, owner_node, owner_epoch, state, valid_until, jobs_hash)
+VALUES ($1, $2, $3, $4, 'skipped', $2, $5)
+ON CONFLICT (job, scheduled_at) DO NOTHING
+RETURNING fence";
+
+/// The slot's run has ended (and will not be retried): the job is free cluster-wide.
+pub(super) const RELEASE: &str = "
+UPDATE slots SET state = $4 WHERE job = $1 AND scheduled_at = $2 AND fence = $3
+   AND state IN ('claimed', 'running', 'queued')";
+
+/// A claim left live by this node's own earlier incarnation, or by this incarnation's run that
+/// ended without releasing it (the database was unreachable then).
+pub(super) const RELEASE_OWN: &str = "
+UPDATE slots SET state = 'done'
+ WHERE job = $1 AND owner_node = $2 AND fence = $3 AND state IN ('claimed', 'running')";
+
+/// Nodes whose lease ran out are dead (several sweepers at once: one wins each). Not while the
+/// server itself has been up for less than a lease: nobody could renew while it was down.
+pub(super) const SWEEP_DEAD: &str = "
+UPDATE nodes SET state = 'dead'
+ WHERE state = 'alive' AND lease_until < now()
+   AND now() - pg_postmaster_start_time() > make_interval(secs => $1)
+RETURNING node, epoch, lease_until";
+
+/// A dead incarnation's live slots of `rerun` jobs still worth running: now ours.
+pub(super) const TAKE_OVER: &str = "
+UPDATE slots SET owner_node = $3, owner_epoch = $4, owner_pid = $5, fence = nextval('fence'),
+                 state = 'claimed', attempts = attempts + 1
+ WHERE owner_node = $1 AND owner_epoch = $2 AND state IN ('claimed', 'running')
+   AND valid_until > now() AND job = ANY($6)
+RETURNING job, scheduled_at, fence, attempts, kind";
+
+/// The rest of a dead incarnation's live slots: abandoned.
+pub(super) const ABANDON_SLOTS: &str = "
+UPDATE slots SET state = 'abandoned'
+ WHERE owner_node = $1 AND owner_epoch = $2 AND state IN ('claimed', 'running', 'queued')
+RETURNING job, scheduled_at";
+
+/// A dead incarnation's running rows.
+pub(super) const ABANDON_RUNS: &str = "
+UPDATE runs SET outcome = 'abandoned', finished_at = now(), error = $3
+ WHERE node = $1 AND node_epoch = $2 AND outcome = 'running'";
+
+/// A row for a dead incarnation's slot that it never recorded (it died between claim and start,
+/// or before its start row reached the database).
+pub(super) const ABANDONED_ROW: &str = "
+INSERT INTO runs (uid, job, trigger, scheduled_at, started_at, finished_at, attempt, outcome,
+                  error, node, node_epoch, fence)
+SELECT $1, $2, 'schedule', $3, now(), now(), 1, 'abandoned', $4, $5, $6, $7
+ WHERE NOT EXISTS (SELECT 1 FROM runs WHERE job = $2 AND scheduled_at = $3 AND node = $5
+                                        AND node_epoch = $6)";
+
+/// Uploads one row of a node's journal (idempotent by `uid`, newer revisions win).
+pub(super) const UPLOAD: &str = "
+INSERT INTO runs AS r (uid, job, trigger, scheduled_at, started_at, entered_at, finished_at,
+                  attempt, outcome, exit_code, signal, pid, owner_pid, error, result, executor,
+                  stuck, peak_rss_bytes, cpu_ms, missed_count, missed_from, missed_to, node,
+                  node_epoch, fence, stale, degraded, local_id, rev)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+        $20, $21, $22, $23, $24, $25,
+        $25::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM slots s WHERE s.job = $2
+                                            AND s.scheduled_at = $4 AND s.fence <> $25::bigint),
+        $26, $27, $28)
+ON CONFLICT (uid) DO UPDATE SET
+  entered_at = EXCLUDED.entered_at, finished_at = EXCLUDED.finished_at,
+  outcome = EXCLUDED.outcome, exit_code = EXCLUDED.exit_code, signal = EXCLUDED.signal,
+  pid = EXCLUDED.pid, error = EXCLUDED.error, result = EXCLUDED.result, stuck = EXCLUDED.stuck,
+  peak_rss_bytes = EXCLUDED.peak_rss_bytes, cpu_ms = EXCLUDED.cpu_ms,
+  stale = r.stale OR EXCLUDED.stale, rev = EXCLUDED.rev
+ WHERE r.rev < EXCLUDED.rev";

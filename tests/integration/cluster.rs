@@ -1,0 +1,637 @@
+//! Cluster mode: real daemons (separate processes, each with its own config, log folder and
+//! journal) sharing a real PostgreSQL database. The job under test (`fixture_jobs:oracle`)
+//! appends what it really did to one file shared by every node, so the assertions count
+//! executions, not only history rows. Each test is named for its case in the cluster design's
+//! failure list.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::pg::{self, Db};
+use crate::util::*;
+
+/// One execution the oracle saw.
+#[derive(Debug, Clone)]
+struct Exec {
+    #[allow(dead_code)] // read in failure messages
+    job: String,
+    slot: String,
+    node: String,
+    fence: String,
+    trigger: String,
+    pid: i32,
+    ended: bool,
+}
+
+/// What the jobs really did, from the shared oracle file.
+fn oracle(file: &Path) -> Vec<Exec> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut runs: Vec<Exec> = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 {
+            continue;
+        }
+        match f[0] {
+            "start" => runs.push(Exec {
+                job: f[1].into(),
+                slot: f[2].into(),
+                node: f[3].into(),
+                fence: f[4].into(),
+                trigger: f[6].into(),
+                pid: f[7].parse().unwrap_or(0),
+                ended: false,
+            }),
+            "end" => {
+                if let Some(r) = runs
+                    .iter_mut()
+                    .find(|r| r.pid.to_string() == f[7] && r.slot == f[2] && !r.ended)
+                {
+                    r.ended = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    runs
+}
+
+/// Executions per slot.
+fn per_slot(runs: &[Exec]) -> BTreeMap<String, Vec<Exec>> {
+    let mut m: BTreeMap<String, Vec<Exec>> = BTreeMap::new();
+    for r in runs {
+        m.entry(r.slot.clone()).or_default().push(r.clone());
+    }
+    m
+}
+
+/// Timings small enough for tests of a few seconds.
+struct Timing {
+    heartbeat: &'static str,
+    lease: &'static str,
+    standby_delay: &'static str,
+}
+
+const FAST: Timing = Timing {
+    heartbeat: "200ms",
+    lease: "1s",
+    standby_delay: "200ms",
+};
+
+/// One node: a project of its own whose config joins the test's database.
+struct Node {
+    p: Project,
+    name: String,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn new(db: &Db, name: &str, priority: u32, timing: &Timing, jobs: &str) -> Node {
+        let p = Project::new();
+        let cluster = format!(
+            r#"
+[cluster]
+database = "{}"
+node = "{name}"
+priority = {priority}
+heartbeat = "{}"
+lease = "{}"
+standby_delay = "{}"
+max_clock_skew = "300ms"
+"#,
+            db.conninfo(),
+            timing.heartbeat,
+            timing.lease,
+            timing.standby_delay
+        );
+        p.config("", &format!("{jobs}\n{cluster}"));
+        Node {
+            p,
+            name: name.to_string(),
+            child: None,
+        }
+    }
+
+    fn start(&mut self) -> &mut Self {
+        self.child = Some(self.p.spawn_daemon());
+        self
+    }
+
+    /// Waits until the daemon says it joined.
+    fn joined(&self) -> bool {
+        wait_until(Duration::from_secs(15), || {
+            self.p.daemon_output().contains("joined the cluster")
+        })
+    }
+
+    fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = signal_and_wait(c, Signal::SIGKILL, Duration::from_secs(5));
+        }
+    }
+
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        signal_and_wait(c, Signal::SIGTERM, Duration::from_secs(20))
+    }
+}
+
+/// A job of the oracle: `schedule`, sleeping `seconds`, with `extra` keys.
+fn oracle_job(id: &str, file: &Path, schedule: &str, seconds: f64, extra: &str) -> String {
+    format!(
+        r#"[jobs.{id}]
+entry = "fixture_jobs:oracle"
+schedule = "{schedule}"
+market_hours = false
+catch_up = "none"
+timeout = "60s"
+args = {{ file = {file:?}, seconds = {seconds} }}
+{extra}
+"#
+    )
+}
+
+fn shared_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("hedge-cluster-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+macro_rules! need_pg {
+    () => {
+        match pg::server() {
+            Some(s) => s,
+            None => return,
+        }
+    };
+}
+
+/// Case 1: three nodes race for every one-second slot; each slot has one claim, one decisive
+/// run and one execution, and the race itself skips nothing.
+#[test]
+fn cluster_three_nodes_run_each_slot_exactly_once() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "* * * * * *", 0.0, "");
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::new(&db, n, 0, &FAST, &job))
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in &nodes {
+        assert!(
+            n.joined(),
+            "{} did not join: {}",
+            n.name,
+            n.p.daemon_output()
+        );
+    }
+    // Every node is in; from now on, count.
+    let from = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            oracle(&file)
+                .iter()
+                .filter(|r| ts(&serde_json::Value::String(r.slot.clone())) >= from)
+                .count()
+                >= 8
+        }),
+        "slots did not run: {:?}",
+        oracle(&file)
+    );
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
+    let runs = oracle(&file);
+    let slots = per_slot(&runs);
+    for (slot, execs) in &slots {
+        assert_eq!(
+            execs.len(),
+            1,
+            "slot {slot} ran {} times: {execs:?}",
+            execs.len()
+        );
+    }
+    // No slot between the first and the last was left out.
+    let times: Vec<_> = slots
+        .keys()
+        .map(|s| ts(&serde_json::Value::String(s.clone())))
+        .filter(|t| *t >= from)
+        .collect();
+    for w in times.windows(2) {
+        assert_eq!(
+            (w[1] - w[0]).num_seconds(),
+            1,
+            "a slot is missing between {w:?}"
+        );
+    }
+    // The database agrees: one claim per slot, done; one decisive run per slot; no skipped.
+    let claims = db.count("SELECT count(*) FROM hedge_scheduler.slots WHERE job = 'tick'");
+    let done = db
+        .count("SELECT count(*) FROM hedge_scheduler.slots WHERE job = 'tick' AND state = 'done'");
+    assert_eq!(claims, slots.len() as i64, "claims vs executions");
+    assert_eq!(done, claims, "every claim ended done");
+    let doubled = db.count(
+        "SELECT count(*) FROM (SELECT scheduled_at FROM hedge_scheduler.runs
+          WHERE job = 'tick' AND outcome <> 'skipped' GROUP BY scheduled_at HAVING count(*) > 1) d",
+    );
+    assert_eq!(doubled, 0, "a slot has two runs");
+    let skipped = db.count(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE job = 'tick' AND outcome = 'skipped'",
+    );
+    assert_eq!(skipped, 0, "the race skipped slots");
+    let uploaded = db.count(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE job = 'tick' AND outcome = 'success'",
+    );
+    assert_eq!(
+        uploaded,
+        slots.len() as i64,
+        "every run reached the cluster history"
+    );
+    let nodes_used: HashSet<_> = runs.iter().map(|r| r.node.clone()).collect();
+    assert!(
+        !nodes_used.contains("None"),
+        "runs without a node: {runs:?}"
+    );
+}
+
+/// Case 2: the priority-0 node wins every slot while it lives; after SIGKILL, new slots run on
+/// the standby at once, without waiting for the dead node's lease.
+#[test]
+fn cluster_priority_zero_wins_and_a_standby_takes_new_slots_without_the_lease() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "*/2 * * * * *", 0.0, "");
+    // A long lease: had the standby waited for it, slots would be missing.
+    let slow_lease = Timing {
+        heartbeat: "500ms",
+        lease: "6s",
+        standby_delay: "200ms",
+    };
+    let mut a = Node::new(&db, "a", 0, &slow_lease, &job);
+    let mut b = Node::new(&db, "b", 1, &slow_lease, &job);
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    let from = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert!(wait_until(Duration::from_secs(20), || {
+        oracle(&file)
+            .iter()
+            .filter(|r| ts(&serde_json::Value::String(r.slot.clone())) >= from)
+            .count()
+            >= 4
+    }));
+    let before: Vec<_> = oracle(&file)
+        .into_iter()
+        .filter(|r| ts(&serde_json::Value::String(r.slot.clone())) >= from)
+        .collect();
+    assert!(
+        before.iter().all(|r| r.node == "a"),
+        "a standby won while the primary lived: {before:?}"
+    );
+    // Killed between slots (no claim of its live): its next slot is not its any more.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let runs = oracle(&file);
+        runs.last().is_some_and(|r| r.ended)
+            && db.count("SELECT count(*) FROM hedge_scheduler.slots WHERE state = 'claimed'") == 0
+    }));
+    a.kill();
+    let killed = chrono::Utc::now();
+    assert!(wait_until(Duration::from_secs(20), || {
+        oracle(&file).iter().filter(|r| r.node == "b").count() >= 4
+    }));
+    b.stop();
+    let after: Vec<_> = oracle(&file)
+        .into_iter()
+        .filter(|r| ts(&serde_json::Value::String(r.slot.clone())) > killed)
+        .collect();
+    let slots = per_slot(&after);
+    let first = slots
+        .keys()
+        .next()
+        .map(|s| ts(&serde_json::Value::String(s.clone())))
+        .expect("slots after the kill");
+    // The first slot after the kill ran, on b: no lease wait.
+    assert!(
+        (first - killed).num_milliseconds() <= 2000,
+        "the standby's first slot {first} is long after the kill at {killed}"
+    );
+    for (slot, execs) in &slots {
+        assert_eq!(execs.len(), 1, "slot {slot}: {execs:?}");
+        assert_eq!(execs[0].node, "b", "slot {slot}: {execs:?}");
+    }
+}
+
+/// Case 3: nodes starting together on an empty database apply the migrations once.
+#[test]
+fn cluster_simultaneous_start_on_an_empty_database_migrates_once() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "0 0 0 1 1 *", 0.0, "");
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::new(&db, n, 0, &FAST, &job))
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in &nodes {
+        assert!(n.joined(), "{}: {}", n.name, n.p.daemon_output());
+        let out = n.p.daemon_output();
+        assert!(!out.contains("ERROR"), "{}: {out}", n.name);
+    }
+    assert_eq!(db.count("SELECT count(*) FROM hedge_scheduler.meta"), 1);
+    assert_eq!(db.count("SELECT version FROM hedge_scheduler.meta"), 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM hedge_scheduler.nodes WHERE state = 'alive'"),
+        3
+    );
+    for n in nodes.iter_mut() {
+        let status = n.stop().expect("stops");
+        assert!(status.success(), "{}: {}", n.name, n.p.daemon_output());
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM hedge_scheduler.nodes WHERE state = 'stopped'"),
+        3,
+        "a graceful stop leaves the cluster"
+    );
+}
+
+/// Case 4: a second live daemon with the same node name is refused (exit 1, named); once the
+/// first is gone the name is free again, with a new epoch.
+#[test]
+fn cluster_duplicate_node_name_is_refused_while_the_first_lives() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "0 0 0 1 1 *", 0.0, "");
+    let mut first = Node::new(&db, "a", 0, &FAST, &job);
+    first.start();
+    assert!(first.joined());
+    let twin = Node::new(&db, "a", 0, &FAST, &job);
+    let out = twin.p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node `a` is live on host") && err.contains("[cluster] node"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    first.stop();
+    let mut again = twin;
+    again.start();
+    assert!(again.joined(), "{}", again.p.daemon_output());
+    assert_eq!(
+        db.count("SELECT epoch FROM hedge_scheduler.nodes WHERE node = 'a'"),
+        2
+    );
+    again.stop();
+}
+
+/// The oracle's execution of `slot` on `node`, if any.
+fn exec_on<'a>(runs: &'a [Exec], slot: &str, node: &str) -> Option<&'a Exec> {
+    runs.iter().find(|r| r.slot == slot && r.node == node)
+}
+
+/// Starts a primary `a` and a standby `b` with a slow job every 20 s and waits until `a` runs a
+/// slot; returns the nodes, the oracle file and that execution.
+fn slow_slot_on_a(
+    db: &Db,
+    shared: &Path,
+    takeover: &str,
+    seconds: f64,
+) -> (Node, Node, PathBuf, Exec) {
+    let file = shared.join("oracle.log");
+    let job = oracle_job(
+        "slow",
+        &file,
+        "*/20 * * * * *",
+        seconds,
+        &format!("takeover = \"{takeover}\""),
+    );
+    let mut a = Node::new(db, "a", 0, &FAST, &job);
+    let mut b = Node::new(db, "b", 1, &FAST, &job);
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(
+        wait_until(Duration::from_secs(30), || oracle(&file)
+            .iter()
+            .any(|r| r.node == "a")),
+        "a never ran: {}",
+        a.p.daemon_output()
+    );
+    let exec = oracle(&file)
+        .into_iter()
+        .find(|r| r.node == "a")
+        .expect("a's run");
+    (a, b, file, exec)
+}
+
+/// Case 5: the owner is SIGKILLed mid-run: its job dies with it; a survivor records the run
+/// `abandoned` and runs the slot again (trigger `takeover`) within lease + heartbeat.
+#[test]
+fn cluster_owner_sigkilled_mid_run_its_slot_is_rerun_by_a_survivor() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let (mut a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "rerun", 4.0);
+    a.kill();
+    let killed = std::time::Instant::now();
+    // Its job process dies with it (the keeper ends it), well before the lease runs out.
+    assert!(
+        wait_until(Duration::from_secs(3), || !pid_alive(exec.pid)),
+        "a's job outlived its daemon"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || exec_on(
+            &oracle(&file),
+            &exec.slot,
+            "b"
+        )
+        .is_some()),
+        "b did not rerun the slot: {}",
+        b.p.daemon_output()
+    );
+    let rerun_after = killed.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(10), || exec_on(
+            &oracle(&file),
+            &exec.slot,
+            "b"
+        )
+        .is_some_and(|r| r.ended)),
+        "the rerun did not finish"
+    );
+    let runs = oracle(&file);
+    let rerun = exec_on(&runs, &exec.slot, "b").expect("rerun");
+    assert_eq!(rerun.trigger, "takeover");
+    assert!(rerun.fence.parse::<i64>().unwrap() > exec.fence.parse::<i64>().unwrap());
+    let completed: Vec<_> = runs
+        .iter()
+        .filter(|r| r.slot == exec.slot && r.ended)
+        .collect();
+    assert_eq!(completed.len(), 1, "one completed execution: {runs:?}");
+    // lease (1 s) + heartbeat (200 ms), and the job's start; generous for a loaded machine.
+    assert!(
+        rerun_after < Duration::from_secs(6),
+        "rerun after {rerun_after:?}"
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        db.count(&format!(
+            "SELECT count(*) FROM hedge_scheduler.runs WHERE job = 'slow' AND node = 'b'
+              AND trigger = 'takeover' AND attempt = 2 AND outcome = 'success'
+              AND scheduled_at = '{}'",
+            exec.slot
+        )) == 1
+    }));
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM hedge_scheduler.runs WHERE job = 'slow' AND node = 'a'
+              AND outcome = 'abandoned' AND error LIKE 'node a lost its lease%'
+              AND scheduled_at = '{}'",
+            exec.slot
+        )),
+        1,
+        "{:?}",
+        db.query("SELECT node, outcome, error FROM hedge_scheduler.runs")
+    );
+    b.stop();
+}
+
+/// Case 6: the same with `takeover = "abandon"`: no rerun; the slot is `abandoned`, and the
+/// next slot runs on the survivor.
+#[test]
+fn cluster_owner_sigkilled_with_takeover_abandon_is_not_rerun() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let (mut a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "abandon", 4.0);
+    a.kill();
+    assert!(
+        wait_until(Duration::from_secs(10), || db.count(&format!(
+            "SELECT count(*) FROM hedge_scheduler.slots WHERE job = 'slow'
+              AND scheduled_at = '{}' AND state = 'abandoned'",
+            exec.slot
+        )) == 1),
+        "the slot was not abandoned: {:?}",
+        db.query("SELECT job, scheduled_at, state, owner_node FROM hedge_scheduler.slots")
+    );
+    // The next slot (20 s later) runs on b.
+    assert!(
+        wait_until(Duration::from_secs(30), || oracle(&file)
+            .iter()
+            .any(|r| r.node == "b" && r.slot != exec.slot)),
+        "{}",
+        b.p.daemon_output()
+    );
+    assert!(
+        exec_on(&oracle(&file), &exec.slot, "b").is_none(),
+        "rerun under abandon"
+    );
+    b.stop();
+}
+
+/// Case 10: the node's own restart within the lease: a new epoch, the old epoch's run
+/// abandoned at once and its slot rerun without waiting for the lease.
+#[test]
+fn cluster_restart_of_the_same_node_settles_its_old_epoch_at_once() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("slow", &file, "*/20 * * * * *", 3.0, "");
+    // A lease far longer than the restart.
+    let long = Timing {
+        heartbeat: "1s",
+        lease: "30s",
+        standby_delay: "200ms",
+    };
+    let mut a = Node::new(&db, "a", 0, &long, &job);
+    a.start();
+    assert!(a.joined());
+    assert!(wait_until(Duration::from_secs(30), || !oracle(&file).is_empty()));
+    let exec = oracle(&file)[0].clone();
+    a.kill();
+    let killed = std::time::Instant::now();
+    a.start();
+    assert!(
+        wait_until(Duration::from_secs(15), || oracle(&file).iter().any(|r| r
+            .slot
+            == exec.slot
+            && r.node == "a"
+            && r.trigger == "takeover")),
+        "the old epoch's slot was not rerun: {}",
+        a.p.daemon_output()
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "waited for the lease"
+    );
+    assert_eq!(
+        db.count("SELECT epoch FROM hedge_scheduler.nodes WHERE node = 'a'"),
+        2
+    );
+    assert!(!pid_alive(exec.pid), "the old epoch's job still runs");
+    a.stop();
+}
+
+/// Case 18: the database restarts while a slot runs: the run completes, its end reaches the
+/// cluster history after the reconnect, and nothing is abandoned or run twice.
+#[test]
+fn cluster_database_restart_mid_run_completes_the_run_once() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("slow", &file, "*/20 * * * * *", 4.0, "");
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    let mut b = Node::new(&db, "b", 1, &FAST, &job);
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(wait_until(Duration::from_secs(30), || !oracle(&file).is_empty()));
+    let exec = oracle(&file)[0].clone();
+    server.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    server.start_again();
+    assert!(
+        wait_until(Duration::from_secs(15), || db.count(&format!(
+            "SELECT count(*) FROM hedge_scheduler.runs WHERE job = 'slow' AND outcome = 'success'
+              AND scheduled_at = '{}'",
+            exec.slot
+        )) == 1),
+        "the finish never reached the database: {}\n{:?}",
+        a.p.daemon_output(),
+        db.query("SELECT node, outcome, error FROM hedge_scheduler.runs")
+    );
+    a.stop();
+    b.stop();
+    let runs = oracle(&file);
+    let of_slot: Vec<_> = runs.iter().filter(|r| r.slot == exec.slot).collect();
+    assert_eq!(of_slot.len(), 1, "{runs:?}");
+    assert!(of_slot[0].ended);
+    assert_eq!(
+        db.count("SELECT count(*) FROM hedge_scheduler.runs WHERE outcome = 'abandoned'"),
+        0
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM hedge_scheduler.nodes WHERE epoch <> 1"),
+        0,
+        "a node lost its lease over a short restart"
+    );
+}

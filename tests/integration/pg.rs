@@ -1,0 +1,266 @@
+//! A throwaway PostgreSQL server for the cluster tests: one per test binary, on a Unix socket in
+//! a temp dir (nothing on the network), one database per test. Started from Debian's packages
+//! (`initdb`, `pg_ctl`), as the `postgres` user when the tests run as root.
+//!
+//! Without the server binaries the cluster tests are skipped with a message, except under
+//! `CI=true`, where a missing PostgreSQL is a failure.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct Server {
+    /// Keeps the folder for as long as the test binary runs.
+    _dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub socket: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+static SERVER: OnceLock<Option<Server>> = OnceLock::new();
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
+/// The server binaries' folder: `pg_config --bindir`, else the newest Debian layout.
+fn bindir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").is_file() {
+            return Some(dir);
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b)
+}
+
+/// The server, started on first use; `None` (and a message) when PostgreSQL is not installed
+/// (a failure under `CI=true`).
+pub fn server() -> Option<&'static Server> {
+    SERVER
+        .get_or_init(|| {
+            let Some(bin) = bindir() else {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "PostgreSQL is not installed, and CI needs it (apt-get install postgresql)"
+                );
+                eprintln!("skipped: PostgreSQL not installed (apt-get install postgresql)");
+                return None;
+            };
+            Some(Server::start(bin))
+        })
+        .as_ref()
+}
+
+extern "C" fn stop_at_exit() {
+    if let Some(Some(s)) = SERVER.get() {
+        let _ = s
+            .pg(&["pg_ctl", "-D"])
+            .arg(&s.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+impl Server {
+    fn start(bin: PathBuf) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("hedge-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let as_postgres = nix::unistd::Uid::effective().is_root();
+        let data = dir.path().join("data");
+        let socket = dir.path().join("sock");
+        std::fs::create_dir(&socket).expect("socket dir");
+        if as_postgres {
+            let pg = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .expect("the `postgres` user (made by Debian's postgresql package)");
+            for p in [dir.path(), socket.as_path()] {
+                nix::unistd::chown(p, Some(pg.uid), Some(pg.gid)).expect("chown to postgres");
+            }
+        }
+        let s = Server {
+            data,
+            socket,
+            bin,
+            as_postgres,
+            _dir: dir,
+        };
+        let out = s
+            .pg(&["initdb", "-D"])
+            .arg(&s.data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+            ])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb: {}", crate::util::text(&out));
+        let opts = format!(
+            "-c listen_addresses='' -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            s.socket.display()
+        );
+        let out = s
+            .pg(&["pg_ctl", "-D"])
+            .arg(&s.data)
+            .arg("-l")
+            .arg(s.data.parent().expect("parent").join("server.log"))
+            .args(["-w", "-o", &opts, "start"])
+            .output()
+            .expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            crate::util::text(&out)
+        );
+        unsafe extern "C" {
+            fn atexit(f: extern "C" fn()) -> i32;
+        }
+        // SAFETY: registers a plain function to run at exit.
+        unsafe {
+            atexit(stop_at_exit);
+        }
+        s
+    }
+
+    /// A server command (`initdb`, `pg_ctl`, …), as `postgres` when we are root.
+    pub fn pg(&self, argv: &[&str]) -> Command {
+        let prog = self.bin.join(argv[0]);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(prog);
+            c
+        } else {
+            Command::new(prog)
+        };
+        cmd.args(&argv[1..]);
+        cmd
+    }
+
+    /// `pg_ctl stop -m immediate`: the database is down.
+    pub fn stop(&self) {
+        let out = self
+            .pg(&["pg_ctl", "-D"])
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()
+            .expect("pg_ctl stop");
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            crate::util::text(&out)
+        );
+    }
+
+    /// Starts it again after `stop`.
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-c listen_addresses='' -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            self.socket.display()
+        );
+        let out = self
+            .pg(&["pg_ctl", "-D"])
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.data.parent().expect("parent").join("server.log"))
+            .args(["-w", "-o", &opts, "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            crate::util::text(&out)
+        );
+    }
+
+    fn conninfo(&self, db: &str) -> String {
+        format!("host={} user=postgres dbname={db}", self.socket.display())
+    }
+
+    /// A new, empty database for one test.
+    pub fn database(&'static self) -> Db {
+        let name = format!(
+            "t_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::SeqCst)
+        );
+        let admin = Db {
+            server: self,
+            name: "postgres".to_string(),
+        };
+        admin.execute(&format!("CREATE DATABASE {name}"));
+        Db { server: self, name }
+    }
+}
+
+/// One test's database.
+pub struct Db {
+    pub server: &'static Server,
+    pub name: String,
+}
+
+impl Db {
+    /// The connection string the nodes use.
+    pub fn conninfo(&self) -> String {
+        self.server.conninfo(&self.name)
+    }
+
+    fn with_client<T>(&self, f: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&self.conninfo(), tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test database");
+            tokio::spawn(conn);
+            f(&client).await
+        })
+    }
+
+    pub fn execute(&self, sql: &str) {
+        self.with_client(async |c| c.batch_execute(sql).await.expect(sql));
+    }
+
+    /// Rows of a query, every column read as text (`NULL` as `None`).
+    pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        self.with_client(async |c| {
+            let rows = c.simple_query(sql).await.expect(sql);
+            rows.into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    /// One number from a query.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.query(sql)
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number from {sql}"))
+    }
+}
