@@ -405,12 +405,15 @@ pub fn keeper_from_stdin() -> ! {
 }
 
 /// Tells the keeper what to end should we die: `+G <pgid>` / `-G <pgid>` for a run's process
-/// group, `+C <dir>` for our runs' cgroup.
+/// group, `+C <dir>` for our runs' cgroup; `D <ms>` arms the deadman (cluster mode: our runs end
+/// when we are silent that long), `P` is a sign of life.
 pub fn keeper_note(line: &str) {
     use std::io::Write;
     if let Ok(mut notes) = NOTES.lock() {
         match line.strip_prefix("-G ") {
             Some(g) => notes.retain(|n| n.strip_prefix("+G ") != Some(g)),
+            // A ping is news only once.
+            None if line == "P" => {}
             None => notes.push(line.to_string()),
         }
     }
@@ -451,7 +454,6 @@ impl Drop for KeeperGroup {
 /// The keeper's life: read notes until the scheduler is gone, then end what it left.
 fn keeper_main(read: OwnedFd) -> ! {
     use nix::sys::signal::{SigHandler, Signal, signal};
-    use std::io::BufRead;
     let _ = nix::sys::prctl::set_name(c"hedge-keeper");
     // A group of its own: a signal to the scheduler's process group does not reach it.
     let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
@@ -480,22 +482,77 @@ fn keeper_main(read: OwnedFd) -> ! {
     }
     let mut groups: HashSet<i32> = HashSet::new();
     let mut cgroups: HashSet<PathBuf> = HashSet::new();
-    let reader = std::io::BufReader::new(File::from(read));
-    for line in reader.lines() {
-        let Ok(line) = line else { break };
-        match line.split_once(' ') {
-            Some(("+G", g)) => {
-                groups.extend(g.parse::<i32>().ok().filter(|g| *g > 1));
-            }
-            Some(("-G", g)) => {
-                if let Ok(g) = g.parse() {
-                    groups.remove(&g);
+    // Cluster mode: the runs end if the scheduler is silent for this long (stopped or hung: its
+    // lease would run out and another node would run the slot again).
+    let mut deadman: Option<Duration> = None;
+    let mut last_ping = std::time::Instant::now();
+    let mut fired = false;
+    let mut file = File::from(read);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let wait = match deadman {
+            Some(d) if !fired => d.saturating_sub(last_ping.elapsed()),
+            _ => Duration::from_secs(3600),
+        };
+        let mut fds = [nix::poll::PollFd::new(
+            file.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let timeout = nix::poll::PollTimeout::try_from(wait.as_millis().min(3_600_000) as i32)
+            .unwrap_or(nix::poll::PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(0) => {
+                if deadman.is_some_and(|d| last_ping.elapsed() >= d) && !fired {
+                    // The scheduler is alive but silent: end its runs now; it is told by their
+                    // ends when it wakes.
+                    fired = true;
+                    for dir in &cgroups {
+                        kill_cgroup(dir);
+                    }
+                    for g in &groups {
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(*g),
+                            Signal::SIGKILL,
+                        );
+                    }
                 }
+                continue;
             }
-            Some(("+C", dir)) => {
-                cgroups.insert(PathBuf::from(dir));
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+        use std::io::Read;
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            last_ping = std::time::Instant::now();
+            fired = false;
+            match line.split_once(' ') {
+                Some(("+G", g)) => {
+                    groups.extend(g.parse::<i32>().ok().filter(|g| *g > 1));
+                }
+                Some(("-G", g)) => {
+                    if let Ok(g) = g.parse() {
+                        groups.remove(&g);
+                    }
+                }
+                Some(("+C", dir)) => {
+                    cgroups.insert(PathBuf::from(dir));
+                }
+                Some(("D", ms)) => {
+                    deadman = ms.parse().ok().map(Duration::from_millis);
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
     // The scheduler is gone (it closed the pipe by exiting, or was killed).

@@ -79,6 +79,9 @@ pub enum Event {
     Cancel { job: String, reason: String },
     /// The database declared this node dead: its runs belong to others now.
     LeaseLost,
+    /// No renewal for lease − 2 × heartbeat: the lease may be lost. Runs of jobs that must
+    /// not run without the database (`on_database_loss = "skip"`) end now.
+    TrustLost,
 }
 
 /// A claim to make.
@@ -171,6 +174,8 @@ impl Node {
             journal: Arc::new(Mutex::new(None)),
             failing_since: None,
             connected_since: None,
+            trusted_until: None,
+            trust_lost: false,
         };
         c.jobs_hash = hash_of(c.jobs.iter().map(|j| format!("{}={}", j.id, j.hash)));
         match c.connect().await {
@@ -344,6 +349,9 @@ struct Coordinator {
     /// Since when this node's connection has worked: it declares others dead only after a
     /// lease of it (they may be reconnecting after the same outage).
     connected_since: Option<Instant>,
+    /// The lease is trusted until then (the last renewal's send + lease − 2 × heartbeat).
+    trusted_until: Option<Instant>,
+    trust_lost: bool,
 }
 
 /// A failed database call: the server refused the statement, or the connection is in doubt
@@ -474,6 +482,34 @@ impl Coordinator {
             );
         }
         Ok(())
+    }
+
+    /// The database declared this incarnation dead: its runs belong to others now; the next
+    /// call rejoins as a new one.
+    fn declared_dead(&mut self) {
+        tracing::error!(
+            "❗ the cluster declared node {} dead (its lease ran out): its runs belong to others now; rejoining",
+            self.cfg.node
+        );
+        self.epoch = None;
+        self.set_view(|v| v.epoch = None);
+        let _ = self.events.send(Event::LeaseLost);
+    }
+
+    /// Past the trust deadline without a renewal: the lease may be gone. Said once.
+    fn check_trust(&mut self) {
+        if let Some(until) = self.trusted_until
+            && Instant::now() >= until
+            && !self.trust_lost
+        {
+            self.trust_lost = true;
+            tracing::warn!(
+                "⚠️  node {}: no lease renewal for {}: acting as if the lease were lost (on_database_loss applies to running jobs)",
+                self.cfg.node,
+                humantime::format_duration(self.cfg.trust())
+            );
+            let _ = self.events.send(Event::TrustLost);
+        }
     }
 
     /// A call failed: a connection in doubt is dropped; a refused statement is only logged.
@@ -663,6 +699,7 @@ impl Coordinator {
                 },
                 _ = tick.tick() => {
                     self.beat().await;
+                    self.check_trust();
                     self.upload().await;
                 }
             }
@@ -799,6 +836,13 @@ impl Coordinator {
         let fence: Option<i64> = row.get(0);
         let owner: Option<String> = row.get(1);
         let db_now: DateTime<Utc> = row.get(2);
+        let alive: bool = row.get(3);
+        if fence.is_none() && owner.is_none() && !alive {
+            // Declared dead while we did not look (stopped, paused, cut off): our runs belong
+            // to others now. Rejoin, then claim as the new incarnation.
+            self.declared_dead();
+            return Attempt::Early(Duration::from_millis(1));
+        }
         match (fence, owner) {
             (Some(fence), _) => Attempt::Done(Claim::Won(RunTag {
                 node: self.cfg.node.clone(),
@@ -936,15 +980,11 @@ impl Coordinator {
             }
         };
         let Some(row) = row else {
-            tracing::error!(
-                "❗ the cluster declared node {} dead (its lease ran out): its runs belong to others now; rejoining",
-                self.cfg.node
-            );
-            self.epoch = None;
-            self.set_view(|v| v.epoch = None);
-            let _ = self.events.send(Event::LeaseLost);
+            self.declared_dead();
             return;
         };
+        self.trusted_until = Some(sent + self.cfg.trust());
+        self.trust_lost = false;
         let db_now: DateTime<Utc> = row.get(0);
         let rtt = chrono::Duration::from_std(sent.elapsed()).unwrap_or_default();
         let mid = before + rtt / 2;

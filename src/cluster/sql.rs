@@ -111,19 +111,24 @@ RETURNING now()";
 pub(super) const LEAVE: &str = "
 UPDATE nodes SET state = 'stopped', lease_until = now() WHERE node = $1 AND epoch = $2";
 
-/// Claims a slot. `fence` is null when another node has it, or when the database clock says
-/// it is too early (then `taken` is false). A live claim of the job elsewhere raises
-/// `slots_one_live`.
+/// Claims a slot, only for a live incarnation of the node (one declared dead claims nothing).
+/// `fence` is null when another node has the slot (`owner`), when the database clock says it is
+/// too early, or when this incarnation is not alive (`alive`). A live claim of the job elsewhere
+/// raises `slots_one_live`.
 pub(super) const CLAIM: &str = "
 WITH c AS (
   INSERT INTO slots (job, scheduled_at, kind, owner_node, owner_epoch, owner_pid, state, valid_until, jobs_hash)
   SELECT $1, $2::timestamptz, $3, $4, $5, $6, 'claimed', $7, $8
-   WHERE $9::float8 IS NULL OR now() >= $2::timestamptz - make_interval(secs => $9)
+   WHERE ($9::float8 IS NULL OR now() >= $2::timestamptz - make_interval(secs => $9))
+     AND EXISTS (SELECT 1 FROM nodes WHERE node = $4 AND epoch = $5 AND state = 'alive'
+                                       AND lease_until > now())
   ON CONFLICT (job, scheduled_at) DO NOTHING
   RETURNING fence)
 SELECT (SELECT fence FROM c),
-       (SELECT owner_node FROM slots WHERE job = $1 AND scheduled_at = $2),
-       now()";
+       (SELECT owner_node FROM slots WHERE job = $1 AND scheduled_at = $2::timestamptz),
+       now(),
+       EXISTS (SELECT 1 FROM nodes WHERE node = $4 AND epoch = $5 AND state = 'alive'
+                                     AND lease_until > now())";
 
 /// The live claim of a job: who runs it.
 pub(super) const LIVE_CLAIM: &str = "

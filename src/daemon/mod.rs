@@ -84,9 +84,20 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     )?;
     let recorder = Recorder::open(&config.scheduler.history, RESERVE_IDS)?;
     // Cluster mode: join first, so what is recorded from here on carries the node.
-    let (node, mut cluster_events, cluster_last) = if config.cluster.is_some() {
+    let (node, mut cluster_events, cluster_last) = if let Some(cluster) = &config.cluster {
         let (node, events) = crate::cluster::Node::start(&config, recorder.clone()).await?;
         let last = node.last_slots().await;
+        // The runs end if this daemon is silent (stopped, hung) past its trust deadline: by
+        // then another node may be given their slots.
+        crate::contain::keeper_note(&format!("D {}", cluster.trust().as_millis()));
+        let every = (cluster.heartbeat / 4).max(Duration::from_millis(25));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                crate::contain::keeper_note("P");
+            }
+        });
         (Some(node), Some(events), last)
     } else {
         (None, None, HashMap::new())
@@ -565,6 +576,24 @@ impl Dispatcher {
                 tracing::info!("🔁 {job}: {reason}");
                 if let Some(tx) = self.cancels.get(&job) {
                     let _ = tx.send(Some(reason));
+                }
+            }
+            Event::TrustLost => {
+                let primary = self.node.as_ref().is_some_and(|n| n.config.priority == 0);
+                for state in jobs.iter() {
+                    let keep = match self.config.database_loss(&state.job) {
+                        crate::config::DatabaseLoss::Run => true,
+                        crate::config::DatabaseLoss::Primary => primary,
+                        crate::config::DatabaseLoss::Skip => false,
+                    };
+                    if !keep
+                        && state.running.is_some()
+                        && let Some(tx) = self.cancels.get(&state.job.id)
+                    {
+                        let _ = tx.send(Some(
+                            "lost the cluster lease (the database is unreachable): on_database_loss ends the run".to_string(),
+                        ));
+                    }
                 }
             }
             Event::LeaseLost => {

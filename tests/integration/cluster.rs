@@ -76,9 +76,10 @@ struct Timing {
     standby_delay: &'static str,
 }
 
+/// Trust deadline (lease − 2 × heartbeat): 1 s.
 const FAST: Timing = Timing {
-    heartbeat: "200ms",
-    lease: "1s",
+    heartbeat: "250ms",
+    lease: "1500ms",
     standby_delay: "200ms",
 };
 
@@ -126,6 +127,10 @@ max_clock_skew = "300ms"
         wait_until(Duration::from_secs(15), || {
             self.p.daemon_output().contains("joined the cluster")
         })
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("started").id() as i32
     }
 
     fn kill(&mut self) {
@@ -486,7 +491,7 @@ fn cluster_owner_sigkilled_mid_run_its_slot_is_rerun_by_a_survivor() {
         .filter(|r| r.slot == exec.slot && r.ended)
         .collect();
     assert_eq!(completed.len(), 1, "one completed execution: {runs:?}");
-    // lease (1 s) + heartbeat (200 ms), and the job's start; generous for a loaded machine.
+    // lease (1.5 s) + heartbeat (250 ms), and the job's start; generous for a loaded machine.
     assert!(
         rerun_after < Duration::from_secs(6),
         "rerun after {rerun_after:?}"
@@ -634,4 +639,155 @@ fn cluster_database_restart_mid_run_completes_the_run_once() {
         0,
         "a node lost its lease over a short restart"
     );
+}
+
+/// Sends `sig` to a process of ours (a daemon or its job).
+fn signal(pid: i32, sig: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal");
+}
+
+/// The oracle's start instant of an execution, from its line.
+fn started_at(file: &Path, pid: i32) -> Option<f64> {
+    std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() >= 9 && f[0] == "start" && f[7] == pid.to_string()).then(|| f[8].parse().ok())?
+    })
+}
+
+/// Case 11: the owner's daemon is SIGSTOPped past its lease: its job ends at the trust deadline,
+/// before the slot is taken over (never two executions at once); resumed, the node finds it was
+/// declared dead, its late result is kept but `stale`, and it rejoins with a new epoch.
+#[test]
+fn cluster_paused_owner_daemon_job_ends_before_takeover_and_its_result_is_stale() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let (a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "rerun", 6.0);
+    signal(a.pid(), Signal::SIGSTOP);
+    // Watch a's job: when did it die (the keeper ends it at the trust deadline)?
+    let mut died_at = None;
+    let rerun = wait_until(Duration::from_secs(15), || {
+        if died_at.is_none() && !pid_alive(exec.pid) {
+            died_at = Some(chrono::Utc::now().timestamp_micros() as f64 / 1e6);
+        }
+        exec_on(&oracle(&file), &exec.slot, "b").is_some()
+    });
+    assert!(
+        rerun,
+        "b did not take the slot over: {}",
+        b.p.daemon_output()
+    );
+    let b_exec = exec_on(&oracle(&file), &exec.slot, "b")
+        .cloned()
+        .expect("rerun");
+    let b_start = started_at(&file, b_exec.pid).expect("b's start");
+    let died_at = died_at.expect("a's job still ran when b started the slot again");
+    assert!(
+        died_at <= b_start + 0.05,
+        "a's job died at {died_at}, after b started at {b_start}"
+    );
+    signal(a.pid(), Signal::SIGCONT);
+    // Resumed: declared dead, rejoins as epoch 2; its run's row is kept, flagged stale.
+    assert!(
+        wait_until(Duration::from_secs(15), || db.count(
+            "SELECT count(*) FROM hedge_scheduler.nodes WHERE node = 'a' AND state = 'alive'
+              AND epoch = 2"
+        ) == 1),
+        "{}",
+        a.p.daemon_output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || db.count(&format!(
+            "SELECT count(*) FROM hedge_scheduler.runs WHERE node = 'a' AND stale
+              AND scheduled_at = '{}' AND outcome <> 'running'",
+            exec.slot
+        )) == 1),
+        "{:?}",
+        db.query("SELECT node, outcome, stale, fence, error FROM hedge_scheduler.runs")
+    );
+    assert!(wait_until(Duration::from_secs(15), || db.count(&format!(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE node = 'b' AND NOT stale
+          AND scheduled_at = '{}' AND outcome = 'success'",
+        exec.slot
+    )) == 1));
+    assert!(
+        wait_until(Duration::from_secs(10), || db.count(&format!(
+            "SELECT count(*) FROM hedge_scheduler.slots WHERE job = 'slow'
+              AND scheduled_at = '{}' AND state = 'done' AND owner_node = 'b'",
+            exec.slot
+        )) == 1),
+        "the slot's owner is b: {:?}",
+        db.query("SELECT job, scheduled_at, state, owner_node, fence FROM hedge_scheduler.slots")
+    );
+    let mut a = a;
+    a.stop();
+    b.stop();
+}
+
+/// Case 12: the daemon and its job are stopped together past the lease: the slot is run again
+/// elsewhere, and the resumed node's result is `stale`, never the slot's.
+#[test]
+fn cluster_paused_daemon_and_job_together_cannot_double_the_slot() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let (a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "rerun", 6.0);
+    signal(a.pid(), Signal::SIGSTOP);
+    signal(exec.pid, Signal::SIGSTOP);
+    assert!(
+        wait_until(Duration::from_secs(15), || exec_on(
+            &oracle(&file),
+            &exec.slot,
+            "b"
+        )
+        .is_some_and(|r| r.ended)),
+        "{}",
+        b.p.daemon_output()
+    );
+    if pid_alive(exec.pid) {
+        signal(exec.pid, Signal::SIGCONT);
+    }
+    signal(a.pid(), Signal::SIGCONT);
+    assert!(wait_until(Duration::from_secs(15), || db.count(&format!(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE node = 'a' AND stale
+          AND scheduled_at = '{}' AND outcome <> 'running'",
+        exec.slot
+    )) == 1));
+    // One completed execution of the slot: b's. a's never finished its work.
+    let runs = oracle(&file);
+    let done: Vec<_> = runs
+        .iter()
+        .filter(|r| r.slot == exec.slot && r.ended)
+        .collect();
+    assert_eq!(done.len(), 1, "{runs:?}");
+    assert_eq!(done[0].node, "b");
+    let mut a = a;
+    a.stop();
+    b.stop();
+}
+
+/// Case 13: a pause shorter than the lease: no takeover, no duplicate, the run completes.
+#[test]
+fn cluster_short_pause_is_not_a_death() {
+    let server = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let (mut a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "rerun", 2.0);
+    signal(a.pid(), Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(400));
+    signal(a.pid(), Signal::SIGCONT);
+    assert!(wait_until(Duration::from_secs(10), || exec_on(
+        &oracle(&file),
+        &exec.slot,
+        "a"
+    )
+    .is_some_and(|r| r.ended)));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        exec_on(&oracle(&file), &exec.slot, "b").is_none(),
+        "taken over"
+    );
+    assert_eq!(db.count("SELECT max(epoch) FROM hedge_scheduler.nodes"), 1);
+    a.stop();
+    b.stop();
 }
