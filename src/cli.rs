@@ -53,6 +53,9 @@ pub enum Command {
         /// How many runs to show
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Cluster mode: only this node's runs
+        #[arg(long)]
+        node: Option<String>,
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,

@@ -102,12 +102,52 @@ pub fn run(cli: Cli) -> Result<i32> {
                 EXIT_NOT_RUNNING
             })
         }
-        Command::History { job, limit, json } => {
+        Command::History {
+            job,
+            limit,
+            node,
+            json,
+        } => {
             logging::init_cli("warn");
             let config = Config::load(&path)?;
-            let rows = match History::open_read_only(&config.scheduler.history)? {
-                Some(h) => h.runs(job.as_deref(), limit)?,
-                None => Vec::new(),
+            let local = |job: Option<&str>| -> Result<Vec<history::RunRow>> {
+                Ok(match History::open_read_only(&config.scheduler.history)? {
+                    Some(h) => h.runs(job, limit)?,
+                    None => Vec::new(),
+                })
+            };
+            let rows = match &config.cluster {
+                // Every node's runs, from the cluster's database; this host's journal when it
+                // cannot be reached (and a first line saying so).
+                Some(cluster) => {
+                    match cluster::read::history(&config, job.as_deref(), node.as_deref(), limit) {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            let warning = format!(
+                                "⚠️  cluster database unreachable: showing node {} only ({e})",
+                                cluster.node
+                            );
+                            if json {
+                                eprintln!("{warning}");
+                            } else {
+                                println!("{warning}");
+                            }
+                            let mut rows = local(job.as_deref())?;
+                            rows.retain(|r| {
+                                node.as_deref().is_none_or(|n| r.node.as_deref() == Some(n))
+                            });
+                            rows
+                        }
+                    }
+                }
+                None => {
+                    if node.is_some() {
+                        return Err(Error::Usage(
+                            "`history --node` needs a [cluster] table in the config".to_string(),
+                        ));
+                    }
+                    local(job.as_deref())?
+                }
             };
             // A job no longer configured still has its past: unknown only when it has none.
             if let Some(id) = &job
@@ -379,15 +419,20 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     let recorder = history::Recorder::open(&config.scheduler.history, 0)?;
     let env = runner::RunEnv::new(Arc::new(config), interpreter.path, recorder.clone());
     let rt = runtime()?;
+    // Cluster mode: the job must run nowhere else in the cluster meanwhile.
+    let manual = match &env.config.cluster {
+        Some(_) => Some(rt.block_on(cluster::manual::claim(&env.config, job_id, wait))?),
+        None => None,
+    };
     let report = rt.block_on(async {
         let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(None);
         let req = runner::RunRequest {
             job: Arc::new(job),
             trigger: TriggerKind::Manual,
-            scheduled_at: Utc::now(),
+            scheduled_at: manual.as_ref().map_or_else(Utc::now, |m| m.slot),
             attempt: 1,
             not_before: None,
-            tag: None,
+            tag: manual.as_ref().map(|m| m.tag.clone()),
         };
         let on_busy = if wait {
             runner::OnBusy::Wait
@@ -426,6 +471,10 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
             }
         }
     });
+    if let Some(manual) = manual {
+        recorder.flush(std::time::Duration::from_secs(2));
+        rt.block_on(manual.finish(&env.config.scheduler.history, report.run_uid.as_deref()));
+    }
     // A stuck embedded thread must not keep the process alive.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     let unwritten = recorder.close(std::time::Duration::from_secs(10));

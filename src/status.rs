@@ -14,6 +14,10 @@ use crate::instance::{self, DaemonInfo};
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub daemon: DaemonStatus,
+    /// Cluster mode: the nodes, read from the cluster's database (`reachable: false` when it
+    /// cannot be: the rest is then this host's journal only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::read::ClusterStatus>,
     pub jobs: Vec<JobStatus>,
     /// Plain-language problems worth a look (calendar coverage, …).
     pub warnings: Vec<String>,
@@ -62,6 +66,10 @@ pub struct JobStatus {
     pub slots_today_expected: u64,
     /// Runs of today's slots that failed, timed out, crashed or were abandoned.
     pub failures_today: u64,
+    /// Cluster mode: the node running the job now, else the node of its last run.
+    pub node: Option<String>,
+    /// Cluster mode: today's slots that ran more than once (extra executions).
+    pub duplicates_today: u64,
 }
 
 /// Gathers the status of the daemon and of every configured job at `now`.
@@ -174,6 +182,8 @@ pub fn gather_from(
                 0
             },
             failures_today: failed,
+            node: None,
+            duplicates_today: 0,
         });
     }
 
@@ -204,7 +214,8 @@ pub fn gather_from(
             // No heartbeat yet: a daemon only just started is given the same slack.
             None => started.is_some_and(|s| (now - s).num_seconds() <= 2 * interval + 1),
         };
-    Ok(Status {
+    let mut status = Status {
+        cluster: None,
         daemon: DaemonStatus {
             running: daemon.is_some(),
             pid: daemon.as_ref().map(|d| d.pid),
@@ -218,7 +229,87 @@ pub fn gather_from(
         },
         jobs,
         warnings,
-    })
+    };
+    if config.cluster.is_some() {
+        cluster_view(config, &mut status, (day_start, day_end), tz);
+    }
+    Ok(status)
+}
+
+/// Cluster mode: every node's view of the jobs, from the cluster's database; this host's
+/// journal only (and a first warning saying so) when it cannot be reached.
+fn cluster_view(
+    config: &Config,
+    status: &mut Status,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    tz: Tz,
+) {
+    let node = config
+        .cluster
+        .as_ref()
+        .map(|c| c.node.clone())
+        .unwrap_or_default();
+    match crate::cluster::read::status(config, from, to) {
+        Ok((cluster, jobs)) => {
+            for j in status.jobs.iter_mut() {
+                let Some(c) = jobs.get(&j.job) else { continue };
+                j.node = c.node.clone();
+                j.duplicates_today = c.duplicates_today;
+                j.slots_today_done = c.done_today;
+                j.failures_today = c.failed_today;
+                if !j.stuck {
+                    j.running = c.running.is_some();
+                    j.running_run_id = c.running.as_ref().map(|r| r.id);
+                    j.running_pid = c.running.as_ref().and_then(|r| r.pid);
+                    j.running_since = c.running.as_ref().map(|r| r.started_at.clone());
+                }
+                if let Some(last) = &c.last {
+                    j.last_outcome = Some(last.outcome.to_string());
+                    j.last_started_at = Some(last.started_at.clone());
+                    j.last_finished_at = last.finished_at.clone();
+                    j.last_duration_ms = last.duration_ms;
+                    j.last_error = last.error.clone();
+                }
+                if c.duplicates_today > 0 {
+                    status.warnings.push(format!(
+                        "{}: {} slot execution(s) today were duplicates (more than one node ran a slot)",
+                        j.job, c.duplicates_today
+                    ));
+                }
+            }
+            if let Some(expected) = cluster.expected
+                && (cluster.alive as u32) < expected
+            {
+                status.warnings.push(format!(
+                    "only {} of {expected} cluster nodes are alive",
+                    cluster.alive
+                ));
+            }
+            for n in &cluster.nodes {
+                match n.clock_offset_ms {
+                    Some(off) if off.abs() > 250 && n.state == "alive" => status.warnings.push(
+                        format!("node {}'s clock is {off:+} ms off the database's", n.node),
+                    ),
+                    _ => {}
+                }
+                if let Some(since) = &n.degraded_since {
+                    status.warnings.push(format!(
+                        "node {} ran slots without the cluster database since {}",
+                        n.node,
+                        local(Some(since), tz)
+                    ));
+                }
+            }
+            status.cluster = Some(cluster);
+        }
+        Err(e) => {
+            status.warnings.insert(
+                0,
+                format!("cluster database unreachable: showing node {node} only ({e})"),
+            );
+            status.cluster = crate::cluster::read::unreachable(config);
+        }
+    }
 }
 
 /// Today in the exchange's timezone, as UTC instants `[start, end)`.
@@ -303,8 +394,47 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
         config.scheduler.exchange.code(),
         tz.name()
     ));
+    if let Some(c) = &status.cluster {
+        out.push_str(&render_cluster(c, tz));
+    }
     out.push_str(&render_jobs(status, config, now));
     out.push_str(&warnings(&status.warnings));
+    out
+}
+
+/// The nodes of the cluster, one line each.
+fn render_cluster(c: &crate::cluster::read::ClusterStatus, tz: Tz) -> String {
+    if !c.reachable {
+        return format!("CLUSTER  {}  unreachable\n\n", c.database);
+    }
+    let mut out = format!(
+        "CLUSTER  {}  reachable  {}/{} node(s) alive{}\n",
+        c.database,
+        c.alive,
+        c.nodes.len(),
+        c.expected
+            .map(|e| format!(" (expect {e})"))
+            .unwrap_or_default()
+    );
+    out.push_str(&format!(
+        "{:<12} {:<8} {:<16} {:>8} {:<24} {:>10} {:>8}\n",
+        "NODE", "STATE", "HOST", "PID", "SINCE", "HEARTBEAT", "CLOCK"
+    ));
+    for n in &c.nodes {
+        out.push_str(&format!(
+            "{:<12} {:<8} {:<16} {:>8} {:<24} {:>10} {:>8}\n",
+            n.node,
+            n.state,
+            n.host,
+            n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            local(Some(&n.started_at), tz),
+            format!("{:.1}s ago", n.heartbeat_age_seconds),
+            n.clock_offset_ms
+                .map(|o| format!("{o:+}ms"))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    out.push('\n');
     out
 }
 
@@ -326,9 +456,14 @@ pub fn render_jobs(status: &Status, config: &Config, now: DateTime<Utc>) -> Stri
         } else if j.stuck {
             format!("stuck {for_}")
         } else if j.running {
+            let on = j
+                .node
+                .as_deref()
+                .map(|n| format!(" on {n}"))
+                .unwrap_or_default();
             match j.running_pid {
-                Some(pid) => format!("running PID {pid} {for_}"),
-                None => format!("running {for_}"),
+                Some(pid) => format!("running{on} PID {pid} {for_}"),
+                None => format!("running{on} {for_}"),
             }
         } else {
             "idle".to_string()
@@ -375,17 +510,39 @@ pub fn render_jobs(status: &Status, config: &Config, now: DateTime<Utc>) -> Stri
 /// The human table of `history`.
 pub fn render_history(rows: &[RunRow], config: &Config) -> String {
     let tz = config.calendar().tz();
+    let cluster = config.cluster.is_some();
     let mut out = format!(
-        "{:>7}  {:<20} {:<9} {:<26} {:<12} {:>9} {:>8}  {}\n",
-        "ID", "JOB", "TRIGGER", "SCHEDULED", "OUTCOME", "DURATION", "ATTEMPT", "ERROR"
+        "{:>7}  {:<20} {:<9} {:<26} {:<12} {:>9} {:>8}  {}{}\n",
+        "ID",
+        "JOB",
+        "TRIGGER",
+        "SCHEDULED",
+        "OUTCOME",
+        "DURATION",
+        "ATTEMPT",
+        if cluster { "NODE          " } else { "" },
+        "ERROR"
     );
     for r in rows {
         let duration = r
             .duration_ms
             .map(|ms| format_duration(std::time::Duration::from_millis(ms.max(0) as u64)))
             .unwrap_or_else(|| "-".into());
+        let node = if cluster {
+            let marks = [(r.stale, " stale"), (r.degraded, " degraded")]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, m)| *m)
+                .collect::<String>();
+            format!(
+                "{:<14}",
+                format!("{}{marks}", r.node.as_deref().unwrap_or("-"))
+            )
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "{:>7}  {:<20} {:<9} {:<26} {:<12} {:>9} {:>8}  {}\n",
+            "{:>7}  {:<20} {:<9} {:<26} {:<12} {:>9} {:>8}  {node}{}\n",
             r.id,
             r.job,
             r.trigger,

@@ -12,6 +12,8 @@
 //! lease by message. The node's SQLite history is its journal: every row is written there first
 //! and uploaded to the cluster's `runs` table (idempotently, by run uid) at every heartbeat.
 
+pub mod manual;
+pub mod read;
 mod sql;
 
 use std::collections::HashMap;
@@ -46,6 +48,8 @@ pub struct View {
     /// Node clock − database clock at the last heartbeat.
     pub clock_offset_ms: Option<i64>,
     pub last_error: Option<String>,
+    /// When this node first ran a slot without the database (published at the next renewal).
+    pub degraded_since: Option<DateTime<Utc>>,
 }
 
 /// The answer to a claim.
@@ -262,6 +266,13 @@ impl Node {
         }
     }
 
+    /// A slot runs here without the database (`on_database_loss`): said at the next renewal.
+    pub fn mark_degraded(&self) {
+        if let Ok(mut v) = self.view.lock() {
+            v.degraded_since.get_or_insert_with(Utc::now);
+        }
+    }
+
     /// The slot's run has ended for good (`done`), or was given up (`skipped`).
     pub fn release(&self, job: &str, slot: DateTime<Utc>, fence: i64, state: &'static str) {
         let _ = self.tx.send(Request::Release {
@@ -430,26 +441,7 @@ impl Coordinator {
 
     /// Opens the connection and brings the schema up to date.
     async fn connect(&mut self) -> std::result::Result<(), String> {
-        let mut pg: tokio_postgres::Config = self
-            .cfg
-            .database
-            .parse()
-            .map_err(|e| format!("invalid database: {e}"))?;
-        pg.connect_timeout(CONNECT_TIMEOUT);
-        pg.application_name(format!("hedge-scheduler/{}", self.cfg.node));
-        pg.options(format!(
-            "-c statement_timeout=2000 -c lock_timeout=1000 -c idle_in_transaction_session_timeout=5000 -c search_path={}",
-            self.cfg.schema
-        ));
-        if pg.get_password().is_none() {
-            if let Some(file) = &self.cfg.password_file {
-                let text = std::fs::read_to_string(file)
-                    .map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
-                pg.password(text.lines().next().unwrap_or(""));
-            } else if let Ok(p) = std::env::var("PGPASSWORD") {
-                pg.password(p);
-            }
-        }
+        let pg = read::pg_config(&self.cfg, "node")?;
         let (mut client, connection) =
             match tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(NoTls)).await {
                 Ok(Ok(pair)) => pair,
@@ -660,6 +652,7 @@ impl Coordinator {
         .await
         .map_err(|e| JoinError::Db(e.message))?;
         self.epoch = Some(epoch);
+        self.set_view(|v| v.degraded_since = None);
         self.recorder.set_tag(Some(RunTag {
             node: self.cfg.node.clone(),
             epoch,
@@ -958,17 +951,27 @@ impl Coordinator {
         };
         let before = Utc::now();
         let sent = Instant::now();
-        let offset = self
+        let (offset, degraded) = self
             .view
             .lock()
-            .ok()
-            .and_then(|v| v.clock_offset_ms)
-            .and_then(|o| i32::try_from(o).ok());
+            .map(|v| {
+                (
+                    v.clock_offset_ms.and_then(|o| i32::try_from(o).ok()),
+                    v.degraded_since,
+                )
+            })
+            .unwrap_or_default();
         let row = call(
             "heartbeat",
             client.query_opt(
                 sql::HEARTBEAT,
-                &[&self.cfg.node, &epoch, &secs(self.cfg.lease), &offset],
+                &[
+                    &self.cfg.node,
+                    &epoch,
+                    &secs(self.cfg.lease),
+                    &offset,
+                    &degraded,
+                ],
             ),
         )
         .await;
@@ -1012,13 +1015,35 @@ impl Coordinator {
             self.fail(&e);
             return;
         }
+        match call("sweep", client.query(sql::EXPIRE_MANUAL, &[])).await {
+            Ok(rows) => {
+                for r in rows {
+                    let (job, slot, node): (String, DateTime<Utc>, String) =
+                        (r.get(0), r.get(1), r.get(2));
+                    let why = format!(
+                        "the manual run on node {node} stopped renewing its claim (its process died)"
+                    );
+                    tracing::warn!("🪦 {job}: {why}");
+                    let _ = call(
+                        "sweep",
+                        client.execute(sql::ABANDON_MANUAL_RUN, &[&job, &slot, &node, &why]),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => {
+                self.fail(&e);
+                return;
+            }
+        }
+        let Some(client) = &self.client else { return };
         let dead = match call(
             "sweep",
             client.query(
                 "SELECT DISTINCT s.owner_node, s.owner_epoch, coalesce(n.state, 'dead'),
                         n.lease_until, n.epoch
                    FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
-                  WHERE s.state IN ('claimed', 'running', 'queued')
+                  WHERE s.state IN ('claimed', 'running', 'queued') AND s.kind = 'slot'
                     AND (n.node IS NULL OR n.state <> 'alive' OR n.epoch <> s.owner_epoch)",
                 &[],
             ),
@@ -1216,58 +1241,9 @@ impl Coordinator {
         let Some(client) = &self.client else { return };
         let mut failed = None;
         for u in rows {
-            let r = &u.row;
-            let t = |s: &Option<String>| s.as_deref().and_then(crate::history::parse_time);
-            let Some(scheduled_at) = crate::history::parse_time(&r.scheduled_at) else {
-                continue;
-            };
-            let started_at = crate::history::parse_time(&r.started_at).unwrap_or(scheduled_at);
-            let attempt = i32::try_from(r.attempt).unwrap_or(i32::MAX);
-            let pid = r.pid.and_then(|p| i32::try_from(p).ok());
-            let owner = r.owner_pid.and_then(|p| i32::try_from(p).ok());
-            let result = r.result.as_ref().map(|v| v.get().to_string());
-            let node = r.node.clone().unwrap_or_default();
-            let node_epoch = r.node_epoch.unwrap_or(0);
-            let res = call(
-                "upload",
-                client.execute(
-                    sql::UPLOAD,
-                    &[
-                        r.run_uid.as_ref().unwrap_or(&String::new()),
-                        &r.job,
-                        &r.trigger.as_str(),
-                        &scheduled_at,
-                        &started_at,
-                        &t(&r.entered_at),
-                        &t(&r.finished_at),
-                        &attempt,
-                        &r.outcome.as_str(),
-                        &r.exit_code,
-                        &r.signal,
-                        &pid,
-                        &owner,
-                        &r.error,
-                        &result,
-                        &r.executor,
-                        &r.stuck,
-                        &r.peak_rss_bytes,
-                        &r.cpu_ms,
-                        &r.missed_count,
-                        &t(&r.missed_from),
-                        &t(&r.missed_to),
-                        &node,
-                        &node_epoch,
-                        &r.fence,
-                        &r.degraded,
-                        &r.id,
-                        &u.rev,
-                    ],
-                ),
-            )
-            .await;
-            match res {
-                Ok(_) => {
-                    if let Some(uid) = &r.run_uid {
+            match upload_row(client, &u.row, u.rev).await {
+                Ok(()) => {
+                    if let Some(uid) = &u.row.run_uid {
                         self.recorder.synced(uid, u.rev);
                     }
                 }
@@ -1304,6 +1280,63 @@ fn why_rerun_or<'a>(
     abandoned: &'a String,
 ) -> &'a String {
     if taken.is_empty() { abandoned } else { rerun }
+}
+
+/// Uploads one journal row (revision `rev`) to the cluster's `runs`, idempotently.
+async fn upload_row(
+    client: &Client,
+    r: &crate::history::RunRow,
+    rev: i64,
+) -> std::result::Result<(), CallError> {
+    let t = |s: &Option<String>| s.as_deref().and_then(crate::history::parse_time);
+    let Some(scheduled_at) = crate::history::parse_time(&r.scheduled_at) else {
+        return Ok(());
+    };
+    let started_at = crate::history::parse_time(&r.started_at).unwrap_or(scheduled_at);
+    let attempt = i32::try_from(r.attempt).unwrap_or(i32::MAX);
+    let pid = r.pid.and_then(|p| i32::try_from(p).ok());
+    let owner = r.owner_pid.and_then(|p| i32::try_from(p).ok());
+    let result = r.result.as_ref().map(|v| v.get().to_string());
+    let node = r.node.clone().unwrap_or_default();
+    let node_epoch = r.node_epoch.unwrap_or(0);
+    call(
+        "upload",
+        client.execute(
+            sql::UPLOAD,
+            &[
+                r.run_uid.as_ref().unwrap_or(&String::new()),
+                &r.job,
+                &r.trigger.as_str(),
+                &scheduled_at,
+                &started_at,
+                &t(&r.entered_at),
+                &t(&r.finished_at),
+                &attempt,
+                &r.outcome.as_str(),
+                &r.exit_code,
+                &r.signal,
+                &pid,
+                &owner,
+                &r.error,
+                &result,
+                &r.executor,
+                &r.stuck,
+                &r.peak_rss_bytes,
+                &r.cpu_ms,
+                &r.missed_count,
+                &t(&r.missed_from),
+                &t(&r.missed_to),
+                &node,
+                &node_epoch,
+                &r.fence,
+                &r.degraded,
+                &r.id,
+                &rev,
+            ],
+        ),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// A claim refused because the job is live elsewhere (`slots_one_live`).

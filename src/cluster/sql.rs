@@ -103,7 +103,7 @@ SELECT host, pid, extract(epoch FROM now() - heartbeat_at)::float8 FROM nodes WH
 /// Renews the lease; no row: the node was declared dead (or stopped).
 pub(super) const HEARTBEAT: &str = "
 UPDATE nodes SET heartbeat_at = now(), lease_until = now() + make_interval(secs => $3),
-                 clock_offset_ms = $4
+                 clock_offset_ms = $4, degraded_since = coalesce(degraded_since, $5)
  WHERE node = $1 AND epoch = $2 AND state = 'alive'
 RETURNING now()";
 
@@ -133,7 +133,7 @@ SELECT (SELECT fence FROM c),
 /// The live claim of a job: who runs it.
 pub(super) const LIVE_CLAIM: &str = "
 SELECT s.owner_node, s.owner_epoch, s.owner_pid, s.scheduled_at, s.fence, s.claimed_at,
-       coalesce(n.state = 'alive' AND n.epoch = s.owner_epoch, false)
+       s.kind = 'manual' OR coalesce(n.state = 'alive' AND n.epoch = s.owner_epoch, false)
   FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
  WHERE s.job = $1 AND s.state IN ('claimed', 'running')";
 
@@ -209,3 +209,25 @@ ON CONFLICT (uid) DO UPDATE SET
   peak_rss_bytes = EXCLUDED.peak_rss_bytes, cpu_ms = EXCLUDED.cpu_ms,
   stale = r.stale OR EXCLUDED.stale, rev = EXCLUDED.rev
  WHERE r.rev < EXCLUDED.rev";
+
+/// A manual run's claim (`run-once`): epoch 0, a lease of its own renewed while it runs.
+pub(super) const CLAIM_MANUAL: &str = "
+INSERT INTO slots (job, scheduled_at, kind, owner_node, owner_epoch, owner_pid, state, valid_until, jobs_hash)
+VALUES ($1, $2, 'manual', $3, 0, $5, 'claimed', now() + make_interval(secs => $4), '')
+RETURNING fence";
+
+/// A manual run renews its claim.
+pub(super) const RENEW_MANUAL: &str = "
+UPDATE slots SET valid_until = now() + make_interval(secs => $4)
+ WHERE job = $1 AND scheduled_at = $2 AND fence = $3 AND state IN ('claimed', 'running')";
+
+/// Manual claims whose process stopped renewing them: abandoned.
+pub(super) const EXPIRE_MANUAL: &str = "
+UPDATE slots SET state = 'abandoned'
+ WHERE kind = 'manual' AND state IN ('claimed', 'running') AND valid_until < now()
+RETURNING job, scheduled_at, owner_node";
+
+/// The run of an expired manual claim.
+pub(super) const ABANDON_MANUAL_RUN: &str = "
+UPDATE runs SET outcome = 'abandoned', finished_at = now(), error = $4
+ WHERE job = $1 AND scheduled_at = $2 AND node = $3 AND trigger = 'manual' AND outcome = 'running'";

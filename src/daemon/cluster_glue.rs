@@ -64,6 +64,7 @@ pub(super) async fn claim(
             let primary = node.config.priority == 0;
             match (policy, primary) {
                 (DatabaseLoss::Run, _) | (DatabaseLoss::Primary, true) => {
+                    node.mark_degraded();
                     tracing::warn!(
                         "⚠️  {}: cluster database unreachable ({why}): running the slot here without a claim (on_database_loss = \"{}\")",
                         job.id,

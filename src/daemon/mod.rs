@@ -845,6 +845,10 @@ impl Dispatcher {
                                 state.running = None;
                             }
                         }
+                        if !report.stuck {
+                            // Cancelled by the shutdown, on purpose: nobody runs it again.
+                            self.release(&report.job, report.scheduled_at, report.tag.as_ref());
+                        }
                     }
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}

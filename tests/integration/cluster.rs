@@ -167,9 +167,16 @@ fn shared_dir() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
+/// The test's PostgreSQL server and its hold on it (`exclusive` for a test that stops it).
 macro_rules! need_pg {
     () => {
-        match pg::server() {
+        match pg::shared() {
+            Some(s) => s,
+            None => return,
+        }
+    };
+    (exclusive) => {
+        match pg::exclusive() {
             Some(s) => s,
             None => return,
         }
@@ -180,7 +187,7 @@ macro_rules! need_pg {
 /// run and one execution, and the race itself skips nothing.
 #[test]
 fn cluster_three_nodes_run_each_slot_exactly_once() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
@@ -273,7 +280,7 @@ fn cluster_three_nodes_run_each_slot_exactly_once() {
 /// the standby at once, without waiting for the dead node's lease.
 #[test]
 fn cluster_priority_zero_wins_and_a_standby_takes_new_slots_without_the_lease() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
@@ -341,7 +348,7 @@ fn cluster_priority_zero_wins_and_a_standby_takes_new_slots_without_the_lease() 
 /// Case 3: nodes starting together on an empty database apply the migrations once.
 #[test]
 fn cluster_simultaneous_start_on_an_empty_database_migrates_once() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
@@ -379,7 +386,7 @@ fn cluster_simultaneous_start_on_an_empty_database_migrates_once() {
 /// first is gone the name is free again, with a new epoch.
 #[test]
 fn cluster_duplicate_node_name_is_refused_while_the_first_lives() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
@@ -451,7 +458,7 @@ fn slow_slot_on_a(
 /// `abandoned` and runs the slot again (trigger `takeover`) within lease + heartbeat.
 #[test]
 fn cluster_owner_sigkilled_mid_run_its_slot_is_rerun_by_a_survivor() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let (mut a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "rerun", 4.0);
@@ -522,7 +529,7 @@ fn cluster_owner_sigkilled_mid_run_its_slot_is_rerun_by_a_survivor() {
 /// next slot runs on the survivor.
 #[test]
 fn cluster_owner_sigkilled_with_takeover_abandon_is_not_rerun() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let (mut a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "abandon", 4.0);
@@ -555,7 +562,7 @@ fn cluster_owner_sigkilled_with_takeover_abandon_is_not_rerun() {
 /// abandoned at once and its slot rerun without waiting for the lease.
 #[test]
 fn cluster_restart_of_the_same_node_settles_its_old_epoch_at_once() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
@@ -599,7 +606,7 @@ fn cluster_restart_of_the_same_node_settles_its_old_epoch_at_once() {
 /// cluster history after the reconnect, and nothing is abandoned or run twice.
 #[test]
 fn cluster_database_restart_mid_run_completes_the_run_once() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!(exclusive);
     let db = server.database();
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
@@ -659,7 +666,7 @@ fn started_at(file: &Path, pid: i32) -> Option<f64> {
 /// declared dead, its late result is kept but `stale`, and it rejoins with a new epoch.
 #[test]
 fn cluster_paused_owner_daemon_job_ends_before_takeover_and_its_result_is_stale() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let (a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "rerun", 6.0);
@@ -728,7 +735,7 @@ fn cluster_paused_owner_daemon_job_ends_before_takeover_and_its_result_is_stale(
 /// elsewhere, and the resumed node's result is `stale`, never the slot's.
 #[test]
 fn cluster_paused_daemon_and_job_together_cannot_double_the_slot() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let (a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "rerun", 6.0);
@@ -769,7 +776,7 @@ fn cluster_paused_daemon_and_job_together_cannot_double_the_slot() {
 /// Case 13: a pause shorter than the lease: no takeover, no duplicate, the run completes.
 #[test]
 fn cluster_short_pause_is_not_a_death() {
-    let server = need_pg!();
+    let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let (mut a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "rerun", 2.0);
@@ -790,4 +797,364 @@ fn cluster_short_pause_is_not_a_death() {
     assert_eq!(db.count("SELECT max(epoch) FROM hedge_scheduler.nodes"), 1);
     a.stop();
     b.stop();
+}
+
+/// Case 25: `run-once` on b while a runs the job: exit 4 naming node a; with `--wait` it waits,
+/// then runs once.
+#[test]
+fn cluster_run_once_on_another_host_refuses_while_the_job_runs_and_waits_with_wait() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let (mut a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "rerun", 3.0);
+    let out = b.p.run(&["run-once", "slow"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`slow` is running on node a"), "{err}");
+    assert!(err.contains("--wait"), "{err}");
+    let out = b.p.run(&["run-once", "slow", "--wait", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(row["outcome"], "success");
+    assert_eq!(row["node"], "b");
+    let runs = oracle(&file);
+    let manual: Vec<_> = runs.iter().filter(|r| r.trigger == "manual").collect();
+    assert_eq!(manual.len(), 1, "{runs:?}");
+    assert!(manual[0].ended);
+    // It started only after a's run of the job had ended: never two at once.
+    let a_end = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("end ") && l.contains(&exec.slot))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(8)
+                .and_then(|t| t.parse::<f64>().ok())
+        })
+        .expect("a's end");
+    let m_start = started_at(&file, manual[0].pid).expect("manual start");
+    assert!(m_start >= a_end, "the manual run started before a's ended");
+    assert!(wait_until(Duration::from_secs(10), || db.count(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE trigger = 'manual' AND node = 'b'
+          AND outcome = 'success'"
+    ) == 1));
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM hedge_scheduler.slots WHERE kind = 'manual' AND state = 'done'"
+        ),
+        1
+    );
+    a.stop();
+    b.stop();
+}
+
+/// Case 29: `status` and `history` on any node show every node's runs and states, a dead node
+/// with its abandoned run among them; with the database down both fall back to the local
+/// journal and say so.
+#[test]
+fn cluster_status_and_history_show_the_whole_cluster_from_any_node() {
+    let (server, _hold) = need_pg!(exclusive);
+    let db = server.database();
+    let shared = shared_dir();
+    let (mut a, mut b, file, exec) = slow_slot_on_a(&db, shared.path(), "abandon", 3.0);
+    a.kill();
+    assert!(wait_until(Duration::from_secs(10), || db.count(&format!(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE node = 'a' AND outcome = 'abandoned'
+          AND scheduled_at = '{}'",
+        exec.slot
+    )) == 1));
+    // b's history shows a's abandoned run; b's status shows a dead.
+    let out = b.p.run(&["history", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let abandoned = rows
+        .iter()
+        .find(|r| r["node"] == "a" && r["outcome"] == "abandoned")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    for key in [
+        "node",
+        "node_epoch",
+        "fence",
+        "stale",
+        "degraded",
+        "run_uid",
+    ] {
+        assert!(abandoned.get(key).is_some(), "{key} missing: {abandoned}");
+    }
+    let only_b = b.p.run(&["history", "--json", "--node", "b"]);
+    let only_b: Vec<serde_json::Value> = serde_json::from_slice(&only_b.stdout).expect("JSON");
+    assert!(only_b.iter().all(|r| r["node"] == "b"), "{only_b:?}");
+    let out = b.p.run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let cluster = &status["cluster"];
+    assert_eq!(cluster["reachable"], true, "{status}");
+    assert_eq!(cluster["alive"], 1, "{status}");
+    let nodes = cluster["nodes"].as_array().expect("nodes");
+    let node_a = nodes.iter().find(|n| n["node"] == "a").expect("a");
+    assert_eq!(node_a["state"], "dead", "{status}");
+    for key in [
+        "node",
+        "state",
+        "host",
+        "pid",
+        "heartbeat_age_seconds",
+        "clock_offset_ms",
+    ] {
+        assert!(node_a.get(key).is_some(), "{key} missing: {node_a}");
+    }
+    let job = &status["jobs"][0];
+    assert!(
+        job.get("duplicates_today").is_some() && job.get("node").is_some(),
+        "{job}"
+    );
+    let human = b.p.run(&["status"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("CLUSTER") && human.contains("dead"),
+        "{human}"
+    );
+    // The database goes down: both commands fall back to this host's journal, and say so.
+    server.stop();
+    let out = b.p.run(&["history"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    server.start_again();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .unwrap_or("")
+            .contains("cluster database unreachable: showing node b only"),
+        "{stdout}"
+    );
+    server.stop();
+    let out = b.p.run(&["status", "--json"]);
+    server.start_again();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(status["cluster"]["reachable"], false, "{status}");
+    assert!(
+        status["warnings"][0]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("cluster database unreachable: showing node b only"),
+        "{status}"
+    );
+    let _ = file;
+    b.stop();
+}
+
+/// Case 30: a graceful stop of a releases its lease at once: b takes the next slot without a
+/// lease wait, and a's cancelled run is not run again.
+#[test]
+fn cluster_graceful_stop_hands_over_at_once_and_a_cancelled_run_is_not_rerun() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "*/2 * * * * *", 30.0, "");
+    // A long lease: had b waited for it, the next slots would be missing.
+    let long = Timing {
+        heartbeat: "500ms",
+        lease: "10s",
+        standby_delay: "200ms",
+    };
+    let mut a = Node::new(&db, "a", 0, &long, &job);
+    let mut b = Node::new(&db, "b", 1, &long, &job);
+    // a stops its run after 1 s of grace.
+    std::fs::write(
+        a.p.config_path(),
+        std::fs::read_to_string(a.p.config_path()).unwrap().replace(
+            "kill_grace = \"2s\"",
+            "kill_grace = \"2s\"\nshutdown_grace = \"1s\"",
+        ),
+    )
+    .unwrap();
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(wait_until(Duration::from_secs(20), || oracle(&file)
+        .iter()
+        .any(|r| r.node == "a")));
+    let exec = oracle(&file).into_iter().find(|r| r.node == "a").unwrap();
+    let status = a.stop().expect("a stops");
+    assert!(status.success(), "{}", a.p.daemon_output());
+    let stopped = chrono::Utc::now();
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM hedge_scheduler.nodes WHERE node = 'a' AND state = 'stopped'"
+        ),
+        1
+    );
+    assert!(
+        wait_until(Duration::from_secs(8), || oracle(&file)
+            .iter()
+            .any(|r| r.node == "b")),
+        "{}",
+        b.p.daemon_output()
+    );
+    let first_b = oracle(&file).into_iter().find(|r| r.node == "b").unwrap();
+    let first_b_slot = ts(&serde_json::Value::String(first_b.slot.clone()));
+    assert!(
+        (first_b_slot - stopped).num_milliseconds() <= 2500,
+        "b's first slot {first_b_slot} came long after a stopped at {stopped}"
+    );
+    assert_ne!(first_b.slot, exec.slot, "a's cancelled run was run again");
+    assert!(wait_until(Duration::from_secs(5), || db.count(&format!(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE node = 'a' AND outcome = 'cancelled'
+          AND scheduled_at = '{}'",
+        exec.slot
+    )) == 1));
+    b.stop();
+}
+
+/// Runs a, b (priority 0, 1) with a one-second job under `policy`, takes the database down for
+/// 4 s in the middle, and returns the oracle, with the outage's bounds (UTC seconds).
+fn outage(
+    server: &'static pg::Server,
+    db: &Db,
+    shared: &Path,
+    policy: &str,
+) -> (Node, Node, Vec<Exec>, f64, f64) {
+    let file = shared.join("oracle.log");
+    let job = oracle_job(
+        "tick",
+        &file,
+        "* * * * * *",
+        0.0,
+        &format!("on_database_loss = \"{policy}\""),
+    );
+    let mut a = Node::new(db, "a", 0, &FAST, &job);
+    let mut b = Node::new(db, "b", 1, &FAST, &job);
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(wait_until(Duration::from_secs(20), || oracle(&file).len() >= 3));
+    let now = || chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+    let down = now();
+    server.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    server.start_again();
+    let up = now();
+    let count = oracle(&file).len();
+    assert!(
+        wait_until(Duration::from_secs(20), || oracle(&file)
+            .iter()
+            .filter(|r| slot_secs(r) > up + 2.0)
+            .count()
+            >= 3),
+        "slots stopped after the outage: {}",
+        a.p.daemon_output()
+    );
+    assert!(oracle(&file).len() > count);
+    a.stop();
+    b.stop();
+    (a, b, oracle(&file), down, up)
+}
+
+fn slot_secs(r: &Exec) -> f64 {
+    ts(&serde_json::Value::String(r.slot.clone())).timestamp_micros() as f64 / 1e6
+}
+
+/// Case 15: the database is down during runs with `on_database_loss = "run"`: every node fires
+/// locally; after the restart their journals are uploaded once, the duplicates are counted, and
+/// the nodes show their degraded period.
+#[test]
+fn cluster_database_down_with_run_policy_fires_everywhere_and_uploads_once() {
+    let (server, _hold) = need_pg!(exclusive);
+    let db = server.database();
+    let shared = shared_dir();
+    let (a, _b, runs, down, up) = outage(server, &db, shared.path(), "run");
+    let during: Vec<_> = runs
+        .iter()
+        .filter(|r| slot_secs(r) > down + 1.0 && slot_secs(r) < up - 0.5)
+        .collect();
+    assert!(
+        !during.is_empty(),
+        "nothing ran during the outage: {runs:?}"
+    );
+    let slots = per_slot(&runs);
+    let doubled = slots
+        .iter()
+        .filter(|(_, e)| e.iter().any(|x| x.node == "a") && e.iter().any(|x| x.node == "b"))
+        .count();
+    assert!(
+        doubled > 0,
+        "both nodes should have fired during the outage: {during:?}"
+    );
+    for (slot, execs) in &slots {
+        let s = slot_secs(&execs[0]);
+        if s > up + 2.0 {
+            assert_eq!(execs.len(), 1, "after the outage {slot}: {execs:?}");
+        }
+        let per_node: HashSet<_> = execs.iter().map(|e| e.node.clone()).collect();
+        assert_eq!(
+            per_node.len(),
+            execs.len(),
+            "a node ran {slot} twice: {execs:?}"
+        );
+    }
+    // Uploaded exactly once: one cluster row per execution, the degraded ones flagged.
+    let degraded = runs.iter().filter(|r| r.fence == "None").count() as i64;
+    assert!(wait_until(Duration::from_secs(10), || db.count(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE degraded AND outcome = 'success'"
+    ) == degraded));
+    assert_eq!(
+        db.count("SELECT count(*) FROM hedge_scheduler.runs WHERE outcome = 'success'"),
+        runs.len() as i64
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&a.p.run(&["status", "--json"]).stdout).expect("JSON");
+    assert_eq!(
+        status["jobs"][0]["duplicates_today"], doubled as u64,
+        "{status}"
+    );
+    assert!(
+        status["cluster"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| !n["degraded_since"].is_null()),
+        "{status}"
+    );
+}
+
+/// Case 16: the same with `on_database_loss = "skip"`: nothing runs during the outage, and its
+/// slots are recorded `skipped` (cluster database unreachable).
+#[test]
+fn cluster_database_down_with_skip_policy_runs_nothing_and_records_the_slots() {
+    let (server, _hold) = need_pg!(exclusive);
+    let db = server.database();
+    let shared = shared_dir();
+    let (_a, _b, runs, down, up) = outage(server, &db, shared.path(), "skip");
+    let during: Vec<_> = runs
+        .iter()
+        .filter(|r| slot_secs(r) > down + 0.5 && slot_secs(r) < up - 0.5)
+        .collect();
+    assert!(during.is_empty(), "ran during the outage: {during:?}");
+    for (slot, execs) in per_slot(&runs) {
+        assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
+    }
+    assert!(wait_until(Duration::from_secs(10), || db.count(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE outcome = 'skipped'
+          AND error LIKE 'cluster database unreachable%'"
+    ) >= 2));
+}
+
+/// Case 17: the same with `on_database_loss = "primary"`: exactly one node (priority 0) runs
+/// each slot during the outage.
+#[test]
+fn cluster_database_down_with_primary_policy_runs_on_the_primary_only() {
+    let (server, _hold) = need_pg!(exclusive);
+    let db = server.database();
+    let shared = shared_dir();
+    let (_a, _b, runs, down, up) = outage(server, &db, shared.path(), "primary");
+    let during: Vec<_> = runs
+        .iter()
+        .filter(|r| slot_secs(r) > down + 1.0 && slot_secs(r) < up - 0.5)
+        .collect();
+    assert!(!during.is_empty(), "nothing ran during the outage");
+    assert!(during.iter().all(|r| r.node == "a"), "{during:?}");
+    for (slot, execs) in per_slot(&runs) {
+        assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
+    }
 }

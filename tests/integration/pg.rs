@@ -20,6 +20,32 @@ pub struct Server {
 }
 
 static SERVER: OnceLock<Option<Server>> = OnceLock::new();
+/// Tests that stop or restart the server hold it exclusively; the others share it.
+static USE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A test's hold on the server.
+pub enum Hold {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+/// The server, shared with other tests running meanwhile.
+pub fn shared() -> Option<(&'static Server, Hold)> {
+    let s = server()?;
+    Some((
+        s,
+        Hold::Shared(USE.read().unwrap_or_else(|e| e.into_inner())),
+    ))
+}
+
+/// The server, for a test that stops or restarts it: no other cluster test runs meanwhile.
+pub fn exclusive() -> Option<(&'static Server, Hold)> {
+    let s = server()?;
+    Some((
+        s,
+        Hold::Exclusive(USE.write().unwrap_or_else(|e| e.into_inner())),
+    ))
+}
 static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
 
 /// The server binaries' folder: `pg_config --bindir`, else the newest Debian layout.

@@ -1,0 +1,150 @@
+//! `run-once` in cluster mode: a manual slot (`kind = 'manual'`, the instant of the request)
+//! claimed through the same table, so a job never runs on two hosts at once whoever starts it.
+//! The claim has a lease of its own, renewed while the run lasts: a `run-once` that dies frees
+//! its job within a lease (the sweep abandons its claim).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+use super::sql;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::history::{History, RunTag};
+
+/// A manual slot this process owns.
+pub struct Manual {
+    client: Arc<Client>,
+    job: String,
+    /// The manual slot: the run's `scheduled_at`.
+    pub slot: DateTime<Utc>,
+    fence: i64,
+    renew: tokio::task::JoinHandle<()>,
+    pub tag: RunTag,
+}
+
+/// Claims a manual slot of `job` now. Refused (exit 4, naming the node) while the job runs
+/// anywhere in the cluster, unless `wait`, which waits for it.
+pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
+    let cfg = config
+        .cluster
+        .as_ref()
+        .ok_or_else(|| Error::Other("no [cluster] table".to_string()))?;
+    let pg = super::read::pg_config(cfg, "run-once").map_err(Error::Other)?;
+    let unreachable = |e: String| {
+        Error::Other(format!(
+            "cluster database {} unreachable ({e}): a manual run needs it, to be sure the job runs nowhere else",
+            cfg.database_shown
+        ))
+    };
+    let (client, conn) =
+        tokio::time::timeout(super::CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| unreachable("no connection in time".to_string()))?
+            .map_err(|e| unreachable(super::pg_error(&e)))?;
+    tokio::spawn(conn);
+    let client = Arc::new(client);
+    let lease = cfg.lease.as_secs_f64();
+    let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    let mut told = false;
+    loop {
+        let slot = Utc::now();
+        let res = super::call(
+            "claim",
+            client.query_one(sql::CLAIM_MANUAL, &[&job, &slot, &cfg.node, &lease, &pid]),
+        )
+        .await;
+        match res {
+            Ok(row) => {
+                let fence: i64 = row.get(0);
+                let renew = tokio::spawn({
+                    let client = Arc::clone(&client);
+                    let (job, every) = (job.to_string(), cfg.heartbeat);
+                    async move {
+                        let mut tick = tokio::time::interval(every);
+                        loop {
+                            tick.tick().await;
+                            let _ = super::call(
+                                "renew",
+                                client.execute(sql::RENEW_MANUAL, &[&job, &slot, &fence, &lease]),
+                            )
+                            .await;
+                        }
+                    }
+                });
+                return Ok(Manual {
+                    client,
+                    job: job.to_string(),
+                    slot,
+                    fence,
+                    renew,
+                    tag: RunTag {
+                        node: cfg.node.clone(),
+                        epoch: 0,
+                        fence: Some(fence),
+                        degraded: false,
+                    },
+                });
+            }
+            Err(e) if e.message.contains("slots_one_live") => {
+                let holder =
+                    match super::call("claim", client.query_opt(sql::LIVE_CLAIM, &[&job])).await {
+                        Ok(Some(r)) => format!(
+                            "is running on node {}{} (since {})",
+                            r.get::<_, String>(0),
+                            r.get::<_, Option<i32>>(2)
+                                .map(|p| format!(", PID {p}"))
+                                .unwrap_or_default(),
+                            crate::fmt::instant(r.get(5))
+                        ),
+                        _ => "is running on another node".to_string(),
+                    };
+                if !wait {
+                    return Err(Error::Busy(format!(
+                        "`{job}` {holder} (use --wait to wait for it)"
+                    )));
+                }
+                if !told {
+                    eprintln!("⏳ `{job}` {holder}: waiting for it");
+                    told = true;
+                }
+                tokio::time::sleep(cfg.heartbeat.min(Duration::from_millis(500))).await;
+            }
+            Err(e) => return Err(unreachable(e.message)),
+        }
+    }
+}
+
+impl Manual {
+    /// The run ended: its row goes to the cluster's history and the job is free again.
+    pub async fn finish(self, history: &std::path::Path, uid: Option<&str>) {
+        self.renew.abort();
+        if let Some(uid) = uid {
+            let path = history.to_path_buf();
+            let uid = uid.to_string();
+            let row = tokio::task::spawn_blocking(move || {
+                History::open_read_only(&path)
+                    .ok()
+                    .flatten()
+                    .and_then(|h| h.run_by_uid(&uid).ok().flatten())
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(row) = row {
+                // The journal's uploader would send it too (same uid): whichever comes first.
+                if let Err(e) = super::upload_row(&self.client, &row, i64::MAX / 2).await {
+                    eprintln!("warning: the run could not be written to the cluster history: {e}");
+                }
+            }
+        }
+        let _ = super::call(
+            "release",
+            self.client
+                .execute(sql::RELEASE, &[&self.job, &self.slot, &self.fence, &"done"]),
+        )
+        .await;
+    }
+}
