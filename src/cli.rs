@@ -28,7 +28,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground (stop with Ctrl+C or SIGTERM)
-    Run,
+    Run {
+        /// Cluster mode: join even though a live node defines a shared job differently (for a
+        /// rolling upgrade)
+        #[arg(long)]
+        allow_config_drift: bool,
+    },
     /// Run one job now and print its outcome (exit 0 on success, 1 on failure)
     RunOnce {
         /// The job's id, as in `[jobs.<id>]`

@@ -48,7 +48,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
     match cli.command {
-        Command::Run => {
+        Command::Run { allow_config_drift } => {
             // First, before any thread, lock or sizeable allocation (the keeper is a forked copy
             // of us: what we hold now, it holds): the runs die with us, however we die.
             contain::start_keeper().map_err(|e| Error::io("cannot start the keeper", e))?;
@@ -69,7 +69,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 python::init(&config, &interpreter)?;
             }
             let rt = runtime()?;
-            let outcome = rt.block_on(daemon::run(config, interpreter));
+            let outcome = rt.block_on(daemon::run(config, interpreter, allow_config_drift));
             // A reload's probe still hanging is ours: it goes with us.
             interpreter::end_probes();
             // Threads stuck in native code end with the process; do not wait for them.
@@ -182,6 +182,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                 interpreter.version
             );
             print!("{}", status::render_config(&config, &python, Utc::now()));
+            for w in cluster_data_warnings(&config) {
+                println!("⚠️  {w}");
+            }
             Ok(0)
         }
         Command::Calendar {
@@ -396,6 +399,41 @@ pub fn config_warnings(config: &Config, now: chrono::DateTime<Utc>) -> Vec<Strin
                 } else {
                     ""
                 }
+            ));
+        }
+    }
+    warnings
+}
+
+/// Cluster mode: jobs whose `args` name a local SQLite file. After a failover, one session's
+/// data would be split across the hosts' files: a shared store, written idempotently by slot,
+/// keeps it whole (see the README's "Cluster" section).
+fn cluster_data_warnings(config: &Config) -> Vec<String> {
+    let Some(cluster) = &config.cluster else {
+        return Vec::new();
+    };
+    fn local_files(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s)
+                if [".sqlite", ".sqlite3", ".db", ".duckdb"]
+                    .iter()
+                    .any(|ext| s.ends_with(ext)) =>
+            {
+                out.push(s.clone())
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| local_files(v, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|v| local_files(v, out)),
+            _ => {}
+        }
+    }
+    let mut warnings = Vec::new();
+    for job in &config.jobs {
+        let mut files = Vec::new();
+        local_files(&job.args, &mut files);
+        for f in files {
+            warnings.push(format!(
+                "[jobs.{}] writes `{f}`, a file on the host that runs the slot (node {} here): after a failover one session's data is split across hosts; prefer a shared store written idempotently by (symbol, ctx.scheduled_at) with ctx.fence",
+                job.id, cluster.node
             ));
         }
     }

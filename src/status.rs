@@ -300,6 +300,11 @@ fn cluster_view(
                     ));
                 }
             }
+            for d in &cluster.config_drift {
+                status.warnings.push(format!(
+                    "config drift: live nodes define job {d} (hashes differ): they compute different slots"
+                ));
+            }
             status.cluster = Some(cluster);
         }
         Err(e) => {

@@ -50,6 +50,12 @@ pub struct View {
     pub last_error: Option<String>,
     /// When this node first ran a slot without the database (published at the next renewal).
     pub degraded_since: Option<DateTime<Utc>>,
+    /// Every live node's clock is off the database's by about the same amount beyond
+    /// `max_clock_skew`: the database's clock is the odd one, and the early-claim guard is off.
+    pub db_clock_outlier: bool,
+    /// The lease is trusted (renewed within lease − 2 × heartbeat): a claim that fails now
+    /// waits for the connection rather than running without the database.
+    pub trusted: bool,
 }
 
 /// The answer to a claim.
@@ -115,6 +121,11 @@ enum Request {
         state: &'static str,
     },
     Nudge,
+    SkipSlot {
+        job: String,
+        slot: DateTime<Utc>,
+        reply: oneshot::Sender<bool>,
+    },
     LastSlots(oneshot::Sender<HashMap<String, DateTime<Utc>>>),
     Leave(oneshot::Sender<()>),
 }
@@ -152,6 +163,7 @@ impl Node {
     pub async fn start(
         config: &Config,
         recorder: Recorder,
+        allow_drift: bool,
     ) -> Result<(Node, mpsc::UnboundedReceiver<Event>)> {
         let cfg = Arc::new(
             config
@@ -180,6 +192,9 @@ impl Node {
             connected_since: None,
             trusted_until: None,
             trust_lost: false,
+            allow_drift,
+            db_outlier_said: false,
+            skew_said: false,
         };
         c.jobs_hash = hash_of(c.jobs.iter().map(|j| format!("{}={}", j.id, j.hash)));
         match c.connect().await {
@@ -227,6 +242,19 @@ impl Node {
                 }
             };
             let pause = match answer {
+                // The connection failed, but the lease may still hold: the database may be
+                // back within the trust period (a killed connection, a restart). Until then
+                // the slot waits; after it, `on_database_loss` decides.
+                Attempt::Done(Claim::Unreachable(why)) if self.view().trusted => {
+                    if waited_for.is_none() {
+                        tracing::info!(
+                            "⏳ {}: cluster database unreachable ({why}); waiting until the lease is in doubt",
+                            req.job
+                        );
+                        waited_for = Some(format!("the cluster database ({why})"));
+                    }
+                    Duration::from_millis(100)
+                }
                 Attempt::Done(claim) => return claim,
                 Attempt::Early(wait) if early_tries < 3 => {
                     early_tries += 1;
@@ -264,6 +292,21 @@ impl Node {
             }
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// Marks a slot `skipped` cluster-wide; true when this node did it first (and so records
+    /// it), or when the database cannot say (each node then records what it saw).
+    pub async fn skip_slot(&self, job: &str, slot: DateTime<Utc>) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let req = Request::SkipSlot {
+            job: job.to_string(),
+            slot,
+            reply: tx,
+        };
+        if self.tx.send(req).is_err() {
+            return true;
+        }
+        rx.await.unwrap_or(true)
     }
 
     /// A slot runs here without the database (`on_database_loss`): said at the next renewal.
@@ -363,6 +406,10 @@ struct Coordinator {
     /// The lease is trusted until then (the last renewal's send + lease − 2 × heartbeat).
     trusted_until: Option<Instant>,
     trust_lost: bool,
+    /// `run --allow-config-drift`: join even when a live node defines a shared job otherwise.
+    allow_drift: bool,
+    db_outlier_said: bool,
+    skew_said: bool,
 }
 
 /// A failed database call: the server refused the statement, or the connection is in doubt
@@ -484,7 +531,11 @@ impl Coordinator {
             self.cfg.node
         );
         self.epoch = None;
-        self.set_view(|v| v.epoch = None);
+        self.trusted_until = None;
+        self.set_view(|v| {
+            v.epoch = None;
+            v.trusted = false;
+        });
         let _ = self.events.send(Event::LeaseLost);
     }
 
@@ -495,6 +546,7 @@ impl Coordinator {
             && !self.trust_lost
         {
             self.trust_lost = true;
+            self.set_view(|v| v.trusted = false);
             tracing::warn!(
                 "⚠️  node {}: no lease renewal for {}: acting as if the lease were lost (on_database_loss applies to running jobs)",
                 self.cfg.node,
@@ -544,6 +596,11 @@ impl Coordinator {
             }
             if let Err(e) = self.connect().await {
                 self.lost(&e);
+                return false;
+            }
+            // Back after an outage: the lease first (it may have run out meanwhile; nobody
+            // declares it dead for a lease after the server or its peers came back).
+            if self.epoch.is_some() && !self.renew().await && self.client.is_none() {
                 return false;
             }
         }
@@ -639,6 +696,40 @@ impl Coordinator {
         // Which jobs this node defines, with their hashes (for the drift check).
         let ids: Vec<&str> = self.jobs.iter().map(|j| j.id.as_str()).collect();
         let hashes: Vec<&str> = self.jobs.iter().map(|j| j.hash.as_str()).collect();
+        let drift = call(
+            "join",
+            client.query(sql::DRIFT, &[&self.cfg.node, &ids, &hashes]),
+        )
+        .await
+        .map_err(|e| JoinError::Db(e.message))?;
+        if !drift.is_empty() {
+            let list = drift
+                .iter()
+                .map(|r| {
+                    format!(
+                        "`{}` on node {}",
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(0)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let what = format!(
+                "a live node defines a job differently (schedule, window, exchange or calendar): {list}; the nodes would compute different slots and both run them"
+            );
+            if !self.allow_drift {
+                // Leave the row as we found it: stopped, so the name is free.
+                let _ = call(
+                    "join",
+                    client.execute(sql::LEAVE, &[&self.cfg.node, &epoch]),
+                )
+                .await;
+                return Err(JoinError::NameTaken(format!(
+                    "{what}; make the configs agree, or start with `run --allow-config-drift` during a rolling upgrade"
+                )));
+            }
+            tracing::warn!("⚠️  {what} (joining anyway: --allow-config-drift)");
+        }
         call(
             "join",
             client.execute(
@@ -743,6 +834,35 @@ impl Coordinator {
                 }
             }
             Request::Nudge => self.upload().await,
+            Request::SkipSlot { job, slot, reply } => {
+                let first = match (&self.client, self.epoch) {
+                    (Some(client), Some(epoch)) => {
+                        let hash = self
+                            .jobs
+                            .iter()
+                            .find(|j| j.id == job)
+                            .map(|j| j.hash.clone())
+                            .unwrap_or_default();
+                        match call(
+                            "skip",
+                            client.query_opt(
+                                sql::SLOT_SKIPPED,
+                                &[&job, &slot, &self.cfg.node, &epoch, &hash],
+                            ),
+                        )
+                        .await
+                        {
+                            Ok(row) => row.is_some(),
+                            Err(e) => {
+                                self.fail(&e);
+                                true
+                            }
+                        }
+                    }
+                    _ => true,
+                };
+                let _ = reply.send(first);
+            }
             Request::LastSlots(reply) => {
                 let mut last = HashMap::new();
                 if self.ready().await
@@ -791,7 +911,23 @@ impl Coordinator {
             .map(|j| j.hash.clone())
             .unwrap_or_default();
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-        let skew = Some(secs(self.cfg.max_clock_skew));
+        let (offset, outlier) = self
+            .view
+            .lock()
+            .map(|v| (v.clock_offset_ms, v.db_clock_outlier))
+            .unwrap_or_default();
+        let max_skew = i64::try_from(self.cfg.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+        if !outlier && offset.is_some_and(|o| o.abs() > max_skew) {
+            // This host's clock is off: it stays a standby (the others claim on time).
+            return Attempt::Done(Claim::Taken {
+                by: format!(
+                    "another node (this host's clock is {:+} ms off the database's, beyond max_clock_skew: not claiming)",
+                    offset.unwrap_or_default()
+                ),
+            });
+        }
+        // The database's clock is the odd one: its guard would refuse every claim.
+        let skew = (!outlier).then(|| secs(self.cfg.max_clock_skew));
         let kind = if req.manual { "manual" } else { "slot" };
         let result = tokio::time::timeout(
             CALL_TIMEOUT,
@@ -848,16 +984,20 @@ impl Coordinator {
                 let early = (req.slot
                     - chrono::Duration::from_std(self.cfg.max_clock_skew).unwrap_or_default())
                     - db_now;
-                tracing::warn!(
-                    "⏰ {}: claim refused as too early by the database clock (this host's clock is ahead of it by more than max_clock_skew)",
-                    req.job
-                );
-                Attempt::Early(
-                    early
-                        .to_std()
-                        .unwrap_or(Duration::from_millis(10))
-                        .max(Duration::from_millis(10)),
-                )
+                let early = early.to_std().unwrap_or_default();
+                if early > crate::config::CLAIM_AHEAD {
+                    // This host's clock is well ahead of the database's: it does not claim
+                    // (holding the job while it waited would keep its next slots from others).
+                    tracing::warn!(
+                        "⏰ {}: the database's clock refused the claim as {} early: this host's clock is ahead of it by more than max_clock_skew; not claiming",
+                        req.job,
+                        humantime::format_duration(Duration::from_millis(early.as_millis() as u64))
+                    );
+                    return Attempt::Done(Claim::Taken {
+                        by: "another node (this host's clock is ahead of the database's)".into(),
+                    });
+                }
+                Attempt::Early(early.max(Duration::from_millis(10)))
             }
         }
     }
@@ -896,17 +1036,24 @@ impl Coordinator {
             }
             return Attempt::Early(Duration::from_millis(1));
         }
+        let silent: Option<f64> = live.get(7);
+        // An owner that missed a renewal may be dead: the slot waits for the sweep, or for the
+        // owner's next renewal (then its overlap policy applies), rather than being skipped on
+        // a guess.
+        let suspect = alive && silent.is_none_or(|s| s > (self.cfg.heartbeat * 2).as_secs_f64());
         let holder = format!(
             "run of the slot at {} on node {owner}{}{}",
             crate::fmt::instant(slot),
             owner_pid.map(|p| format!(" (PID {p})")).unwrap_or_default(),
-            if alive {
-                " still running"
-            } else {
+            if !alive {
                 ", whose node is dead and being taken over"
+            } else if suspect {
+                ", whose node has stopped renewing its lease"
+            } else {
+                " still running"
             }
         );
-        if req.wait || (!req.manual && req.overlap != Overlap::Skip) {
+        if req.wait || !alive || suspect || (!req.manual && req.overlap != Overlap::Skip) {
             return Attempt::Wait(holder);
         }
         if req.manual {
@@ -946,8 +1093,19 @@ impl Coordinator {
         if !self.ready().await {
             return;
         }
-        let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
+        if !self.renew().await {
             return;
+        }
+        self.check_clocks().await;
+        self.sweep().await;
+        self.cancel_requests().await;
+    }
+
+    /// Renews the lease and measures the clock; false when it could not (the node may have
+    /// been declared dead: it rejoins).
+    async fn renew(&mut self) -> bool {
+        let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
+            return false;
         };
         let before = Utc::now();
         let sent = Instant::now();
@@ -979,22 +1137,81 @@ impl Coordinator {
             Ok(r) => r,
             Err(e) => {
                 self.fail(&e);
-                return;
+                return false;
             }
         };
         let Some(row) = row else {
             self.declared_dead();
-            return;
+            return false;
         };
         self.trusted_until = Some(sent + self.cfg.trust());
         self.trust_lost = false;
+        self.set_view(|v| v.trusted = true);
         let db_now: DateTime<Utc> = row.get(0);
         let rtt = chrono::Duration::from_std(sent.elapsed()).unwrap_or_default();
         let mid = before + rtt / 2;
         let offset = (mid - db_now).num_milliseconds();
         self.set_view(|v| v.clock_offset_ms = Some(offset));
-        self.sweep().await;
-        self.cancel_requests().await;
+        true
+    }
+
+    /// Whether the database's clock is the odd one: every live node off it by about the same
+    /// amount beyond `max_clock_skew` (then the early-claim guard would silence the cluster).
+    async fn check_clocks(&mut self) {
+        let Some(client) = &self.client else { return };
+        let Ok(rows) = call(
+            "clocks",
+            client.query(
+                "SELECT clock_offset_ms FROM nodes WHERE state = 'alive' AND lease_until > now()",
+                &[],
+            ),
+        )
+        .await
+        else {
+            return;
+        };
+        // Every live node must have measured its clock: one that has not yet might agree with
+        // the database, and then the database is not the odd one.
+        let Some(offsets) = rows
+            .iter()
+            .map(|r| r.get::<_, Option<i32>>(0).map(i64::from))
+            .collect::<Option<Vec<i64>>>()
+        else {
+            self.set_view(|v| v.db_clock_outlier = false);
+            return;
+        };
+        let max_skew = i64::try_from(self.cfg.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+        let (lo, hi) = (
+            offsets.iter().copied().min().unwrap_or(0),
+            offsets.iter().copied().max().unwrap_or(0),
+        );
+        let outlier = !offsets.is_empty()
+            && offsets.iter().all(|o| o.abs() > max_skew)
+            && (lo > 0) == (hi > 0)
+            && hi - lo <= max_skew;
+        if outlier && !self.db_outlier_said {
+            tracing::warn!(
+                "⚠️  every live node's clock is {lo:+}…{hi:+} ms off the cluster database's: the database's clock is wrong; claims go by the nodes' clocks until it is fixed"
+            );
+        }
+        self.db_outlier_said = outlier;
+        self.set_view(|v| v.db_clock_outlier = outlier);
+        let own = self.view.lock().ok().and_then(|v| v.clock_offset_ms);
+        let skewed = !outlier && own.is_some_and(|o| o.abs() > max_skew);
+        if skewed != self.skew_said {
+            if skewed {
+                tracing::warn!(
+                    "⏰ this host's clock is {:+} ms off the cluster database's, beyond max_clock_skew ({}): not claiming slots until it is fixed (the other nodes run them)",
+                    own.unwrap_or_default(),
+                    humantime::format_duration(self.cfg.max_clock_skew)
+                );
+            } else {
+                tracing::info!(
+                    "⏰ this host's clock agrees with the cluster database's again: claiming slots"
+                );
+            }
+            self.skew_said = skewed;
+        }
     }
 
     /// Dead incarnations' live slots: taken over (rerun) or abandoned.
@@ -1113,39 +1330,59 @@ impl Coordinator {
                     return;
                 }
             };
-            let why_rerun = format!("{reason}; its slot is run again on {}", self.cfg.node);
-            let why_abandoned = format!("{reason}; abandoned");
-            for (rows, why) in [(&taken, &why_rerun), (&abandoned, &why_abandoned)] {
-                for r in rows.iter() {
-                    let job: String = r.get(0);
-                    let slot: DateTime<Utc> = r.get(1);
-                    let _ = call(
-                        "takeover",
-                        client.execute(
-                            sql::ABANDONED_ROW,
-                            &[
-                                &crate::history::new_uid(),
-                                &job,
-                                &slot,
-                                why,
-                                &node,
-                                &dead_epoch,
-                                &None::<i64>,
-                            ],
-                        ),
-                    )
-                    .await;
-                }
+            // Each slot's run gets its own reason: run again here, or why not.
+            let mut settled: Vec<(String, DateTime<Utc>, String)> = Vec::new();
+            for r in taken.iter() {
+                settled.push((
+                    r.get(0),
+                    r.get(1),
+                    format!("{reason}; its slot is run again on {}", self.cfg.node),
+                ));
             }
+            for r in abandoned.iter() {
+                let job: String = r.get(0);
+                let valid_until: DateTime<Utc> = r.get(2);
+                let why = if !may_rerun.contains(&job.as_str()) && state != "stopped" {
+                    format!("{reason}; abandoned (takeover = \"abandon\" here)")
+                } else if state == "stopped" && !restarted {
+                    format!("{reason}; abandoned (a stopped node's runs are not run again)")
+                } else {
+                    format!(
+                        "{reason}; not run again: too late, the next slot (or the window's end) is at {}",
+                        crate::fmt::instant(valid_until)
+                    )
+                };
+                settled.push((job, r.get(1), why));
+            }
+            for (job, slot, why) in &settled {
+                let _ = call(
+                    "takeover",
+                    client.execute(sql::ABANDON_RUN, &[&node, &dead_epoch, job, slot, why]),
+                )
+                .await;
+                let _ = call(
+                    "takeover",
+                    client.execute(
+                        sql::ABANDONED_ROW,
+                        &[
+                            &crate::history::new_uid(),
+                            job,
+                            slot,
+                            why,
+                            &node,
+                            &dead_epoch,
+                            &None::<i64>,
+                        ],
+                    ),
+                )
+                .await;
+            }
+            // Anything else of it still `running` (its slot already settled).
             let _ = call(
                 "takeover",
                 client.execute(
                     sql::ABANDON_RUNS,
-                    &[
-                        &node,
-                        &dead_epoch,
-                        &why_rerun_or(&taken, &why_rerun, &why_abandoned),
-                    ],
+                    &[&node, &dead_epoch, &format!("{reason}; abandoned")],
                 ),
             )
             .await;
@@ -1272,14 +1509,6 @@ impl Coordinator {
             }
         }
     }
-}
-
-fn why_rerun_or<'a>(
-    taken: &[tokio_postgres::Row],
-    rerun: &'a String,
-    abandoned: &'a String,
-) -> &'a String {
-    if taken.is_empty() { abandoned } else { rerun }
 }
 
 /// Uploads one journal row (revision `rev`) to the cluster's `runs`, idempotently.

@@ -28,6 +28,9 @@ pub struct ClusterStatus {
     /// This host's node.
     pub node: String,
     pub nodes: Vec<NodeStatus>,
+    /// Jobs that live nodes define differently (`job: node, node`): they compute different
+    /// slots.
+    pub config_drift: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,7 +203,7 @@ pub fn status(
         .as_ref()
         .ok_or_else(|| "no [cluster] table".to_string())?;
     let ids: Vec<String> = config.jobs.iter().map(|j| j.id.clone()).collect();
-    let (nodes, jobs) = with_client(config, async |c| {
+    let (nodes, jobs, config_drift) = with_client(config, async |c| {
         let nodes = c
             .query(
                 "SELECT node, CASE WHEN state = 'alive' AND lease_until < now() THEN 'dead'
@@ -212,6 +215,19 @@ pub fn status(
                 &[],
             )
             .await?;
+        let drift = c
+            .query(
+                "SELECT nj.job, string_agg(nj.node || '=' || nj.hash, ', ' ORDER BY nj.node)
+                   FROM node_jobs nj JOIN nodes n ON n.node = nj.node
+                  WHERE n.state = 'alive' AND n.lease_until > now()
+                  GROUP BY nj.job HAVING count(DISTINCT nj.hash) > 1 ORDER BY nj.job",
+                &[],
+            )
+            .await?;
+        let drift: Vec<String> = drift
+            .iter()
+            .map(|r| format!("{}: {}", r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
         let mut jobs = HashMap::new();
         for id in &ids {
             let running = c
@@ -271,7 +287,7 @@ pub fn status(
                 },
             );
         }
-        Ok((nodes, jobs))
+        Ok((nodes, jobs, drift))
     })?;
     let nodes: Vec<NodeStatus> = nodes
         .iter()
@@ -296,6 +312,7 @@ pub fn status(
             expected: cfg.expect_nodes,
             node: cfg.node.clone(),
             nodes,
+            config_drift,
         },
         jobs,
     ))
@@ -311,5 +328,6 @@ pub fn unreachable(config: &Config) -> Option<ClusterStatus> {
         expected: cfg.expect_nodes,
         node: cfg.node.clone(),
         nodes: Vec::new(),
+        config_drift: Vec::new(),
     })
 }

@@ -133,7 +133,9 @@ SELECT (SELECT fence FROM c),
 /// The live claim of a job: who runs it.
 pub(super) const LIVE_CLAIM: &str = "
 SELECT s.owner_node, s.owner_epoch, s.owner_pid, s.scheduled_at, s.fence, s.claimed_at,
-       s.kind = 'manual' OR coalesce(n.state = 'alive' AND n.epoch = s.owner_epoch, false)
+       s.kind = 'manual' OR coalesce(n.state = 'alive' AND n.epoch = s.owner_epoch, false),
+       CASE WHEN s.kind = 'manual' THEN 0
+            ELSE extract(epoch FROM now() - n.heartbeat_at)::float8 END
   FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
  WHERE s.job = $1 AND s.state IN ('claimed', 'running')";
 
@@ -175,7 +177,12 @@ RETURNING job, scheduled_at, fence, attempts, kind";
 pub(super) const ABANDON_SLOTS: &str = "
 UPDATE slots SET state = 'abandoned'
  WHERE owner_node = $1 AND owner_epoch = $2 AND state IN ('claimed', 'running', 'queued')
-RETURNING job, scheduled_at";
+RETURNING job, scheduled_at, valid_until";
+
+/// A dead incarnation's running row of one slot.
+pub(super) const ABANDON_RUN: &str = "
+UPDATE runs SET outcome = 'abandoned', finished_at = now(), error = $5
+ WHERE node = $1 AND node_epoch = $2 AND job = $3 AND scheduled_at = $4 AND outcome = 'running'";
 
 /// A dead incarnation's running rows.
 pub(super) const ABANDON_RUNS: &str = "
@@ -231,3 +238,12 @@ RETURNING job, scheduled_at, owner_node";
 pub(super) const ABANDON_MANUAL_RUN: &str = "
 UPDATE runs SET outcome = 'abandoned', finished_at = now(), error = $4
  WHERE job = $1 AND scheduled_at = $2 AND node = $3 AND trigger = 'manual' AND outcome = 'running'";
+
+/// Shared jobs that a live node (not `$1`) defines with another hash than ours.
+pub(super) const DRIFT: &str = "
+SELECT nj.node, nj.job
+  FROM node_jobs nj JOIN nodes n ON n.node = nj.node
+ WHERE n.state = 'alive' AND n.lease_until > now() AND nj.node <> $1
+   AND nj.job = ANY($2::text[])
+   AND nj.hash <> ($3::text[])[array_position($2::text[], nj.job)]
+ ORDER BY nj.job, nj.node";

@@ -9,7 +9,7 @@ mod raw;
 mod units;
 mod validate;
 
-pub use cluster::{Cluster, DatabaseLoss, Takeover};
+pub use cluster::{CLAIM_AHEAD, Cluster, DatabaseLoss, Takeover};
 use raw::*;
 use units::*;
 pub use units::{parse_duration, parse_size};

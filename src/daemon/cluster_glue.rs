@@ -108,3 +108,13 @@ pub(super) async fn sleep_until_near(at: Option<DateTime<Utc>>) {
         tokio::time::sleep(ahead - NEAR).await;
     }
 }
+
+/// How much later than its own clock says this node starts a slot: its clock's lead over the
+/// database's (none when behind, or when the database's clock is the odd one).
+pub(super) fn clock_shift(node: &Node) -> chrono::Duration {
+    let view = node.view();
+    match view.clock_offset_ms {
+        Some(ms) if ms > 0 && !view.db_clock_outlier => chrono::Duration::milliseconds(ms),
+        _ => chrono::Duration::zero(),
+    }
+}

@@ -75,7 +75,7 @@ struct Dispatcher {
 }
 
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
-pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
+pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) -> Result<()> {
     let started_at = Utc::now();
     let lock = InstanceLock::acquire(
         &config.scheduler.log_dir,
@@ -85,7 +85,8 @@ pub async fn run(config: Config, interpreter: Interpreter) -> Result<()> {
     let recorder = Recorder::open(&config.scheduler.history, RESERVE_IDS)?;
     // Cluster mode: join first, so what is recorded from here on carries the node.
     let (node, mut cluster_events, cluster_last) = if let Some(cluster) = &config.cluster {
-        let (node, events) = crate::cluster::Node::start(&config, recorder.clone()).await?;
+        let (node, events) =
+            crate::cluster::Node::start(&config, recorder.clone(), allow_drift).await?;
         let last = node.last_slots().await;
         // The runs end if this daemon is silent (stopped, hung) past its trust deadline: by
         // then another node may be given their slots.
@@ -358,7 +359,12 @@ impl Dispatcher {
                     reason,
                 } => {
                     tracing::info!("⏭️  {job} skipped: {reason}");
-                    self.env.recorder.skipped(job, trigger, slot, &reason, None);
+                    // In a cluster, say where the run that holds the job is.
+                    let reason = match &self.node {
+                        Some(n) => format!("node {}: {reason}", n.config.node),
+                        None => reason,
+                    };
+                    self.record_skip(job, trigger, slot, reason, None);
                 }
                 Action::Gap {
                     first,
@@ -371,11 +377,20 @@ impl Dispatcher {
                         hms(first),
                         hms(last)
                     );
-                    self.env.recorder.skipped(
+                    // In a cluster the newest slot any node dealt with is the start: slots
+                    // missed since were missed by every node.
+                    let reason = match &self.node {
+                        Some(_) => reason.replace(
+                            "missed while the scheduler was not running",
+                            "missed: no node of the cluster was alive",
+                        ),
+                        None => reason,
+                    };
+                    self.record_skip(
                         job,
                         crate::history::TriggerKind::Schedule,
                         first,
-                        &reason,
+                        reason,
                         Some((count, last)),
                     );
                 }
@@ -444,7 +459,13 @@ impl Dispatcher {
                 let mut req = req;
                 if let Some((node, claim)) = claim {
                     match cluster_glue::claim(&env, &node, claim, &req).await {
-                        Ok(tag) => req.tag = Some(tag),
+                        Ok(tag) => {
+                            // A clock ahead of the database's waits that much more, so the run
+                            // starts at the slot's instant by the database's clock.
+                            req.not_before =
+                                req.not_before.map(|t| t + cluster_glue::clock_shift(&node));
+                            req.tag = Some(tag);
+                        }
                         Err(report) => return *report,
                     }
                 }
@@ -522,6 +543,34 @@ impl Dispatcher {
                     self.dispatch(&jobs[i], actions);
                     self.drop_retired(jobs);
                 }
+            }
+        }
+    }
+
+    /// Records a slot (or a gap of slots from `slot`) that does not run. In a cluster, once for
+    /// all nodes: the node that marks the slot `skipped` in the database records it.
+    fn record_skip(
+        &self,
+        job: &str,
+        trigger: crate::history::TriggerKind,
+        slot: DateTime<Utc>,
+        reason: String,
+        gap: Option<(u64, DateTime<Utc>)>,
+    ) {
+        let recorder = self.env.recorder.clone();
+        match &self.node {
+            // A taken-over slot is ours already: its row is ours to write.
+            Some(node) if trigger != crate::history::TriggerKind::Takeover => {
+                let node = node.clone();
+                let job = job.to_string();
+                tokio::spawn(async move {
+                    if node.skip_slot(&job, slot).await {
+                        recorder.skipped(&job, trigger, slot, &reason, gap);
+                    }
+                });
+            }
+            _ => {
+                recorder.skipped(job, trigger, slot, &reason, gap);
             }
         }
     }

@@ -76,10 +76,17 @@ struct Timing {
     standby_delay: &'static str,
 }
 
-/// Trust deadline (lease − 2 × heartbeat): 1 s.
+/// Trust deadline (lease − 2 × heartbeat): 1.4 s.
 const FAST: Timing = Timing {
-    heartbeat: "250ms",
-    lease: "1500ms",
+    heartbeat: "300ms",
+    lease: "2s",
+    standby_delay: "200ms",
+};
+
+/// For tests about something else than timing: room for a loaded machine.
+const CALM: Timing = Timing {
+    heartbeat: "500ms",
+    lease: "3s",
     standby_delay: "200ms",
 };
 
@@ -498,7 +505,7 @@ fn cluster_owner_sigkilled_mid_run_its_slot_is_rerun_by_a_survivor() {
         .filter(|r| r.slot == exec.slot && r.ended)
         .collect();
     assert_eq!(completed.len(), 1, "one completed execution: {runs:?}");
-    // lease (1.5 s) + heartbeat (250 ms), and the job's start; generous for a loaded machine.
+    // lease (2 s) + heartbeat (300 ms), and the job's start; generous for a loaded machine.
     assert!(
         rerun_after < Duration::from_secs(6),
         "rerun after {rerun_after:?}"
@@ -1098,9 +1105,13 @@ fn cluster_database_down_with_run_policy_fires_everywhere_and_uploads_once() {
     assert!(wait_until(Duration::from_secs(10), || db.count(
         "SELECT count(*) FROM hedge_scheduler.runs WHERE degraded AND outcome = 'success'"
     ) == degraded));
-    assert_eq!(
-        db.count("SELECT count(*) FROM hedge_scheduler.runs WHERE outcome = 'success'"),
-        runs.len() as i64
+    assert!(
+        wait_until(Duration::from_secs(10), || db.count(
+            "SELECT count(*) FROM hedge_scheduler.runs WHERE outcome = 'success'"
+        ) == runs.len() as i64),
+        "{runs:?}\n{:?}\n{}",
+        db.query("SELECT node, node_epoch, scheduled_at, outcome, fence, degraded, error FROM hedge_scheduler.runs ORDER BY scheduled_at"),
+        a.p.daemon_output()
     );
     let status: serde_json::Value =
         serde_json::from_slice(&a.p.run(&["status", "--json"]).stdout).expect("JSON");
@@ -1114,7 +1125,8 @@ fn cluster_database_down_with_run_policy_fires_everywhere_and_uploads_once() {
             .unwrap()
             .iter()
             .all(|n| !n["degraded_since"].is_null()),
-        "{status}"
+        "{status}\n{}",
+        a.p.daemon_output()
     );
 }
 
@@ -1157,4 +1169,493 @@ fn cluster_database_down_with_primary_policy_runs_on_the_primary_only() {
     for (slot, execs) in per_slot(&runs) {
         assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
     }
+}
+
+/// Case 7: the owner dies so late that its slot cannot be run again before the next one: no
+/// rerun (the row says the next slot was too close), and the next slot runs on the survivor.
+#[test]
+fn cluster_owner_dying_near_the_next_slot_is_not_rerun_past_it() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("slow", &file, "*/4 * * * * *", 3.5, "");
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    let mut b = Node::new(&db, "b", 1, &FAST, &job);
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(wait_until(Duration::from_secs(20), || oracle(&file)
+        .iter()
+        .any(|r| r.node == "a")));
+    let exec = oracle(&file).into_iter().find(|r| r.node == "a").unwrap();
+    let slot = ts(&serde_json::Value::String(exec.slot.clone()));
+    // Kill it 3 s into its 4-s slot: the lease (2 s) runs out after the next slot.
+    let at = slot + chrono::Duration::milliseconds(3000);
+    while chrono::Utc::now() < at {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    a.kill();
+    let next = slot + chrono::Duration::seconds(4);
+    let next_s = next.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+    assert!(
+        wait_until(Duration::from_secs(15), || oracle(&file)
+            .iter()
+            .any(
+                |r| r.node == "b" && ts(&serde_json::Value::String(r.slot.clone())) == next
+            )),
+        "the next slot ({next_s}) did not run on b: {}",
+        b.p.daemon_output()
+    );
+    assert!(
+        exec_on(&oracle(&file), &exec.slot, "b").is_none(),
+        "rerun past the next slot"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || db.count(&format!(
+            "SELECT count(*) FROM hedge_scheduler.runs WHERE node = 'a' AND outcome = 'abandoned'
+              AND scheduled_at = '{}' AND error LIKE '%next slot%'",
+            exec.slot
+        )) == 1),
+        "{:?}",
+        db.query("SELECT node, scheduled_at, outcome, error FROM hedge_scheduler.runs")
+    );
+    b.stop();
+}
+
+/// Case 8: the owner dies between its claim and its run's start (a claim with no run row):
+/// the slot is taken over, never left `claimed`.
+#[test]
+fn cluster_owner_dying_between_claim_and_start_leaves_no_claimed_slot() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("slow", &file, "*/10 * * * * *", 0.5, "");
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    let mut b = Node::new(&db, "b", 1, &FAST, &job);
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    // a's claim of the next slot, made for it, as if it died right after claiming.
+    let now = chrono::Utc::now();
+    let next = (now.timestamp() / 10 + 1) * 10;
+    let next = chrono::DateTime::<chrono::Utc>::from_timestamp(next, 0).unwrap();
+    let next = if (next - now).num_milliseconds() < 1500 {
+        next + chrono::Duration::seconds(10)
+    } else {
+        next
+    };
+    let slot = next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    db.execute(&format!(
+        "INSERT INTO hedge_scheduler.slots (job, scheduled_at, owner_node, owner_epoch, state,
+                                            valid_until, jobs_hash)
+         VALUES ('slow', '{slot}', 'a', 1, 'claimed', '{slot}'::timestamptz + interval '10 s', '')"
+    ));
+    a.kill();
+    assert!(
+        wait_until(Duration::from_secs(20), || oracle(&file).iter().any(|r| r
+            .node
+            == "b"
+            && ts(&serde_json::Value::String(r.slot.clone())) == next
+            && r.trigger == "takeover")),
+        "{}",
+        b.p.daemon_output()
+    );
+    assert!(wait_until(Duration::from_secs(10), || db.count(&format!(
+        "SELECT count(*) FROM hedge_scheduler.slots WHERE scheduled_at = '{slot}' AND state = 'done'
+           AND owner_node = 'b'"
+    )) == 1));
+    assert_eq!(
+        db.count("SELECT count(*) FROM hedge_scheduler.slots WHERE state = 'claimed' AND owner_node = 'a'"),
+        0
+    );
+    assert!(wait_until(Duration::from_secs(5), || db.count(&format!(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE node = 'a' AND outcome = 'abandoned'
+          AND scheduled_at = '{slot}'"
+    )) == 1));
+    b.stop();
+}
+
+/// Case 9: the owner dies while its failed run waits for its retry: the retry is taken over
+/// (attempt 2 on the survivor), still before the next slot.
+#[test]
+fn cluster_owner_dying_between_retry_attempts_hands_the_retry_over() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = format!(
+        r#"[jobs.flaky]
+entry = "fixture_jobs:oracle"
+schedule = "*/20 * * * * *"
+market_hours = false
+catch_up = "none"
+timeout = "60s"
+retry = {{ attempts = 3, backoff = "5s" }}
+args = {{ file = {file:?}, seconds = 0, fail_node = "a" }}
+"#
+    );
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    let mut b = Node::new(&db, "b", 1, &FAST, &job);
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(
+        wait_until(Duration::from_secs(30), || a
+            .p
+            .daemon_output()
+            .contains("will retry at")),
+        "{}",
+        a.p.daemon_output()
+    );
+    let failed = oracle(&file).into_iter().find(|r| r.node == "a").unwrap();
+    a.kill();
+    assert!(
+        wait_until(Duration::from_secs(10), || oracle(&file).iter().any(|r| r
+            .node
+            == "b"
+            && r.slot == failed.slot
+            && r.ended)),
+        "{}",
+        b.p.daemon_output()
+    );
+    assert!(wait_until(Duration::from_secs(10), || db.count(&format!(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE node = 'b' AND trigger = 'takeover'
+          AND attempt = 2 AND outcome = 'success' AND scheduled_at = '{}'",
+        failed.slot
+    )) == 1));
+    b.stop();
+}
+
+/// Case 21: a node's connection is killed: it reconnects within a heartbeat and keeps its
+/// lease (no new epoch, no takeover); every slot still runs once.
+#[test]
+fn cluster_killed_connection_reconnects_and_keeps_the_lease() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "* * * * * *", 0.0, "");
+    let mut a = Node::new(&db, "a", 0, &CALM, &job);
+    let mut b = Node::new(&db, "b", 1, &CALM, &job);
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(wait_until(Duration::from_secs(20), || oracle(&file).len() >= 2));
+    for _ in 0..3 {
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE application_name = 'hedge-scheduler/a/node' AND datname = current_database()",
+        );
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let after = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert!(wait_until(Duration::from_secs(20), || oracle(&file)
+        .iter()
+        .filter(|r| ts(&serde_json::Value::String(r.slot.clone())) > after)
+        .count()
+        >= 3));
+    a.stop();
+    b.stop();
+    assert_eq!(
+        db.count("SELECT max(epoch) FROM hedge_scheduler.nodes"),
+        1,
+        "{}",
+        a.p.daemon_output()
+    );
+    let runs = oracle(&file);
+    for (slot, execs) in per_slot(&runs) {
+        assert_eq!(execs.len(), 1, "{slot}: {execs:?}\n{}", a.p.daemon_output());
+    }
+    // A slot whose claim met the broken connection may go to the standby: still once.
+    assert!(
+        runs.iter().all(|r| r.trigger == "schedule"),
+        "{runs:?}\n{}\n{}",
+        a.p.daemon_output(),
+        b.p.daemon_output()
+    );
+}
+
+/// Starts `node` with its wall clock shifted by `offset` (libfaketime; monotonic time real).
+fn start_with_clock(node: &mut Node, offset: &str) {
+    let lib = crate::reliability::libfaketime();
+    let offset = offset.to_string();
+    node.child = Some(node.p.spawn_daemon_with(&[], move |cmd| {
+        cmd.env("LD_PRELOAD", &lib)
+            .env("FAKETIME", &offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("FAKETIME_NO_CACHE", "1");
+    }));
+}
+
+/// Case 22: node b's clock is 5 s fast: it never runs a slot early, `status` shows its offset,
+/// it stops claiming (and says so), and the slots run on time on a.
+#[test]
+fn cluster_node_with_a_fast_clock_never_runs_a_slot_early() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "* * * * * *", 0.0, "");
+    // b would claim first (priority 0), but its clock is 5 s ahead.
+    let mut a = Node::new(&db, "a", 1, &FAST, &job);
+    let mut b = Node::new(&db, "b", 0, &FAST, &job);
+    a.start();
+    start_with_clock(&mut b, "+5s");
+    assert!(a.joined() && b.joined(), "{}", b.p.daemon_output());
+    let from = chrono::Utc::now();
+    assert!(wait_until(Duration::from_secs(20), || oracle(&file).len() >= 5));
+    let status: serde_json::Value =
+        serde_json::from_slice(&a.p.run(&["status", "--json"]).stdout).expect("JSON");
+    let b_row = status["cluster"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "b")
+        .cloned()
+        .expect("b");
+    let off = b_row["clock_offset_ms"].as_i64().expect("b's offset");
+    assert!((4500..5500).contains(&off), "{b_row}");
+    a.stop();
+    b.stop();
+    let runs = oracle(&file);
+    assert!(
+        runs.iter().all(|r| r.node == "a"),
+        "b ran slots: {runs:?}\n{}",
+        b.p.daemon_output()
+    );
+    for (slot, execs) in per_slot(&runs) {
+        assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
+        let started = started_at(&file, execs[0].pid).unwrap();
+        let s = slot_secs(&execs[0]);
+        assert!(started >= s - 0.005, "{slot} ran early at {started}");
+    }
+    // No slot lost to b's refused claims: a ran every one, on time.
+    let times: Vec<_> = per_slot(&runs).values().map(|e| slot_secs(&e[0])).collect();
+    assert!(times.len() >= 5);
+    for w in times.windows(2) {
+        assert!(
+            (w[1] - w[0] - 1.0).abs() < 0.01,
+            "a slot is missing: {times:?}"
+        );
+    }
+    assert!(
+        b.p.daemon_output().contains("not claiming")
+            || b.p.daemon_output().contains("off the cluster database's"),
+        "{}",
+        b.p.daemon_output()
+    );
+    let _ = from;
+}
+
+/// Case 23: every node agrees and the database's clock is the odd one: the guard is suspended
+/// with a warning, and the slots still run.
+#[test]
+fn cluster_database_clock_off_does_not_silence_the_cluster() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "* * * * * *", 0.0, "");
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    let mut b = Node::new(&db, "b", 1, &FAST, &job);
+    start_with_clock(&mut a, "+5s");
+    start_with_clock(&mut b, "+5s");
+    assert!(a.joined() && b.joined());
+    assert!(
+        wait_until(Duration::from_secs(25), || oracle(&file).len() >= 4),
+        "{}",
+        a.p.daemon_output()
+    );
+    a.stop();
+    b.stop();
+    assert!(
+        a.p.daemon_output()
+            .contains("the database's clock is wrong"),
+        "{}",
+        a.p.daemon_output()
+    );
+    for (slot, execs) in per_slot(&oracle(&file)) {
+        assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
+    }
+}
+
+/// Case 24: overlap across hosts. The job runs on b (a manual run); a's slot meanwhile is
+/// `skipped` once, naming b (overlap `skip`), or runs right after b's run ends (`queue`).
+#[test]
+fn cluster_overlap_across_hosts_skip_records_once_and_queue_runs_after() {
+    let (server, _hold) = need_pg!();
+    for (policy, want_skip) in [("skip", true), ("queue", false)] {
+        let db = server.database();
+        let shared = shared_dir();
+        let file = shared.path().join("oracle.log");
+        let job = oracle_job(
+            "slow",
+            &file,
+            "*/2 * * * * *",
+            0.2,
+            &format!("overlap = \"{policy}\"\nmisfire_grace = \"10s\""),
+        );
+        let mut a = Node::new(&db, "a", 0, &FAST, &job);
+        let b = Node::new(&db, "b", 1, &FAST, &job);
+        // b's run takes 3 s (its own config says so).
+        std::fs::write(
+            b.p.config_path(),
+            std::fs::read_to_string(b.p.config_path())
+                .unwrap()
+                .replace("seconds = 0.2", "seconds = 3"),
+        )
+        .unwrap();
+        a.start();
+        assert!(a.joined());
+        // `--wait`: a's own slot may hold the job for a moment.
+        let out = b.p.run(&["run-once", "slow", "--wait"]);
+        assert!(out.status.success(), "{policy}: {}", text(&out));
+        let manual = oracle(&file)
+            .into_iter()
+            .find(|r| r.trigger == "manual")
+            .expect("manual run");
+        let m_start = started_at(&file, manual.pid).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        a.stop();
+        let runs = oracle(&file);
+        let m_end = m_start + 3.0;
+        let overlapping: Vec<_> = runs
+            .iter()
+            .filter(|r| r.node == "a")
+            .filter(|r| {
+                let s = started_at(&file, r.pid).unwrap();
+                s > m_start && s < m_end
+            })
+            .collect();
+        assert!(
+            overlapping.is_empty(),
+            "{policy}: a ran during b's run: {overlapping:?}"
+        );
+        let skipped = db.count(
+            "SELECT count(*) FROM hedge_scheduler.runs WHERE outcome = 'skipped'
+              AND error LIKE '%on node b%'",
+        );
+        if want_skip {
+            assert!(skipped >= 1, "{policy}: no skipped row naming b");
+            let per = db.count(
+                "SELECT max(n) FROM (SELECT count(*) AS n FROM hedge_scheduler.runs
+                  WHERE outcome = 'skipped' GROUP BY scheduled_at) x",
+            );
+            assert_eq!(per, 1, "{policy}: a slot was recorded skipped twice");
+        } else {
+            // The slot that waited for b's run starts right after it (one that waited past its
+            // own next slot is recorded `skipped`, naming b).
+            let after = runs
+                .iter()
+                .filter(|r| r.node == "a")
+                .filter_map(|r| started_at(&file, r.pid))
+                .filter(|s| *s >= m_end - 0.1)
+                .fold(f64::MAX, f64::min);
+            assert!(
+                after - m_end < 1.5,
+                "{policy}: the queued slot did not run right after b's run"
+            );
+        }
+    }
+}
+
+/// Case 26 and 27: the whole cluster was down across several slots, then two nodes start
+/// together: `catch_up = "latest"` runs exactly one catch-up cluster-wide, the rest are recorded
+/// `skipped` once ("no node of the cluster was alive").
+#[test]
+fn cluster_whole_cluster_down_then_two_nodes_catch_up_once() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "*/2 * * * * *", 0.0, "catch_up = \"latest\"")
+        .replace("catch_up = \"none\"\n", "");
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    let mut b = Node::new(&db, "b", 1, &FAST, &job);
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(wait_until(Duration::from_secs(20), || !oracle(&file).is_empty()));
+    a.stop();
+    b.stop();
+    let before = oracle(&file).len();
+    std::thread::sleep(Duration::from_secs(7));
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(wait_until(Duration::from_secs(20), || oracle(&file)
+        .iter()
+        .filter(|r| r.trigger == "catch-up")
+        .count()
+        >= 1));
+    std::thread::sleep(Duration::from_secs(3));
+    a.stop();
+    b.stop();
+    let runs = oracle(&file);
+    assert!(runs.len() > before);
+    let catch_ups: Vec<_> = runs.iter().filter(|r| r.trigger == "catch-up").collect();
+    assert_eq!(catch_ups.len(), 1, "{runs:?}");
+    for (slot, execs) in per_slot(&runs) {
+        assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
+    }
+    let gaps = db.query(
+        "SELECT scheduled_at, missed_count, error FROM hedge_scheduler.runs WHERE outcome = 'skipped'",
+    );
+    assert_eq!(gaps.len(), 1, "one gap row cluster-wide: {gaps:?}");
+    assert!(
+        gaps[0][2]
+            .as_deref()
+            .unwrap_or("")
+            .contains("no node of the cluster was alive"),
+        "{gaps:?}"
+    );
+}
+
+/// Case 28: b defines a shared job with another schedule: refused while a lives (exit 1,
+/// naming the job and node); with `--allow-config-drift` it joins, and `status` warns.
+#[test]
+fn cluster_config_drift_is_refused_unless_allowed() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let mut a = Node::new(
+        &db,
+        "a",
+        0,
+        &FAST,
+        &oracle_job("tick", &file, "*/5 * * * * *", 0.0, ""),
+    );
+    let mut b = Node::new(
+        &db,
+        "b",
+        1,
+        &FAST,
+        &oracle_job("tick", &file, "*/3 * * * * *", 0.0, ""),
+    );
+    a.start();
+    assert!(a.joined());
+    let out = b.p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`tick` on node a") && err.contains("--allow-config-drift"),
+        "{err}"
+    );
+    b.child = Some(b.p.spawn_daemon_with(&["--allow-config-drift"], |_| {}));
+    assert!(b.joined(), "{}", b.p.daemon_output());
+    let status: serde_json::Value =
+        serde_json::from_slice(&a.p.run(&["status", "--json"]).stdout).expect("JSON");
+    assert!(
+        status["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap_or("").contains("config drift")),
+        "{status}"
+    );
+    a.stop();
+    b.stop();
 }

@@ -1321,10 +1321,10 @@ fn a_reload_names_a_disabled_job_as_disabled_not_removed() {
     };
     p.config("", &jobs(true));
     let mut daemon = p.spawn_daemon();
+    // SIGHUP is handled once the daemon is ready (before, it would end the process).
     assert!(wait_until(Duration::from_secs(20), || p
-        .run(&["status"])
-        .status
-        .success()));
+        .daemon_output()
+        .contains("All services initialized")));
     p.config("", &jobs(false));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.id() as i32),

@@ -312,7 +312,7 @@ fn a_hanging_interpreter_probe_is_rejected_and_firing_goes_on() {
 }
 
 /// libfaketime, installed from Debian's `faketime` package (`.ci/run` installs it).
-fn libfaketime() -> PathBuf {
+pub(crate) fn libfaketime() -> PathBuf {
     let found = std::fs::read_dir("/usr/lib")
         .into_iter()
         .flatten()

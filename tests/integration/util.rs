@@ -101,14 +101,18 @@ path = [{bridge:?}, "jobs"]
 
     /// Starts `run`; its console goes to `daemon.out` in the project (see `daemon_output`).
     pub fn spawn_daemon(&self) -> Child {
+        self.spawn_daemon_with(&[], |_| {})
+    }
+
+    /// Starts `run` with more arguments, and `tune` applied to its command (environment).
+    pub fn spawn_daemon_with(&self, args: &[&str], tune: impl FnOnce(&mut Command)) -> Child {
         let out = std::fs::File::create(self.path().join("daemon.out")).expect("daemon.out");
         let err = out.try_clone().expect("daemon.out");
-        let child = self
-            .cmd(&["run"])
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn daemon");
+        let mut argv = vec!["run"];
+        argv.extend_from_slice(args);
+        let mut cmd = self.cmd(&argv);
+        tune(&mut cmd);
+        let child = cmd.stdout(out).stderr(err).spawn().expect("spawn daemon");
         self.daemons.borrow_mut().push(child.id());
         child
     }
