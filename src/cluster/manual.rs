@@ -135,7 +135,9 @@ impl Manual {
             .flatten();
             if let Some(row) = row {
                 // The journal's uploader would send it too (same uid): whichever comes first.
-                if let Err(e) = super::upload_row(&self.client, &row, i64::MAX / 2).await {
+                if let Err(e) =
+                    super::upload_row(&self.client, sql::UPLOAD, &row, i64::MAX / 2).await
+                {
                     eprintln!("warning: the run could not be written to the cluster history: {e}");
                 }
             }

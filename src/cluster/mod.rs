@@ -56,6 +56,8 @@ pub struct View {
     /// The lease is trusted (renewed within lease − 2 × heartbeat): a claim that fails now
     /// waits for the connection rather than running without the database.
     pub trusted: bool,
+    /// Until when (the last renewal's send + lease − 2 × heartbeat).
+    pub trusted_until: Option<Instant>,
 }
 
 /// The answer to a claim.
@@ -177,6 +179,7 @@ impl Node {
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut c = Coordinator {
             cfg: Arc::clone(&cfg),
+            prepared: None,
             jobs,
             jobs_hash: String::new(),
             client: None,
@@ -190,8 +193,6 @@ impl Node {
             journal: Arc::new(Mutex::new(None)),
             failing_since: None,
             connected_since: None,
-            trusted_until: None,
-            trust_lost: false,
             allow_drift,
             db_outlier_said: false,
             skew_said: false,
@@ -210,6 +211,11 @@ impl Node {
                 );
             }
         }
+        tokio::spawn(trust_watch(
+            Arc::clone(&cfg),
+            Arc::clone(&view),
+            c.events.clone(),
+        ));
         tokio::spawn(c.run(rx));
         Ok((
             Node {
@@ -347,6 +353,44 @@ impl Node {
     }
 }
 
+/// The trust deadline, watched on its own: a database call that hangs (a black hole) must not
+/// delay it. Past it without a renewal the node acts as if its lease were lost: `Event::
+/// TrustLost` (once per lapse), and claims stop waiting for the database.
+async fn trust_watch(
+    cfg: Arc<ClusterConfig>,
+    view: Arc<Mutex<View>>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut said_for: Option<Instant> = None;
+    loop {
+        let until = view.lock().ok().and_then(|v| v.trusted_until);
+        match until {
+            Some(u) if Instant::now() < u => tokio::time::sleep_until(u).await,
+            Some(u) => {
+                if said_for != Some(u) {
+                    said_for = Some(u);
+                    if let Ok(mut v) = view.lock() {
+                        v.trusted = false;
+                    }
+                    tracing::warn!(
+                        "⚠️  node {}: no lease renewal for {}: acting as if the lease were lost (on_database_loss applies to running jobs)",
+                        cfg.node,
+                        humantime::format_duration(cfg.trust())
+                    );
+                    if events.send(Event::TrustLost).is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(cfg.heartbeat / 4).await;
+            }
+            None => tokio::time::sleep(cfg.heartbeat).await,
+        }
+        if events.is_closed() {
+            return;
+        }
+    }
+}
+
 /// Each job's hash: what makes two nodes compute the same slots for it.
 fn job_infos(config: &Config) -> Vec<JobInfo> {
     config
@@ -384,8 +428,30 @@ enum JoinError {
     Db(String),
 }
 
+/// The statements of every heartbeat and fire, prepared once per connection (a statement by
+/// text costs a second round trip each time).
+#[derive(Clone)]
+struct Prepared {
+    claim: tokio_postgres::Statement,
+    heartbeat: tokio_postgres::Statement,
+    release: tokio_postgres::Statement,
+    upload: tokio_postgres::Statement,
+}
+
+impl Prepared {
+    async fn new(client: &Client) -> std::result::Result<Prepared, CallError> {
+        Ok(Prepared {
+            claim: call("prepare", client.prepare(sql::CLAIM)).await?,
+            heartbeat: call("prepare", client.prepare(sql::HEARTBEAT)).await?,
+            release: call("prepare", client.prepare(sql::RELEASE)).await?,
+            upload: call("prepare", client.prepare(sql::UPLOAD)).await?,
+        })
+    }
+}
+
 struct Coordinator {
     cfg: Arc<ClusterConfig>,
+    prepared: Option<Prepared>,
     jobs: Vec<JobInfo>,
     jobs_hash: String,
     client: Option<Client>,
@@ -403,9 +469,6 @@ struct Coordinator {
     /// Since when this node's connection has worked: it declares others dead only after a
     /// lease of it (they may be reconnecting after the same outage).
     connected_since: Option<Instant>,
-    /// The lease is trusted until then (the last renewal's send + lease − 2 × heartbeat).
-    trusted_until: Option<Instant>,
-    trust_lost: bool,
     /// `run --allow-config-drift`: join even when a live node defines a shared job otherwise.
     allow_drift: bool,
     db_outlier_said: bool,
@@ -506,6 +569,7 @@ impl Coordinator {
             }
         });
         migrate(&mut client, &self.cfg.schema).await?;
+        self.prepared = Some(Prepared::new(&client).await?);
         self.client = Some(client);
         self.connected_since = Some(Instant::now());
         self.backoff = MIN_BACKOFF.min(self.cfg.heartbeat);
@@ -531,29 +595,12 @@ impl Coordinator {
             self.cfg.node
         );
         self.epoch = None;
-        self.trusted_until = None;
         self.set_view(|v| {
             v.epoch = None;
             v.trusted = false;
+            v.trusted_until = None;
         });
         let _ = self.events.send(Event::LeaseLost);
-    }
-
-    /// Past the trust deadline without a renewal: the lease may be gone. Said once.
-    fn check_trust(&mut self) {
-        if let Some(until) = self.trusted_until
-            && Instant::now() >= until
-            && !self.trust_lost
-        {
-            self.trust_lost = true;
-            self.set_view(|v| v.trusted = false);
-            tracing::warn!(
-                "⚠️  node {}: no lease renewal for {}: acting as if the lease were lost (on_database_loss applies to running jobs)",
-                self.cfg.node,
-                humantime::format_duration(self.cfg.trust())
-            );
-            let _ = self.events.send(Event::TrustLost);
-        }
     }
 
     /// A call failed: a connection in doubt is dropped; a refused statement is only logged.
@@ -575,6 +622,7 @@ impl Coordinator {
             self.failing_since = Some(Utc::now());
         }
         self.client = None;
+        self.prepared = None;
         self.connected_since = None;
         self.next_connect = Instant::now() + self.backoff;
         // Never slower than the heartbeat: a node must be back before its lease runs out.
@@ -783,7 +831,6 @@ impl Coordinator {
                 },
                 _ = tick.tick() => {
                     self.beat().await;
-                    self.check_trust();
                     self.upload().await;
                 }
             }
@@ -823,10 +870,10 @@ impl Coordinator {
                 if !self.ready().await {
                     return;
                 }
-                if let Some(client) = &self.client
+                if let (Some(client), Some(prepared)) = (&self.client, &self.prepared)
                     && let Err(e) = call(
                         "release",
-                        client.execute(sql::RELEASE, &[&job, &slot, &fence, &state]),
+                        client.execute(&prepared.release, &[&job, &slot, &fence, &state]),
                     )
                     .await
                 {
@@ -929,10 +976,14 @@ impl Coordinator {
         // The database's clock is the odd one: its guard would refuse every claim.
         let skew = (!outlier).then(|| secs(self.cfg.max_clock_skew));
         let kind = if req.manual { "manual" } else { "slot" };
+        let sent = Instant::now();
+        let Some(prepared) = self.prepared.clone() else {
+            return Attempt::Done(Claim::Unreachable("not connected".to_string()));
+        };
         let result = tokio::time::timeout(
             CALL_TIMEOUT,
             client.query_one(
-                sql::CLAIM,
+                &prepared.claim,
                 &[
                     &req.job,
                     &req.slot,
@@ -973,12 +1024,20 @@ impl Coordinator {
             return Attempt::Early(Duration::from_millis(1));
         }
         match (fence, owner) {
-            (Some(fence), _) => Attempt::Done(Claim::Won(RunTag {
-                node: self.cfg.node.clone(),
-                epoch,
-                fence: Some(fence),
-                degraded: false,
-            })),
+            (Some(fence), _) => {
+                tracing::debug!(
+                    "{}: claimed the slot at {} (fence {fence}) in {} µs",
+                    req.job,
+                    crate::fmt::instant(req.slot),
+                    sent.elapsed().as_micros()
+                );
+                Attempt::Done(Claim::Won(RunTag {
+                    node: self.cfg.node.clone(),
+                    epoch,
+                    fence: Some(fence),
+                    degraded: false,
+                }))
+            }
             (None, Some(by)) => Attempt::Done(Claim::Taken { by }),
             (None, None) => {
                 let early = (req.slot
@@ -1119,10 +1178,13 @@ impl Coordinator {
                 )
             })
             .unwrap_or_default();
+        let Some(prepared) = self.prepared.clone() else {
+            return false;
+        };
         let row = call(
             "heartbeat",
             client.query_opt(
-                sql::HEARTBEAT,
+                &prepared.heartbeat,
                 &[
                     &self.cfg.node,
                     &epoch,
@@ -1144,9 +1206,11 @@ impl Coordinator {
             self.declared_dead();
             return false;
         };
-        self.trusted_until = Some(sent + self.cfg.trust());
-        self.trust_lost = false;
-        self.set_view(|v| v.trusted = true);
+        let until = sent + self.cfg.trust();
+        self.set_view(|v| {
+            v.trusted = true;
+            v.trusted_until = Some(until);
+        });
         let db_now: DateTime<Utc> = row.get(0);
         let rtt = chrono::Duration::from_std(sent.elapsed()).unwrap_or_default();
         let mid = before + rtt / 2;
@@ -1478,7 +1542,10 @@ impl Coordinator {
         let Some(client) = &self.client else { return };
         let mut failed = None;
         for u in rows {
-            match upload_row(client, &u.row, u.rev).await {
+            let Some(prepared) = &self.prepared else {
+                return;
+            };
+            match upload_row(client, &prepared.upload, &u.row, u.rev).await {
                 Ok(()) => {
                     if let Some(uid) = &u.row.run_uid {
                         self.recorder.synced(uid, u.rev);
@@ -1512,8 +1579,9 @@ impl Coordinator {
 }
 
 /// Uploads one journal row (revision `rev`) to the cluster's `runs`, idempotently.
-async fn upload_row(
+async fn upload_row<S: tokio_postgres::ToStatement + ?Sized>(
     client: &Client,
+    statement: &S,
     r: &crate::history::RunRow,
     rev: i64,
 ) -> std::result::Result<(), CallError> {
@@ -1531,7 +1599,7 @@ async fn upload_row(
     call(
         "upload",
         client.execute(
-            sql::UPLOAD,
+            statement,
             &[
                 r.run_uid.as_ref().unwrap_or(&String::new()),
                 &r.job,

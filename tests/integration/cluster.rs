@@ -1659,3 +1659,272 @@ fn cluster_config_drift_is_refused_unless_allowed() {
     a.stop();
     b.stop();
 }
+
+/// Case 19: node b is cut off by refusal (its role `NOLOGIN`, its connections terminated): a
+/// stays exactly-once; b behaves per `on_database_loss`; healed, b rejoins with a new epoch,
+/// uploads what it ran, and the history flags exactly the partition's duplicates (`run`) or
+/// none (`skip`).
+#[test]
+fn cluster_node_partitioned_by_refusal_rejoins_and_its_duplicates_are_flagged() {
+    let (server, _hold) = need_pg!();
+    for policy in ["run", "skip"] {
+        let db = server.database();
+        db.execute(&format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'node_a') THEN
+                 CREATE ROLE node_a LOGIN SUPERUSER; END IF;
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'node_b_{policy}') THEN
+                 CREATE ROLE node_b_{policy} LOGIN SUPERUSER; END IF;
+             END $$;"
+        ));
+        let shared = shared_dir();
+        let file = shared.path().join("oracle.log");
+        let job = oracle_job(
+            "tick",
+            &file,
+            "* * * * * *",
+            0.0,
+            &format!("on_database_loss = \"{policy}\""),
+        );
+        let as_role = |role: &str| {
+            let mut n = Node::new(&db, role, 0, &FAST, &job);
+            let text = std::fs::read_to_string(n.p.config_path())
+                .unwrap()
+                .replace("user=postgres", &format!("user={role}"));
+            std::fs::write(n.p.config_path(), text).unwrap();
+            n.name = role.to_string();
+            n
+        };
+        let mut a = as_role("node_a");
+        let b_role = format!("node_b_{policy}");
+        let mut b = as_role(&b_role);
+        // b is the standby.
+        let text = std::fs::read_to_string(b.p.config_path())
+            .unwrap()
+            .replace("priority = 0", "priority = 1");
+        std::fs::write(b.p.config_path(), text).unwrap();
+        a.start();
+        b.start();
+        assert!(a.joined() && b.joined());
+        assert!(wait_until(Duration::from_secs(20), || oracle(&file).len() >= 2));
+        db.execute(&format!(
+            "ALTER ROLE {b_role} NOLOGIN;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{b_role}';"
+        ));
+        let cut = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+        std::thread::sleep(Duration::from_secs(5));
+        db.execute(&format!("ALTER ROLE {b_role} LOGIN"));
+        let healed = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+        assert!(
+            wait_until(Duration::from_secs(15), || db.count(&format!(
+                "SELECT count(*) FROM hedge_scheduler.nodes WHERE node = '{b_role}'
+                  AND state = 'alive' AND epoch = 2"
+            )) == 1),
+            "{policy}: b did not rejoin: {}",
+            b.p.daemon_output()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        a.stop();
+        b.stop();
+        let runs = oracle(&file);
+        // a ran every slot once, through the partition.
+        let a_slots: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.node == "node_a")
+            .map(slot_secs)
+            .collect();
+        let unique: HashSet<String> = runs
+            .iter()
+            .filter(|r| r.node == "node_a")
+            .map(|r| r.slot.clone())
+            .collect();
+        assert_eq!(unique.len(), a_slots.len(), "{policy}: a ran a slot twice");
+        let in_cut = |t: f64| t > cut + 0.5 && t < healed - 0.5;
+        assert!(
+            a_slots.iter().filter(|t| in_cut(**t)).count() >= 3,
+            "{policy}: a stopped during the partition: {runs:?}"
+        );
+        let b_during: Vec<_> = runs
+            .iter()
+            .filter(|r| r.node == b_role && in_cut(slot_secs(r)))
+            .collect();
+        if policy == "run" {
+            assert!(!b_during.is_empty(), "run: b ran nothing while cut off");
+            assert!(b_during.iter().all(|r| r.fence == "None"), "{b_during:?}");
+            // Uploaded on healing, and counted as duplicates of a's runs.
+            let degraded = runs.iter().filter(|r| r.fence == "None").count() as i64;
+            assert!(
+                wait_until(Duration::from_secs(10), || {
+                    db.count(
+                    "SELECT count(*) FROM hedge_scheduler.runs WHERE degraded AND outcome = 'success'"
+                ) == degraded
+                }),
+                "run: the partition's runs were not uploaded"
+            );
+            let status: serde_json::Value =
+                serde_json::from_slice(&a.p.run(&["status", "--json"]).stdout).expect("JSON");
+            assert_eq!(
+                status["jobs"][0]["duplicates_today"].as_i64(),
+                Some(degraded),
+                "{status}"
+            );
+        } else {
+            assert!(
+                b_during.is_empty(),
+                "skip: b ran while cut off: {b_during:?}"
+            );
+        }
+    }
+}
+
+/// A Unix-socket proxy in front of the test server, for one node: `pause` black-holes it (open
+/// connections stop moving, new ones hang), `resume` lets everything through again.
+struct Proxy {
+    dir: tempfile::TempDir,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn new(server: &pg::Server) -> Proxy {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::Builder::new()
+            .prefix("hedge-proxy-")
+            .tempdir()
+            .expect("proxy dir");
+        let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5432")).expect("bind");
+        let upstream = server.socket.join(".s.PGSQL.5432");
+        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p = std::sync::Arc::clone(&paused);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let (p, upstream) = (std::sync::Arc::clone(&p), upstream.clone());
+                std::thread::spawn(move || {
+                    while p.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let Ok(server) = UnixStream::connect(&upstream) else {
+                        return;
+                    };
+                    let pipe =
+                        |from: UnixStream,
+                         to: UnixStream,
+                         p: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+                            use std::io::{Read, Write};
+                            let (mut from, mut to) = (from, to);
+                            let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+                            let mut buf = [0u8; 16384];
+                            loop {
+                                if p.load(Ordering::SeqCst) {
+                                    std::thread::sleep(Duration::from_millis(20));
+                                    continue;
+                                }
+                                match from.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        if to.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock
+                                                | std::io::ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        };
+                    let (c2, s2) = (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    );
+                    let p2 = std::sync::Arc::clone(&p);
+                    std::thread::spawn(move || pipe(s2, c2, p2));
+                    pipe(client, server, p);
+                });
+            }
+        });
+        Proxy { dir, paused }
+    }
+
+    fn pause(&self) {
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn resume(&self) {
+        self.paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Case 20: node b is cut off by a black hole (its proxy stops moving bytes): its statements
+/// time out, nothing in it hangs (its own heartbeat and `status --json` stay responsive), a
+/// stays exactly-once, and b comes back when the proxy does.
+#[test]
+fn cluster_node_behind_a_black_hole_times_out_and_does_not_hang() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job(
+        "tick",
+        &file,
+        "* * * * * *",
+        0.0,
+        "on_database_loss = \"skip\"",
+    );
+    let proxy = Proxy::new(server);
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    let mut b = Node::new(&db, "b", 1, &FAST, &job);
+    let text = std::fs::read_to_string(b.p.config_path()).unwrap().replace(
+        &format!("host={}", server.socket.display()),
+        &format!("host={}", proxy.dir.path().display()),
+    );
+    std::fs::write(b.p.config_path(), text).unwrap();
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(wait_until(Duration::from_secs(20), || oracle(&file).len() >= 2));
+    proxy.pause();
+    let cut = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+    // While it lasts, b's daemon answers: its status is quick and says it responds.
+    std::thread::sleep(Duration::from_secs(4));
+    let started = std::time::Instant::now();
+    let out = b.p.run(&["status", "--json"]);
+    assert!(started.elapsed() < Duration::from_secs(6), "status hung");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(status["daemon"]["responding"], true, "{status}");
+    assert!(
+        b.p.daemon_output().contains("no answer within")
+            || b.p.daemon_output().contains("no connection within"),
+        "{}",
+        b.p.daemon_output()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.resume();
+    let healed = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+    assert!(
+        wait_until(Duration::from_secs(20), || b
+            .p
+            .daemon_output()
+            .contains("reachable again")),
+        "{}",
+        b.p.daemon_output()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    a.stop();
+    b.stop();
+    let runs = oracle(&file);
+    for (slot, execs) in per_slot(&runs) {
+        assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
+    }
+    let a_during = runs
+        .iter()
+        .filter(|r| r.node == "a" && slot_secs(r) > cut + 0.5 && slot_secs(r) < healed - 0.5)
+        .count();
+    assert!(a_during >= 4, "a stopped while b was cut off: {runs:?}");
+}
