@@ -501,10 +501,28 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
             });
             futures_select_first(waits.collect()).await
         };
+        // Cluster mode: another node's slot may replace this run (its overlap `replace`).
+        let replaced = async {
+            match manual.as_ref().map(|m| m.cancel.clone()) {
+                Some(mut rx) => loop {
+                    if let Some(why) = rx.borrow_and_update().clone() {
+                        return why;
+                    }
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             report = &mut run => report,
             name = stop_signal => {
                 let _ = cancel_tx.send(Some(format!("run-once interrupted ({name})")));
+                run.await
+            }
+            why = replaced => {
+                let _ = cancel_tx.send(Some(why));
                 run.await
             }
         }

@@ -16,6 +16,8 @@ use crate::history::{History, RunTag};
 
 /// A manual slot this process owns.
 pub struct Manual {
+    /// Turns `Some(reason)` when another node asks this run to end (its overlap `replace`).
+    pub cancel: tokio::sync::watch::Receiver<Option<String>>,
     client: Arc<Client>,
     job: String,
     /// The manual slot: the run's `scheduled_at`.
@@ -59,6 +61,7 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
         match res {
             Ok(row) => {
                 let fence: i64 = row.get(0);
+                let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
                 let renew = tokio::spawn({
                     let client = Arc::clone(&client);
                     let (job, every) = (job.to_string(), cfg.heartbeat);
@@ -66,15 +69,21 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
                         let mut tick = tokio::time::interval(every);
                         loop {
                             tick.tick().await;
-                            let _ = super::call(
+                            // Renewed, and asked to end (overlap `replace` on another node)?
+                            if let Ok(Some(row)) = super::call(
                                 "renew",
-                                client.execute(sql::RENEW_MANUAL, &[&job, &slot, &fence, &lease]),
+                                client.query_opt(sql::RENEW_MANUAL, &[&job, &slot, &fence, &lease]),
                             )
-                            .await;
+                            .await
+                                && let Some(why) = row.get::<_, Option<String>>(0)
+                            {
+                                let _ = cancel_tx.send(Some(why));
+                            }
                         }
                     }
                 });
                 return Ok(Manual {
+                    cancel,
                     client,
                     job: job.to_string(),
                     slot,

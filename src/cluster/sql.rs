@@ -226,7 +226,8 @@ RETURNING fence";
 /// A manual run renews its claim.
 pub(super) const RENEW_MANUAL: &str = "
 UPDATE slots SET valid_until = now() + make_interval(secs => $4)
- WHERE job = $1 AND scheduled_at = $2 AND fence = $3 AND state IN ('claimed', 'running')";
+ WHERE job = $1 AND scheduled_at = $2 AND fence = $3 AND state IN ('claimed', 'running')
+RETURNING cancel_requested";
 
 /// Manual claims whose process stopped renewing them: abandoned.
 pub(super) const EXPIRE_MANUAL: &str = "

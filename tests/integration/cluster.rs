@@ -1928,3 +1928,120 @@ fn cluster_node_behind_a_black_hole_times_out_and_does_not_hang() {
         .count();
     assert!(a_during >= 4, "a stopped while b was cut off: {runs:?}");
 }
+
+/// Case 24, `replace`: the job runs on b (a manual run); a's slot asks b to end it, b's run is
+/// `cancelled` ("replaced by the slot at … on a"), then a runs the slot.
+#[test]
+fn cluster_overlap_replace_across_hosts_cancels_the_other_nodes_run() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("slow", &file, "*/3 * * * * *", 0.2, "overlap = \"replace\"");
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    let b = Node::new(&db, "b", 1, &FAST, &job);
+    std::fs::write(
+        b.p.config_path(),
+        std::fs::read_to_string(b.p.config_path())
+            .unwrap()
+            .replace("seconds = 0.2", "seconds = 20"),
+    )
+    .unwrap();
+    a.start();
+    assert!(a.joined());
+    let out = b.p.run(&["run-once", "slow", "--wait", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(row["outcome"], "cancelled", "{row}");
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("replaced by the slot at")
+            && row["error"].as_str().unwrap_or("").contains("on a"),
+        "{row}"
+    );
+    let manual = oracle(&file)
+        .into_iter()
+        .find(|r| r.trigger == "manual")
+        .expect("the manual run");
+    assert!(!manual.ended, "the replaced run finished anyway");
+    // a's slot runs once b's run is gone.
+    let cancelled_at = started_at(&file, manual.pid).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        oracle(&file).iter().any(|r| {
+            r.node == "a" && started_at(&file, r.pid).is_some_and(|s| s > cancelled_at) && r.ended
+        })
+    }));
+    a.stop();
+}
+
+/// Case 14: a node stopped in the middle of a transaction (here: a session with the nodes'
+/// settings that inserted the next slot's claim and went silent) blocks the others' claims for at
+/// most `lock_timeout` a statement, never the node; the session is ended by
+/// `idle_in_transaction_session_timeout`, and the slot then runs once.
+#[test]
+fn cluster_node_stopped_mid_transaction_does_not_block_the_others() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("slow", &file, "*/15 * * * * *", 0.0, "");
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    a.start();
+    assert!(a.joined());
+    // The next slot at least 4 s ahead.
+    let now = chrono::Utc::now();
+    let mut next =
+        chrono::DateTime::<chrono::Utc>::from_timestamp((now.timestamp() / 15 + 1) * 15, 0)
+            .unwrap();
+    if (next - now).num_milliseconds() < 4000 {
+        next += chrono::Duration::seconds(15);
+    }
+    let slot = next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // The frozen node: its transaction holds the slot's key, uncommitted, then nothing.
+    let conninfo = format!(
+        "{} options='-c idle_in_transaction_session_timeout=5000'",
+        db.conninfo()
+    );
+    let frozen = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let conn = tokio::spawn(conn);
+            client
+                .batch_execute(&format!(
+                    "BEGIN; INSERT INTO hedge_scheduler.slots (job, scheduled_at, owner_node,
+                       owner_epoch, state, valid_until, jobs_hash)
+                     VALUES ('slow', '{slot}', 'z', 1, 'claimed', '{slot}', '')"
+                ))
+                .await
+                .unwrap();
+            // Silent until the server ends the session.
+            let _ = conn.await;
+        });
+    });
+    assert!(
+        wait_until(Duration::from_secs(25), || oracle(&file).iter().any(
+            |r| ts(&serde_json::Value::String(r.slot.clone())) == next && r.ended
+        )),
+        "the slot never ran: {}",
+        a.p.daemon_output()
+    );
+    frozen.join().unwrap();
+    // Late by the frozen session's life (5 s), not more; once; and the node kept its lease.
+    let exec = oracle(&file)
+        .into_iter()
+        .find(|r| ts(&serde_json::Value::String(r.slot.clone())) == next)
+        .unwrap();
+    let late = started_at(&file, exec.pid).unwrap() - slot_secs(&exec);
+    assert!(late < 8.0, "ran {late:.1} s late");
+    assert_eq!(per_slot(&oracle(&file))[&exec.slot].len(), 1);
+    assert_eq!(db.count("SELECT max(epoch) FROM hedge_scheduler.nodes"), 1);
+    a.stop();
+}
