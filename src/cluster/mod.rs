@@ -196,6 +196,8 @@ impl Node {
             allow_drift,
             db_outlier_said: false,
             skew_said: false,
+            retention: config.scheduler.history_retention,
+            last_prune: None,
         };
         c.jobs_hash = hash_of(c.jobs.iter().map(|j| format!("{}={}", j.id, j.hash)));
         match c.connect().await {
@@ -473,6 +475,9 @@ struct Coordinator {
     allow_drift: bool,
     db_outlier_said: bool,
     skew_said: bool,
+    /// `scheduler.history_retention`: older cluster rows are pruned (any node; hourly).
+    retention: Duration,
+    last_prune: Option<Instant>,
 }
 
 /// A failed database call: the server refused the statement, or the connection is in doubt
@@ -1158,6 +1163,36 @@ impl Coordinator {
         self.check_clocks().await;
         self.sweep().await;
         self.cancel_requests().await;
+        if self
+            .last_prune
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(3600))
+        {
+            self.prune().await;
+        }
+    }
+
+    /// Runs and slots older than `history_retention` go (several nodes may prune at once:
+    /// plain deletes, harmless).
+    async fn prune(&mut self) {
+        let Some(client) = &self.client else { return };
+        match call(
+            "prune",
+            client.query_one(sql::PRUNE, &[&secs(self.retention)]),
+        )
+        .await
+        {
+            Ok(row) => {
+                self.last_prune = Some(Instant::now());
+                let (runs, slots): (i64, i64) = (row.get(0), row.get(1));
+                if runs + slots > 0 {
+                    tracing::info!(
+                        "🧹 pruned {runs} run(s) and {slots} slot(s) older than {} from the cluster history",
+                        humantime::format_duration(self.retention)
+                    );
+                }
+            }
+            Err(e) => self.fail(&e),
+        }
     }
 
     /// Renews the lease and measures the clock; false when it could not (the node may have

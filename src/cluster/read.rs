@@ -266,7 +266,7 @@ pub fn status(
                             FROM runs
                            WHERE job = $1 AND scheduled_at >= $2 AND scheduled_at < $3
                              AND trigger <> 'manual'
-                             AND outcome IN ('success', 'failed', 'timeout', 'crashed', 'cancelled')
+                             AND outcome IN ('running', 'success', 'failed', 'timeout', 'crashed', 'cancelled')
                            GROUP BY scheduled_at) d)",
                     &[id, &from, &to],
                 )

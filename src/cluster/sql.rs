@@ -248,3 +248,11 @@ SELECT nj.node, nj.job
    AND nj.job = ANY($2::text[])
    AND nj.hash <> ($3::text[])[array_position($2::text[], nj.job)]
  ORDER BY nj.job, nj.node";
+
+/// Runs and slots older than the retention (neither running nor live).
+pub(super) const PRUNE: &str = "
+WITH r AS (DELETE FROM runs WHERE started_at < now() - make_interval(secs => $1)
+                              AND outcome <> 'running' RETURNING 1),
+     s AS (DELETE FROM slots WHERE scheduled_at < now() - make_interval(secs => $1)
+                               AND state NOT IN ('claimed', 'running', 'queued') RETURNING 1)
+SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM s)";

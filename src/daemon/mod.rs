@@ -434,13 +434,21 @@ impl Dispatcher {
                     job: state.job.id.clone(),
                     slot: p.scheduled_at,
                     manual: false,
-                    valid_until: crate::cluster::valid_until(
-                        &state.job,
-                        &self.calendar,
-                        p.scheduled_at,
-                    ),
+                    valid_until: match p.trigger {
+                        // A missed slot being caught up is past its own bound already: it may
+                        // wait its turn behind the backlog for as long as a run may take.
+                        crate::history::TriggerKind::CatchUp => {
+                            Utc::now()
+                                + chrono::Duration::from_std(state.job.timeout).unwrap_or_default()
+                        }
+                        _ => {
+                            crate::cluster::valid_until(&state.job, &self.calendar, p.scheduled_at)
+                        }
+                    },
                     overlap: state.job.overlap,
-                    wait: false,
+                    // A backlog is worked off in order, cluster-wide too: a catch-up waits for
+                    // the job's run on another node instead of being skipped by it.
+                    wait: p.trigger == crate::history::TriggerKind::CatchUp,
                 },
             )),
             _ => None,

@@ -775,6 +775,20 @@ fn cluster_paused_daemon_and_job_together_cannot_double_the_slot() {
         .collect();
     assert_eq!(done.len(), 1, "{runs:?}");
     assert_eq!(done[0].node, "b");
+    // `status` counts the stale run beside the owner's as a duplicate.
+    assert!(wait_until(Duration::from_secs(10), || db.count(&format!(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE node = 'b' AND outcome = 'success'
+          AND scheduled_at = '{}'",
+        exec.slot
+    )) == 1));
+    let status: serde_json::Value =
+        serde_json::from_slice(&b.p.run(&["status", "--json"]).stdout).expect("JSON");
+    assert_eq!(
+        status["jobs"][0]["duplicates_today"],
+        1,
+        "{:?}",
+        db.query("SELECT node, node_epoch, fence, outcome, stale, trigger, scheduled_at FROM hedge_scheduler.runs")
+    );
     let mut a = a;
     a.stop();
     b.stop();
@@ -1562,55 +1576,131 @@ fn cluster_overlap_across_hosts_skip_records_once_and_queue_runs_after() {
 }
 
 /// Case 26 and 27: the whole cluster was down across several slots, then two nodes start
-/// together: `catch_up = "latest"` runs exactly one catch-up cluster-wide, the rest are recorded
-/// `skipped` once ("no node of the cluster was alive").
+/// together: `catch_up = "latest"` runs exactly one catch-up cluster-wide and records the rest
+/// `skipped` once ("no node of the cluster was alive"); `all` runs each missed slot once.
 #[test]
 fn cluster_whole_cluster_down_then_two_nodes_catch_up_once() {
+    let (server, _hold) = need_pg!();
+    for policy in ["latest", "all"] {
+        let db = server.database();
+        let shared = shared_dir();
+        let file = shared.path().join("oracle.log");
+        let job = oracle_job(
+            "tick",
+            &file,
+            "*/2 * * * * *",
+            0.0,
+            &format!("catch_up = \"{policy}\""),
+        )
+        .replace("catch_up = \"none\"\n", "");
+        let mut a = Node::new(&db, "a", 0, &FAST, &job);
+        let mut b = Node::new(&db, "b", 1, &FAST, &job);
+        a.start();
+        b.start();
+        assert!(a.joined() && b.joined());
+        assert!(wait_until(Duration::from_secs(20), || !oracle(&file).is_empty()));
+        a.stop();
+        b.stop();
+        let last_before = per_slot(&oracle(&file))
+            .keys()
+            .map(|s| ts(&serde_json::Value::String(s.clone())))
+            .max()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(7));
+        let restarted = chrono::Utc::now();
+        a.start();
+        b.start();
+        assert!(a.joined() && b.joined());
+        // The missed slots: after the last one run, before the restart.
+        let missed: Vec<_> = (1..)
+            .map(|k| last_before + chrono::Duration::seconds(2 * k))
+            .take_while(|t| *t < restarted - chrono::Duration::milliseconds(100))
+            .collect();
+        assert!(missed.len() >= 3, "{missed:?}");
+        let want = if policy == "all" { missed.len() } else { 1 };
+        assert!(
+            wait_until(Duration::from_secs(30), || oracle(&file)
+                .iter()
+                .filter(|r| r.trigger == "catch-up" && r.ended)
+                .count()
+                >= want),
+            "{policy}: {:?}\n{}",
+            oracle(&file),
+            a.p.daemon_output()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        a.stop();
+        b.stop();
+        let runs = oracle(&file);
+        let catch_ups: Vec<_> = runs.iter().filter(|r| r.trigger == "catch-up").collect();
+        assert_eq!(catch_ups.len(), want, "{policy}: {runs:?}");
+        for (slot, execs) in per_slot(&runs) {
+            assert_eq!(execs.len(), 1, "{policy}: {slot}: {execs:?}");
+        }
+        // Gap rows (a slot that overlapped a catch-up may be skipped besides, naming its run).
+        let gaps = db.query(
+            "SELECT scheduled_at, missed_count, error FROM hedge_scheduler.runs
+              WHERE outcome = 'skipped' AND missed_count IS NOT NULL",
+        );
+        if policy == "latest" {
+            assert_eq!(gaps.len(), 1, "one gap row cluster-wide: {gaps:?}");
+            assert!(
+                gaps[0][2]
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("no node of the cluster was alive"),
+                "{gaps:?}"
+            );
+            // Every missed slot is accounted for: one run, the rest in the gap row.
+            let counted: i64 = gaps[0][1].as_deref().unwrap_or("0").parse().unwrap();
+            assert_eq!(counted as usize + 1, missed.len(), "{gaps:?}");
+        } else {
+            assert!(gaps.is_empty(), "all: {gaps:?}");
+        }
+    }
+}
+
+/// Any node prunes the cluster history older than `history_retention`.
+#[test]
+fn cluster_history_is_pruned_by_any_node() {
     let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
-    let job = oracle_job("tick", &file, "*/2 * * * * *", 0.0, "catch_up = \"latest\"")
-        .replace("catch_up = \"none\"\n", "");
+    let job = oracle_job("tick", &file, "0 0 0 1 1 *", 0.0, "");
     let mut a = Node::new(&db, "a", 0, &FAST, &job);
-    let mut b = Node::new(&db, "b", 1, &FAST, &job);
+    std::fs::write(
+        a.p.config_path(),
+        std::fs::read_to_string(a.p.config_path()).unwrap().replace(
+            "kill_grace = \"2s\"",
+            "kill_grace = \"2s\"\nhistory_retention = \"1d\"",
+        ),
+    )
+    .unwrap();
     a.start();
-    b.start();
-    assert!(a.joined() && b.joined());
-    assert!(wait_until(Duration::from_secs(20), || !oracle(&file).is_empty()));
+    assert!(a.joined());
     a.stop();
-    b.stop();
-    let before = oracle(&file).len();
-    std::thread::sleep(Duration::from_secs(7));
-    a.start();
-    b.start();
-    assert!(a.joined() && b.joined());
-    assert!(wait_until(Duration::from_secs(20), || oracle(&file)
-        .iter()
-        .filter(|r| r.trigger == "catch-up")
-        .count()
-        >= 1));
-    std::thread::sleep(Duration::from_secs(3));
-    a.stop();
-    b.stop();
-    let runs = oracle(&file);
-    assert!(runs.len() > before);
-    let catch_ups: Vec<_> = runs.iter().filter(|r| r.trigger == "catch-up").collect();
-    assert_eq!(catch_ups.len(), 1, "{runs:?}");
-    for (slot, execs) in per_slot(&runs) {
-        assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
-    }
-    let gaps = db.query(
-        "SELECT scheduled_at, missed_count, error FROM hedge_scheduler.runs WHERE outcome = 'skipped'",
+    db.execute(
+        "INSERT INTO hedge_scheduler.runs (uid, job, trigger, scheduled_at, started_at, outcome, node, node_epoch)
+         VALUES ('old', 'tick', 'schedule', now() - interval '3 days', now() - interval '3 days', 'success', 'a', 1),
+                ('new', 'tick', 'schedule', now() - interval '3 hours', now() - interval '3 hours', 'success', 'a', 1);
+         INSERT INTO hedge_scheduler.slots (job, scheduled_at, owner_node, owner_epoch, state, valid_until, jobs_hash)
+         VALUES ('tick', now() - interval '3 days', 'a', 1, 'done', now(), '')",
     );
-    assert_eq!(gaps.len(), 1, "one gap row cluster-wide: {gaps:?}");
+    a.start();
     assert!(
-        gaps[0][2]
-            .as_deref()
-            .unwrap_or("")
-            .contains("no node of the cluster was alive"),
-        "{gaps:?}"
+        wait_until(Duration::from_secs(10), || db.count(
+            "SELECT count(*) FROM hedge_scheduler.runs WHERE uid = 'old'"
+        ) == 0),
+        "{}",
+        a.p.daemon_output()
     );
+    assert_eq!(
+        db.count("SELECT count(*) FROM hedge_scheduler.runs WHERE uid = 'new'"),
+        1
+    );
+    assert_eq!(db.count("SELECT count(*) FROM hedge_scheduler.slots"), 0);
+    a.stop();
 }
 
 /// Case 28: b defines a shared job with another schedule: refused while a lives (exit 1,
