@@ -550,7 +550,7 @@ pub fn render_history(rows: &[RunRow], config: &Config) -> String {
             "{:>7}  {:<20} {:<9} {:<26} {:<12} {:>9} {:>8}  {node}{}\n",
             r.id,
             r.job,
-            r.trigger,
+            r.trigger.as_str(),
             local(Some(&r.scheduled_at), tz),
             format!("{} {}", icon(r.outcome.as_str()), r.outcome),
             duration,

@@ -592,6 +592,15 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The hash of a job's definition, as this node has it.
+    fn job_hash(&self, job: &str) -> String {
+        self.jobs
+            .iter()
+            .find(|j| j.id == job)
+            .map(|j| j.hash.clone())
+            .unwrap_or_default()
+    }
+
     /// The database declared this incarnation dead: its runs belong to others now; the next
     /// call rejoins as a new one.
     fn declared_dead(&mut self) {
@@ -889,12 +898,7 @@ impl Coordinator {
             Request::SkipSlot { job, slot, reply } => {
                 let first = match (&self.client, self.epoch) {
                     (Some(client), Some(epoch)) => {
-                        let hash = self
-                            .jobs
-                            .iter()
-                            .find(|j| j.id == job)
-                            .map(|j| j.hash.clone())
-                            .unwrap_or_default();
+                        let hash = self.job_hash(&job);
                         match call(
                             "skip",
                             client.query_opt(
@@ -956,12 +960,7 @@ impl Coordinator {
         let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
             return Attempt::Done(Claim::Unreachable("not joined".to_string()));
         };
-        let hash = self
-            .jobs
-            .iter()
-            .find(|j| j.id == req.job)
-            .map(|j| j.hash.clone())
-            .unwrap_or_default();
+        let hash = self.job_hash(&req.job);
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         let (offset, outlier) = self
             .view
@@ -1126,12 +1125,7 @@ impl Coordinator {
                 recorded: false,
             });
         }
-        let hash = self
-            .jobs
-            .iter()
-            .find(|j| j.id == req.job)
-            .map(|j| j.hash.clone())
-            .unwrap_or_default();
+        let hash = self.job_hash(&req.job);
         match call(
             "claim",
             client.query_opt(

@@ -152,6 +152,21 @@ max_clock_skew = "300ms"
     }
 }
 
+/// A primary `a` and a standby `b` running `job`, started and joined.
+fn pair(db: &Db, timing: &Timing, job: &str) -> (Node, Node) {
+    let mut a = Node::new(db, "a", 0, timing, job);
+    let mut b = Node::new(db, "b", 1, timing, job);
+    a.start();
+    b.start();
+    assert!(
+        a.joined() && b.joined(),
+        "{}\n{}",
+        a.p.daemon_output(),
+        b.p.daemon_output()
+    );
+    (a, b)
+}
+
 /// A job of the oracle: `schedule`, sleeping `seconds`, with `extra` keys.
 fn oracle_job(id: &str, file: &Path, schedule: &str, seconds: f64, extra: &str) -> String {
     format!(
@@ -298,11 +313,7 @@ fn cluster_priority_zero_wins_and_a_standby_takes_new_slots_without_the_lease() 
         lease: "6s",
         standby_delay: "200ms",
     };
-    let mut a = Node::new(&db, "a", 0, &slow_lease, &job);
-    let mut b = Node::new(&db, "b", 1, &slow_lease, &job);
-    a.start();
-    b.start();
-    assert!(a.joined() && b.joined());
+    let (mut a, mut b) = pair(&db, &slow_lease, &job);
     let from = chrono::Utc::now() + chrono::Duration::seconds(1);
     assert!(wait_until(Duration::from_secs(20), || {
         oracle(&file)
@@ -442,11 +453,7 @@ fn slow_slot_on_a(
         seconds,
         &format!("takeover = \"{takeover}\""),
     );
-    let mut a = Node::new(db, "a", 0, &FAST, &job);
-    let mut b = Node::new(db, "b", 1, &FAST, &job);
-    a.start();
-    b.start();
-    assert!(a.joined() && b.joined());
+    let (a, b) = pair(db, &FAST, &job);
     assert!(
         wait_until(Duration::from_secs(30), || oracle(&file)
             .iter()
@@ -618,11 +625,7 @@ fn cluster_database_restart_mid_run_completes_the_run_once() {
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
     let job = oracle_job("slow", &file, "*/20 * * * * *", 4.0, "");
-    let mut a = Node::new(&db, "a", 0, &FAST, &job);
-    let mut b = Node::new(&db, "b", 1, &FAST, &job);
-    a.start();
-    b.start();
-    assert!(a.joined() && b.joined());
+    let (mut a, mut b) = pair(&db, &FAST, &job);
     assert!(wait_until(Duration::from_secs(30), || !oracle(&file).is_empty()));
     let exec = oracle(&file)[0].clone();
     server.stop();
@@ -1044,11 +1047,7 @@ fn outage(
         0.0,
         &format!("on_database_loss = \"{policy}\""),
     );
-    let mut a = Node::new(db, "a", 0, &FAST, &job);
-    let mut b = Node::new(db, "b", 1, &FAST, &job);
-    a.start();
-    b.start();
-    assert!(a.joined() && b.joined());
+    let (mut a, mut b) = pair(db, &FAST, &job);
     assert!(wait_until(Duration::from_secs(20), || oracle(&file).len() >= 3));
     let now = || chrono::Utc::now().timestamp_micros() as f64 / 1e6;
     let down = now();
@@ -1194,11 +1193,7 @@ fn cluster_owner_dying_near_the_next_slot_is_not_rerun_past_it() {
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
     let job = oracle_job("slow", &file, "*/4 * * * * *", 3.5, "");
-    let mut a = Node::new(&db, "a", 0, &FAST, &job);
-    let mut b = Node::new(&db, "b", 1, &FAST, &job);
-    a.start();
-    b.start();
-    assert!(a.joined() && b.joined());
+    let (mut a, mut b) = pair(&db, &FAST, &job);
     assert!(wait_until(Duration::from_secs(20), || oracle(&file)
         .iter()
         .any(|r| r.node == "a")));
@@ -1246,11 +1241,7 @@ fn cluster_owner_dying_between_claim_and_start_leaves_no_claimed_slot() {
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
     let job = oracle_job("slow", &file, "*/10 * * * * *", 0.5, "");
-    let mut a = Node::new(&db, "a", 0, &FAST, &job);
-    let mut b = Node::new(&db, "b", 1, &FAST, &job);
-    a.start();
-    b.start();
-    assert!(a.joined() && b.joined());
+    let (mut a, mut b) = pair(&db, &FAST, &job);
     // a's claim of the next slot, made for it, as if it died right after claiming.
     let now = chrono::Utc::now();
     let next = (now.timestamp() / 10 + 1) * 10;
@@ -1310,11 +1301,7 @@ retry = {{ attempts = 3, backoff = "5s" }}
 args = {{ file = {file:?}, seconds = 0, fail_node = "a" }}
 "#
     );
-    let mut a = Node::new(&db, "a", 0, &FAST, &job);
-    let mut b = Node::new(&db, "b", 1, &FAST, &job);
-    a.start();
-    b.start();
-    assert!(a.joined() && b.joined());
+    let (mut a, mut b) = pair(&db, &FAST, &job);
     assert!(
         wait_until(Duration::from_secs(30), || a
             .p
@@ -1351,11 +1338,7 @@ fn cluster_killed_connection_reconnects_and_keeps_the_lease() {
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
     let job = oracle_job("tick", &file, "* * * * * *", 0.0, "");
-    let mut a = Node::new(&db, "a", 0, &CALM, &job);
-    let mut b = Node::new(&db, "b", 1, &CALM, &job);
-    a.start();
-    b.start();
-    assert!(a.joined() && b.joined());
+    let (mut a, mut b) = pair(&db, &CALM, &job);
     assert!(wait_until(Duration::from_secs(20), || oracle(&file).len() >= 2));
     for _ in 0..3 {
         db.execute(
@@ -2051,13 +2034,12 @@ fn cluster_overlap_replace_across_hosts_cancels_the_other_nodes_run() {
             && row["error"].as_str().unwrap_or("").contains("on a"),
         "{row}"
     );
-    let manual = oracle(&file)
-        .into_iter()
-        .find(|r| r.trigger == "manual")
-        .expect("the manual run");
-    assert!(!manual.ended, "the replaced run finished anyway");
+    // It was ended before its 20 s of work (it may not even have reached Python under load).
+    if let Some(manual) = oracle(&file).into_iter().find(|r| r.trigger == "manual") {
+        assert!(!manual.ended, "the replaced run finished anyway");
+    }
     // a's slot runs once b's run is gone.
-    let cancelled_at = started_at(&file, manual.pid).unwrap();
+    let cancelled_at = ts(&row["finished_at"]).timestamp_micros() as f64 / 1e6;
     assert!(wait_until(Duration::from_secs(10), || {
         oracle(&file).iter().any(|r| {
             r.node == "a" && started_at(&file, r.pid).is_some_and(|s| s > cancelled_at) && r.ended

@@ -139,25 +139,7 @@ impl Server {
             .output()
             .expect("run initdb");
         assert!(out.status.success(), "initdb: {}", crate::util::text(&out));
-        // fsync off (the machine does not crash under a test), but every commit written
-        // before it is acknowledged: `pg_ctl stop -m immediate` must not lose acknowledged rows.
-        let opts = format!(
-            "-c listen_addresses='' -k {} -c fsync=off -c full_page_writes=off -c max_connections=300",
-            s.socket.display()
-        );
-        let out = s
-            .pg(&["pg_ctl", "-D"])
-            .arg(&s.data)
-            .arg("-l")
-            .arg(s.data.parent().expect("parent").join("server.log"))
-            .args(["-w", "-o", &opts, "start"])
-            .output()
-            .expect("run pg_ctl");
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}",
-            crate::util::text(&out)
-        );
+        s.start_again();
         unsafe extern "C" {
             fn atexit(f: extern "C" fn()) -> i32;
         }
@@ -197,7 +179,9 @@ impl Server {
         );
     }
 
-    /// Starts it again after `stop`.
+    /// Starts the server (again, after `stop`). fsync off (the machine does not crash under a
+    /// test), but every commit written before it is acknowledged: `pg_ctl stop -m immediate` must
+    /// not lose acknowledged rows.
     pub fn start_again(&self) {
         let opts = format!(
             "-c listen_addresses='' -k {} -c fsync=off -c full_page_writes=off -c max_connections=300",
