@@ -25,25 +25,16 @@ pub(super) async fn claim(
     let job = &req.job;
     let answer = node.claim(claim).await;
     let not_run = |busy: String, taken_by: Option<String>| {
-        let now = Utc::now();
-        Box::new(RunReport {
-            job: job.id.clone(),
-            run_id: None,
-            run_uid: None,
-            trigger: req.trigger,
-            scheduled_at: req.scheduled_at,
-            attempt: req.attempt,
-            outcome: Outcome::Skipped,
-            started_at: now,
-            finished_at: now,
-            error: None,
-            exit_code: None,
-            result: None,
-            busy: Some(busy),
-            stuck: false,
-            taken_by,
-            tag: None,
-        })
+        let mut r = RunReport::new(
+            job.id.clone(),
+            req.trigger,
+            req.scheduled_at,
+            req.attempt,
+            Outcome::Skipped,
+        );
+        r.busy = Some(busy);
+        r.taken_by = taken_by;
+        Box::new(r)
     };
     match answer {
         Claim::Won(tag) => Ok(tag),

@@ -487,25 +487,10 @@ impl Dispatcher {
                 Ok(report) => report,
                 Err(e) => {
                     tracing::error!(job = %job, "the run's task failed: {e}");
-                    let now = Utc::now();
-                    RunReport {
-                        job,
-                        run_id: None,
-                        run_uid: None,
-                        trigger,
-                        scheduled_at,
-                        attempt,
-                        outcome: Outcome::Failed,
-                        started_at: now,
-                        finished_at: now,
-                        error: Some(format!("internal error: {e}")),
-                        exit_code: None,
-                        result: None,
-                        busy: None,
-                        stuck: false,
-                        taken_by: None,
-                        tag: None,
-                    }
+                    let mut r =
+                        RunReport::new(job, trigger, scheduled_at, attempt, Outcome::Failed);
+                    r.error = Some(format!("internal error: {e}"));
+                    r
                 }
             };
             let _ = events.send(RunEvent::Finished(Box::new(report)));

@@ -142,6 +142,35 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// A report of a run of `job` that ends (or starts) now with `outcome`, nothing else known.
+    pub fn new(
+        job: String,
+        trigger: TriggerKind,
+        scheduled_at: DateTime<Utc>,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> RunReport {
+        let now = Utc::now();
+        RunReport {
+            job,
+            run_id: None,
+            run_uid: None,
+            trigger,
+            scheduled_at,
+            attempt,
+            outcome,
+            started_at: now,
+            finished_at: now,
+            error: None,
+            exit_code: None,
+            result: None,
+            busy: None,
+            stuck: false,
+            taken_by: None,
+            tag: None,
+        }
+    }
+
     pub fn duration(&self) -> Duration {
         (self.finished_at - self.started_at)
             .to_std()
@@ -159,25 +188,14 @@ pub async fn run(
     on_busy: OnBusy,
 ) -> RunReport {
     let job = Arc::clone(&req.job);
-    let now = Utc::now();
-    let mut report = RunReport {
-        job: job.id.clone(),
-        run_id: None,
-        run_uid: None,
-        trigger: req.trigger,
-        scheduled_at: req.scheduled_at,
-        attempt: req.attempt,
-        outcome: Outcome::Failed,
-        started_at: now,
-        finished_at: now,
-        error: None,
-        exit_code: None,
-        result: None,
-        busy: None,
-        stuck: false,
-        taken_by: None,
-        tag: req.tag.clone(),
-    };
+    let mut report = RunReport::new(
+        job.id.clone(),
+        req.trigger,
+        req.scheduled_at,
+        req.attempt,
+        Outcome::Failed,
+    );
+    report.tag = req.tag.clone();
 
     let lock = match acquire(env, &req, on_busy, &mut cancel).await {
         Ok(Ok(lock)) => lock,
