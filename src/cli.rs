@@ -65,6 +65,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A job's output: its last lines, one run's, or followed live (across rotated files)
+    Logs {
+        /// The job's id, as in `[jobs.<id>]`
+        job: String,
+        /// Only this run's lines (its id, as in `history`)
+        #[arg(long, value_name = "ID", conflicts_with = "last")]
+        run: Option<i64>,
+        /// Only the lines of the job's last run
+        #[arg(long)]
+        last: bool,
+        /// How many lines [default: 50; all of a run's with --run or --last]
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
+        /// Follow the output live (with --run or --last: until the run ends)
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// One JSON object per line: {"at", "run_id", "stream", "text"}
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the running daemon (SIGTERM) and wait for it to exit (exit 3: none running)
     Stop,
     /// Validate the config and print a summary of its jobs

@@ -34,6 +34,12 @@ pub struct DaemonState {
     /// How runs are contained: "cgroup" or "subreaper".
     #[serde(default)]
     pub containment: Option<String>,
+    /// Notifications, web hooks and pings that failed since the daemon started.
+    #[serde(default)]
+    pub notify_failures: u64,
+    /// The last one's why, with its time.
+    #[serde(default)]
+    pub notify_last_error: Option<String>,
 }
 
 pub fn state_path(log_dir: &Path) -> PathBuf {
@@ -91,6 +97,8 @@ mod tests {
             problems: vec!["disk nearly full".into()],
             loop_lag_ms: None,
             containment: Some("cgroup".into()),
+            notify_failures: 0,
+            notify_last_error: None,
         };
         write_state(dir.path(), &state).unwrap();
         let back = read_state(dir.path()).unwrap();

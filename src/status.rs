@@ -39,6 +39,10 @@ pub struct DaemonStatus {
     pub loop_lag_ms: Option<crate::health::LoopLag>,
     /// How the daemon contains its runs: "cgroup" or "subreaper".
     pub containment: Option<String>,
+    /// Notifications, web hooks and pings that failed since the daemon started (as of its last
+    /// health check), and the last one's time and why.
+    pub notify_failures: u64,
+    pub notify_last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -226,6 +230,8 @@ pub fn gather_from(
             responding,
             loop_lag_ms: state.as_ref().and_then(|s| s.loop_lag_ms),
             containment: state.as_ref().and_then(|s| s.containment.clone()),
+            notify_failures: state.as_ref().map_or(0, |s| s.notify_failures),
+            notify_last_error: state.as_ref().and_then(|s| s.notify_last_error.clone()),
         },
         jobs,
         warnings,
@@ -337,6 +343,10 @@ pub fn rfc3339_in(t: DateTime<Utc>, tz: Tz) -> String {
 }
 
 /// A stored UTC time shown in the exchange's local time, e.g. `2026-11-27 09:15:00 IST`.
+pub fn local_time(stored: Option<&str>, tz: Tz) -> String {
+    local(stored, tz)
+}
+
 fn local(stored: Option<&str>, tz: Tz) -> String {
     stored
         .and_then(parse_time)
@@ -399,6 +409,13 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
         config.scheduler.exchange.code(),
         tz.name()
     ));
+    if d.notify_failures > 0 {
+        out.push_str(&format!(
+            "📣 {} notification(s) or ping(s) failed; the last: {}\n\n",
+            d.notify_failures,
+            d.notify_last_error.as_deref().unwrap_or("?")
+        ));
+    }
     if let Some(c) = &status.cluster {
         out.push_str(&render_cluster(c, tz));
     }

@@ -5,11 +5,13 @@
 //! the folder that holds the config file, never against the current directory.
 
 mod cluster;
+mod ops;
 mod raw;
 mod units;
 mod validate;
 
 pub use cluster::{CLAIM_AHEAD, Cluster, DatabaseLoss, Takeover};
+pub use ops::{Event, HeartbeatWhen, Http, Notify, WebhookFormat};
 use raw::*;
 use units::*;
 pub use units::{parse_duration, parse_size};
@@ -43,6 +45,10 @@ pub struct Config {
     pub jobs: Vec<Job>,
     /// `[cluster]`: the daemons sharing a PostgreSQL database; `None` runs alone.
     pub cluster: Option<Cluster>,
+    /// `[notify]`: who hears about failures, missed slots and recoveries (defaults: nobody).
+    pub notify: Notify,
+    /// `[http]`: the read-only endpoint (page, metrics, status); `None`: off.
+    pub http: Option<Http>,
 }
 
 #[derive(Debug, Clone)]
@@ -254,6 +260,10 @@ pub struct Job {
     pub takeover: Takeover,
     /// Cluster mode: overrides `[cluster] on_database_loss` for this job.
     pub on_database_loss: Option<DatabaseLoss>,
+    /// `notify = false`: this job's events reach no notifier.
+    pub notify: bool,
+    /// A healthchecks.io-style URL: `/start`, the URL itself on success, `/fail` on failure.
+    pub ping: Option<String>,
 }
 
 impl Config {

@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) jobs: BTreeMap<String, Spanned<RawJob>>,
     pub(super) cluster: Option<Spanned<super::cluster::RawCluster>>,
+    pub(super) notify: Option<Spanned<super::ops::RawNotify>>,
+    pub(super) http: Option<Spanned<super::ops::RawHttp>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +82,8 @@ pub(super) struct RawJob {
     pub(super) enabled: Option<bool>,
     pub(super) takeover: Option<Spanned<String>>,
     pub(super) on_database_loss: Option<Spanned<String>>,
+    pub(super) notify: Option<bool>,
+    pub(super) ping: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

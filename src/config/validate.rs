@@ -259,6 +259,14 @@ impl Config {
             Some(c) => Some(v.cluster(c)?),
             None => None,
         };
+        let notify = match &raw.notify {
+            Some(n) => v.notify(n)?,
+            None => Notify::default(),
+        };
+        let http = match &raw.http {
+            Some(h) => v.http(h)?,
+            None => None,
+        };
         let mut jobs = Vec::new();
         for (id, raw_job) in raw.jobs {
             if cluster.is_none()
@@ -298,6 +306,8 @@ impl Config {
             calendar,
             jobs,
             cluster,
+            notify,
+            http,
         })
     }
 }
@@ -654,6 +664,11 @@ impl Validator<'_> {
                     Some(&table),
                     DatabaseLoss::Run,
                 )?),
+            },
+            notify: raw.notify != Some(false),
+            ping: match &raw.ping {
+                None => None,
+                Some(u) => Some(self.url(u, &format!("{table}.ping"))?),
             },
         }))
     }

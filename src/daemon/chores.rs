@@ -94,6 +94,8 @@ pub(crate) struct HealthInput {
     /// The first check of the day: prune, calendar coverage.
     pub daily: bool,
     pub lag: LoopLag,
+    /// Notifications and pings that failed: how many, and the last one's why.
+    pub notify: (u64, Option<String>),
 }
 
 /// The health check: heartbeat, the history writer's backlog, disk space, legacy processes, the
@@ -187,6 +189,8 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
         problems,
         loop_lag_ms: Some(input.lag),
         containment: crate::contain::mode().map(|m| m.name().to_string()),
+        notify_failures: input.notify.0,
+        notify_last_error: input.notify.1,
     };
     let dir = config.scheduler.log_dir.clone();
     let written = tokio::task::spawn_blocking(move || crate::health::write_state(&dir, &state))

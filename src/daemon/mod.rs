@@ -72,6 +72,10 @@ struct Dispatcher {
     node: Option<crate::cluster::Node>,
     /// How long before a slot the loop deals with it (a cluster node claims it then).
     lead: chrono::Duration,
+    /// Notifications, pings and metrics.
+    obs: crate::observe::Observer,
+    /// The HTTP endpoint's shared state (`[http]`), told of reloads.
+    web: Option<Arc<crate::web::Web>>,
 }
 
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
@@ -141,6 +145,7 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
             Ok(local.max(cluster_last.get(&j.id).copied()))
         })
         .collect::<Result<_>>()?;
+    let obs = crate::observe::Observer::start(&config, reader.as_ref());
     drop(reader);
 
     let calendar = config.calendar();
@@ -188,6 +193,8 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
     let mut sighup =
         signal(SignalKind::hangup()).map_err(|e| Error::io("cannot watch SIGHUP", e))?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<RunEvent>();
+    // `/healthz` asks the loop to answer.
+    let (probe_tx, mut probes) = mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<()>>();
     let (chores_tx, mut chores) = mpsc::unbounded_channel::<Chore>();
     let mut d = Dispatcher {
         started_at,
@@ -208,9 +215,35 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
             .as_ref()
             .map_or(decide::LEAD, |n| n.config.claim_lead()),
         node,
+        web: None,
+        obs,
     };
+    if let Some(http) = config.http.clone() {
+        let web = crate::web::Web::new(
+            Arc::clone(&config),
+            Arc::clone(&d.obs.metrics),
+            probe_tx.clone(),
+        );
+        tokio::spawn(crate::web::serve(http, Arc::clone(&web)));
+        d.web = Some(web);
+    }
+    drop(probe_tx);
     d.health(&mut jobs);
     tracing::info!("✅ All services initialized ({} jobs)", jobs.len());
+    d.obs.daemon(
+        &d.config,
+        format!(
+            "🟢 hedge-scheduler started (PID {}, {} job(s))",
+            std::process::id(),
+            jobs.len()
+        ),
+    );
+    if abandoned > 0 {
+        d.obs.daemon(
+            &d.config,
+            format!("🧹 hedge-scheduler started after a crash: {abandoned} run(s) of the dead process were settled"),
+        );
+    }
     crate::health::notify_systemd("READY=1");
 
     let mut health_every = tokio::time::interval_at(
@@ -240,7 +273,9 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
             _ = sigint.recv() => break "SIGINT",
             _ = tokio::time::sleep_until(wake_at) => {
                 if due.is_some_and(|at| at <= now + chrono::Duration::from_std(sleep_for).unwrap_or_default()) {
-                    d.lag.record(Instant::now().saturating_duration_since(wake_at));
+                    let lag = Instant::now().saturating_duration_since(wake_at);
+                    d.lag.record(lag);
+                    d.obs.metrics.loop_lag(lag);
                 }
                 let (mono, wall) = (Instant::now(), Utc::now());
                 let step = clock_step(last_wake, (mono, wall));
@@ -255,6 +290,7 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
                 }
             }
             Some(_) = d.tasks.join_next(), if !d.tasks.is_empty() => {}
+            Some(reply) = probes.recv() => { let _ = reply.send(()); }
             _ = sighup.recv() => d.reload(),
             _ = health_every.tick() => d.health(&mut jobs),
             _ = report_every.tick() => d.report(&jobs),
@@ -272,6 +308,13 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
     .await;
     while d.tasks.join_next().await.is_some() {}
     recorder.daemon_stopped(Utc::now());
+    d.obs.daemon(
+        &d.config,
+        format!("🔴 hedge-scheduler stopped ({signal_name})"),
+    );
+    // The last words go out (bounded): a stop is worth hearing about.
+    let drain = d.obs.outbox.drain();
+    let _ = tokio::task::spawn_blocking(move || drain.wait(Duration::from_secs(3))).await;
     if let Some(node) = &d.node {
         // The journal's last rows go up, then the node says it stopped: peers take the next
         // slots without waiting for its lease.
@@ -500,15 +543,24 @@ impl Dispatcher {
     fn on_event(&mut self, jobs: &mut Vec<JobState>, event: RunEvent) {
         let now = Utc::now();
         match event {
-            RunEvent::Started { job, run_id, pid } => {
-                if let Some(r) = find(jobs, &job).and_then(|s| s.running.as_mut()) {
-                    r.run_id = Some(run_id);
-                    r.pid = pid;
+            RunEvent::Started {
+                job,
+                run_id,
+                uid,
+                pid,
+            } => {
+                if let Some(state) = find(jobs, &job) {
+                    self.obs.run_started(&self.config, &state.job, run_id, &uid);
+                    if let Some(r) = state.running.as_mut() {
+                        r.run_id = Some(run_id);
+                        r.pid = pid;
+                    }
                 }
             }
             RunEvent::Finished(report) => {
                 log_report(&report);
                 let Some(i) = jobs.iter().position(|s| s.job.id == report.job) else {
+                    self.obs.run_ended(&self.config, &report, true);
                     return;
                 };
                 let ended = decide::Ended {
@@ -522,6 +574,8 @@ impl Dispatcher {
                     tag: report.tag.clone(),
                 };
                 let actions = decide::finished(&mut jobs[i], &ended, &self.calendar, now, jitter());
+                self.obs
+                    .run_ended(&self.config, &report, jobs[i].retry.is_none());
                 // The slot is free cluster-wide once its run ended for good (a retry keeps it;
                 // a stuck thread keeps it until it returns).
                 if jobs[i].retry.is_none() && !report.stuck {
@@ -550,6 +604,11 @@ impl Dispatcher {
         reason: String,
         gap: Option<(u64, DateTime<Utc>)>,
     ) {
+        if let Some(j) = self.config.job(job) {
+            let count = gap.map_or(1, |(n, _)| n);
+            self.obs.count_missed(job, trigger, count);
+            self.obs.missed(&self.config, j, slot, count, &reason);
+        }
         let recorder = self.env.recorder.clone();
         match &self.node {
             // A taken-over slot is ours already: its row is ours to write.
@@ -734,6 +793,10 @@ impl Dispatcher {
         let today = now.with_timezone(&tz).date_naive();
         let daily = self.daily_done != Some(today);
         self.daily_done = Some(today);
+        self.obs.heartbeat(&self.config, now);
+        if daily && let Some(warning) = self.calendar.coverage_warning(today) {
+            self.obs.coverage(&self.config, format!("📅 {warning}"));
+        }
         self.health_running = true;
         let input = chores::HealthInput {
             config: Arc::clone(&self.config),
@@ -743,6 +806,7 @@ impl Dispatcher {
             problems,
             daily,
             lag: self.lag.summary(),
+            notify: self.obs.outbox.stats.summary(),
         };
         tokio::spawn(chores::health(input, self.chores.clone()));
     }
@@ -827,6 +891,9 @@ impl Dispatcher {
         }
         *jobs = next_jobs;
         self.env = Arc::new(self.env.with_config(Arc::clone(&new), interpreter.path));
+        if let Some(web) = &self.web {
+            web.set_config(Arc::clone(&new));
+        }
         self.config = new;
         self.calendar = calendar;
         tracing::info!(

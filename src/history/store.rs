@@ -851,6 +851,40 @@ impl History {
             .map_err(|e| self.err(e))
     }
 
+    /// When the last successful run of `job` ended.
+    pub fn last_success(&self, job: &str) -> Result<Option<String>> {
+        self.conn
+            .prepare_cached(
+                "SELECT max(finished_at) FROM runs WHERE job = ?1 AND outcome = 'success'",
+            )
+            .and_then(|mut st| st.query_row(params![job], |r| r.get(0)))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every row whose slot (or gap of slots) falls in `[from, to)`, oldest slot first.
+    pub fn runs_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<RunRow>> {
+        let (from, to) = (fmt_time(from), fmt_time(to));
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs
+                 WHERE scheduled_at < ?2 AND (scheduled_at >= ?1 OR missed_to >= ?1)
+                 ORDER BY scheduled_at, id"
+            ))
+            .map_err(|e| self.err(e))?;
+        st.query_map(params![from, to], run_row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The row of run `id`.
+    pub fn run_by_id(&self, id: i64) -> Result<Option<RunRow>> {
+        self.conn
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))
+            .and_then(|mut st| st.query_row(params![id], run_row).optional())
+            .map_err(|e| self.err(e))
+    }
+
     /// The row of the run with this identity.
     pub fn run_by_uid(&self, uid: &str) -> Result<Option<RunRow>> {
         self.conn

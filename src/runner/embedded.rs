@@ -78,6 +78,7 @@ pub(super) async fn run_embedded(
                 let _ = tx.send(RunEvent::Started {
                     job: job.id.clone(),
                     run_id,
+                    uid: uid.clone(),
                     pid: None,
                 });
             }

@@ -106,6 +106,8 @@ pub enum RunEvent {
     Started {
         job: String,
         run_id: i64,
+        /// The run's identity (a UUIDv7).
+        uid: String,
         pid: Option<u32>,
     },
     Finished(Box<RunReport>),
@@ -127,6 +129,8 @@ pub struct RunReport {
     pub attempt: u32,
     pub outcome: Outcome,
     pub started_at: DateTime<Utc>,
+    /// When the job's function (or command) was entered.
+    pub entered_at: Option<DateTime<Utc>>,
     pub finished_at: DateTime<Utc>,
     pub error: Option<String>,
     pub exit_code: Option<i32>,
@@ -160,6 +164,7 @@ impl RunReport {
             attempt,
             outcome,
             started_at: now,
+            entered_at: None,
             finished_at: now,
             error: None,
             exit_code: None,
@@ -285,6 +290,7 @@ pub async fn run(
                         report.error = end.error;
                         report.exit_code = end.exit_code;
                         report.result = end.result;
+                        report.entered_at = end.entered_at;
                         return report;
                     }
                     let Some(log) = done.log else {
@@ -563,6 +569,7 @@ fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunEnd) ->
     report.error = end.error.clone();
     report.exit_code = end.exit_code;
     report.result = end.result.clone();
+    report.entered_at = end.entered_at;
     if let Some(uid) = &report.run_uid {
         let end = RunEnd {
             finished_at: Some(finished_at),

@@ -126,6 +126,7 @@ pub(super) async fn run_subprocess(
         let _ = tx.send(RunEvent::Started {
             job: job.id.clone(),
             run_id,
+            uid: uid.to_string(),
             pid: Some(pid),
         });
     }

@@ -6,6 +6,7 @@ mod cluster;
 mod executors;
 mod faults;
 mod foundation;
+mod observe;
 mod operations;
 mod pg;
 mod reliability;
