@@ -85,6 +85,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pause a job in the running daemon: its slots are recorded `skipped` (paused) until
+    /// `resume` or the pause's end (kept across restarts; exit 3: no daemon)
+    Pause {
+        /// The job's id, as in `[jobs.<id>]`
+        job: String,
+        /// When the pause ends by itself: YYYY-MM-DD (that day's start), YYYY-MM-DDTHH:MM
+        /// (exchange time), or @close (the current or next session's close)
+        #[arg(long, value_name = "DATE|@close")]
+        until: Option<String>,
+    },
+    /// Resume a paused job: its next slot fires as usual (exit 3: no daemon)
+    Resume {
+        /// The job's id, as in `[jobs.<id>]`
+        job: String,
+    },
+    /// Have the running daemon run a job now (trigger `manual`), under its overlap guard and
+    /// containment (exit 3: no daemon)
+    Trigger {
+        /// The job's id, as in `[jobs.<id>]`
+        job: String,
+    },
+    /// Have the running daemon run each past slot of a date range that has no successful run
+    /// (trigger `backfill`, with the slot's own time), one at a time (exit 3: no daemon)
+    Backfill {
+        /// The job's id, as in `[jobs.<id>]`
+        job: String,
+        /// First date, YYYY-MM-DD (inclusive, exchange time)
+        #[arg(long)]
+        from: String,
+        /// Last date, YYYY-MM-DD (inclusive, exchange time)
+        #[arg(long)]
+        to: String,
+    },
     /// Stop the running daemon (SIGTERM) and wait for it to exit (exit 3: none running)
     Stop,
     /// Validate the config and print a summary of its jobs

@@ -9,6 +9,7 @@ pub mod cli;
 pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod contain;
+pub(crate) mod control;
 pub(crate) mod daemon;
 pub mod error;
 pub(crate) mod fmt;
@@ -201,6 +202,38 @@ pub fn run(cli: Cli) -> Result<i32> {
             logging::init_cli("warn");
             let config = Config::load(&path)?;
             logs_command(&config, &job, run, last, lines, follow, json)
+        }
+        Command::Pause { job, until } => {
+            logging::init_cli("warn");
+            let config = Config::load(&path)?;
+            let until = until
+                .as_deref()
+                .map(|u| pause_until(&config, u, Utc::now()))
+                .transpose()?;
+            control_command(&config, control::Request::Pause { job, until })
+        }
+        Command::Resume { job } => {
+            logging::init_cli("warn");
+            let config = Config::load(&path)?;
+            control_command(&config, control::Request::Resume { job })
+        }
+        Command::Trigger { job } => {
+            logging::init_cli("warn");
+            let config = Config::load(&path)?;
+            control_command(&config, control::Request::Trigger { job })
+        }
+        Command::Backfill { job, from, to } => {
+            logging::init_cli("warn");
+            let config = Config::load(&path)?;
+            let range = plan::Range::parse(&from, &to)?;
+            let slots = backfill_slots(&config, &job, range, Utc::now())?;
+            if slots.is_empty() {
+                println!(
+                    "{job}: nothing to backfill: every past slot from {from} to {to} has a successful run"
+                );
+                return Ok(0);
+            }
+            control_command(&config, control::Request::Backfill { job, slots })
         }
         Command::Calendar {
             exchange,
@@ -453,6 +486,116 @@ fn cluster_data_warnings(config: &Config) -> Vec<String> {
         }
     }
     warnings
+}
+
+/// Sends a control request to the running daemon: 0 done, 1 refused, 3 no daemon.
+fn control_command(config: &Config, req: control::Request) -> Result<i32> {
+    if config.job(req.job()).is_none() {
+        return Err(Error::UnknownJob {
+            job: req.job().to_string(),
+            known: config.job_list(),
+        });
+    }
+    match control::send(&config.scheduler.log_dir, &req) {
+        Ok(reply) if reply.ok => {
+            println!("{}", reply.message);
+            Ok(0)
+        }
+        Ok(reply) => {
+            eprintln!("error: {}", reply.message);
+            Ok(1)
+        }
+        Err(control::SendError::NotRunning) => {
+            eprintln!(
+                "hedge-scheduler is not running (no daemon listens in {}): start it with `hedge-scheduler run`",
+                config.scheduler.log_dir.display()
+            );
+            Ok(EXIT_NOT_RUNNING)
+        }
+        Err(control::SendError::Other(e)) => Err(Error::Other(e)),
+    }
+}
+
+/// `pause --until`: a date (its start), a local date and time, or `@close`.
+fn pause_until(
+    config: &Config,
+    text: &str,
+    now: chrono::DateTime<Utc>,
+) -> Result<chrono::DateTime<Utc>> {
+    use chrono::TimeZone;
+    let calendar = config.calendar();
+    let tz = calendar.tz();
+    let local = |t: chrono::NaiveDateTime| {
+        tz.from_local_datetime(&t)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let found = if text.trim() == "@close" {
+        let today = now.with_timezone(&tz).date_naive();
+        today
+            .iter_days()
+            .take(30)
+            .filter_map(|d| calendar.session(d))
+            .filter_map(|s| local(s.date.and_time(s.close)))
+            .find(|close| *close > now)
+    } else if let Ok(d) = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") {
+        local(d.and_time(chrono::NaiveTime::MIN))
+    } else if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%dT%H:%M") {
+        local(t)
+    } else {
+        return Err(Error::Usage(format!(
+            "invalid `--until` `{text}` (expected YYYY-MM-DD, YYYY-MM-DDTHH:MM in exchange time, or @close)"
+        )));
+    };
+    match found {
+        Some(t) if t > now => Ok(t),
+        Some(_) => Err(Error::Usage(format!("`--until` `{text}` is in the past"))),
+        None => Err(Error::Usage(
+            "`--until @close`: no session in the next 30 days".to_string(),
+        )),
+    }
+}
+
+/// The past slots of `job` from `range` that have no successful run in the history.
+fn backfill_slots(
+    config: &Config,
+    job_id: &str,
+    range: plan::Range,
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<chrono::DateTime<Utc>>> {
+    use chrono::TimeZone;
+    let Some(job) = config.job(job_id) else {
+        return Err(Error::UnknownJob {
+            job: job_id.to_string(),
+            known: config.job_list(),
+        });
+    };
+    let calendar = config.calendar();
+    let tz = calendar.tz();
+    let start = |d: chrono::NaiveDate| {
+        tz.from_local_datetime(&d.and_time(chrono::NaiveTime::MIN))
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(now)
+    };
+    let from = start(range.from);
+    let to = start(range.to.succ_opt().unwrap_or(range.to)).min(now);
+    let done: std::collections::HashSet<chrono::DateTime<Utc>> =
+        match History::open_read_only(&config.scheduler.history)? {
+            Some(h) => h
+                .runs_between(from, to)?
+                .into_iter()
+                .filter(|r| r.job == job_id && r.outcome == Outcome::Success)
+                .filter_map(|r| history::parse_time(&r.scheduled_at))
+                .collect(),
+            None => Default::default(),
+        };
+    Ok(job
+        .trigger
+        .fires_between(&calendar, from, to)
+        .into_iter()
+        .filter(|t| !done.contains(t))
+        .collect())
 }
 
 /// `logs`: a job's lines, one run's, or followed live.

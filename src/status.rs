@@ -74,6 +74,12 @@ pub struct JobStatus {
     pub node: Option<String>,
     /// Cluster mode: today's slots that ran more than once (extra executions).
     pub duplicates_today: u64,
+    /// `pause`: the job's slots are held back (recorded `skipped`, reason paused).
+    pub paused: bool,
+    /// When the pause ends by itself (`None`: at `resume`).
+    pub paused_until: Option<String>,
+    /// `backfill`: past slots still to run.
+    pub backfill_pending: u64,
 }
 
 /// Gathers the status of the daemon and of every configured job at `now`.
@@ -115,6 +121,8 @@ pub fn gather_from(
     let calendar = config.calendar();
     let tz = calendar.tz();
     let (day_start, day_end) = local_day(now, tz);
+    let mut kept = crate::control::load(&config.scheduler.log_dir);
+    kept.paused.retain(|_, p| p.until.is_none_or(|u| u > now));
     let mut jobs = Vec::new();
     for job in &config.jobs {
         let last = match history {
@@ -188,6 +196,13 @@ pub fn gather_from(
             failures_today: failed,
             node: None,
             duplicates_today: 0,
+            paused: kept.paused.contains_key(&job.id),
+            paused_until: kept
+                .paused
+                .get(&job.id)
+                .and_then(|p| p.until)
+                .map(|t| rfc3339_in(t, tz)),
+            backfill_pending: kept.backfill.get(&job.id).map_or(0, |s| s.len() as u64),
         });
     }
 
@@ -487,6 +502,18 @@ pub fn render_jobs(status: &Status, config: &Config, now: DateTime<Utc>) -> Stri
                 Some(pid) => format!("running{on} PID {pid} {for_}"),
                 None => format!("running{on} {for_}"),
             }
+        } else if j.paused {
+            match j
+                .paused_until
+                .as_deref()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            {
+                Some(t) => format!(
+                    "paused until {}",
+                    t.with_timezone(&tz).format("%m-%d %H:%M")
+                ),
+                None => "paused".to_string(),
+            }
         } else {
             "idle".to_string()
         };
@@ -524,6 +551,12 @@ pub fn render_jobs(status: &Status, config: &Config, now: DateTime<Utc>) -> Stri
             && o != "success"
         {
             out.push_str(&format!("{:<20} └ {}\n", "", one_line(err, 100)));
+        }
+        if j.backfill_pending > 0 {
+            out.push_str(&format!(
+                "{:<20} └ {} slot(s) to backfill\n",
+                "", j.backfill_pending
+            ));
         }
     }
     out

@@ -60,6 +60,21 @@ pub(crate) struct JobState {
     pub retry: Option<Pending>,
     /// Removed from the config by a reload: dropped once its run ends.
     pub retired: bool,
+    /// `pause`: no slot runs until `resume` (or the pause's end).
+    pub pause: Option<Pause>,
+    /// `backfill`: past slots to run, one at a time, when the job is otherwise idle.
+    pub backfill: VecDeque<DateTime<Utc>>,
+    /// The slot of the backfill run in progress.
+    pub backfilling: Option<DateTime<Utc>>,
+}
+
+/// A pause of a job's firing.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Pause {
+    /// When it ends by itself; `None`: at `resume`.
+    pub until: Option<DateTime<Utc>>,
+    /// The slots it held back so far: first, last, how many (one compact row).
+    pub gap: Option<(DateTime<Utc>, DateTime<Utc>, u64)>,
 }
 
 /// What the dispatcher does for a decision.
@@ -86,6 +101,14 @@ pub(crate) enum Action {
     Retry { at: DateTime<Utc>, attempt: u32 },
     /// A failed run is not tried again: its row says why.
     NoRetry { run_uid: String, error: String },
+    /// Slots held back by a pause: the pause's compact row grows to this.
+    Paused {
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        count: u64,
+    },
+    /// The pause ended by itself.
+    Resumed,
 }
 
 impl JobState {
@@ -109,6 +132,9 @@ impl JobState {
             pending: VecDeque::new(),
             retry: None,
             retired: false,
+            pause: None,
+            backfill: VecDeque::new(),
+            backfilling: None,
         }
     }
 
@@ -118,6 +144,9 @@ impl JobState {
         [
             self.next.map(|t| t - lead),
             self.retry.as_ref().and_then(|r| r.at).map(|t| t - LEAD),
+            self.pause.as_ref().and_then(|p| p.until),
+            // A backfill waiting for an idle job: now (the dispatcher starts it).
+            (!self.backfill.is_empty() && self.idle()).then_some(DateTime::<Utc>::MIN_UTC),
         ]
         .into_iter()
         .flatten()
@@ -132,7 +161,17 @@ impl JobState {
         self.retired = false;
     }
 
+    /// Nothing runs, waits or is held back: a backfill run may start.
+    fn idle(&self) -> bool {
+        self.running.is_none()
+            && self.pending.is_empty()
+            && self.retry.is_none()
+            && self.pause.is_none()
+            && !self.retired
+    }
+
     fn start(&mut self, p: Pending, now: DateTime<Utc>) -> Action {
+        self.backfilling = (p.trigger == TriggerKind::Backfill).then_some(p.scheduled_at);
         self.running = Some(Running {
             trigger: p.trigger,
             run_id: None,
@@ -206,9 +245,38 @@ pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
         actions.push(state.start(retry, now));
     }
     state.checked = state.checked.max(soon);
+    if state
+        .pause
+        .as_ref()
+        .is_some_and(|p| p.until.is_some_and(|u| u <= soon))
+    {
+        state.pause = None;
+        actions.push(Action::Resumed);
+    }
     let Some(first) = state.next.filter(|t| *t <= soon) else {
+        actions.extend(next_backfill(state, now));
         return actions;
     };
+    if let Some(pause) = state.pause.as_mut() {
+        // Paused: each due slot (on time or late) is held back, into the pause's one row.
+        let mut slot = Some(first);
+        let mut held: Option<(DateTime<Utc>, DateTime<Utc>, u64)> = pause.gap;
+        while let Some(t) = slot.filter(|t| *t <= soon && pause.until.is_none_or(|u| *t < u)) {
+            held = Some(match held {
+                Some((f, _, n)) => (f, t, n + 1),
+                None => (t, t, 1),
+            });
+            slot = state.job.trigger.next_fire_after(wake.calendar, t);
+        }
+        state.next = slot;
+        if held != pause.gap
+            && let Some((first, last, count)) = held
+        {
+            pause.gap = held;
+            actions.push(Action::Paused { first, last, count });
+        }
+        return actions;
+    }
     let job = Arc::clone(&state.job);
     let lookback = lookback_start(&job, wake.calendar, now);
     let mut missed = Missed::default();
@@ -246,7 +314,70 @@ pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
             wake.tz(),
         ));
     }
+    actions.extend(next_backfill(state, now));
     actions
+}
+
+/// Starts the next backfill slot when the job is idle.
+pub(crate) fn next_backfill(state: &mut JobState, now: DateTime<Utc>) -> Option<Action> {
+    if !state.idle() {
+        return None;
+    }
+    let slot = state.backfill.pop_front()?;
+    Some(state.start(
+        Pending {
+            trigger: TriggerKind::Backfill,
+            scheduled_at: slot,
+            attempt: 1,
+            at: Some(now),
+            tag: None,
+        },
+        now,
+    ))
+}
+
+/// `trigger`: a manual run now, or after what runs (never skipped by the overlap policy: it
+/// was asked for). Returns what to do and what to tell the caller.
+pub(crate) fn trigger(state: &mut JobState, now: DateTime<Utc>) -> (Vec<Action>, String) {
+    let pending = Pending {
+        trigger: TriggerKind::Manual,
+        scheduled_at: now,
+        attempt: 1,
+        at: None,
+        tag: None,
+    };
+    if state.pause.is_some() {
+        return (
+            Vec::new(),
+            "the job is paused: `resume` it first".to_string(),
+        );
+    }
+    if state
+        .running
+        .as_ref()
+        .is_some_and(|r| r.trigger == TriggerKind::Backfill)
+    {
+        let actions = vec![Action::Cancel(
+            "a manual run comes first; the backfill goes on after it".to_string(),
+        )];
+        state.pending.push_front(pending);
+        return (actions, "started (a backfill run gave way)".to_string());
+    }
+    if state.running.is_none() && state.pending.is_empty() && state.retry.is_none() {
+        return (vec![state.start(pending, now)], "started".to_string());
+    }
+    if state
+        .pending
+        .iter()
+        .any(|p| p.trigger == TriggerKind::Manual)
+    {
+        return (Vec::new(), "a manual run is already queued".to_string());
+    }
+    state.pending.push_back(pending);
+    (
+        Vec::new(),
+        "queued: it starts when the run in progress ends".to_string(),
+    )
 }
 
 /// Why a slot at `last` was missed, in words.
@@ -343,6 +474,18 @@ pub(crate) fn request(
     if state.running.is_none() && state.pending.is_empty() && state.retry.is_none() {
         return vec![state.start(pending, now)];
     }
+    // A backfill gives way to a live slot: it goes on after it.
+    if state
+        .running
+        .as_ref()
+        .is_some_and(|r| r.trigger == TriggerKind::Backfill)
+    {
+        state.pending.push_front(pending);
+        return vec![Action::Cancel(format!(
+            "the slot at {} comes first; the backfill goes on after it",
+            hms_zone(slot, tz)
+        ))];
+    }
     // A backlog caught up with `all` is worked off in order, and the slots that come meanwhile
     // wait their turn behind it whatever the overlap policy.
     if trigger == TriggerKind::CatchUp || state.draining_backlog() {
@@ -434,6 +577,13 @@ pub(crate) fn finished(
     } else {
         state.running = None;
     }
+    // A backfill run that gave way (or was stopped) is run again later.
+    if let Some(slot) = state.backfilling.take()
+        && ended.outcome == Outcome::Cancelled
+        && !state.backfill.contains(&slot)
+    {
+        state.backfill.push_front(slot);
+    }
     if state.retired {
         return Vec::new();
     }
@@ -458,6 +608,7 @@ pub(crate) fn finished(
         None => {}
     }
     actions.extend(start_pending(state, now));
+    actions.extend(next_backfill(state, now));
     actions
 }
 
@@ -501,7 +652,10 @@ pub(crate) fn released(state: &mut JobState, now: DateTime<Utc>) -> Vec<Action> 
     if state.retired {
         return Vec::new();
     }
-    start_pending(state, now).into_iter().collect()
+    start_pending(state, now)
+        .into_iter()
+        .chain(next_backfill(state, now))
+        .collect()
 }
 
 /// Starts the next queued run once the job is free (and no retry waits).

@@ -39,6 +39,9 @@ fn state(c: &Config, next: Option<DateTime<Utc>>) -> JobState {
         pending: VecDeque::new(),
         retry: None,
         retired: false,
+        pause: None,
+        backfill: VecDeque::new(),
+        backfilling: None,
     }
 }
 
@@ -52,6 +55,8 @@ fn kinds(actions: &[Action]) -> Vec<&'static str> {
             Action::Cancel(_) => "cancel",
             Action::Retry { .. } => "retry",
             Action::NoRetry { .. } => "noretry",
+            Action::Paused { .. } => "paused",
+            Action::Resumed => "resumed",
         })
         .collect()
 }
@@ -865,4 +870,132 @@ fn the_health_check_ends_runs_far_past_their_timeout() {
         overdue(&s, start + Duration::seconds(20), grace, tz),
         Some(Err(p)) if p.contains("stuck")
     ));
+}
+
+fn wake_at<'a>(cal: &'a Calendar, now: &str) -> Wake<'a> {
+    Wake {
+        calendar: cal,
+        now: t(now),
+        started_at: t("2026-11-01T05:00:00Z"),
+        late_because: None,
+        lead: LEAD,
+    }
+}
+
+#[test]
+fn a_paused_job_holds_its_slots_in_one_growing_row_until_the_pause_ends() {
+    let c = config("schedule = \"0 * * * * *\"\nmarket_hours = false");
+    let cal = c.calendar();
+    let mut s = state(&c, Some(t("2026-11-27T15:00:00Z")));
+    s.pause = Some(Pause {
+        until: Some(t("2026-11-27T15:03:00Z")),
+        gap: None,
+    });
+    // (now, actions, the pause's row after: count)
+    let rows: &[(&str, &[&str], Option<u64>)] = &[
+        ("2026-11-27T15:00:00Z", &["paused"], Some(1)),
+        ("2026-11-27T15:01:00Z", &["paused"], Some(2)),
+        // Late by two slots (the loop slept): both held back into the same row.
+        ("2026-11-27T15:02:30Z", &["paused"], Some(3)),
+        // The pause ends at 15:03: that slot runs.
+        ("2026-11-27T15:03:00Z", &["resumed", "start"], None),
+    ];
+    for (now, want, count) in rows {
+        let actions = tick(&mut s, &wake_at(&cal, now));
+        assert_eq!(kinds(&actions), *want, "{now}");
+        assert_eq!(
+            s.pause.as_ref().and_then(|p| p.gap).map(|g| g.2),
+            *count,
+            "{now}"
+        );
+        if let Some(Action::Paused {
+            first, count: n, ..
+        }) = actions.first()
+        {
+            assert_eq!(*first, t("2026-11-27T15:00:00Z"));
+            assert_eq!(Some(*n), *count);
+        }
+    }
+    // A paused job starts no backfill either.
+    let mut s = state(&c, None);
+    s.pause = Some(Pause {
+        until: None,
+        gap: None,
+    });
+    s.backfill.push_back(t("2026-11-26T15:00:00Z"));
+    assert_eq!(next_backfill(&mut s, t("2026-11-27T15:00:00Z")), None);
+}
+
+#[test]
+fn trigger_starts_queues_once_or_refuses_a_paused_job() {
+    let c = config("schedule = \"0 * * * * *\"\nmarket_hours = false\noverlap = \"skip\"");
+    let now = t("2026-11-27T15:00:30Z");
+    let mut s = state(&c, None);
+    let (a, why) = trigger(&mut s, now);
+    assert_eq!((kinds(&a), why.as_str()), (vec!["start"], "started"));
+    // Running: queued (not skipped, whatever the overlap policy), and only once.
+    let (a, why) = trigger(&mut s, now);
+    assert!(a.is_empty() && why.starts_with("queued"), "{why}");
+    let (a, why) = trigger(&mut s, now);
+    assert!(a.is_empty() && why.contains("already queued"), "{why}");
+    let mut paused = state(&c, None);
+    paused.pause = Some(Pause {
+        until: None,
+        gap: None,
+    });
+    let (a, why) = trigger(&mut paused, now);
+    assert!(a.is_empty() && why.contains("paused"));
+}
+
+#[test]
+fn a_backfill_runs_when_idle_and_gives_way_to_a_live_slot() {
+    let c = config("schedule = \"0 * * * * *\"\nmarket_hours = false\noverlap = \"skip\"");
+    let cal = c.calendar();
+    let tz = cal.tz();
+    let now = t("2026-11-27T15:00:30Z");
+    let old = [t("2026-11-26T15:00:00Z"), t("2026-11-26T15:01:00Z")];
+    let mut s = state(&c, Some(t("2026-11-27T15:01:00Z")));
+    s.backfill.extend(old);
+    let Some(Action::Start(p)) = next_backfill(&mut s, now) else {
+        panic!("an idle job starts its backfill");
+    };
+    assert_eq!((p.trigger, p.scheduled_at), (TriggerKind::Backfill, old[0]));
+    assert_eq!(s.backfilling, Some(old[0]));
+    // The live slot at 15:01 comes: the backfill run is ended, the slot waits first in line.
+    let actions = request(
+        &mut s,
+        S,
+        t("2026-11-27T15:01:00Z"),
+        t("2026-11-27T15:01:00Z"),
+        tz,
+    );
+    assert_eq!(kinds(&actions), ["cancel"]);
+    // The cancelled backfill run ends: the live slot starts, the backfill slot goes back first.
+    let ended = Ended {
+        run_id: Some(5),
+        run_uid: Some("u5".into()),
+        scheduled_at: old[0],
+        attempt: 1,
+        outcome: Outcome::Cancelled,
+        error: None,
+        stuck: false,
+        tag: None,
+    };
+    let actions = finished(&mut s, &ended, &cal, t("2026-11-27T15:01:00Z"), 1.0);
+    let Some(Action::Start(live)) = actions.first() else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(live.trigger, S);
+    assert_eq!(s.backfill, old);
+    // The live run ends: the backfill goes on.
+    let done = Ended {
+        outcome: Outcome::Success,
+        scheduled_at: t("2026-11-27T15:01:00Z"),
+        ..ended
+    };
+    let actions = finished(&mut s, &done, &cal, t("2026-11-27T15:01:02Z"), 1.0);
+    assert!(
+        matches!(actions.as_slice(), [Action::Start(p)] if p.trigger == TriggerKind::Backfill && p.scheduled_at == old[0]),
+        "{actions:?}"
+    );
 }

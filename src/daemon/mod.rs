@@ -76,6 +76,11 @@ struct Dispatcher {
     obs: crate::observe::Observer,
     /// The HTTP endpoint's shared state (`[http]`), told of reloads.
     web: Option<Arc<crate::web::Web>>,
+    /// Pauses, backfills and triggers, as kept across restarts: the last snapshot saved.
+    kept: crate::control::Persisted,
+    saver: crate::control::Saver,
+    /// Each paused job's compact row: (id, uid).
+    pause_rows: HashMap<String, (i64, String)>,
 }
 
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
@@ -146,6 +151,18 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
         })
         .collect::<Result<_>>()?;
     let obs = crate::observe::Observer::start(&config, reader.as_ref());
+    let mut kept = crate::control::load(&config.scheduler.log_dir);
+    if let Some(h) = &reader {
+        // A backfill run that ended while the daemon stopped is not run again.
+        for (job, slots) in kept.backfill.iter_mut() {
+            slots.retain(|slot| {
+                !h.runs_between(*slot, *slot + chrono::Duration::microseconds(1))
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| r.job == *job && r.outcome == Outcome::Success)
+            });
+        }
+    }
     drop(reader);
 
     let calendar = config.calendar();
@@ -193,6 +210,7 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
     let mut sighup =
         signal(SignalKind::hangup()).map_err(|e| Error::io("cannot watch SIGHUP", e))?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<RunEvent>();
+    let (control_tx, mut control) = mpsc::unbounded_channel::<crate::control::Asked>();
     // `/healthz` asks the loop to answer.
     let (probe_tx, mut probes) = mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<()>>();
     let (chores_tx, mut chores) = mpsc::unbounded_channel::<Chore>();
@@ -217,7 +235,15 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
         node,
         web: None,
         obs,
+        kept: crate::control::Persisted::default(),
+        saver: crate::control::Saver::start(config.scheduler.log_dir.clone()),
+        pause_rows: HashMap::new(),
     };
+    d.restore(&mut jobs, kept);
+    tokio::spawn(crate::control::listen(
+        config.scheduler.log_dir.clone(),
+        control_tx,
+    ));
     if let Some(http) = config.http.clone() {
         let web = crate::web::Web::new(
             Arc::clone(&config),
@@ -281,8 +307,12 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
                 let step = clock_step(last_wake, (mono, wall));
                 last_wake = (mono, wall);
                 d.tick(&mut jobs, wall, step.as_deref());
+                d.keep(&jobs);
             }
-            Some(event) = events.recv() => d.on_event(&mut jobs, event),
+            Some(event) = events.recv() => {
+                d.on_event(&mut jobs, event);
+                d.keep(&jobs);
+            }
             Some(event) = cluster_event(&mut cluster_events) => d.on_cluster(&mut jobs, event),
             Some(chore) = chores.recv() => {
                 if let Some(why) = d.on_chore(&mut jobs, chore) {
@@ -291,6 +321,16 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
             }
             Some(_) = d.tasks.join_next(), if !d.tasks.is_empty() => {}
             Some(reply) = probes.recv() => { let _ = reply.send(()); }
+            Some((req, answer)) = control.recv() => {
+                let reply = d.control(&mut jobs, req);
+                d.keep(&jobs);
+                // Answered once what it changed is kept: a `status` right after shows it.
+                let written = d.saver.written();
+                tokio::spawn(async move {
+                    let _ = written.await;
+                    let _ = answer.send(reply);
+                });
+            }
             _ = sighup.recv() => d.reload(),
             _ = health_every.tick() => d.health(&mut jobs),
             _ = report_every.tick() => d.report(&jobs),
@@ -452,6 +492,33 @@ impl Dispatcher {
                     tracing::info!("   {job}: {error}");
                     self.env.recorder.set_error(&run_uid, error);
                 }
+                Action::Paused { first, last, count } => {
+                    let recorder = &self.env.recorder;
+                    let new = !self.pause_rows.contains_key(job);
+                    let (id, uid) = self
+                        .pause_rows
+                        .entry(job.clone())
+                        .or_insert_with(|| (recorder.next_id(), crate::history::new_uid()))
+                        .clone();
+                    if new {
+                        self.obs
+                            .metrics
+                            .skipped_row(job, crate::history::TriggerKind::Schedule);
+                    }
+                    tracing::info!("⏸️  {job}: slot at {} held back (paused)", hms(last));
+                    let reason = match state.pause.as_ref().and_then(|p| p.until) {
+                        Some(until) => format!(
+                            "paused until {} (`hedge-scheduler pause`)",
+                            until.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")
+                        ),
+                        None => "paused (`hedge-scheduler pause`) until `resume`".to_string(),
+                    };
+                    recorder.gap_row(id, &uid, job, first, last, count, &reason);
+                }
+                Action::Resumed => {
+                    tracing::info!("▶️  {job}: the pause is over");
+                    self.pause_rows.remove(job);
+                }
             }
         }
     }
@@ -471,12 +538,14 @@ impl Dispatcher {
         };
         // Cluster mode: a new slot is claimed first (a retry or a takeover already owns it).
         let claim = match (&self.node, &p.tag) {
+            // A backfill runs where it was asked for: its past slot's claim is long settled.
+            (Some(_), None) if p.trigger == crate::history::TriggerKind::Backfill => None,
             (Some(node), None) => Some((
                 node.clone(),
                 crate::cluster::ClaimRequest {
                     job: state.job.id.clone(),
                     slot: p.scheduled_at,
-                    manual: false,
+                    manual: p.trigger == crate::history::TriggerKind::Manual,
                     valid_until: match p.trigger {
                         // A missed slot being caught up is past its own bound already: it may
                         // wait its turn behind the backlog for as long as a run may take.
@@ -590,6 +659,185 @@ impl Dispatcher {
                     self.dispatch(&jobs[i], actions);
                     self.drop_retired(jobs);
                 }
+            }
+        }
+    }
+
+    /// Applies what a previous daemon kept: pauses, backfill queues, triggers not started.
+    fn restore(&mut self, jobs: &mut [JobState], kept: crate::control::Persisted) {
+        let now = Utc::now();
+        for state in jobs.iter_mut() {
+            let id = &state.job.id;
+            if let Some(p) = kept.paused.get(id)
+                && p.until.is_none_or(|u| u > now)
+            {
+                state.pause = Some(decide::Pause {
+                    until: p.until,
+                    gap: None,
+                });
+                tracing::info!(
+                    "⏸️  {id} is paused (since {})",
+                    p.since
+                        .with_timezone(&self.calendar.tz())
+                        .format("%Y-%m-%d %H:%M %Z")
+                );
+            }
+            if let Some(slots) = kept.backfill.get(id) {
+                state.backfill = slots.iter().copied().collect();
+                tracing::info!("⏪ {id}: {} backfill slot(s) to go", slots.len());
+            }
+        }
+        self.kept = crate::control::Persisted {
+            paused: kept.paused,
+            ..Default::default()
+        };
+        for job in kept.triggers {
+            let reply = self.control(jobs, crate::control::Request::Trigger { job: job.clone() });
+            tracing::info!(
+                "▶️  {job}: the manual run asked for before the restart: {}",
+                reply.message
+            );
+        }
+        self.keep(jobs);
+    }
+
+    /// Saves the pauses, backfills and triggers when they changed.
+    fn keep(&mut self, jobs: &[JobState]) {
+        let mut now = crate::control::Persisted::default();
+        for state in jobs {
+            let id = state.job.id.clone();
+            if let Some(p) = &state.pause {
+                let since = self.kept.paused.get(&id).map_or_else(Utc::now, |k| k.since);
+                now.paused.insert(
+                    id.clone(),
+                    crate::control::Paused {
+                        since,
+                        until: p.until,
+                    },
+                );
+            }
+            let slots: Vec<DateTime<Utc>> = state
+                .backfilling
+                .iter()
+                .chain(state.backfill.iter())
+                .copied()
+                .collect();
+            if !slots.is_empty() {
+                now.backfill.insert(id.clone(), slots);
+            }
+            if state
+                .pending
+                .iter()
+                .any(|p| p.trigger == crate::history::TriggerKind::Manual)
+            {
+                now.triggers.push(id);
+            }
+        }
+        if now != self.kept {
+            self.saver.save(now.clone());
+            self.kept = now;
+        }
+    }
+
+    /// A control request from the CLI.
+    fn control(
+        &mut self,
+        jobs: &mut [JobState],
+        req: crate::control::Request,
+    ) -> crate::control::Reply {
+        use crate::control::{Reply, Request};
+        let now = Utc::now();
+        let tz = self.calendar.tz();
+        let Some(i) = jobs
+            .iter()
+            .position(|s| s.job.id == req.job() && !s.retired)
+        else {
+            return Reply {
+                ok: false,
+                message: match self.config.job(req.job()) {
+                    Some(_) => format!("`{}` is disabled (`enabled = false`)", req.job()),
+                    None => format!("no job `{}` in the running daemon's config", req.job()),
+                },
+            };
+        };
+        let job = jobs[i].job.id.clone();
+        let ok = |message: String| Reply { ok: true, message };
+        match req {
+            Request::Pause { until, .. } => {
+                if until.is_some_and(|u| u <= now) {
+                    return Reply {
+                        ok: false,
+                        message: "the pause would end in the past".to_string(),
+                    };
+                }
+                let state = &mut jobs[i];
+                let gap = state.pause.as_ref().and_then(|p| p.gap);
+                state.pause = Some(decide::Pause { until, gap });
+                let when = until.map_or_else(
+                    || "until `resume`".to_string(),
+                    |u| {
+                        format!(
+                            "until {}",
+                            u.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z")
+                        )
+                    },
+                );
+                tracing::info!("⏸️  {job} paused {when}");
+                ok(format!("{job} paused {when}"))
+            }
+            Request::Resume { .. } => {
+                let was = jobs[i].pause.take().is_some();
+                self.pause_rows.remove(&job);
+                if was {
+                    tracing::info!("▶️  {job} resumed");
+                    let actions: Vec<Action> = decide::next_backfill(&mut jobs[i], now)
+                        .into_iter()
+                        .collect();
+                    self.dispatch(&jobs[i], actions);
+                    ok(format!("{job} resumed: its next slot fires as usual"))
+                } else {
+                    ok(format!("{job} was not paused"))
+                }
+            }
+            Request::Trigger { .. } => {
+                if jobs[i].pause.is_some() {
+                    return Reply {
+                        ok: false,
+                        message: format!("{job} is paused: `resume` it first"),
+                    };
+                }
+                let (actions, message) = decide::trigger(&mut jobs[i], now);
+                tracing::info!("▶️  {job}: manual run asked for: {message}");
+                self.dispatch(&jobs[i], actions);
+                ok(format!("{job}: {message}"))
+            }
+            Request::Backfill { slots, .. } => {
+                let state = &mut jobs[i];
+                let mut added = 0;
+                let mut slots = slots;
+                slots.sort();
+                slots.dedup();
+                for slot in slots {
+                    if slot <= now
+                        && state.backfilling != Some(slot)
+                        && !state.backfill.contains(&slot)
+                    {
+                        state.backfill.push_back(slot);
+                        added += 1;
+                    }
+                }
+                let mut sorted: Vec<DateTime<Utc>> = state.backfill.drain(..).collect();
+                sorted.sort();
+                state.backfill = sorted.into();
+                tracing::info!(
+                    "⏪ {job}: {added} slot(s) to backfill ({} in all)",
+                    state.backfill.len() + usize::from(state.backfilling.is_some())
+                );
+                let actions: Vec<Action> = decide::next_backfill(state, now).into_iter().collect();
+                self.dispatch(&jobs[i], actions);
+                ok(format!(
+                    "{job}: {added} slot(s) queued for backfill, run one at a time when the job is idle"
+                ))
             }
         }
     }

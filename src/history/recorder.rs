@@ -85,6 +85,8 @@ enum Write {
         end: RunEnd,
     },
     Skipped(SkippedRow),
+    /// A gap row that grows (a pause's slots): written if new, else extended.
+    Gap(SkippedRow),
     Stuck {
         uid: String,
         stuck: bool,
@@ -302,6 +304,33 @@ impl Recorder {
             tag: self.tag(),
         }));
         id
+    }
+
+    /// Records (or grows) the compact row `uid` of a gap of `count` slots from `first` to `last`:
+    /// a pause's slots go into one row that grows as they pass. `id` is used the first time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gap_row(
+        &self,
+        id: i64,
+        uid: &str,
+        job: &str,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        count: u64,
+        reason: &str,
+    ) {
+        self.send(Write::Gap(SkippedRow {
+            id,
+            uid: uid.to_string(),
+            job: job.to_string(),
+            trigger: TriggerKind::Schedule,
+            scheduled_at: first,
+            recorded_at: Utc::now(),
+            owner_pid: self.owner,
+            reason: reason.to_string(),
+            gap: Some((count, last)),
+            tag: self.tag(),
+        }));
     }
 
     pub fn set_stuck(&self, uid: &str, stuck: bool) {
@@ -751,6 +780,21 @@ fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) ->
                         break;
                     }
                 }
+            }
+        }
+        Write::Gap(row) => {
+            let mut row = row.clone();
+            for _ in 0..3 {
+                match h.insert_skipped(&row) {
+                    Err(e) if only_this_write(&e) => row.id = fresh_id(h, ids)?,
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
+            if let Some((count, last)) = row.gap {
+                h.grow_gap(&row.uid, count, last)?;
             }
         }
         Write::Stuck { uid, stuck } => update_run(h, st, ids, owner, uid, "stuck mark", |h| {

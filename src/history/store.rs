@@ -152,6 +152,8 @@ pub enum TriggerKind {
     CatchUp,
     /// Cluster mode: a slot run again after the node that ran it died.
     Takeover,
+    /// A past slot run by `backfill`, with its original `scheduled_at`.
+    Backfill,
 }
 
 /// Both enums are stored as their words (`success`, `catch-up`) and read back typed.
@@ -192,6 +194,7 @@ impl TriggerKind {
             TriggerKind::Retry,
             TriggerKind::CatchUp,
             TriggerKind::Takeover,
+            TriggerKind::Backfill,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -204,6 +207,7 @@ impl TriggerKind {
             TriggerKind::Retry => "retry",
             TriggerKind::CatchUp => "catch-up",
             TriggerKind::Takeover => "takeover",
+            TriggerKind::Backfill => "backfill",
         }
     }
 }
@@ -615,6 +619,26 @@ impl History {
             })
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Grows the compact gap row `uid` to `count` slots up to `last` (never shrinks it).
+    pub fn grow_gap(&self, uid: &str, count: u64, last: DateTime<Utc>) -> Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE runs SET missed_count = max(coalesce(missed_count, 0), ?2),
+                                 missed_to = max(coalesce(missed_to, ''), ?3)
+                 WHERE uid = ?1 AND missed_count IS NOT NULL",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    uid,
+                    i64::try_from(count).unwrap_or(i64::MAX),
+                    fmt_time(last)
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
     }
 
     /// How long a statement waits for another process's lock before it fails.

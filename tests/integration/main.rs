@@ -3,6 +3,7 @@
 
 mod calendar;
 mod cluster;
+mod control;
 mod executors;
 mod faults;
 mod foundation;

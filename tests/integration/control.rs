@@ -1,0 +1,309 @@
+//! Run-time control of a running daemon: `pause`/`resume`, `trigger`, `backfill`; each survives
+//! the daemon's restart. Each test's job records what really ran in a file of its own.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::util::*;
+
+fn job(id: &str, body: &str) -> String {
+    format!("\n[jobs.{id}]\n{body}\n")
+}
+
+/// `fixture_jobs:verdict` on `schedule`, recording each execution (run id, attempt, trigger,
+/// slot) in `ran`.
+fn recorded(
+    id: &str,
+    schedule: &str,
+    market_hours: bool,
+    ran: &Path,
+    verdict: &Path,
+    seconds: f64,
+) -> String {
+    job(
+        id,
+        &format!(
+            "entry = \"fixture_jobs:verdict\"\nschedule = \"{schedule}\"\nmarket_hours = {market_hours}\nargs = {{ file = {ran:?}, verdict = {verdict:?}, seconds = {seconds} }}"
+        ),
+    )
+}
+
+fn executions(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn status(p: &Project) -> Value {
+    serde_json::from_slice(&p.run(&["status", "--json"]).stdout).expect("status JSON")
+}
+
+fn job_status(p: &Project, id: &str) -> Value {
+    status(p)["jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["job"] == id).cloned())
+        .expect("the job in status")
+}
+
+fn ready(p: &Project) -> bool {
+    wait_until(Duration::from_secs(20), || {
+        p.path().join("logs/control.sock").exists()
+            && p.run(&["status", "--json"]).status.code() == Some(0)
+    })
+}
+
+fn stop(p: &Project, mut daemon: std::process::Child) {
+    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(40));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the daemon did not stop cleanly: {status:?}\n{}",
+        p.daemon_output()
+    );
+}
+
+/// How many executions the job records over `quiet`, after a settling second.
+fn executions_during(ran: &Path, quiet: Duration) -> usize {
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = executions(ran).len();
+    std::thread::sleep(quiet);
+    executions(ran).len() - before
+}
+
+#[test]
+fn pause_and_resume_a_running_daemon_and_the_pause_survives_a_restart() {
+    let p = Project::new();
+    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
+    std::fs::write(&verdict, "ok").expect("verdict");
+    p.config(
+        "",
+        &recorded("feed", "* * * * * *", false, &ran, &verdict, 0.0),
+    );
+    // No daemon: exit 3.
+    let out = p.run(&["pause", "feed"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let daemon = p.spawn_daemon();
+    assert!(ready(&p), "{}", p.daemon_output());
+    assert!(wait_until(Duration::from_secs(20), || executions(&ran)
+        .len()
+        >= 2));
+
+    let out = p.run(&["pause", "feed"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("paused"));
+    let s = job_status(&p, "feed");
+    assert_eq!(s["paused"], true, "{s:#}");
+    assert_eq!(s["paused_until"], Value::Null);
+    assert!(String::from_utf8_lossy(&p.run(&["status"]).stdout).contains("paused"));
+    assert_eq!(
+        executions_during(&ran, Duration::from_secs(3)),
+        0,
+        "a paused job ran"
+    );
+    // One compact row holds the paused slots, and it grows.
+    let paused_rows = |p: &Project| -> Vec<Value> {
+        p.history()
+            .into_iter()
+            .filter(|r| {
+                r["outcome"] == "skipped"
+                    && r["error"].as_str().is_some_and(|e| e.starts_with("paused"))
+            })
+            .collect()
+    };
+    let rows = paused_rows(&p);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let first_count = rows[0]["missed_count"].as_i64().unwrap_or(0);
+    assert!(first_count >= 3, "{rows:#?}");
+    assert!(wait_until(Duration::from_secs(10), || {
+        paused_rows(&p)[0]["missed_count"]
+            .as_i64()
+            .is_some_and(|n| n > first_count)
+    }));
+
+    // A restart keeps the pause.
+    stop(&p, daemon);
+    let daemon = p.spawn_daemon();
+    assert!(ready(&p), "{}", p.daemon_output());
+    assert_eq!(job_status(&p, "feed")["paused"], true);
+    assert_eq!(
+        executions_during(&ran, Duration::from_secs(3)),
+        0,
+        "paused job ran after a restart"
+    );
+
+    let out = p.run(&["resume", "feed"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(wait_until(Duration::from_secs(10), || executions_during(
+        &ran,
+        Duration::from_secs(1)
+    ) > 0));
+    assert_eq!(job_status(&p, "feed")["paused"], false);
+    // Every slot is accounted for exactly once: run, or held back in a paused row.
+    let history = p.history();
+    let runs = history.iter().filter(|r| r["outcome"] == "success").count();
+    assert!(executions(&ran).len() >= runs);
+
+    // `--until`: in the past is refused; `@close` is the session's close in exchange time.
+    let out = p.run(&["pause", "feed", "--until", "2020-01-01"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in the past"));
+    let out = p.run(&["pause", "feed", "--until", "@close"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let until = job_status(&p, "feed")["paused_until"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(until.ends_with("T15:30:00+05:30"), "{until}");
+    let out = p.run(&["resume", "feed"]);
+    assert_eq!(out.status.code(), Some(0));
+    // An unknown job: a usage error naming the known ones.
+    let out = p.run(&["pause", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("feed"));
+    stop(&p, daemon);
+}
+
+#[test]
+fn trigger_runs_now_under_the_overlap_guard_and_a_queued_one_survives_a_restart() {
+    let p = Project::new();
+    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
+    std::fs::write(&verdict, "ok").expect("verdict");
+    // A job that never fires by itself; each run takes 2 s.
+    p.config(
+        "shutdown_grace = \"30s\"",
+        &recorded("report", "0 0 0 1 1 *", false, &ran, &verdict, 2.0),
+    );
+    let daemon = p.spawn_daemon();
+    assert!(ready(&p), "{}", p.daemon_output());
+    let out = p.run(&["trigger", "report"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("started"),
+        "{}",
+        text(&out)
+    );
+    assert!(wait_until(Duration::from_secs(10), || executions(&ran)
+        .len()
+        == 1));
+    // While it runs: a second is queued, a third is refused as already queued.
+    let out = p.run(&["trigger", "report"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("queued"),
+        "{}",
+        text(&out)
+    );
+    let out = p.run(&["trigger", "report"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already queued"),
+        "{}",
+        text(&out)
+    );
+    // The daemon stops (waiting for the running one); the queued run survives the restart.
+    stop(&p, daemon);
+    assert_eq!(executions(&ran).len(), 1);
+    let daemon = p.spawn_daemon();
+    assert!(ready(&p), "{}", p.daemon_output());
+    assert!(
+        wait_until(Duration::from_secs(20), || executions(&ran).len() == 2),
+        "{}",
+        p.daemon_output()
+    );
+    assert!(wait_until(Duration::from_secs(10), || p
+        .runs_with("success")
+        .len()
+        == 2));
+    let manual: Vec<Value> = p
+        .history()
+        .into_iter()
+        .filter(|r| r["trigger"] == "manual")
+        .collect();
+    assert_eq!(manual.len(), 2, "{manual:#?}");
+    assert!(executions(&ran).iter().all(|l| l.contains(" manual ")));
+    // A paused job is not triggered.
+    assert_eq!(p.run(&["pause", "report"]).status.code(), Some(0));
+    let out = p.run(&["trigger", "report"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("paused"));
+    stop(&p, daemon);
+    assert_eq!(executions(&ran).len(), 2);
+}
+
+#[test]
+fn backfill_runs_each_missing_slot_once_with_its_own_time_and_survives_a_restart() {
+    let p = Project::new();
+    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
+    std::fs::write(&verdict, "ok").expect("verdict");
+    p.config(
+        "shutdown_grace = \"30s\"",
+        &recorded("bars", "0 */15 * * * *", true, &ran, &verdict, 0.2),
+    );
+    let day = "2026-11-26";
+    let plan: Vec<Value> = serde_json::from_slice(
+        &p.run(&[
+            "plan", "--job", "bars", "--from", day, "--to", day, "--json",
+        ])
+        .stdout,
+    )
+    .expect("plan JSON");
+    let expected: Vec<chrono::DateTime<chrono::Utc>> = plan.iter().map(|f| ts(&f["at"])).collect();
+    assert!(expected.len() > 20, "{plan:#?}");
+    let daemon = p.spawn_daemon();
+    assert!(ready(&p), "{}", p.daemon_output());
+    let out = p.run(&["backfill", "bars", "--from", day, "--to", day]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Stopped midway, started again: the rest goes on.
+    assert!(wait_until(Duration::from_secs(30), || executions(&ran)
+        .len()
+        >= 5));
+    stop(&p, daemon);
+    let midway = executions(&ran).len();
+    assert!(
+        midway < expected.len(),
+        "the backfill ended before the restart"
+    );
+    let daemon = p.spawn_daemon();
+    assert!(ready(&p), "{}", p.daemon_output());
+    assert!(
+        wait_until(Duration::from_secs(60), || executions(&ran).len()
+            >= expected.len()),
+        "{} of {}\n{}",
+        executions(&ran).len(),
+        expected.len(),
+        p.daemon_output()
+    );
+    assert!(wait_until(Duration::from_secs(10), || job_status(
+        &p, "bars"
+    )["backfill_pending"]
+        == 0));
+    // Each slot ran once, with its own time, trigger `backfill`.
+    let mut slots: Vec<chrono::DateTime<chrono::Utc>> = executions(&ran)
+        .iter()
+        .map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(parts[2], "backfill", "{l}");
+            ts(&Value::String(parts[3].to_string()))
+        })
+        .collect();
+    slots.sort();
+    assert_eq!(slots, expected);
+    let rows: Vec<Value> = p
+        .history()
+        .into_iter()
+        .filter(|r| r["trigger"] == "backfill" && r["outcome"] == "success")
+        .collect();
+    assert_eq!(rows.len(), expected.len());
+    // Asked again: nothing is missing.
+    let out = p.run(&["backfill", "bars", "--from", day, "--to", day]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to backfill"),
+        "{}",
+        text(&out)
+    );
+    stop(&p, daemon);
+    assert_eq!(executions(&ran).len(), expected.len());
+}
