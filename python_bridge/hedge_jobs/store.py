@@ -73,16 +73,19 @@ def save_chain(conn: sqlite3.Connection, chain, provider: str, run_id: int | Non
     analysis and the collector may both take the snapshot of the same slot), so rows that refer
     to it stay valid."""
     at = chain.at.isoformat()
-    row = conn.execute(
-        "SELECT id FROM chain_snapshots WHERE index_name = ? AND snapshot_at = ?", (chain.index, at)
-    ).fetchone()
-    if row is not None:
-        return row[0]
+    # Both jobs fire at the same instant: the insert itself decides who stores the slot (a
+    # look-then-insert let both insert, and one failed on the unique key).
     cur = conn.execute(
         "INSERT INTO chain_snapshots (index_name, snapshot_at, spot, expiry, provider, run_id)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (index_name, snapshot_at) DO NOTHING",
         (chain.index, at, chain.spot, chain.expiry.isoformat(), provider, run_id),
     )
+    if cur.rowcount == 0:
+        row = conn.execute(
+            "SELECT id FROM chain_snapshots WHERE index_name = ? AND snapshot_at = ?",
+            (chain.index, at),
+        ).fetchone()
+        return row[0]
     snapshot_id = cur.lastrowid
     conn.executemany(
         "INSERT INTO chain_quotes (snapshot_id, strike, option_type, last_price, oi, volume, iv)"

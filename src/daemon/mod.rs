@@ -254,7 +254,6 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
         d.web = Some(web);
     }
     drop(probe_tx);
-    d.health(&mut jobs);
     tracing::info!("✅ All services initialized ({} jobs)", jobs.len());
     d.obs.daemon(
         &d.config,
@@ -270,6 +269,7 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
             format!("🧹 hedge-scheduler started after a crash: {abandoned} run(s) of the dead process were settled"),
         );
     }
+    d.health(&mut jobs);
     crate::health::notify_systemd("READY=1");
 
     let mut health_every = tokio::time::interval_at(

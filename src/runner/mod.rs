@@ -233,7 +233,7 @@ pub async fn run(
     let inflight = crate::contain::InFlight::begin(&uid);
     // Kept to record the run even if it cannot begin (its log cannot be opened, say).
     let start_copy = run.clone();
-    let (run_id, log, exec) = match job.executor {
+    let (run_id, log, exec, ended_at) = match job.executor {
         Executor::Subprocess => {
             // One hand-off: open the log, wait for the slot's instant and record the start.
             let env2 = env.clone();
@@ -262,8 +262,10 @@ pub async fn run(
                 &events,
             )
             .await;
+            // The run ends as the job is let go: a run waiting for the job starts after it.
+            let ended_at = Utc::now();
             drop(lock);
-            (run_id, log, exec)
+            (run_id, log, exec, ended_at)
         }
         Executor::Pyo3 => {
             let context = run_context(&env.config, &job, &req, 0, &uid);
@@ -298,7 +300,7 @@ pub async fn run(
                         report.finished_at = Utc::now();
                         return report;
                     };
-                    (done.run_id, log, done.exec)
+                    (done.run_id, log, done.exec, Utc::now())
                 }
                 Err(e) => return not_started(env, report, start_copy, e.to_string()),
             }
@@ -313,7 +315,8 @@ pub async fn run(
             "ended {strays} process(es) that escaped a run and were adopted by the scheduler"
         ));
     }
-    let (outcome, end) = judge(&job, &exec);
+    let (outcome, mut end) = judge(&job, &exec);
+    end.finished_at = end.finished_at.or(Some(ended_at));
     log.note(&end_note(outcome, &end));
     let stuck = exec.stuck;
     report.stuck = stuck.is_some();
@@ -563,7 +566,7 @@ fn not_started(env: &RunEnv, mut report: RunReport, run: StartRow, error: String
 }
 
 fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunEnd) -> RunReport {
-    let finished_at = Utc::now();
+    let finished_at = end.finished_at.unwrap_or_else(Utc::now);
     report.outcome = outcome;
     report.finished_at = finished_at;
     report.error = end.error.clone();

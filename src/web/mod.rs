@@ -176,7 +176,11 @@ async fn healthz(State(web): State<Arc<Web>>) -> Response {
 }
 
 async fn metrics(State(web): State<Arc<Web>>) -> Response {
-    let text = web.metrics.encode(&web.config(), Utc::now());
+    // The calendar's gauges take a little computing: not on the loop's thread.
+    let (metrics, config) = (Arc::clone(&web.metrics), web.config());
+    let Some(text) = off_loop(move || metrics.encode(&config, Utc::now())).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed".into());
+    };
     (
         [(
             header::CONTENT_TYPE,

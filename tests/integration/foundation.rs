@@ -448,7 +448,7 @@ fn shipped_jobs_run_once_and_fill_the_market_database() {
     assert!(root.join("logs/history.sqlite3").exists());
 }
 
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+pub(crate) fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap().flatten() {
         let target = to.join(entry.file_name());

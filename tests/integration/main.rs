@@ -9,6 +9,7 @@ mod faults;
 mod foundation;
 mod observe;
 mod operations;
+mod page;
 mod pg;
 mod reliability;
 mod util;

@@ -173,6 +173,13 @@ fn verdict_job(id: &str, ran: &Path, verdict: &Path, extra: &str) -> String {
     )
 }
 
+/// A verdict file that always says `fail`.
+fn always_fails(p: &Project) -> std::path::PathBuf {
+    let path = p.path().join("always-fail.txt");
+    std::fs::write(&path, "fail").expect("verdict");
+    path
+}
+
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -215,12 +222,17 @@ fn a_failing_job_gives_one_failure_webhook_and_its_recovery_one_recovered() {
             "[notify]\nwebhook = {:?}\nwebhook_format = \"json\"",
             hooks.url("/hook")
         ),
-        &verdict_job(
+        &(verdict_job(
             "feed",
             &ran,
             &verdict,
-            "name = \"Feed\"\nretry = { attempts = 2, backoff = \"1s\" }",
-        ),
+            "name = \"Feed\"\nretry = { attempts = 2, backoff = \"300ms\" }",
+        ) + &verdict_job(
+            "quiet",
+            &p.path().join("quiet.txt"),
+            &always_fails(&p),
+            "notify = false",
+        )),
     );
     let daemon = p.spawn_daemon();
     // Two slots fail all their attempts.
@@ -275,7 +287,7 @@ fn a_failing_job_gives_one_failure_webhook_and_its_recovery_one_recovered() {
     // The job really ran each attempt the history shows.
     let runs = history
         .iter()
-        .filter(|r| r["outcome"] != "skipped" && r["outcome"] != "running")
+        .filter(|r| r["job"] == "feed" && r["outcome"] != "skipped" && r["outcome"] != "running")
         .count();
     assert!(lines(&ran).len() >= runs, "{:?}", lines(&ran));
 
@@ -292,7 +304,9 @@ fn a_failing_job_gives_one_failure_webhook_and_its_recovery_one_recovered() {
     stop(daemon, &p);
     let all = hooks.events("/hook");
     let kinds: Vec<&str> = all.iter().filter_map(|e| e["event"].as_str()).collect();
+    // `quiet` failed every slot, with `notify = false`: nothing about it.
     assert_eq!(kinds, ["failure", "recovered"], "{all:#?}");
+    assert!(lines(&p.path().join("quiet.txt")).len() >= 3);
     assert_eq!(all[1]["outcome"], "success");
     assert_eq!(all[1]["job"], "feed");
     let row = p
@@ -821,4 +835,102 @@ fn logs_follow_a_running_jobs_output_live() {
             .count(),
         20
     );
+}
+
+#[test]
+fn the_shipped_alert_rules_stay_silent_outside_sessions() {
+    // promtool, from Debian's `prometheus` package (`.ci/run` installs it).
+    let Some(promtool) = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is not installed (Debian package `prometheus`; .ci/run installs it)"
+        );
+        eprintln!("skipped: promtool is not installed (Debian package `prometheus`)");
+        return;
+    };
+    let dir = repo().join("config/prometheus");
+    let check = std::process::Command::new(promtool)
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool");
+    assert!(check.status.success(), "{}", text(&check));
+    // The unit tests: each rule silent while the exchange is closed, firing in session.
+    let test = std::process::Command::new(promtool)
+        .args(["test", "rules", "alerts.test.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool");
+    assert!(test.status.success(), "{}", text(&test));
+    // Every metric the rules use is one the daemon exports.
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).expect("rules");
+    let exported = [
+        "hedge_scheduler_last_expected_slot_timestamp_seconds",
+        "hedge_scheduler_last_success_timestamp_seconds",
+        "hedge_scheduler_session_open",
+        "hedge_scheduler_slots_missed_total",
+        "hedge_scheduler_runs_total",
+        "hedge_scheduler_loop_lag_seconds",
+        "hedge_scheduler_notify_failures_total",
+    ];
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("hedge_scheduler_") {
+            assert!(
+                exported.contains(&word),
+                "the rules use `{word}`, which is not exported"
+            );
+        }
+    }
+}
+
+#[test]
+fn daemon_start_stop_and_calendar_coverage_events_reach_the_hook() {
+    let hooks = Receiver::start(None);
+    let p = Project::new();
+    // A calendar whose data ends in ten days: the daemon says so once a day.
+    let ends = chrono::Utc::now().date_naive() + chrono::Days::new(10);
+    std::fs::write(
+        p.path().join("cal.toml"),
+        format!("exchange = \"XNSE\"\nknown_until = \"{ends}\"\nclosures = []\n"),
+    )
+    .expect("calendar");
+    p.config(
+        &format!(
+            "\n[calendar]\nfile = \"cal.toml\"\n\n[notify]\nwebhook = {:?}\nwebhook_format = \"slack\"\nevents = [\"daemon\", \"coverage\"]",
+            hooks.url("/slack")
+        ),
+        &job(
+            "noop",
+            "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false",
+        ),
+    );
+    let daemon = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || hooks.requests().len() >= 2),
+        "{}",
+        p.daemon_output()
+    );
+    stop(daemon, &p);
+    // The stop's notification went out before the daemon exited.
+    let texts: Vec<String> = hooks
+        .events("/slack")
+        .iter()
+        .map(|e| {
+            e["text"]
+                .as_str()
+                .expect("a slack body: {\"text\"}")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(texts.len(), 3, "{texts:#?}");
+    assert!(texts[0].contains("started"), "{texts:#?}");
+    assert!(
+        texts[1].contains(&format!("known up to {ends}")),
+        "{texts:#?}"
+    );
+    assert!(texts[2].contains("stopped (SIGTERM)"), "{texts:#?}");
 }
