@@ -750,6 +750,18 @@ fn update_run(
     Ok(())
 }
 
+/// Inserts a skipped row (nothing if its uid is there), under a fresh id if its id was taken.
+fn insert_skipped(h: &History, ids: &AtomicI64, row: &SkippedRow) -> Result<()> {
+    let mut row = row.clone();
+    for _ in 0..3 {
+        match h.insert_skipped(&row) {
+            Err(e) if only_this_write(&e) => row.id = fresh_id(h, ids)?,
+            other => return other,
+        }
+    }
+    Ok(())
+}
+
 fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) -> Result<()> {
     match w {
         Write::Start(row) => {
@@ -770,29 +782,9 @@ fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) ->
             })?;
             st.inflight.remove(uid);
         }
-        Write::Skipped(row) => {
-            let mut row = row.clone();
-            for _ in 0..3 {
-                match h.insert_skipped(&row) {
-                    Err(e) if only_this_write(&e) => row.id = fresh_id(h, ids)?,
-                    other => {
-                        other?;
-                        break;
-                    }
-                }
-            }
-        }
+        Write::Skipped(row) => insert_skipped(h, ids, row)?,
         Write::Gap(row) => {
-            let mut row = row.clone();
-            for _ in 0..3 {
-                match h.insert_skipped(&row) {
-                    Err(e) if only_this_write(&e) => row.id = fresh_id(h, ids)?,
-                    other => {
-                        other?;
-                        break;
-                    }
-                }
-            }
+            insert_skipped(h, ids, row)?;
             if let Some((count, last)) = row.gap {
                 h.grow_gap(&row.uid, count, last)?;
             }

@@ -264,7 +264,7 @@ fn run_command(
         .env("HEDGE_ERROR", opt(&doc.error))
         .env(crate::process::RUN_TAG, format!("notify-{uid}"))
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0);
     // SAFETY: `in_child` makes only async-signal-safe calls.
@@ -283,12 +283,29 @@ fn run_command(
             let _ = stdin.write_all(json.as_bytes());
         });
     }
-    let output = |child: &mut std::process::Child| {
-        let mut text = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut text);
-        }
-        text.trim().lines().last().unwrap_or("").to_string()
+    // Its stderr is read as it comes (a chatty command never blocks on a full pipe); the last
+    // line says why it failed.
+    let last_line: Arc<Mutex<String>> = Arc::default();
+    if let Some(stderr) = child.stderr.take() {
+        let last = Arc::clone(&last_line);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if !line.trim().is_empty()
+                    && let Ok(mut l) = last.lock()
+                {
+                    *l = line.chars().take(300).collect();
+                }
+            }
+        });
+    }
+    let output = |_: &mut std::process::Child| {
+        // A moment for the reader to take the last line the command wrote.
+        std::thread::sleep(Duration::from_millis(20));
+        last_line.lock().map(|l| l.clone()).unwrap_or_default()
     };
     let deadline = Instant::now() + timeout;
     loop {

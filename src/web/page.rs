@@ -126,8 +126,9 @@ h1{font-size:18px;margin:0 0 4px}h2{font-size:15px;margin:18px 0 6px}
 nav a{margin-right:12px}a{color:var(--running)}
 .session{color:var(--mute);margin-bottom:8px}.closed{color:var(--failed);font-weight:600}
 table{border-collapse:collapse;width:100%;max-width:900px}td,th{text-align:left;padding:3px 8px 3px 0;border-bottom:1px solid var(--line);vertical-align:top}
-.wrap{overflow-x:auto}svg.timeline{width:100%;min-width:320px;height:auto;display:block}
-svg text{fill:var(--fg);font-size:12px}svg .axis text{fill:var(--mute);font-size:11px}svg .axis line{stroke:var(--line)}
+.wrap{overflow-x:auto}svg.timeline{width:100%;min-width:860px;height:auto;display:block}
+svg text{fill:var(--fg);font-size:14px}svg .axis text{fill:var(--mute);font-size:13px}
+@media (max-width:600px){body{padding:8px}td,th{padding-right:4px}h1{font-size:16px}}svg .axis line{stroke:var(--line)}
 .mark.success{fill:var(--success)}.mark.failed{fill:var(--failed)}.mark.timeout{fill:var(--timeout)}.mark.skipped{fill:var(--skipped)}
 .mark.missed{fill:var(--missed);opacity:.55}.mark.running{fill:var(--running)}.mark.pending{fill:var(--pending);stroke:var(--line)}
 .extra{fill:var(--running);opacity:.7}.now-line{stroke:var(--running);stroke-width:2}.bound{stroke:var(--mute);stroke-dasharray:4 3}

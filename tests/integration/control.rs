@@ -32,11 +32,7 @@ fn recorded(
 }
 
 fn executions(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    file_lines(path)
 }
 
 fn status(p: &Project) -> Value {

@@ -181,11 +181,7 @@ fn always_fails(p: &Project) -> std::path::PathBuf {
 }
 
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    file_lines(path)
 }
 
 fn stop(mut daemon: std::process::Child, p: &Project) {
@@ -933,4 +929,65 @@ fn daemon_start_stop_and_calendar_coverage_events_reach_the_hook() {
         "{texts:#?}"
     );
     assert!(texts[2].contains("stopped (SIGTERM)"), "{texts:#?}");
+}
+
+#[test]
+fn the_notify_command_gets_the_event_in_its_environment_and_on_stdin() {
+    let p = Project::new();
+    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
+    std::fs::write(&verdict, "fail").expect("verdict");
+    let (env_out, stdin_out) = (p.path().join("event.env"), p.path().join("event.json"));
+    let script = p.path().join("notify.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv | grep '^HEDGE_' | sort > {env_out:?}.tmp && mv {env_out:?}.tmp {env_out:?}\ncat > {stdin_out:?}.tmp && mv {stdin_out:?}.tmp {stdin_out:?}\n"
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    p.config(
+        &format!("[notify]\ncommand = [{:?}]", script.display().to_string()),
+        &verdict_job("feed", &ran, &verdict, ""),
+    );
+    let daemon = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || stdin_out.exists()
+            && env_out.exists()),
+        "{}",
+        p.daemon_output()
+    );
+    stop(daemon, &p);
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&stdin_out).expect("stdin")).expect("JSON");
+    for key in EVENT_KEYS {
+        assert!(doc.get(key).is_some(), "`{key}` missing from {doc:#}");
+    }
+    let env: HashMap<String, String> = std::fs::read_to_string(&env_out)
+        .expect("env")
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(env["HEDGE_EVENT"], "failure");
+    assert_eq!(env["HEDGE_JOB"], "feed");
+    assert_eq!(env["HEDGE_OUTCOME"], "failed");
+    assert_eq!(env["HEDGE_RUN_ID"], doc["run_id"].to_string());
+    assert_eq!(
+        env["HEDGE_SCHEDULED_AT"],
+        doc["scheduled_at"].as_str().unwrap_or("")
+    );
+    assert!(
+        env["HEDGE_ERROR"].contains("verdict file says fail"),
+        "{env:?}"
+    );
+    assert_eq!(doc["event"], "failure");
+    // The run it names failed in the history.
+    let row = p
+        .history()
+        .into_iter()
+        .find(|r| r["id"] == doc["run_id"])
+        .expect("the run");
+    assert_eq!(row["outcome"], "failed");
 }

@@ -251,8 +251,11 @@ fn the_trading_day_page_in_a_real_browser_shows_a_day_of_real_runs() {
         &url,
     );
     assert_eq!(png_facts(&phone).0, 390);
+    // `HEDGE_SCREENSHOT=docs/trading-day.png` keeps the screenshots (the README's, and a
+    // phone's beside it).
     if let Ok(keep) = std::env::var("HEDGE_SCREENSHOT") {
-        let _ = std::fs::copy(&shot, keep);
+        let _ = std::fs::copy(&shot, &keep);
+        let _ = std::fs::copy(&phone, keep.replace(".png", "-phone.png"));
     }
     let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(40));
     assert!(status.is_some_and(|s| s.success()), "{}", output());

@@ -213,3 +213,12 @@ pub fn ts(s: &Value) -> chrono::DateTime<chrono::Utc> {
         .expect("RFC 3339")
         .with_timezone(&chrono::Utc)
 }
+
+/// The lines of a file a test's job writes (none when it is not there yet).
+pub fn file_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
