@@ -852,25 +852,30 @@ impl Dispatcher {
         reason: String,
         gap: Option<(u64, DateTime<Utc>)>,
     ) {
-        if let Some(j) = self.config.job(job) {
-            let count = gap.map_or(1, |(n, _)| n);
-            self.obs.count_missed(job, trigger, count);
-            self.obs.missed(&self.config, j, slot, count, &reason);
-        }
         let recorder = self.env.recorder.clone();
+        let notice = self.obs.missed_notice();
+        let (config, count) = (Arc::clone(&self.config), gap.map_or(1, |(n, _)| n));
+        let told = move |job: &str, reason: &str| {
+            if let Some(j) = config.job(job) {
+                notice.send(&config, j, trigger, slot, count, reason);
+            }
+        };
         match &self.node {
             // A taken-over slot is ours already: its row is ours to write.
             Some(node) if trigger != crate::history::TriggerKind::Takeover => {
                 let node = node.clone();
                 let job = job.to_string();
                 tokio::spawn(async move {
+                    // Said by the one node that records it.
                     if node.skip_slot(&job, slot).await {
                         recorder.skipped(&job, trigger, slot, &reason, gap);
+                        told(&job, &reason);
                     }
                 });
             }
             _ => {
                 recorder.skipped(job, trigger, slot, &reason, gap);
+                told(job, &reason);
             }
         }
     }

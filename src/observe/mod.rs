@@ -19,8 +19,45 @@ pub use metrics::Metrics;
 /// The daemon's voice.
 pub struct Observer {
     pub metrics: Arc<Metrics>,
-    pub outbox: Outbox,
+    pub outbox: Arc<Outbox>,
     alerts: alerts::Alerts,
+}
+
+/// What says that slots did not run, handed to a task (in a cluster, only the node that records
+/// the skipped row says it).
+#[derive(Clone)]
+pub struct MissedNotice {
+    outbox: Arc<Outbox>,
+    metrics: Arc<Metrics>,
+}
+
+impl MissedNotice {
+    /// `count` slots of `job` from `first` did not run: one `skipped` row, counted and told.
+    pub fn send(
+        &self,
+        config: &Arc<Config>,
+        job: &Job,
+        trigger: TriggerKind,
+        first: DateTime<Utc>,
+        count: u64,
+        reason: &str,
+    ) {
+        self.metrics.missed(&job.id, count);
+        self.metrics.skipped_row(&job.id, trigger);
+        let tz = config.calendar().tz();
+        let mut doc = doc(config, Event::Missed, Some(job), None);
+        doc.outcome = Some("skipped".to_string());
+        doc.trigger = Some(trigger.as_str().to_string());
+        doc.scheduled_at = Some(crate::status::rfc3339_in(first, tz));
+        doc.count = Some(count);
+        doc.error = Some(reason.to_string());
+        doc.message = format!(
+            "⏭️ {}: {count} slot(s) from {} did not run: {reason}",
+            job.name,
+            first.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")
+        );
+        deliver(&self.outbox, config, Event::Missed, Some(job), doc);
+    }
 }
 
 impl Observer {
@@ -47,9 +84,16 @@ impl Observer {
             }
         }
         Observer {
-            outbox: Outbox::start(Arc::clone(&metrics)),
+            outbox: Arc::new(Outbox::start(Arc::clone(&metrics))),
             metrics,
             alerts,
+        }
+    }
+
+    pub fn missed_notice(&self) -> MissedNotice {
+        MissedNotice {
+            outbox: Arc::clone(&self.outbox),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 
@@ -87,14 +131,19 @@ impl Observer {
         }
         if report.outcome == Outcome::Skipped {
             // Not run because another run of the job held it.
-            self.metrics.missed(&report.job, 1);
             if let Some(job) = job {
                 let reason = report
                     .error
                     .clone()
                     .or_else(|| report.busy.clone().map(|b| format!("previous {b}")))
                     .unwrap_or_else(|| "skipped".to_string());
-                self.missed(config, job, report.scheduled_at, 1, &reason);
+                // The row was written by the run; the metrics count it as a missed slot.
+                self.metrics.missed(&job.id, 1);
+                let mut doc = doc(config, Event::Missed, Some(job), Some(report));
+                doc.count = Some(1);
+                doc.error = Some(reason.clone());
+                doc.message = format!("⏭️ {}: a slot did not run: {reason}", job.name);
+                deliver(&self.outbox, config, Event::Missed, Some(job), doc);
             }
             return;
         }
@@ -149,48 +198,18 @@ impl Observer {
         }
     }
 
-    /// `count` slots of `job` from `first` did not run.
-    pub fn missed(
-        &self,
-        config: &Arc<Config>,
-        job: &Job,
-        first: DateTime<Utc>,
-        count: u64,
-        reason: &str,
-    ) {
-        let tz = config.calendar().tz();
-        let mut doc = self.doc(config, Event::Missed, Some(job), None);
-        doc.outcome = Some("skipped".to_string());
-        doc.trigger = Some(TriggerKind::Schedule.as_str().to_string());
-        doc.scheduled_at = Some(crate::status::rfc3339_in(first, tz));
-        doc.count = Some(count);
-        doc.error = Some(reason.to_string());
-        doc.message = format!(
-            "⏭️ {}: {count} slot(s) from {} did not run: {reason}",
-            job.name,
-            first.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")
-        );
-        self.deliver(config, Event::Missed, Some(job), doc);
-    }
-
-    /// Counted by the metrics: one `skipped` row for `count` slots (the loop records it).
-    pub fn count_missed(&self, job: &str, trigger: TriggerKind, count: u64) {
-        self.metrics.missed(job, count);
-        self.metrics.skipped_row(job, trigger);
-    }
-
     /// The daemon started, stops, or settled what a dead one left.
     pub fn daemon(&self, config: &Arc<Config>, message: String) {
-        let mut doc = self.doc(config, Event::Daemon, None, None);
+        let mut doc = doc(config, Event::Daemon, None, None);
         doc.message = message;
-        self.deliver(config, Event::Daemon, None, doc);
+        deliver(&self.outbox, config, Event::Daemon, None, doc);
     }
 
     /// The calendar's data is running out.
     pub fn coverage(&self, config: &Arc<Config>, message: String) {
-        let mut doc = self.doc(config, Event::Coverage, None, None);
+        let mut doc = doc(config, Event::Coverage, None, None);
         doc.message = message;
-        self.deliver(config, Event::Coverage, None, doc);
+        deliver(&self.outbox, config, Event::Coverage, None, doc);
     }
 
     /// The health check's heartbeat: pinged while the exchange is in session (or always).
@@ -221,46 +240,42 @@ impl Observer {
         count: Option<u64>,
         message: String,
     ) {
-        let mut doc = self.doc(config, event, job, report);
+        let mut doc = doc(config, event, job, report);
         doc.count = count;
         doc.message = message;
-        self.deliver(config, event, job, doc);
+        deliver(&self.outbox, config, event, job, doc);
     }
+}
 
-    fn deliver(&self, config: &Arc<Config>, event: Event, job: Option<&Job>, doc: EventDoc) {
-        if !config.notify.wants(event) || job.is_some_and(|j| !j.notify) {
-            return;
-        }
-        tracing::info!("📣 {}: {}", event.as_str(), doc.message);
-        self.outbox.notify(doc, Arc::clone(config));
+/// Hands `doc` to the notifiers when `[notify]` wants `event` and the job has not opted out.
+fn deliver(outbox: &Outbox, config: &Arc<Config>, event: Event, job: Option<&Job>, doc: EventDoc) {
+    if !config.notify.wants(event) || job.is_some_and(|j| !j.notify) {
+        return;
     }
+    tracing::info!("📣 {}: {}", event.as_str(), doc.message);
+    outbox.notify(doc, Arc::clone(config));
+}
 
-    fn doc(
-        &self,
-        config: &Config,
-        event: Event,
-        job: Option<&Job>,
-        report: Option<&RunReport>,
-    ) -> EventDoc {
-        let tz = config.calendar().tz();
-        EventDoc {
-            event: event.as_str(),
-            job: job.map(|j| j.id.clone()),
-            name: job.map(|j| j.name.clone()),
-            outcome: report.map(|r| r.outcome.as_str().to_string()),
-            run_id: report.and_then(|r| r.run_id),
-            trigger: report.map(|r| r.trigger.as_str().to_string()),
-            scheduled_at: report.map(|r| crate::status::rfc3339_in(r.scheduled_at, tz)),
-            attempt: report.map(|r| r.attempt),
-            error: report.and_then(|r| r.error.clone()),
-            node: report
-                .and_then(|r| r.tag.as_ref().map(|t| t.node.clone()))
-                .or_else(|| config.cluster.as_ref().map(|c| c.node.clone())),
-            at: crate::status::rfc3339_in(Utc::now(), tz),
-            run_uid: report.and_then(|r| r.run_uid.clone()),
-            count: None,
-            message: String::new(),
-        }
+/// The event document, with what is known of the job and the run.
+fn doc(config: &Config, event: Event, job: Option<&Job>, report: Option<&RunReport>) -> EventDoc {
+    let tz = config.calendar().tz();
+    EventDoc {
+        event: event.as_str(),
+        job: job.map(|j| j.id.clone()),
+        name: job.map(|j| j.name.clone()),
+        outcome: report.map(|r| r.outcome.as_str().to_string()),
+        run_id: report.and_then(|r| r.run_id),
+        trigger: report.map(|r| r.trigger.as_str().to_string()),
+        scheduled_at: report.map(|r| crate::status::rfc3339_in(r.scheduled_at, tz)),
+        attempt: report.map(|r| r.attempt),
+        error: report.and_then(|r| r.error.clone()),
+        node: report
+            .and_then(|r| r.tag.as_ref().map(|t| t.node.clone()))
+            .or_else(|| config.cluster.as_ref().map(|c| c.node.clone())),
+        at: crate::status::rfc3339_in(Utc::now(), tz),
+        run_uid: report.and_then(|r| r.run_uid.clone()),
+        count: None,
+        message: String::new(),
     }
 }
 

@@ -2117,3 +2117,46 @@ fn cluster_node_stopped_mid_transaction_does_not_block_the_others() {
     assert_eq!(db.count("SELECT max(epoch) FROM hedge_scheduler.nodes"), 1);
     a.stop();
 }
+
+/// Slots missed while no node was alive are told once, by the node that records them, not once
+/// per node (every node finds the same gap when they start again).
+#[test]
+fn cluster_a_missed_slot_is_told_once_not_once_per_node() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let hooks = crate::observe::Receiver::start(None);
+    let job = oracle_job("tick", &file, "* * * * * *", 0.0, "")
+        + &format!(
+            "\n[notify]\nwebhook = {:?}\nevents = [\"missed\"]\n",
+            hooks.url("/hook")
+        );
+    let (mut a, mut b) = pair(&db, &FAST, &job);
+    assert!(wait_until(Duration::from_secs(20), || oracle(&file).len() >= 4));
+    // The whole cluster is down for 3 s, then both nodes start again.
+    a.stop();
+    b.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(wait_until(Duration::from_secs(20), || !hooks
+        .events("/hook")
+        .is_empty()));
+    assert!(wait_until(Duration::from_secs(10), || oracle(&file).len() >= 8));
+    a.stop();
+    b.stop();
+    let events = hooks.events("/hook");
+    let skipped = db.count(
+        "SELECT count(*) FROM hedge_scheduler.runs WHERE job = 'tick' AND outcome = 'skipped'",
+    );
+    assert!(skipped >= 1);
+    assert_eq!(events.len() as i64, skipped, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["count"].as_u64().is_some_and(|n| n >= 2)),
+        "{events:#?}"
+    );
+}
