@@ -30,8 +30,50 @@ pub enum Request {
     },
     Backfill {
         job: String,
+        /// The range asked for, `[from, to)`: what is kept across restarts.
+        range: Span,
+        /// Its past slots without a successful run, as the CLI found them.
         slots: Vec<DateTime<Utc>>,
     },
+}
+
+/// An interval of instants, `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// The most slots one `backfill` may queue.
+pub const MAX_BACKFILL: usize = 20_000;
+
+/// The past slots of `job` in `span` that have no successful run in `history`, oldest first.
+pub fn missing_slots(
+    job: &crate::config::Job,
+    calendar: &crate::calendar::Calendar,
+    history: Option<&crate::history::History>,
+    span: Span,
+    now: DateTime<Utc>,
+) -> crate::error::Result<Vec<DateTime<Utc>>> {
+    let to = span.to.min(now);
+    if to <= span.from {
+        return Ok(Vec::new());
+    }
+    let done: std::collections::HashSet<DateTime<Utc>> = match history {
+        Some(h) => h
+            .runs_between(span.from, to)?
+            .into_iter()
+            .filter(|r| r.job == job.id && r.outcome == crate::history::Outcome::Success)
+            .filter_map(|r| crate::history::parse_time(&r.scheduled_at))
+            .collect(),
+        None => Default::default(),
+    };
+    Ok(job
+        .trigger
+        .fires_between(calendar, span.from, to)
+        .into_iter()
+        .filter(|t| !done.contains(t))
+        .collect())
 }
 
 impl Request {
@@ -64,9 +106,10 @@ pub struct Paused {
 pub struct Persisted {
     #[serde(default)]
     pub paused: BTreeMap<String, Paused>,
-    /// Per job, the backfill slots not yet run (the one running included).
+    /// Per job, the backfill ranges not yet done: at a start their slots without a successful
+    /// run are queued again.
     #[serde(default)]
-    pub backfill: BTreeMap<String, Vec<DateTime<Utc>>>,
+    pub backfill: BTreeMap<String, Vec<Span>>,
     /// Jobs with a manual run asked for and not started yet.
     #[serde(default)]
     pub triggers: Vec<String>,
@@ -76,23 +119,38 @@ pub fn state_path(log_dir: &Path) -> PathBuf {
     log_dir.join(STATE)
 }
 
-/// The kept state; empty when there is none (or it cannot be read, which is logged).
-pub fn load(log_dir: &Path) -> Persisted {
-    let path = state_path(log_dir);
+/// The kept state as it is on disk: `None` when there is none, `Err` when it cannot be read.
+pub fn read(log_dir: &Path) -> Option<Result<Persisted, String>> {
+    use std::io::Read;
     let mut text = String::new();
-    match crate::private::open(&path, crate::private::Open::Read) {
-        Ok(f) => {
-            use std::io::Read;
-            let _ = BufReader::new(f).read_to_string(&mut text);
-        }
-        Err(_) => return Persisted::default(),
+    let mut f = crate::private::open(&state_path(log_dir), crate::private::Open::Read).ok()?;
+    if let Err(e) = f.read_to_string(&mut text) {
+        return Some(Err(e.to_string()));
     }
-    match serde_json::from_str(&text) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(
-                "⚠️  `{}` cannot be read ({e}): no pause or backfill is carried over",
-                path.display()
+    Some(serde_json::from_str(&text).map_err(|e| e.to_string()))
+}
+
+/// The kept state, for the daemon: one that cannot be read is moved aside (and said so), so the
+/// next save does not overwrite it.
+pub fn load(log_dir: &Path) -> Persisted {
+    match read(log_dir) {
+        None => Persisted::default(),
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            let path = state_path(log_dir);
+            let aside = log_dir.join(format!(
+                "{STATE}.unreadable-{}",
+                Utc::now().format("%Y%m%dT%H%M%S")
+            ));
+            let kept = std::fs::rename(&path, &aside).is_ok();
+            tracing::error!(
+                "❗ `{}` cannot be read ({e}): no pause, backfill or trigger is carried over{}",
+                path.display(),
+                if kept {
+                    format!("; the file is kept as `{}`", aside.display())
+                } else {
+                    String::new()
+                }
             );
             Persisted::default()
         }
@@ -160,83 +218,125 @@ impl Saver {
 /// What the daemon's listener hands the loop: a request and where its answer goes.
 pub type Asked = (Request, tokio::sync::oneshot::Sender<Reply>);
 
+/// Whether the control socket is down (a file in its place, or it cannot be bound): the health
+/// check says so in `status`.
+pub static OFF: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// How often the listener checks that its socket is still there (a removed one is made again).
+const RECHECK: Duration = Duration::from_secs(10);
+
+fn set_off(why: Option<String>) {
+    if let Ok(mut off) = OFF.lock() {
+        *off = why;
+    }
+}
+
 /// Listens on `<log_dir>/control.sock` for the same user's requests and hands them to the loop.
+/// A socket removed from under it is made again; a file put in its place is left alone (and
+/// said so) until it is removed.
 pub async fn listen(log_dir: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<Asked>) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let path = log_dir.join(SOCKET);
-    // A socket left by a dead daemon goes (we hold the instance lock: it is nobody's now); a
-    // file or link put in its place is not ours to remove.
-    if let Ok(meta) = std::fs::symlink_metadata(&path) {
-        use std::os::unix::fs::FileTypeExt;
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(&path);
-        } else {
-            tracing::error!(
-                "❗ `{}` is not a socket: pause, resume, trigger and backfill are off until it is removed",
+    let mut said = false;
+    loop {
+        // A socket left by a dead daemon goes (we hold the instance lock: it is nobody's now);
+        // a file or link put in its place is not ours to remove.
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.file_type().is_socket() {
+                let _ = std::fs::remove_file(&path);
+            } else {
+                let why = format!(
+                    "`{}` is not a socket: pause, resume, trigger and backfill cannot reach the daemon until it is removed",
+                    path.display()
+                );
+                if !said {
+                    tracing::error!("❗ {why}");
+                    said = true;
+                }
+                set_off(Some(why));
+                tokio::time::sleep(RECHECK).await;
+                continue;
+            }
+        }
+        let listener = match tokio::net::UnixListener::bind(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                let why = format!(
+                    "cannot listen on `{}` ({e}): pause, resume, trigger and backfill cannot reach the daemon",
+                    path.display()
+                );
+                if !said {
+                    tracing::error!("❗ {why}");
+                    said = true;
+                }
+                set_off(Some(why));
+                tokio::time::sleep(RECHECK).await;
+                continue;
+            }
+        };
+        if said {
+            tracing::info!(
+                "✅ listening for control requests again on `{}`",
                 path.display()
             );
-            return;
+            said = false;
+        }
+        set_off(None);
+        let ours = std::fs::symlink_metadata(&path).map(|m| m.ino()).ok();
+        let mut check = tokio::time::interval(RECHECK);
+        check.tick().await;
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        tokio::spawn(answer(stream, tx.clone()));
+                    }
+                }
+                _ = check.tick() => {
+                    let now = std::fs::symlink_metadata(&path).map(|m| m.ino()).ok();
+                    if now != ours {
+                        tracing::warn!("⚠️  the control socket `{}` was removed or replaced: listening again", path.display());
+                        break;
+                    }
+                }
+            }
         }
     }
-    let listener = match tokio::net::UnixListener::bind(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(
-                "❗ cannot listen on `{}` ({e}): pause, resume, trigger and backfill are off",
-                path.display()
-            );
-            return;
+}
+
+/// Answers one connection: the same user only, one request, one reply.
+async fn answer(stream: tokio::net::UnixStream, tx: tokio::sync::mpsc::UnboundedSender<Asked>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let me = crate::private::euid();
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    let (read, mut write) = stream.into_split();
+    let refuse = |message: &str| Reply {
+        ok: false,
+        message: message.to_string(),
+    };
+    let reply = if uid != Some(me) {
+        refuse("only the daemon's own user may control it")
+    } else {
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, 1 << 20));
+        let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+        match (read, serde_json::from_str::<Request>(line.trim())) {
+            (Ok(Ok(_)), Ok(req)) => {
+                let (answer, rx) = tokio::sync::oneshot::channel();
+                if tx.send((req, answer)).is_err() {
+                    refuse("the daemon is stopping")
+                } else {
+                    rx.await
+                        .unwrap_or_else(|_| refuse("the daemon is stopping"))
+                }
+            }
+            (Ok(Ok(_)), Err(e)) => refuse(&format!("bad request: {e}")),
+            _ => refuse("no request"),
         }
     };
-    let me = crate::private::euid();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let uid = stream.peer_cred().map(|c| c.uid()).ok();
-            let (read, mut write) = stream.into_split();
-            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-            let reply = if uid != Some(me) {
-                Reply {
-                    ok: false,
-                    message: "only the daemon's own user may control it".to_string(),
-                }
-            } else {
-                let mut line = String::new();
-                let mut reader = tokio::io::BufReader::new(read);
-                let read =
-                    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-                match (read, serde_json::from_str::<Request>(line.trim())) {
-                    (Ok(Ok(_)), Ok(req)) => {
-                        let (answer, rx) = tokio::sync::oneshot::channel();
-                        if tx.send((req, answer)).is_err() {
-                            Reply {
-                                ok: false,
-                                message: "the daemon is stopping".to_string(),
-                            }
-                        } else {
-                            rx.await.unwrap_or(Reply {
-                                ok: false,
-                                message: "the daemon is stopping".to_string(),
-                            })
-                        }
-                    }
-                    (_, Err(e)) => Reply {
-                        ok: false,
-                        message: format!("bad request: {e}"),
-                    },
-                    _ => Reply {
-                        ok: false,
-                        message: "no request".to_string(),
-                    },
-                }
-            };
-            let mut text = serde_json::to_string(&reply).unwrap_or_default();
-            text.push('\n');
-            let _ = write.write_all(text.as_bytes()).await;
-        });
-    }
+    let mut text = serde_json::to_string(&reply).unwrap_or_default();
+    text.push('\n');
+    let _ = write.write_all(text.as_bytes()).await;
 }
 
 /// Why a request did not reach the daemon.

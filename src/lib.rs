@@ -226,14 +226,21 @@ pub fn run(cli: Cli) -> Result<i32> {
             logging::init_cli("warn");
             let config = Config::load(&path)?;
             let range = plan::Range::parse(&from, &to)?;
-            let slots = backfill_slots(&config, &job, range, Utc::now())?;
+            let (span, slots) = backfill_slots(&config, &job, range, Utc::now())?;
             if slots.is_empty() {
                 println!(
                     "{job}: nothing to backfill: every past slot from {from} to {to} has a successful run"
                 );
                 return Ok(0);
             }
-            control_command(&config, control::Request::Backfill { job, slots })
+            control_command(
+                &config,
+                control::Request::Backfill {
+                    job,
+                    range: span,
+                    slots,
+                },
+            )
         }
         Command::Calendar {
             exchange,
@@ -505,6 +512,16 @@ fn control_command(config: &Config, req: control::Request) -> Result<i32> {
             eprintln!("error: {}", reply.message);
             Ok(1)
         }
+        Err(control::SendError::NotRunning)
+            if let Some(d) = instance::probe(&config.scheduler.log_dir) =>
+        {
+            eprintln!(
+                "error: hedge-scheduler runs (PID {}) but its control socket `{}` is missing or not a socket: it is made again within 10 s (a file in its place must be removed); `status` says more",
+                d.pid,
+                config.scheduler.log_dir.join(control::SOCKET).display()
+            );
+            Ok(1)
+        }
         Err(control::SendError::NotRunning) => {
             eprintln!(
                 "hedge-scheduler is not running (no daemon listens in {}): start it with `hedge-scheduler run`",
@@ -556,13 +573,15 @@ fn pause_until(
     }
 }
 
-/// The past slots of `job` from `range` that have no successful run in the history.
+/// The range of `backfill` as instants, and its past slots without a successful run in the
+/// history. A range in the future, older than the history keeps, or of more than
+/// `MAX_BACKFILL` slots is refused.
 fn backfill_slots(
     config: &Config,
     job_id: &str,
     range: plan::Range,
     now: chrono::DateTime<Utc>,
-) -> Result<Vec<chrono::DateTime<Utc>>> {
+) -> Result<(control::Span, Vec<chrono::DateTime<Utc>>)> {
     use chrono::TimeZone;
     let Some(job) = config.job(job_id) else {
         return Err(Error::UnknownJob {
@@ -572,30 +591,42 @@ fn backfill_slots(
     };
     let calendar = config.calendar();
     let tz = calendar.tz();
+    let today = now.with_timezone(&tz).date_naive();
+    if range.from > today {
+        return Err(Error::Usage(format!(
+            "`--from` {} is in the future: backfill runs past slots (today is {today})",
+            range.from
+        )));
+    }
+    let kept = chrono::Duration::from_std(config.scheduler.history_retention)
+        .unwrap_or(chrono::Duration::days(90));
+    let oldest = (now - kept).with_timezone(&tz).date_naive();
+    if range.from < oldest {
+        return Err(Error::Usage(format!(
+            "`--from` {} is older than the history keeps (`history_retention`: from {oldest} on): whether those slots ran is no longer known",
+            range.from
+        )));
+    }
     let start = |d: chrono::NaiveDate| {
         tz.from_local_datetime(&d.and_time(chrono::NaiveTime::MIN))
             .earliest()
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or(now)
     };
-    let from = start(range.from);
-    let to = start(range.to.succ_opt().unwrap_or(range.to)).min(now);
-    let done: std::collections::HashSet<chrono::DateTime<Utc>> =
-        match History::open_read_only(&config.scheduler.history)? {
-            Some(h) => h
-                .runs_between(from, to)?
-                .into_iter()
-                .filter(|r| r.job == job_id && r.outcome == Outcome::Success)
-                .filter_map(|r| history::parse_time(&r.scheduled_at))
-                .collect(),
-            None => Default::default(),
-        };
-    Ok(job
-        .trigger
-        .fires_between(&calendar, from, to)
-        .into_iter()
-        .filter(|t| !done.contains(t))
-        .collect())
+    let span = control::Span {
+        from: start(range.from),
+        to: start(range.to.succ_opt().unwrap_or(range.to)).min(now),
+    };
+    let history = History::open_read_only(&config.scheduler.history)?;
+    let slots = control::missing_slots(job, &calendar, history.as_ref(), span, now)?;
+    if slots.len() > control::MAX_BACKFILL {
+        return Err(Error::Usage(format!(
+            "{} slots of `{job_id}` to backfill: at most {} at a time; split the range",
+            slots.len(),
+            control::MAX_BACKFILL
+        )));
+    }
+    Ok((span, slots))
 }
 
 /// `logs`: a job's lines, one run's, or followed live.
@@ -617,17 +648,26 @@ fn logs_command(
     let history = History::open_read_only(&config.scheduler.history)?;
     let run = match (run, last) {
         (Some(id), _) => {
-            if let Some(row) = history
+            match history
                 .as_ref()
                 .map(|h| h.run_by_id(id))
                 .transpose()?
                 .flatten()
-                && row.job != job
             {
-                return Err(Error::Usage(format!(
-                    "run {id} is a run of `{}`, not of `{job}`",
-                    row.job
-                )));
+                Some(row) if row.job != job => {
+                    return Err(Error::Usage(format!(
+                        "run {id} is a run of `{}`, not of `{job}`",
+                        row.job
+                    )));
+                }
+                Some(_) => {}
+                // Not in the history (pruned, or never): its lines may still be in the logs.
+                None if logs::lines(&config.job_log_dir(), job, Some(id), Some(1)).is_empty() => {
+                    return Err(Error::Usage(format!(
+                        "no run {id} of `{job}` in the history or its logs (`history {job}` lists its runs)"
+                    )));
+                }
+                None => {}
             }
             Some(id)
         }

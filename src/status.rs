@@ -121,7 +121,9 @@ pub fn gather_from(
     let calendar = config.calendar();
     let tz = calendar.tz();
     let (day_start, day_end) = local_day(now, tz);
-    let mut kept = crate::control::load(&config.scheduler.log_dir);
+    let mut kept = crate::control::read(&config.scheduler.log_dir)
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
     kept.paused.retain(|_, p| p.until.is_none_or(|u| u > now));
     let mut jobs = Vec::new();
     for job in &config.jobs {
@@ -202,7 +204,16 @@ pub fn gather_from(
                 .get(&job.id)
                 .and_then(|p| p.until)
                 .map(|t| rfc3339_in(t, tz)),
-            backfill_pending: kept.backfill.get(&job.id).map_or(0, |s| s.len() as u64),
+            backfill_pending: kept.backfill.get(&job.id).map_or(0, |spans| {
+                spans
+                    .iter()
+                    .filter_map(|span| {
+                        crate::control::missing_slots(job, &calendar, history, *span, now).ok()
+                    })
+                    .flatten()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len() as u64
+            }),
         });
     }
 

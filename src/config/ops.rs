@@ -157,12 +157,39 @@ pub fn check_url(url: &str) -> Result<(), String> {
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
         .ok_or("it must start with https:// or http://")?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || host.contains(char::is_whitespace) {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it contains white space or control characters".to_string());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, after) = v6
+                .split_once(']')
+                .ok_or("its IPv6 address has no closing `]`")?;
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("`{addr}` is not an IPv6 address"));
+            }
+            match after {
+                "" => (addr, None),
+                p => (
+                    addr,
+                    Some(p.strip_prefix(':').ok_or("junk after its IPv6 address")?),
+                ),
+            }
+        }
+        None => match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() {
         return Err("it has no host".to_string());
     }
-    if url.contains(char::is_whitespace) {
-        return Err("it contains white space".to_string());
+    if let Some(p) = port
+        && p.parse::<u16>().ok().filter(|p| *p > 0).is_none()
+    {
+        return Err(format!("`{p}` is not a port (1 to 65535)"));
     }
     Ok(())
 }
@@ -199,6 +226,12 @@ impl Validator<'_> {
         };
         let events = match &r.events {
             None => DEFAULT_EVENTS.to_vec(),
+            Some(list) if list.is_empty() && (r.command.is_some() || r.webhook.is_some()) => {
+                return Err(self.at(
+                    raw,
+                    "`events` in [notify] is empty: no notification would ever be sent (list some of failure, missed, recovered, stuck, daemon, coverage, or remove `command` and `webhook`)".to_string(),
+                ));
+            }
             Some(list) => {
                 let mut out = Vec::new();
                 for e in list {
@@ -272,6 +305,12 @@ impl Validator<'_> {
         })?;
         let token = match &r.token {
             None => None,
+            Some(t) if t.get_ref().trim().chars().any(|c| !c.is_ascii_graphic()) => {
+                return Err(self.at(
+                    t,
+                    "`token` in [http] may hold only visible ASCII characters (no spaces or line breaks): it is sent in an HTTP header".to_string(),
+                ));
+            }
             Some(t) if t.get_ref().trim().len() < 16 => {
                 return Err(self.at(
                     t,
@@ -292,5 +331,35 @@ impl Validator<'_> {
             listen: addr,
             token,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_url;
+
+    #[test]
+    fn urls_are_checked() {
+        for ok in [
+            "https://hc-ping.com/5e0c",
+            "http://127.0.0.1:8080/hook",
+            "http://user:pw@host/x",
+            "http://[::1]:9/x",
+            "https://example.com",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ftp://x/y",
+            "http:///x",
+            "http://127.0.0.1:99999/x",
+            "http://host:0/x",
+            "http://[::1/x",
+            "http://[zz]/x",
+            "http://host/a b",
+            "http://host/\n",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
     }
 }

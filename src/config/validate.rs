@@ -64,6 +64,31 @@ impl Config {
                 ),
             });
         }
+        if let Some(argv) = &config.notify.command
+            && !executable(&argv[0], &config.python.cwd)
+        {
+            // Placed at `command` inside [notify] (a job may have a `command` too).
+            let at = source.find("[notify]").and_then(|table| {
+                source[table..]
+                    .lines()
+                    .scan(table, |at, line| {
+                        let start = *at;
+                        *at += line.len() + 1;
+                        Some((start, line))
+                    })
+                    .find(|(_, l)| l.trim_start().starts_with("command"))
+                    .map(|(start, _)| start)
+            });
+            let message = format!(
+                "`notify.command` `{}` is not an executable file (a program on PATH, or a path from `python.cwd` {})",
+                argv[0],
+                config.python.cwd.display()
+            );
+            return Err(match at {
+                Some(at) => ConfigError::at(&file, &source, at, message),
+                None => ConfigError::new(&file, message),
+            });
+        }
         Ok(config)
     }
 
@@ -730,4 +755,17 @@ impl Validator<'_> {
         }
         Ok(retry)
     }
+}
+
+/// Whether `program` (a path from `cwd`, or a name on PATH) is a file we may execute.
+fn executable(program: &str, cwd: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return runnable(&cwd.join(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| runnable(&dir.join(program))))
 }

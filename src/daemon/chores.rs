@@ -152,6 +152,9 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
             "🧹 ended {strays} process(es) that escaped runs and were adopted by the scheduler"
         );
     }
+    if let Some(off) = crate::control::OFF.lock().ok().and_then(|o| o.clone()) {
+        problems.push(off);
+    }
     let (legacy, others) = crate::legacy::split(legacy);
     if !others.is_empty() {
         problems.push(format!(

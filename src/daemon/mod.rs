@@ -81,6 +81,8 @@ struct Dispatcher {
     saver: crate::control::Saver,
     /// Each paused job's compact row: (id, uid).
     pause_rows: HashMap<String, (i64, String)>,
+    /// Each job's backfill ranges, kept until its queue is worked off.
+    backfill_spans: HashMap<String, Vec<crate::control::Span>>,
 }
 
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
@@ -151,17 +153,22 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
         })
         .collect::<Result<_>>()?;
     let obs = crate::observe::Observer::start(&config, reader.as_ref());
-    let mut kept = crate::control::load(&config.scheduler.log_dir);
-    if let Some(h) = &reader {
-        // A backfill run that ended while the daemon stopped is not run again.
-        for (job, slots) in kept.backfill.iter_mut() {
-            slots.retain(|slot| {
-                !h.runs_between(*slot, *slot + chrono::Duration::microseconds(1))
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|r| r.job == *job && r.outcome == Outcome::Success)
-            });
+    let kept = crate::control::load(&config.scheduler.log_dir);
+    // The backfill ranges kept: their slots still without a successful run go on.
+    let mut backfill: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
+    for (id, spans) in &kept.backfill {
+        let Some(job) = config.job(id) else { continue };
+        let mut slots = std::collections::BTreeSet::new();
+        for span in spans {
+            slots.extend(crate::control::missing_slots(
+                job,
+                &config.calendar(),
+                reader.as_ref(),
+                *span,
+                Utc::now(),
+            )?);
         }
+        backfill.insert(id.clone(), slots.into_iter().collect());
     }
     drop(reader);
 
@@ -238,8 +245,9 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
         kept: crate::control::Persisted::default(),
         saver: crate::control::Saver::start(config.scheduler.log_dir.clone()),
         pause_rows: HashMap::new(),
+        backfill_spans: HashMap::new(),
     };
-    d.restore(&mut jobs, kept);
+    d.restore(&mut jobs, kept, backfill);
     tokio::spawn(crate::control::listen(
         config.scheduler.log_dir.clone(),
         control_tx,
@@ -250,7 +258,23 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
             Arc::clone(&d.obs.metrics),
             probe_tx.clone(),
         );
-        tokio::spawn(crate::web::serve(http, Arc::clone(&web)));
+        // A runtime of its own, on a thread of its own: `/healthz` answers (503) even when the
+        // loop's thread is stuck, and no request ever runs on the loop's thread.
+        let served = Arc::clone(&web);
+        let spawned = std::thread::Builder::new()
+            .name("hedge-http".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(crate::web::serve(http, served)),
+                    Err(e) => tracing::error!("❗ the HTTP endpoint cannot start: {e}"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("❗ the HTTP endpoint cannot start: {e}");
+        }
         d.web = Some(web);
     }
     drop(probe_tx);
@@ -664,7 +688,12 @@ impl Dispatcher {
     }
 
     /// Applies what a previous daemon kept: pauses, backfill queues, triggers not started.
-    fn restore(&mut self, jobs: &mut [JobState], kept: crate::control::Persisted) {
+    fn restore(
+        &mut self,
+        jobs: &mut [JobState],
+        kept: crate::control::Persisted,
+        mut backfill: HashMap<String, Vec<DateTime<Utc>>>,
+    ) {
         let now = Utc::now();
         for state in jobs.iter_mut() {
             let id = &state.job.id;
@@ -682,9 +711,14 @@ impl Dispatcher {
                         .format("%Y-%m-%d %H:%M %Z")
                 );
             }
-            if let Some(slots) = kept.backfill.get(id) {
-                state.backfill = slots.iter().copied().collect();
+            if let Some(slots) = backfill.remove(id)
+                && !slots.is_empty()
+            {
                 tracing::info!("⏪ {id}: {} backfill slot(s) to go", slots.len());
+                state.backfill = slots.into();
+                if let Some(spans) = kept.backfill.get(id) {
+                    self.backfill_spans.insert(id.clone(), spans.clone());
+                }
             }
         }
         self.kept = crate::control::Persisted {
@@ -716,14 +750,12 @@ impl Dispatcher {
                     },
                 );
             }
-            let slots: Vec<DateTime<Utc>> = state
-                .backfilling
-                .iter()
-                .chain(state.backfill.iter())
-                .copied()
-                .collect();
-            if !slots.is_empty() {
-                now.backfill.insert(id.clone(), slots);
+            if state.backfilling.is_some() || !state.backfill.is_empty() {
+                if let Some(spans) = self.backfill_spans.get(&id) {
+                    now.backfill.insert(id.clone(), spans.clone());
+                }
+            } else {
+                self.backfill_spans.remove(&id);
             }
             if state
                 .pending
@@ -811,24 +843,33 @@ impl Dispatcher {
                 self.dispatch(&jobs[i], actions);
                 ok(format!("{job}: {message}"))
             }
-            Request::Backfill { slots, .. } => {
-                let state = &mut jobs[i];
-                let mut added = 0;
-                let mut slots = slots;
-                slots.sort();
-                slots.dedup();
-                for slot in slots {
-                    if slot <= now
-                        && state.backfilling != Some(slot)
-                        && !state.backfill.contains(&slot)
-                    {
-                        state.backfill.push_back(slot);
-                        added += 1;
-                    }
+            Request::Backfill { slots, range, .. } => {
+                if slots.len() > crate::control::MAX_BACKFILL {
+                    return Reply {
+                        ok: false,
+                        message: format!(
+                            "{} slots: at most {} at a time",
+                            slots.len(),
+                            crate::control::MAX_BACKFILL
+                        ),
+                    };
                 }
-                let mut sorted: Vec<DateTime<Utc>> = state.backfill.drain(..).collect();
-                sorted.sort();
-                state.backfill = sorted.into();
+                let state = &mut jobs[i];
+                // Merged as sets: a long queue costs n log n here, never n².
+                let mut queue: std::collections::BTreeSet<DateTime<Utc>> =
+                    state.backfill.drain(..).collect();
+                let before = queue.len();
+                queue.extend(
+                    slots
+                        .into_iter()
+                        .filter(|s| *s <= now && state.backfilling != Some(*s)),
+                );
+                let added = queue.len() - before;
+                state.backfill = queue.into_iter().collect();
+                self.backfill_spans
+                    .entry(job.clone())
+                    .or_default()
+                    .push(range);
                 tracing::info!(
                     "⏪ {job}: {added} slot(s) to backfill ({} in all)",
                     state.backfill.len() + usize::from(state.backfilling.is_some())

@@ -46,6 +46,8 @@ pub struct Ping {
     pub rid: Option<String>,
     /// The job's log and the run's id: the body is the run's last lines.
     pub log: Option<(PathBuf, i64)>,
+    /// How long it may take (`[notify] timeout`).
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,13 +180,16 @@ impl Drain {
     }
 }
 
-/// A URL without its path (it may hold a secret, as a ping's UUID or a hook's token does).
+/// A URL without its path and without a user or password (either may be a secret: a ping's
+/// UUID, a hook's token, `user:password@`).
 pub fn shown(url: &str) -> String {
     let scheme_end = url.find("://").map_or(0, |i| i + 3);
     let host_end = url[scheme_end..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| scheme_end + i);
-    format!("{}/…", &url[..host_end])
+    let authority = &url[scheme_end..host_end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{}{host}/…", &url[..scheme_end])
 }
 
 fn agent(timeout: Duration) -> ureq::Agent {
@@ -343,7 +348,33 @@ fn run_command(
     }
 }
 
-fn ping_worker(rx: Receiver<Ping>, stats: &Stats, metrics: &super::Metrics) {
+/// Hands each ping to a worker of its URL's own (created at its first ping): pings to one URL go
+/// out in order (`/start` before the end), and a URL that hangs delays only its own.
+fn ping_worker(rx: Receiver<Ping>, stats: &Arc<Stats>, metrics: &Arc<super::Metrics>) {
+    let mut workers: std::collections::HashMap<String, SyncSender<Ping>> = Default::default();
+    while let Ok(p) = rx.recv() {
+        let url = p.url.clone();
+        let worker = workers.entry(url.clone()).or_insert_with(|| {
+            let (tx, rx) = sync_channel::<Ping>(PER_URL);
+            let (stats, metrics) = (Arc::clone(stats), Arc::clone(metrics));
+            let _ = std::thread::Builder::new()
+                .name("hedge-ping-url".into())
+                .spawn(move || ping_url_worker(rx, &stats, &metrics));
+            tx
+        });
+        if let Err(TrySendError::Full(_)) = worker.try_send(p) {
+            stats.failed(
+                metrics,
+                format!("ping {} dropped: {PER_URL} are waiting for it", shown(&url)),
+            );
+        }
+    }
+}
+
+/// Pings waiting for one URL, at most.
+const PER_URL: usize = 64;
+
+fn ping_url_worker(rx: Receiver<Ping>, stats: &Stats, metrics: &super::Metrics) {
     while let Ok(p) = rx.recv() {
         let url = ping_url(&p.url, p.kind, p.rid.as_deref());
         let body = p
@@ -351,7 +382,7 @@ fn ping_worker(rx: Receiver<Ping>, stats: &Stats, metrics: &super::Metrics) {
             .as_ref()
             .map(|(path, run_id)| run_tail(path, *run_id, PING_BODY))
             .unwrap_or_default();
-        let sent = agent(Duration::from_secs(10))
+        let sent = agent(p.timeout)
             .post(&url)
             .header("Content-Type", "text/plain; charset=utf-8")
             .send(body.as_bytes());
@@ -439,5 +470,9 @@ mod tests {
             "https://hc-ping.com/…"
         );
         assert_eq!(shown("http://127.0.0.1:9/x?y"), "http://127.0.0.1:9/…");
+        assert_eq!(
+            shown("http://hookuser:S3cretPass@127.0.0.1:1/hook/x"),
+            "http://127.0.0.1:1/…"
+        );
     }
 }

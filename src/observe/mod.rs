@@ -106,9 +106,10 @@ impl Observer {
                 kind: PingKind::Start,
                 rid: Some(uid.to_string()),
                 log: None,
+                timeout: config.notify.timeout,
             });
         }
-        let _ = (config, run_id);
+        let _ = run_id;
     }
 
     /// A run ended; `last` when no retry follows.
@@ -161,6 +162,7 @@ impl Observer {
                 },
                 rid: report.run_uid.clone(),
                 log: Some((config.job_log_dir().join(format!("{}.log", job.id)), run_id)),
+                timeout: config.notify.timeout,
             });
         }
         if report.stuck {
@@ -227,6 +229,7 @@ impl Observer {
                 kind: PingKind::Heartbeat,
                 rid: None,
                 log: None,
+                timeout: config.notify.timeout,
             });
         }
     }

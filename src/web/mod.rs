@@ -224,6 +224,20 @@ async fn day_page(State(web): State<Arc<Web>>, Query(q): Query<DayQuery>) -> Res
             }
         },
     };
+    // The days the history can speak of, and the next year's plan.
+    let today = now.with_timezone(&config.calendar().tz()).date_naive();
+    let kept = chrono::Duration::from_std(config.scheduler.history_retention)
+        .unwrap_or(chrono::Duration::days(90));
+    let oldest = today - kept - chrono::Duration::days(1);
+    let latest = today + chrono::Duration::days(366);
+    if date < oldest || date > latest {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{date}` is out of range: the page shows {oldest} to {latest} (the history's retention, and a year ahead)"
+            ),
+        );
+    }
     match off_loop(move || page::day(&config, date, now)).await {
         Some(Ok(html)) => Html(html).into_response(),
         Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -46,6 +46,25 @@ impl Mark {
     ];
 }
 
+/// A job with more slots in a day than this is drawn in groups of slots (a mark per group,
+/// its worst outcome): a page stays small however often a job fires.
+const MAX_MARKS: usize = 600;
+
+impl Mark {
+    /// How bad: a group shows its worst.
+    fn weight(self) -> u8 {
+        match self {
+            Mark::Success => 0,
+            Mark::Pending => 1,
+            Mark::Running => 2,
+            Mark::Skipped => 3,
+            Mark::Missed => 4,
+            Mark::Timeout => 5,
+            Mark::Failed => 6,
+        }
+    }
+}
+
 /// A slot not yet recorded this long after its instant is `missed` (before that, `pending`: its
 /// run may be starting).
 const UNRECORDED_GRACE: chrono::Duration = chrono::Duration::seconds(60);
@@ -336,7 +355,18 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
                     @let w = (spacing * 0.7).clamp(2.0, 12.0);
                     g.job-row data-job=(row.job.id) {
                         text x=(LEFT) y=(y + 12.0) { (row.job.name) " · " (row.marks.iter().filter(|(_, m, _)| *m == Mark::Success).count()) "/" (row.marks.len()) }
-                        @for (t, mark, run) in &row.marks {
+                        @if row.marks.len() > MAX_MARKS {
+                            @let per = row.marks.len().div_ceil(MAX_MARKS);
+                            @for group in row.marks.chunks(per) {
+                                @let (first, last) = (group[0].0, group[group.len() - 1].0);
+                                @let worst = group.iter().map(|(_, m, _)| *m).max_by_key(|m| m.weight()).unwrap_or(Mark::Pending);
+                                @let ok = group.iter().filter(|(_, m, _)| *m == Mark::Success).count();
+                                rect class=(format!("mark bin {}", worst.as_str())) x=(x(first) - 1.0) y=(y + 18.0) width=((x(last) - x(first)).max(2.0)) height="20" rx="2" {
+                                    title { (hm(first, tz)) "–" (hm(last, tz)) ": " (group.len()) " slots, " (ok) " successful; the worst: " (worst.as_str()) }
+                                }
+                            }
+                        }
+                        @for (t, mark, run) in row.marks.iter().filter(|_| row.marks.len() <= MAX_MARKS) {
                             @let tip = format!("{} {}{}", hm(*t, tz), mark.as_str(), run.and_then(|r| r.error.as_deref()).map(|e| format!(": {}", e.lines().next().unwrap_or(""))).unwrap_or_default());
                             @match run {
                                 Some(r) => {

@@ -303,3 +303,95 @@ fn backfill_runs_each_missing_slot_once_with_its_own_time_and_survives_a_restart
     stop(&p, daemon);
     assert_eq!(executions(&ran).len(), expected.len());
 }
+
+#[test]
+fn a_big_backfill_never_holds_the_live_slots_and_absurd_ranges_are_refused() {
+    let p = Project::new();
+    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
+    std::fs::write(&verdict, "ok").expect("verdict");
+    // 17,280 slots a day: yesterday's are one big backfill.
+    p.config(
+        "",
+        &recorded("every5", "*/5 * * * * *", false, &ran, &verdict, 0.0),
+    );
+    let daemon = p.spawn_daemon();
+    assert!(ready(&p), "{}", p.daemon_output());
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Kolkata)
+        .date_naive();
+    let day = |n: i64| (today + chrono::Duration::days(n)).to_string();
+    // Refused: the future, older than the history keeps, more than 20,000 slots.
+    for (from, to, says) in [
+        (day(1), day(1), "in the future"),
+        (day(-400), day(-400), "older than the history keeps"),
+        (day(-3), day(-1), "at most 20000"),
+    ] {
+        let out = p.run(&["backfill", "every5", "--from", &from, "--to", &to]);
+        assert_eq!(out.status.code(), Some(2), "{from}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{}",
+            text(&out)
+        );
+    }
+    let asked = std::time::Instant::now();
+    let out = p.run(&["backfill", "every5", "--from", &day(-1), "--to", &day(-1)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the request took {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("17280 slot(s) queued"),
+        "{}",
+        text(&out)
+    );
+    // Live slots keep firing on time while the backfill works.
+    let after = chrono::Utc::now();
+    assert!(wait_until(Duration::from_secs(20), || {
+        p.try_history()
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r["trigger"] == "schedule" && ts(&r["scheduled_at"]) > after)
+            .count()
+            >= 2
+    }));
+    for r in p
+        .history()
+        .iter()
+        .filter(|r| r["trigger"] == "schedule" && ts(&r["scheduled_at"]) > after)
+    {
+        let late = ts(&r["started_at"]) - ts(&r["scheduled_at"]);
+        assert!(late < chrono::Duration::milliseconds(500), "{r:#}");
+    }
+    assert!(p.history().iter().any(|r| r["trigger"] == "backfill"));
+    // What is kept across a restart is the range, not 17,280 instants.
+    let kept = std::fs::metadata(p.path().join("logs/control.json"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(kept > 0 && kept < 4096, "control.json is {kept} bytes");
+    let pending = job_status(&p, "every5")["backfill_pending"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(pending > 10_000, "{pending}");
+
+    // The control socket removed from under the daemon is made again.
+    std::fs::remove_file(p.path().join("logs/control.sock")).expect("rm socket");
+    let out = p.run(&["pause", "every5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("control socket"),
+        "{}",
+        text(&out)
+    );
+    assert!(wait_until(Duration::from_secs(20), || p
+        .run(&["pause", "every5"])
+        .status
+        .code()
+        == Some(0)));
+    // `logs --run` of a run that never was: a clear error.
+    let out = p.run(&["logs", "every5", "--run", "99999999"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    stop(&p, daemon);
+}

@@ -991,3 +991,106 @@ fn the_notify_command_gets_the_event_in_its_environment_and_on_stdin() {
         .expect("the run");
     assert_eq!(row["outcome"], "failed");
 }
+
+#[test]
+fn notify_and_http_config_mistakes_are_one_line_errors() {
+    let p = Project::new();
+    let noop = job(
+        "noop",
+        "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\ncommand = [\"/bin/true\"]",
+    )
+    .replace("entry = \"fixture_jobs:noop\"\n", "");
+    let cases = [
+        (
+            "[notify]\ncommand = [\"/etc/passwd\"]",
+            "not an executable file",
+            "command",
+        ),
+        (
+            "[notify]\ncommand = [\"no-such-notifier-here\"]",
+            "not an executable file",
+            "command",
+        ),
+        (
+            "[notify]\nwebhook = \"http://127.0.0.1:99999/x\"",
+            "is not a port",
+            "webhook",
+        ),
+        ("[notify]\nwebhook = \"http://[::1/x\"", "IPv6", "webhook"),
+        (
+            "[notify]\nwebhook = \"http://h/x\"\nevents = []",
+            "is empty",
+            "[notify]",
+        ),
+        (
+            "[notify]\nevents = [\"failure\", \"lunch\"]",
+            "unknown event `lunch`",
+            "events",
+        ),
+        (
+            "[http]\nlisten = \"127.0.0.1:1\"\ntoken = \"aaaaaaaaaaaa aaaaaaaaa\"",
+            "visible ASCII",
+            "token",
+        ),
+    ];
+    for (table, says, key) in cases {
+        p.config(&format!("\n{table}"), &noop);
+        let out = p.run(&["check-config"]);
+        assert_eq!(out.status.code(), Some(2), "{table}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.trim().lines().count(), 1, "{table}: {err}");
+        assert!(err.contains(says), "{table}: {err}");
+        // Placed at its line: `config.toml:<line>:<col>`, the line holding the key.
+        let line: usize = err
+            .split("config.toml:")
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no line in {err}"));
+        let config = std::fs::read_to_string(p.config_path()).expect("config");
+        let at = config.lines().nth(line - 1).unwrap_or("");
+        assert!(at.contains(key), "{table}: line {line} is `{at}`: {err}");
+    }
+}
+
+#[test]
+fn a_ping_url_that_hangs_delays_only_its_own_pings() {
+    let stuck = Receiver::start(Some("/stuck"));
+    let good = Receiver::start(None);
+    let p = Project::new();
+    let noop = |id: &str, url: &str| {
+        job(
+            id,
+            &format!(
+                "entry = \"fixture_jobs:noop\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nexecutor = \"pyo3\"\nping = {url:?}"
+            ),
+        )
+    };
+    p.config(
+        "\n[notify]\ntimeout = \"30s\"",
+        &(noop("slow_ping", &stuck.url("/stuck/a")) + &noop("fast_ping", &good.url("/ok/b"))),
+    );
+    let daemon = p.spawn_daemon();
+    let started = std::time::Instant::now();
+    // `fast_ping`'s pings keep arriving, every second, while `/stuck` holds its first.
+    assert!(
+        wait_until(Duration::from_secs(20), || good.requests().len() >= 12),
+        "{} pings in {:?}\n{}",
+        good.requests().len(),
+        started.elapsed(),
+        p.daemon_output()
+    );
+    assert_eq!(stuck.requests().len(), 1, "the stuck URL holds its worker");
+    let successes = p
+        .runs_with("success")
+        .iter()
+        .filter(|r| r["job"] == "fast_ping")
+        .count();
+    // Each run's two pings came about as it ran (a few may still be in flight).
+    assert!(
+        good.requests().len() + 4 >= 2 * successes,
+        "{} pings, {successes} runs",
+        good.requests().len()
+    );
+    stop(daemon, &p);
+}
