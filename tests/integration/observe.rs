@@ -1094,3 +1094,44 @@ fn a_ping_url_that_hangs_delays_only_its_own_pings() {
     );
     stop(daemon, &p);
 }
+
+#[test]
+fn a_run_stuck_in_native_code_gives_stuck() {
+    let hooks = Receiver::start(None);
+    let p = Project::new();
+    p.config(
+        &format!(
+            "\n[notify]\nwebhook = {:?}\nevents = [\"stuck\"]",
+            hooks.url("/hook")
+        ),
+        &job(
+            "sleeper",
+            "entry = \"fixture_jobs:stuck\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nexecutor = \"pyo3\"\ntimeout = \"1s\"\nargs = { seconds = 5 }",
+        ),
+    );
+    let daemon = p.spawn_daemon();
+    assert!(wait_until(Duration::from_secs(20), || {
+        p.path().join("logs/control.sock").exists()
+    }));
+    let out = p.run(&["trigger", "sleeper"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        wait_until(Duration::from_secs(15), || !hooks
+            .events("/hook")
+            .is_empty()),
+        "{}",
+        p.daemon_output()
+    );
+    let events = hooks.events("/hook");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["event"], "stuck");
+    assert_eq!(events[0]["job"], "sleeper");
+    assert_eq!(events[0]["trigger"], "manual");
+    let row = p
+        .history()
+        .into_iter()
+        .find(|r| r["id"] == events[0]["run_id"])
+        .expect("the stuck run");
+    assert_eq!(row["stuck"], true, "{row:#}");
+    stop(daemon, &p);
+}
