@@ -222,8 +222,9 @@ pub type Asked = (Request, tokio::sync::oneshot::Sender<Reply>);
 /// check says so in `status`.
 pub static OFF: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
-/// How often the listener checks that its socket is still there (a removed one is made again).
-const RECHECK: Duration = Duration::from_secs(10);
+/// Rung by each health check: the listener looks whether its socket is still there (a removed
+/// one is made again). No timer of its own: an idle daemon wakes no more often for it.
+pub static RECHECK: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 fn set_off(why: Option<String>) {
     if let Ok(mut off) = OFF.lock() {
@@ -254,7 +255,7 @@ pub async fn listen(log_dir: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<Ask
                     said = true;
                 }
                 set_off(Some(why));
-                tokio::time::sleep(RECHECK).await;
+                RECHECK.notified().await;
                 continue;
             }
         }
@@ -270,7 +271,7 @@ pub async fn listen(log_dir: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<Ask
                     said = true;
                 }
                 set_off(Some(why));
-                tokio::time::sleep(RECHECK).await;
+                RECHECK.notified().await;
                 continue;
             }
         };
@@ -283,8 +284,6 @@ pub async fn listen(log_dir: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<Ask
         }
         set_off(None);
         let ours = std::fs::symlink_metadata(&path).map(|m| m.ino()).ok();
-        let mut check = tokio::time::interval(RECHECK);
-        check.tick().await;
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -292,7 +291,7 @@ pub async fn listen(log_dir: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<Ask
                         tokio::spawn(answer(stream, tx.clone()));
                     }
                 }
-                _ = check.tick() => {
+                _ = RECHECK.notified() => {
                     let now = std::fs::symlink_metadata(&path).map(|m| m.ino()).ok();
                     if now != ours {
                         tracing::warn!("⚠️  the control socket `{}` was removed or replaced: listening again", path.display());

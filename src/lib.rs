@@ -516,7 +516,7 @@ fn control_command(config: &Config, req: control::Request) -> Result<i32> {
             if let Some(d) = instance::probe(&config.scheduler.log_dir) =>
         {
             eprintln!(
-                "error: hedge-scheduler runs (PID {}) but its control socket `{}` is missing or not a socket: it is made again within 10 s (a file in its place must be removed); `status` says more",
+                "error: hedge-scheduler runs (PID {}) but its control socket `{}` is missing or not a socket: it is made again at the daemon's next health check (a file in its place must be removed); `status` says more",
                 d.pid,
                 config.scheduler.log_dir.join(control::SOCKET).display()
             );

@@ -152,6 +152,7 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
             "🧹 ended {strays} process(es) that escaped runs and were adopted by the scheduler"
         );
     }
+    crate::control::RECHECK.notify_one();
     if let Some(off) = crate::control::OFF.lock().ok().and_then(|o| o.clone()) {
         problems.push(off);
     }

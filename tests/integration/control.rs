@@ -311,7 +311,7 @@ fn a_big_backfill_never_holds_the_live_slots_and_absurd_ranges_are_refused() {
     std::fs::write(&verdict, "ok").expect("verdict");
     // 17,280 slots a day: yesterday's are one big backfill.
     p.config(
-        "",
+        "health_interval = \"1s\"",
         &recorded("every5", "*/5 * * * * *", false, &ran, &verdict, 0.0),
     );
     let daemon = p.spawn_daemon();
