@@ -395,3 +395,39 @@ fn a_big_backfill_never_holds_the_live_slots_and_absurd_ranges_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     stop(&p, daemon);
 }
+
+#[test]
+fn an_unreadable_control_file_is_kept_aside_and_said() {
+    let p = Project::new();
+    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
+    std::fs::write(&verdict, "ok").expect("verdict");
+    p.config(
+        "",
+        &recorded("feed", "* * * * * *", false, &ran, &verdict, 0.0),
+    );
+    std::fs::create_dir_all(p.log_dir()).expect("logs");
+    std::fs::write(p.log_dir().join("control.json"), "{ \"paused\": [garbage").expect("write");
+    let daemon = p.spawn_daemon();
+    assert!(ready(&p), "{}", p.daemon_output());
+    assert!(
+        p.daemon_output().contains("cannot be read"),
+        "{}",
+        p.daemon_output()
+    );
+    let aside: Vec<String> = std::fs::read_dir(p.log_dir())
+        .expect("logs")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("control.json.unreadable-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read_to_string(p.log_dir().join(&aside[0])).expect("aside"),
+        "{ \"paused\": [garbage"
+    );
+    // The daemon goes on: the job runs, and a new pause is kept in a new file.
+    assert!(wait_until(Duration::from_secs(10), || !executions(&ran).is_empty()));
+    assert_eq!(p.run(&["pause", "feed"]).status.code(), Some(0));
+    assert_eq!(job_status(&p, "feed")["paused"], true);
+    stop(&p, daemon);
+}
