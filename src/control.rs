@@ -232,6 +232,17 @@ fn set_off(why: Option<String>) {
     }
 }
 
+/// Control is off for `why`: said once (`said`: already), shown by `status`, and looked at again
+/// at the next health check. Returns that it was said.
+async fn off(why: String, said: bool) -> bool {
+    if !said {
+        tracing::error!("❗ {why}");
+    }
+    set_off(Some(why));
+    RECHECK.notified().await;
+    true
+}
+
 /// Listens on `<log_dir>/control.sock` for the same user's requests and hands them to the loop.
 /// A socket removed from under it is made again; a file put in its place is left alone (and
 /// said so) until it is removed.
@@ -246,32 +257,28 @@ pub async fn listen(log_dir: PathBuf, tx: tokio::sync::mpsc::UnboundedSender<Ask
             if meta.file_type().is_socket() {
                 let _ = std::fs::remove_file(&path);
             } else {
-                let why = format!(
-                    "`{}` is not a socket: pause, resume, trigger and backfill cannot reach the daemon until it is removed",
-                    path.display()
-                );
-                if !said {
-                    tracing::error!("❗ {why}");
-                    said = true;
-                }
-                set_off(Some(why));
-                RECHECK.notified().await;
+                said = off(
+                    format!(
+                        "`{}` is not a socket: pause, resume, trigger and backfill cannot reach the daemon until it is removed",
+                        path.display()
+                    ),
+                    said,
+                )
+                .await;
                 continue;
             }
         }
         let listener = match tokio::net::UnixListener::bind(&path) {
             Ok(l) => l,
             Err(e) => {
-                let why = format!(
-                    "cannot listen on `{}` ({e}): pause, resume, trigger and backfill cannot reach the daemon",
-                    path.display()
-                );
-                if !said {
-                    tracing::error!("❗ {why}");
-                    said = true;
-                }
-                set_off(Some(why));
-                RECHECK.notified().await;
+                said = off(
+                    format!(
+                        "cannot listen on `{}` ({e}): pause, resume, trigger and backfill cannot reach the daemon",
+                        path.display()
+                    ),
+                    said,
+                )
+                .await;
                 continue;
             }
         };
