@@ -641,6 +641,43 @@ pub fn render_config(config: &Config, python: &str, now: DateTime<Utc>) -> Strin
         config.scheduler.history.display(),
         config.scheduler.log_dir.display(),
     );
+    // Where alerts go and where the page is; URLs without their path, the token never.
+    let n = &config.notify;
+    let mut to: Vec<String> = Vec::new();
+    if let Some(argv) = &n.command {
+        to.push(format!("command {}", argv[0]));
+    }
+    if let Some(url) = &n.webhook {
+        to.push(format!(
+            "web hook {} ({})",
+            crate::observe::deliver::shown(url),
+            match n.webhook_format {
+                crate::config::WebhookFormat::Json => "json",
+                crate::config::WebhookFormat::Slack => "slack",
+            }
+        ));
+    }
+    if !to.is_empty() {
+        let events: Vec<&str> = n.events.iter().map(|e| e.as_str()).collect();
+        out.insert_str(
+            out.len() - 1,
+            &format!("   notify {} on {}\n", to.join(" and "), events.join(", ")),
+        );
+    }
+    if let Some(http) = &config.http {
+        out.insert_str(
+            out.len() - 1,
+            &format!(
+                "   http://{}/ (the trading-day page, /metrics, /api/status, /healthz){}\n",
+                http.listen,
+                if http.token.is_some() {
+                    ", bearer token required"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
     out.push_str(&format!(
         "{:<20} {:<34} {:<16} {:<12} {:>8}  {}\n",
         "JOB", "ENTRY", "SCHEDULE", "EXECUTOR", "TIMEOUT", "NEXT FIRE"

@@ -746,6 +746,11 @@ fn http_off_loopback_needs_a_token_and_the_token_is_checked() {
     // The token is never printed.
     let shown = String::from_utf8_lossy(&p.run(&["check-config"]).stdout).into_owned();
     assert!(!shown.contains(token));
+    assert!(
+        shown.contains(&format!("http://127.0.0.1:{port}/"))
+            && shown.contains("bearer token required"),
+        "{shown}"
+    );
     assert!(!p.daemon_output().contains(token));
     stop(daemon, &p);
 }
