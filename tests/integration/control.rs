@@ -73,8 +73,7 @@ fn executions_during(ran: &Path, quiet: Duration) -> usize {
 #[test]
 fn pause_and_resume_a_running_daemon_and_the_pause_survives_a_restart() {
     let p = Project::new();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "ok").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "ok");
     p.config(
         "",
         &recorded("feed", "* * * * * *", false, &ran, &verdict, 0.0),
@@ -166,8 +165,7 @@ fn pause_and_resume_a_running_daemon_and_the_pause_survives_a_restart() {
 #[test]
 fn trigger_runs_now_under_the_overlap_guard_and_a_queued_one_survives_a_restart() {
     let p = Project::new();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "ok").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "ok");
     // A job that never fires by itself; each run takes 2 s.
     p.config(
         "shutdown_grace = \"30s\"",
@@ -231,8 +229,7 @@ fn trigger_runs_now_under_the_overlap_guard_and_a_queued_one_survives_a_restart(
 #[test]
 fn backfill_runs_each_missing_slot_once_with_its_own_time_and_survives_a_restart() {
     let p = Project::new();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "ok").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "ok");
     p.config(
         "shutdown_grace = \"30s\"",
         &recorded("bars", "0 */15 * * * *", true, &ran, &verdict, 0.2),
@@ -307,8 +304,7 @@ fn backfill_runs_each_missing_slot_once_with_its_own_time_and_survives_a_restart
 #[test]
 fn a_big_backfill_never_holds_the_live_slots_and_absurd_ranges_are_refused() {
     let p = Project::new();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "ok").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "ok");
     // 17,280 slots a day: yesterday's are one big backfill.
     p.config(
         "health_interval = \"1s\"",
@@ -399,8 +395,7 @@ fn a_big_backfill_never_holds_the_live_slots_and_absurd_ranges_are_refused() {
 #[test]
 fn an_unreadable_control_file_is_kept_aside_and_said() {
     let p = Project::new();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "ok").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "ok");
     p.config(
         "",
         &recorded("feed", "* * * * * *", false, &ran, &verdict, 0.0),

@@ -211,8 +211,7 @@ const EVENT_KEYS: [&str; 11] = [
 fn a_failing_job_gives_one_failure_webhook_and_its_recovery_one_recovered() {
     let hooks = Receiver::start(None);
     let p = Project::new();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "fail").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "fail");
     p.config(
         &format!(
             "[notify]\nwebhook = {:?}\nwebhook_format = \"json\"",
@@ -317,8 +316,7 @@ fn a_failing_job_gives_one_failure_webhook_and_its_recovery_one_recovered() {
 fn a_missed_slot_gives_missed() {
     let hooks = Receiver::start(None);
     let p = Project::new();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "ok").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "ok");
     // Each run takes 2.5 s of a 1-second schedule: the slots between are skipped (overlap).
     p.config(
         &format!(
@@ -357,8 +355,7 @@ fn a_missed_slot_gives_missed() {
 #[test]
 fn a_notifier_that_hangs_does_not_delay_the_next_fire() {
     let p = Project::new();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "fail").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "fail");
     let hung = p.path().join("notifier.txt");
     // The notifier records that it started, then hangs far past its timeout.
     let script = p.path().join("notifier.sh");
@@ -438,8 +435,7 @@ fn a_notifier_that_hangs_does_not_delay_the_next_fire() {
 fn pings_hit_start_the_url_and_fail_in_order_with_the_run_id() {
     let pings = Receiver::start(None);
     let p = Project::new();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "ok").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "ok");
     p.config(
         "",
         &verdict_job(
@@ -596,8 +592,7 @@ fn scraped_runs(text: &str) -> HashMap<(String, String), f64> {
 fn metrics_parse_and_their_counters_match_the_history() {
     let p = Project::new();
     let port = free_port();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "ok").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "ok");
     let config = |enabled: bool| {
         p.config(
             &format!("\n[http]\nlisten = \"127.0.0.1:{port}\""),
@@ -939,8 +934,7 @@ fn daemon_start_stop_and_calendar_coverage_events_reach_the_hook() {
 #[test]
 fn the_notify_command_gets_the_event_in_its_environment_and_on_stdin() {
     let p = Project::new();
-    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
-    std::fs::write(&verdict, "fail").expect("verdict");
+    let (ran, verdict) = verdict_files(&p, "fail");
     let (env_out, stdin_out) = (p.path().join("event.env"), p.path().join("event.json"));
     let script = p.path().join("notify.sh");
     std::fs::write(

@@ -222,3 +222,11 @@ pub fn file_lines(path: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// The files of a `fixture_jobs:verdict` job: where it records what ran, and its verdict
+/// (`says`: "ok" or "fail"), written now.
+pub fn verdict_files(p: &Project, says: &str) -> (PathBuf, PathBuf) {
+    let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
+    std::fs::write(&verdict, says).expect("verdict");
+    (ran, verdict)
+}
