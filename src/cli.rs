@@ -100,6 +100,10 @@ pub enum Command {
         /// The job's id, as in `[jobs.<id>]`
         job: String,
     },
+    /// Have the running daemon read its config again, as SIGHUP does, and start a new fork
+    /// server (what changed on disk is imported afresh); waits for the outcome (exit 1: the
+    /// config was refused and the old one kept; exit 3: no daemon)
+    Reload,
     /// Have the running daemon run a job now (trigger `manual`), under its overlap guard and
     /// containment (exit 3: no daemon)
     Trigger {

@@ -35,6 +35,8 @@ pub enum Request {
         /// Its past slots without a successful run, as the CLI found them.
         slots: Vec<DateTime<Utc>>,
     },
+    /// Read the config again (as SIGHUP does); answered once it is applied or refused.
+    Reload,
 }
 
 /// An interval of instants, `[from, to)`.
@@ -83,6 +85,7 @@ impl Request {
             | Request::Resume { job }
             | Request::Trigger { job }
             | Request::Backfill { job, .. } => job,
+            Request::Reload => "",
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct DaemonState {
     /// The last one's why, with its time.
     #[serde(default)]
     pub notify_last_error: Option<String>,
+    /// The fork server's PID, while one serves `executor = "fork"` jobs.
+    #[serde(default)]
+    pub fork_server: Option<u32>,
 }
 
 pub fn state_path(log_dir: &Path) -> PathBuf {
@@ -99,6 +102,7 @@ mod tests {
             containment: Some("cgroup".into()),
             notify_failures: 0,
             notify_last_error: None,
+            fork_server: Some(43),
         };
         write_state(dir.path(), &state).unwrap();
         let back = read_state(dir.path()).unwrap();

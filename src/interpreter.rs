@@ -128,6 +128,7 @@ pub struct Interpreter {
     pub path: PathBuf,
     pub version: String,
     /// Its site-packages folders (a venv's own, for a venv): the embedded interpreter adds them.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     pub site_packages: Vec<PathBuf>,
 }
 

@@ -24,6 +24,7 @@ pub(crate) mod observe;
 pub(crate) mod plan;
 pub(crate) mod private;
 pub(crate) mod process;
+#[cfg(feature = "embedded")]
 pub(crate) mod python;
 pub(crate) mod runner;
 pub(crate) mod status;
@@ -42,6 +43,60 @@ use crate::error::{EXIT_NOT_RUNNING, Error, Result};
 use crate::history::{History, Outcome, TriggerKind};
 
 pub use contain::{KEEPER_ARG, keeper_from_stdin};
+
+/// Whether this binary embeds a Python interpreter (cargo feature `embedded`): without it,
+/// `executor = "pyo3"` is a config error and nothing links libpython.
+pub const EMBEDDED: bool = cfg!(feature = "embedded");
+
+/// Readies the Python the config's jobs need before their first run: the embedded interpreter
+/// for pyo3 jobs, a fork server for fork jobs (`renew`: a new one even if one runs). A preload
+/// that fails or starts a thread is the config's error. Blocking.
+pub(crate) fn ready_python(
+    config: &Config,
+    interpreter: &interpreter::Interpreter,
+    forks: &runner::ForkPool,
+    renew: bool,
+) -> Result<()> {
+    #[cfg(feature = "embedded")]
+    if config
+        .jobs
+        .iter()
+        .any(|j| j.executor == config::Executor::Pyo3)
+    {
+        python::init(config, interpreter)?;
+    }
+    ready_forks(config, interpreter, forks, renew)
+}
+
+/// Starts the fork server fork jobs need (`renew`: a new one even if one runs); a preload that
+/// fails or starts a thread is the config's error. Blocking.
+fn ready_forks(
+    config: &Config,
+    interpreter: &interpreter::Interpreter,
+    forks: &runner::ForkPool,
+    renew: bool,
+) -> Result<()> {
+    if config
+        .jobs
+        .iter()
+        .any(|j| j.executor == config::Executor::Fork)
+    {
+        let started = if renew {
+            forks.renew(config, &interpreter.path, "the config was reloaded")
+        } else {
+            forks.warm(config, &interpreter.path)
+        };
+        started.map_err(|e| match e {
+            runner::StartError::Preload(message) => Error::Config(error::ConfigError {
+                file: config.file.clone(),
+                position: config.python.preload_at,
+                message: format!("python.preload: {message}"),
+            }),
+            runner::StartError::Other(message) => Error::Other(message),
+        })?;
+    }
+    Ok(())
+}
 
 /// Runs one command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
@@ -64,16 +119,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             let mode = contain_runs(&config)?;
             tracing::info!("🔒 containment: {}", mode.describe());
             legacy_at_start(&config)?;
-            // The embedded interpreter starts here, never on an async worker.
-            if config
-                .jobs
-                .iter()
-                .any(|j| j.executor == config::Executor::Pyo3)
-            {
-                python::init(&config, &interpreter)?;
-            }
+            // The embedded interpreter and the fork server start here, never on an async worker.
+            let forks = Arc::new(runner::ForkPool::default());
+            ready_python(&config, &interpreter, &forks, false)?;
             let rt = runtime()?;
-            let outcome = rt.block_on(daemon::run(config, interpreter, allow_config_drift));
+            let outcome = rt.block_on(daemon::run(
+                config,
+                interpreter,
+                allow_config_drift,
+                Arc::clone(&forks),
+            ));
+            forks.shutdown();
             // A reload's probe still hanging is ours: it goes with us.
             interpreter::end_probes();
             // Threads stuck in native code end with the process; do not wait for them.
@@ -180,6 +236,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             let config = Config::load(&path)?;
             let interpreter = interpreter::resolve(&config, None)?;
             interpreter::check_entries(&config, &interpreter)?;
+            // The preloads are imported as the daemon would: one that starts a thread is refused.
+            let forks = runner::ForkPool::default();
+            ready_forks(&config, &interpreter, &forks, false)?;
+            forks.shutdown();
             let python = format!(
                 "{} (Python {})",
                 interpreter.path.display(),
@@ -211,6 +271,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 .map(|u| pause_until(&config, u, Utc::now()))
                 .transpose()?;
             control_command(&config, control::Request::Pause { job, until })
+        }
+        Command::Reload => {
+            logging::init_cli("warn");
+            let config = Config::load(&path)?;
+            control_command(&config, control::Request::Reload)
         }
         Command::Resume { job } => {
             logging::init_cli("warn");
@@ -497,7 +562,7 @@ fn cluster_data_warnings(config: &Config) -> Vec<String> {
 
 /// Sends a control request to the running daemon: 0 done, 1 refused, 3 no daemon.
 fn control_command(config: &Config, req: control::Request) -> Result<i32> {
-    if config.job(req.job()).is_none() {
+    if !matches!(req, control::Request::Reload) && config.job(req.job()).is_none() {
         return Err(Error::UnknownJob {
             job: req.job().to_string(),
             known: config.job_list(),
@@ -747,12 +812,21 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     let interpreter = interpreter::resolve(&config, Some(&[job_id]))?;
     contain_runs(&config)?;
     check_log_dir(&config)?;
-    if job.executor == config::Executor::Pyo3 {
-        python::init(&config, &interpreter)?;
+    let forks = Arc::new(runner::ForkPool::default());
+    {
+        // Only this job's needs.
+        let mut only = config.clone();
+        only.jobs.retain(|j| j.id == job_id);
+        ready_python(&only, &interpreter, &forks, false)?;
     }
     // A single run reserves no ids ahead: the next process goes on right after it.
     let recorder = history::Recorder::open(&config.scheduler.history, 0)?;
-    let env = runner::RunEnv::new(Arc::new(config), interpreter.path, recorder.clone());
+    let env = runner::RunEnv::new(
+        Arc::new(config),
+        interpreter.path,
+        recorder.clone(),
+        Arc::clone(&forks),
+    );
     let rt = runtime()?;
     // Cluster mode: the job must run nowhere else in the cluster meanwhile.
     let manual = match &env.config.cluster {

@@ -43,6 +43,9 @@ pub struct DaemonStatus {
     /// health check), and the last one's time and why.
     pub notify_failures: u64,
     pub notify_last_error: Option<String>,
+    /// The fork server's PID (as of the daemon's last health check), while one serves
+    /// `executor = "fork"` jobs.
+    pub fork_server: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -258,6 +261,10 @@ pub fn gather_from(
             containment: state.as_ref().and_then(|s| s.containment.clone()),
             notify_failures: state.as_ref().map_or(0, |s| s.notify_failures),
             notify_last_error: state.as_ref().and_then(|s| s.notify_last_error.clone()),
+            fork_server: state
+                .as_ref()
+                .and_then(|s| s.fork_server)
+                .filter(|_| daemon.is_some()),
         },
         jobs,
         warnings,
@@ -429,6 +436,10 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
         .filter(|_| d.running)
         .map(|c| format!("  ·  containment {c}"))
         .unwrap_or_default();
+    let contained = match d.fork_server {
+        Some(pid) => format!("{contained}  ·  fork server {pid}"),
+        None => contained,
+    };
     out.push_str(&format!(
         "   config {}  ·  exchange {} ({}){contained}\n\n",
         config.file.display(),

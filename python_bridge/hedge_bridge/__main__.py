@@ -7,6 +7,8 @@ symbolic link. The process exits 0 on success, the job's code for ``sys.exit(n)`
 the job raised.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import sys
@@ -37,6 +39,12 @@ def main() -> int:
     if not raw:
         print("hedge_bridge: HEDGE_CONTEXT is not set; run jobs through hedge-scheduler", file=sys.stderr)
         return 2
+    return run(raw, os.environ.get("HEDGE_RESULT_FILE"))
+
+
+def run(raw: str, result_file: str | None) -> int:
+    """One run from its context (JSON): calls the job, writes the outcome to ``result_file`` and
+    returns the process's exit code. The fork server's children come here too."""
     context = json.loads(raw)
     entry = context["entry"]
     ctx = context_from_json(raw)
@@ -48,7 +56,6 @@ def main() -> int:
     }
     if outcome["status"] == "error":
         sys.stderr.write(outcome["traceback"])
-    result_file = os.environ.get("HEDGE_RESULT_FILE")
     if result_file:
         try:
             _write_result(result_file, outcome)

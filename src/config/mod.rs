@@ -125,6 +125,14 @@ pub struct Python {
     /// How long the interpreter may take to answer the start-up probe (start, reload,
     /// `check-config`) before it is killed and the config refused.
     pub probe_timeout: Duration,
+    /// Modules the fork server imports once, before its first fork.
+    pub preload: Vec<String>,
+    /// Where `preload` is written.
+    pub preload_at: Option<(usize, usize)>,
+    /// A fork server is replaced after this many runs.
+    pub fork_max_runs: u32,
+    /// A fork server is replaced once its resident memory passes this.
+    pub fork_max_memory: u64,
 }
 
 /// How a job's code is run.
@@ -135,6 +143,8 @@ pub enum Executor {
     Subprocess,
     /// In the daemon's embedded interpreter: no start-up cost, modules imported once.
     Pyo3,
+    /// A child forked from a warm fork server: a subprocess's isolation, modules imported once.
+    Fork,
 }
 
 impl Executor {
@@ -142,6 +152,7 @@ impl Executor {
         match self {
             Executor::Subprocess => "subprocess",
             Executor::Pyo3 => "pyo3",
+            Executor::Fork => "fork",
         }
     }
 }

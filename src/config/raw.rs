@@ -59,6 +59,9 @@ pub(super) struct RawPython {
     pub(super) path: Option<Vec<String>>,
     pub(super) cwd: Option<Spanned<String>>,
     pub(super) probe_timeout: Option<Spanned<String>>,
+    pub(super) preload: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) fork_max_runs: Option<Spanned<i64>>,
+    pub(super) fork_max_memory: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -210,7 +210,66 @@ impl Config {
             "python.probe_timeout",
             Duration::from_secs(10),
         )?;
+        let preload = match &raw.python.preload {
+            None => Vec::new(),
+            Some(list) => {
+                let mut names = Vec::new();
+                for name in list.get_ref() {
+                    let ok = !name.get_ref().is_empty()
+                        && name.get_ref().split('.').all(|part| {
+                            part.chars()
+                                .next()
+                                .is_some_and(|c| c.is_alphabetic() || c == '_')
+                                && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+                        });
+                    if !ok {
+                        return Err(v.at(
+                            name,
+                            format!(
+                                "`{}` in `python.preload` is not a module name (expected e.g. \"pandas\", \"hedge_jobs.options_chain\")",
+                                name.get_ref()
+                            ),
+                        ));
+                    }
+                    names.push(name.get_ref().clone());
+                }
+                names
+            }
+        };
+        let fork_max_runs = match &raw.python.fork_max_runs {
+            None => 1000,
+            Some(n) => u32::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    v.at(
+                        n,
+                        "`python.fork_max_runs` must be a whole number of runs, 1 or more"
+                            .to_string(),
+                    )
+                })?,
+        };
+        let fork_max_memory = match &raw.python.fork_max_memory {
+            None => 1024 * 1024 * 1024,
+            Some(m) => parse_size(m.get_ref()).map_err(|why| {
+                v.at(
+                    m,
+                    format!(
+                        "invalid size `{}` for `python.fork_max_memory`: {why} (expected e.g. \"512MiB\", \"2GiB\")",
+                        m.get_ref()
+                    ),
+                )
+            })?,
+        };
         let python = Python {
+            preload,
+            preload_at: raw
+                .python
+                .preload
+                .as_ref()
+                .map(|p| crate::error::line_col(source, p.span().start)),
+            fork_max_runs,
+            fork_max_memory,
             probe_timeout,
             executable: match (&venv, &raw.python.executable) {
                 (Some(v), _) => v.join("bin/python").display().to_string(),
@@ -364,7 +423,7 @@ impl Policy for Containment {
 
 impl Policy for Executor {
     const WHAT: &'static str = "executor";
-    const WORDS: &'static [&'static str] = &["subprocess", "pyo3"];
+    const WORDS: &'static [&'static str] = &["subprocess", "pyo3", "fork"];
 }
 
 impl Policy for Overlap {
@@ -589,6 +648,22 @@ impl Validator<'_> {
                 ),
             ));
         }
+        if let (Executor::Fork, Some(e), Entry::Command(_)) = (executor, &raw.executor, &entry) {
+            return Err(self.at(
+                e,
+                format!(
+                    "executor `fork` in [{table}] runs Python (a \"module:function\" entry or a script); a command runs as a subprocess"
+                ),
+            ));
+        }
+        if let (Executor::Pyo3, Some(e), false) = (executor, &raw.executor, crate::EMBEDDED) {
+            return Err(self.at(
+                e,
+                format!(
+                    "executor `pyo3` in [{table}]: this hedge-scheduler was built without the embedded interpreter (cargo feature `embedded`); use executor = \"fork\" or \"subprocess\""
+                ),
+            ));
+        }
         let overlap = self.policy(raw.overlap.as_ref(), "overlap", Some(&table), Overlap::Skip)?;
         let catch_up = self.policy(
             raw.catch_up.as_ref(),
@@ -612,7 +687,7 @@ impl Validator<'_> {
                 if executor == Executor::Pyo3 {
                     return Err(self.at(
                         m,
-                        format!("`max_memory` in [{table}] needs executor = \"subprocess\" (an in-process run shares the daemon's memory)"),
+                        format!("`max_memory` in [{table}] needs executor = \"subprocess\" or \"fork\" (an in-process run shares the daemon's memory)"),
                     ));
                 }
                 Some(parse_size(m.get_ref()).map_err(|why| {

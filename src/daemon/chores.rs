@@ -96,6 +96,10 @@ pub(crate) struct HealthInput {
     pub lag: LoopLag,
     /// Notifications and pings that failed: how many, and the last one's why.
     pub notify: (u64, Option<String>),
+    /// The fork servers, checked for an answer and started again if gone; the interpreter
+    /// they run.
+    pub forks: Arc<crate::runner::ForkPool>,
+    pub python: std::path::PathBuf,
 }
 
 /// The health check: heartbeat, the history writer's backlog, disk space, legacy processes, the
@@ -120,7 +124,23 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
         config.scheduler.legacy_scripts.clone(),
         config.scheduler.log_dir.clone(),
     );
+    let (forks, python, fork_config) = (input.forks, input.python, Arc::clone(&config));
     let checked = tokio::task::spawn_blocking(move || {
+        // A fork server that hangs is killed; one that is gone or stale is started again, so
+        // the next fork run finds one ready.
+        if fork_config
+            .jobs
+            .iter()
+            .any(|j| j.executor == crate::config::Executor::Fork)
+        {
+            if let Some(news) = forks.check() {
+                tracing::warn!("🍴 {news}");
+            }
+            if let Err(e) = forks.warm(&fork_config, &python) {
+                tracing::warn!("🍴 cannot start a fork server: {e}");
+            }
+        }
+        let fork_server = forks.pid();
         // The PID file may have been removed (a wiped log folder): lock a new one, and give way
         // if another daemon started meanwhile — never two firing at once.
         let lock_lost = match lock.lock() {
@@ -136,10 +156,10 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
                     log_dir.display()
                 )
             });
-        (lock_lost, low, crate::legacy::find(&scripts))
+        (lock_lost, low, crate::legacy::find(&scripts), fork_server)
     })
     .await;
-    let (lock_lost, low_disk, legacy) = checked.unwrap_or_default();
+    let (lock_lost, low_disk, legacy, fork_server) = checked.unwrap_or_default();
     problems.extend(low_disk);
     // Subreaper mode: what escaped runs that have ended and was not ended at a run's end (runs
     // in flight then could have owned it).
@@ -195,6 +215,7 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
         containment: crate::contain::mode().map(|m| m.name().to_string()),
         notify_failures: input.notify.0,
         notify_last_error: input.notify.1,
+        fork_server,
     };
     let dir = config.scheduler.log_dir.clone();
     let written = tokio::task::spawn_blocking(move || crate::health::write_state(&dir, &state))
@@ -258,17 +279,16 @@ pub(crate) async fn report(config: Arc<Config>, live: Vec<Live>, tx: mpsc::Unbou
 
 /// SIGHUP: reads and checks the config file, probes its interpreter (within the probe's
 /// timeout) and readies the embedded one; the loop applies the answer.
-pub(crate) async fn reload(path: std::path::PathBuf, tx: mpsc::UnboundedSender<Chore>) {
+pub(crate) async fn reload(
+    path: std::path::PathBuf,
+    tx: mpsc::UnboundedSender<Chore>,
+    forks: std::sync::Arc<crate::runner::ForkPool>,
+) {
     let loaded = tokio::task::spawn_blocking(move || -> Result<(Config, Interpreter)> {
         let config = Config::load(&path)?;
         let interpreter = crate::interpreter::resolve(&config, None)?;
-        if config
-            .jobs
-            .iter()
-            .any(|j| j.executor == crate::config::Executor::Pyo3)
-        {
-            crate::python::init(&config, &interpreter)?;
-        }
+        // A new fork server too: what changed on disk is imported afresh.
+        crate::ready_python(&config, &interpreter, &forks, true)?;
         Ok((config, interpreter))
     })
     .await

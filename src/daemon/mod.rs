@@ -68,6 +68,8 @@ struct Dispatcher {
     report_running: bool,
     /// A reload is being read; `true` inside when another SIGHUP came meanwhile.
     reloading: Option<bool>,
+    /// `reload` commands waiting for the reload's outcome.
+    reload_waiters: Vec<tokio::sync::oneshot::Sender<crate::control::Reply>>,
     /// Cluster mode: this daemon's node.
     node: Option<crate::cluster::Node>,
     /// How long before a slot the loop deals with it (a cluster node claims it then).
@@ -86,7 +88,12 @@ struct Dispatcher {
 }
 
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
-pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) -> Result<()> {
+pub async fn run(
+    config: Config,
+    interpreter: Interpreter,
+    allow_drift: bool,
+    forks: Arc<crate::runner::ForkPool>,
+) -> Result<()> {
     let started_at = Utc::now();
     let lock = InstanceLock::acquire(
         &config.scheduler.log_dir,
@@ -178,6 +185,7 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
         Arc::clone(&config),
         interpreter.path.clone(),
         recorder.clone(),
+        Arc::clone(&forks),
     ));
 
     banner(&config, &interpreter, &calendar);
@@ -236,6 +244,7 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
         health_running: false,
         report_running: false,
         reloading: None,
+        reload_waiters: Vec::new(),
         lead: node
             .as_ref()
             .map_or(decide::LEAD, |n| n.config.claim_lead()),
@@ -346,14 +355,20 @@ pub async fn run(config: Config, interpreter: Interpreter, allow_drift: bool) ->
             Some(_) = d.tasks.join_next(), if !d.tasks.is_empty() => {}
             Some(reply) = probes.recv() => { let _ = reply.send(()); }
             Some((req, answer)) = control.recv() => {
-                let reply = d.control(&mut jobs, req);
-                d.keep(&jobs);
-                // Answered once what it changed is kept: a `status` right after shows it.
-                let written = d.saver.written();
-                tokio::spawn(async move {
-                    let _ = written.await;
-                    let _ = answer.send(reply);
-                });
+                if matches!(req, crate::control::Request::Reload) {
+                    // Answered when the reload is applied or refused.
+                    d.reload_waiters.push(answer);
+                    d.reload();
+                } else {
+                    let reply = d.control(&mut jobs, req);
+                    d.keep(&jobs);
+                    // Answered once what it changed is kept: a `status` right after shows it.
+                    let written = d.saver.written();
+                    tokio::spawn(async move {
+                        let _ = written.await;
+                        let _ = answer.send(reply);
+                    });
+                }
             }
             _ = sighup.recv() => d.reload(),
             _ = health_every.tick() => d.health(&mut jobs),
@@ -795,6 +810,8 @@ impl Dispatcher {
         let job = jobs[i].job.id.clone();
         let ok = |message: String| Reply { ok: true, message };
         match req {
+            // Taken by the loop before it comes here.
+            Request::Reload => ok("reloading".to_string()),
             Request::Pause { until, .. } => {
                 if until.is_some_and(|u| u <= now) {
                     return Reply {
@@ -1025,9 +1042,27 @@ impl Dispatcher {
             Chore::ReportDone => self.report_running = false,
             Chore::Reloaded(loaded) => {
                 let again = self.reloading.take().unwrap_or(false);
-                match *loaded {
-                    Ok((config, interpreter)) => self.apply_reload(jobs, config, interpreter),
-                    Err(e) => tracing::error!("❌ config rejected, keeping the old one: {e}"),
+                let reply = match *loaded {
+                    Ok((config, interpreter)) => {
+                        self.apply_reload(jobs, config, interpreter);
+                        crate::control::Reply {
+                            ok: true,
+                            message: format!("config reloaded: {} job(s)", self.config.jobs.len()),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("❌ config rejected, keeping the old one: {e}");
+                        crate::control::Reply {
+                            ok: false,
+                            message: format!("config rejected, the daemon keeps the old one: {e}"),
+                        }
+                    }
+                };
+                // A reload asked for meanwhile is answered by the next one.
+                if !again {
+                    for answer in self.reload_waiters.drain(..) {
+                        let _ = answer.send(reply.clone());
+                    }
                 }
                 if again {
                     self.reload();
@@ -1101,6 +1136,8 @@ impl Dispatcher {
             daily,
             lag: self.lag.summary(),
             notify: self.obs.outbox.stats.summary(),
+            forks: Arc::clone(&self.env.forks),
+            python: self.env.python.clone(),
         };
         tokio::spawn(chores::health(input, self.chores.clone()));
     }
@@ -1136,7 +1173,11 @@ impl Dispatcher {
         }
         tracing::info!("🔄 SIGHUP: reloading {}", path.display());
         self.reloading = Some(false);
-        tokio::spawn(chores::reload(path, self.chores.clone()));
+        tokio::spawn(chores::reload(
+            path,
+            self.chores.clone(),
+            Arc::clone(&self.env.forks),
+        ));
     }
 
     /// A valid new config takes effect after the last slot each job has dealt with.

@@ -95,6 +95,11 @@ enum Write {
         uid: String,
         error: String,
     },
+    /// How the run was really made (a fork run that fell back to a plain subprocess).
+    Executor {
+        uid: String,
+        executor: String,
+    },
     /// A row left `running` by a dead process: `abandoned`, or what its surviving result says.
     Settle {
         id: i64,
@@ -270,6 +275,14 @@ impl Recorder {
         self.send(Write::Pid {
             uid: uid.to_string(),
             pid,
+        });
+    }
+
+    /// Records how the run is really made, when it is not as its start row said.
+    pub fn set_executor(&self, uid: &str, executor: String) {
+        self.send(Write::Executor {
+            uid: uid.to_string(),
+            executor,
         });
     }
 
@@ -795,6 +808,14 @@ fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) ->
         Write::Error { uid, error } => update_run(h, st, ids, owner, uid, "error", |h| {
             h.set_error(Key::Uid(uid), error)
         })?,
+        Write::Executor { uid, executor } => {
+            if let Some(start) = st.inflight.get_mut(uid) {
+                start.executor.clone_from(executor);
+            }
+            update_run(h, st, ids, owner, uid, "executor", |h| {
+                h.set_executor(Key::Uid(uid), executor)
+            })?
+        }
         Write::Settle {
             id,
             uid,

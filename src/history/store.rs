@@ -805,6 +805,11 @@ impl History {
         self.update(key, "stuck = ?2", params![key, stuck])
     }
 
+    /// Replaces the executor of run `id`.
+    pub fn set_executor(&self, key: Key<'_>, executor: &str) -> Result<bool> {
+        self.update(key, "executor = ?2", params![key, executor])
+    }
+
     /// Replaces the error text of run `id`.
     pub fn set_error(&self, key: Key<'_>, error: &str) -> Result<bool> {
         self.update(key, "error = ?2", params![key, error])

@@ -7,13 +7,19 @@
 //! for an embedded run whose thread is stuck in C code, until that thread really returns — so a
 //! job never runs twice at once, whichever process starts it.
 
+#[cfg(feature = "embedded")]
 mod embedded;
+mod fork;
+mod forkserver;
 mod job_log;
 mod judge;
 mod lock;
 mod subprocess;
 
+#[cfg(feature = "embedded")]
 use embedded::*;
+pub use forkserver::ForkPool;
+pub(crate) use forkserver::StartError;
 pub use job_log::JobLog;
 pub(crate) use job_log::rotate_daily;
 use job_log::*;
@@ -47,15 +53,23 @@ pub struct RunEnv {
     pub recorder: Recorder,
     /// Job logs kept open between runs.
     log_files: Arc<Mutex<LogFiles>>,
+    /// The fork servers of `executor = "fork"` jobs.
+    pub forks: Arc<ForkPool>,
 }
 
 impl RunEnv {
-    pub fn new(config: Arc<Config>, python: PathBuf, recorder: Recorder) -> RunEnv {
+    pub fn new(
+        config: Arc<Config>,
+        python: PathBuf,
+        recorder: Recorder,
+        forks: Arc<ForkPool>,
+    ) -> RunEnv {
         RunEnv {
             config,
             python,
             recorder,
             log_files: Arc::default(),
+            forks,
         }
     }
 
@@ -66,6 +80,7 @@ impl RunEnv {
             python,
             recorder: self.recorder.clone(),
             log_files: Arc::clone(&self.log_files),
+            forks: Arc::clone(&self.forks),
         }
     }
 
@@ -112,6 +127,7 @@ pub enum RunEvent {
     },
     Finished(Box<RunReport>),
     /// An embedded run that had timed out stuck has finally returned: its slot is free.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     Released {
         job: String,
     },
@@ -234,12 +250,18 @@ pub async fn run(
     // Kept to record the run even if it cannot begin (its log cannot be opened, say).
     let start_copy = run.clone();
     let (run_id, log, exec, ended_at) = match job.executor {
-        Executor::Subprocess => {
-            // One hand-off: open the log, wait for the slot's instant and record the start.
+        Executor::Subprocess | Executor::Fork => {
+            // One hand-off: a fork server ready (for a fork run), open the log, wait for the
+            // slot's instant and record the start.
             let env2 = env.clone();
             let at = req.not_before;
-            let begun = tokio::task::spawn_blocking(move || begin_blocking(&env2, run, at)).await;
-            let (run_id, started_at, log) = match begun {
+            let fork = job.executor == Executor::Fork;
+            let begun = tokio::task::spawn_blocking(move || {
+                let server = fork.then(|| env2.forks.server(&env2.config, &env2.python));
+                begin_blocking(&env2, run, at).map(|begun| (begun, server))
+            })
+            .await;
+            let ((run_id, started_at, log), server) = match begun {
                 Ok(Ok(begun)) => begun,
                 Ok(Err(e)) => return not_started(env, report, start_copy, e.to_string()),
                 Err(e) => {
@@ -252,21 +274,56 @@ pub async fn run(
             report.run_uid = Some(uid.clone());
             report.started_at = started_at;
             let context = run_context(&env.config, &job, &req, run_id, &uid).to_string();
-            let exec = run_subprocess(
-                env,
-                &job,
-                (run_id, &uid),
-                &context,
-                &log,
-                &mut cancel,
-                &events,
-            )
-            .await;
+            let exec = match server {
+                None => {
+                    run_subprocess(
+                        env,
+                        &job,
+                        (run_id, &uid),
+                        &context,
+                        &log,
+                        &mut cancel,
+                        &events,
+                    )
+                    .await
+                }
+                Some(server) => {
+                    let exec = fork::run_fork(
+                        env,
+                        server,
+                        &job,
+                        (run_id, &uid),
+                        &context,
+                        &log,
+                        &mut cancel,
+                        &events,
+                    )
+                    .await;
+                    // A server grown stale is replaced now, not when the next slot comes.
+                    let env2 = env.clone();
+                    drop(tokio::task::spawn_blocking(move || {
+                        if let Err(e) = env2.forks.warm(&env2.config, &env2.python) {
+                            tracing::warn!("🍴 no fork server for the next run yet: {e}");
+                        }
+                    }));
+                    exec
+                }
+            };
             // The run ends as the job is let go: a run waiting for the job starts after it.
             let ended_at = Utc::now();
             drop(lock);
             (run_id, log, exec, ended_at)
         }
+        #[cfg(not(feature = "embedded"))]
+        Executor::Pyo3 => {
+            return not_started(
+                env,
+                report,
+                start_copy,
+                "this hedge-scheduler was built without the embedded interpreter".to_string(),
+            );
+        }
+        #[cfg(feature = "embedded")]
         Executor::Pyo3 => {
             let context = run_context(&env.config, &job, &req, 0, &uid);
             match run_embedded(
@@ -321,9 +378,13 @@ pub async fn run(
     let stuck = exec.stuck;
     report.stuck = stuck.is_some();
     let report = finish(env, report, outcome, end);
+    // Only an embedded run's thread can be stuck.
+    #[cfg(feature = "embedded")]
     if let Some(thread) = stuck {
         watch_stuck(env, &job.id, (run_id, &uid), thread, events);
     }
+    #[cfg(not(feature = "embedded"))]
+    let _ = (stuck, run_id, events);
     report
 }
 

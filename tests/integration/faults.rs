@@ -116,7 +116,11 @@ fn history_deleted_mid_run_keeps_each_run_on_its_own_row() {
 }
 
 /// A config whose one job, `df`, leaves a double-forked, setsid, environment-less descendant.
-fn double_fork_project(containment: &str, keep_stdout: bool) -> (Project, std::path::PathBuf) {
+fn double_fork_project(
+    containment: &str,
+    keep_stdout: bool,
+    executor: &str,
+) -> (Project, std::path::PathBuf) {
     let p = Project::new();
     let pid_file = p.path().join("descendant.pid");
     p.config(
@@ -126,7 +130,7 @@ fn double_fork_project(containment: &str, keep_stdout: bool) -> (Project, std::p
             "double_fork",
             "0 0 0 1 1 *",
             &format!(
-                "args = {{ pid_file = {:?}, keep_stdout = {keep_stdout} }}",
+                "args = {{ pid_file = {:?}, keep_stdout = {keep_stdout} }}\nexecutor = \"{executor}\"",
                 pid_file.display().to_string()
             ),
         ),
@@ -142,19 +146,23 @@ fn cgroups_here() -> bool {
     !String::from_utf8_lossy(&out.stderr).contains("is not possible here")
 }
 
-fn assert_nothing_outlives_the_run(containment: &str, keep_stdout: bool) {
-    let (p, pid_file) = double_fork_project(containment, keep_stdout);
+fn assert_nothing_outlives_the_run(containment: &str, keep_stdout: bool, executor: &str) {
+    let (p, pid_file) = double_fork_project(containment, keep_stdout, executor);
     let out = p.run(&["run-once", "df", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let row: Value = serde_json::from_slice(&out.stdout).unwrap();
     let descendant = read_pid(&pid_file).expect("the job recorded its descendant");
     assert!(
         wait_until(Duration::from_secs(5), || !pid_alive(descendant)),
-        "{containment}: the double-forked descendant {descendant} outlived its run"
+        "{containment}, {executor}: the double-forked descendant {descendant} outlived its run"
     );
     // A descendant holding the run's stdout does not hold the run: a short, bounded drain.
     let ms = row["duration_ms"].as_i64().unwrap();
-    assert!(ms < 5_000, "{containment}: the run took {ms} ms: {row}");
+    assert!(
+        ms < 5_000,
+        "{containment}, {executor}: the run took {ms} ms: {row}"
+    );
+    assert_eq!(row["executor"], executor, "{row}");
     let log = std::fs::read_to_string(p.log_dir().join("jobs/df.log")).unwrap();
     assert!(
         log.contains("escaped a run") || log.contains("left in the run's cgroup"),
@@ -163,7 +171,7 @@ fn assert_nothing_outlives_the_run(containment: &str, keep_stdout: bool) {
 }
 
 /// A descendant that ignores SIGTERM and forks-and-exits every 0.2 s (a new PID each time).
-fn assert_a_hopping_descendant_is_ended(containment: &str) {
+fn assert_a_hopping_descendant_is_ended(containment: &str, executor: &str) {
     let p = Project::new();
     let pids = p.path().join("hopper.pids");
     p.config(
@@ -172,7 +180,10 @@ fn assert_a_hopping_descendant_is_ended(containment: &str) {
             "hop",
             "hopper",
             "0 0 0 1 1 *",
-            &format!("args = {{ pid_file = {:?} }}", pids.display().to_string()),
+            &format!(
+                "args = {{ pid_file = {:?} }}\nexecutor = \"{executor}\"",
+                pids.display().to_string()
+            ),
         ),
     );
     let out = p.run(&["run-once", "hop"]);
@@ -194,26 +205,42 @@ fn assert_a_hopping_descendant_is_ended(containment: &str) {
     }
     assert!(
         gone,
-        "{containment}: the hopper outlived its run: {alive:?}"
+        "{containment}, {executor}: the hopper outlived its run: {alive:?}"
     );
     // And it stays gone: no new PID after a while.
     let n = all().len();
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(all().len(), n, "{containment}: the hopper still hops");
+    assert_eq!(
+        all().len(),
+        n,
+        "{containment}, {executor}: the hopper still hops"
+    );
 }
 
 #[test]
 fn a_descendant_that_hops_to_new_pids_is_ended_with_its_run() {
-    assert_a_hopping_descendant_is_ended("subreaper");
-    if cgroups_here() {
-        assert_a_hopping_descendant_is_ended("cgroup");
+    for executor in ["subprocess", "fork"] {
+        assert_a_hopping_descendant_is_ended("subreaper", executor);
+        if cgroups_here() {
+            assert_a_hopping_descendant_is_ended("cgroup", executor);
+        }
     }
 }
 
 #[test]
 fn double_forked_setsid_envless_descendant_is_ended_with_its_run_subreaper() {
-    assert_nothing_outlives_the_run("subreaper", false);
-    assert_nothing_outlives_the_run("subreaper", true);
+    assert_nothing_outlives_the_run("subreaper", false, "subprocess");
+    assert_nothing_outlives_the_run("subreaper", true, "subprocess");
+}
+
+#[test]
+fn fork_double_forked_setsid_envless_descendant_is_ended_with_its_run() {
+    assert_nothing_outlives_the_run("subreaper", false, "fork");
+    assert_nothing_outlives_the_run("subreaper", true, "fork");
+    if cgroups_here() {
+        assert_nothing_outlives_the_run("cgroup", false, "fork");
+        assert_nothing_outlives_the_run("cgroup", true, "fork");
+    }
 }
 
 #[test]
@@ -227,13 +254,13 @@ fn double_forked_setsid_envless_descendant_is_ended_with_its_run_cgroup() {
         );
         return;
     }
-    assert_nothing_outlives_the_run("cgroup", false);
-    assert_nothing_outlives_the_run("cgroup", true);
+    assert_nothing_outlives_the_run("cgroup", false, "subprocess");
+    assert_nothing_outlives_the_run("cgroup", true, "subprocess");
 }
 
 /// A daemon running a Python job (with a child in its group) and a shell command (with
 /// children), SIGKILLed: everything of its runs dies with it.
-fn assert_runs_die_with_a_killed_daemon(containment: &str) {
+fn assert_runs_die_with_a_killed_daemon(containment: &str, executor: &str) {
     let p = Project::new();
     let py_pids = p.path().join("py.pid");
     let sh_pid = p.path().join("sh.pid");
@@ -242,7 +269,7 @@ fn assert_runs_die_with_a_killed_daemon(containment: &str) {
         "sleepy",
         "* * * * * *",
         &format!(
-            "args = {{ pid_file = {:?} }}",
+            "args = {{ pid_file = {:?} }}\nexecutor = \"{executor}\"",
             py_pids.display().to_string()
         ),
     ) + &job(
@@ -267,7 +294,15 @@ fn assert_runs_die_with_a_killed_daemon(containment: &str) {
         "{}",
         p.daemon_output()
     );
-    let all: Vec<i32> = pids(&py_pids).into_iter().chain(pids(&sh_pid)).collect();
+    let mut all: Vec<i32> = pids(&py_pids).into_iter().chain(pids(&sh_pid)).collect();
+    // The fork server goes with its daemon too.
+    all.extend(fork_servers(&p.daemon_output()));
+    assert_eq!(
+        fork_servers(&p.daemon_output()).len(),
+        usize::from(executor == "fork"),
+        "{}",
+        p.daemon_output()
+    );
     assert!(all.iter().all(|p| pid_alive(*p)));
     daemon.kill().unwrap();
     daemon.wait().unwrap();
@@ -275,16 +310,24 @@ fn assert_runs_die_with_a_killed_daemon(containment: &str) {
         wait_until(Duration::from_secs(5), || all
             .iter()
             .all(|p| !pid_alive(*p))),
-        "{containment}: processes of the runs outlived their daemon: {:?}",
+        "{containment}, {executor}: processes of the runs outlived their daemon: {:?}",
         all.iter().filter(|p| pid_alive(**p)).collect::<Vec<_>>()
     );
 }
 
 #[test]
 fn job_processes_die_with_a_sigkilled_daemon() {
-    assert_runs_die_with_a_killed_daemon("subreaper");
+    assert_runs_die_with_a_killed_daemon("subreaper", "subprocess");
     if cgroups_here() {
-        assert_runs_die_with_a_killed_daemon("cgroup");
+        assert_runs_die_with_a_killed_daemon("cgroup", "subprocess");
+    }
+}
+
+#[test]
+fn fork_job_processes_and_their_server_die_with_a_sigkilled_daemon() {
+    assert_runs_die_with_a_killed_daemon("subreaper", "fork");
+    if cgroups_here() {
+        assert_runs_die_with_a_killed_daemon("cgroup", "fork");
     }
 }
 

@@ -6,6 +6,7 @@ mod cluster;
 mod control;
 mod executors;
 mod faults;
+mod fork;
 mod foundation;
 mod observe;
 mod operations;

@@ -84,7 +84,12 @@ path = [{bridge:?}, "jobs"]
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
+        self.cmd_of(Path::new(BIN), args)
+    }
+
+    /// `cmd` with another build of the binary.
+    pub fn cmd_of(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
         cmd.arg("--config")
             .arg(self.config_path())
             .args(args)
@@ -229,4 +234,14 @@ pub fn verdict_files(p: &Project, says: &str) -> (PathBuf, PathBuf) {
     let (ran, verdict) = (p.path().join("ran.txt"), p.path().join("verdict.txt"));
     std::fs::write(&verdict, says).expect("verdict");
     (ran, verdict)
+}
+
+/// The PIDs of the fork servers a daemon's console says it started, in order.
+pub fn fork_servers(console: &str) -> Vec<i32> {
+    console
+        .lines()
+        .filter_map(|l| l.split("fork server ").nth(1))
+        .filter(|rest| rest.contains(" ready"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
 }

@@ -1,0 +1,359 @@
+//! The fork executor's run: a child of the warm fork server, in a process group (and cgroup) of
+//! its own, treated from then on as a subprocess run is: its output pumped into the job's log,
+//! its tree sampled, a timeout ending its group (SIGTERM, grace, SIGKILL), nothing left after it.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Job;
+use crate::process;
+
+use super::forkserver::{Msg, Server};
+use super::subprocess::{STDERR_TAIL, pump, sample};
+use super::*;
+
+/// How long the server may take to say it forked.
+const FORK_REPLY: Duration = Duration::from_secs(5);
+/// How often a child whose server died is looked at (its exit cannot be told any more).
+const ORPHAN_POLL: Duration = Duration::from_millis(100);
+/// How long the output is read after the run has ended, whoever else holds the pipe.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
+
+/// Why a fork run could not be made: the caller falls back to a plain subprocess.
+pub(super) struct NotForked(pub(super) String);
+
+/// A run as a child of `server`. `Err` when no child was made (the server is gone or does not
+/// answer): nothing ran, and the run may go another way.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_forked(
+    env: &RunEnv,
+    server: &Arc<Server>,
+    job: &Job,
+    (run_id, uid): (i64, &str),
+    context: &str,
+    log: &Arc<JobLog>,
+    cancel: &mut watch::Receiver<Option<String>>,
+    events: &Option<mpsc::UnboundedSender<RunEvent>>,
+) -> Result<Execution, NotForked> {
+    let mut exec = Execution::new(Ended::Exited(None));
+    let result_file = match crate::private::runtime_dir(&env.config.scheduler.log_dir) {
+        Ok(dir) => result_path(&dir, uid),
+        Err(e) => {
+            let msg = format!("cannot prepare the runtime folder: {e}");
+            log.note(&msg);
+            exec.failure = Some(msg);
+            return Ok(exec);
+        }
+    };
+    let cage = match crate::contain::Cage::new(uid) {
+        Ok(cage) => cage,
+        Err(e) => {
+            log.note(&format!(
+                "no cgroup for this run ({e}): contained by its process group"
+            ));
+            None
+        }
+    };
+    let pipes = (|| -> std::io::Result<((OwnedFd, OwnedFd), (OwnedFd, OwnedFd))> {
+        let flags = nix::fcntl::OFlag::O_CLOEXEC;
+        Ok((nix::unistd::pipe2(flags)?, nix::unistd::pipe2(flags)?))
+    })();
+    let ((out_r, out_w), (err_r, err_w)) = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!("cannot make the run's output pipes: {e}");
+            log.note(&msg);
+            exec.failure = Some(msg);
+            return Ok(exec);
+        }
+    };
+    let mut child_env = serde_json::Map::new();
+    child_env.insert(process::RUN_TAG.into(), uid.into());
+    if let Ok(ctx) = serde_json::from_str::<serde_json::Value>(context)
+        && env.config.cluster.is_some()
+    {
+        if let Some(node) = ctx["node"].as_str() {
+            child_env.insert("HEDGE_SCHEDULER_NODE".into(), node.into());
+        }
+        if let Some(fence) = ctx["fence"].as_i64() {
+            child_env.insert("HEDGE_SCHEDULER_FENCE".into(), fence.to_string().into());
+        }
+    }
+    let request = serde_json::json!({
+        "op": "fork",
+        "uid": uid,
+        "context": context,
+        "result_file": result_file,
+        "cgroup": cage.as_ref().map(|c| c.dir()),
+        "env": child_env,
+    });
+    let mut rx = server
+        .fork(uid, request, &out_w, &err_w)
+        .map_err(NotForked)?;
+    // Only the child holds the write ends now: the pipes end when it (and what it started) ends.
+    drop(out_w);
+    drop(err_w);
+    let pid = match tokio::time::timeout(FORK_REPLY, rx.recv()).await {
+        Ok(Some(Msg::Forked(pid))) if pid > 1 => pid,
+        Ok(Some(Msg::Refused(why))) => {
+            server.release(uid, None);
+            return Err(NotForked(format!("the fork server refused: {why}")));
+        }
+        Ok(Some(Msg::Gone(why))) => {
+            server.release(uid, None);
+            return Err(NotForked(format!("the fork server {why}")));
+        }
+        Err(_) => {
+            server.release(uid, None);
+            env.forks
+                .kill(server, "did not answer a fork request within 5 s");
+            if let Some(cage) = &cage {
+                crate::contain::kill_cgroup(cage.dir());
+            }
+            return Err(NotForked(
+                "the fork server did not answer within 5 s (killed)".to_string(),
+            ));
+        }
+        Ok(other) => {
+            server.release(uid, None);
+            return Err(NotForked(format!(
+                "the fork server answered out of turn: {other:?}"
+            )));
+        }
+    };
+    // From here on the child is ours to end, and the server's zombie keeps its PID ours.
+    let mut release = Release {
+        server: Arc::clone(server),
+        uid: uid.to_string(),
+        pid: Some(pid),
+    };
+    log.note(&format!(
+        "process group {pid} (forked by fork server {})",
+        server.pid
+    ));
+    crate::contain::keeper_note(&format!("+G {pid}"));
+    let _forget = crate::contain::KeeperGroup(pid);
+    env.recorder.set_pid(uid, pid);
+    if let Some(tx) = events {
+        let _ = tx.send(RunEvent::Started {
+            job: job.id.clone(),
+            run_id,
+            uid: uid.to_string(),
+            pid: Some(pid),
+        });
+    }
+
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    let pumps = [
+        receiver(out_r).map(|out| tokio::spawn(pump(out, Arc::clone(log), "stdout", None))),
+        receiver(err_r).map(|err| {
+            tokio::spawn(pump(
+                err,
+                Arc::clone(log),
+                "stderr",
+                Some(Arc::clone(&tail)),
+            ))
+        }),
+    ];
+
+    let usage = Arc::new(Mutex::new(process::TreeUsage::default()));
+    let (over_tx, mut over_rx) = watch::channel::<Option<u64>>(None);
+    let sampler = tokio::spawn(sample(pid, Arc::clone(&usage), job.max_memory, over_tx));
+    let grace = env.config.scheduler.kill_grace;
+    let deadline = tokio::time::Instant::now() + job.timeout;
+    exec.ended = tokio::select! {
+        status = exited(&mut rx, pid) => Ended::Exited(status),
+        _ = tokio::time::sleep_until(deadline) => {
+            log.note(&format!("timeout after {}: ending process group {pid}", humantime::format_duration(job.timeout)));
+            Ended::TimedOut(end_group(&mut rx, pid, grace).await)
+        },
+        reason = cancelled(cancel) => {
+            log.note(&format!("cancelled ({reason}): ending process group {pid}"));
+            Ended::Cancelled(end_group(&mut rx, pid, grace).await, reason)
+        },
+        Ok(()) = over_rx.changed() => {
+            let rss = over_rx.borrow().unwrap_or_default();
+            log.note(&format!("memory {} is over max_memory: ending process group {pid}", crate::fmt::bytes(rss)));
+            Ended::OverMemory(end_group(&mut rx, pid, grace).await, rss)
+        },
+    };
+    sampler.abort();
+    exec.usage = usage.lock().ok().map(|u| u.clone());
+    // Nothing outlives a run: what the job left in its group, what carries its tag, what is in
+    // its cgroup.
+    if process::terminate(process::Target::Group(pid), grace).await {
+        log.note("ended processes the job left running in its group");
+    }
+    let escaped = process::tagged_processes(uid).len();
+    if process::terminate(process::Target::Tagged(uid), grace).await {
+        log.note(&format!(
+            "ended {escaped} process(es) that left the job's group"
+        ));
+    }
+    if let Some(cage) = &cage {
+        let left = crate::contain::cgroup_pids(cage.dir()).len();
+        if process::terminate(process::Target::Cgroup(cage.dir()), grace).await {
+            log.note(&format!(
+                "ended {left} process(es) left in the run's cgroup (a new session, a double fork)"
+            ));
+        }
+    }
+    // The group is empty: the server may reap the child now.
+    release.now();
+    drop(cage);
+    for pump in pumps.into_iter().flatten() {
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(OUTPUT_DRAIN, pump).await.is_err() {
+            abort.abort();
+            log.note(
+                "output still held open by another process after the run ended: stopped reading it",
+            );
+        }
+    }
+    exec.bridge = take_result(&result_file);
+    exec.stderr_tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    Ok(exec)
+}
+
+/// Lets the server reap the child when the run is done with it, however the run ends.
+struct Release {
+    server: Arc<Server>,
+    uid: String,
+    pid: Option<u32>,
+}
+
+impl Release {
+    fn now(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            self.server.release(&self.uid, Some(pid));
+        }
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
+fn receiver(fd: OwnedFd) -> Option<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()
+}
+
+/// The child's exit status, as its server reports it. If the server dies first, the child is
+/// no longer its (nor anyone's to report): its exit is seen when its group has no live process,
+/// and its status is unknown.
+async fn exited(
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    pid: u32,
+) -> Option<std::process::ExitStatus> {
+    loop {
+        match rx.recv().await {
+            Some(Msg::Exited(status)) => return status,
+            Some(Msg::Gone(_)) | None => break,
+            Some(_) => continue,
+        }
+    }
+    while process::group_alive(pid) {
+        tokio::time::sleep(ORPHAN_POLL).await;
+    }
+    None
+}
+
+/// Ends the child's group: SIGTERM, up to `grace` for the child to exit, then SIGKILL.
+async fn end_group(
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    pid: u32,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    use nix::sys::signal::Signal;
+    process::signal_group(pid, Signal::SIGTERM);
+    if let Ok(status) = tokio::time::timeout(grace, exited(rx, pid)).await {
+        return status;
+    }
+    process::signal_group(pid, Signal::SIGKILL);
+    tokio::time::timeout(Duration::from_secs(5), exited(rx, pid))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A fork run, however it can be made: from the server given, else from a new one, else as a
+/// plain subprocess; the log and the run's row say which.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_fork(
+    env: &RunEnv,
+    first: Result<(Arc<Server>, Option<String>), super::StartError>,
+    job: &Job,
+    (run_id, uid): (i64, &str),
+    context: &str,
+    log: &Arc<JobLog>,
+    cancel: &mut watch::Receiver<Option<String>>,
+    events: &Option<mpsc::UnboundedSender<RunEvent>>,
+) -> Execution {
+    let why = match first {
+        Ok((server, note)) => {
+            if let Some(note) = note {
+                log.note(&note);
+            }
+            match run_forked(
+                env,
+                &server,
+                job,
+                (run_id, uid),
+                context,
+                log,
+                cancel,
+                events,
+            )
+            .await
+            {
+                Ok(exec) => return exec,
+                Err(NotForked(why)) => {
+                    // Once more, from a new server.
+                    log.note(&format!("{why}: starting a new fork server"));
+                    let env2 = env.clone();
+                    let again = tokio::task::spawn_blocking(move || {
+                        env2.forks.server(&env2.config, &env2.python)
+                    })
+                    .await;
+                    match again {
+                        Ok(Ok((server, _))) => {
+                            match run_forked(
+                                env,
+                                &server,
+                                job,
+                                (run_id, uid),
+                                context,
+                                log,
+                                cancel,
+                                events,
+                            )
+                            .await
+                            {
+                                Ok(exec) => return exec,
+                                Err(NotForked(why)) => why,
+                            }
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => format!("internal error: {e}"),
+                    }
+                }
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    log.note(&format!(
+        "no fork server ({why}): running as a plain subprocess"
+    ));
+    env.recorder
+        .set_executor(uid, format!("subprocess (no fork server: {why})"));
+    super::subprocess::run_subprocess(env, job, (run_id, uid), context, log, cancel, events).await
+}

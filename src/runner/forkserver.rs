@@ -1,0 +1,748 @@
+//! The fork servers of `executor = "fork"`: one warm interpreter per Python environment
+//! (`python -m hedge_bridge.forkserver`), which imports the bridge and `[python] preload` once and
+//! forks a child per run.
+//!
+//! The daemon talks to a server over a `SOCK_SEQPACKET` socket pair handed to it as descriptor 3:
+//! one JSON object per message, the run's stdout and stderr attached to a fork request as
+//! descriptors. One thread per server reads its messages and routes them to the runs by uid; when
+//! the socket closes (the server exited, was killed, or was retired) it reaps the server and tells
+//! every run still waiting. A child's exit is reported while it is still a zombie: its PID and
+//! process group stay ours until the run lets it go (`release`), so a signal never reaches a
+//! process that merely reused the number.
+//!
+//! A server is replaced (the old one finishes its runs, then goes) after `fork_max_runs` runs, when
+//! its memory passes `fork_max_memory`, when a project module it imported changed on disk, or
+//! when the config's Python settings change. Nothing here runs on the scheduling loop: starting
+//! and checking a server are blocking calls made on blocking threads.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, recv, sendmsg, socketpair,
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+
+/// The longest message a server sends.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// What the server says about one run.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// The child is forked.
+    Forked(u32),
+    /// The child ended (its status), and is a zombie until released.
+    Exited(Option<ExitStatus>),
+    /// The server would not fork.
+    Refused(String),
+    /// The server is gone (why).
+    Gone(String),
+}
+
+/// Why a server could not be had.
+#[derive(Debug, Clone)]
+pub(crate) enum StartError {
+    /// The preloads are not fit for forking (a module started a thread) or failed to import:
+    /// the config's fault.
+    Preload(String),
+    /// Anything else (the interpreter would not start, no answer in time).
+    Other(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Preload(m) | StartError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What makes two servers interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    python: PathBuf,
+    venv: Option<PathBuf>,
+    path: Vec<PathBuf>,
+    cwd: PathBuf,
+    preload: Vec<String>,
+    inherited_path: Option<std::ffi::OsString>,
+}
+
+impl Key {
+    fn of(config: &Config, python: &Path) -> Key {
+        Key {
+            python: python.to_path_buf(),
+            venv: config.python.venv.clone(),
+            path: config.python.path.clone(),
+            cwd: config.python.cwd.clone(),
+            preload: config.python.preload.clone(),
+            inherited_path: std::env::var_os("PYTHONPATH"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Life {
+    /// Children forked.
+    forks: u32,
+    /// Children not yet released.
+    inflight: u32,
+    /// Why it takes no more runs.
+    retiring: Option<String>,
+    /// Why it is gone.
+    dead: Option<String>,
+}
+
+/// One running fork server.
+pub(crate) struct Server {
+    pub(crate) pid: u32,
+    sock: OwnedFd,
+    key: Key,
+    started: SystemTime,
+    /// The project's source files it imported, to notice a change on disk.
+    modules: Vec<PathBuf>,
+    pub(crate) python_version: String,
+    routes: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
+    life: Mutex<Life>,
+    pongs: Mutex<Option<std_mpsc::Sender<()>>>,
+    _spawned: crate::contain::Spawned,
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    ready: Option<bool>,
+    error: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    modules: Vec<PathBuf>,
+    python: Option<String>,
+    forked: Option<String>,
+    pid: Option<u32>,
+    exit: Option<String>,
+    code: Option<i32>,
+    signal: Option<i32>,
+    #[serde(default)]
+    core: bool,
+    refused: Option<String>,
+    pong: Option<bool>,
+}
+
+impl Incoming {
+    fn status(&self) -> Option<ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        match (self.code, self.signal) {
+            (Some(code), _) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
+            (None, Some(sig)) => Some(ExitStatus::from_raw(
+                (sig & 0x7f) | if self.core { 0x80 } else { 0 },
+            )),
+            (None, None) => None,
+        }
+    }
+}
+
+impl Server {
+    /// Starts a server for `config`'s Python and waits (up to `python.probe_timeout`) until it
+    /// has imported its preloads. Blocking.
+    fn start(config: &Config, python: &Path) -> Result<Arc<Server>, StartError> {
+        let other = |what: &str, e: &dyn std::fmt::Display| {
+            StartError::Other(format!("cannot start the fork server: {what}: {e}"))
+        };
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| other("socket pair", &e))?;
+        let (log_r, log_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| other("pipe", &e))?;
+        let log_w2 = log_w.try_clone().map_err(|e| other("pipe", &e))?;
+        let key = Key::of(config, python);
+        let mut roots: Vec<String> = config
+            .python
+            .path
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        roots.push(config.python.cwd.display().to_string());
+        let mut cmd = std::process::Command::new(python);
+        cmd.arg("-m")
+            .arg("hedge_bridge.forkserver")
+            .current_dir(&config.python.cwd)
+            .env(
+                "PYTHONPATH",
+                super::subprocess::python_path(&config.python.path),
+            )
+            .env("PYTHONUNBUFFERED", "1")
+            .env("HEDGE_FORK_FD", "3")
+            .env(
+                "HEDGE_PRELOAD",
+                serde_json::to_string(&config.python.preload).unwrap_or_default(),
+            )
+            .env(
+                "HEDGE_PROJECT_PATHS",
+                serde_json::to_string(&roots).unwrap_or_default(),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(log_w))
+            .stderr(std::process::Stdio::from(log_w2));
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if let Some(venv) = &config.python.venv {
+            cmd.env("VIRTUAL_ENV", venv);
+        }
+        let setup = crate::contain::ChildSetup::new(None);
+        let fd = theirs.as_raw_fd();
+        // SAFETY: only async-signal-safe calls (umask, close_range, dup2, fcntl) between fork and
+        // exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                setup.in_child()?;
+                if fd == 3 {
+                    if nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if nix::libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (mut child, spawned) = crate::contain::Spawned::spawn(|| cmd.spawn(), |c| Some(c.id()))
+            .map_err(|e| other(&format!("`{}`", python.display()), &e))?;
+        drop(cmd);
+        drop(theirs);
+        let pid = child.id();
+        crate::contain::keeper_note(&format!("+G {pid}"));
+        forward_output(log_r, pid);
+
+        // The first message: ready, or why not.
+        let (hello_tx, hello_rx) = std_mpsc::channel::<Incoming>();
+        let sock_copy = match ours.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                kill_server(&mut child, pid);
+                return Err(other("socket", &e));
+            }
+        };
+        let reader_slot: Arc<Mutex<Option<std::sync::Weak<Server>>>> = Arc::default();
+        let slot = Arc::clone(&reader_slot);
+        let reader = std::thread::Builder::new()
+            .name(format!("fork-server-{pid}"))
+            .stack_size(128 * 1024)
+            .spawn(move || read_loop(sock_copy, child, pid, hello_tx, slot));
+        if let Err(e) = reader {
+            return Err(other("thread", &e));
+        }
+        let hello = match hello_rx.recv_timeout(config.python.probe_timeout) {
+            Ok(hello) => hello,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                return Err(StartError::Other(format!(
+                    "the fork server did not finish importing its preloads within {} (`python.probe_timeout`)",
+                    humantime::format_duration(config.python.probe_timeout)
+                )));
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(StartError::Other(
+                    "the fork server exited before it was ready (its output is in the daemon's log)"
+                        .to_string(),
+                ));
+            }
+        };
+        if let Some(error) = hello.error {
+            return Err(match hello.kind.as_deref() {
+                Some("threads") | Some("preload") => StartError::Preload(error),
+                _ => StartError::Other(error),
+            });
+        }
+        if hello.ready != Some(true) {
+            crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            return Err(StartError::Other(
+                "the fork server answered something else than ready".to_string(),
+            ));
+        }
+        let server = Arc::new(Server {
+            pid,
+            sock: ours,
+            key,
+            started: SystemTime::now(),
+            modules: hello.modules,
+            python_version: hello.python.unwrap_or_default(),
+            routes: Mutex::default(),
+            life: Mutex::default(),
+            pongs: Mutex::default(),
+            _spawned: spawned,
+        });
+        if let Ok(mut slot) = reader_slot.lock() {
+            *slot = Some(Arc::downgrade(&server));
+        }
+        // It may have died between its hello and now: the reader could not tell it.
+        if !crate::process::pid_alive(i64::from(pid)) || crate::process::is_zombie(pid as i32) {
+            server.gone("exited right after start".to_string());
+        }
+        tracing::info!(
+            "🍴 fork server {pid} ready (Python {}, {} preload(s))",
+            server.python_version,
+            server.key.preload.len()
+        );
+        Ok(server)
+    }
+
+    fn send(&self, message: &serde_json::Value, fds: &[i32]) -> std::io::Result<()> {
+        let bytes = message.to_string();
+        let iov = [IoSlice::new(bytes.as_bytes())];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        loop {
+            match sendmsg::<()>(
+                self.sock.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(std::io::Error::from(e)),
+            }
+        }
+    }
+
+    /// Asks for a child for run `uid`; its messages come on the returned channel. `out` and
+    /// `err` become its stdout and stderr.
+    pub(crate) fn fork(
+        &self,
+        uid: &str,
+        request: serde_json::Value,
+        out: &OwnedFd,
+        err: &OwnedFd,
+    ) -> Result<mpsc::UnboundedReceiver<Msg>, String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut life = self.life.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(why) = &life.dead {
+                return Err(format!("the fork server is gone ({why})"));
+            }
+            life.forks += 1;
+            life.inflight += 1;
+        }
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_string(), tx);
+        let fds = [out.as_fd().as_raw_fd(), err.as_fd().as_raw_fd()];
+        if let Err(e) = self.send(&request, &fds) {
+            self.routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(uid);
+            self.let_go();
+            return Err(format!("cannot reach the fork server: {e}"));
+        }
+        Ok(rx)
+    }
+
+    /// Lets the server reap child `pid` of run `uid`, and forget the run.
+    pub(crate) fn release(&self, uid: &str, pid: Option<u32>) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+        if let Some(pid) = pid {
+            let _ = self.send(&serde_json::json!({"op": "release", "pid": pid}), &[]);
+        }
+        self.let_go();
+    }
+
+    fn let_go(&self) {
+        let close = {
+            let mut life = self.life.lock().unwrap_or_else(|e| e.into_inner());
+            life.inflight = life.inflight.saturating_sub(1);
+            life.inflight == 0 && life.retiring.is_some() && life.dead.is_none()
+        };
+        if close {
+            self.close();
+        }
+    }
+
+    /// Takes no more runs; goes once its last run is released.
+    pub(crate) fn retire(&self, why: String) {
+        let close = {
+            let mut life = self.life.lock().unwrap_or_else(|e| e.into_inner());
+            if life.retiring.is_some() || life.dead.is_some() {
+                return;
+            }
+            tracing::info!("🍴 fork server {} retires: {why}", self.pid);
+            life.retiring = Some(why);
+            life.inflight == 0
+        };
+        if close {
+            self.close();
+        }
+    }
+
+    /// Closes our end: the server reads the end of its socket and exits.
+    fn close(&self) {
+        let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+
+    /// Kills a server that does not answer.
+    pub(crate) fn kill(&self, why: &str) {
+        tracing::warn!("🍴 fork server {} {why}: killing it", self.pid);
+        self.mark_dead(why.to_string());
+        crate::process::signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
+        self.close();
+    }
+
+    fn mark_dead(&self, why: String) {
+        let mut life = self.life.lock().unwrap_or_else(|e| e.into_inner());
+        life.dead.get_or_insert(why);
+    }
+
+    /// The server is gone: every run waiting on it is told.
+    fn gone(&self, why: String) {
+        self.mark_dead(why.clone());
+        let routes: Vec<_> = self
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, tx) in routes {
+            let _ = tx.send(Msg::Gone(why.clone()));
+        }
+    }
+
+    fn dead(&self) -> Option<String> {
+        self.life
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dead
+            .clone()
+    }
+
+    fn usable(&self) -> bool {
+        let life = self.life.lock().unwrap_or_else(|e| e.into_inner());
+        life.dead.is_none() && life.retiring.is_none()
+    }
+
+    /// Why this server should make way for a new one, if it should.
+    fn stale(&self, config: &Config, python: &Path) -> Option<String> {
+        let forks = self.life.lock().unwrap_or_else(|e| e.into_inner()).forks;
+        if forks >= config.python.fork_max_runs {
+            return Some(format!(
+                "it has served {forks} runs (`python.fork_max_runs`)"
+            ));
+        }
+        if Key::of(config, python) != self.key {
+            return Some("the config's Python settings changed".to_string());
+        }
+        let rss = rss_bytes(self.pid);
+        if rss > config.python.fork_max_memory {
+            return Some(format!(
+                "it uses {} (over `python.fork_max_memory`, {})",
+                crate::fmt::bytes(rss),
+                crate::fmt::bytes(config.python.fork_max_memory)
+            ));
+        }
+        for file in &self.modules {
+            let changed = std::fs::metadata(file)
+                .and_then(|m| m.modified())
+                .map_or(true, |m| m > self.started);
+            if changed {
+                return Some(format!("{} changed on disk", file.display()));
+            }
+        }
+        None
+    }
+
+    /// Whether the server answers within `within`. Blocking.
+    pub(crate) fn ping(&self, within: Duration) -> bool {
+        let (tx, rx) = std_mpsc::channel();
+        *self.pongs.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        if self.send(&serde_json::json!({"op": "ping"}), &[]).is_err() {
+            return false;
+        }
+        rx.recv_timeout(within).is_ok()
+    }
+}
+
+/// Resident memory of `pid`, from /proc (0 when unreadable).
+fn rss_bytes(pid: u32) -> u64 {
+    let Ok(statm) = std::fs::read_to_string(format!("/proc/{pid}/statm")) else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+fn kill_server(child: &mut Child, pid: u32) {
+    crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    crate::contain::keeper_note(&format!("-G {pid}"));
+}
+
+/// The server's own output (a preload's warnings, a traceback) goes to the daemon's log.
+fn forward_output(read: OwnedFd, pid: u32) {
+    let _ = std::thread::Builder::new()
+        .name(format!("fork-server-{pid}-out"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            use std::io::BufRead;
+            let reader = std::io::BufReader::new(std::fs::File::from(read));
+            for line in reader.split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end();
+                if !line.is_empty() {
+                    tracing::warn!("🍴 fork server {pid}: {line}");
+                }
+            }
+        });
+}
+
+/// The reader thread's life: routes messages until the socket closes, then reaps the server
+/// and tells the runs still waiting.
+fn read_loop(
+    sock: OwnedFd,
+    mut child: Child,
+    pid: u32,
+    hello: std_mpsc::Sender<Incoming>,
+    server: Arc<Mutex<Option<std::sync::Weak<Server>>>>,
+) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut hello = Some(hello);
+    loop {
+        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        };
+        let Ok(msg) = serde_json::from_slice::<Incoming>(&buf[..n]) else {
+            tracing::warn!("🍴 fork server {pid} sent something unreadable");
+            continue;
+        };
+        if msg.ready.is_some() || msg.error.is_some() && msg.refused.is_none() {
+            if let Some(h) = hello.take() {
+                let _ = h.send(msg);
+            }
+            continue;
+        }
+        let Some(server) = server
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().and_then(std::sync::Weak::upgrade))
+        else {
+            continue;
+        };
+        if msg.pong.is_some() {
+            if let Some(tx) = server
+                .pongs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                let _ = tx.send(());
+            }
+            continue;
+        }
+        let (uid, what) = if let Some(uid) = &msg.forked {
+            (uid, Msg::Forked(msg.pid.unwrap_or(0)))
+        } else if let Some(uid) = &msg.exit {
+            (uid, Msg::Exited(msg.status()))
+        } else if let Some(uid) = &msg.refused {
+            (uid, Msg::Refused(msg.error.clone().unwrap_or_default()))
+        } else {
+            continue;
+        };
+        let route = server
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned();
+        if let Some(tx) = route {
+            let _ = tx.send(what);
+        }
+    }
+    drop(hello);
+    let why = match child.wait() {
+        Ok(status) => describe_exit(status),
+        Err(e) => format!("could not be waited for: {e}"),
+    };
+    crate::contain::keeper_note(&format!("-G {pid}"));
+    if let Some(server) = server
+        .lock()
+        .ok()
+        .and_then(|s| s.as_ref().and_then(std::sync::Weak::upgrade))
+    {
+        let retired = server
+            .life
+            .lock()
+            .map(|l| l.retiring.is_some())
+            .unwrap_or(false);
+        if retired {
+            tracing::info!("🍴 fork server {pid} {why}");
+        } else {
+            tracing::warn!("🍴 fork server {pid} {why}");
+        }
+        server.gone(why);
+    }
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => format!("was killed by {}", crate::process::signal_name(sig)),
+        _ => "ended".to_string(),
+    }
+}
+
+/// The fork servers of a daemon (or of `run-once`): one at a time, replaced when stale.
+///
+/// `current` is only ever held for a moment (the loop's thread may look at it); a start, which
+/// takes as long as the preloads' imports, holds `starting` instead, on a blocking thread.
+#[derive(Default)]
+pub struct ForkPool {
+    current: Mutex<Option<Arc<Server>>>,
+    starting: Mutex<()>,
+}
+
+impl ForkPool {
+    fn current(&self) -> Option<Arc<Server>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The current server if it can take a run; else why a new one is needed (a note for the
+    /// run's log), `None` when there was none.
+    fn check_current(&self, config: &Config, python: &Path) -> Result<Arc<Server>, Option<String>> {
+        let Some(server) = self.current() else {
+            return Err(None);
+        };
+        if let Some(why) = server.dead() {
+            return Err(Some(format!(
+                "the fork server {} {why}: started a new one",
+                server.pid
+            )));
+        }
+        if !server.usable() {
+            return Err(Some(format!(
+                "fork server {} retired: started a new one",
+                server.pid
+            )));
+        }
+        if let Some(why) = server.stale(config, python) {
+            server.retire(why.clone());
+            return Err(Some(format!("fork server {} replaced: {why}", server.pid)));
+        }
+        Ok(server)
+    }
+
+    /// A server ready to fork for `config`, started if there is none or the one there is stale
+    /// or gone; with a note for the run's log when a new one had to be started. Blocking.
+    pub(crate) fn server(
+        &self,
+        config: &Config,
+        python: &Path,
+    ) -> Result<(Arc<Server>, Option<String>), StartError> {
+        let first = match self.check_current(config, python) {
+            Ok(server) => return Ok((server, None)),
+            Err(note) => note,
+        };
+        let _one_start = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        // Another thread may have started one meanwhile.
+        let note = match self.check_current(config, python) {
+            Ok(server) => return Ok((server, None)),
+            Err(note) => first.or(note),
+        };
+        let server = Server::start(config, python)?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&server));
+        Ok((server, note))
+    }
+
+    /// Starts (or refreshes) the server ahead of the first run. Blocking.
+    pub(crate) fn warm(&self, config: &Config, python: &Path) -> Result<(), StartError> {
+        self.server(config, python).map(|_| ())
+    }
+
+    /// Replaces the server now (reload, SIGHUP): the next run forks from a fresh import of
+    /// everything. Blocking.
+    pub(crate) fn renew(
+        &self,
+        config: &Config,
+        python: &Path,
+        why: &str,
+    ) -> Result<(), StartError> {
+        let _one_start = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        let new = Server::start(config, python)?;
+        let old = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(new);
+        if let Some(old) = old {
+            old.retire(why.to_string());
+        }
+        Ok(())
+    }
+
+    /// Kills a server that did not answer, so the next run starts a new one.
+    pub(crate) fn kill(&self, server: &Server, why: &str) {
+        server.kill(why);
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|s| s.pid == server.pid) {
+            *current = None;
+        }
+    }
+
+    /// Checks the server answers (the health check); a hung one is killed. Blocking.
+    pub(crate) fn check(&self) -> Option<String> {
+        let server = self.current()?;
+        if server.dead().is_some() || !server.usable() {
+            return None;
+        }
+        if server.ping(Duration::from_secs(2)) {
+            return None;
+        }
+        let why = "did not answer a ping within 2 s";
+        self.kill(&server, why);
+        Some(format!(
+            "fork server {} {why}: killed; the next run starts a new one",
+            server.pid
+        ))
+    }
+
+    /// The current server's PID, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        let current = self.current.lock().ok()?;
+        current
+            .as_ref()
+            .filter(|s| s.dead().is_none())
+            .map(|s| s.pid)
+    }
+
+    /// Retires every server (the daemon stops).
+    pub(crate) fn shutdown(&self) {
+        if let Some(server) = self.current.lock().ok().and_then(|mut c| c.take()) {
+            server.retire("the scheduler stops".to_string());
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The fork executor through the binary: a warm fork server, a child per run, real Python.
+//! (The containment faults — double forks, hoppers, a SIGKILLed daemon — run for both executors
+//! in `faults.rs`.)
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::util::*;
+
+fn job(id: &str, function: &str, extra: &str) -> String {
+    format!(
+        "\n[jobs.{id}]\nentry = \"fixture_jobs:{function}\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"fork\"\n{extra}\n"
+    )
+}
+
+/// The config with `[python]` lines added (preload and the like).
+fn config_with_python(p: &Project, python_extra: &str, jobs: &str) {
+    p.config("", jobs);
+    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
+    std::fs::write(
+        p.config_path(),
+        text_.replacen("[python]\n", &format!("[python]\n{python_extra}\n"), 1),
+    )
+    .unwrap();
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    file_lines(path)
+}
+
+/// Runs of `job` in the history, oldest first.
+fn runs_of(p: &Project, job: &str) -> Vec<Value> {
+    let mut rows: Vec<Value> = p
+        .history()
+        .into_iter()
+        .filter(|r| r["job"] == job && r["outcome"] != "running")
+        .collect();
+    rows.reverse();
+    rows
+}
+
+/// `trigger <job>`, then waits for its `n`-th finished run and returns it.
+fn trigger_and_wait(p: &Project, job: &str, n: usize) -> Value {
+    let out = p.run(&["trigger", job]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        wait_until(Duration::from_secs(30), || runs_of(p, job).len() >= n),
+        "run {n} of {job} never finished: {}",
+        p.daemon_output()
+    );
+    runs_of(p, job)[n - 1].clone()
+}
+
+fn stop(mut daemon: std::process::Child) {
+    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(40));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the daemon did not stop cleanly"
+    );
+}
+
+#[test]
+fn fork_success_raise_exit_and_segfault_leave_the_server_serving_and_a_killed_server_is_replaced() {
+    let p = Project::new();
+    let imports = p.path().join("imports.log");
+    config_with_python(
+        &p,
+        "preload = [\"fixture_jobs\"]",
+        &[
+            job("ok", "counter", ""),
+            job("raises", "boom", ""),
+            job("exits", "exit3", ""),
+            job("crash", "segfault", ""),
+        ]
+        .concat(),
+    );
+    let daemon = p.spawn_daemon_with(&[], |c| {
+        c.env("FIXTURE_IMPORT_LOG", &imports);
+    });
+    assert!(
+        wait_until(Duration::from_secs(20), || !fork_servers(
+            &p.daemon_output()
+        )
+        .is_empty()
+            && p.log_dir().join("control.sock").exists()),
+        "{}",
+        p.daemon_output()
+    );
+    let server = fork_servers(&p.daemon_output())[0];
+    // The server imported the preload; nothing else has yet.
+    assert_eq!(lines(&imports), vec![server.to_string()]);
+
+    let crash = trigger_and_wait(&p, "crash", 1);
+    assert_eq!(crash["outcome"], "crashed", "{crash}");
+    assert_eq!(crash["signal"], "SIGSEGV", "{crash}");
+    assert_eq!(crash["executor"], "fork", "{crash}");
+    assert!(pid_alive(server), "a child's segfault took the server down");
+
+    // Each child starts from the server's state: the module-level counter is at its preload
+    // value (0) in every one, so each run counts 1; each run is a process of its own.
+    let mut pids = Vec::new();
+    for n in 1..=3 {
+        let ok = trigger_and_wait(&p, "ok", n);
+        assert_eq!(ok["outcome"], "success", "{ok}");
+        assert_eq!(ok["result"]["calls"], 1, "{ok}");
+        let pid = ok["result"]["pid"].as_i64().unwrap() as i32;
+        assert_ne!(pid, server);
+        assert_eq!(ok["pid"].as_i64(), Some(i64::from(pid)), "{ok}");
+        assert!(!pid_alive(pid), "run {n}'s child outlived it");
+        pids.push(pid);
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 3);
+
+    let raised = trigger_and_wait(&p, "raises", 1);
+    assert_eq!(raised["outcome"], "failed", "{raised}");
+    assert!(
+        raised["error"]
+            .as_str()
+            .unwrap()
+            .contains("ValueError: boom"),
+        "{raised}"
+    );
+    assert_eq!(raised["exit_code"], 1, "{raised}");
+    let log = std::fs::read_to_string(p.log_dir().join("jobs/raises.log")).unwrap();
+    assert!(
+        log.contains("about to fail") && log.contains("Traceback"),
+        "{log}"
+    );
+    let exited = trigger_and_wait(&p, "exits", 1);
+    assert_eq!(exited["outcome"], "failed", "{exited}");
+    assert_eq!(exited["exit_code"], 3, "{exited}");
+
+    // Six runs, one import: the module was imported by the server alone.
+    assert_eq!(lines(&imports), vec![server.to_string()]);
+    assert!(pid_alive(server));
+
+    // The server SIGKILLed between runs: the next run is recorded and succeeds, from a new one.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(server)));
+    let ok = trigger_and_wait(&p, "ok", 4);
+    assert_eq!(ok["outcome"], "success", "{ok}");
+    assert_eq!(ok["result"]["calls"], 1, "{ok}");
+    assert!(ok["executor"].as_str().unwrap().starts_with("fork"), "{ok}");
+    let imported = lines(&imports);
+    assert_eq!(imported.len(), 2, "{imported:?}");
+    let second: i32 = imported[1].parse().unwrap();
+    assert_ne!(second, server);
+    assert!(pid_alive(second));
+    let console = p.daemon_output();
+    assert!(
+        console.contains(&format!("fork server {server} was killed by SIGKILL")),
+        "{console}"
+    );
+
+    stop(daemon);
+    assert!(
+        wait_until(Duration::from_secs(5), || !pid_alive(second)),
+        "the fork server outlived its daemon"
+    );
+}
+
+#[test]
+fn fork_timeout_of_a_child_that_ignores_sigterm_an_escaped_grandchild_and_10_mb_of_output() {
+    let p = Project::new();
+    let term_pid = p.path().join("term.pid");
+    let escape_pid = p.path().join("escape.pid");
+    p.config(
+        "",
+        &[
+            job(
+                "stubborn",
+                "ignores_sigterm",
+                &format!("timeout = \"1s\"\nargs = {{ pid_file = {term_pid:?} }}"),
+            ),
+            job(
+                "escape",
+                "escapes",
+                &format!("timeout = \"1s\"\nargs = {{ pid_file = {escape_pid:?} }}"),
+            ),
+            job(
+                "flood",
+                "chatty",
+                "timeout = \"60s\"\nargs = { lines = 104000 }",
+            ),
+        ]
+        .concat(),
+    );
+    let out = p.run(&["run-once", "stubborn"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let row = &p.history()[0];
+    assert_eq!(row["outcome"], "timeout", "{row}");
+    assert_eq!(row["executor"], "fork", "{row}");
+    // 1 s timeout + 2 s grace before SIGKILL.
+    assert!(row["duration_ms"].as_i64().unwrap() >= 2900, "{row}");
+    assert_eq!(row["signal"], "SIGKILL", "{row}");
+    let pid: i32 = std::fs::read_to_string(&term_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(pid)));
+
+    let out = p.run(&["run-once", "escape"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(p.history()[0]["outcome"], "timeout");
+    let pid: i32 = std::fs::read_to_string(&escape_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !pid_alive(pid)),
+        "the grandchild in its own session outlived the run"
+    );
+
+    let out = p.run(&["run-once", "flood", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let row: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(row["result"]["lines"], 104000, "{row}");
+    let log = std::fs::read_to_string(p.log_dir().join("jobs/flood.log")).unwrap();
+    assert!(log.len() > 10_000_000, "{} bytes", log.len());
+    assert!(log.contains("CHATTY-DONE"));
+    assert_eq!(log.matches("[run 3 stdout]").count(), 104_001);
+}
+
+#[test]
+fn fork_preload_that_starts_a_thread_is_a_config_error() {
+    let p = Project::new();
+    std::fs::write(
+        p.path().join("jobs/threaded_at_import.py"),
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), name='poller', daemon=True).start()\n",
+    )
+    .unwrap();
+    config_with_python(
+        &p,
+        "preload = [\"json\", \"threaded_at_import\"]",
+        &job("ok", "noop", ""),
+    );
+    for args in [&["run"][..], &["run-once", "ok"], &["check-config"]] {
+        let out = p.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or_default().to_string();
+        assert!(
+            first.contains("config.toml:")
+                && first.contains("python.preload")
+                && first.contains("'threaded_at_import'")
+                && first.contains("poller"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Nothing ran, nothing was recorded.
+    assert!(p.try_history().unwrap_or_default().is_empty());
+
+    // A preload that cannot be imported is named too.
+    config_with_python(
+        &p,
+        "preload = [\"no_such_module_here\"]",
+        &job("ok", "noop", ""),
+    );
+    let out = p.run(&["run-once", "ok"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("'no_such_module_here'"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// An interpreter of another minor version than `python3`'s, found beside it (pyenv keeps them
+/// side by side) or on PATH.
+fn other_python() -> Option<(PathBuf, String)> {
+    let probe = |python: &Path| -> Option<String> {
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.base_prefix)",
+            ])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let ours = probe(Path::new("python3"))?;
+    let mut ours = ours.lines();
+    let (minor, prefix) = (ours.next()?.to_string(), PathBuf::from(ours.next()?));
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(prefix.parent()?)
+        .map(|d| d.flatten().map(|e| e.path().join("bin/python3")).collect())
+        .unwrap_or_default();
+    candidates.sort();
+    candidates.extend(
+        ["3.13", "3.12", "3.10", "3.9"]
+            .iter()
+            .map(|v| PathBuf::from(format!("/usr/bin/python{v}"))),
+    );
+    candidates.into_iter().filter(|c| c.exists()).find_map(|c| {
+        let v = probe(&c)?;
+        let v = v.lines().next()?.to_string();
+        let (major, min) = v.split_once('.')?;
+        let ok = major == "3" && min.parse::<u32>().ok()? >= 9 && v != minor;
+        ok.then_some((c, v))
+    })
+}
+
+#[test]
+fn fork_runs_in_a_venv_of_another_python_version() {
+    let Some((python, version)) = other_python() else {
+        eprintln!("SKIPPED: no Python 3.9+ of another version than python3's here");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI has pyenv's other versions"
+        );
+        return;
+    };
+    let p = Project::new();
+    let venv = p.path().join("venv-other");
+    let made = std::process::Command::new(&python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    config_with_python(&p, "", &job("which", "python_version", ""));
+    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
+    std::fs::write(
+        p.config_path(),
+        text_.replace("executable = \"python3\"", "venv = \"venv-other\""),
+    )
+    .unwrap();
+    let out = p.run(&["run-once", "which", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let row: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(row["executor"], "fork", "{row}");
+    let got = row["result"]["version"].as_str().unwrap();
+    assert!(
+        got.starts_with(&format!("{version}.")),
+        "{got} vs {version}"
+    );
+    assert!(
+        row["result"]["prefix"]
+            .as_str()
+            .unwrap()
+            .ends_with("venv-other"),
+        "{row}"
+    );
+}
+
+#[test]
+fn fork_server_is_recycled_after_fork_max_runs_and_when_a_preloaded_module_changes() {
+    let p = Project::new();
+    let imports = p.path().join("imports.log");
+    config_with_python(
+        &p,
+        "preload = [\"fixture_jobs\"]\nfork_max_runs = 2",
+        &job("ok", "counter", ""),
+    );
+    let daemon = p.spawn_daemon_with(&[], |c| {
+        c.env("FIXTURE_IMPORT_LOG", &imports);
+    });
+    assert!(
+        wait_until(Duration::from_secs(20), || lines(&imports).len() == 1
+            && p.log_dir().join("control.sock").exists()),
+        "{}",
+        p.daemon_output()
+    );
+    // Two runs from the first server, then a new one (started as the second run ends).
+    for n in 1..=2 {
+        assert_eq!(trigger_and_wait(&p, "ok", n)["outcome"], "success");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || lines(&imports).len() == 2),
+        "{:?}",
+        lines(&imports)
+    );
+    assert_eq!(trigger_and_wait(&p, "ok", 3)["outcome"], "success");
+    assert_eq!(lines(&imports).len(), 2);
+    assert!(
+        !pid_alive(lines(&imports)[0].parse().unwrap()),
+        "the retired server lingers"
+    );
+
+    // A preloaded module edited on disk: the next run comes from a server that imported it anew.
+    let module = p.path().join("jobs/fixture_jobs.py");
+    let source = std::fs::read_to_string(&module).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(
+        &module,
+        source.replace("counter call", "counter (edited) call"),
+    )
+    .unwrap();
+    let ok = trigger_and_wait(&p, "ok", 4);
+    assert_eq!(ok["outcome"], "success");
+    let log = std::fs::read_to_string(p.log_dir().join("jobs/ok.log")).unwrap();
+    assert!(log.contains("counter (edited) call"), "{log}");
+    assert!(log.contains("changed on disk"), "{log}");
+    assert_eq!(lines(&imports).len(), 3);
+
+    // `reload` starts a new server at once, and says when it is done.
+    let out = p.run(&["reload"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("config reloaded"), "{}", text(&out));
+    assert_eq!(lines(&imports).len(), 4);
+    assert_eq!(trigger_and_wait(&p, "ok", 5)["outcome"], "success");
+
+    // A reload whose preload starts a thread is refused; the old server goes on serving.
+    std::fs::write(
+        p.path().join("jobs/threaded_at_import.py"),
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(p.config_path()).unwrap();
+    std::fs::write(
+        p.config_path(),
+        config.replace(
+            "preload = [\"fixture_jobs\"]",
+            "preload = [\"fixture_jobs\", \"threaded_at_import\"]",
+        ),
+    )
+    .unwrap();
+    let out = p.run(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("python.preload"), "{}", text(&out));
+    assert_eq!(trigger_and_wait(&p, "ok", 6)["outcome"], "success");
+    assert_eq!(
+        lines(&imports).len(),
+        5,
+        "the refused server imported it once, then went"
+    );
+    stop(daemon);
+}
+
+/// The binary built without the embedded interpreter: `.ci/run` builds it with
+/// `cargo build --no-default-features --target-dir target/no-embedded`.
+fn no_embedded_binary() -> Option<PathBuf> {
+    let bin = std::env::var_os("HEDGE_NO_EMBEDDED_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/no-embedded/debug/hedge-scheduler"));
+    bin.exists().then_some(bin)
+}
+
+#[test]
+fn without_the_embedded_feature_no_libpython_is_linked_and_a_pyo3_job_is_a_config_error() {
+    let Some(bin) = no_embedded_binary() else {
+        eprintln!(
+            "SKIPPED: build it with `cargo build --no-default-features --target-dir target/no-embedded`"
+        );
+        assert!(std::env::var_os("CI").is_none(), "CI builds it (.ci/run)");
+        return;
+    };
+    let ldd = std::process::Command::new("ldd")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    let linked = String::from_utf8_lossy(&ldd.stdout).to_string();
+    assert!(ldd.status.success(), "{linked}");
+    assert!(!linked.contains("libpython"), "{linked}");
+    let ours = std::process::Command::new("ldd").arg(BIN).output();
+    if let Ok(ours) = ours {
+        // The default build does link it (the contrast this feature exists for).
+        assert!(String::from_utf8_lossy(&ours.stdout).contains("libpython"));
+    }
+
+    let p = Project::new();
+    p.config(
+        "",
+        "\n[jobs.emb]\nentry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"pyo3\"\n",
+    );
+    let out = p.cmd_of(&bin, &["check-config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("config.toml:")
+            && stderr.contains("[jobs.emb]")
+            && stderr.contains("embedded"),
+        "{stderr}"
+    );
+
+    // Fork and subprocess jobs run, with the interpreter of a venv of another Python version
+    // where there is one.
+    let p = Project::new();
+    p.config(
+        "",
+        &[
+            job("forked", "python_version", ""),
+            "\n[jobs.sub]\nentry = \"fixture_jobs:python_version\"\nschedule = \"0 0 0 1 1 *\"\n"
+                .to_string(),
+        ]
+        .concat(),
+    );
+    let expected = match other_python() {
+        Some((python, version)) => {
+            let venv = p.path().join("venv-other");
+            let made = std::process::Command::new(&python)
+                .args(["-m", "venv", "--without-pip"])
+                .arg(&venv)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let text_ = std::fs::read_to_string(p.config_path()).unwrap();
+            std::fs::write(
+                p.config_path(),
+                text_.replace("executable = \"python3\"", "venv = \"venv-other\""),
+            )
+            .unwrap();
+            Some(version)
+        }
+        None => None,
+    };
+    for id in ["forked", "sub"] {
+        let out = p
+            .cmd_of(&bin, &["run-once", id, "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{id}: {}", text(&out));
+        let row: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(v) = &expected {
+            let got = row["result"]["version"].as_str().unwrap();
+            assert!(got.starts_with(&format!("{v}.")), "{id}: {got} vs {v}");
+        }
+    }
+}
