@@ -923,9 +923,13 @@ impl Dispatcher {
             Some(node) if trigger != crate::history::TriggerKind::Takeover => {
                 let node = node.clone();
                 let job = job.to_string();
+                // A gap is marked at its last slot: a node that starts later reads that as the
+                // newest slot dealt with, so its own gap (if any) begins after it and never
+                // covers the same slots under another first slot.
+                let mark = gap.map_or(slot, |(_, last)| last);
                 tokio::spawn(async move {
                     // Said by the one node that records it.
-                    if node.skip_slot(&job, slot).await {
+                    if node.skip_slot(&job, mark).await {
                         recorder.skipped(&job, trigger, slot, &reason, gap);
                         told(&job, &reason);
                     }
