@@ -364,6 +364,22 @@ market_hours = false
 # --- our figures --------------------------------------------------------------------------------
 
 
+def fork_server_pid(daemon_pid: int) -> int | None:
+    """The daemon's fork server: its child running `hedge_bridge.forkserver`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == daemon_pid and b"hedge_bridge.forkserver" in cmdline:
+            return int(entry.name)
+    return None
+
+
 def fire_latency(executor: str, seconds: int) -> dict:
     log(f"fire latency, {executor} no-op every second for {seconds}s")
     config = project(
@@ -383,7 +399,10 @@ executor = "{executor}"
     time.sleep(seconds)
     b = threads_snapshot(d.proc.pid)
     window_end = dt.datetime.now(dt.timezone.utc)
+    server = fork_server_pid(d.proc.pid) if executor == "fork" else None
+    server_pss = pss_kib(server) if server else None
     usage = d.stop()
+    usage["server_pss_kib"] = server_pss
     rows = [r for r in history_rows(config) if r["trigger"] == "schedule" and r["outcome"] == "success"]
     in_window = [r for r in rows if window_start <= parse_time(r["started_at"]) <= window_end]
     usage["window"] = {
@@ -402,6 +421,67 @@ executor = "{executor}"
         "runs": len(rows),
         "duplicate_slots": len(slots) - len(set(slots)),
         "usage": usage,
+    }
+
+
+HEAVY_JOB = """
+import resource
+
+import duckdb  # noqa: F401 - imported for its cost, as the real jobs do
+import pandas
+
+
+def run(ctx):
+    frame = pandas.DataFrame({"strike": range(100), "oi": range(100)})
+    total = int(frame["oi"].sum())
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    private = 0
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                private += int(line.split()[1])
+    return {"total": total, "cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000, "uss_kib": private}
+"""
+
+
+def heavy(executor: str, py: Path, runs: int) -> dict:
+    """A job importing pandas and duckdb (from the anchors' venv), every second: what each run
+    costs in CPU and in memory of its own (the job measures itself at its end: its process's CPU
+    time — a forked child's counts from the fork — and its unique set, private pages)."""
+    log(f"heavy job (pandas + duckdb), {executor}, {runs} runs")
+    venv = py.parent.parent
+    preload = 'preload = ["heavy_job"]' if executor == "fork" else ""
+    config = project(
+        f"heavy-{executor}",
+        f"""
+[jobs.heavy]
+entry = "heavy_job:run"
+schedule = "* * * * * *"
+market_hours = false
+executor = "{executor}"
+timeout = "30s"
+""",
+    )
+    (config.parent / "jobs" / "heavy_job.py").write_text(HEAVY_JOB)
+    text_ = config.read_text().replace(f"executable = {json.dumps(PY)}", f"venv = {json.dumps(str(venv))}\n{preload}")
+    config.write_text(text_)
+    d = Daemon(config)
+    deadline = time.time() + runs + 30
+    while time.time() < deadline:
+        done = [r for r in history_rows(config) if r["outcome"] == "success"]
+        if len(done) >= runs + 1:
+            break
+        time.sleep(1)
+    server = fork_server_pid(d.proc.pid) if executor == "fork" else None
+    server_pss = pss_kib(server) if server else None
+    d.stop()
+    rows = [r for r in history_rows(config) if r["outcome"] == "success"]
+    results = [json.loads(r["result"]) if isinstance(r["result"], str) else r["result"] for r in rows[1 : runs + 1]]
+    return {
+        "runs": len(results),
+        "cpu_ms": summary([x["cpu_ms"] for x in results]),
+        "uss_mib": summary([x["uss_kib"] / 1024 for x in results]),
+        "server_pss_mib": server_pss / 1024 if server_pss else None,
     }
 
 
@@ -559,10 +639,14 @@ def startup(repeats: int) -> dict:
     config = shipped / "config" / "hedge-scheduler.toml"
     text = config.read_text().replace('[scheduler]\n', '[scheduler]\nlegacy_scripts = []\n', 1)
     config.write_text(text)
+    import re
+
     pyo3 = shipped / "config" / "pyo3.toml"
-    pyo3.write_text(text.replace('executor = "subprocess"', 'executor = "pyo3"'))
+    pyo3.write_text(re.sub(r'executor = "fork"[^\n]*', 'executor = "pyo3"', text))
+    sub = shipped / "config" / "subprocess.toml"
+    sub.write_text(re.sub(r'executor = "fork"[^\n]*', 'executor = "subprocess"', text))
     result = {}
-    for name, cfg in [("shipped (3 subprocess jobs, python3 via PATH)", config), ("3 pyo3 jobs", pyo3)]:
+    for name, cfg in [("shipped (3 fork jobs and their fork server, python3 via PATH)", config), ("3 pyo3 jobs", pyo3), ("3 subprocess jobs", sub)]:
         times = []
         for _ in range(repeats):
             d = Daemon(cfg)
@@ -770,6 +854,20 @@ def write_results(r: dict, seconds: int) -> str:
     aps_s = ms(aps) if isinstance(aps, dict) else (anchor_note or "not measured")
     rows.append(("fire latency, pyo3 no-op (entered − scheduled), p50 / p99 / max", f"tokio-cron-scheduler 0.15.1: {tcs_s}; APScheduler 3.11: {aps_s}", "p50 ≤ 2 ms, p99 ≤ 10 ms", ms(lat_p), ok(lat_p["p50"] <= 2 and lat_p["p99"] <= 10)))
     rows.append(("fire latency, subprocess no-op, p50 / p99 / max", f"bare `python -c pass`: {py_bare:.1f} ms (through the `python3` shim: {r['interpreter'].get('python3 on PATH', {}).get('p50', float('nan')):.1f} ms)", f"p50 ≤ {py_bare + 10:.1f} ms (bare + 10)", ms(lat_s), ok(lat_s["p50"] <= py_bare + 10)))
+    lat_f = r.get("latency_fork")
+    if lat_f:
+        e = lat_f["entered_ms"]
+        rows.append(("fire latency, fork no-op (entered − scheduled), p50 / p99 / max", f"same run: subprocess {ms(lat_s)}; pyo3 {ms(lat_p)}", "p50 ≤ 3 ms, p99 ≤ 10 ms", ms(e), ok(e["p50"] <= 3 and e["p99"] <= 10)))
+        pss = lat_f["usage"].get("server_pss_kib")
+        if pss:
+            rows.append(("fork server's idle memory, no preloads", "—", "≤ 15 MiB PSS", f"{pss / 1024:.1f} MiB PSS", ok(pss <= 15 * 1024)))
+    hs, hf = r.get("heavy_subprocess"), r.get("heavy_fork")
+    if hs and hf:
+        cs, cf = hs["cpu_ms"], hf["cpu_ms"]
+        us, uf = hs["uss_mib"], hf["uss_mib"]
+        rows.append((f"CPU per run of a job importing pandas + duckdb (the run's process, p50 / max of {hf['runs']})", f"subprocess, same run: {cs['p50']:.0f} / {cs['max']:.0f} ms", "≤ 10 ms", f"fork: {cf['p50']:.1f} / {cf['max']:.1f} ms", ok(cf["p50"] <= 10)))
+        server = f" (the server holding them: {hf['server_pss_mib']:.0f} MiB PSS)" if hf.get("server_pss_mib") else ""
+        rows.append((f"memory per run of that job: the child's unique set (USS), p50 / max", f"subprocess, same run: {us['p50']:.1f} / {us['max']:.1f} MiB", "≤ 10 MiB USS", f"fork: {uf['p50']:.1f} / {uf['max']:.1f} MiB{server}", ok(uf["p50"] <= 10)))
     old_s = f"{old['processes']} processes, {old['pss_kib'] / 1024:.0f} MiB PSS ({old['rss_kib'] / 1024:.0f} MiB RSS)" if old else (anchor_note or "not measured")
     rows.append(("daemon idle memory, pyo3 interpreter loaded, 3 jobs", old_s, "≤ 24 MiB PSS", f"{idle_t['pss_kib'] / 1024:.1f} MiB PSS", ok(idle_t["pss_kib"] <= 24 * 1024)))
     rows.append(("idle wake-ups between fires (context switches/s)", "tokio-cron-scheduler: ≈ 4.2/s (issue's figure)", "≤ 0.5/s, health checks aside", f"{wakeups:.3f}/s (with the default 30 s health check: {wakeups_d:.3f}/s)", ok(wakeups <= 0.5)))
@@ -843,12 +941,20 @@ def main() -> None:
     ap.add_argument("--no-anchors", action="store_true", help="skip the venv, APScheduler, tokio-cron-scheduler and the old-system stand-in")
     ap.add_argument("--load-only", action="store_true", help="only the load runs (50 and 200 jobs); print them, leave RESULTS.md alone")
     ap.add_argument("--cluster-only", action="store_true", help="only the cluster figures (needs PostgreSQL); print them, leave RESULTS.md alone")
+    ap.add_argument("--fork-only", action="store_true", help="only the executors side by side (latency, and a pandas + duckdb job); print them, leave RESULTS.md alone")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     r: dict = {"machine": machine()}
     if args.cluster_only:
         print(json.dumps(cluster(args.seconds), indent=2))
+        return
+    if args.fork_only:
+        py, why = anchor_venv()
+        out = {e: fire_latency(e, args.seconds) for e in ("pyo3", "subprocess", "fork")}
+        if py is not None:
+            out.update({f"heavy_{e}": heavy(e, py, 20) for e in ("subprocess", "fork")})
+        print(json.dumps(out, indent=2, default=str))
         return
     r["load_50"] = load(50, args.seconds)
     r["load_200"] = load(200, args.seconds)
@@ -858,6 +964,7 @@ def main() -> None:
     r["interpreter"] = interpreter_start(30)
     r["latency_pyo3"] = fire_latency("pyo3", args.seconds)
     r["latency_subprocess"] = fire_latency("subprocess", args.seconds)
+    r["latency_fork"] = fire_latency("fork", args.seconds)
     r["idle_target"] = idle(args.seconds, "1h")
     r["idle_default"] = idle(args.seconds, "30s")
     r["status"] = status_timing(args.rows, 20)
@@ -870,6 +977,8 @@ def main() -> None:
         else:
             r["old_system"] = old_system(py)
             r["apscheduler"] = apscheduler(py, args.seconds)
+            r["heavy_subprocess"] = heavy("subprocess", py, 20)
+            r["heavy_fork"] = heavy("fork", py, 20)
         r["tcs"] = tokio_cron_scheduler(args.seconds)
     text = write_results(r, args.seconds)
     print(text)

@@ -57,6 +57,12 @@ pub(crate) fn ready_python(
     forks: &runner::ForkPool,
     renew: bool,
 ) -> Result<()> {
+    init_embedded(config, interpreter)?;
+    ready_forks(config, interpreter, forks, renew, true)
+}
+
+/// Starts the embedded interpreter if a pyo3 job needs it. Blocking.
+fn init_embedded(config: &Config, interpreter: &interpreter::Interpreter) -> Result<()> {
     #[cfg(feature = "embedded")]
     if config
         .jobs
@@ -65,7 +71,9 @@ pub(crate) fn ready_python(
     {
         python::init(config, interpreter)?;
     }
-    ready_forks(config, interpreter, forks, renew)
+    #[cfg(not(feature = "embedded"))]
+    let _ = (config, interpreter);
+    Ok(())
 }
 
 /// Starts the fork server fork jobs need (`renew`: a new one even if one runs); a preload that
@@ -75,16 +83,17 @@ fn ready_forks(
     interpreter: &interpreter::Interpreter,
     forks: &runner::ForkPool,
     renew: bool,
+    announce: bool,
 ) -> Result<()> {
     if config
         .jobs
         .iter()
         .any(|j| j.executor == config::Executor::Fork)
     {
-        let started = if renew {
-            forks.renew(config, &interpreter.path, "the config was reloaded")
-        } else {
-            forks.warm(config, &interpreter.path)
+        let started = match (renew, announce) {
+            (true, _) => forks.renew(config, &interpreter.path, "the config was reloaded"),
+            (false, true) => forks.warm(config, &interpreter.path),
+            (false, false) => forks.warm_quietly(config, &interpreter.path),
         };
         started.map_err(|e| match e {
             runner::StartError::Preload(message) => Error::Config(error::ConfigError {
@@ -114,20 +123,29 @@ pub fn run(cli: Cli) -> Result<i32> {
             let config = Config::load(&path)?;
             refuse_strict_past_coverage(&config)?;
             let interpreter = interpreter::resolve(&config, None)?;
+            // The fork server imports its preloads meanwhile, on a thread of its own (a Python
+            // start and its imports: tens of milliseconds this start-up need not wait for).
+            let forks = Arc::new(runner::ForkPool::default());
+            let warming = {
+                let (c, i, f) = (config.clone(), interpreter.clone(), Arc::clone(&forks));
+                std::thread::Builder::new()
+                    .name("fork-server-start".into())
+                    .spawn(move || ready_forks(&c, &i, &f, false, false))
+                    .map_err(|e| Error::io("cannot start a thread", e))?
+            };
             check_log_dir(&config)?;
             logging::init_daemon(&config.scheduler.log_dir, config.scheduler.log_files_kept)?;
             let mode = contain_runs(&config)?;
             tracing::info!("🔒 containment: {}", mode.describe());
             legacy_at_start(&config)?;
-            // The embedded interpreter and the fork server start here, never on an async worker.
-            let forks = Arc::new(runner::ForkPool::default());
-            ready_python(&config, &interpreter, &forks, false)?;
+            // The embedded interpreter starts here, never on an async worker.
+            init_embedded(&config, &interpreter)?;
             let rt = runtime()?;
             let outcome = rt.block_on(daemon::run(
                 config,
                 interpreter,
                 allow_config_drift,
-                Arc::clone(&forks),
+                (Arc::clone(&forks), warming),
             ));
             forks.shutdown();
             // A reload's probe still hanging is ours: it goes with us.
@@ -238,7 +256,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             interpreter::check_entries(&config, &interpreter)?;
             // The preloads are imported as the daemon would: one that starts a thread is refused.
             let forks = runner::ForkPool::default();
-            ready_forks(&config, &interpreter, &forks, false)?;
+            ready_forks(&config, &interpreter, &forks, false, true)?;
             forks.shutdown();
             let python = format!(
                 "{} (Python {})",

@@ -92,7 +92,10 @@ pub async fn run(
     config: Config,
     interpreter: Interpreter,
     allow_drift: bool,
-    forks: Arc<crate::runner::ForkPool>,
+    (forks, warming): (
+        Arc<crate::runner::ForkPool>,
+        std::thread::JoinHandle<Result<()>>,
+    ),
 ) -> Result<()> {
     let started_at = Utc::now();
     let lock = InstanceLock::acquire(
@@ -101,6 +104,12 @@ pub async fn run(
         config.calendar().tz(),
     )?;
     let recorder = Recorder::open(&config.scheduler.history, RESERVE_IDS)?;
+    // The fork server has been importing its preloads meanwhile: a preload that fails or starts
+    // a thread stops the start here, before this daemon joins a cluster or records anything.
+    warming
+        .join()
+        .map_err(|_| Error::Other("internal error: the fork server's start failed".into()))??;
+    forks.announce();
     // Cluster mode: join first, so what is recorded from here on carries the node.
     let (node, mut cluster_events, cluster_last) = if let Some(cluster) = &config.cluster {
         let (node, events) =

@@ -113,7 +113,6 @@ pub(crate) struct Server {
     routes: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
     life: Mutex<Life>,
     pongs: Mutex<Option<std_mpsc::Sender<()>>>,
-    _spawned: crate::contain::Spawned,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +148,16 @@ impl Incoming {
 }
 
 impl Server {
+    /// The console line that says a server is ready.
+    pub(crate) fn announce(&self) {
+        tracing::info!(
+            "🍴 fork server {} ready (Python {}, {} preload(s))",
+            self.pid,
+            self.python_version,
+            self.key.preload.len()
+        );
+    }
+
     /// Starts a server for `config`'s Python and waits (up to `python.probe_timeout`) until it
     /// has imported its preloads. Blocking.
     fn start(config: &Config, python: &Path) -> Result<Arc<Server>, StartError> {
@@ -237,7 +246,7 @@ impl Server {
         let reader = std::thread::Builder::new()
             .name(format!("fork-server-{pid}"))
             .stack_size(128 * 1024)
-            .spawn(move || read_loop(sock_copy, child, pid, hello_tx, slot));
+            .spawn(move || read_loop(sock_copy, (child, spawned), pid, hello_tx, slot));
         if let Err(e) = reader {
             return Err(other("thread", &e));
         }
@@ -279,7 +288,6 @@ impl Server {
             routes: Mutex::default(),
             life: Mutex::default(),
             pongs: Mutex::default(),
-            _spawned: spawned,
         });
         if let Ok(mut slot) = reader_slot.lock() {
             *slot = Some(Arc::downgrade(&server));
@@ -288,11 +296,6 @@ impl Server {
         if !crate::process::pid_alive(i64::from(pid)) || crate::process::is_zombie(pid as i32) {
             server.gone("exited right after start".to_string());
         }
-        tracing::info!(
-            "🍴 fork server {pid} ready (Python {}, {} preload(s))",
-            server.python_version,
-            server.key.preload.len()
-        );
         Ok(server)
     }
 
@@ -518,7 +521,7 @@ fn forward_output(read: OwnedFd, pid: u32) {
 /// and tells the runs still waiting.
 fn read_loop(
     sock: OwnedFd,
-    mut child: Child,
+    (mut child, spawned): (Child, crate::contain::Spawned),
     pid: u32,
     hello: std_mpsc::Sender<Incoming>,
     server: Arc<Mutex<Option<std::sync::Weak<Server>>>>,
@@ -584,6 +587,8 @@ fn read_loop(
         Ok(status) => describe_exit(status),
         Err(e) => format!("could not be waited for: {e}"),
     };
+    // Reaped: no longer a child of ours that someone waits for.
+    drop(spawned);
     crate::contain::keeper_note(&format!("-G {pid}"));
     if let Some(server) = server
         .lock()
@@ -663,6 +668,15 @@ impl ForkPool {
         config: &Config,
         python: &Path,
     ) -> Result<(Arc<Server>, Option<String>), StartError> {
+        self.get(config, python, true)
+    }
+
+    fn get(
+        &self,
+        config: &Config,
+        python: &Path,
+        announce: bool,
+    ) -> Result<(Arc<Server>, Option<String>), StartError> {
         let first = match self.check_current(config, python) {
             Ok(server) => return Ok((server, None)),
             Err(note) => note,
@@ -674,6 +688,9 @@ impl ForkPool {
             Err(note) => first.or(note),
         };
         let server = Server::start(config, python)?;
+        if announce {
+            server.announce();
+        }
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&server));
         Ok((server, note))
     }
@@ -681,6 +698,18 @@ impl ForkPool {
     /// Starts (or refreshes) the server ahead of the first run. Blocking.
     pub(crate) fn warm(&self, config: &Config, python: &Path) -> Result<(), StartError> {
         self.server(config, python).map(|_| ())
+    }
+
+    /// `warm`, saying nothing (before the daemon's log is set up); `announce` says it later.
+    pub(crate) fn warm_quietly(&self, config: &Config, python: &Path) -> Result<(), StartError> {
+        self.get(config, python, false).map(|_| ())
+    }
+
+    /// Says that the current server is ready.
+    pub(crate) fn announce(&self) {
+        if let Some(server) = self.current() {
+            server.announce();
+        }
     }
 
     /// Replaces the server now (reload, SIGHUP): the next run forks from a fresh import of
@@ -693,6 +722,7 @@ impl ForkPool {
     ) -> Result<(), StartError> {
         let _one_start = self.starting.lock().unwrap_or_else(|e| e.into_inner());
         let new = Server::start(config, python)?;
+        new.announce();
         let old = self
             .current
             .lock()
