@@ -241,10 +241,15 @@ pub struct Cage {
 impl Cage {
     /// A cgroup for run `uid`, in cgroup mode; `Ok(None)` otherwise.
     pub fn new(uid: &str) -> io::Result<Option<Cage>> {
+        Cage::named(&format!("run-{uid}"))
+    }
+
+    /// A cgroup of our runs called `name`, in cgroup mode; `Ok(None)` otherwise.
+    pub fn named(name: &str) -> io::Result<Option<Cage>> {
         let Some(Mode::Cgroup(base)) = MODE.get() else {
             return Ok(None);
         };
-        let dir = base.join(format!("run-{uid}"));
+        let dir = base.join(name);
         std::fs::create_dir(&dir)?;
         let procs = std::fs::OpenOptions::new()
             .write(true)
@@ -629,6 +634,11 @@ fn now_ticks() -> Option<u64> {
     let up = std::fs::read_to_string("/proc/uptime").ok()?;
     let secs: f64 = up.split_whitespace().next()?.parse().ok()?;
     Some((secs * clock_ticks() as f64) as u64)
+}
+
+/// When a process started, in clock ticks since boot; `None` when there is no such process.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    parent_and_start(pid).map(|(_, start)| start)
 }
 
 /// (ppid, start ticks) of a process.

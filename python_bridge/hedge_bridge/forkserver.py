@@ -10,11 +10,16 @@ The protocol is one JSON object per message (``SOCK_SEQPACKET``):
 
 - server → scheduler, once: ``{"ready": true, "pid", "python", "modules": [files]}`` or
   ``{"error": "...", "kind": "preload" | "threads"}`` (and the server exits 2);
-- scheduler → server: ``{"op": "fork", "uid", "context", "result_file", "cgroup", "env"}`` with
-  two descriptors attached (the run's stdout and stderr). The server forks and answers
-  ``{"forked": uid, "pid": pid}``. The child makes itself a process group of its own, joins the
-  run's cgroup when it has one, takes the descriptors as its stdout and stderr and runs the job as
-  ``python -m hedge_bridge`` would, then exits with the same code;
+- scheduler → server: ``{"op": "spare", "cgroup"}``: fork a child ahead of its run, which makes
+  itself a process group of its own, joins that cgroup (the slow part of starting a run) and waits;
+- scheduler → server: ``{"op": "fork", "uid", "context", "result_file", "cgroup", "env", "spare"}``
+  with three descriptors attached (the run's stdout and stderr, and the read end of its
+  go-ahead). The spare takes the run when there is one for that cgroup, else the server forks a
+  new child; it answers ``{"forked": uid, "pid": pid}`` (or ``{"refused": uid, "error"}``). The
+  child takes the descriptors as its stdout and stderr, waits for the scheduler's go-ahead (one
+  byte; the end of the pipe instead means "give up": it exits without running anything) and runs
+  the job as ``python -m hedge_bridge`` would, ending with the same exit code;
+- server → scheduler: ``{"spare_gone": true}`` when the spare died before it got a run;
 - server → scheduler, when a child ends: ``{"exit": uid, "pid", "code"}`` or ``{..., "signal"}``.
   The child is kept as a zombie (``WNOWAIT``) until the scheduler says ``{"op": "release",
   "pid"}``, so its PID and process group cannot be reused while the scheduler may still signal
@@ -63,39 +68,77 @@ def _preload(names: list[str]):
 
 
 def _project_files(roots: list[str]) -> list[str]:
-    """The source files of the imported modules under the project's folders: a change to one of
-    them means the server is out of date."""
+    """The source files of the imported modules under the project's folders (not the
+    interpreter's, not installed packages): a change to one of them means the server is out of
+    date. At most 2,000, so the list fits one message."""
+    import site
+
+    installed = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    try:
+        installed.update(site.getsitepackages())
+        installed.add(site.getusersitepackages())
+    except AttributeError:  # a virtualenv's old site.py
+        pass
+    installed = [os.path.realpath(p) + os.sep for p in installed if p]
     roots = [os.path.realpath(r) + os.sep for r in roots if r]
-    files = []
+    files = set()
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         if not path:
             continue
         real = os.path.realpath(path)
-        if any(real.startswith(r) for r in roots):
-            files.append(real)
-    return sorted(set(files))
+        if any(real.startswith(r) for r in roots) and not any(real.startswith(p) for p in installed):
+            files.add(real)
+    return sorted(files)[:2000]
 
 
-def _child(sock, wake_r, wake_w, message: dict, out: int, err: int) -> None:
-    """In the forked child: never returns."""
+def _reset_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _join_cgroup(cgroup) -> None:
+    if cgroup:
+        fd = os.open(os.path.join(cgroup, "cgroup.procs"), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
+def _exit(code) -> None:
+    """Ends the child as ``python -m hedge_bridge`` ends: the job's non-daemon threads waited
+    for, its ``atexit`` handlers run (the server's were dropped at the fork), output flushed."""
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        code = 1
+    try:
+        threading._shutdown()
+    except BaseException:  # noqa: BLE001
+        pass
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    os._exit(code & 0xFF)
+
+
+def _run(message: dict, fds: list) -> None:
+    """In a child: takes the run's descriptors (stdout, stderr, the go-ahead), waits for the
+    scheduler's go-ahead and runs the job. Never returns."""
     code = 1
     try:
-        os.setpgid(0, 0)
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        cgroup = message.get("cgroup")
-        if cgroup:
-            fd = os.open(os.path.join(cgroup, "cgroup.procs"), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-        sock.close()
-        os.close(wake_r)
-        os.close(wake_w)
+        out, err, gate = fds
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -103,12 +146,26 @@ def _child(sock, wake_r, wake_w, message: dict, out: int, err: int) -> None:
         os.dup2(err, 2)
         os.close(out)
         os.close(err)
+        _join_cgroup(message.get("cgroup"))
+        # Nothing of the job runs before the scheduler knows this process is the run's: a run it
+        # gave up on (no answer in time) closes the go-ahead instead.
+        go = os.read(gate, 1)
+        os.close(gate)
+        if go != b"g":
+            os._exit(0)
         os.environ.update(message.get("env") or {})
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            # A fork copies numpy's global generator too: each run draws its own numbers.
+            try:
+                numpy.random.seed()
+            except BaseException:  # noqa: BLE001
+                pass
         from hedge_bridge.__main__ import run
 
         code = run(message["context"], message.get("result_file"))
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = exc.code
     except BaseException:  # noqa: BLE001 - the child must end here, whatever happened
         import traceback
 
@@ -117,13 +174,37 @@ def _child(sock, wake_r, wake_w, message: dict, out: int, err: int) -> None:
         except BaseException:  # noqa: BLE001
             pass
         code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:  # noqa: BLE001
-                pass
-        os._exit(code & 0xFF if isinstance(code, int) else 1)
+    _exit(code)
+
+
+def _forked_child(sock, wake_r, wake_w) -> None:
+    """The first steps of any child: a process group of its own, default signals, none of the
+    server's descriptors, none of the server's exit handlers."""
+    os.setpgid(0, 0)
+    _reset_signals()
+    sock.close()
+    os.close(wake_r)
+    os.close(wake_w)
+    import atexit
+
+    atexit._clear()
+
+
+def _spare(sock, wake_r, wake_w, private, cgroup) -> None:
+    """A child forked ahead of its run, already in the cgroup the run will use (joining one is the
+    slow part of starting a run): waits for its run on ``private``. Never returns."""
+    try:
+        _forked_child(sock, wake_r, wake_w)
+        _join_cgroup(cgroup)
+        data, fds, _flags, _addr = socket.recv_fds(private, MAX_MESSAGE, 3)
+        private.close()
+        if not data or len(fds) != 3:
+            os._exit(0)
+        message = json.loads(data)
+        message["cgroup"] = None  # joined already
+    except BaseException:  # noqa: BLE001
+        os._exit(1)
+    _run(message, fds)
 
 
 def _ended(pid: int):
@@ -139,15 +220,47 @@ def _ended(pid: int):
     return {"signal": info.si_status, "core": info.si_code == os.CLD_DUMPED}
 
 
+def _reap(pid: int) -> bool:
+    """Reaps ``pid`` if it has ended; true when it is gone."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done != 0
+
+
+def _close_all(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def serve(sock: socket.socket) -> int:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     # A handler (not SIG_IGN, which would reap the children at once) so SIGCHLD wakes the poll.
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    running: dict[int, str] = {}
+    running = {}  # pid -> uid: children whose exit is still to be told
+    released = set()  # children the scheduler is done with, reaped as soon as they end
+    spare = None  # (pid, the socket its run comes on, its cgroup)
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
+
+    def fork_fresh(message, fds):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _forked_child(sock, wake_r, wake_w)
+                if spare is not None:
+                    spare[1].close()
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+            _run(message, fds)
+        return pid
+
     while True:
         try:
             events = poller.poll()
@@ -162,44 +275,88 @@ def serve(sock: socket.socket) -> int:
                     pass
                 continue
             try:
-                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 2)
-            except (ConnectionResetError, OSError):
+                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 3)
+            except OSError:
                 return 0
             if not data:
                 return 0
             message = json.loads(data)
             op = message.get("op")
             if op == "fork":
-                if len(fds) != 2:
-                    for fd_ in fds:
-                        os.close(fd_)
-                    _send(sock, {"refused": message.get("uid"), "error": "two descriptors expected"})
+                uid = message.get("uid")
+                if len(fds) != 3:
+                    _close_all(fds)
+                    _send(sock, {"refused": uid, "error": "three descriptors expected"})
                     continue
                 sys.stdout.flush()
                 sys.stderr.flush()
-                pid = os.fork()
+                pid = None
+                if spare is not None and message.get("spare") and spare[2] == message.get("cgroup"):
+                    spare_pid, private, _cgroup = spare
+                    spare = None
+                    try:
+                        socket.send_fds(private, [json.dumps(message).encode()], fds)
+                        pid = spare_pid
+                    except OSError:
+                        pass
+                    private.close()
+                if pid is None:
+                    try:
+                        pid = fork_fresh(message, fds)
+                    except OSError as exc:
+                        _close_all(fds)
+                        _send(sock, {"refused": uid, "error": f"fork failed: {exc}"})
+                        continue
+                _close_all(fds)
+                try:
+                    os.setpgid(pid, pid)
+                except OSError:
+                    pass
+                running[pid] = uid
+                _send(sock, {"forked": uid, "pid": pid})
+            elif op == "spare":
+                _close_all(fds)
+                if spare is not None:
+                    continue
+                private, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    pid = os.fork()
+                except OSError:
+                    private.close()
+                    theirs.close()
+                    _send(sock, {"spare_gone": True})
+                    continue
                 if pid == 0:
-                    _child(sock, wake_r, wake_w, message, fds[0], fds[1])
-                for fd_ in fds:
-                    os.close(fd_)
-                running[pid] = message["uid"]
-                _send(sock, {"forked": message["uid"], "pid": pid})
+                    private.close()
+                    _spare(sock, wake_r, wake_w, theirs, message.get("cgroup"))
+                theirs.close()
+                try:
+                    os.setpgid(pid, pid)
+                except OSError:
+                    pass
+                spare = (pid, private, message.get("cgroup"))
             elif op == "release":
                 pid = int(message["pid"])
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
+                if pid not in running and not _reap(pid):
+                    released.add(pid)
+                elif pid in running:
+                    released.add(pid)
             elif op == "ping":
                 _send(sock, {"pong": True, "children": len(running)})
             else:
-                for fd_ in fds:
-                    os.close(fd_)
+                _close_all(fds)
         for pid in list(running):
             how = _ended(pid)
             if how is not None:
                 uid = running.pop(pid)
                 _send(sock, {"exit": uid, "pid": pid, **how})
+        for pid in list(released):
+            if pid not in running and _reap(pid):
+                released.discard(pid)
+        if spare is not None and _reap(spare[0]):
+            spare[1].close()
+            spare = None
+            _send(sock, {"spare_gone": True})
 
 
 def main() -> int:

@@ -110,6 +110,8 @@ pub async fn run(
         .join()
         .map_err(|_| Error::Other("internal error: the fork server's start failed".into()))??;
     forks.announce();
+    // Containment is set up now: the first run's child can be forked ahead, into its cgroup.
+    forks.spare();
     // Cluster mode: join first, so what is recorded from here on carries the node.
     let (node, mut cluster_events, cluster_last) = if let Some(cluster) = &config.cluster {
         let (node, events) =

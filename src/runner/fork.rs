@@ -49,20 +49,30 @@ pub(super) async fn run_forked(
             return Ok(exec);
         }
     };
-    let cage = match crate::contain::Cage::new(uid) {
-        Ok(cage) => cage,
-        Err(e) => {
-            log.note(&format!(
-                "no cgroup for this run ({e}): contained by its process group"
-            ));
-            None
-        }
+    // The spare child, forked ahead and already in its cgroup, takes the run if there is one;
+    // else a child is forked now, into a cgroup made now.
+    let (spare, cage) = match server.take_spare() {
+        Some(cage) => (true, cage),
+        None => match crate::contain::Cage::new(uid) {
+            Ok(cage) => (false, cage),
+            Err(e) => {
+                log.note(&format!(
+                    "no cgroup for this run ({e}): contained by its process group"
+                ));
+                (false, None)
+            }
+        },
     };
-    let pipes = (|| -> std::io::Result<((OwnedFd, OwnedFd), (OwnedFd, OwnedFd))> {
+    type Pipe = (OwnedFd, OwnedFd);
+    let pipes = (|| -> std::io::Result<(Pipe, Pipe, Pipe)> {
         let flags = nix::fcntl::OFlag::O_CLOEXEC;
-        Ok((nix::unistd::pipe2(flags)?, nix::unistd::pipe2(flags)?))
+        Ok((
+            nix::unistd::pipe2(flags)?,
+            nix::unistd::pipe2(flags)?,
+            nix::unistd::pipe2(flags)?,
+        ))
     })();
-    let ((out_r, out_w), (err_r, err_w)) = match pipes {
+    let ((out_r, out_w), (err_r, err_w), (gate_r, gate_w)) = match pipes {
         Ok(p) => p,
         Err(e) => {
             let msg = format!("cannot make the run's output pipes: {e}");
@@ -90,13 +100,15 @@ pub(super) async fn run_forked(
         "result_file": result_file,
         "cgroup": cage.as_ref().map(|c| c.dir()),
         "env": child_env,
+        "spare": spare,
     });
     let mut rx = server
-        .fork(uid, request, &out_w, &err_w)
+        .fork(uid, request, [&out_w, &err_w, &gate_r])
         .map_err(NotForked)?;
     // Only the child holds the write ends now: the pipes end when it (and what it started) ends.
     drop(out_w);
     drop(err_w);
+    drop(gate_r);
     let pid = match tokio::time::timeout(FORK_REPLY, rx.recv()).await {
         Ok(Some(Msg::Forked(pid))) if pid > 1 => pid,
         Ok(Some(Msg::Refused(why))) => {
@@ -125,12 +137,25 @@ pub(super) async fn run_forked(
             )));
         }
     };
-    // From here on the child is ours to end, and the server's zombie keeps its PID ours.
+    // From here on the child is ours to end, and the server's zombie keeps its PID ours. The
+    // go-ahead lets it run the job; a run given up before this point closed it instead, and its
+    // child exited without running anything.
     let mut release = Release {
         server: Arc::clone(server),
         uid: uid.to_string(),
         pid: Some(pid),
     };
+    let leader = Leader {
+        pid,
+        born: i32::try_from(pid)
+            .ok()
+            .and_then(crate::contain::start_ticks),
+    };
+    let _ = nix::unistd::write(&gate_w, b"g");
+    drop(gate_w);
+    // The next run's spare, forked while this one runs.
+    let next = Arc::clone(server);
+    drop(tokio::task::spawn_blocking(move || next.prepare_spare()));
     log.note(&format!(
         "process group {pid} (forked by fork server {})",
         server.pid
@@ -166,26 +191,26 @@ pub(super) async fn run_forked(
     let grace = env.config.scheduler.kill_grace;
     let deadline = tokio::time::Instant::now() + job.timeout;
     exec.ended = tokio::select! {
-        status = exited(&mut rx, pid) => Ended::Exited(status),
+        status = exited(&mut rx, &leader) => Ended::Exited(status),
         _ = tokio::time::sleep_until(deadline) => {
             log.note(&format!("timeout after {}: ending process group {pid}", humantime::format_duration(job.timeout)));
-            Ended::TimedOut(end_group(&mut rx, pid, grace).await)
+            Ended::TimedOut(end_group(&mut rx, &leader, grace).await)
         },
         reason = cancelled(cancel) => {
             log.note(&format!("cancelled ({reason}): ending process group {pid}"));
-            Ended::Cancelled(end_group(&mut rx, pid, grace).await, reason)
+            Ended::Cancelled(end_group(&mut rx, &leader, grace).await, reason)
         },
         Ok(()) = over_rx.changed() => {
             let rss = over_rx.borrow().unwrap_or_default();
             log.note(&format!("memory {} is over max_memory: ending process group {pid}", crate::fmt::bytes(rss)));
-            Ended::OverMemory(end_group(&mut rx, pid, grace).await, rss)
+            Ended::OverMemory(end_group(&mut rx, &leader, grace).await, rss)
         },
     };
     sampler.abort();
     exec.usage = usage.lock().ok().map(|u| u.clone());
     // Nothing outlives a run: what the job left in its group, what carries its tag, what is in
     // its cgroup.
-    if process::terminate(process::Target::Group(pid), grace).await {
+    if leader.ours() && process::terminate(process::Target::Group(pid), grace).await {
         log.note("ended processes the job left running in its group");
     }
     let escaped = process::tagged_processes(uid).len();
@@ -247,12 +272,31 @@ fn receiver(fd: OwnedFd) -> Option<tokio::net::unix::pipe::Receiver> {
     tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()
 }
 
+/// A run's child: its PID (its process group's number) and when it started.
+struct Leader {
+    pid: u32,
+    born: Option<u64>,
+}
+
+impl Leader {
+    /// Whether the group's number is still the run's. While the server holds the child (alive or
+    /// a zombie) it is; after the server died, the child may have been reaped by another and its
+    /// number given to a new process: a process by that number born at another time is not ours.
+    /// (A group's number is not given out again while the group has a member.)
+    fn ours(&self) -> bool {
+        let now = i32::try_from(self.pid)
+            .ok()
+            .and_then(crate::contain::start_ticks);
+        now.is_none() || now == self.born
+    }
+}
+
 /// The child's exit status, as its server reports it. If the server dies first, the child is
 /// no longer its (nor anyone's to report): its exit is seen when its group has no live process,
 /// and its status is unknown.
 async fn exited(
     rx: &mut mpsc::UnboundedReceiver<Msg>,
-    pid: u32,
+    leader: &Leader,
 ) -> Option<std::process::ExitStatus> {
     loop {
         match rx.recv().await {
@@ -261,7 +305,7 @@ async fn exited(
             Some(_) => continue,
         }
     }
-    while process::group_alive(pid) {
+    while leader.ours() && process::group_alive(leader.pid) {
         tokio::time::sleep(ORPHAN_POLL).await;
     }
     None
@@ -270,16 +314,20 @@ async fn exited(
 /// Ends the child's group: SIGTERM, up to `grace` for the child to exit, then SIGKILL.
 async fn end_group(
     rx: &mut mpsc::UnboundedReceiver<Msg>,
-    pid: u32,
+    leader: &Leader,
     grace: Duration,
 ) -> Option<std::process::ExitStatus> {
     use nix::sys::signal::Signal;
-    process::signal_group(pid, Signal::SIGTERM);
-    if let Ok(status) = tokio::time::timeout(grace, exited(rx, pid)).await {
+    if leader.ours() {
+        process::signal_group(leader.pid, Signal::SIGTERM);
+    }
+    if let Ok(status) = tokio::time::timeout(grace, exited(rx, leader)).await {
         return status;
     }
-    process::signal_group(pid, Signal::SIGKILL);
-    tokio::time::timeout(Duration::from_secs(5), exited(rx, pid))
+    if leader.ours() {
+        process::signal_group(leader.pid, Signal::SIGKILL);
+    }
+    tokio::time::timeout(Duration::from_secs(5), exited(rx, leader))
         .await
         .ok()
         .flatten()

@@ -31,8 +31,9 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 
-/// The longest message a server sends.
-const MAX_MESSAGE: usize = 64 * 1024;
+/// The longest message a server sends (its ready message lists the project's files it imported,
+/// at most 2,000).
+const MAX_MESSAGE: usize = 256 * 1024;
 
 /// What the server says about one run.
 #[derive(Debug)]
@@ -113,6 +114,9 @@ pub(crate) struct Server {
     routes: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
     life: Mutex<Life>,
     pongs: Mutex<Option<std_mpsc::Sender<()>>>,
+    /// The child forked ahead of the next run, already in its cgroup (`None` inside: no cgroups
+    /// here); `None` while there is none.
+    spare: Mutex<Option<Option<crate::contain::Cage>>>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +136,7 @@ struct Incoming {
     core: bool,
     refused: Option<String>,
     pong: Option<bool>,
+    spare_gone: Option<bool>,
 }
 
 impl Incoming {
@@ -288,6 +293,7 @@ impl Server {
             routes: Mutex::default(),
             life: Mutex::default(),
             pongs: Mutex::default(),
+            spare: Mutex::default(),
         });
         if let Ok(mut slot) = reader_slot.lock() {
             *slot = Some(Arc::downgrade(&server));
@@ -325,8 +331,7 @@ impl Server {
         &self,
         uid: &str,
         request: serde_json::Value,
-        out: &OwnedFd,
-        err: &OwnedFd,
+        [out, err, gate]: [&OwnedFd; 3],
     ) -> Result<mpsc::UnboundedReceiver<Msg>, String> {
         let (tx, rx) = mpsc::unbounded_channel();
         {
@@ -341,7 +346,11 @@ impl Server {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(uid.to_string(), tx);
-        let fds = [out.as_fd().as_raw_fd(), err.as_fd().as_raw_fd()];
+        let fds = [
+            out.as_fd().as_raw_fd(),
+            err.as_fd().as_raw_fd(),
+            gate.as_fd().as_raw_fd(),
+        ];
         if let Err(e) = self.send(&request, &fds) {
             self.routes
                 .lock()
@@ -351,6 +360,44 @@ impl Server {
             return Err(format!("cannot reach the fork server: {e}"));
         }
         Ok(rx)
+    }
+
+    /// Has a child forked ahead of the next run, in a cgroup of its own, unless there is one (or
+    /// containment is not set up yet). Blocking (makes a cgroup).
+    pub(crate) fn prepare_spare(&self) {
+        if crate::contain::mode().is_none() || !self.usable() {
+            return;
+        }
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.is_some() {
+            return;
+        }
+        let cage =
+            match crate::contain::Cage::named(&format!("spare-{}", crate::history::new_uid())) {
+                Ok(cage) => cage,
+                Err(e) => {
+                    tracing::warn!("🍴 no cgroup for a spare fork child: {e}");
+                    return;
+                }
+            };
+        let cgroup = cage.as_ref().map(|c| c.dir().display().to_string());
+        if self
+            .send(&serde_json::json!({"op": "spare", "cgroup": cgroup}), &[])
+            .is_ok()
+        {
+            *spare = Some(cage);
+        }
+    }
+
+    /// The spare's cgroup, taken for a run (`Some(None)`: a spare without cgroups).
+    pub(crate) fn take_spare(&self) -> Option<Option<crate::contain::Cage>> {
+        self.spare.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The spare is gone (died, or its server did): its cgroup goes. Blocking.
+    fn drop_spare(&self) {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(spare);
     }
 
     /// Lets the server reap child `pid` of run `uid`, and forget the run.
@@ -445,9 +492,9 @@ impl Server {
                 "it has served {forks} runs (`python.fork_max_runs`)"
             ));
         }
-        if Key::of(config, python) != self.key {
-            return Some("the config's Python settings changed".to_string());
-        }
+        // A change of the Python settings comes with a reload, which renews the server: a
+        // run still holding the old config must not retire the new one.
+        let _ = python;
         let rss = rss_bytes(self.pid);
         if rss > config.python.fork_max_memory {
             return Some(format!(
@@ -552,6 +599,10 @@ fn read_loop(
         else {
             continue;
         };
+        if msg.spare_gone.is_some() {
+            server.drop_spare();
+            continue;
+        }
         if msg.pong.is_some() {
             if let Some(tx) = server
                 .pongs
@@ -606,6 +657,7 @@ fn read_loop(
             tracing::warn!("🍴 fork server {pid} {why}");
         }
         server.gone(why);
+        server.drop_spare();
     }
 }
 
@@ -678,7 +730,10 @@ impl ForkPool {
         announce: bool,
     ) -> Result<(Arc<Server>, Option<String>), StartError> {
         let first = match self.check_current(config, python) {
-            Ok(server) => return Ok((server, None)),
+            Ok(server) => {
+                server.prepare_spare();
+                return Ok((server, None));
+            }
             Err(note) => note,
         };
         let _one_start = self.starting.lock().unwrap_or_else(|e| e.into_inner());
@@ -691,6 +746,7 @@ impl ForkPool {
         if announce {
             server.announce();
         }
+        server.prepare_spare();
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&server));
         Ok((server, note))
     }
@@ -767,6 +823,13 @@ impl ForkPool {
             .as_ref()
             .filter(|s| s.dead().is_none())
             .map(|s| s.pid)
+    }
+
+    /// Has the current server fork a child ahead of the next run. Blocking.
+    pub(crate) fn spare(&self) {
+        if let Some(server) = self.current() {
+            server.prepare_spare();
+        }
     }
 
     /// Retires every server (the daemon stops).
