@@ -264,6 +264,16 @@ pub fn run(cli: Cli) -> Result<i32> {
                 interpreter.version
             );
             print!("{}", status::render_config(&config, &python, Utc::now()));
+            if config
+                .jobs
+                .iter()
+                .any(|j| j.executor == config::Executor::Fork)
+            {
+                println!(
+                    "🍴 fork server: started, {} preload(s) imported, no thread running after them",
+                    config.python.preload.len()
+                );
+            }
             for w in cluster_data_warnings(&config) {
                 println!("⚠️  {w}");
             }

@@ -479,6 +479,14 @@ impl Server {
             .clone()
     }
 
+    fn retiring(&self) -> Option<String> {
+        self.life
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retiring
+            .clone()
+    }
+
     fn usable(&self) -> bool {
         let life = self.life.lock().unwrap_or_else(|e| e.into_inner());
         life.dead.is_none() && life.retiring.is_none()
@@ -694,15 +702,12 @@ impl ForkPool {
         let Some(server) = self.current() else {
             return Err(None);
         };
+        if let Some(why) = server.retiring() {
+            return Err(Some(format!("fork server {} replaced: {why}", server.pid)));
+        }
         if let Some(why) = server.dead() {
             return Err(Some(format!(
                 "the fork server {} {why}: started a new one",
-                server.pid
-            )));
-        }
-        if !server.usable() {
-            return Err(Some(format!(
-                "fork server {} retired: started a new one",
                 server.pid
             )));
         }

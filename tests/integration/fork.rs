@@ -534,3 +534,76 @@ fn without_the_embedded_feature_no_libpython_is_linked_and_a_pyo3_job_is_a_confi
         }
     }
 }
+
+#[test]
+fn fork_server_that_hangs_is_killed_and_the_run_goes_on_from_a_new_one() {
+    let p = Project::new();
+    let witness = p.path().join("witness.log");
+    config_with_python(
+        &p,
+        "preload = [\"fixture_jobs\"]",
+        &job("ok", "witness", &format!("args = {{ file = {witness:?} }}")),
+    );
+    let daemon = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || !fork_servers(
+            &p.daemon_output()
+        )
+        .is_empty()
+            && p.log_dir().join("control.sock").exists()),
+        "{}",
+        p.daemon_output()
+    );
+    let server = fork_servers(&p.daemon_output())[0];
+    // Frozen: it takes requests into its socket and never answers.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), Signal::SIGSTOP).unwrap();
+    let ok = trigger_and_wait(&p, "ok", 1);
+    assert_eq!(ok["outcome"], "success", "{ok}");
+    assert_eq!(ok["executor"], "fork", "{ok}");
+    let log = std::fs::read_to_string(p.log_dir().join("jobs/ok.log")).unwrap();
+    assert!(log.contains("did not answer"), "{log}");
+    assert!(
+        wait_until(Duration::from_secs(5), || !pid_alive(server)),
+        "the hung server was not ended"
+    );
+    let servers = fork_servers(&p.daemon_output());
+    assert_eq!(servers.len(), 2, "{}", p.daemon_output());
+    assert!(pid_alive(servers[1]));
+    // Exactly one execution, by the job's own record: the request the frozen server held was
+    // never run.
+    assert_eq!(runs_of(&p, "ok").len(), 1);
+    let started: Vec<String> = lines(&witness)
+        .into_iter()
+        .filter(|l| l.starts_with("start"))
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    stop(daemon);
+}
+
+#[test]
+fn fork_server_over_fork_max_memory_is_replaced_before_the_next_run() {
+    let p = Project::new();
+    let imports = p.path().join("imports.log");
+    config_with_python(
+        &p,
+        "preload = [\"fixture_jobs\"]\nfork_max_memory = \"1MiB\"",
+        &job("ok", "counter", ""),
+    );
+    let daemon = p.spawn_daemon_with(&[], |c| {
+        c.env("FIXTURE_IMPORT_LOG", &imports);
+    });
+    assert!(
+        wait_until(Duration::from_secs(20), || lines(&imports).len() == 1
+            && p.log_dir().join("control.sock").exists()),
+        "{}",
+        p.daemon_output()
+    );
+    // Any interpreter is over 1 MiB: each run comes from a server started for it.
+    for n in 1..=2 {
+        assert_eq!(trigger_and_wait(&p, "ok", n)["outcome"], "success");
+    }
+    let log = std::fs::read_to_string(p.log_dir().join("jobs/ok.log")).unwrap();
+    assert!(log.contains("python.fork_max_memory"), "{log}");
+    assert!(lines(&imports).len() >= 3, "{:?}", lines(&imports));
+    stop(daemon);
+}
