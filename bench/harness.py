@@ -364,6 +364,19 @@ market_hours = false
 # --- our figures --------------------------------------------------------------------------------
 
 
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
 def fork_server_pid(daemon_pid: int) -> int | None:
     """The daemon's fork server: its child running `hedge_bridge.forkserver`."""
     for entry in Path("/proc").iterdir():
@@ -404,8 +417,11 @@ executor = "{executor}"
     window_end = dt.datetime.now(dt.timezone.utc)
     server = fork_server_pid(d.proc.pid) if executor == "fork" else None
     server_pss = pss_kib(server) if server else None
+    # The server keeps one child forked ahead of the next run (its spare): counted with it.
+    spare_pss = sum(pss_kib(c) for c in children(server)) if server else None
     usage = d.stop()
     usage["server_pss_kib"] = server_pss
+    usage["spare_pss_kib"] = spare_pss
     rows = [r for r in history_rows(config) if r["trigger"] == "schedule" and r["outcome"] == "success"]
     in_window = [r for r in rows if window_start <= parse_time(r["started_at"]) <= window_end]
     usage["window"] = {
@@ -864,8 +880,9 @@ def write_results(r: dict, seconds: int) -> str:
         e = lat_f["entered_ms"]
         rows.append(("fire latency, fork no-op (entered − scheduled), p50 / p99 / max", f"same run: subprocess {ms(lat_s)}; pyo3 {ms(lat_p)}", "p50 ≤ 3 ms, p99 ≤ 10 ms", ms(e), ok(e["p50"] <= 3 and e["p99"] <= 10)))
         pss = lat_f["usage"].get("server_pss_kib")
+        spare = lat_f["usage"].get("spare_pss_kib") or 0
         if pss:
-            rows.append(("fork server's idle memory, no preloads", "—", "≤ 15 MiB PSS", f"{pss / 1024:.1f} MiB PSS", ok(pss <= 15 * 1024)))
+            rows.append(("fork server's idle memory, no preloads (with the spare child it keeps forked ahead)", "—", "≤ 15 MiB PSS", f"{(pss + spare) / 1024:.1f} MiB PSS (server {pss / 1024:.1f}, spare {spare / 1024:.1f})", ok(pss + spare <= 15 * 1024)))
     hs, hf = r.get("heavy_subprocess"), r.get("heavy_fork")
     if hs and hf:
         cs, cf = hs["cpu_ms"], hf["cpu_ms"]

@@ -2,7 +2,6 @@
 //! its own, treated from then on as a subprocess run is: its output pumped into the job's log,
 //! its tree sampled, a timeout ending its group (SIGTERM, grace, SIGKILL), nothing left after it.
 
-use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,15 +12,13 @@ use crate::config::Job;
 use crate::process;
 
 use super::forkserver::{Msg, Server};
-use super::subprocess::{STDERR_TAIL, pump, sample};
+use super::subprocess::{Pumps, end_leftovers, sample};
 use super::*;
 
 /// How long the server may take to say it forked.
 const FORK_REPLY: Duration = Duration::from_secs(5);
 /// How often a child whose server died is looked at (its exit cannot be told any more).
 const ORPHAN_POLL: Duration = Duration::from_millis(100);
-/// How long the output is read after the run has ended, whoever else holds the pipe.
-const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
 
 /// Why a fork run could not be made: the caller falls back to a plain subprocess.
 pub(super) struct NotForked(pub(super) String);
@@ -172,18 +169,7 @@ pub(super) async fn run_forked(
         });
     }
 
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
-    let pumps = [
-        receiver(out_r).map(|out| tokio::spawn(pump(out, Arc::clone(log), "stdout", None))),
-        receiver(err_r).map(|err| {
-            tokio::spawn(pump(
-                err,
-                Arc::clone(log),
-                "stderr",
-                Some(Arc::clone(&tail)),
-            ))
-        }),
-    ];
+    let pumps = Pumps::start(receiver(out_r), receiver(err_r), log);
 
     let usage = Arc::new(Mutex::new(process::TreeUsage::default()));
     let (over_tx, mut over_rx) = watch::channel::<Option<u64>>(None);
@@ -208,42 +194,12 @@ pub(super) async fn run_forked(
     };
     sampler.abort();
     exec.usage = usage.lock().ok().map(|u| u.clone());
-    // Nothing outlives a run: what the job left in its group, what carries its tag, what is in
-    // its cgroup.
-    if leader.ours() && process::terminate(process::Target::Group(pid), grace).await {
-        log.note("ended processes the job left running in its group");
-    }
-    let escaped = process::tagged_processes(uid).len();
-    if process::terminate(process::Target::Tagged(uid), grace).await {
-        log.note(&format!(
-            "ended {escaped} process(es) that left the job's group"
-        ));
-    }
-    if let Some(cage) = &cage {
-        let left = crate::contain::cgroup_pids(cage.dir()).len();
-        if process::terminate(process::Target::Cgroup(cage.dir()), grace).await {
-            log.note(&format!(
-                "ended {left} process(es) left in the run's cgroup (a new session, a double fork)"
-            ));
-        }
-    }
-    // The group is empty: the server may reap the child now.
+    // Nothing outlives a run; then the group is empty, and the server may reap the child.
+    end_leftovers(leader.ours().then_some(pid), uid, cage.as_ref(), grace, log).await;
     release.now();
     drop(cage);
-    for pump in pumps.into_iter().flatten() {
-        let abort = pump.abort_handle();
-        if tokio::time::timeout(OUTPUT_DRAIN, pump).await.is_err() {
-            abort.abort();
-            log.note(
-                "output still held open by another process after the run ended: stopped reading it",
-            );
-        }
-    }
+    exec.stderr_tail = pumps.drain(log).await;
     exec.bridge = take_result(&result_file);
-    exec.stderr_tail = tail
-        .lock()
-        .map(|t| t.iter().cloned().collect())
-        .unwrap_or_default();
     Ok(exec)
 }
 
@@ -346,58 +302,52 @@ pub(super) async fn run_fork(
     cancel: &mut watch::Receiver<Option<String>>,
     events: &Option<mpsc::UnboundedSender<RunEvent>>,
 ) -> Execution {
-    let why = match first {
-        Ok((server, note)) => {
-            if let Some(note) = note {
-                log.note(&note);
-            }
-            match run_forked(
-                env,
-                &server,
-                job,
-                (run_id, uid),
-                context,
-                log,
-                cancel,
-                events,
-            )
-            .await
-            {
-                Ok(exec) => return exec,
-                Err(NotForked(why)) => {
-                    // Once more, from a new server.
-                    log.note(&format!("{why}: starting a new fork server"));
-                    let env2 = env.clone();
-                    let again = tokio::task::spawn_blocking(move || {
-                        env2.forks.server(&env2.config, &env2.python)
+    // The server given, else (once) a new one.
+    let mut why = String::new();
+    let mut next = Some(first);
+    for attempt in 0..2 {
+        let got = match next.take() {
+            Some(got) => got,
+            None => {
+                let env2 = env.clone();
+                tokio::task::spawn_blocking(move || env2.forks.server(&env2.config, &env2.python))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(super::StartError::Other(format!("internal error: {e}")))
                     })
-                    .await;
-                    match again {
-                        Ok(Ok((server, _))) => {
-                            match run_forked(
-                                env,
-                                &server,
-                                job,
-                                (run_id, uid),
-                                context,
-                                log,
-                                cancel,
-                                events,
-                            )
-                            .await
-                            {
-                                Ok(exec) => return exec,
-                                Err(NotForked(why)) => why,
-                            }
-                        }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => format!("internal error: {e}"),
-                    }
+            }
+        };
+        let (server, note) = match got {
+            Ok(got) => got,
+            Err(e) => {
+                why = e.to_string();
+                break;
+            }
+        };
+        if let Some(note) = note {
+            log.note(&note);
+        }
+        match run_forked(
+            env,
+            &server,
+            job,
+            (run_id, uid),
+            context,
+            log,
+            cancel,
+            events,
+        )
+        .await
+        {
+            Ok(exec) => return exec,
+            Err(NotForked(not)) => {
+                if attempt == 0 {
+                    log.note(&format!("{not}: starting a new fork server"));
                 }
+                why = not;
             }
         }
-        Err(e) => e.to_string(),
-    };
+    }
     log.note(&format!(
         "no fork server ({why}): running as a plain subprocess"
     ));

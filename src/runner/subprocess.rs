@@ -131,21 +131,7 @@ pub(super) async fn run_subprocess(
         });
     }
 
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
-    let pumps = [
-        child
-            .stdout
-            .take()
-            .map(|out| tokio::spawn(pump(out, Arc::clone(log), "stdout", None))),
-        child.stderr.take().map(|err| {
-            tokio::spawn(pump(
-                err,
-                Arc::clone(log),
-                "stderr",
-                Some(Arc::clone(&tail)),
-            ))
-        }),
-    ];
+    let pumps = Pumps::start(child.stdout.take(), child.stderr.take(), log);
 
     let usage = Arc::new(Mutex::new(process::TreeUsage::default()));
     let (over_tx, mut over_rx) = watch::channel::<Option<u64>>(None);
@@ -176,9 +162,26 @@ pub(super) async fn run_subprocess(
     };
     sampler.abort();
     exec.usage = usage.lock().ok().map(|u| u.clone());
-    // Nothing outlives a run: what the job left in its group, and anything that carries the
-    // run's tag after leaving the group (a new session, a double fork).
-    if process::terminate(process::Target::Group(pid), grace).await {
+    end_leftovers(Some(pid), tag, cage.as_ref(), grace, log).await;
+    drop(cage);
+    exec.stderr_tail = pumps.drain(log).await;
+    exec.bridge = take_result(&result_file);
+    exec
+}
+
+/// Nothing outlives a run: what the job left in its process group (`group`: `None` when the
+/// number may no longer be the run's), anything that carries the run's tag after leaving the
+/// group (a new session, a double fork), and whatever is in its cgroup.
+pub(super) async fn end_leftovers(
+    group: Option<u32>,
+    tag: &str,
+    cage: Option<&crate::contain::Cage>,
+    grace: Duration,
+    log: &JobLog,
+) {
+    if let Some(pid) = group
+        && process::terminate(process::Target::Group(pid), grace).await
+    {
         log.note("ended processes the job left running in its group");
     }
     let escaped = process::tagged_processes(tag).len();
@@ -187,7 +190,7 @@ pub(super) async fn run_subprocess(
             "ended {escaped} process(es) that left the job's group"
         ));
     }
-    if let Some(cage) = &cage {
+    if let Some(cage) = cage {
         let left = crate::contain::cgroup_pids(cage.dir()).len();
         if process::terminate(process::Target::Cgroup(cage.dir()), grace).await {
             log.note(&format!(
@@ -195,23 +198,53 @@ pub(super) async fn run_subprocess(
             ));
         }
     }
-    drop(cage);
-    for pump in pumps.into_iter().flatten() {
-        // A process we could not end may hold the pipe open: the run does not wait on it.
-        let abort = pump.abort_handle();
-        if tokio::time::timeout(OUTPUT_DRAIN, pump).await.is_err() {
-            abort.abort();
-            log.note(
-                "output still held open by another process after the run ended: stopped reading it",
-            );
-        }
+}
+
+/// A run's output, read into its log as it comes: stdout, and stderr (whose last lines are kept
+/// to explain a failure).
+pub(super) struct Pumps {
+    handles: [Option<tokio::task::JoinHandle<()>>; 2],
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Pumps {
+    pub(super) fn start(
+        out: Option<impl AsyncRead + Unpin + Send + 'static>,
+        err: Option<impl AsyncRead + Unpin + Send + 'static>,
+        log: &Arc<JobLog>,
+    ) -> Pumps {
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let handles = [
+            out.map(|out| tokio::spawn(pump(out, Arc::clone(log), "stdout", None))),
+            err.map(|err| {
+                tokio::spawn(pump(
+                    err,
+                    Arc::clone(log),
+                    "stderr",
+                    Some(Arc::clone(&tail)),
+                ))
+            }),
+        ];
+        Pumps { handles, tail }
     }
-    exec.bridge = take_result(&result_file);
-    exec.stderr_tail = tail
-        .lock()
-        .map(|t| t.iter().cloned().collect())
-        .unwrap_or_default();
-    exec
+
+    /// Reads what is left, for a bounded time: a process we could not end may hold a pipe open,
+    /// and the run does not wait on it. Returns stderr's last lines.
+    pub(super) async fn drain(self, log: &JobLog) -> Vec<String> {
+        for pump in self.handles.into_iter().flatten() {
+            let abort = pump.abort_handle();
+            if tokio::time::timeout(OUTPUT_DRAIN, pump).await.is_err() {
+                abort.abort();
+                log.note(
+                    "output still held open by another process after the run ended: stopped reading it",
+                );
+            }
+        }
+        self.tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// Samples the run's process tree until aborted; reports the first sample over `limit`.

@@ -54,6 +54,25 @@ fn trigger_and_wait(p: &Project, job: &str, n: usize) -> Value {
     runs_of(p, job)[n - 1].clone()
 }
 
+/// Starts the daemon (each import of the fixtures' module logged to `imports`) and waits until
+/// its fork server is ready and its control socket listens; returns the daemon and the server.
+fn start_daemon(p: &Project, imports: &Path) -> (std::process::Child, i32) {
+    let daemon = p.spawn_daemon_with(&[], |c| {
+        c.env("FIXTURE_IMPORT_LOG", imports);
+    });
+    assert!(
+        wait_until(Duration::from_secs(20), || !fork_servers(
+            &p.daemon_output()
+        )
+        .is_empty()
+            && p.log_dir().join("control.sock").exists()),
+        "{}",
+        p.daemon_output()
+    );
+    let server = fork_servers(&p.daemon_output())[0];
+    (daemon, server)
+}
+
 fn stop(mut daemon: std::process::Child) {
     let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(40));
     assert_eq!(
@@ -78,19 +97,7 @@ fn fork_success_raise_exit_and_segfault_leave_the_server_serving_and_a_killed_se
         ]
         .concat(),
     );
-    let daemon = p.spawn_daemon_with(&[], |c| {
-        c.env("FIXTURE_IMPORT_LOG", &imports);
-    });
-    assert!(
-        wait_until(Duration::from_secs(20), || !fork_servers(
-            &p.daemon_output()
-        )
-        .is_empty()
-            && p.log_dir().join("control.sock").exists()),
-        "{}",
-        p.daemon_output()
-    );
-    let server = fork_servers(&p.daemon_output())[0];
+    let (daemon, server) = start_daemon(&p, &imports);
     // The server imported the preload; nothing else has yet.
     assert_eq!(lines(&imports), vec![server.to_string()]);
 
@@ -300,13 +307,20 @@ fn other_python() -> Option<(PathBuf, String)> {
             .iter()
             .map(|v| PathBuf::from(format!("/usr/bin/python{v}"))),
     );
-    candidates.into_iter().filter(|c| c.exists()).find_map(|c| {
-        let v = probe(&c)?;
-        let v = v.lines().next()?.to_string();
-        let (major, min) = v.split_once('.')?;
-        let ok = major == "3" && min.parse::<u32>().ok()? >= 9 && v != minor;
-        ok.then_some((c, v))
-    })
+    // The oldest supported (3.9) first: the bridge must keep working there.
+    let mut found: Vec<(u32, PathBuf, String)> = candidates
+        .into_iter()
+        .filter(|c| c.exists())
+        .filter_map(|c| {
+            let v = probe(&c)?;
+            let v = v.lines().next()?.to_string();
+            let (major, min) = v.split_once('.')?;
+            let min: u32 = min.parse().ok()?;
+            (major == "3" && min >= 9 && v != minor).then_some((min, c, v))
+        })
+        .collect();
+    found.sort_by_key(|(min, _, _)| *min);
+    found.into_iter().next().map(|(_, c, v)| (c, v))
 }
 
 #[test]
@@ -361,15 +375,8 @@ fn fork_server_is_recycled_after_fork_max_runs_and_when_a_preloaded_module_chang
         "preload = [\"fixture_jobs\"]\nfork_max_runs = 2",
         &job("ok", "counter", ""),
     );
-    let daemon = p.spawn_daemon_with(&[], |c| {
-        c.env("FIXTURE_IMPORT_LOG", &imports);
-    });
-    assert!(
-        wait_until(Duration::from_secs(20), || lines(&imports).len() == 1
-            && p.log_dir().join("control.sock").exists()),
-        "{}",
-        p.daemon_output()
-    );
+    let (daemon, _) = start_daemon(&p, &imports);
+    assert_eq!(lines(&imports).len(), 1);
     // Two runs from the first server, then a new one (started as the second run ends).
     for n in 1..=2 {
         assert_eq!(trigger_and_wait(&p, "ok", n)["outcome"], "success");
@@ -544,17 +551,7 @@ fn fork_server_that_hangs_is_killed_and_the_run_goes_on_from_a_new_one() {
         "preload = [\"fixture_jobs\"]",
         &job("ok", "witness", &format!("args = {{ file = {witness:?} }}")),
     );
-    let daemon = p.spawn_daemon();
-    assert!(
-        wait_until(Duration::from_secs(20), || !fork_servers(
-            &p.daemon_output()
-        )
-        .is_empty()
-            && p.log_dir().join("control.sock").exists()),
-        "{}",
-        p.daemon_output()
-    );
-    let server = fork_servers(&p.daemon_output())[0];
+    let (daemon, server) = start_daemon(&p, &p.path().join("imports.log"));
     // Frozen: it takes requests into its socket and never answers.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), Signal::SIGSTOP).unwrap();
     let ok = trigger_and_wait(&p, "ok", 1);
@@ -589,15 +586,8 @@ fn fork_server_over_fork_max_memory_is_replaced_before_the_next_run() {
         "preload = [\"fixture_jobs\"]\nfork_max_memory = \"1MiB\"",
         &job("ok", "counter", ""),
     );
-    let daemon = p.spawn_daemon_with(&[], |c| {
-        c.env("FIXTURE_IMPORT_LOG", &imports);
-    });
-    assert!(
-        wait_until(Duration::from_secs(20), || lines(&imports).len() == 1
-            && p.log_dir().join("control.sock").exists()),
-        "{}",
-        p.daemon_output()
-    );
+    let (daemon, _) = start_daemon(&p, &imports);
+    assert_eq!(lines(&imports).len(), 1);
     // Any interpreter is over 1 MiB: each run comes from a server started for it.
     for n in 1..=2 {
         assert_eq!(trigger_and_wait(&p, "ok", n)["outcome"], "success");
