@@ -122,6 +122,50 @@ struct Probe {
     found: std::collections::HashMap<String, bool>,
 }
 
+/// Where the interpreter the last start resolved is kept (in the private log folder).
+const REMEMBERED: &str = "interpreter.json";
+
+/// What `python.executable` resolved to at the last start, if it was asked the same way (same
+/// executable, venv and PATH): the fork server may start with it before the probe answers. The
+/// probe's answer is what counts; a guess it contradicts costs a second start, nothing else.
+pub fn remembered(config: &Config) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut text = String::new();
+    crate::private::open(
+        &config.scheduler.log_dir.join(REMEMBERED),
+        crate::private::Open::Read,
+    )
+    .ok()?
+    .read_to_string(&mut text)
+    .ok()?;
+    let kept: serde_json::Value = serde_json::from_str(&text).ok()?;
+    (kept["asked"] == asked(config))
+        .then(|| kept["resolved"].as_str().map(PathBuf::from))
+        .flatten()
+        .filter(|p| p.is_file())
+}
+
+/// Keeps what the probe resolved, for `remembered`.
+pub fn remember(config: &Config, interpreter: &Interpreter) {
+    let kept = serde_json::json!({
+        "asked": asked(config),
+        "resolved": interpreter.path.display().to_string(),
+    });
+    let _ = crate::private::write_atomic(
+        &config.scheduler.log_dir.join(REMEMBERED),
+        kept.to_string().as_bytes(),
+    );
+}
+
+fn asked(config: &Config) -> serde_json::Value {
+    serde_json::json!({
+        "executable": config.python.executable,
+        "dir": config.dir().display().to_string(),
+        "path": std::env::var("PATH").unwrap_or_default(),
+        "pyenv": std::env::var("PYENV_VERSION").unwrap_or_default(),
+    })
+}
+
 /// The interpreter every job of this config runs on.
 #[derive(Debug, Clone)]
 pub struct Interpreter {

@@ -58,7 +58,20 @@ pub(crate) fn ready_python(
     renew: bool,
 ) -> Result<()> {
     init_embedded(config, interpreter)?;
-    ready_forks(config, interpreter, forks, renew, true)
+    ready_forks(config, &interpreter.path, forks, renew, true)
+}
+
+/// `ready_forks` on a thread of its own, saying nothing yet (the daemon's log is not set up).
+fn warm_forks(
+    config: &Config,
+    python: &std::path::Path,
+    forks: &Arc<runner::ForkPool>,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let (c, p, f) = (config.clone(), python.to_path_buf(), Arc::clone(forks));
+    std::thread::Builder::new()
+        .name("fork-server-start".into())
+        .spawn(move || ready_forks(&c, &p, &f, false, false))
+        .map_err(|e| Error::io("cannot start a thread", e))
 }
 
 /// Starts the embedded interpreter if a pyo3 job needs it. Blocking.
@@ -80,7 +93,7 @@ fn init_embedded(config: &Config, interpreter: &interpreter::Interpreter) -> Res
 /// fails or starts a thread is the config's error. Blocking.
 fn ready_forks(
     config: &Config,
-    interpreter: &interpreter::Interpreter,
+    python: &std::path::Path,
     forks: &runner::ForkPool,
     renew: bool,
     announce: bool,
@@ -91,9 +104,9 @@ fn ready_forks(
         .any(|j| j.executor == config::Executor::Fork)
     {
         let started = match (renew, announce) {
-            (true, _) => forks.renew(config, &interpreter.path, "the config was reloaded"),
-            (false, true) => forks.warm(config, &interpreter.path),
-            (false, false) => forks.warm_quietly(config, &interpreter.path),
+            (true, _) => forks.renew(config, python, "the config was reloaded"),
+            (false, true) => forks.warm(config, python),
+            (false, false) => forks.warm_quietly(config, python),
         };
         started.map_err(|e| match e {
             runner::StartError::Preload(message) => Error::Config(error::ConfigError {
@@ -122,18 +135,29 @@ pub fn run(cli: Cli) -> Result<i32> {
             contain::start_keeper().map_err(|e| Error::io("cannot start the keeper", e))?;
             let config = Config::load(&path)?;
             refuse_strict_past_coverage(&config)?;
-            let interpreter = interpreter::resolve(&config, None)?;
-            // The fork server imports its preloads meanwhile, on a thread of its own (a Python
-            // start and its imports: tens of milliseconds this start-up need not wait for).
+            // The fork server imports its preloads on a thread of its own (a Python start and its
+            // imports: tens of milliseconds this start-up need not wait for), from the
+            // interpreter the last start resolved while the probe answers, if there was one.
             let forks = Arc::new(runner::ForkPool::default());
-            let warming = {
-                let (c, i, f) = (config.clone(), interpreter.clone(), Arc::clone(&forks));
-                std::thread::Builder::new()
-                    .name("fork-server-start".into())
-                    .spawn(move || ready_forks(&c, &i, &f, false, false))
-                    .map_err(|e| Error::io("cannot start a thread", e))?
+            let guess = interpreter::remembered(&config);
+            let mut warming = match &guess {
+                Some(python) => Some(warm_forks(&config, python, &forks)?),
+                None => None,
+            };
+            let interpreter = interpreter::resolve(&config, None)?;
+            if guess.as_ref() != Some(&interpreter.path) {
+                if let Some(early) = warming.take() {
+                    let _ = early.join();
+                    forks.shutdown();
+                }
+                warming = Some(warm_forks(&config, &interpreter.path, &forks)?);
+            }
+            let warming = match warming {
+                Some(w) => w,
+                None => warm_forks(&config, &interpreter.path, &forks)?,
             };
             check_log_dir(&config)?;
+            interpreter::remember(&config, &interpreter);
             logging::init_daemon(&config.scheduler.log_dir, config.scheduler.log_files_kept)?;
             let mode = contain_runs(&config)?;
             tracing::info!("🔒 containment: {}", mode.describe());
@@ -256,7 +280,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             interpreter::check_entries(&config, &interpreter)?;
             // The preloads are imported as the daemon would: one that starts a thread is refused.
             let forks = runner::ForkPool::default();
-            ready_forks(&config, &interpreter, &forks, false, true)?;
+            ready_forks(&config, &interpreter.path, &forks, false, true)?;
             forks.shutdown();
             let python = format!(
                 "{} (Python {})",

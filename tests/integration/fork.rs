@@ -597,3 +597,40 @@ fn fork_server_over_fork_max_memory_is_replaced_before_the_next_run() {
     assert!(lines(&imports).len() >= 3, "{:?}", lines(&imports));
     stop(daemon);
 }
+
+#[test]
+fn fork_server_started_from_a_remembered_interpreter_the_probe_contradicts_is_replaced() {
+    let Some((other, other_version)) = other_python() else {
+        eprintln!("SKIPPED: no Python 3.9+ of another version than python3's here");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI has pyenv's other versions"
+        );
+        return;
+    };
+    let p = Project::new();
+    config_with_python(&p, "", &job("which", "python_version", ""));
+    let (daemon, _) = start_daemon(&p, &p.path().join("imports.log"));
+    stop(daemon);
+    // What the last start resolved, as if python3 had meant another interpreter then.
+    let kept = p.log_dir().join("interpreter.json");
+    let mut remembered: Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
+    let ours = remembered["resolved"].as_str().unwrap().to_string();
+    remembered["resolved"] = Value::String(other.display().to_string());
+    std::fs::write(&kept, remembered.to_string()).unwrap();
+
+    let (daemon, server) = start_daemon(&p, &p.path().join("imports.log"));
+    let ran = trigger_and_wait(&p, "which", 1);
+    assert_eq!(ran["outcome"], "success", "{ran}");
+    let version = ran["result"]["version"].as_str().unwrap();
+    assert!(!version.starts_with(&format!("{other_version}.")), "{ran}");
+    let exe = std::fs::read_link(format!("/proc/{server}/exe")).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(&exe).unwrap(),
+        std::fs::canonicalize(&ours).unwrap()
+    );
+    stop(daemon);
+    // The probe's answer is remembered again.
+    let again: Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
+    assert_eq!(again["resolved"], ours.as_str());
+}
