@@ -923,8 +923,9 @@ def write_results(r: dict, seconds: int) -> str:
 
 Measured by `bench/run` on {m['date']}: {m['cores']} cores, {m['cpu']}, Linux {m['kernel']},
 Python {m['python']}, hedge-scheduler {m['revision']} (release build). Latency runs fire a no-op job
-every second for {seconds} s; percentiles are over those runs (the first run, which imports the
-job's module, is left out). Fire latency is `entered_at − scheduled_at`: when the Python function
+every second for {seconds} s; percentiles are over the runs inside the measured window ({SETTLE} s
+after start-up, before the harness reads `/proc` and stops the daemon; never the first run, which
+imports the job's module). Fire latency is `entered_at − scheduled_at`: when the Python function
 was entered, relative to its slot.
 
 {table}
@@ -935,6 +936,12 @@ was entered, relative to its slot.
   slots fired twice: {r['latency_pyo3']['duplicate_slots']}.
 - subprocess runs: {r['latency_subprocess']['runs']}; started − scheduled
   {ms(r['latency_subprocess']['started_ms'])}; slots fired twice: {r['latency_subprocess']['duplicate_slots']}.
+- fork runs: {r.get('latency_fork', {}).get('runs')}; started − scheduled
+  {ms(r['latency_fork']['started_ms']) if r.get('latency_fork') else '—'}; slots fired twice: {r.get('latency_fork', {}).get('duplicate_slots')}.
+  The fork latency run preloads the job's module (`[python] preload`), as a fork job's config
+  does. The pandas + duckdb job (from the anchors' venv) runs every second, 20 times after a first
+  one, for each executor; it measures itself at its end: `getrusage(RUSAGE_SELF)` (a forked
+  child's starts at zero) and `Private_Clean + Private_Dirty` of `/proc/self/smaps_rollup`.
 - Idle: context switches and CPU time of every thread of the daemon (`/proc/PID/task/*/status`
   and `schedstat`) over a {span:.0f} s window that starts {SETTLE} s after start-up; idle CPU
   {idle_cpu_rate * 1e6:.1f} µs/s. PSS from `/proc/PID/smaps_rollup` at the end of the window.
