@@ -12,7 +12,7 @@ use crate::config::Job;
 use crate::process;
 
 use super::forkserver::{Msg, Server};
-use super::subprocess::{Pumps, end_leftovers, sample};
+use super::subprocess::{Pumps, end_leftovers, sample, started};
 use super::*;
 
 /// How long the server may take to say it forked.
@@ -157,17 +157,7 @@ pub(super) async fn run_forked(
         "process group {pid} (forked by fork server {})",
         server.pid
     ));
-    crate::contain::keeper_note(&format!("+G {pid}"));
-    let _forget = crate::contain::KeeperGroup(pid);
-    env.recorder.set_pid(uid, pid);
-    if let Some(tx) = events {
-        let _ = tx.send(RunEvent::Started {
-            job: job.id.clone(),
-            run_id,
-            uid: uid.to_string(),
-            pid: Some(pid),
-        });
-    }
+    let _forget = started(env, job, (run_id, uid), pid, events);
 
     let pumps = Pumps::start(receiver(out_r), receiver(err_r), log);
 
@@ -294,7 +284,7 @@ async fn end_group(
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_fork(
     env: &RunEnv,
-    first: Result<(Arc<Server>, Option<String>), super::StartError>,
+    first: Result<(Arc<Server>, Option<super::forkserver::Note>), super::StartError>,
     job: &Job,
     (run_id, uid): (i64, &str),
     context: &str,
@@ -304,6 +294,8 @@ pub(super) async fn run_fork(
 ) -> Execution {
     // The server given, else (once) a new one.
     let mut why = String::new();
+    // Why the run is on a new server, when the one before was lost: its row says so.
+    let mut lost: Option<String> = None;
     let mut next = Some(first);
     for attempt in 0..2 {
         let got = match next.take() {
@@ -325,7 +317,14 @@ pub(super) async fn run_fork(
             }
         };
         if let Some(note) = note {
-            log.note(&note);
+            log.note(&note.text);
+            if note.lost {
+                lost.get_or_insert(note.text);
+            }
+        }
+        if let Some(lost) = &lost {
+            env.recorder
+                .set_executor(uid, format!("fork (on a new fork server: {lost})"));
         }
         match run_forked(
             env,
@@ -344,6 +343,7 @@ pub(super) async fn run_fork(
                 if attempt == 0 {
                     log.note(&format!("{not}: starting a new fork server"));
                 }
+                lost = Some(not.clone());
                 why = not;
             }
         }

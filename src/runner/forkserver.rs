@@ -678,6 +678,15 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
+/// Why a run got a new server: a note for its log.
+#[derive(Debug, Clone)]
+pub(crate) struct Note {
+    pub(crate) text: String,
+    /// The previous server was lost (it died, or did not answer), where a planned replacement
+    /// (recycled, reloaded) is not: the run's row says it ran on a new one.
+    pub(crate) lost: bool,
+}
+
 /// The fork servers of a daemon (or of `run-once`): one at a time, replaced when stale.
 ///
 /// `current` is only ever held for a moment (the loop's thread may look at it); a start, which
@@ -698,22 +707,28 @@ impl ForkPool {
 
     /// The current server if it can take a run; else why a new one is needed (a note for the
     /// run's log), `None` when there was none.
-    fn check_current(&self, config: &Config, python: &Path) -> Result<Arc<Server>, Option<String>> {
+    fn check_current(&self, config: &Config, python: &Path) -> Result<Arc<Server>, Option<Note>> {
         let Some(server) = self.current() else {
             return Err(None);
         };
         if let Some(why) = server.retiring() {
-            return Err(Some(format!("fork server {} replaced: {why}", server.pid)));
+            return Err(Some(Note {
+                text: format!("fork server {} replaced: {why}", server.pid),
+                lost: false,
+            }));
         }
         if let Some(why) = server.dead() {
-            return Err(Some(format!(
-                "the fork server {} {why}: started a new one",
-                server.pid
-            )));
+            return Err(Some(Note {
+                text: format!("the fork server {} {why}: started a new one", server.pid),
+                lost: true,
+            }));
         }
         if let Some(why) = server.stale(config, python) {
             server.retire(why.clone());
-            return Err(Some(format!("fork server {} replaced: {why}", server.pid)));
+            return Err(Some(Note {
+                text: format!("fork server {} replaced: {why}", server.pid),
+                lost: false,
+            }));
         }
         Ok(server)
     }
@@ -724,7 +739,7 @@ impl ForkPool {
         &self,
         config: &Config,
         python: &Path,
-    ) -> Result<(Arc<Server>, Option<String>), StartError> {
+    ) -> Result<(Arc<Server>, Option<Note>), StartError> {
         self.get(config, python, true)
     }
 
@@ -733,7 +748,7 @@ impl ForkPool {
         config: &Config,
         python: &Path,
         announce: bool,
-    ) -> Result<(Arc<Server>, Option<String>), StartError> {
+    ) -> Result<(Arc<Server>, Option<Note>), StartError> {
         let first = match self.check_current(config, python) {
             Ok(server) => {
                 server.prepare_spare();

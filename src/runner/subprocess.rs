@@ -118,18 +118,7 @@ pub(super) async fn run_subprocess(
     };
     let pid = child.id().unwrap_or(0);
     log.note(&format!("process group {pid}"));
-    // Should the scheduler die now, its keeper ends this group.
-    crate::contain::keeper_note(&format!("+G {pid}"));
-    let _forget = crate::contain::KeeperGroup(pid);
-    env.recorder.set_pid(uid, pid);
-    if let Some(tx) = events {
-        let _ = tx.send(RunEvent::Started {
-            job: job.id.clone(),
-            run_id,
-            uid: uid.to_string(),
-            pid: Some(pid),
-        });
-    }
+    let _forget = started(env, job, (run_id, uid), pid, events);
 
     let pumps = Pumps::start(child.stdout.take(), child.stderr.take(), log);
 
@@ -167,6 +156,29 @@ pub(super) async fn run_subprocess(
     exec.stderr_tail = pumps.drain(log).await;
     exec.bridge = take_result(&result_file);
     exec
+}
+
+/// A run's process group is known: the keeper is told (should the scheduler die now, it ends
+/// the group; the guard returned tells it the group is gone), the history and the daemon too.
+pub(super) fn started(
+    env: &RunEnv,
+    job: &Job,
+    (run_id, uid): (i64, &str),
+    pid: u32,
+    events: &Option<mpsc::UnboundedSender<RunEvent>>,
+) -> crate::contain::KeeperGroup {
+    crate::contain::keeper_note(&format!("+G {pid}"));
+    let forget = crate::contain::KeeperGroup(pid);
+    env.recorder.set_pid(uid, pid);
+    if let Some(tx) = events {
+        let _ = tx.send(RunEvent::Started {
+            job: job.id.clone(),
+            run_id,
+            uid: uid.to_string(),
+            pid: Some(pid),
+        });
+    }
+    forget
 }
 
 /// Nothing outlives a run: what the job left in its process group (`group`: `None` when the

@@ -1242,6 +1242,12 @@ fn cluster_owner_dying_between_claim_and_start_leaves_no_claimed_slot() {
     let file = shared.path().join("oracle.log");
     let job = oracle_job("slow", &file, "*/10 * * * * *", 0.5, "");
     let (mut a, mut b) = pair(&db, &FAST, &job);
+    // Not while a run of the job is live (one live claim per job; a run takes half a second).
+    assert!(wait_until(Duration::from_secs(15), || {
+        db.count(
+        "SELECT count(*) FROM hedge_scheduler.slots WHERE job = 'slow' AND state IN ('claimed', 'running')"
+    ) == 0
+    }));
     // a's claim of the next slot, made for it, as if it died right after claiming.
     let now = chrono::Utc::now();
     let next = (now.timestamp() / 10 + 1) * 10;
