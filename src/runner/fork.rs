@@ -37,10 +37,9 @@ pub(super) async fn run_forked(
     events: &Option<mpsc::UnboundedSender<RunEvent>>,
 ) -> Result<Execution, NotForked> {
     let mut exec = Execution::new(Ended::Exited(None));
-    let result_file = match crate::private::runtime_dir(&env.config.scheduler.log_dir) {
-        Ok(dir) => result_path(&dir, uid),
-        Err(e) => {
-            let msg = format!("cannot prepare the runtime folder: {e}");
+    let result_file = match run_result_file(env, uid) {
+        Ok(file) => file,
+        Err(msg) => {
             log.note(&msg);
             exec.failure = Some(msg);
             return Ok(exec);

@@ -592,6 +592,13 @@ fn take_result_if_orphaned(path: &std::path::Path) -> Option<BridgeOutcome> {
     take_result(path)
 }
 
+/// Where run `uid`'s bridge leaves its outcome, its runtime folder made if need be; why not.
+fn run_result_file(env: &RunEnv, uid: &str) -> std::result::Result<PathBuf, String> {
+    crate::private::runtime_dir(&env.config.scheduler.log_dir)
+        .map(|dir| result_path(&dir, uid))
+        .map_err(|e| format!("cannot prepare the runtime folder: {e}"))
+}
+
 /// Where a subprocess run's bridge leaves its outcome: `<runtime>/<uid>.json`.
 pub fn result_path(runtime: &std::path::Path, uid: &str) -> PathBuf {
     runtime.join(format!("{uid}.json"))

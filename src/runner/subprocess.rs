@@ -39,10 +39,9 @@ pub(super) async fn run_subprocess(
 ) -> Execution {
     let mut exec = Execution::new(Ended::Exited(None));
     // The result comes back through the private runtime folder, under the run's own identity.
-    let result_file = match crate::private::runtime_dir(&env.config.scheduler.log_dir) {
-        Ok(dir) => result_path(&dir, uid),
-        Err(e) => {
-            let msg = format!("cannot prepare the runtime folder: {e}");
+    let result_file = match run_result_file(env, uid) {
+        Ok(file) => file,
+        Err(msg) => {
             log.note(&msg);
             exec.failure = Some(msg);
             return exec;

@@ -356,32 +356,7 @@ fn subprocess_crash_ignored_sigterm_escaped_grandchild_and_big_output() {
     assert_eq!(row["signal"], "SIGSEGV");
     assert!(error_of(row).contains("SIGSEGV"));
 
-    let out = p.run(&["run-once", "stubborn"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let row = &p.history()[0];
-    assert_eq!(row["outcome"], "timeout", "{row}");
-    // 1 s timeout + 2 s grace before SIGKILL.
-    assert!(row["duration_ms"].as_i64().unwrap() >= 2900, "{row}");
-    assert_eq!(row["signal"], "SIGKILL", "{row}");
-    let pid: i32 = std::fs::read_to_string(&term_pid)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !pid_alive(pid)));
-
-    let out = p.run(&["run-once", "escape"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert_eq!(p.history()[0]["outcome"], "timeout");
-    let pid: i32 = std::fs::read_to_string(&escape_pid)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || !pid_alive(pid)),
-        "the grandchild in its own session outlived the run"
-    );
+    assert_stubborn_killed_and_escape_ended(&p, "subprocess", &term_pid, &escape_pid);
     let log = std::fs::read_to_string(p.log_dir().join("jobs/escape.log")).unwrap();
     assert!(log.contains("left the job's group"), "{log}");
 

@@ -245,3 +245,35 @@ pub fn fork_servers(console: &str) -> Vec<i32> {
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect()
 }
+
+/// Runs `stubborn` (ignores SIGTERM, writes its PID to `term_pid`, 1 s timeout) and `escape`
+/// (leaves a grandchild in a session of its own, writes its PID to `escape_pid`, 1 s timeout)
+/// with `run-once`: the first is killed after the 2 s grace, the second's grandchild is ended.
+pub fn assert_stubborn_killed_and_escape_ended(
+    p: &Project,
+    executor: &str,
+    term_pid: &Path,
+    escape_pid: &Path,
+) {
+    let read_pid =
+        |f: &Path| -> i32 { std::fs::read_to_string(f).unwrap().trim().parse().unwrap() };
+    let out = p.run(&["run-once", "stubborn"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let row = &p.history()[0];
+    assert_eq!(row["outcome"], "timeout", "{row}");
+    assert_eq!(row["executor"], executor, "{row}");
+    // 1 s timeout + 2 s grace before SIGKILL.
+    assert!(row["duration_ms"].as_i64().unwrap() >= 2900, "{row}");
+    assert_eq!(row["signal"], "SIGKILL", "{row}");
+    let pid = read_pid(term_pid);
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(pid)));
+
+    let out = p.run(&["run-once", "escape"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(p.history()[0]["outcome"], "timeout");
+    let pid = read_pid(escape_pid);
+    assert!(
+        wait_until(Duration::from_secs(5), || !pid_alive(pid)),
+        "{executor}: the grandchild in its own session outlived the run"
+    );
+}
