@@ -12,13 +12,10 @@ use clap::{Parser, Subcommand};
     propagate_version = true
 )]
 pub struct Cli {
-    /// The config file [default: config/hedge-scheduler.toml]
-    #[arg(
-        long,
-        global = true,
-        env = "HEDGE_SCHEDULER_CONFIG",
-        value_name = "PATH"
-    )]
+    /// The config file [env: HEDGE_SCHEDULER_CONFIG; else the first of
+    /// ./config/hedge-scheduler.toml, $XDG_CONFIG_HOME/hedge-scheduler/hedge-scheduler.toml,
+    /// /etc/hedge-scheduler/hedge-scheduler.toml]
+    #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -131,12 +128,12 @@ pub enum Command {
         /// XNSE or XNYS [default: the config's exchange]
         #[arg(long)]
         exchange: Option<String>,
-        /// First date, YYYY-MM-DD (inclusive)
+        /// First date, YYYY-MM-DD (inclusive) [default: today, in the exchange's zone]
         #[arg(long)]
-        from: String,
-        /// Last date, YYYY-MM-DD (inclusive)
+        from: Option<String>,
+        /// Last date, YYYY-MM-DD (inclusive) [default: 7 days after --from]
         #[arg(long)]
-        to: String,
+        to: Option<String>,
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
@@ -146,12 +143,12 @@ pub enum Command {
         /// Only this job
         #[arg(long)]
         job: Option<String>,
-        /// First date, YYYY-MM-DD (inclusive, exchange time)
+        /// First date, YYYY-MM-DD (inclusive, exchange time) [default: today]
         #[arg(long)]
-        from: String,
-        /// Last date, YYYY-MM-DD (inclusive, exchange time)
+        from: Option<String>,
+        /// Last date, YYYY-MM-DD (inclusive, exchange time) [default: 7 days after --from]
         #[arg(long)]
-        to: String,
+        to: Option<String>,
         /// Print JSON instead of a listing
         #[arg(long)]
         json: bool,

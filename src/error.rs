@@ -42,7 +42,8 @@ pub enum Error {
     },
 
     #[error(
-        "hedge-scheduler is already running (PID {pid}, since {since}); stop it with `hedge-scheduler stop`"
+        "hedge-scheduler is already running (PID {pid}, since {since}); stop it with `{} stop`",
+        crate::me()
     )]
     AlreadyRunning { pid: i64, since: String },
 

@@ -70,7 +70,7 @@ pub fn check_entries(config: &Config, interpreter: &Interpreter) -> Result<()> {
         .current_dir(&config.python.cwd)
         .env(
             "PYTHONPATH",
-            std::env::join_paths(&config.python.path).unwrap_or_default(),
+            std::env::join_paths(config.python.search_path()).unwrap_or_default(),
         )
         .stdin(Stdio::null());
     let at = |job: Option<&crate::config::Job>, message: String| {
@@ -216,7 +216,7 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
             crate::config::Entry::Command(_) => {}
         }
     }
-    let pythonpath = std::env::join_paths(&config.python.path).unwrap_or_default();
+    let pythonpath = std::env::join_paths(config.python.search_path()).unwrap_or_default();
     let mut cmd = Command::new(&program);
     cmd.arg("-c")
         .arg(PROBE)
@@ -253,10 +253,10 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
         return Err(Error::Config(ConfigError::new(
             &config.file,
             format!(
-                "module `hedge_bridge` not found on `python.path` ({}); it ships in python_bridge/",
+                "module `hedge_bridge` (the bridge this binary writes to its cache) cannot be imported from ({})",
                 config
                     .python
-                    .path
+                    .search_path()
                     .iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()

@@ -4,6 +4,7 @@
 //! `main.rs` parses the command line and calls [`run`]; everything else lives here so tests can
 //! drive it in-process too.
 
+pub(crate) mod bridge;
 pub mod calendar;
 pub mod cli;
 pub(crate) mod cluster;
@@ -32,7 +33,6 @@ pub mod trigger;
 pub(crate) mod web;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{Datelike, Utc};
@@ -120,21 +120,55 @@ fn ready_forks(
     Ok(())
 }
 
+static INVOCATION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// How to call this program again in a hint: with `--config` when this command was given one.
+pub(crate) fn me() -> &'static str {
+    INVOCATION.get().map_or("hedge-scheduler", String::as_str)
+}
+
+/// `path` as one shell word.
+fn shell_word(path: &std::path::Path) -> String {
+    let text = path.display().to_string();
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:,@%=".contains(c))
+    {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
 /// Runs one command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     // What we create is ours alone; the runs get the user's umask back.
     private::set_umask();
-    let path = cli
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
+    let found = config::locate::find(cli.config.as_deref());
+    if let Some(at) = found
+        .as_ref()
+        .filter(|at| at.source == config::locate::Source::Flag)
+    {
+        let _ = INVOCATION.set(format!("hedge-scheduler --config {}", shell_word(&at.path)));
+    }
+    let load = || -> Result<Config> {
+        let at = config::locate::locate(cli.config.as_deref())?;
+        Config::load(&at.path).map_err(|mut e| {
+            if e.message.starts_with("cannot read config file") {
+                e.message = format!("{} ({})", e.message, at.origin());
+            }
+            Error::Config(e)
+        })
+    };
     match cli.command {
         Command::Run { allow_config_drift } => {
             // First, before any thread, lock or sizeable allocation (the keeper is a forked copy
             // of us: what we hold now, it holds): the runs die with us, however we die.
             contain::start_keeper().map_err(|e| Error::io("cannot start the keeper", e))?;
-            let config = Config::load(&path)?;
+            let config = load()?;
             refuse_strict_past_coverage(&config)?;
+            bridge::ensure(&config.scheduler.log_dir)?;
             // The fork server imports its preloads on a thread of its own (a Python start and its
             // imports: tens of milliseconds this start-up need not wait for), from the
             // interpreter the last start resolved while the probe answers, if there was one.
@@ -183,14 +217,15 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::RunOnce { job, json, wait } => {
             contain::start_keeper().map_err(|e| Error::io("cannot start the keeper", e))?;
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
+            bridge::ensure(&config.scheduler.log_dir)?;
             let outcome = run_once(config, &job, json, wait);
             contain::cleanup();
             outcome
         }
         Command::Status { json } => {
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
             let now = Utc::now();
             let status = status::gather(&config, now)?;
             if json {
@@ -211,7 +246,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
             let local = |job: Option<&str>| -> Result<Vec<history::RunRow>> {
                 Ok(match History::open_read_only(&config.scheduler.history)? {
                     Some(h) => h.runs(job, limit)?,
@@ -270,12 +305,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Stop => {
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
             stop(&config)
         }
         Command::CheckConfig => {
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
+            bridge::ensure(&config.scheduler.log_dir)?;
             let interpreter = interpreter::resolve(&config, None)?;
             interpreter::check_entries(&config, &interpreter)?;
             // The preloads are imported as the daemon would: one that starts a thread is refused.
@@ -312,12 +348,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
             logs_command(&config, &job, run, last, lines, follow, json)
         }
         Command::Pause { job, until } => {
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
             let until = until
                 .as_deref()
                 .map(|u| pause_until(&config, u, Utc::now()))
@@ -326,22 +362,22 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Reload => {
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
             control_command(&config, control::Request::Reload)
         }
         Command::Resume { job } => {
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
             control_command(&config, control::Request::Resume { job })
         }
         Command::Trigger { job } => {
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
             control_command(&config, control::Request::Trigger { job })
         }
         Command::Backfill { job, from, to } => {
             logging::init_cli("warn");
-            let config = Config::load(&path)?;
+            let config = load()?;
             let range = plan::Range::parse(&from, &to)?;
             let (span, slots) = backfill_slots(&config, &job, range, Utc::now())?;
             if slots.is_empty() {
@@ -366,12 +402,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             logging::init_cli("warn");
-            let range = plan::Range::parse(&from, &to)?;
-            let config = match (&cli.config, path.exists()) {
-                (Some(_), _) | (None, true) => Some(Config::load(&path)?),
-                (None, false) => None,
+            let config = match &found {
+                Some(_) => Some(load()?),
+                None => None,
             };
             let calendar = plan::calendar_for(exchange.as_deref(), config.as_ref())?;
+            let today = Utc::now().with_timezone(&calendar.tz()).date_naive();
+            let range = plan::Range::parse_or_week(from.as_deref(), to.as_deref(), today)?;
             listing(&calendar, range, |out| {
                 plan::write_calendar(out, &calendar, range, json)
             })
@@ -383,8 +420,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             logging::init_cli("warn");
-            let range = plan::Range::parse(&from, &to)?;
-            let config = Config::load(&path)?;
+            let config = load()?;
+            let today = Utc::now()
+                .with_timezone(&config.calendar().tz())
+                .date_naive();
+            let range = plan::Range::parse_or_week(from.as_deref(), to.as_deref(), today)?;
             let jobs: Vec<&config::Job> = match &job {
                 Some(id) => vec![config.job(id).ok_or_else(|| Error::UnknownJob {
                     job: id.clone(),
@@ -641,8 +681,9 @@ fn control_command(config: &Config, req: control::Request) -> Result<i32> {
         }
         Err(control::SendError::NotRunning) => {
             eprintln!(
-                "hedge-scheduler is not running (no daemon listens in {}): start it with `hedge-scheduler run`",
-                config.scheduler.log_dir.display()
+                "hedge-scheduler is not running (no daemon listens in {}): start it with `{} run`",
+                config.scheduler.log_dir.display(),
+                me()
             );
             Ok(EXIT_NOT_RUNNING)
         }

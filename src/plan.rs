@@ -18,18 +18,29 @@ pub struct Range {
 }
 
 impl Range {
-    pub fn parse(from: &str, to: &str) -> Result<Range> {
-        let date = |flag: &str, s: &str| {
-            NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| {
-                Error::Usage(format!(
-                    "invalid date `{s}` for `{flag}` (expected YYYY-MM-DD)"
-                ))
-            })
+    /// `--from` and `--to` as given; a missing `--from` is `today`, a missing `--to` 7 days after
+    /// `--from`.
+    pub fn parse_or_week(from: Option<&str>, to: Option<&str>, today: NaiveDate) -> Result<Range> {
+        let from = match from {
+            Some(f) => Self::date("--from", f)?,
+            None => today,
         };
-        let range = Range {
-            from: date("--from", from)?,
-            to: date("--to", to)?,
+        let to = match to {
+            Some(t) => Self::date("--to", t)?,
+            None => from + chrono::Days::new(7),
         };
+        Self::checked(Range { from, to })
+    }
+
+    fn date(flag: &str, s: &str) -> Result<NaiveDate> {
+        NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| {
+            Error::Usage(format!(
+                "invalid date `{s}` for `{flag}` (expected YYYY-MM-DD)"
+            ))
+        })
+    }
+
+    fn checked(range: Range) -> Result<Range> {
         if range.to < range.from {
             return Err(Error::Usage(format!(
                 "`--to` {} is before `--from` {}",
@@ -37,6 +48,13 @@ impl Range {
             )));
         }
         Ok(range)
+    }
+
+    pub fn parse(from: &str, to: &str) -> Result<Range> {
+        Self::checked(Range {
+            from: Self::date("--from", from)?,
+            to: Self::date("--to", to)?,
+        })
     }
 }
 

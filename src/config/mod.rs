@@ -5,6 +5,7 @@
 //! the folder that holds the config file, never against the current directory.
 
 mod cluster;
+pub mod locate;
 mod ops;
 mod raw;
 mod units;
@@ -145,6 +146,17 @@ pub enum Executor {
     Pyo3,
     /// A child forked from a warm fork server: a subprocess's isolation, modules imported once.
     Fork,
+}
+
+impl Python {
+    /// Every job's Python path: the bridge this binary carries (once written), then `path`.
+    pub fn search_path(&self) -> Vec<PathBuf> {
+        crate::bridge::dir()
+            .map(Path::to_path_buf)
+            .into_iter()
+            .chain(self.path.iter().cloned())
+            .collect()
+    }
 }
 
 impl Executor {

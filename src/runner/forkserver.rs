@@ -193,7 +193,7 @@ impl Server {
             .current_dir(&config.python.cwd)
             .env(
                 "PYTHONPATH",
-                super::subprocess::python_path(&config.python.path),
+                super::subprocess::python_path(&config.python.search_path()),
             )
             .env("PYTHONUNBUFFERED", "1")
             .env("HEDGE_FORK_FD", "3")

@@ -61,7 +61,7 @@ pub(super) async fn run_subprocess(
         }
     };
     cmd.current_dir(&env.config.python.cwd)
-        .env("PYTHONPATH", python_path(&env.config.python.path))
+        .env("PYTHONPATH", python_path(&env.config.python.search_path()))
         .env("PYTHONUNBUFFERED", "1")
         .env("HEDGE_CONTEXT", context)
         .env("HEDGE_RESULT_FILE", &result_file)

@@ -8,6 +8,7 @@ mod executors;
 mod faults;
 mod fork;
 mod foundation;
+mod install;
 mod observe;
 mod operations;
 mod page;

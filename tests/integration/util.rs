@@ -96,6 +96,8 @@ path = [{bridge:?}, "jobs"]
             .current_dir(self.path())
             .env_remove("HEDGE_SCHEDULER_CONFIG")
             .env_remove("HEDGE_LOG")
+            // The bridge the binary writes on first use goes to the project, not the user's cache.
+            .env("XDG_CACHE_HOME", self.path().join("cache"))
             .stdin(Stdio::null());
         cmd
     }

@@ -1,0 +1,147 @@
+//! Which config file a command reads: `--config`, `HEDGE_SCHEDULER_CONFIG`, then the first that
+//! exists of `./config/hedge-scheduler.toml`, `$XDG_CONFIG_HOME/hedge-scheduler/hedge-scheduler.toml`
+//! (`~/.config/…`) and `/etc/hedge-scheduler/hedge-scheduler.toml`.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The environment variable that names the config file when `--config` does not.
+pub const ENV: &str = "HEDGE_SCHEDULER_CONFIG";
+
+/// How the config file was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    Searched,
+}
+
+/// The config file a command reads, and how it was chosen.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub path: PathBuf,
+    pub source: Source,
+}
+
+impl Located {
+    /// Words for an error about reading it: how it was chosen.
+    pub fn origin(&self) -> &'static str {
+        match self.source {
+            Source::Flag => "given by --config",
+            Source::Env => "named by HEDGE_SCHEDULER_CONFIG",
+            Source::Searched => "found in the search order",
+        }
+    }
+}
+
+/// The places looked at when neither `--config` nor `HEDGE_SCHEDULER_CONFIG` names a file.
+pub fn search_order(xdg_config_home: Option<&Path>, home: Option<&Path>) -> Vec<PathBuf> {
+    let mut places = vec![Path::new(".").join(super::DEFAULT_CONFIG)];
+    match (xdg_config_home, home) {
+        (Some(x), _) if x.is_absolute() => {
+            places.push(x.join("hedge-scheduler/hedge-scheduler.toml"))
+        }
+        (_, Some(h)) if h.is_absolute() => {
+            places.push(h.join(".config/hedge-scheduler/hedge-scheduler.toml"))
+        }
+        _ => {}
+    }
+    places.push(PathBuf::from("/etc/hedge-scheduler/hedge-scheduler.toml"));
+    places
+}
+
+/// The config file to read; `None` when nothing names one and none of the places holds one.
+pub fn find(flag: Option<&Path>) -> Option<Located> {
+    if let Some(path) = flag {
+        return Some(Located {
+            path: path.to_path_buf(),
+            source: Source::Flag,
+        });
+    }
+    if let Some(path) = std::env::var_os(ENV).filter(|v| !v.is_empty()) {
+        return Some(Located {
+            path: PathBuf::from(path),
+            source: Source::Env,
+        });
+    }
+    let var = |n: &str| {
+        std::env::var_os(n)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    search_order(var("XDG_CONFIG_HOME").as_deref(), var("HOME").as_deref())
+        .into_iter()
+        .find(|p| p.is_file())
+        .map(|path| Located {
+            path,
+            source: Source::Searched,
+        })
+}
+
+/// [`find`], or the error that names every place looked at.
+pub fn locate(flag: Option<&Path>) -> Result<Located> {
+    find(flag).ok_or_else(|| {
+        let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let places = search_order(var("XDG_CONFIG_HOME").as_deref(), var("HOME").as_deref())
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Error::Usage(format!(
+            "no config file: neither --config nor {ENV} names one, and none of these exists: {places}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_search_order_is_the_project_then_the_user_then_the_system() {
+        let table: &[(Option<&str>, Option<&str>, &[&str])] = &[
+            (
+                Some("/x"),
+                Some("/home/q"),
+                &[
+                    "./config/hedge-scheduler.toml",
+                    "/x/hedge-scheduler/hedge-scheduler.toml",
+                    "/etc/hedge-scheduler/hedge-scheduler.toml",
+                ],
+            ),
+            (
+                None,
+                Some("/home/q"),
+                &[
+                    "./config/hedge-scheduler.toml",
+                    "/home/q/.config/hedge-scheduler/hedge-scheduler.toml",
+                    "/etc/hedge-scheduler/hedge-scheduler.toml",
+                ],
+            ),
+            // A relative XDG_CONFIG_HOME is to be ignored (the XDG spec): HOME's default instead.
+            (
+                Some("rel"),
+                Some("/home/q"),
+                &[
+                    "./config/hedge-scheduler.toml",
+                    "/home/q/.config/hedge-scheduler/hedge-scheduler.toml",
+                    "/etc/hedge-scheduler/hedge-scheduler.toml",
+                ],
+            ),
+            (
+                None,
+                None,
+                &[
+                    "./config/hedge-scheduler.toml",
+                    "/etc/hedge-scheduler/hedge-scheduler.toml",
+                ],
+            ),
+        ];
+        for (xdg, home, want) in table {
+            let got = search_order(xdg.map(Path::new), home.map(Path::new));
+            let want: Vec<PathBuf> = want.iter().map(PathBuf::from).collect();
+            assert_eq!(got, want, "XDG_CONFIG_HOME={xdg:?} HOME={home:?}");
+        }
+    }
+}
