@@ -717,6 +717,24 @@ pub fn render_config(config: &Config, python: &str, now: DateTime<Utc>) -> Strin
                 (true, false) => "",
             }
         ));
+        // Which variables a job's environment sets: never their values.
+        if !job.env.is_plain() {
+            let keys = job.env.keys();
+            out.push_str(&format!(
+                "{:<20} env: {}{}\n",
+                "",
+                if keys.is_empty() {
+                    "nothing set".to_string()
+                } else {
+                    format!("{} (values hidden)", keys.join(", "))
+                },
+                if job.env.inherit {
+                    ""
+                } else {
+                    "; the daemon's environment not inherited"
+                }
+            ));
+        }
     }
     out.push_str(&warnings(&crate::config_warnings(config, now)));
     out

@@ -153,6 +153,12 @@ def _run(message: dict, fds: list) -> None:
         os.close(gate)
         if go != b"g":
             os._exit(0)
+        keep = message.get("keep")
+        if keep is not None:
+            # inherit_env = false: only these of the server's environment (and every LC_*).
+            kept = {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
+            os.environ.clear()
+            os.environ.update(kept)
         os.environ.update(message.get("env") or {})
         numpy = sys.modules.get("numpy")
         if numpy is not None:

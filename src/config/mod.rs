@@ -8,6 +8,7 @@ mod cluster;
 pub mod locate;
 mod ops;
 mod raw;
+pub mod secrets;
 mod units;
 mod validate;
 
@@ -134,6 +135,8 @@ pub struct Python {
     pub fork_max_runs: u32,
     /// A fork server is replaced once its resident memory passes this.
     pub fork_max_memory: u64,
+    /// `[python] env_file` and `inherit_env`: every job's environment before its own.
+    pub env: secrets::JobEnv,
 }
 
 /// How a job's code is run.
@@ -287,6 +290,8 @@ pub struct Job {
     pub notify: bool,
     /// A healthchecks.io-style URL: `/start`, the URL itself on success, `/fail` on failure.
     pub ping: Option<String>,
+    /// What the job's process gets in its environment (`env`, `env_file`, `inherit_env`).
+    pub env: secrets::JobEnv,
 }
 
 impl Config {

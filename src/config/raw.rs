@@ -62,6 +62,8 @@ pub(super) struct RawPython {
     pub(super) preload: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) fork_max_runs: Option<Spanned<i64>>,
     pub(super) fork_max_memory: Option<Spanned<String>>,
+    pub(super) env_file: Option<Spanned<String>>,
+    pub(super) inherit_env: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +89,9 @@ pub(super) struct RawJob {
     pub(super) on_database_loss: Option<Spanned<String>>,
     pub(super) notify: Option<bool>,
     pub(super) ping: Option<Spanned<String>>,
+    pub(super) env: Option<Spanned<toml::Table>>,
+    pub(super) env_file: Option<Spanned<String>>,
+    pub(super) inherit_env: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

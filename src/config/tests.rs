@@ -320,3 +320,46 @@ fn cluster_keys_of_a_job_need_a_cluster_table() {
     let src = format!("{src}\n[cluster]\ndatabase = \"host=/tmp dbname=x\"\n");
     assert_eq!(parse(&src).unwrap().jobs[0].takeover, Takeover::Abandon);
 }
+
+#[test]
+fn a_jobs_environment_is_checked_at_its_key_and_its_values_never_shown() {
+    let with = |extra: &str| {
+        GOOD.replace(
+            "timeout = \"150s\"",
+            &format!("timeout = \"150s\"\n{extra}"),
+        )
+    };
+    let cases = [
+        ("env = { \"1X\" = \"sekrit\" }", "not a variable name"),
+        (
+            "env = { HEDGE_CONTEXT = \"sekrit\" }",
+            "set by hedge-scheduler",
+        ),
+        ("env = { N = 1 }", "must be a string"),
+        ("env = { K = \"sekrit\" }\nexecutor2 = 1", "unknown field"),
+    ];
+    for (extra, want) in cases {
+        let e = parse(&with(extra)).unwrap_err();
+        assert!(e.contains(want), "{e}");
+        assert!(
+            e.contains("jobs.options_chain") || want == "unknown field",
+            "{e}"
+        );
+        assert!(!e.contains("sekrit"), "{e}");
+    }
+    let c = parse(&with("env = { TOKEN = \"sekrit\" }\ninherit_env = false")).expect("parses");
+    let job = c.job("options_chain").expect("job");
+    assert_eq!(job.env.keys(), vec!["TOKEN"]);
+    assert!(!job.env.inherit);
+    assert!(!format!("{c:?}").contains("sekrit"));
+    // In-process runs share the daemon's environment: refused.
+    let e = parse(
+        &with("env = { TOKEN = \"sekrit\" }")
+            .replace("executor = \"subprocess\"", "executor = \"pyo3\""),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("executor `pyo3`") && e.contains("[jobs.options_chain]"),
+        "{e}"
+    );
+}

@@ -261,6 +261,13 @@ impl Config {
                 )
             })?,
         };
+        let python_env = secrets::JobEnv {
+            inherit: raw.python.inherit_env.as_ref().is_none_or(|i| *i.get_ref()),
+            vars: match &raw.python.env_file {
+                Some(f) => v.env_file(f, "python.env_file")?,
+                None => Vec::new(),
+            },
+        };
         let python = Python {
             preload,
             preload_at: raw
@@ -270,6 +277,7 @@ impl Config {
                 .map(|p| crate::error::line_col(source, p.span().start)),
             fork_max_runs,
             fork_max_memory,
+            env: python_env,
             probe_timeout,
             executable: match (&venv, &raw.python.executable) {
                 (Some(v), _) => v.join("bin/python").display().to_string(),
@@ -370,7 +378,7 @@ impl Config {
                     format!("`{key}` in [jobs.{id}] needs a [cluster] table (it says what a cluster of daemons does)"),
                 ));
             }
-            if let Some(job) = v.job(&id, raw_job)? {
+            if let Some(job) = v.job(&id, raw_job, &python.env)? {
                 jobs.push(job);
             }
         }
@@ -513,7 +521,76 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn job(&self, id: &str, raw: Spanned<RawJob>) -> Result<Option<Job>, ConfigError> {
+    /// `path` (relative to the config's folder) read as an env file, or the error at `key`.
+    fn env_file(
+        &self,
+        path: &Spanned<String>,
+        key: &str,
+    ) -> Result<Vec<(String, secrets::Secret)>, ConfigError> {
+        let file = self
+            .file
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(path.get_ref());
+        secrets::read_env_file(&file).map_err(|why| self.at(path, format!("`{key}`: {why}")))
+    }
+
+    /// A job's environment: every job's (`defaults`), then its `env_file`, then its `env`.
+    fn job_env(
+        &self,
+        raw: &RawJob,
+        table: &str,
+        executor: Executor,
+        defaults: &secrets::JobEnv,
+    ) -> Result<secrets::JobEnv, ConfigError> {
+        let mut own = match &raw.env_file {
+            Some(f) => self.env_file(f, &format!("{table}.env_file"))?,
+            None => Vec::new(),
+        };
+        if let Some(env) = &raw.env {
+            for (key, value) in env.get_ref() {
+                secrets::check_key(key)
+                    .map_err(|why| self.at(env, format!("`env` in [{table}]: {why}")))?;
+                let Some(value) = value.as_str() else {
+                    return Err(self.at(
+                        env,
+                        format!("`env.{key}` in [{table}] must be a string (quote it)"),
+                    ));
+                };
+                own.push((key.clone(), secrets::Secret::new(value.to_string())));
+            }
+        }
+        let env = secrets::JobEnv {
+            inherit: raw
+                .inherit_env
+                .as_ref()
+                .map_or(defaults.inherit, |i| *i.get_ref()),
+            vars: defaults.then(own),
+        };
+        if executor == Executor::Pyo3 && !env.is_plain() {
+            let at = raw
+                .env
+                .as_ref()
+                .map(|e| e.span().start)
+                .or(raw.env_file.as_ref().map(|e| e.span().start))
+                .or(raw.inherit_env.as_ref().map(|e| e.span().start));
+            let message = format!(
+                "[{table}] has an environment of its own (`env`, `env_file`, `inherit_env` here or in [python]), but executor `pyo3` runs inside the daemon, whose environment every job shares: use executor = \"fork\" or \"subprocess\""
+            );
+            return Err(match at {
+                Some(at) => ConfigError::at(self.file, self.source, at, message),
+                None => ConfigError::new(self.file, message),
+            });
+        }
+        Ok(env)
+    }
+
+    pub(super) fn job(
+        &self,
+        id: &str,
+        raw: Spanned<RawJob>,
+        env_defaults: &secrets::JobEnv,
+    ) -> Result<Option<Job>, ConfigError> {
         let table = format!("jobs.{id}");
         if id.is_empty()
             || !id
@@ -706,6 +783,7 @@ impl Validator<'_> {
             &format!("{table}.timeout"),
             DEFAULT_TIMEOUT,
         )?;
+        let env = self.job_env(&raw, &table, executor, env_defaults)?;
         let args = match raw.args {
             None => serde_json::Value::Object(Default::default()),
             Some(t) => toml_to_json(toml::Value::Table(t)),
@@ -770,6 +848,7 @@ impl Validator<'_> {
                 None => None,
                 Some(u) => Some(self.url(u, &format!("{table}.ping"))?),
             },
+            env,
         }))
     }
 

@@ -78,6 +78,9 @@ pub(super) async fn run_forked(
         }
     };
     let mut child_env = serde_json::Map::new();
+    for (k, v) in &job.env.vars {
+        child_env.insert(k.clone(), v.expose().into());
+    }
     child_env.insert(process::RUN_TAG.into(), uid.into());
     if let Ok(ctx) = serde_json::from_str::<serde_json::Value>(context)
         && env.config.cluster.is_some()
@@ -96,6 +99,13 @@ pub(super) async fn run_forked(
         "result_file": result_file,
         "cgroup": cage.as_ref().map(|c| c.dir()),
         "env": child_env,
+        // `inherit_env = false`: the child keeps only these of the server's environment (and
+        // what it is sent).
+        "keep": (!job.env.inherit).then(|| {
+            let mut keep: Vec<&str> = crate::config::secrets::KEPT.to_vec();
+            keep.extend(["PYTHONPATH", "PYTHONUNBUFFERED", "VIRTUAL_ENV"]);
+            keep
+        }),
         "spare": spare,
     });
     let mut rx = server

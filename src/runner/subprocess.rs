@@ -60,6 +60,11 @@ pub(super) async fn run_subprocess(
             cmd
         }
     };
+    if !job.env.inherit {
+        cmd.env_clear()
+            .envs(crate::config::secrets::kept_environment());
+    }
+    cmd.envs(job.env.vars.iter().map(|(k, v)| (k, v.expose())));
     cmd.current_dir(&env.config.python.cwd)
         .env("PYTHONPATH", python_path(&env.config.python.search_path()))
         .env("PYTHONUNBUFFERED", "1")

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -210,4 +211,176 @@ fn no_config_found_names_every_place_looked_at_and_a_missing_one_names_how_it_wa
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("missing.toml") && err.contains(says), "{err}");
     }
+}
+
+/// Every file under `dir`, as bytes (the history database too).
+fn all_bytes_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() => {
+                    out.push((path.clone(), std::fs::read(&path).unwrap_or_default()))
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn secrets_reach_the_job_by_env_and_env_file_and_never_check_config_status_or_logs() {
+    let p = Project::new();
+    let record = p.path().join("env.txt");
+    // Values no output may carry.
+    let (shared, own, inline) = ("shared-7f3a9c1e", "own-b41d02aa", "inline-9e8c77d3");
+    let secrets_dir = p.path().join("secrets");
+    std::fs::create_dir_all(&secrets_dir).unwrap();
+    let write_secret = |name: &str, text: &str| {
+        let f = secrets_dir.join(name);
+        std::fs::write(&f, text).unwrap();
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        f
+    };
+    write_secret(
+        "all.env",
+        &format!("# every job\nSHARED_TOKEN={shared}\nOVERRIDDEN=from-python-file\n"),
+    );
+    write_secret("feed.env", &format!("export FEED_TOKEN=\"{own}\"\n"));
+    let keys =
+        r#"["SHARED_TOKEN", "FEED_TOKEN", "INLINE_KEY", "OVERRIDDEN", "DAEMON_ONLY", "PATH"]"#;
+    let job = |id: &str, executor: &str, extra: &str| {
+        format!(
+            "[jobs.{id}]\nentry = \"fixture_jobs:env_probe\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"{executor}\"\n{extra}\n\
+             args = {{ record = {record:?}, keys = {keys} }}\n\n"
+        )
+    };
+    let jobs = [
+        job("fork_job", "fork", &format!("env_file = \"secrets/feed.env\"\nenv = {{ INLINE_KEY = \"{inline}\", OVERRIDDEN = \"by-job\" }}")),
+        job("sub_job", "subprocess", "inherit_env = false\nenv_file = \"secrets/feed.env\""),
+        job("fork_bare", "fork", "inherit_env = false"),
+    ]
+    .concat();
+    // `[python] env_file` comes in the [python] table the harness writes: append it there.
+    p.config("", &jobs);
+    let config = std::fs::read_to_string(p.config_path())
+        .unwrap()
+        .replace("[python]\n", "[python]\nenv_file = \"secrets/all.env\"\n");
+    std::fs::write(p.config_path(), config).unwrap();
+
+    let check = p.run(&["check-config"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    let shown = text(&check);
+    assert!(
+        shown.contains("SHARED_TOKEN, OVERRIDDEN, FEED_TOKEN, INLINE_KEY (values hidden)"),
+        "{shown}"
+    );
+    assert!(shown.contains("not inherited"), "{shown}");
+
+    let daemon = p.spawn_daemon_with(&[], |c| {
+        c.env("DAEMON_ONLY", "daemon-env");
+    });
+    assert!(
+        wait_until(Duration::from_secs(20), || p
+            .log_dir()
+            .join("control.sock")
+            .exists()
+            && p.run(&["status", "--json"]).status.code() == Some(0)),
+        "{}",
+        p.daemon_output()
+    );
+    for id in ["fork_job", "sub_job", "fork_bare"] {
+        let out = p.run(&["trigger", id]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || file_lines(&record).len() == 3),
+        "{}",
+        p.daemon_output()
+    );
+    let seen: std::collections::HashMap<String, String> = file_lines(&record)
+        .into_iter()
+        .map(|l| {
+            let (id, rest) = l.split_once(' ').unwrap();
+            (id.to_string(), rest.to_string())
+        })
+        .collect();
+    let fork_job = &seen["fork_job"];
+    assert!(
+        fork_job.starts_with(&format!(
+            "SHARED_TOKEN={shared} FEED_TOKEN={own} INLINE_KEY={inline} OVERRIDDEN=by-job DAEMON_ONLY=daemon-env PATH=/"
+        )),
+        "{fork_job}"
+    );
+    let sub_job = &seen["sub_job"];
+    assert!(
+        sub_job.starts_with(&format!(
+            "SHARED_TOKEN={shared} FEED_TOKEN={own} INLINE_KEY=- OVERRIDDEN=from-python-file DAEMON_ONLY=- PATH=/"
+        )),
+        "{sub_job}"
+    );
+    let bare = &seen["fork_bare"];
+    assert!(
+        bare.starts_with(&format!("SHARED_TOKEN={shared} FEED_TOKEN=- INLINE_KEY=- OVERRIDDEN=from-python-file DAEMON_ONLY=- PATH=/")),
+        "{bare}"
+    );
+    assert!(wait_until(Duration::from_secs(10), || p
+        .runs_with("success")
+        .len()
+        == 3));
+
+    // Nothing we print or keep carries a value.
+    let mut outputs = vec![text(&check), p.daemon_output()];
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["history", "--json"],
+        vec!["logs", "fork_job"],
+        vec!["logs", "sub_job"],
+    ] {
+        outputs.push(text(&p.run(&args)));
+    }
+    let _ = signal_and_wait(
+        &mut { daemon },
+        nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(30),
+    );
+    for (path, bytes) in all_bytes_under(&p.log_dir()) {
+        outputs.push(format!(
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    for out in &outputs {
+        for secret in [shared, own, inline] {
+            assert!(!out.contains(secret), "{secret} printed: {out}");
+        }
+    }
+
+    // An env file others may read is refused, naming the file and the key; no value quoted.
+    std::fs::set_permissions(
+        secrets_dir.join("feed.env"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = p.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("config.toml:")
+            && err.contains("jobs.fork_job.env_file")
+            && err.contains("feed.env")
+            && err.contains("readable or writable by other users"),
+        "{err}"
+    );
+    assert!(!err.contains(own), "{err}");
+    // The daemon refuses to start with it too, starting nothing.
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
