@@ -30,3 +30,13 @@ pub fn bytes(n: u64) -> String {
 pub fn instant(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%H:%M:%S%.3f UTC").to_string()
 }
+
+/// `1 slot`, `2 slots`, `0 slots`: a count and its noun, plural when it is not one.
+pub fn n<T: TryInto<u64>>(count: T, noun: &str) -> String {
+    let count: u64 = count.try_into().unwrap_or(0);
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}

@@ -3,6 +3,7 @@
 //! history is unusable), lists problems worth a look, and talks to systemd when run under it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,33 @@ pub fn free_space(dir: &Path) -> Option<u64> {
     Some(stat.blocks_available() * stat.fragment_size())
 }
 
+/// How often systemd wants a `WATCHDOG=1` (`WatchdogSec=`), from `WATCHDOG_USEC` and
+/// `WATCHDOG_PID` as it sets them: half the period it allows, so one late ping is not a kill.
+/// `None` when no watchdog is asked of this process.
+pub fn watchdog_ping_every(
+    usec: Option<&str>,
+    for_pid: Option<&str>,
+    pid: u32,
+) -> Option<Duration> {
+    if let Some(for_pid) = for_pid
+        && for_pid.trim().parse::<u32>().ok() != Some(pid)
+    {
+        return None;
+    }
+    let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
+    Some(Duration::from_micros(usec / 2).max(Duration::from_millis(10)))
+}
+
+/// [`watchdog_ping_every`] for this process, from its environment.
+pub fn watchdog() -> Option<Duration> {
+    let var = |n: &str| std::env::var(n).ok();
+    watchdog_ping_every(
+        var("WATCHDOG_USEC").as_deref(),
+        var("WATCHDOG_PID").as_deref(),
+        std::process::id(),
+    )
+}
+
 /// A message to systemd (`READY=1`, `WATCHDOG=1`, `STOPPING=1`) when it started us with
 /// `Type=notify`; nothing otherwise.
 pub fn notify_systemd(message: &str) {
@@ -76,6 +104,8 @@ pub fn notify_systemd(message: &str) {
     let Ok(sock) = UnixDatagram::unbound() else {
         return;
     };
+    // Never waits: a full queue on systemd's side loses one ping, not the loop's time.
+    let _ = sock.set_nonblocking(true);
     let bytes = socket.as_encoded_bytes();
     let _ = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
@@ -109,6 +139,27 @@ mod tests {
         assert_eq!(back.pid, 42);
         assert_eq!(back.problems, state.problems);
         assert!(free_space(dir.path()).unwrap() > 0);
+    }
+
+    #[test]
+    fn the_watchdog_is_pinged_at_half_its_period_and_only_when_meant_for_us() {
+        let table: &[(Option<&str>, Option<&str>, Option<u64>)] = &[
+            (Some("90000000"), None, Some(45_000)),
+            (Some("90000000"), Some("42"), Some(45_000)),
+            (Some("90000000"), Some("43"), None),
+            (Some("2000000"), Some(" 42 "), Some(1_000)),
+            (Some("0"), None, None),
+            (Some("soon"), None, None),
+            (None, Some("42"), None),
+            (Some("1"), None, Some(10)),
+        ];
+        for (usec, for_pid, want) in table {
+            assert_eq!(
+                watchdog_ping_every(*usec, *for_pid, 42).map(|d| d.as_millis() as u64),
+                *want,
+                "WATCHDOG_USEC={usec:?} WATCHDOG_PID={for_pid:?}"
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub(crate) mod interpreter;
 pub(crate) mod legacy;
 pub(crate) mod logging;
 pub(crate) mod logs;
+pub(crate) mod market;
 pub(crate) mod observe;
 pub(crate) mod plan;
 pub(crate) mod private;
@@ -145,6 +146,7 @@ fn shell_word(path: &std::path::Path) -> String {
 pub fn run(cli: Cli) -> Result<i32> {
     // What we create is ours alone; the runs get the user's umask back.
     private::set_umask();
+    logging::set_color(cli.color);
     let found = config::locate::find(cli.config.as_deref());
     if let Some(at) = found
         .as_ref()
@@ -192,7 +194,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             check_log_dir(&config)?;
             interpreter::remember(&config, &interpreter);
-            logging::init_daemon(&config.scheduler.log_dir, config.scheduler.log_files_kept)?;
+            logging::init_daemon(
+                &config.scheduler.log_dir,
+                config.scheduler.log_files_kept,
+                config.calendar().tz(),
+            )?;
             let mode = contain_runs(&config)?;
             tracing::info!("🔒 containment: {}", mode.describe());
             legacy_at_start(&config)?;
@@ -330,8 +336,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 .any(|j| j.executor == config::Executor::Fork)
             {
                 println!(
-                    "🍴 fork server: started, {} preload(s) imported, no thread running after them",
-                    config.python.preload.len()
+                    "🍴 fork server: started, {} imported, no thread running after them",
+                    crate::fmt::n(config.python.preload.len(), "preload")
                 );
             }
             for w in cluster_data_warnings(&config) {
@@ -483,7 +489,12 @@ fn check_log_dir(config: &Config) -> Result<()> {
     let tightened = private::tighten_log_dir(dir, &config.scheduler.history);
     if tightened > 0 {
         eprintln!(
-            "note: made {tightened} file(s) and folder(s) in `{}` private (others could read them)",
+            "note: made {} in `{}` private (others could read them)",
+            if tightened == 1 {
+                "1 file or folder".to_string()
+            } else {
+                format!("{tightened} files and folders")
+            },
             dir.display()
         );
     }
@@ -1000,8 +1011,9 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     let unwritten = recorder.close(std::time::Duration::from_secs(10));
     if unwritten > 0 {
         eprintln!(
-            "warning: the history `{}` refused {unwritten} write(s) ({}); {}",
+            "warning: the history `{}` refused {} ({}); {}",
             env.config.scheduler.history.display(),
+            crate::fmt::n(unwritten, "write"),
             recorder.health().problem.map(|p| p.1).unwrap_or_default(),
             match recorder.spill_path() {
                 Some(p) => format!(

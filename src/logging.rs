@@ -11,7 +11,6 @@ use std::sync::Mutex;
 use chrono::{NaiveDate, Utc};
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::time::ChronoLocal;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -81,8 +80,53 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for DailyLog {
     }
 }
 
-/// For the daemon: console (stdout) plus `log_dir/hedge-scheduler.log`.
-pub fn init_daemon(log_dir: &Path, keep: usize) -> Result<()> {
+/// Log times in the exchange's zone with its abbreviation, as the fire times are written:
+/// `2026-11-30 09:15:00.003 IST`.
+#[derive(Clone, Copy)]
+struct ExchangeTime(chrono_tz::Tz);
+
+impl tracing_subscriber::fmt::time::FormatTime for ExchangeTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(
+            w,
+            "{}",
+            Utc::now()
+                .with_timezone(&self.0)
+                .format("%Y-%m-%d %H:%M:%S%.3f %Z")
+        )
+    }
+}
+
+/// `--color` as given: `None` until the command line is read.
+static COLOR: std::sync::OnceLock<crate::cli::Color> = std::sync::OnceLock::new();
+
+/// Records `--color` for every writer set up after.
+pub fn set_color(choice: crate::cli::Color) {
+    let _ = COLOR.set(choice);
+}
+
+/// Whether to colour what goes to a stream: `--color always|never`, or (auto) a terminal and no
+/// `NO_COLOR` (https://no-color.org: set and not empty).
+pub fn color(is_terminal: bool) -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    wants_color(
+        COLOR.get().copied().unwrap_or_default(),
+        is_terminal,
+        no_color,
+    )
+}
+
+/// The decision of [`color`], pure.
+pub fn wants_color(choice: crate::cli::Color, is_terminal: bool, no_color: bool) -> bool {
+    match choice {
+        crate::cli::Color::Always => true,
+        crate::cli::Color::Never => false,
+        crate::cli::Color::Auto => is_terminal && !no_color,
+    }
+}
+
+/// For the daemon: console (stdout) plus `log_dir/hedge-scheduler.log`, times in `tz`.
+pub fn init_daemon(log_dir: &Path, keep: usize, tz: chrono_tz::Tz) -> Result<()> {
     crate::private::create_dir(log_dir)
         .map_err(|e| Error::io(format!("cannot create log_dir `{}`", log_dir.display()), e))?;
     let file_writer = DailyLog::new(log_dir, keep).map_err(|e| {
@@ -91,11 +135,11 @@ pub fn init_daemon(log_dir: &Path, keep: usize) -> Result<()> {
             log_dir.display()
         ))
     })?;
-    let time = ChronoLocal::new("%Y-%m-%d %H:%M:%S%.3f".to_string());
+    let time = ExchangeTime(tz);
     let console = tracing_subscriber::fmt::layer()
         .with_target(false)
-        .with_timer(time.clone())
-        .with_ansi(std::io::stdout().is_terminal())
+        .with_timer(time)
+        .with_ansi(color(std::io::stdout().is_terminal()))
         .with_writer(std::io::stdout);
     let file = tracing_subscriber::fmt::layer()
         .with_target(false)
@@ -115,8 +159,32 @@ pub fn init_cli(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter(default))
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(color(std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr)
         .without_time()
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Color;
+
+    #[test]
+    fn colour_follows_the_flag_then_no_color_then_the_terminal() {
+        let table = [
+            (Color::Auto, true, false, true),
+            (Color::Auto, true, true, false),
+            (Color::Auto, false, false, false),
+            (Color::Always, false, true, true),
+            (Color::Never, true, false, false),
+        ];
+        for (choice, tty, no_color, want) in table {
+            assert_eq!(
+                wants_color(choice, tty, no_color),
+                want,
+                "{choice:?} tty={tty} NO_COLOR={no_color}"
+            );
+        }
+    }
 }

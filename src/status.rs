@@ -21,6 +21,8 @@ pub struct Status {
     pub jobs: Vec<JobStatus>,
     /// Plain-language problems worth a look (calendar coverage, …).
     pub warnings: Vec<String>,
+    /// The exchange now: open, or closed and when it next opens.
+    pub market: crate::market::Market,
 }
 
 #[derive(Debug, Serialize)]
@@ -268,6 +270,7 @@ pub fn gather_from(
         },
         jobs,
         warnings,
+        market: crate::market::at_instant(&calendar, now),
     };
     if config.cluster.is_some() {
         cluster_view(config, &mut status, (day_start, day_end), tz);
@@ -441,15 +444,24 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
         None => contained,
     };
     out.push_str(&format!(
-        "   config {}  ·  exchange {} ({}){contained}\n\n",
+        "   config {}  ·  exchange {} ({}){contained}\n",
         config.file.display(),
         config.scheduler.exchange.code(),
         tz.name()
     ));
+    out.push_str(&format!(
+        "{} {}\n\n",
+        if status.market.open {
+            "   📈"
+        } else {
+            "   💤"
+        },
+        status.market.summary
+    ));
     if d.notify_failures > 0 {
         out.push_str(&format!(
-            "📣 {} notification(s) or ping(s) failed; the last: {}\n\n",
-            d.notify_failures,
+            "📣 {} or pings failed; the last: {}\n\n",
+            crate::fmt::n(d.notify_failures, "notification"),
             d.notify_last_error.as_deref().unwrap_or("?")
         ));
     }
@@ -467,10 +479,10 @@ fn render_cluster(c: &crate::cluster::read::ClusterStatus, tz: Tz) -> String {
         return format!("CLUSTER  {}  unreachable\n\n", c.database);
     }
     let mut out = format!(
-        "CLUSTER  {}  reachable  {}/{} node(s) alive{}\n",
+        "CLUSTER  {}  reachable  {}/{} alive{}\n",
         c.database,
         c.alive,
-        c.nodes.len(),
+        crate::fmt::n(c.nodes.len(), "node"),
         c.expected
             .map(|e| format!(" (expect {e})"))
             .unwrap_or_default()
@@ -576,8 +588,9 @@ pub fn render_jobs(status: &Status, config: &Config, now: DateTime<Utc>) -> Stri
         }
         if j.backfill_pending > 0 {
             out.push_str(&format!(
-                "{:<20} └ {} slot(s) to backfill\n",
-                "", j.backfill_pending
+                "{:<20} └ {} to backfill\n",
+                "",
+                crate::fmt::n(j.backfill_pending, "slot")
             ));
         }
     }

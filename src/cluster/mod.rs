@@ -1180,7 +1180,9 @@ impl Coordinator {
                 let (runs, slots): (i64, i64) = (row.get(0), row.get(1));
                 if runs + slots > 0 {
                     tracing::info!(
-                        "🧹 pruned {runs} run(s) and {slots} slot(s) older than {} from the cluster history",
+                        "🧹 pruned {} and {} older than {} from the cluster history",
+                        crate::fmt::n(runs, "run"),
+                        crate::fmt::n(slots, "slot"),
                         humantime::format_duration(self.retention)
                     );
                 }
@@ -1481,8 +1483,8 @@ impl Coordinator {
             .await;
             if !taken.is_empty() || !abandoned.is_empty() {
                 tracing::warn!(
-                    "🪦 {reason}: {} slot(s) taken over here, {} abandoned",
-                    taken.len(),
+                    "🪦 {reason}: {} taken over here, {} abandoned",
+                    crate::fmt::n(taken.len(), "slot"),
                     abandoned.len()
                 );
             }

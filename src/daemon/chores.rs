@@ -113,9 +113,9 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
     let writer = input.recorder.health();
     if let Some((since, e)) = writer.problem {
         problems.push(format!(
-            "history database: {e} (since {}; {} write(s) waiting)",
+            "history database: {e} (since {}; {} waiting)",
             since.with_timezone(&tz).format("%H:%M:%S %Z"),
-            writer.waiting
+            crate::fmt::n(writer.waiting, "write")
         ));
     }
 
@@ -237,7 +237,6 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
             }
         }
     }
-    crate::health::notify_systemd("WATCHDOG=1");
     let _ = tx.send(Chore::HealthDone { lock_lost });
 }
 

@@ -143,7 +143,8 @@ pub async fn run(
             let recorded = runner::record_left_results(&config, h, &recorder);
             if recorded > 0 {
                 tracing::warn!(
-                    "🧹 {recorded} run(s) whose rows were lost (the history refused writes when the scheduler died) recorded from the results they left"
+                    "🧹 {} whose rows were lost (the history refused writes when the scheduler died) recorded from the results they left",
+                    crate::fmt::n(recorded, "run")
                 );
             }
             settled + recorded
@@ -202,10 +203,17 @@ pub async fn run(
     banner(&config, &interpreter, &calendar);
     if abandoned > 0 {
         tracing::warn!(
-            "⚠️  {abandoned} run(s) of a dead process were settled: abandoned, or recorded as they went from the results they left (what of theirs was still running was ended)"
+            "⚠️  {} of a dead process settled: abandoned, or recorded as they went from the results they left (what of theirs was still running was ended)",
+            crate::fmt::n(abandoned, "run")
         );
     }
     let now = Utc::now();
+    let market = crate::market::at_instant(&calendar, now);
+    tracing::info!(
+        "{} {}",
+        if market.open { "📈" } else { "💤" },
+        market.summary
+    );
     let mut jobs: Vec<JobState> = config
         .jobs
         .iter()
@@ -298,19 +306,25 @@ pub async fn run(
         d.web = Some(web);
     }
     drop(probe_tx);
-    tracing::info!("✅ All services initialized ({} jobs)", jobs.len());
+    tracing::info!(
+        "✅ All services initialized ({})",
+        crate::fmt::n(jobs.len(), "job")
+    );
     d.obs.daemon(
         &d.config,
         format!(
-            "🟢 hedge-scheduler started (PID {}, {} job(s))",
+            "🟢 hedge-scheduler started (PID {}, {})",
             std::process::id(),
-            jobs.len()
+            crate::fmt::n(jobs.len(), "job")
         ),
     );
     if abandoned > 0 {
         d.obs.daemon(
             &d.config,
-            format!("🧹 hedge-scheduler started after a crash: {abandoned} run(s) of the dead process were settled"),
+            format!(
+                "🧹 hedge-scheduler started after a crash: {} of the dead process settled",
+                crate::fmt::n(abandoned, "run")
+            ),
         );
     }
     d.health(&mut jobs);
@@ -326,6 +340,17 @@ pub async fn run(
         config.scheduler.report_interval,
     );
     report_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // systemd's watchdog (WatchdogSec=) is pinged from this loop at half its period, whatever
+    // `health_interval` says: a ping means the loop that fires the jobs turns.
+    let mut watchdog = crate::health::watchdog().map(|every| {
+        tracing::info!(
+            "🐕 systemd watchdog: pinged every {}",
+            humantime::format_duration(every)
+        );
+        let mut i = tokio::time::interval(every);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
 
     // The last wake, on both clocks, to tell a clock step from the passing of time.
     let mut last_wake = (Instant::now(), Utc::now());
@@ -383,6 +408,7 @@ pub async fn run(
             }
             _ = sighup.recv() => d.reload(),
             _ = health_every.tick() => d.health(&mut jobs),
+            _ = tick_if(watchdog.as_mut()) => crate::health::notify_systemd("WATCHDOG=1"),
             _ = report_every.tick() => d.report(&jobs),
         }
     };
@@ -506,7 +532,8 @@ impl Dispatcher {
                     reason,
                 } => {
                     tracing::warn!(
-                        "⏰ {job}: {count} slot(s) missed ({} … {}): {reason}",
+                        "⏰ {job}: {} missed ({} … {}): {reason}",
+                        crate::fmt::n(count, "slot"),
                         hms(first),
                         hms(last)
                     );
@@ -899,13 +926,15 @@ impl Dispatcher {
                     .or_default()
                     .push(range);
                 tracing::info!(
-                    "⏪ {job}: {added} slot(s) to backfill ({} in all)",
+                    "⏪ {job}: {} to backfill ({} in all)",
+                    crate::fmt::n(added, "slot"),
                     state.backfill.len() + usize::from(state.backfilling.is_some())
                 );
                 let actions: Vec<Action> = decide::next_backfill(state, now).into_iter().collect();
                 self.dispatch(&jobs[i], actions);
                 ok(format!(
-                    "{job}: {added} slot(s) queued for backfill, run one at a time when the job is idle"
+                    "{job}: {} queued for backfill, run one at a time when the job is idle",
+                    crate::fmt::n(added, "slot")
                 ))
             }
         }
@@ -1062,7 +1091,10 @@ impl Dispatcher {
                         self.apply_reload(jobs, config, interpreter);
                         crate::control::Reply {
                             ok: true,
-                            message: format!("config reloaded: {} job(s)", self.config.jobs.len()),
+                            message: format!(
+                                "config reloaded: {}",
+                                crate::fmt::n(self.config.jobs.len(), "job")
+                            ),
                         }
                     }
                     Err(e) => {
@@ -1247,8 +1279,8 @@ impl Dispatcher {
         self.config = new;
         self.calendar = calendar;
         tracing::info!(
-            "✅ config reloaded: {} job(s){}",
-            self.config.jobs.len(),
+            "✅ config reloaded: {}{}",
+            crate::fmt::n(self.config.jobs.len(), "job"),
             [("removed", &removed), ("disabled", &disabled)]
                 .iter()
                 .filter(|(_, ids)| !ids.is_empty())
@@ -1358,4 +1390,14 @@ fn jitter() -> f64 {
     z ^= z >> 31;
     let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
     0.9 + 0.2 * unit
+}
+
+/// The next tick of `interval`, or never without one.
+async fn tick_if(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }

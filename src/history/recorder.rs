@@ -593,8 +593,8 @@ impl Writer {
             Err(e) => {
                 if self.failing_since.is_none() {
                     tracing::error!(
-                        "❗ history write failed, {} write(s) kept to retry: {e}",
-                        self.queue.len()
+                        "❗ history write failed, {} kept to retry: {e}",
+                        crate::fmt::n(self.queue.len(), "write")
                     );
                     self.failing_since = Some(Utc::now());
                 }
@@ -853,7 +853,11 @@ fn apply(h: &History, st: &mut State, ids: &AtomicI64, owner: u32, w: &Write) ->
         Write::Prune { before } => {
             let n = h.prune(*before)?;
             if n > 0 {
-                tracing::info!("🧹 pruned {n} run(s) older than {}", before.date_naive());
+                tracing::info!(
+                    "🧹 pruned {} older than {}",
+                    crate::fmt::n(n, "run"),
+                    before.date_naive()
+                );
             }
         }
     }

@@ -90,8 +90,8 @@ impl Spill {
         if buf.len() as u64 > self.reserved {
             // Past the reserve: the disk may or may not take it.
             tracing::warn!(
-                "history: {} write(s) outgrow the spill journal's reserve of {}",
-                lines.len(),
+                "history: {} outgrow the spill journal's reserve of {}",
+                crate::fmt::n(lines.len(), "write"),
                 crate::fmt::bytes(self.reserved)
             );
         }

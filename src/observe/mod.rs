@@ -52,8 +52,9 @@ impl MissedNotice {
         doc.count = Some(count);
         doc.error = Some(reason.to_string());
         doc.message = format!(
-            "⏭️ {}: {count} slot(s) from {} did not run: {reason}",
+            "⏭️ {}: {} from {} did not run: {reason}",
             job.name,
+            crate::fmt::n(count, "slot"),
             first.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")
         );
         deliver(&self.outbox, config, Event::Missed, Some(job), doc);

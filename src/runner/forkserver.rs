@@ -156,10 +156,10 @@ impl Server {
     /// The console line that says a server is ready.
     pub(crate) fn announce(&self) {
         tracing::info!(
-            "🍴 fork server {} ready (Python {}, {} preload(s))",
+            "🍴 fork server {} ready (Python {}, {})",
             self.pid,
             self.python_version,
-            self.key.preload.len()
+            crate::fmt::n(self.key.preload.len(), "preload")
         );
     }
 

@@ -339,7 +339,7 @@ fn a_big_backfill_never_holds_the_live_slots_and_absurd_ranges_are_refused() {
         asked.elapsed()
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("17280 slot(s) queued"),
+        String::from_utf8_lossy(&out.stdout).contains("17280 slots queued"),
         "{}",
         text(&out)
     );

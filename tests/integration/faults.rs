@@ -1261,7 +1261,7 @@ fn a_crash_while_the_history_refuses_writes_loses_no_run_and_runs_no_slot_twice(
     // The writer knows the history refuses (status says writes wait)…
     assert!(wait_until(Duration::from_secs(15), || {
         let out = p.run(&["status", "--json"]);
-        String::from_utf8_lossy(&out.stdout).contains("write(s) waiting")
+        String::from_utf8_lossy(&out.stdout).contains(" waiting)")
     }));
     // …runs go on, and the daemon dies right after one.
     let seen = slots().len();

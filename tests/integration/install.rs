@@ -384,3 +384,86 @@ fn secrets_reach_the_job_by_env_and_env_file_and_never_check_config_status_or_lo
     let out = p.run(&["run"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// Datagrams systemd would get, with when each came.
+fn notifications(
+    sock: &std::os::unix::net::UnixDatagram,
+    until: std::time::Instant,
+) -> Vec<(std::time::Instant, String)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while std::time::Instant::now() < until {
+        sock.set_read_timeout(Some(
+            until
+                .saturating_duration_since(std::time::Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push((
+                std::time::Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+    got
+}
+
+#[test]
+fn the_systemd_watchdog_is_pinged_at_half_its_period_whatever_health_interval_says() {
+    let p = Project::new();
+    // A health check far longer than the watchdog allows (2 s): systemd would kill a daemon
+    // pinging only from it.
+    p.config(
+        "health_interval = \"60s\"",
+        "[jobs.idle]\nentry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"subprocess\"\n",
+    );
+    let path = p.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let mut daemon = p.spawn_daemon_with(&[], |c| {
+        c.env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", "2000000");
+    });
+    let got = notifications(&sock, std::time::Instant::now() + Duration::from_secs(8));
+    let ready = got.iter().position(|(_, m)| m.contains("READY=1"));
+    let Some(ready) = ready else {
+        panic!("no READY=1: {got:?}\n{}", p.daemon_output());
+    };
+    let pings: Vec<std::time::Instant> = got[ready..]
+        .iter()
+        .filter(|(_, m)| m == "WATCHDOG=1")
+        .map(|(at, _)| *at)
+        .collect();
+    // Every 1 s after READY: over the ~6 s left, at least 4, none more than 2 s (the period)
+    // after the one before.
+    assert!(pings.len() >= 4, "{got:?}");
+    for pair in pings.windows(2) {
+        assert!(pair[1] - pair[0] < Duration::from_secs(2), "{got:?}");
+    }
+    assert!(
+        p.daemon_output()
+            .contains("systemd watchdog: pinged every 1s"),
+        "{}",
+        p.daemon_output()
+    );
+    let _ = signal_and_wait(
+        &mut daemon,
+        nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(30),
+    );
+
+    // A watchdog meant for another process (WATCHDOG_PID) is not ours to ping.
+    let mut daemon = p.spawn_daemon_with(&[], |c| {
+        c.env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", "2000000")
+            .env("WATCHDOG_PID", "1");
+    });
+    let got = notifications(&sock, std::time::Instant::now() + Duration::from_secs(4));
+    assert!(got.iter().any(|(_, m)| m.contains("READY=1")), "{got:?}");
+    assert!(!got.iter().any(|(_, m)| m == "WATCHDOG=1"), "{got:?}");
+    let _ = signal_and_wait(
+        &mut daemon,
+        nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(30),
+    );
+}

@@ -353,7 +353,7 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_otherwise() {
         out.contains("config rejected, keeping the old one"),
         "{out}"
     );
-    assert!(out.contains("config reloaded: 2 job(s)"), "{out}");
+    assert!(out.contains("config reloaded: 2 jobs"), "{out}");
 }
 
 #[test]

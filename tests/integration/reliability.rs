@@ -118,7 +118,7 @@ fn a_locked_history_delays_rows_never_a_fire() {
             v["warnings"].as_array().is_some_and(|w| {
                 w.iter().any(|w| {
                     w.as_str().is_some_and(|w| {
-                        w.starts_with("history database:") && w.contains("write(s) waiting")
+                        w.starts_with("history database:") && w.contains(" waiting)")
                     })
                 })
             })
