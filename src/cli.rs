@@ -166,4 +166,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A shell's completion script, on stdout (bash: `hedge-scheduler completions bash >
+    /// ~/.local/share/bash-completion/completions/hedge-scheduler`)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff), on stdout: `hedge-scheduler man | man -l -`
+    Man,
 }

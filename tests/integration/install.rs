@@ -467,3 +467,101 @@ fn the_systemd_watchdog_is_pinged_at_half_its_period_whatever_health_interval_sa
         Duration::from_secs(30),
     );
 }
+
+/// `args` run as the package's service user, from `/`, with nothing of ours in the environment.
+fn as_service_user(args: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", "hedge", "--", "/usr/bin/hedge-scheduler"])
+        .args(args)
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/var/lib/hedge-scheduler")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_debian_package_installs_with_dpkg_and_runs_a_shipped_job_from_the_root_folder() {
+    // CI builds it (`packaging/deb/build --dev`) and names it; installing a package system-wide
+    // is for CI's throwaway machine only.
+    let Some(deb) = std::env::var_os("HEDGE_DEB").map(PathBuf::from) else {
+        eprintln!("SKIPPED: set HEDGE_DEB to a package built by packaging/deb/build (CI does)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI builds and names the package"
+        );
+        return;
+    };
+    let dpkg = |args: &[&str]| {
+        let out = Command::new("dpkg")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dpkg {args:?}: {}", text(&out));
+        out
+    };
+    dpkg(&["-i", &deb.display().to_string()]);
+    // Removed (and purged) however the test ends.
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg")
+                .args(["--purge", "hedge-scheduler"])
+                .output();
+        }
+    }
+    let _purge = Purge;
+
+    let version = as_service_user(&["--version"]);
+    assert!(
+        text(&version).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        text(&version)
+    );
+    // No libpython: the package's binary runs Debian's python3.
+    let ldd = Command::new("ldd")
+        .arg("/usr/bin/hedge-scheduler")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&ldd.stdout).contains("libpython"));
+
+    // From /, the config is found in /etc; the shipped jobs come from /usr/share.
+    let check = as_service_user(&["check-config"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    assert!(
+        text(&check).contains("/etc/hedge-scheduler/hedge-scheduler.toml is valid"),
+        "{}",
+        text(&check)
+    );
+    let run = as_service_user(&["run-once", "options_chain"]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    assert!(Path::new("/var/lib/hedge-scheduler/data/market.sqlite3").is_file());
+    assert!(Path::new("/var/log/hedge-scheduler/jobs/options_chain.log").is_file());
+    let history = as_service_user(&["history", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(rows[0]["job"], "options_chain", "{rows}");
+    assert_eq!(rows[0]["outcome"], "success", "{rows}");
+    // The bridge went to the service user's cache, not next to the binary.
+    assert!(Path::new("/var/lib/hedge-scheduler/.cache/hedge-scheduler").is_dir());
+
+    // The man page, the completions, the unit, the example config (readable by the service's
+    // group only).
+    for file in [
+        "/usr/share/man/man1/hedge-scheduler.1.gz",
+        "/usr/share/bash-completion/completions/hedge-scheduler",
+        "/usr/share/zsh/vendor-completions/_hedge-scheduler",
+        "/usr/share/fish/vendor_completions.d/hedge-scheduler.fish",
+        "/usr/lib/systemd/system/hedge-scheduler.service",
+    ] {
+        assert!(Path::new(file).is_file(), "{file}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let conf = std::fs::metadata("/etc/hedge-scheduler/hedge-scheduler.toml").unwrap();
+    assert_eq!(conf.mode() & 0o777, 0o640);
+
+    dpkg(&["--purge", "hedge-scheduler"]);
+    assert!(!Path::new("/usr/bin/hedge-scheduler").exists());
+    assert!(!Path::new("/var/log/hedge-scheduler").exists());
+}
