@@ -134,8 +134,13 @@ pub enum Command {
     },
     /// Stop the running daemon (SIGTERM) and wait for it to exit (exit 3: none running)
     Stop,
-    /// Validate the config and print a summary of its jobs
-    CheckConfig,
+    /// Validate the config (and import each job's module, as a run would) and print a summary of
+    /// its jobs (exit 2: the config is refused, with the file, line and key)
+    CheckConfig {
+        /// Print JSON: `valid`, the jobs, the warnings; or `valid: false` and the `error`
+        #[arg(long)]
+        json: bool,
+    },
     /// The sessions of an exchange in a date range (closed days absent)
     Calendar {
         /// XNSE or XNYS [default: the config's exchange]

@@ -32,7 +32,7 @@ print(json.dumps({"executable": sys.executable, "version": "%d.%d.%d" % sys.vers
 /// `check-config`'s deeper look: imports each job's module and looks its function up. Answers
 /// `{"module:function": null | "why not"}`.
 const ENTRY_PROBE: &str = r#"
-import importlib, json, sys
+import difflib, importlib, json, sys
 answer = {}
 for entry in sys.argv[1:]:
     module, _, function = entry.partition(":")
@@ -43,7 +43,8 @@ for entry in sys.argv[1:]:
         continue
     f = getattr(m, function, None)
     if f is None:
-        answer[entry] = "module `%s` has no function `%s`" % (module, function)
+        near = difflib.get_close_matches(function, [n for n in dir(m) if callable(getattr(m, n, None)) and not n.startswith("_")], 1)
+        answer[entry] = "module `%s` has no function `%s`%s" % (module, function, " (did you mean `%s`?)" % near[0] if near else "")
     elif not callable(f):
         answer[entry] = "`%s` in module `%s` is not callable" % (function, module)
     else:

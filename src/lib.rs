@@ -231,7 +231,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Status { json } => {
             logging::init_cli("warn");
-            let config = load()?;
+            let config = match load() {
+                Ok(config) => config,
+                Err(e) => return status_without_config(found.as_ref(), e, json),
+            };
             let now = Utc::now();
             let status = status::gather(&config, now)?;
             if json {
@@ -311,30 +314,80 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Stop => {
             logging::init_cli("warn");
-            let config = load()?;
-            stop(&config)
+            match load() {
+                Ok(config) => stop(
+                    &config.scheduler.log_dir,
+                    config.scheduler.shutdown_grace + config.scheduler.kill_grace,
+                ),
+                Err(e) => {
+                    // The running daemon read the config before it broke: reach it by the log
+                    // folder alone, waiting as long as the longest graces would need.
+                    let log_dir = fallback_log_dir(found.as_ref(), e)?;
+                    stop(&log_dir, std::time::Duration::from_secs(600))
+                }
+            }
         }
-        Command::CheckConfig => {
+        Command::CheckConfig { json } => {
             logging::init_cli("warn");
-            let config = load()?;
-            bridge::ensure(&config.scheduler.log_dir)?;
-            let interpreter = interpreter::resolve(&config, None)?;
-            interpreter::check_entries(&config, &interpreter)?;
-            // The preloads are imported as the daemon would: one that starts a thread is refused.
-            let forks = runner::ForkPool::default();
-            ready_forks(&config, &interpreter.path, &forks, false, true)?;
-            forks.shutdown();
+            let checked = (|| -> Result<(Config, interpreter::Interpreter)> {
+                let config = load()?;
+                bridge::ensure(&config.scheduler.log_dir)?;
+                let interpreter = interpreter::resolve(&config, None)?;
+                interpreter::check_entries(&config, &interpreter)?;
+                // pyo3 jobs: the embedded Python must be the interpreter's version.
+                init_embedded(&config, &interpreter)?;
+                // The preloads are imported as the daemon would: one that starts a thread is
+                // refused.
+                let forks = runner::ForkPool::default();
+                let started = ready_forks(&config, &interpreter.path, &forks, false, true);
+                forks.shutdown();
+                started?;
+                Ok((config, interpreter))
+            })();
+            let (config, interpreter) = match (checked, json) {
+                (Ok(c), _) => c,
+                (Err(e), false) => return Err(e),
+                (Err(e), true) => {
+                    let (file, position) = match &e {
+                        Error::Config(c) => (Some(c.file.clone()), c.position),
+                        _ => (None, None),
+                    };
+                    let doc = serde_json::json!({
+                        "valid": false,
+                        "error": e.to_string(),
+                        "file": file,
+                        "line": position.map(|p| p.0),
+                        "column": position.map(|p| p.1),
+                    });
+                    println!("{}", to_json(&doc)?);
+                    return Ok(e.exit_code());
+                }
+            };
+            let forks = config
+                .jobs
+                .iter()
+                .any(|j| j.executor == config::Executor::Fork);
+            let mut warnings = config_warnings(&config, Utc::now());
+            warnings.extend(cluster_data_warnings(&config));
+            if json {
+                println!(
+                    "{}",
+                    to_json(&status::config_json(
+                        &config,
+                        &interpreter,
+                        Utc::now(),
+                        warnings
+                    ))?
+                );
+                return Ok(0);
+            }
             let python = format!(
                 "{} (Python {})",
                 interpreter.path.display(),
                 interpreter.version
             );
             print!("{}", status::render_config(&config, &python, Utc::now()));
-            if config
-                .jobs
-                .iter()
-                .any(|j| j.executor == config::Executor::Fork)
-            {
+            if forks {
                 println!(
                     "🍴 fork server: started, {} imported, no thread running after them",
                     crate::fmt::n(config.python.preload.len(), "preload")
@@ -635,16 +688,76 @@ fn legacy_at_start(config: &Config) -> Result<()> {
 }
 
 /// `stop`: SIGTERM to the daemon, then wait until it has exited.
-fn stop(config: &Config) -> Result<i32> {
-    let Some(daemon) = instance::probe(&config.scheduler.log_dir) else {
+/// When the config does not load: the log folder it names (read leniently), said on stderr with
+/// the config's error; the error itself when not even that can be read.
+fn fallback_log_dir(
+    found: Option<&config::locate::Located>,
+    e: Error,
+) -> Result<std::path::PathBuf> {
+    let Some(log_dir) = found.and_then(|at| config::locate::log_dir_only(&at.path)) else {
+        return Err(e);
+    };
+    eprintln!("warning: the config does not load: {e}");
+    eprintln!(
+        "warning: using the log folder it names, `{}`, to reach the daemon",
+        log_dir.display()
+    );
+    Ok(log_dir)
+}
+
+/// `status` when the config does not load: whether the daemon of the log folder it names runs.
+fn status_without_config(
+    found: Option<&config::locate::Located>,
+    e: Error,
+    json: bool,
+) -> Result<i32> {
+    let log_dir = fallback_log_dir(found, e)?;
+    let daemon = instance::probe(&log_dir);
+    if json {
+        let doc = serde_json::json!({
+            "daemon": {
+                "running": daemon.is_some(),
+                "pid": daemon.as_ref().map(|d| d.pid),
+                "started_at": daemon.as_ref().and_then(|d| d.started_at).map(|t| t.to_rfc3339()),
+            },
+            "log_dir": log_dir,
+            "config_error": true,
+        });
+        println!("{}", to_json(&doc)?);
+    } else {
+        match &daemon {
+            Some(d) => println!(
+                "🟢 hedge-scheduler is running (PID {}{}), on the config it read before this one broke",
+                d.pid,
+                d.started_at
+                    .map(|t| format!(", since {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                    .unwrap_or_default()
+            ),
+            None => println!("🔴 hedge-scheduler is not running"),
+        }
+        println!(
+            "   log folder {}  ·  fix the config, then `{} reload`",
+            log_dir.display(),
+            me()
+        );
+    }
+    Ok(if daemon.is_some() {
+        0
+    } else {
+        EXIT_NOT_RUNNING
+    })
+}
+
+fn stop(log_dir: &std::path::Path, graces: std::time::Duration) -> Result<i32> {
+    let Some(daemon) = instance::probe(log_dir) else {
         println!("hedge-scheduler is not running");
         return Ok(EXIT_NOT_RUNNING);
     };
     // Never a signal to a process we cannot prove is this folder's daemon.
-    instance::verify(&config.scheduler.log_dir, &daemon).map_err(|why| {
+    instance::verify(log_dir, &daemon).map_err(|why| {
         Error::Other(format!(
             "refusing to stop: {why} (PID file `{}`)",
-            config.scheduler.log_dir.join(instance::PID_FILE).display()
+            log_dir.join(instance::PID_FILE).display()
         ))
     })?;
     let pid = nix::unistd::Pid::from_raw(
@@ -655,12 +768,10 @@ fn stop(config: &Config) -> Result<i32> {
     // A daemon someone stopped (SIGSTOP, Ctrl+Z) cannot act on SIGTERM until it continues.
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
     println!("🛑 stopping hedge-scheduler (PID {pid})…");
-    let limit = config.scheduler.shutdown_grace
-        + config.scheduler.kill_grace
-        + std::time::Duration::from_secs(15);
+    let limit = graces + std::time::Duration::from_secs(15);
     let deadline = std::time::Instant::now() + limit;
     while std::time::Instant::now() < deadline {
-        if instance::probe(&config.scheduler.log_dir).is_none() {
+        if instance::probe(log_dir).is_none() {
             println!("✅ hedge-scheduler stopped");
             return Ok(0);
         }
@@ -715,7 +826,12 @@ fn refuse_strict_past_coverage(config: &Config) -> Result<()> {
 pub fn config_warnings(config: &Config, now: chrono::DateTime<Utc>) -> Vec<String> {
     let calendar = config.calendar();
     let today = now.with_timezone(&calendar.tz()).date_naive();
-    let mut warnings: Vec<String> = calendar.coverage_warning(today).into_iter().collect();
+    // The holiday data's end matters only to jobs that fire by the calendar.
+    let mut warnings: Vec<String> = calendar
+        .coverage_warning(today)
+        .filter(|_| config.uses_calendar())
+        .into_iter()
+        .collect();
     for job in config.jobs.iter().filter(|j| j.enabled) {
         if job.trigger.next_fire_after(&calendar, now).is_none() {
             warnings.push(format!(

@@ -753,6 +753,53 @@ pub fn render_config(config: &Config, python: &str, now: DateTime<Utc>) -> Strin
     out
 }
 
+/// `check-config --json`: what `render_config` shows, as data (env values never).
+pub fn config_json(
+    config: &Config,
+    interpreter: &crate::interpreter::Interpreter,
+    now: DateTime<Utc>,
+    warnings: Vec<String>,
+) -> serde_json::Value {
+    let calendar = config.calendar();
+    let tz = calendar.tz();
+    let jobs: Vec<serde_json::Value> = config
+        .jobs
+        .iter()
+        .map(|job| {
+            serde_json::json!({
+                "job": job.id,
+                "name": job.name,
+                "entry": job.entry.to_string(),
+                "schedule": job.trigger.schedule.to_string(),
+                "market_hours": job.trigger.market_hours,
+                "executor": job.executor.as_str(),
+                "timeout_seconds": job.timeout.as_secs_f64(),
+                "enabled": job.enabled,
+                "next_fire": job
+                    .trigger
+                    .next_fire_after(&calendar, now)
+                    .map(|t| rfc3339_in(t, tz)),
+                "env_keys": job.env.keys(),
+                "inherit_env": job.env.inherit,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "valid": true,
+        "file": config.file,
+        "exchange": config.scheduler.exchange.code(),
+        "timezone": tz.name(),
+        "python": {
+            "executable": interpreter.path,
+            "version": interpreter.version,
+        },
+        "history": config.scheduler.history,
+        "log_dir": config.scheduler.log_dir,
+        "jobs": jobs,
+        "warnings": warnings,
+    })
+}
+
 /// The warnings block: one `⚠️` line each.
 fn warnings(list: &[String]) -> String {
     list.iter().map(|w| format!("⚠️  {w}\n")).collect()

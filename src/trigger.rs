@@ -170,6 +170,12 @@ pub struct Trigger {
 }
 
 impl Trigger {
+    /// Whether the exchange calendar decides when this fires: market hours, or a schedule
+    /// relative to the session (`@open`, `@close`).
+    pub fn uses_calendar(&self) -> bool {
+        self.market_hours || matches!(self.schedule, Schedule::Session(_))
+    }
+
     /// A cron trigger with the default window.
     pub fn cron(cron: CronSchedule, market_hours: bool) -> Trigger {
         Trigger {

@@ -94,6 +94,32 @@ pub fn locate(flag: Option<&Path>) -> Result<Located> {
     })
 }
 
+/// The log folder a config names, read leniently (for `status` and `stop` when the config no
+/// longer loads): `scheduler.log_dir` if the file parses as TOML, else the first `log_dir = "…"`
+/// line, else the default; relative to the config's folder. `None` when the file cannot be read.
+pub fn log_dir_only(path: &Path) -> Option<PathBuf> {
+    let source = std::fs::read_to_string(path).ok()?;
+    let written = match source.parse::<toml::Table>() {
+        Ok(t) => t
+            .get("scheduler")
+            .and_then(|s| s.get("log_dir"))
+            .and_then(|d| d.as_str())
+            .map(str::to_string),
+        Err(_) => source.lines().find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == "log_dir").then(|| {
+                let value = value.split('#').next().unwrap_or("").trim();
+                value.trim_matches(|c| c == '"' || c == '\'').to_string()
+            })
+        }),
+    };
+    let base = super::absolute(path);
+    let base = base.parent().unwrap_or(Path::new("/"));
+    Some(super::normalize(
+        &base.join(written.as_deref().unwrap_or(super::DEFAULT_LOG_DIR)),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +169,28 @@ mod tests {
             let want: Vec<PathBuf> = want.iter().map(PathBuf::from).collect();
             assert_eq!(got, want, "XDG_CONFIG_HOME={xdg:?} HOME={home:?}");
         }
+    }
+
+    #[test]
+    fn a_broken_config_still_names_its_log_folder() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = dir.path().join("conf/hs.toml");
+        std::fs::create_dir_all(cfg.parent().expect("parent")).expect("mkdir");
+        let table: &[(&str, &str)] = &[
+            (
+                "[scheduler]\nlog_dir = \"mylogs\"\n[jobs.x]\nschedule = 5\n",
+                "conf/mylogs",
+            ),
+            (
+                "[scheduler\nlog_dir = \"../elsewhere\"  # comment\n",
+                "elsewhere",
+            ),
+            ("[scheduler]\nexchange = \"XNSE\"\n", "logs"),
+        ];
+        for (text, want) in table {
+            std::fs::write(&cfg, text).expect("write");
+            assert_eq!(log_dir_only(&cfg), Some(dir.path().join(want)), "{text}");
+        }
+        assert_eq!(log_dir_only(&dir.path().join("missing.toml")), None);
     }
 }

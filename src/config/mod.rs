@@ -29,6 +29,8 @@ use crate::trigger::Trigger;
 
 /// The config file used when neither `--config` nor `HEDGE_SCHEDULER_CONFIG` names one.
 pub const DEFAULT_CONFIG: &str = "config/hedge-scheduler.toml";
+/// `scheduler.log_dir` when the config does not say, relative to the config's folder.
+pub const DEFAULT_LOG_DIR: &str = "../logs";
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -325,6 +327,13 @@ impl Config {
             .map(|j| j.id.as_str())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// Whether any enabled job fires by the exchange calendar (then its holiday data matters).
+    pub fn uses_calendar(&self) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| j.enabled && j.trigger.uses_calendar())
     }
 
     /// Where the per-job logs go.

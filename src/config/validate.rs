@@ -129,7 +129,7 @@ impl Config {
         v.regular = exchange.regular_hours();
         let scheduler = Scheduler {
             exchange,
-            log_dir: base.join(raw.scheduler.log_dir.as_deref().unwrap_or("../logs")),
+            log_dir: base.join(raw.scheduler.log_dir.as_deref().unwrap_or(DEFAULT_LOG_DIR)),
             history: base.join(
                 raw.scheduler
                     .history

@@ -1170,7 +1170,10 @@ impl Dispatcher {
         let daily = self.daily_done != Some(today);
         self.daily_done = Some(today);
         self.obs.heartbeat(&self.config, now);
-        if daily && let Some(warning) = self.calendar.coverage_warning(today) {
+        if daily
+            && self.config.uses_calendar()
+            && let Some(warning) = self.calendar.coverage_warning(today)
+        {
             self.obs.coverage(&self.config, format!("📅 {warning}"));
         }
         self.health_running = true;

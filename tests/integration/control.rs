@@ -426,3 +426,58 @@ fn an_unreadable_control_file_is_kept_aside_and_said() {
     assert_eq!(job_status(&p, "feed")["paused"], true);
     stop(&p, daemon);
 }
+
+#[test]
+fn status_and_stop_reach_a_running_daemon_when_the_config_on_disk_is_broken() {
+    let p = Project::new();
+    p.config(
+        "log_dir = \"the-logs\"",
+        &job(
+            "idle",
+            "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"",
+        ),
+    );
+    // The harness wrote `log_dir = "logs"` first: the later key is the one that counts, so drop it.
+    let text = std::fs::read_to_string(p.config_path())
+        .unwrap()
+        .replace("log_dir = \"logs\"\n", "");
+    std::fs::write(p.config_path(), &text).unwrap();
+    let mut daemon = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || p
+            .path()
+            .join("the-logs/control.sock")
+            .exists()),
+        "{}",
+        p.daemon_output()
+    );
+    // Broken while the daemon runs on what it read before.
+    std::fs::write(p.config_path(), text.replace("[python]", "[python")).unwrap();
+    let out = p.run(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", crate::util::text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains(&format!("running (PID {}", daemon.id())),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("config.toml:") && stderr.contains("the-logs"),
+        "{stderr}"
+    );
+    let out = p.run(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["daemon"]["running"], true, "{v}");
+    assert_eq!(v["daemon"]["pid"], daemon.id(), "{v}");
+    let out = p.run(&["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", crate::util::text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped"));
+    assert!(wait_until(Duration::from_secs(10), || daemon
+        .try_wait()
+        .ok()
+        .flatten()
+        .is_some()));
+    // And with nothing running: exit 3, still naming the folder.
+    let out = p.run(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", crate::util::text(&out));
+}

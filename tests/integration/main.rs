@@ -9,6 +9,7 @@ mod faults;
 mod fork;
 mod foundation;
 mod install;
+mod manners;
 mod observe;
 mod operations;
 mod page;

@@ -279,3 +279,46 @@ pub fn assert_stubborn_killed_and_escape_ended(
         "{executor}: the grandchild in its own session outlived the run"
     );
 }
+
+/// An interpreter of another minor version than `python3`'s, found beside it (pyenv keeps them
+/// side by side) or on PATH.
+pub fn other_python() -> Option<(PathBuf, String)> {
+    let probe = |python: &Path| -> Option<String> {
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.base_prefix)",
+            ])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let ours = probe(Path::new("python3"))?;
+    let mut ours = ours.lines();
+    let (minor, prefix) = (ours.next()?.to_string(), PathBuf::from(ours.next()?));
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(prefix.parent()?)
+        .map(|d| d.flatten().map(|e| e.path().join("bin/python3")).collect())
+        .unwrap_or_default();
+    candidates.sort();
+    candidates.extend(
+        ["3.13", "3.12", "3.10", "3.9"]
+            .iter()
+            .map(|v| PathBuf::from(format!("/usr/bin/python{v}"))),
+    );
+    // The oldest supported (3.9) first: the bridge must keep working there.
+    let mut found: Vec<(u32, PathBuf, String)> = candidates
+        .into_iter()
+        .filter(|c| c.exists())
+        .filter_map(|c| {
+            let v = probe(&c)?;
+            let v = v.lines().next()?.to_string();
+            let (major, min) = v.split_once('.')?;
+            let min: u32 = min.parse().ok()?;
+            (major == "3" && min >= 9 && v != minor).then_some((min, c, v))
+        })
+        .collect();
+    found.sort_by_key(|(min, _, _)| *min);
+    found.into_iter().next().map(|(_, c, v)| (c, v))
+}

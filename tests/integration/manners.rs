@@ -1,0 +1,252 @@
+//! The command line's manners: what a new user reads is true, short and in the exchange's time.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const NOOP: &str = "\n[jobs.q]\nentry = \"fixture_jobs:noop\"\nschedule = \"0 */15 * * * *\"\nmarket_hours = true\nexecutor = \"subprocess\"\n";
+
+#[test]
+fn check_config_json_names_the_jobs_and_a_typo_in_an_entry_is_refused_with_a_suggestion() {
+    let p = Project::new();
+    p.config("", NOOP);
+    let out = p.run(&["check-config", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["exchange"], "XNSE");
+    assert_eq!(v["timezone"], "Asia/Kolkata");
+    assert_eq!(v["jobs"][0]["job"], "q");
+    assert_eq!(v["jobs"][0]["entry"], "fixture_jobs:noop");
+    assert!(
+        v["jobs"][0]["next_fire"]
+            .as_str()
+            .unwrap()
+            .ends_with("+05:30"),
+        "{v}"
+    );
+    assert!(
+        v["python"]["version"].as_str().unwrap().starts_with("3."),
+        "{v}"
+    );
+
+    // `noop` misspelt: refused at its line, with the near name.
+    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
+    std::fs::write(
+        p.config_path(),
+        text_.replace("fixture_jobs:noop", "fixture_jobs:nop"),
+    )
+    .unwrap();
+    let out = p.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.toml:")
+            && err.contains("[jobs.q]")
+            && err.contains("no function `nop` (did you mean `noop`?)"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = p.run(&["check-config", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("did you mean `noop`"),
+        "{v}"
+    );
+    assert!(v["line"].as_u64().is_some(), "{v}");
+}
+
+#[test]
+fn check_config_refuses_a_pyo3_job_whose_venv_is_another_python_than_the_embedded_one() {
+    let Some((python, version)) = other_python() else {
+        eprintln!("SKIPPED: no Python 3.9+ of another version than python3's here");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI has pyenv's other versions"
+        );
+        return;
+    };
+    let p = Project::new();
+    let venv = p.path().join("venv-other");
+    let made = Command::new(&python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    p.config("", &NOOP.replace("subprocess", "pyo3"));
+    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
+    std::fs::write(
+        p.config_path(),
+        text_.replace("executable = \"python3\"", "venv = \"venv-other\""),
+    )
+    .unwrap();
+    let out = p.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("is Python {version}")) && err.contains("embedded Python"),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated_for_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", text(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for command in ["run-once", "check-config", "backfill", "completions"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    // bash parses it.
+    let script = Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap()
+        .stdout;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.bash"), &script).unwrap();
+    let ok = Command::new("bash")
+        .arg("-n")
+        .arg(dir.path().join("c.bash"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = Command::new(BIN).arg("man").output().unwrap();
+    assert!(out.status.success());
+    // roff writes a hyphen as `\-`.
+    let page = String::from_utf8_lossy(&out.stdout).replace("\\-", "-");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH hedge-scheduler"),
+        "{}",
+        &page[..200.min(page.len())]
+    );
+    for part in [
+        "run-once",
+        "HEDGE_SCHEDULER_CONFIG",
+        "EXIT STATUS",
+        "/etc/hedge-scheduler/hedge-scheduler.toml",
+    ] {
+        assert!(page.contains(part), "the man page lacks {part}");
+    }
+    // man renders it, when man is here.
+    if Path::new("/usr/bin/man").exists() {
+        std::fs::write(dir.path().join("hs.1"), page.as_bytes()).unwrap();
+        let out = Command::new("man")
+            .arg("-l")
+            .arg(dir.path().join("hs.1"))
+            .env("MANPAGER", "cat")
+            .env("PAGER", "cat")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("run-once"));
+    }
+}
+
+#[test]
+fn console_times_are_the_exchanges_with_its_zone_and_no_color_means_no_escape_codes() {
+    let p = Project::new();
+    p.config("", NOOP);
+    // A terminal would get colour; `--color always` stands in for one, NO_COLOR does not win
+    // over it, and without the flag NO_COLOR (or no terminal) means none.
+    let mut daemon = p.spawn_daemon_with(&["--color", "always"], |_| {});
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || p
+            .daemon_output()
+            .contains("All services initialized")),
+        "{}",
+        p.daemon_output()
+    );
+    let _ = signal_and_wait(
+        &mut daemon,
+        nix::sys::signal::Signal::SIGTERM,
+        std::time::Duration::from_secs(30),
+    );
+    let coloured = p.daemon_output();
+    assert!(coloured.contains('\u{1b}'), "{coloured}");
+    let mut daemon = p.spawn_daemon_with(&[], |c| {
+        c.env("NO_COLOR", "1");
+    });
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || p
+            .daemon_output()
+            .contains("All services initialized")),
+        "{}",
+        p.daemon_output()
+    );
+    let _ = signal_and_wait(
+        &mut daemon,
+        nix::sys::signal::Signal::SIGTERM,
+        std::time::Duration::from_secs(30),
+    );
+    let plain = p.daemon_output();
+    assert!(!plain.contains('\u{1b}'), "{plain}");
+    // Every line starts with the time in IST, as the fire times are written; one job reads
+    // "1 job".
+    let first = plain.lines().next().unwrap();
+    assert!(first.get(23..28) == Some(" IST "), "{first}");
+    assert!(
+        plain.contains("All services initialized (1 job)"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("next fire 20") && plain.contains(" IST"),
+        "{plain}"
+    );
+    // The log file too.
+    let log = std::fs::read_to_string(p.log_dir().join("hedge-scheduler.log")).unwrap();
+    assert!(log.lines().all(|l| l.get(23..28) == Some(" IST ")), "{log}");
+}
+
+#[test]
+fn status_says_when_the_market_is_closed_and_when_the_next_session_opens() {
+    // Saturday 2026-11-28 16:00 IST (libfaketime): closed, next session Monday 09:15 IST.
+    let lib = crate::reliability::libfaketime();
+    let p = Project::new();
+    p.config("", NOOP);
+    let run = |args: &[&str]| {
+        p.cmd(args)
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME", "@2026-11-28 10:30:00")
+            .env("TZ", "UTC")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["status"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(
+            "market closed today (weekend); next session Monday 2026-11-30 09:15 IST (in 1 d 17 h)"
+        ),
+        "{shown}"
+    );
+    let v: Value = serde_json::from_slice(&run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["market"]["open"], false, "{v}");
+    assert_eq!(v["market"]["next_open"], "2026-11-30T09:15:00+05:30", "{v}");
+    assert_eq!(v["market"]["closed_because"], "weekend", "{v}");
+    // Monday 09:59:30 IST: open, closing at 15:30 (the faked clock runs on from there).
+    let out = p
+        .cmd(&["status"])
+        .env("LD_PRELOAD", &lib)
+        .env("FAKETIME", "@2026-11-30 04:29:30")
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("market open: closes at 15:30 IST (in 5 h 30 min)"),
+        "{}",
+        text(&out)
+    );
+}
