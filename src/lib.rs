@@ -1277,11 +1277,23 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
                     println!("   result: {result}");
                 }
             }
-            other => println!(
-                "❌ {job_id} {} after {took}{run}: {}",
-                other.as_str(),
-                report.error.as_deref().unwrap_or("no detail")
-            ),
+            other => {
+                println!(
+                    "❌ {job_id} {} after {took}{run}: {}",
+                    other.as_str(),
+                    report.error.as_deref().unwrap_or("no detail")
+                );
+                if let Some(id) = report.run_id {
+                    println!(
+                        "   its output and traceback: `{} logs {job_id} --run {id}` (in {})",
+                        me(),
+                        env.config
+                            .job_log_dir()
+                            .join(format!("{job_id}.log"))
+                            .display()
+                    );
+                }
+            }
         }
     }
     // A run the history could not take is not a clean success: say so by the exit code.

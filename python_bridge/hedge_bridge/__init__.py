@@ -200,7 +200,11 @@ def call(entry: str, ctx: RunContext) -> dict:
     except BaseException as exc:  # noqa: BLE001 - a job's failure of any kind is its outcome
         import traceback
 
-        tb = traceback.format_exc()
+        # From the job's own code on: the bridge's frame (this function) is noise to its author.
+        frames = exc.__traceback__
+        if frames is not None and frames.tb_frame.f_code is call.__code__ and frames.tb_next:
+            frames = frames.tb_next
+        tb = "".join(traceback.format_exception(type(exc), exc, frames))
         return {
             "status": "error",
             "error": _summary(exc),

@@ -50,6 +50,19 @@ def run(raw: str, result_file: str | None) -> int:
     ctx = context_from_json(raw)
     outcome = call(entry, ctx)
     outcome["finished_at"] = time.time()
+    try:
+        # The process's own account (a fork child's starts at the fork): peak memory and CPU,
+        # its waited-for children's included, exact however short the run.
+        import resource
+
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        outcome["rusage"] = {
+            "maxrss_kib": max(me.ru_maxrss, kids.ru_maxrss),
+            "cpu_ms": round((me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime) * 1000),
+        }
+    except (ImportError, OSError):
+        pass
     # Enough to record the run from this file alone, should the scheduler lose its row.
     outcome["run"] = {
         k: context.get(k) for k in ("job", "run_uid", "scheduled_at", "trigger", "attempt", "owner")

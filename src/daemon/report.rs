@@ -37,10 +37,18 @@ pub fn log_report(report: &RunReport) {
             report.busy.as_deref().unwrap_or("busy")
         ),
         other => tracing::warn!(
-            "❌ {} {} after {took}{run}{attempt}: {}",
+            "❌ {} {} after {took}{run}{attempt}: {}{}",
             report.job,
             other.as_str(),
-            report.error.as_deref().unwrap_or("no detail")
+            report.error.as_deref().unwrap_or("no detail"),
+            report
+                .run_id
+                .map(|id| format!(
+                    " (output and traceback: `{} logs {} --run {id}`)",
+                    crate::me(),
+                    report.job
+                ))
+                .unwrap_or_default()
         ),
     }
 }

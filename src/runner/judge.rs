@@ -28,6 +28,17 @@ pub(crate) struct BridgeOutcome {
     /// The run the result belongs to, as the bridge was told (a subprocess run's result file).
     #[serde(default)]
     pub(super) run: Option<LeftRun>,
+    /// The job's process's own account (`getrusage`) as it ended: exact where sampling may miss
+    /// a short run.
+    #[serde(default)]
+    pub(super) rusage: Option<Rusage>,
+}
+
+/// `getrusage` of the job's process and the children it waited for.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub(crate) struct Rusage {
+    pub(super) maxrss_kib: u64,
+    pub(super) cpu_ms: u64,
 }
 
 /// What a result file says of its run: enough to record it if its row was lost.
@@ -111,6 +122,14 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
     if let Some(u) = &exec.usage {
         end.peak_rss_bytes = (u.peak_rss > 0).then_some(u.peak_rss);
         end.cpu_ms = (u.peak_rss > 0).then(|| u.cpu_ms());
+    }
+    // The process's own account covers a run too short to be sampled; the samples cover what
+    // it started and did not wait for. The larger of each.
+    if let Some(r) = bridge.and_then(|b| b.rusage)
+        && job.executor != crate::config::Executor::Pyo3
+    {
+        end.peak_rss_bytes = Some(end.peak_rss_bytes.unwrap_or(0).max(r.maxrss_kib * 1024));
+        end.cpu_ms = Some(end.cpu_ms.unwrap_or(0).max(r.cpu_ms));
     }
     end.exit_code = status.and_then(|s| s.code());
     if status.is_none()

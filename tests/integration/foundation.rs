@@ -104,10 +104,21 @@ schedule = "0 */3 * * * *"
         error.contains("ValueError: boom: the feed returned nothing"),
         "{error}"
     );
-    // The traceback is in the job's log.
+    // The traceback is in the job's log, from the job's own code on, and the message says where.
     let log = std::fs::read_to_string(p.log_dir().join("jobs/fails.log")).expect("job log");
     assert!(log.contains("Traceback"), "{log}");
     assert!(log.contains("about to fail"), "{log}");
+    assert!(!log.contains("hedge_bridge"), "{log}");
+    assert!(log.contains("fixture_jobs.py"), "{log}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "its output and traceback: `hedge-scheduler --config {} logs fails --run {}`",
+            p.config_path().display(),
+            rows[0]["id"]
+        )) && said.contains("jobs/fails.log"),
+        "{said}"
+    );
 
     let out = p.run(&["run-once", "exits"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

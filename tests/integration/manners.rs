@@ -250,3 +250,21 @@ fn status_says_when_the_market_is_closed_and_when_the_next_session_opens() {
         text(&out)
     );
 }
+
+#[test]
+fn a_short_run_has_its_peak_memory_and_cpu_from_its_own_rusage() {
+    let p = Project::new();
+    p.config(
+        "",
+        "[jobs.sub]\nentry = \"fixture_jobs:touch_memory\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"subprocess\"\nargs = { mb = 64 }\n\n\
+         [jobs.forked]\nentry = \"fixture_jobs:touch_memory\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"fork\"\nargs = { mb = 64 }\n",
+    );
+    for job in ["sub", "forked"] {
+        let out = p.run(&["run-once", job, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let row: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rss = row["peak_rss_bytes"].as_u64().unwrap_or(0);
+        assert!(rss >= 64 * 1024 * 1024, "{job}: {row}");
+        assert!(row["cpu_ms"].as_u64().is_some(), "{job}: {row}");
+    }
+}
