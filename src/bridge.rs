@@ -25,6 +25,14 @@ const FILES: &[(&str, &str)] = &[
         "forkserver.py",
         include_str!("../python_bridge/hedge_bridge/forkserver.py"),
     ),
+    (
+        "testing.py",
+        include_str!("../python_bridge/hedge_bridge/testing.py"),
+    ),
+    (
+        "py.typed",
+        include_str!("../python_bridge/hedge_bridge/py.typed"),
+    ),
 ];
 
 static READY: OnceLock<PathBuf> = OnceLock::new();

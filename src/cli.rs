@@ -171,6 +171,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The run context (JSON) a run scheduled at --at would get: what `hedge_bridge.testing`
+    /// runs a job with, outside the daemon
+    Context {
+        /// A job of the config [default: the config's job with --entry, or none]
+        job: Option<String>,
+        /// The entry point, `module:function`, when it is not a configured job's
+        #[arg(long)]
+        entry: Option<String>,
+        /// When the run is scheduled: RFC 3339 (`2026-11-30T09:15:00+05:30`), or a time in the
+        /// exchange's zone (`2026-11-30T09:15`) [default: now]
+        #[arg(long)]
+        at: Option<String>,
+        /// A JSON object merged over the job's `args`
+        #[arg(long)]
+        args: Option<String>,
+        /// XNSE or XNYS, when no config names one [default: XNSE]
+        #[arg(long)]
+        exchange: Option<String>,
+    },
     /// A shell's completion script, on stdout (bash: `hedge-scheduler completions bash >
     /// ~/.local/share/bash-completion/completions/hedge-scheduler`)
     Completions {

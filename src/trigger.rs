@@ -170,12 +170,6 @@ pub struct Trigger {
 }
 
 impl Trigger {
-    /// Whether the exchange calendar decides when this fires: market hours, or a schedule
-    /// relative to the session (`@open`, `@close`).
-    pub fn uses_calendar(&self) -> bool {
-        self.market_hours || matches!(self.schedule, Schedule::Session(_))
-    }
-
     /// A cron trigger with the default window.
     pub fn cron(cron: CronSchedule, market_hours: bool) -> Trigger {
         Trigger {
@@ -204,6 +198,27 @@ impl Trigger {
             Schedule::Cron(cron) => self.next_cron_in_sessions(cron, calendar, after),
             Schedule::Session(point) => next_session_point(*point, calendar, after),
         }
+    }
+
+    /// The last fire instant strictly before `before`: the slot a run at `before` follows, so
+    /// the start of the data interval it covers. Looked for over widening spans, up to 64 days.
+    pub fn previous_fire_before(
+        &self,
+        calendar: &Calendar,
+        before: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        for span in [
+            chrono::Duration::hours(1),
+            chrono::Duration::days(1),
+            chrono::Duration::days(4),
+            chrono::Duration::days(16),
+            chrono::Duration::days(64),
+        ] {
+            if let Some(last) = self.fires_between(calendar, before - span, before).pop() {
+                return Some(last);
+            }
+        }
+        None
     }
 
     fn next_cron_in_sessions(
@@ -391,6 +406,29 @@ mod tests {
             .iter()
             .map(|t| t.with_timezone(&cal.tz()).format("%m-%d %H:%M").to_string())
             .collect()
+    }
+
+    #[test]
+    fn the_previous_slot_is_the_one_before_across_nights_weekends_and_holidays() {
+        let cal = Calendar::builtin(Exchange::Xnse);
+        let tz = cal.tz();
+        let q = trigger("0 */15 * * * *", true);
+        let every3 = trigger("0 */3 * * * *", false);
+        let table: &[(&Trigger, &str, Option<&str>)] = &[
+            (&q, "2026-11-30 10:00:00", Some("2026-11-30 09:45:00")),
+            // The first slot of Monday follows Friday's last.
+            (&q, "2026-11-30 09:15:00", Some("2026-11-27 15:30:00")),
+            // A time between slots: the one just before.
+            (&q, "2026-11-30 10:07:30", Some("2026-11-30 10:00:00")),
+            // After Diwali (2025-10-21 Muhurat 13:45–14:45, 10-22 closed): the 23rd's first slot
+            // follows the Muhurat session's last.
+            (&q, "2025-10-23 09:15:00", Some("2025-10-21 14:45:00")),
+            (&every3, "2026-11-28 00:00:00", Some("2026-11-27 23:57:00")),
+        ];
+        for (t, at_, want) in table {
+            let got = t.previous_fire_before(&cal, at(tz, at_));
+            assert_eq!(got, want.map(|w| at(tz, w)), "{at_}");
+        }
     }
 
     #[test]

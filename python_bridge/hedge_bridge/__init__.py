@@ -22,11 +22,118 @@ import time
 # Kept out of the import path on purpose: `logging`, `traceback` and `typing` cost milliseconds at
 # every subprocess start, so they are imported only when a run needs them.
 
-__all__ = ["RunContext", "resolve", "call", "context_from_json"]
+__all__ = ["RunContext", "Session", "resolve", "call", "context_from_json"]
+
+
+class Session:
+    """One trading session of the exchange: ``open`` and ``close`` as aware datetimes in the
+    exchange's zone, ``kind`` one of ``"regular"``, ``"early_close"``, ``"special"`` (Muhurat
+    trading, a late open). Immutable."""
+
+    __slots__ = ("date", "open", "close", "kind")
+
+    date: _dt.date
+    open: _dt.datetime
+    close: _dt.datetime
+    kind: str
+
+    def __init__(self, date: _dt.date, open: _dt.datetime, close: _dt.datetime, kind: str) -> None:  # noqa: A002
+        for name, value in (("date", date), ("open", open), ("close", close), ("kind", kind)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Session is read-only: cannot set {name!r}")
+
+    def __contains__(self, t: _dt.datetime) -> bool:
+        """Whether ``t`` (aware) falls in the session, open and close included."""
+        return self.open <= t <= self.close
+
+    def minutes(self, step: int = 1) -> list:
+        """Every ``step``-th minute of the session, from the open up to the close (inclusive)."""
+        out, t = [], self.open
+        while t <= self.close:
+            out.append(t)
+            t += _dt.timedelta(minutes=step)
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Session) and (self.date, self.open, self.close, self.kind) == (
+            other.date,
+            other.open,
+            other.close,
+            other.kind,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.date, self.open, self.close, self.kind))
+
+    def __repr__(self) -> str:
+        return f"Session({self.date.isoformat()} {self.open:%H:%M}-{self.close:%H:%M} {self.kind})"
+
+    @classmethod
+    def from_json(cls, raw: dict | None) -> Session | None:
+        if not raw:
+            return None
+        return cls(
+            date=_dt.date.fromisoformat(raw["date"]),
+            open=_dt.datetime.fromisoformat(raw["open"]),
+            close=_dt.datetime.fromisoformat(raw["close"]),
+            kind=raw["kind"],
+        )
 
 
 class RunContext:
-    """What a job knows about the run it is part of."""
+    """What a job knows about the run it is part of. Immutable: set by the scheduler.
+
+    Times are aware datetimes in the exchange's zone:
+
+    - ``scheduled_at``: the slot this run is for;
+    - ``interval_start``: the job's slot before it, so the data interval this run covers is
+      ``[interval_start, scheduled_at)``; ``None`` for a job with no schedule to look back on;
+    - ``deadline``: when the run's timeout ends it;
+    - ``session``: the exchange's session on the slot's date, ``None`` when it is closed that day;
+    - ``last_session``: the last session opened at or before the slot (today's, or the one
+      before a closed day), for pricing at the last close.
+    """
+
+    __slots__ = (
+        "job",
+        "name",
+        "run_id",
+        "run_uid",
+        "scheduled_at",
+        "attempt",
+        "args",
+        "trigger",
+        "exchange",
+        "timezone",
+        "node",
+        "fence",
+        "degraded",
+        "session",
+        "last_session",
+        "interval_start",
+        "deadline",
+        "_log",
+    )
+
+    job: str
+    name: str
+    run_id: int
+    run_uid: str | None
+    scheduled_at: _dt.datetime
+    attempt: int
+    args: dict
+    trigger: str
+    exchange: str | None
+    timezone: str | None
+    node: str | None
+    fence: int | None
+    degraded: bool
+    session: Session | None
+    last_session: Session | None
+    interval_start: _dt.datetime | None
+    deadline: _dt.datetime | None
 
     def __init__(
         self,
@@ -43,37 +150,64 @@ class RunContext:
         node: str | None = None,
         fence: int | None = None,
         degraded: bool = False,
+        session: Session | None = None,
+        last_session: Session | None = None,
+        interval_start: _dt.datetime | None = None,
+        deadline: _dt.datetime | None = None,
     ) -> None:
-        self.job = job
-        self.name = name or job
-        self.run_id = run_id
-        # Unique across restarts, history files and hosts (a UUIDv7): a key for idempotent writes.
-        self.run_uid = run_uid
-        self.scheduled_at = scheduled_at
-        self.attempt = attempt
-        self.args = dict(args or {})
-        self.trigger = trigger
-        self.exchange = exchange
-        self.timezone = timezone
-        # Cluster mode: the node running the slot and the slot's fencing token (it grows with
-        # every claim of the slot, so a store that keeps the highest fence per slot ignores a
-        # stale writer); `degraded` when run without the cluster's database.
-        self.node = node
-        self.fence = fence
-        self.degraded = degraded
-        self._log = None
+        values = {
+            "job": job,
+            "name": name or job,
+            "run_id": run_id,
+            # Unique across restarts, history files and hosts (a UUIDv7): a key for idempotent
+            # writes.
+            "run_uid": run_uid,
+            "scheduled_at": scheduled_at,
+            "attempt": attempt,
+            # The job's own copy: changing it changes nothing of the scheduler's.
+            "args": dict(args or {}),
+            "trigger": trigger,
+            "exchange": exchange,
+            "timezone": timezone,
+            # Cluster mode: the node running the slot and the slot's fencing token (it grows with
+            # every claim of the slot, so a store that keeps the highest fence per slot ignores a
+            # stale writer); `degraded` when run without the cluster's database.
+            "node": node,
+            "fence": fence,
+            "degraded": degraded,
+            "session": session,
+            "last_session": last_session,
+            "interval_start": interval_start,
+            "deadline": deadline,
+            "_log": None,
+        }
+        for name_, value in values.items():
+            object.__setattr__(self, name_, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"RunContext is read-only: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"RunContext is read-only: cannot delete {name!r}")
 
     @property
     def log(self):
         """A ``logging.Logger`` for the job; what it logs goes to the job's log file."""
         if self._log is None:
-            self._log = _job_logger(self.job)
+            object.__setattr__(self, "_log", _job_logger(self.job))
         return self._log
+
+    def time_left(self) -> float | None:
+        """Seconds until ``deadline`` (negative once past), or ``None`` without one."""
+        if self.deadline is None:
+            return None
+        return (self.deadline - _dt.datetime.now(_dt.timezone.utc)).total_seconds()
 
     def __repr__(self) -> str:
         return (
             f"RunContext(job={self.job!r}, run_id={self.run_id}, "
-            f"scheduled_at={self.scheduled_at.isoformat()}, attempt={self.attempt})"
+            f"scheduled_at={self.scheduled_at.isoformat()}, attempt={self.attempt}, "
+            f"session={self.session!r})"
         )
 
 
@@ -108,7 +242,15 @@ def context_from_json(text: str) -> RunContext:
         node=raw.get("node"),
         fence=raw.get("fence"),
         degraded=bool(raw.get("degraded", False)),
+        session=Session.from_json(raw.get("session")),
+        last_session=Session.from_json(raw.get("last_session")),
+        interval_start=_time(raw.get("interval_start")),
+        deadline=_time(raw.get("deadline")),
     )
+
+
+def _time(text: str | None) -> _dt.datetime | None:
+    return _dt.datetime.fromisoformat(text) if text else None
 
 
 def _script(path: str):
@@ -164,11 +306,55 @@ def _finite(value):
     return value
 
 
+#: Rows of a table kept in a stored summary.
+SUMMARY_ROWS = 5
+
+
+def _table_summary(value):
+    """A pandas DataFrame or Series, or a numpy array, as a compact summary (its shape, columns
+    and first rows), not a text dump: `None` for anything else. Duck-typed: pandas and numpy are
+    never imported here."""
+    kind = type(value).__name__
+    module = type(value).__module__.split(".")[0]
+    if module == "pandas" and kind == "DataFrame":
+        head = value.head(SUMMARY_ROWS)
+        return {
+            "type": "DataFrame",
+            "shape": list(value.shape),
+            "columns": [str(c) for c in value.columns],
+            "dtypes": {str(c): str(t) for c, t in value.dtypes.items()},
+            "head": json.loads(head.to_json(orient="records", date_format="iso", default_handler=str)),
+        }
+    if module == "pandas" and kind == "Series":
+        head = value.head(SUMMARY_ROWS)
+        return {
+            "type": "Series",
+            "name": None if value.name is None else str(value.name),
+            "length": int(len(value)),
+            "dtype": str(value.dtype),
+            "head": json.loads(head.to_json(orient="values", date_format="iso", default_handler=str)),
+        }
+    if module == "numpy" and kind == "ndarray":
+        flat = value.reshape(-1)[:SUMMARY_ROWS]
+        return {
+            "type": "ndarray",
+            "shape": list(value.shape),
+            "dtype": str(value.dtype),
+            "head": _finite(json.loads(json.dumps(flat.tolist(), default=str))),
+        }
+    return None
+
+
 def _jsonable(value):
-    """The job's return value as strict JSON: values JSON cannot hold become their str(), NaN and
-    infinities become None."""
+    """The job's return value as strict JSON: a table (pandas, numpy) as its summary; values JSON
+    cannot hold become their str(), NaN and infinities become None."""
     if value is None or isinstance(value, (str, int, bool)):
         return value
+    table = _table_summary(value)
+    if table is not None:
+        return table
+    if isinstance(value, dict):
+        value = {k: (_table_summary(v) or v) for k, v in value.items()}
     try:
         json.dumps(value, allow_nan=False)
         return value

@@ -1,10 +1,15 @@
 """Market data providers.
 
-A provider answers three questions for an index at an instant: the spot price, the option chain,
-and the intraday bars of a day. The default, :class:`SyntheticMarket`, is deterministic: the same
-index and instant always give the same numbers (seeded by index and time, priced with
-Black–Scholes), so runs are reproducible and tests can check them. A real feed plugs in by naming
-it in a job's ``args``::
+A provider answers three questions for an index: the spot price at an instant, the option chain at
+an instant, and the bars of a session. Every question comes with the exchange's session (the run
+context's ``ctx.session``): open and close as aware datetimes, so a special session (Muhurat
+trading) or an early close has its own minutes, and a closed day has none.
+
+The default, :class:`SyntheticMarket`, is deterministic: the same index and instant always give
+the same numbers, so runs are reproducible and tests can check them. Its chains are free of
+static arbitrage (one implied volatility per strike for calls and puts, so put–call parity holds;
+calls fall and are convex in strike, puts rise and are convex) and its open interest evolves
+smoothly from slot to slot. A real feed plugs in by naming it in a job's ``args``::
 
     args = { provider = "my_feeds.nse:NseProvider", provider_args = { token = "..." } }
 
@@ -24,8 +29,29 @@ from dataclasses import dataclass, field
 
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30), "IST")
 SESSION_OPEN = dt.time(9, 15)
+SESSION_CLOSE = dt.time(15, 30)
 SESSION_MINUTES = 375  # 09:15-15:30
 RISK_FREE = 0.065
+#: NSE's price tick for options.
+TICK = 0.05
+
+
+@dataclass(frozen=True)
+class Hours:
+    """A session's open and close (aware datetimes). ``hedge_bridge.Session`` is one; so is
+    :func:`regular_hours` of a date, for use without the scheduler."""
+
+    open: dt.datetime
+    close: dt.datetime
+
+
+def regular_hours(day: dt.date) -> Hours:
+    """NSE's regular session on ``day`` (holidays not considered)."""
+    return Hours(dt.datetime.combine(day, SESSION_OPEN, IST), dt.datetime.combine(day, SESSION_CLOSE, IST))
+
+
+def session_minutes(session) -> int:
+    return max(int((session.close - session.open).total_seconds() // 60), 0)
 
 
 @dataclass(frozen=True)
@@ -75,17 +101,18 @@ class Bar:
 
 
 class Provider:
-    """The interface every provider offers."""
+    """The interface every provider offers. ``session`` is the exchange's session the instant
+    belongs to (``open``/``close`` aware datetimes); ``at`` lies within it."""
 
     name = "provider"
 
-    def spot(self, index: str, at: dt.datetime) -> float:
+    def spot(self, index: str, at: dt.datetime, session=None) -> float:
         raise NotImplementedError
 
-    def chain(self, index: str, at: dt.datetime, strikes_each_side: int = 10) -> Chain:
+    def chain(self, index: str, at: dt.datetime, strikes_each_side: int = 10, session=None) -> Chain:
         raise NotImplementedError
 
-    def bars(self, index: str, day: dt.date, minutes: int = 15, until: dt.datetime | None = None) -> list[Bar]:
+    def bars(self, index: str, session, minutes: int = 15, until: dt.datetime | None = None) -> list[Bar]:
         raise NotImplementedError
 
 
@@ -113,11 +140,24 @@ def _spec(index: str) -> IndexSpec:
     return INDICES.get(index.upper(), IndexSpec(10000.0, 50, 0.15, 50))
 
 
-def _minute_of_session(at: dt.datetime) -> tuple[dt.date, int]:
-    local = at.astimezone(IST)
-    opened = dt.datetime.combine(local.date(), SESSION_OPEN, IST)
-    minute = int((local - opened).total_seconds() // 60)
-    return local.date(), min(max(minute, 0), SESSION_MINUTES)
+def _minute_of_session(at: dt.datetime, session) -> int:
+    """Whole minutes since the open, clamped to the session."""
+    minute = int((at - session.open).total_seconds() // 60)
+    return min(max(minute, 0), session_minutes(session))
+
+
+def _smooth(seed, *key) -> float:
+    """A smooth function of time for ``key``: the sum of two slow waves with seeded phases, in
+    about [-1, 1]. Its value moves by under 1 % of its range in 3 minutes."""
+    rng = _rng(seed, *key, "waves")
+    phases = [rng.uniform(0, 2 * math.pi) for _ in range(2)]
+    return lambda minutes: 0.6 * math.sin(2 * math.pi * minutes / 390 + phases[0]) + 0.4 * math.sin(
+        2 * math.pi * minutes / 170 + phases[1]
+    )
+
+
+#: Minutes are counted from here for the slow waves of open interest.
+_EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class SyntheticMarket(Provider):
@@ -129,21 +169,26 @@ class SyntheticMarket(Provider):
         self.seed = seed
 
     @functools.lru_cache(maxsize=64)
-    def _path(self, index: str, day: dt.date) -> tuple[float, ...]:
+    def _path(self, index: str, open_: dt.datetime, minutes: int) -> tuple[float, ...]:
+        """The index level at each minute of the session that opens at ``open_``."""
         spec = _spec(index)
+        day = open_.astimezone(IST).date()
         days = (day - dt.date(2024, 1, 1)).days
         level = spec.base * math.exp(0.06 * math.sin(days / 45.0) + 0.02 * math.sin(days / 7.3))
         level *= math.exp(0.006 * _rng(self.seed, index, day, "open").gauss(0, 1))
         sigma_minute = spec.vol / math.sqrt(252 * SESSION_MINUTES)
-        rng = _rng(self.seed, index, day, "path")
+        rng = _rng(self.seed, index, open_.isoformat(), "path")
         path = [level]
-        for _ in range(SESSION_MINUTES):
+        for _ in range(minutes):
             path.append(path[-1] * math.exp(sigma_minute * rng.gauss(0, 1)))
         return tuple(path)
 
-    def spot(self, index: str, at: dt.datetime) -> float:
-        day, minute = _minute_of_session(at)
-        return round(self._path(index.upper(), day)[minute], 2)
+    def _session_path(self, index: str, session) -> tuple[float, ...]:
+        return self._path(index.upper(), session.open, session_minutes(session))
+
+    def spot(self, index: str, at: dt.datetime, session=None) -> float:
+        session = session or regular_hours(at.astimezone(IST).date())
+        return round(self._session_path(index, session)[_minute_of_session(at, session)], 2)
 
     def expiry(self, index: str, day: dt.date) -> dt.date:
         """The nearest expiry on or after ``day``, by NSE's rules: index options expire on
@@ -162,53 +207,78 @@ class SyntheticMarket(Provider):
                 return last
             year, month = first_next.year, first_next.month
 
-    def chain(self, index: str, at: dt.datetime, strikes_each_side: int = 10) -> Chain:
+    def open_interest(self, index: str, expiry: dt.date, strike: float, option_type: str, at: dt.datetime, anchor: float) -> int:
+        """Open interest of one contract at ``at``: clustered around ``anchor`` (the session's
+        opening level: positions are not rebuilt each time spot ticks), puts written below it,
+        calls above, building up towards expiry and moving smoothly with time, so each snapshot
+        is the one before plus a small move (about 1 % in 3 minutes)."""
+        spot = anchor
+        spec = _spec(index)
+        minutes = (at - _EPOCH).total_seconds() / 60.0
+        wave = _smooth(self.seed, index, expiry, strike, option_type)(minutes)
+        # The side that is out of the money carries more: a smooth step, not a jump, as spot
+        # crosses the strike.
+        side = math.tanh((strike - spot) / spec.strike_step)
+        bias = 1.0 + 0.25 * (side if option_type == "CE" else -side)
+        weight = math.exp(-((strike - spot) / (6 * spec.strike_step)) ** 2)
+        days_left = max((dt.datetime.combine(expiry, SESSION_CLOSE, IST) - at).total_seconds() / 86400.0, 0.0)
+        build_up = 1.0 + 1.5 / (1.0 + days_left / 3.0)
+        base = spec.lot * 1600.0 * (0.85 + 0.3 * _rng(self.seed, index, expiry, strike, option_type, "oi").random())
+        return int(base * weight * bias * build_up * (1.0 + 0.12 * wave)) + spec.lot * 10
+
+    def chain(self, index: str, at: dt.datetime, strikes_each_side: int = 10, session=None) -> Chain:
+        """The chain at ``at`` (within ``session``). One implied volatility per strike (a smooth
+        smile) for calls and puts alike: put–call parity holds and prices carry no static
+        arbitrage across strikes, up to the tick they are rounded to."""
         index = index.upper()
         spec = _spec(index)
-        spot = self.spot(index, at)
+        session = session or regular_hours(at.astimezone(IST).date())
+        spot = self.spot(index, at, session)
+        anchor = self._session_path(index, session)[0]
         local = at.astimezone(IST)
         expiry = self.expiry(index, local.date())
-        expires_at = dt.datetime.combine(expiry, dt.time(15, 30), IST)
+        expires_at = dt.datetime.combine(expiry, SESSION_CLOSE, IST)
         years = max((expires_at - local).total_seconds(), 3600.0) / (365.0 * 86400.0)
+        forward = spot * math.exp(RISK_FREE * years)
         atm = round(spot / spec.strike_step) * spec.strike_step
-        _, minute = _minute_of_session(at)
-        day_fraction = max(minute, 1) / SESSION_MINUTES
-        rng = _rng(self.seed, index, local.replace(microsecond=0).isoformat(), "chain")
+        minute = _minute_of_session(at, session)
+        day_fraction = max(minute, 1) / max(session_minutes(session), 1)
+        # The level of the smile drifts slowly through the day; its shape is fixed.
+        level = spec.vol * (1.0 + 0.04 * _smooth(self.seed, index, "iv")((at - _EPOCH).total_seconds() / 60.0))
         chain = Chain(index=index, at=at, spot=spot, expiry=expiry)
         for i in range(-strikes_each_side, strikes_each_side + 1):
             strike = float(atm + i * spec.strike_step)
-            moneyness = math.log(strike / spot)
-            for option_type in ("CE", "PE"):
-                iv = spec.vol * (1.0 + 2.5 * abs(moneyness) - 0.8 * moneyness) + rng.uniform(-0.004, 0.004)
-                price = black_scholes(spot, strike, years, iv, RISK_FREE, option_type)
-                # Open interest clusters at the money; puts are written below spot, calls above.
-                bias = 1.25 if (option_type == "PE") == (strike < spot) else 0.8
-                weight = math.exp(-((strike - spot) / (6 * spec.strike_step)) ** 2)
-                oi = int(spec.lot * rng.uniform(800, 2400) * weight * bias) + spec.lot * 10
-                volume = int(oi * rng.uniform(0.2, 1.5) * day_fraction)
-                chain.quotes.append(
-                    Quote(strike, option_type, round(max(price, 0.05), 2), oi, volume, round(iv, 4))
-                )
+            moneyness = math.log(strike / forward)
+            iv = level * (1.0 + 1.5 * moneyness * moneyness - 0.3 * moneyness)
+            call = black_scholes(spot, strike, years, iv, RISK_FREE, "CE")
+            # Parity, exactly: the put from the call.
+            put = call - spot + strike * math.exp(-RISK_FREE * years)
+            for option_type, price in (("CE", call), ("PE", put)):
+                oi = self.open_interest(index, expiry, strike, option_type, at, anchor)
+                volume = int(oi * 0.9 * day_fraction)
+                chain.quotes.append(Quote(strike, option_type, _to_tick(price), oi, volume, round(iv, 4)))
         return chain
 
-    def bars(self, index: str, day: dt.date, minutes: int = 15, until: dt.datetime | None = None) -> list[Bar]:
+    def bars(self, index: str, session, minutes: int = 15, until: dt.datetime | None = None) -> list[Bar]:
+        """The ``minutes``-long bars of ``session`` that have completed by ``until`` (all of
+        them without it); a last bar cut short by the close ends at the close."""
         index = index.upper()
-        path = self._path(index, day)
-        opened = dt.datetime.combine(day, SESSION_OPEN, IST)
-        last_minute = SESSION_MINUTES
+        path = self._session_path(index, session)
+        length = session_minutes(session)
+        last_minute = length
         if until is not None:
-            last_minute = min(int((until.astimezone(IST) - opened).total_seconds() // 60), SESSION_MINUTES)
+            last_minute = min(int((until - session.open).total_seconds() // 60), length)
         out = []
-        for start in range(0, SESSION_MINUTES, minutes):
-            end = min(start + minutes, SESSION_MINUTES)
+        for start in range(0, length, minutes):
+            end = min(start + minutes, length)
             if end > last_minute:
                 break
             points = path[start : end + 1]
-            volume = int(_rng(self.seed, index, day, start, "volume").uniform(2e5, 9e5) * minutes)
+            volume = int(_rng(self.seed, index, session.open.isoformat(), start, "volume").uniform(2e5, 9e5) * (end - start))
             out.append(
                 Bar(
                     index=index,
-                    start=opened + dt.timedelta(minutes=start),
+                    start=session.open.astimezone(IST) + dt.timedelta(minutes=start),
                     open=round(points[0], 2),
                     high=round(max(points), 2),
                     low=round(min(points), 2),
@@ -217,6 +287,11 @@ class SyntheticMarket(Provider):
                 )
             )
         return out
+
+
+def _to_tick(price: float) -> float:
+    """A price on the exchange's tick, at least one tick."""
+    return max(round(round(price / TICK) * TICK, 2), TICK)
 
 
 def load_provider(args: dict) -> Provider:

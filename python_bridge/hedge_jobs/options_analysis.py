@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 from hedge_jobs import market, store
+from hedge_jobs.options_chain import pricing
 
 
 def pcr(quotes) -> float:
@@ -61,15 +62,15 @@ def suggest(index: str, sig: str, spot: float, step: int, expiry: str, iv: float
     return "NO TRADE"
 
 
-def _latest_snapshot(conn, index: str, at: dt.datetime, max_age: dt.timedelta):
+def _latest_snapshot(conn, index: str, at: dt.datetime, max_age: dt.timedelta, state: str):
     rows = conn.execute(
-        "SELECT id, snapshot_at, spot, expiry FROM chain_snapshots WHERE index_name = ?"
+        "SELECT id, snapshot_at, spot, expiry, market FROM chain_snapshots WHERE index_name = ?"
         " ORDER BY snapshot_at DESC LIMIT 50",
         (index,),
     ).fetchall()
-    for snapshot_id, snapshot_at, spot, expiry in rows:
+    for snapshot_id, snapshot_at, spot, expiry, market_state in rows:
         taken = dt.datetime.fromisoformat(snapshot_at)
-        if taken <= at and at - taken <= max_age:
+        if taken <= at and at - taken <= max_age and market_state == state:
             return snapshot_id, spot, expiry
     return None
 
@@ -83,14 +84,18 @@ def run(ctx) -> dict:
     provider = market.load_provider(args)
     conn = store.connect(args.get("db", "data/market.sqlite3"))
     conn.row_factory = None
+    priced_at, session, state = pricing(ctx)
     out = {}
     try:
         with conn:
             for index in indices:
-                found = _latest_snapshot(conn, index, ctx.scheduled_at, max_age)
+                found = _latest_snapshot(conn, index, ctx.scheduled_at, max_age, state)
                 if found is None:
-                    chain = provider.chain(index, ctx.scheduled_at)
-                    snapshot_id = store.save_chain(conn, chain, provider.name, ctx.run_id)
+                    chain = provider.chain(index, priced_at, 10, session)
+                    chain.at = ctx.scheduled_at
+                    snapshot_id = store.save_chain(
+                        conn, chain, provider.name, ctx.run_id, market_state=state, priced_at=priced_at
+                    )
                     spot, expiry = chain.spot, chain.expiry.isoformat()
                     ctx.log.info("%s: no recent chain, took a snapshot (id %d)", index, snapshot_id)
                 else:
@@ -124,4 +129,4 @@ def run(ctx) -> dict:
                 ctx.log.info("%s: PCR %.2f, max pain %.0f, ATM IV %.1f%% -> %s: %s", index, ratio, pain, iv * 100, sig, trade)
     finally:
         conn.close()
-    return {"analysed_at": ctx.scheduled_at.isoformat(), "indices": out}
+    return {"analysed_at": ctx.scheduled_at.isoformat(), "market": state, "priced_at": priced_at.isoformat(), "indices": out}

@@ -17,6 +17,8 @@ CREATE TABLE IF NOT EXISTS chain_snapshots (
     expiry      TEXT NOT NULL,
     provider    TEXT NOT NULL,
     run_id      INTEGER,
+    market      TEXT NOT NULL DEFAULT 'open',  -- 'closed': priced at the last close
+    priced_at   TEXT,
     UNIQUE (index_name, snapshot_at)
 );
 CREATE TABLE IF NOT EXISTS chain_quotes (
@@ -65,10 +67,22 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.executescript(SCHEMA)
+    # A database from before the columns were added.
+    have = {row[1] for row in conn.execute("PRAGMA table_info(chain_snapshots)")}
+    for column, decl in (("market", "TEXT NOT NULL DEFAULT 'open'"), ("priced_at", "TEXT")):
+        if column not in have:
+            conn.execute(f"ALTER TABLE chain_snapshots ADD COLUMN {column} {decl}")
     return conn
 
 
-def save_chain(conn: sqlite3.Connection, chain, provider: str, run_id: int | None) -> int:
+def save_chain(
+    conn: sqlite3.Connection,
+    chain,
+    provider: str,
+    run_id: int | None,
+    market_state: str = "open",
+    priced_at=None,
+) -> int:
     """Stores one chain snapshot; returns its id. A slot already stored is kept as it is (the
     analysis and the collector may both take the snapshot of the same slot), so rows that refer
     to it stay valid."""
@@ -76,9 +90,18 @@ def save_chain(conn: sqlite3.Connection, chain, provider: str, run_id: int | Non
     # Both jobs fire at the same instant: the insert itself decides who stores the slot (a
     # look-then-insert let both insert, and one failed on the unique key).
     cur = conn.execute(
-        "INSERT INTO chain_snapshots (index_name, snapshot_at, spot, expiry, provider, run_id)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (index_name, snapshot_at) DO NOTHING",
-        (chain.index, at, chain.spot, chain.expiry.isoformat(), provider, run_id),
+        "INSERT INTO chain_snapshots (index_name, snapshot_at, spot, expiry, provider, run_id, market, priced_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (index_name, snapshot_at) DO NOTHING",
+        (
+            chain.index,
+            at,
+            chain.spot,
+            chain.expiry.isoformat(),
+            provider,
+            run_id,
+            market_state,
+            (priced_at or chain.at).isoformat(),
+        ),
     )
     if cur.rowcount == 0:
         row = conn.execute(

@@ -32,7 +32,7 @@ pub const DEFAULT_CONFIG: &str = "config/hedge-scheduler.toml";
 /// `scheduler.log_dir` when the config does not say, relative to the config's folder.
 pub const DEFAULT_LOG_DIR: &str = "../logs";
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -333,7 +333,7 @@ impl Config {
     pub fn uses_calendar(&self) -> bool {
         self.jobs
             .iter()
-            .any(|j| j.enabled && j.trigger.uses_calendar())
+            .any(|j| j.enabled && j.trigger.follows_sessions())
     }
 
     /// Where the per-job logs go.

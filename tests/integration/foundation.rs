@@ -450,11 +450,27 @@ fn shipped_jobs_run_once_and_fill_the_market_database() {
     for (table, min) in [
         ("chain_snapshots", 2),
         ("chain_quotes", 80),
-        ("intraday_bars", 2),
         ("analysis", 2),
     ] {
         let n = db(table);
         assert!(n >= min, "{table} has {n} rows");
+    }
+    // Bars only of today's session, as completed by now: none on a closed day.
+    let rows = std::process::Command::new(BIN)
+        .args(["history", "intraday", "--json", "--limit", "1"])
+        .current_dir(root)
+        .env_remove("HEDGE_SCHEDULER_CONFIG")
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&rows.stdout).unwrap();
+    let result = &rows[0]["result"];
+    let written: i64 = ["NIFTY", "BANKNIFTY"]
+        .iter()
+        .map(|i| result["bars_written"][i].as_i64().unwrap_or(-1))
+        .sum();
+    assert_eq!(db("intraday_bars"), written, "{result}");
+    if result["session"].is_null() {
+        assert_eq!(written, 0, "{result}");
     }
     assert!(root.join("logs/history.sqlite3").exists());
 }

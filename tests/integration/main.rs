@@ -14,5 +14,6 @@ mod observe;
 mod operations;
 mod page;
 mod pg;
+mod python_api;
 mod reliability;
 mod util;
