@@ -460,8 +460,12 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
     ));
     if d.notify_failures > 0 {
         out.push_str(&format!(
-            "📣 {} or pings failed; the last: {}\n\n",
-            crate::fmt::n(d.notify_failures, "notification"),
+            "📣 {} failed; the last: {}\n\n",
+            if d.notify_failures == 1 {
+                "1 notification or ping".to_string()
+            } else {
+                format!("{} notifications or pings", d.notify_failures)
+            },
             d.notify_last_error.as_deref().unwrap_or("?")
         ));
     }

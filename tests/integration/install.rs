@@ -565,3 +565,43 @@ fn the_debian_package_installs_with_dpkg_and_runs_a_shipped_job_from_the_root_fo
     assert!(!Path::new("/usr/bin/hedge-scheduler").exists());
     assert!(!Path::new("/var/log/hedge-scheduler").exists());
 }
+
+#[test]
+fn the_shipped_unit_scores_ok_with_systemd_analyze_security_and_has_the_watchdog_and_delegation() {
+    let unit = repo().join("config/hedge-scheduler.service");
+    let text_ = std::fs::read_to_string(&unit).unwrap();
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Delegate=yes",
+        "User=hedge",
+        "EnvironmentFile=-/etc/hedge-scheduler/environment",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/hedge-scheduler /var/log/hedge-scheduler",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(
+            text_.lines().any(|l| l.starts_with(line)),
+            "the unit lacks {line}"
+        );
+    }
+    if !Path::new("/usr/bin/systemd-analyze").exists() {
+        eprintln!("SKIPPED: no systemd-analyze");
+        assert!(std::env::var_os("CI").is_none(), "CI has systemd-analyze");
+        return;
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = said
+        .lines()
+        .find_map(|l| l.split("hedge-scheduler.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score: {}", text(&out)));
+    assert!(score <= 2.0, "exposure {score}: {said}");
+}
