@@ -267,29 +267,12 @@ fn fork_preload_that_starts_a_thread_is_a_config_error() {
 
 #[test]
 fn fork_runs_in_a_venv_of_another_python_version() {
-    let Some((python, version)) = other_python() else {
-        eprintln!("SKIPPED: no Python 3.9+ of another version than python3's here");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI has pyenv's other versions"
-        );
+    let Some((python, version)) = other_python_or_skip() else {
         return;
     };
     let p = Project::new();
-    let venv = p.path().join("venv-other");
-    let made = std::process::Command::new(&python)
-        .args(["-m", "venv", "--without-pip"])
-        .arg(&venv)
-        .status()
-        .unwrap();
-    assert!(made.success());
     config_with_python(&p, "", &job("which", "python_version", ""));
-    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(
-        p.config_path(),
-        text_.replace("executable = \"python3\"", "venv = \"venv-other\""),
-    )
-    .unwrap();
+    use_venv_of(&p, &python);
     let out = p.run(&["run-once", "which", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let row: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -453,19 +436,7 @@ fn without_the_embedded_feature_no_libpython_is_linked_and_a_pyo3_job_is_a_confi
     );
     let expected = match other_python() {
         Some((python, version)) => {
-            let venv = p.path().join("venv-other");
-            let made = std::process::Command::new(&python)
-                .args(["-m", "venv", "--without-pip"])
-                .arg(&venv)
-                .status()
-                .unwrap();
-            assert!(made.success());
-            let text_ = std::fs::read_to_string(p.config_path()).unwrap();
-            std::fs::write(
-                p.config_path(),
-                text_.replace("executable = \"python3\"", "venv = \"venv-other\""),
-            )
-            .unwrap();
+            use_venv_of(&p, &python);
             Some(version)
         }
         None => None,
@@ -547,12 +518,7 @@ fn fork_server_over_fork_max_memory_is_replaced_before_the_next_run() {
 
 #[test]
 fn fork_server_started_from_a_remembered_interpreter_the_probe_contradicts_is_replaced() {
-    let Some((other, other_version)) = other_python() else {
-        eprintln!("SKIPPED: no Python 3.9+ of another version than python3's here");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI has pyenv's other versions"
-        );
+    let Some((other, other_version)) = other_python_or_skip() else {
         return;
     };
     let p = Project::new();

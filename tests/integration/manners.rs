@@ -63,29 +63,12 @@ fn check_config_json_names_the_jobs_and_a_typo_in_an_entry_is_refused_with_a_sug
 
 #[test]
 fn check_config_refuses_a_pyo3_job_whose_venv_is_another_python_than_the_embedded_one() {
-    let Some((python, version)) = other_python() else {
-        eprintln!("SKIPPED: no Python 3.9+ of another version than python3's here");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI has pyenv's other versions"
-        );
+    let Some((python, version)) = other_python_or_skip() else {
         return;
     };
     let p = Project::new();
-    let venv = p.path().join("venv-other");
-    let made = Command::new(&python)
-        .args(["-m", "venv", "--without-pip"])
-        .arg(&venv)
-        .status()
-        .unwrap();
-    assert!(made.success());
     p.config("", &NOOP.replace("subprocess", "pyo3"));
-    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(
-        p.config_path(),
-        text_.replace("executable = \"python3\"", "venv = \"venv-other\""),
-    )
-    .unwrap();
+    use_venv_of(&p, &python);
     let out = p.run(&["check-config"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -160,37 +143,30 @@ fn console_times_are_the_exchanges_with_its_zone_and_no_color_means_no_escape_co
     p.config("", NOOP);
     // A terminal would get colour; `--color always` stands in for one, NO_COLOR does not win
     // over it, and without the flag NO_COLOR (or no terminal) means none.
-    let mut daemon = p.spawn_daemon_with(&["--color", "always"], |_| {});
-    assert!(
-        wait_until(std::time::Duration::from_secs(20), || p
-            .daemon_output()
-            .contains("All services initialized")),
-        "{}",
+    let console = |args: &[&str], no_color: bool| {
+        let mut daemon = p.spawn_daemon_with(args, |c| {
+            if no_color {
+                c.env("NO_COLOR", "1");
+            }
+        });
+        assert!(
+            wait_until(std::time::Duration::from_secs(20), || p
+                .daemon_output()
+                .contains("All services initialized")),
+            "{}",
+            p.daemon_output()
+        );
+        let _ = signal_and_wait(
+            &mut daemon,
+            nix::sys::signal::Signal::SIGTERM,
+            std::time::Duration::from_secs(30),
+        );
         p.daemon_output()
-    );
-    let _ = signal_and_wait(
-        &mut daemon,
-        nix::sys::signal::Signal::SIGTERM,
-        std::time::Duration::from_secs(30),
-    );
-    let coloured = p.daemon_output();
+    };
+    let coloured = console(&["--color", "always"], true);
     assert!(coloured.contains('\u{1b}'), "{coloured}");
-    let mut daemon = p.spawn_daemon_with(&[], |c| {
-        c.env("NO_COLOR", "1");
-    });
-    assert!(
-        wait_until(std::time::Duration::from_secs(20), || p
-            .daemon_output()
-            .contains("All services initialized")),
-        "{}",
-        p.daemon_output()
-    );
-    let _ = signal_and_wait(
-        &mut daemon,
-        nix::sys::signal::Signal::SIGTERM,
-        std::time::Duration::from_secs(30),
-    );
-    let plain = p.daemon_output();
+    let plain = console(&[], true);
+
     assert!(!plain.contains('\u{1b}'), "{plain}");
     // Every line starts with the time in IST, as the fire times are written; one job reads
     // "1 job".
@@ -267,4 +243,83 @@ fn a_short_run_has_its_peak_memory_and_cpu_from_its_own_rusage() {
         assert!(rss >= 64 * 1024 * 1024, "{job}: {row}");
         assert!(row["cpu_ms"].as_u64().is_some(), "{job}: {row}");
     }
+}
+
+#[test]
+fn the_daemon_log_keeps_its_name_and_tail_f_follows_it_across_the_days_rotation() {
+    use crate::reliability::{libfaketime, set_fake};
+    let p = Project::new();
+    p.config(
+        "",
+        "[jobs.idle]\nentry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nmarket_hours = false\nexecutor = \"subprocess\"\n",
+    );
+    // The daemon's clock (libfaketime) a few seconds before the next UTC midnight.
+    let now = chrono::Utc::now();
+    let midnight = (now.date_naive() + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let before = (midnight - now).num_seconds() - 8;
+    let fake = p.path().join("faketime");
+    set_fake(&fake, &format!("+{before}"));
+    let mut daemon = p.spawn_daemon_with(&[], |c| {
+        c.env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME_TIMESTAMP_FILE", &fake)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("FAKETIME_DONT_RESET", "1");
+    });
+    let log = p.log_dir().join("hedge-scheduler.log");
+    assert!(
+        wait_until(
+            std::time::Duration::from_secs(20),
+            || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("All services initialized"))
+                && p.log_dir().join("control.sock").exists()
+        ),
+        "{}",
+        p.daemon_output()
+    );
+    // Followed by name, as an operator would.
+    let followed = p.path().join("tail.out");
+    let mut tail = Command::new("tail")
+        .args(["-F", "-n", "+1", "-s", "0.2"])
+        .arg(&log)
+        .stdout(std::fs::File::create(&followed).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Past midnight: the next line goes to a new file of the same name, the day's to its dated one.
+    set_fake(&fake, &format!("+{}", before + 16));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = p.run(&["trigger", "idle"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seen = wait_until(std::time::Duration::from_secs(20), || {
+        std::fs::read_to_string(&followed).is_ok_and(|t| t.contains("idle succeeded"))
+    });
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let _ = signal_and_wait(
+        &mut daemon,
+        nix::sys::signal::Signal::SIGTERM,
+        std::time::Duration::from_secs(30),
+    );
+    assert!(
+        seen,
+        "tail -F lost the log: {}",
+        std::fs::read_to_string(&followed).unwrap_or_default()
+    );
+    let dated = p
+        .log_dir()
+        .join(format!("hedge-scheduler.log.{}", now.date_naive()));
+    let old =
+        std::fs::read_to_string(&dated).unwrap_or_else(|e| panic!("{}: {e}", dated.display()));
+    assert!(
+        old.contains("All services initialized") && !old.contains("idle succeeded"),
+        "{old}"
+    );
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        new.contains("idle succeeded") && !new.contains("All services initialized"),
+        "{new}"
+    );
 }

@@ -331,7 +331,7 @@ fn cpu_ticks(pid: u32) -> u64 {
     n(11) + n(12)
 }
 
-fn set_fake(file: &Path, offset: &str) {
+pub(crate) fn set_fake(file: &Path, offset: &str) {
     let tmp = file.with_extension("tmp");
     std::fs::write(&tmp, offset).expect("faketime file");
     std::fs::rename(&tmp, file).expect("faketime file");

@@ -322,3 +322,34 @@ pub fn other_python() -> Option<(PathBuf, String)> {
     found.sort_by_key(|(min, _, _)| *min);
     found.into_iter().next().map(|(_, c, v)| (c, v))
 }
+
+/// [`other_python`], or `None` after saying the test is skipped (never on CI, which has pyenv's
+/// other versions).
+pub fn other_python_or_skip() -> Option<(PathBuf, String)> {
+    let found = other_python();
+    if found.is_none() {
+        eprintln!("SKIPPED: no Python 3.9+ of another version than python3's here");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI has pyenv's other versions"
+        );
+    }
+    found
+}
+
+/// Makes a venv of `python` in the project (`venv-other`) and points the config's `[python]` at
+/// it instead of `python3`.
+pub fn use_venv_of(p: &Project, python: &Path) {
+    let made = Command::new(python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(p.path().join("venv-other"))
+        .status()
+        .expect("python -m venv");
+    assert!(made.success());
+    let config = std::fs::read_to_string(p.config_path()).expect("config");
+    std::fs::write(
+        p.config_path(),
+        config.replace("executable = \"python3\"", "venv = \"venv-other\""),
+    )
+    .expect("config");
+}
