@@ -394,7 +394,7 @@ pub async fn run(
                 if matches!(req, crate::control::Request::Reload) {
                     // Answered when the reload is applied or refused.
                     d.reload_waiters.push(answer);
-                    d.reload();
+                    d.reload("`reload`");
                 } else {
                     let reply = d.control(&mut jobs, req);
                     d.keep(&jobs);
@@ -406,7 +406,7 @@ pub async fn run(
                     });
                 }
             }
-            _ = sighup.recv() => d.reload(),
+            _ = sighup.recv() => d.reload("SIGHUP"),
             _ = health_every.tick() => d.health(&mut jobs),
             _ = tick_if(watchdog.as_mut()) => crate::health::notify_systemd("WATCHDOG=1"),
             _ = report_every.tick() => d.report(&jobs),
@@ -1112,7 +1112,7 @@ impl Dispatcher {
                     }
                 }
                 if again {
-                    self.reload();
+                    self.reload("a reload asked for meanwhile");
                 }
             }
         }
@@ -1213,15 +1213,16 @@ impl Dispatcher {
         ));
     }
 
-    /// SIGHUP: reads the config in a task; firing goes on with the old one meanwhile.
-    fn reload(&mut self) {
+    /// SIGHUP or `reload` (`asked_by` says which): reads the config in a task; firing goes on
+    /// with the old one meanwhile.
+    fn reload(&mut self, asked_by: &str) {
         let path = self.config.file.clone();
         if let Some(again) = self.reloading.as_mut() {
             *again = true;
-            tracing::info!("🔄 SIGHUP: a reload is in progress; reloading again after it");
+            tracing::info!("🔄 {asked_by}: a reload is in progress; reloading again after it");
             return;
         }
-        tracing::info!("🔄 SIGHUP: reloading {}", path.display());
+        tracing::info!("🔄 {asked_by}: reloading {}", path.display());
         self.reloading = Some(false);
         tokio::spawn(chores::reload(
             path,

@@ -338,6 +338,12 @@ fn fork_server_is_recycled_after_fork_max_runs_and_when_a_preloaded_module_chang
     let out = p.run(&["reload"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("config reloaded"), "{}", text(&out));
+    // The log says who asked.
+    assert!(
+        p.daemon_output().contains("🔄 `reload`: reloading"),
+        "{}",
+        p.daemon_output()
+    );
     assert_eq!(lines(&imports).len(), 4);
     assert_eq!(trigger_and_wait(&p, "ok", 5)["outcome"], "success");
 
