@@ -57,6 +57,22 @@ fn next_fire(c: &mut Criterion) {
         b.iter(|| every_second.next_fire_after(&xnse, black_box(t)))
     });
     g.finish();
+
+    // `ctx.interval_start`, computed as each run starts.
+    let mut g = c.benchmark_group("previous_fire_before");
+    let t = local(&xnse, "2026-11-27 10:03:00");
+    g.bench_function("xnse 3-min, in session", |b| {
+        b.iter(|| chain.previous_fire_before(&xnse, black_box(t)))
+    });
+    let t = local(&xnse, "2026-11-30 09:15:00");
+    g.bench_function("xnse 15-min, monday open to friday close", |b| {
+        b.iter(|| quarter.previous_fire_before(&xnse, black_box(t)))
+    });
+    let t = local(&xnse, "2026-11-30 09:15:00");
+    g.bench_function("xnse 3-min, monday open to friday close", |b| {
+        b.iter(|| chain.previous_fire_before(&xnse, black_box(t)))
+    });
+    g.finish();
 }
 
 fn session(c: &mut Criterion) {

@@ -201,24 +201,42 @@ impl Trigger {
     }
 
     /// The last fire instant strictly before `before`: the slot a run at `before` follows, so
-    /// the start of the data interval it covers. Looked for over widening spans, up to 64 days.
+    /// the start of the data interval it covers; `None` when there is none within 64 days. A few
+    /// dozen `next_fire_after` calls, however many slots lie between: the span is widened until
+    /// it holds a fire, then halved down to the last one.
     pub fn previous_fire_before(
         &self,
         calendar: &Calendar,
         before: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        for span in [
-            chrono::Duration::hours(1),
-            chrono::Duration::days(1),
-            chrono::Duration::days(4),
-            chrono::Duration::days(16),
-            chrono::Duration::days(64),
-        ] {
-            if let Some(last) = self.fires_between(calendar, before - span, before).pop() {
-                return Some(last);
+        // Whether a fire lies in [from, before).
+        let fires_from = |from: DateTime<Utc>| {
+            self.next_fire_after(calendar, from - Duration::nanoseconds(1))
+                .is_some_and(|t| t < before)
+        };
+        let mut span = Duration::hours(1);
+        let mut lo = loop {
+            if fires_from(before - span) {
+                break before - span;
+            }
+            if span >= Duration::days(64) {
+                return None;
+            }
+            span = (span * 4).min(Duration::days(64));
+        };
+        // A fire in [lo, before), none in [hi, before): narrow to under a second, where at most
+        // one whole-second instant fits.
+        let mut hi = before;
+        while hi - lo > Duration::seconds(1) {
+            let mid = lo + (hi - lo) / 2;
+            if fires_from(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
             }
         }
-        None
+        self.next_fire_after(calendar, lo - Duration::nanoseconds(1))
+            .filter(|t| *t < before)
     }
 
     fn next_cron_in_sessions(
@@ -428,6 +446,33 @@ mod tests {
         for (t, at_, want) in table {
             let got = t.previous_fire_before(&cal, at(tz, at_));
             assert_eq!(got, want.map(|w| at(tz, w)), "{at_}");
+        }
+    }
+
+    #[test]
+    fn the_previous_slot_agrees_with_listing_every_slot_before_it() {
+        let cal = Calendar::builtin(Exchange::Xnse);
+        let tz = cal.tz();
+        // Each with a span that surely holds its previous slot, to list the slots over.
+        let triggers = [
+            (trigger("0 */3 * * * *", true), Duration::days(5)),
+            (trigger("0 */15 * * * *", true), Duration::days(5)),
+            (trigger("* * * * * *", false), Duration::seconds(5)),
+            (trigger("@close-10m", true), Duration::days(5)),
+            (trigger("30 7 12 * * MON", false), Duration::days(8)),
+        ];
+        // Every 36 minutes and a second over a week with a weekend, plus exact slot instants.
+        let start = at(tz, "2026-11-26 08:00:00");
+        let mut instants: Vec<DateTime<Utc>> = (0..280)
+            .map(|i| start + Duration::seconds(i * 2161))
+            .collect();
+        instants.push(at(tz, "2026-11-30 09:15:00"));
+        instants.push(at(tz, "2026-11-27 15:20:00") + Duration::milliseconds(500));
+        for (t, span) in &triggers {
+            for &before in &instants {
+                let listed = t.fires_between(&cal, before - *span, before).pop();
+                assert_eq!(t.previous_fire_before(&cal, before), listed, "{before}");
+            }
         }
     }
 
