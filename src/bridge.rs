@@ -53,27 +53,29 @@ pub fn dir() -> Option<&'static Path> {
     Some(dir)
 }
 
-/// Where the bridge is written: systemd's `CACHE_DIRECTORY`, `$XDG_CACHE_HOME/hedge-scheduler`,
-/// `~/.cache/hedge-scheduler`, or else the log folder.
-pub fn base(log_dir: &Path) -> PathBuf {
+/// Where the bridge may be written, in order: systemd's `CACHE_DIRECTORY`,
+/// `$XDG_CACHE_HOME/hedge-scheduler`, `~/.cache/hedge-scheduler`, then the log folder.
+pub fn bases(log_dir: &Path) -> Vec<PathBuf> {
     let var = |name: &str| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .filter(|p| p.is_absolute())
     };
+    let mut out = Vec::new();
     if let Some(dir) = var("CACHE_DIRECTORY") {
         // systemd may hand several, colon-separated: the first is ours.
         let first = dir.to_string_lossy().split(':').next().map(PathBuf::from);
-        return first.unwrap_or(dir);
+        out.push(first.unwrap_or(dir));
     }
     if let Some(dir) = var("XDG_CACHE_HOME") {
-        return dir.join("hedge-scheduler");
+        out.push(dir.join("hedge-scheduler"));
     }
     if let Some(home) = var("HOME") {
-        return home.join(".cache/hedge-scheduler");
+        out.push(home.join(".cache/hedge-scheduler"));
     }
-    log_dir.to_path_buf()
+    out.push(log_dir.to_path_buf());
+    out
 }
 
 /// The name of this build's bridge folder: the crate's version and a digest of the files.
@@ -95,14 +97,25 @@ pub fn ensure(log_dir: &Path) -> crate::error::Result<&'static Path> {
     if let Some(dir) = READY.get() {
         return Ok(dir);
     }
-    let base = base(log_dir);
-    let dir = materialise(&base).map_err(|e| {
-        crate::error::Error::Other(format!(
-            "cannot write the Python bridge (hedge_bridge) to `{}`: {e}; set XDG_CACHE_HOME to a folder this user can write",
-            base.display()
-        ))
-    })?;
-    Ok(READY.get_or_init(|| dir))
+    // The first place that works: a home that cannot be written (ProtectHome=, a read-only
+    // home) or a folder others could swap files in is passed over.
+    let mut why = Vec::new();
+    for base in bases(log_dir) {
+        let placed = crate::private::create_dir(&base).and_then(|()| {
+            match crate::private::unsafe_log_dir(&base) {
+                Some(unsafe_) => Err(io::Error::other(unsafe_)),
+                None => materialise(&base),
+            }
+        });
+        match placed {
+            Ok(dir) => return Ok(READY.get_or_init(|| dir)),
+            Err(e) => why.push(format!("`{}`: {e}", base.display())),
+        }
+    }
+    Err(crate::error::Error::Other(format!(
+        "cannot write the Python bridge (hedge_bridge) anywhere: {}; set XDG_CACHE_HOME to a folder of this user's",
+        why.join("; ")
+    )))
 }
 
 fn materialise(base: &Path) -> io::Result<PathBuf> {

@@ -67,6 +67,9 @@ pub fn free_space(dir: &Path) -> Option<u64> {
     Some(stat.blocks_available() * stat.fragment_size())
 }
 
+/// What systemd hands the daemon for its notifications: never passed on to a job.
+pub const SYSTEMD_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 /// How often systemd wants a `WATCHDOG=1` (`WatchdogSec=`), from `WATCHDOG_USEC` and
 /// `WATCHDOG_PID` as it sets them: half the period it allows, so one late ping is not a kill.
 /// `None` when no watchdog is asked of this process.

@@ -201,7 +201,7 @@ impl Trigger {
     }
 
     /// The last fire instant strictly before `before`: the slot a run at `before` follows, so
-    /// the start of the data interval it covers; `None` when there is none within 64 days. A few
+    /// the start of the data interval it covers; `None` when there is none within 400 days. A few
     /// dozen `next_fire_after` calls, however many slots lie between: the span is widened until
     /// it holds a fire, then halved down to the last one.
     pub fn previous_fire_before(
@@ -219,10 +219,10 @@ impl Trigger {
             if fires_from(before - span) {
                 break before - span;
             }
-            if span >= Duration::days(64) {
+            if span >= Duration::days(400) {
                 return None;
             }
-            span = (span * 4).min(Duration::days(64));
+            span = (span * 4).min(Duration::days(400));
         };
         // A fire in [lo, before), none in [hi, before): narrow to under a second, where at most
         // one whole-second instant fits.

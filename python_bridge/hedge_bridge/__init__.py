@@ -44,9 +44,20 @@ class Session:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Session is read-only: cannot set {name!r}")
 
-    def __contains__(self, t: _dt.datetime) -> bool:
-        """Whether ``t`` (aware) falls in the session, open and close included."""
-        return self.open <= t <= self.close
+    def __contains__(self, t: object) -> bool:
+        """Whether ``t`` falls in the session, open and close included: an aware datetime, or a
+        date (the session's own)."""
+        if isinstance(t, _dt.datetime):
+            if t.tzinfo is None or t.utcoffset() is None:
+                raise TypeError("`t in session` needs an aware datetime (one with a timezone)")
+            return self.open <= t <= self.close
+        if isinstance(t, _dt.date):
+            return t == self.date
+        return False
+
+    def __reduce__(self):
+        # Copies and pickles (a process pool) are rebuilt through __init__.
+        return (Session, (self.date, self.open, self.close, self.kind))
 
     def minutes(self, step: int = 1) -> list:
         """Every ``step``-th minute of the session, from the open up to the close (inclusive)."""
@@ -190,6 +201,12 @@ class RunContext:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"RunContext is read-only: cannot delete {name!r}")
 
+    def __reduce__(self):
+        # Copies and pickles (a process pool) are rebuilt through __init__; the logger is made
+        # again on first use.
+        fields = [n for n in self.__slots__ if n != "_log"]
+        return (_rebuild_context, (tuple((n, getattr(self, n)) for n in fields),))
+
     @property
     def log(self):
         """A ``logging.Logger`` for the job; what it logs goes to the job's log file."""
@@ -209,6 +226,10 @@ class RunContext:
             f"scheduled_at={self.scheduled_at.isoformat()}, attempt={self.attempt}, "
             f"session={self.session!r})"
         )
+
+
+def _rebuild_context(fields: tuple) -> RunContext:
+    return RunContext(**dict(fields))
 
 
 def _job_logger(job: str):
@@ -314,6 +335,16 @@ def _table_summary(value):
     """A pandas DataFrame or Series, or a numpy array, as a compact summary (its shape, columns
     and first rows), not a text dump: `None` for anything else. Duck-typed: pandas and numpy are
     never imported here."""
+    try:
+        return _table_summary_of(value)
+    except Exception:  # noqa: BLE001 - an odd table (duplicate column names...) is summarised less
+        try:
+            return {"type": type(value).__name__, "shape": [int(n) for n in value.shape]}
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def _table_summary_of(value):
     kind = type(value).__name__
     module = type(value).__module__.split(".")[0]
     if module == "pandas" and kind == "DataFrame":

@@ -38,6 +38,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 MAX_MESSAGE = 1 << 20
 
@@ -160,6 +161,8 @@ def _run(message: dict, fds: list) -> None:
             os.environ.clear()
             os.environ.update(kept)
         os.environ.update(message.get("env") or {})
+        # A TZ of the job's own applies from here, as it would in a process of its own.
+        time.tzset()
         numpy = sys.modules.get("numpy")
         if numpy is not None:
             # A fork copies numpy's global generator too: each run draws its own numbers.

@@ -11,10 +11,11 @@ static arbitrage (one implied volatility per strike for calls and puts, so putâ€
 calls fall and are convex in strike, puts rise and are convex) and its open interest evolves
 smoothly from slot to slot. A real feed plugs in by naming it in a job's ``args``::
 
-    args = { provider = "my_feeds.nse:NseProvider", provider_args = { token = "..." } }
+    args = { provider = "my_feeds.nse:NseProvider", provider_args = { region = "ap-south-1" } }
 
 The class is instantiated with ``provider_args`` as keyword arguments and must offer the methods of
-:class:`Provider`.
+:class:`Provider`. Credentials belong in the job's environment, never in the config: an
+``env_file`` (see the README's Secrets), read by the provider from ``os.environ``.
 """
 
 from __future__ import annotations

@@ -71,7 +71,12 @@ def connect(path: str) -> sqlite3.Connection:
     have = {row[1] for row in conn.execute("PRAGMA table_info(chain_snapshots)")}
     for column, decl in (("market", "TEXT NOT NULL DEFAULT 'open'"), ("priced_at", "TEXT")):
         if column not in have:
-            conn.execute(f"ALTER TABLE chain_snapshots ADD COLUMN {column} {decl}")
+            try:
+                conn.execute(f"ALTER TABLE chain_snapshots ADD COLUMN {column} {decl}")
+            except sqlite3.OperationalError as exc:
+                # Two jobs of the same slot both found it missing: the other one added it.
+                if "duplicate column" not in str(exc):
+                    raise
     return conn
 
 

@@ -79,9 +79,44 @@ pub fn find(flag: Option<&Path>) -> Option<Located> {
         })
 }
 
+/// Why a config found by searching (not named by the user) must not be read: it, or its folder,
+/// may be changed by someone other than us or root (a `./config` in a shared folder, say).
+fn unsafe_found(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    for (what, p) in [("it", path), ("its folder", folder)] {
+        let Ok(m) = std::fs::metadata(p) else {
+            continue;
+        };
+        // Group-writable is common (user-private groups, umask 002): only "others" counts.
+        if m.mode() & 0o002 != 0 {
+            return Some(format!(
+                "{what} may be written by any user (mode {:o})",
+                m.mode() & 0o7777
+            ));
+        }
+        if m.uid() != 0 && m.uid() != crate::private::euid() {
+            return Some(format!("{what} belongs to user {}", m.uid()));
+        }
+    }
+    None
+}
+
 /// [`find`], or the error that names every place looked at.
 pub fn locate(flag: Option<&Path>) -> Result<Located> {
-    find(flag).ok_or_else(|| {
+    let found = find(flag);
+    if let Some(at) = found.as_ref().filter(|at| at.source == Source::Searched)
+        && let Some(why) = unsafe_found(&at.path)
+    {
+        return Err(Error::Usage(format!(
+            "not reading `{}`, found in the search order: {why}, and a config says what runs; name it with --config if it is meant",
+            at.path.display()
+        )));
+    }
+    found.ok_or_else(|| {
         let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
         let places = search_order(var("XDG_CONFIG_HOME").as_deref(), var("HOME").as_deref())
             .iter()

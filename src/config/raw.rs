@@ -89,7 +89,8 @@ pub(super) struct RawJob {
     pub(super) on_database_loss: Option<Spanned<String>>,
     pub(super) notify: Option<bool>,
     pub(super) ping: Option<Spanned<String>>,
-    pub(super) env: Option<Spanned<toml::Table>>,
+    /// Read as any value, checked by us: serde's own type error would quote the value.
+    pub(super) env: Option<Spanned<toml::Value>>,
     pub(super) env_file: Option<Spanned<String>>,
     pub(super) inherit_env: Option<Spanned<bool>>,
 }

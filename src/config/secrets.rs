@@ -87,21 +87,32 @@ pub fn kept_environment() -> Vec<(OsString, OsString)> {
         .collect()
 }
 
-/// Whether `key` may be set: a portable name, not one hedge-scheduler sets itself.
-pub fn check_key(key: &str) -> Result<(), String> {
+/// Whether `key` is a portable variable name.
+fn portable(key: &str) -> bool {
     let mut chars = key.chars();
-    let portable = chars
+    chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !portable {
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether `key` may be set: a portable name, not one hedge-scheduler sets itself (quoted in
+/// the error: a config's key is no secret).
+pub fn check_key(key: &str) -> Result<(), String> {
+    if !portable(key) {
         return Err(format!(
             "`{key}` is not a variable name (letters, digits and `_`, not starting with a digit)"
         ));
     }
-    if key.starts_with("HEDGE_") || matches!(key, "PYTHONPATH" | "PYTHONUNBUFFERED") {
+    reserved(key)
+}
+
+/// Names hedge-scheduler sets itself for every run.
+fn reserved(key: &str) -> Result<(), String> {
+    if key.starts_with("HEDGE_") || matches!(key, "PYTHONPATH" | "PYTHONUNBUFFERED" | "VIRTUAL_ENV")
+    {
         return Err(format!(
-            "`{key}` is set by hedge-scheduler itself for every run; use another name"
+            "`{key}` is set by hedge-scheduler itself for every run (a venv: `python.venv`); use another name"
         ));
     }
     Ok(())
@@ -117,12 +128,20 @@ pub fn read_env_file(path: &Path) -> Result<Vec<(String, Secret)>, String> {
     if !meta.is_file() {
         return Err(format!("env file `{}` is not a file", path.display()));
     }
-    if meta.mode() & 0o007 != 0 {
+    // Others may not read it; nobody but its owner (us, or root) may change it.
+    if meta.mode() & 0o027 != 0 {
         return Err(format!(
-            "env file `{}` is readable or writable by other users (mode {:o}): it holds secrets; `chmod o= {}` (or 600)",
+            "env file `{}` may be read by other users or written by its group (mode {:o}): it holds secrets; `chmod 600 {}` (or 640)",
             path.display(),
             meta.mode() & 0o777,
             path.display()
+        ));
+    }
+    if meta.uid() != 0 && meta.uid() != crate::private::euid() {
+        return Err(format!(
+            "env file `{}` belongs to user {}, who could change what the jobs run with; it must be ours or root's",
+            path.display(),
+            meta.uid()
         ));
     }
     let text = std::fs::read_to_string(path)
@@ -144,7 +163,14 @@ pub fn parse_env(text: &str) -> Result<Vec<(String, Secret)>, (usize, String)> {
             return Err((i + 1, "expected KEY=value".to_string()));
         };
         let key = key.trim();
-        check_key(key).map_err(|why| (i + 1, why))?;
+        // Never quoted: a stray line (a value's continuation, a pasted token) would be printed.
+        if !portable(key) {
+            return Err((
+                i + 1,
+                "the text before `=` is not a variable name (letters, digits and `_`, not starting with a digit)".to_string(),
+            ));
+        }
+        reserved(key).map_err(|why| (i + 1, why))?;
         let value = value.trim();
         let value = match value.chars().next() {
             Some(q @ ('"' | '\'')) => {
@@ -184,6 +210,7 @@ mod tests {
         let table: &[(&str, usize, &str)] = &[
             ("TOKEN sekrit-value", 1, "expected KEY=value"),
             ("\n1BAD=sekrit-value", 2, "not a variable name"),
+            ("sekrit+PART/x=y", 1, "not a variable name"),
             ("HEDGE_CONTEXT=sekrit-value", 1, "set by hedge-scheduler"),
             ("PYTHONPATH=sekrit-value", 1, "set by hedge-scheduler"),
             ("K=\"sekrit-value", 1, "does not close"),

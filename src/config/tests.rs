@@ -336,6 +336,8 @@ fn a_jobs_environment_is_checked_at_its_key_and_its_values_never_shown() {
             "set by hedge-scheduler",
         ),
         ("env = { N = 1 }", "must be a string"),
+        ("env = \"TOKEN=sekrit\"", "must be a table"),
+        ("env = [\"sekrit\"]", "must be a table"),
         ("env = { K = \"sekrit\" }\nexecutor2 = 1", "unknown field"),
     ];
     for (extra, want) in cases {

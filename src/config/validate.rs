@@ -548,7 +548,13 @@ impl Validator<'_> {
             None => Vec::new(),
         };
         if let Some(env) = &raw.env {
-            for (key, value) in env.get_ref() {
+            let Some(vars) = env.get_ref().as_table() else {
+                return Err(self.at(
+                    env,
+                    format!("`env` in [{table}] must be a table: env = {{ KEY = \"value\" }}"),
+                ));
+            };
+            for (key, value) in vars {
                 secrets::check_key(key)
                     .map_err(|why| self.at(env, format!("`env` in [{table}]: {why}")))?;
                 let Some(value) = value.as_str() else {

@@ -212,6 +212,10 @@ impl Server {
         if let Some(venv) = &config.python.venv {
             cmd.env("VIRTUAL_ENV", venv);
         }
+        // systemd's messages are the daemon's to send, not its jobs'.
+        for var in crate::health::SYSTEMD_VARS {
+            cmd.env_remove(var);
+        }
         let setup = crate::contain::ChildSetup::new(None);
         let fd = theirs.as_raw_fd();
         // SAFETY: only async-signal-safe calls (umask, close_range, dup2, fcntl) between fork and

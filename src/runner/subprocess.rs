@@ -65,6 +65,10 @@ pub(super) async fn run_subprocess(
             .envs(crate::config::secrets::kept_environment());
     }
     cmd.envs(job.env.vars.iter().map(|(k, v)| (k, v.expose())));
+    // systemd's messages are the daemon's to send, not its jobs'.
+    for var in crate::health::SYSTEMD_VARS {
+        cmd.env_remove(var);
+    }
     cmd.current_dir(&env.config.python.cwd)
         .env("PYTHONPATH", python_path(&env.config.python.search_path()))
         .env("PYTHONUNBUFFERED", "1")

@@ -151,6 +151,22 @@ fn cargo_install_gives_a_binary_that_runs_a_job_from_another_folder_with_the_con
         "{}",
         text(&out)
     );
+    // One any user may change is not read unless named.
+    std::fs::set_permissions(
+        local.join("hedge-scheduler.toml"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let out = clean(&bin, &elsewhere, &home)
+        .args(["plan"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("may be written by any user") && err.contains("--config"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -376,10 +392,18 @@ fn secrets_reach_the_job_by_env_and_env_file_and_never_check_config_status_or_lo
         err.contains("config.toml:")
             && err.contains("jobs.fork_job.env_file")
             && err.contains("feed.env")
-            && err.contains("readable or writable by other users"),
+            && err.contains("may be read by other users"),
         "{err}"
     );
     assert!(!err.contains(own), "{err}");
+    // So is one its group may write.
+    std::fs::set_permissions(
+        secrets_dir.join("feed.env"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o660),
+    )
+    .unwrap();
+    let out = p.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     // The daemon refuses to start with it too, starting nothing.
     let out = p.run(&["run"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -414,9 +438,16 @@ fn the_systemd_watchdog_is_pinged_at_half_its_period_whatever_health_interval_sa
     let p = Project::new();
     // A health check far longer than the watchdog allows (2 s): systemd would kill a daemon
     // pinging only from it.
+    let record = p.path().join("env.txt");
+    let probe = |id: &str, executor: &str| {
+        format!(
+            "[jobs.{id}]\nentry = \"fixture_jobs:env_probe\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"{executor}\"\n\
+             args = {{ record = {record:?}, keys = [\"NOTIFY_SOCKET\", \"WATCHDOG_USEC\", \"WATCHDOG_PID\"] }}\n\n"
+        )
+    };
     p.config(
         "health_interval = \"60s\"",
-        "[jobs.idle]\nentry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"subprocess\"\n",
+        &[probe("sub", "subprocess"), probe("forked", "fork")].concat(),
     );
     let path = p.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
@@ -446,6 +477,20 @@ fn the_systemd_watchdog_is_pinged_at_half_its_period_whatever_health_interval_sa
         "{}",
         p.daemon_output()
     );
+    // systemd's variables are the daemon's: its jobs do not get them.
+    for id in ["sub", "forked"] {
+        let out = p.run(&["trigger", id]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    assert!(wait_until(Duration::from_secs(20), || file_lines(&record)
+        .len()
+        == 2));
+    for line in file_lines(&record) {
+        assert!(
+            line.ends_with("NOTIFY_SOCKET=- WATCHDOG_USEC=- WATCHDOG_PID=-"),
+            "{line}"
+        );
+    }
     let _ = signal_and_wait(
         &mut daemon,
         nix::sys::signal::Signal::SIGTERM,
@@ -459,8 +504,15 @@ fn the_systemd_watchdog_is_pinged_at_half_its_period_whatever_health_interval_sa
             .env("WATCHDOG_PID", "1");
     });
     let got = notifications(&sock, std::time::Instant::now() + Duration::from_secs(4));
-    assert!(got.iter().any(|(_, m)| m.contains("READY=1")), "{got:?}");
-    assert!(!got.iter().any(|(_, m)| m == "WATCHDOG=1"), "{got:?}");
+    // What the first daemon sent as it stopped may still be queued: only what follows READY.
+    let ready = got.iter().position(|(_, m)| m.contains("READY=1"));
+    let Some(ready) = ready else {
+        panic!("no READY=1: {got:?}");
+    };
+    assert!(
+        !got[ready..].iter().any(|(_, m)| m == "WATCHDOG=1"),
+        "{got:?}"
+    );
     let _ = signal_and_wait(
         &mut daemon,
         nix::sys::signal::Signal::SIGTERM,
@@ -604,4 +656,27 @@ fn the_shipped_unit_scores_ok_with_systemd_analyze_security_and_has_the_watchdog
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no score: {}", text(&out)));
     assert!(score <= 2.0, "exposure {score}: {said}");
+}
+
+#[test]
+fn a_home_that_cannot_be_written_puts_the_bridge_in_the_log_folder() {
+    let p = Project::new();
+    p.config(
+        "",
+        "[jobs.q]\nentry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"fork\"\n",
+    );
+    // As under ProtectHome= or with a read-only home: no cache there.
+    let out = p
+        .cmd(&["run-once", "q"])
+        .env_remove("XDG_CACHE_HOME")
+        .env("HOME", "/proc/self")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let in_logs: Vec<_> = std::fs::read_dir(p.log_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bridge-"))
+        .collect();
+    assert_eq!(in_logs.len(), 1, "{}", text(&out));
 }
