@@ -683,46 +683,57 @@ fn man_page(cmd: clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
             roff.control("RE", []);
         }
     }
-    roff.control("SH", ["FILES"]);
-    for (path, what) in [
-        (
-            "./config/hedge-scheduler.toml, $XDG_CONFIG_HOME/hedge-scheduler/hedge-scheduler.toml, /etc/hedge-scheduler/hedge-scheduler.toml",
-            "the config, the first found, unless --config or HEDGE_SCHEDULER_CONFIG names one",
-        ),
-        (
-            "<log_dir>/hedge-scheduler.log",
-            "the daemon's log (rotated daily to hedge-scheduler.log.YYYY-MM-DD)",
-        ),
-        ("<log_dir>/jobs/<job>.log", "each job's output"),
-        (
-            "$XDG_CACHE_HOME/hedge-scheduler/bridge-<version>-<digest>/",
-            "the Python bridge this binary carries, written on first use",
-        ),
-    ] {
-        roff.control("TP", []);
-        roff.text([clap_mangen::roff::bold(path)]);
-        roff.text([clap_mangen::roff::roman(what)]);
-    }
-    roff.control("SH", ["EXIT STATUS"]);
-    roff.text([clap_mangen::roff::roman(
-        "0 success; 1 failure (a failed run, an unusable environment); 2 bad input (config, arguments, unknown job); 3 no daemon runs (status, stop, control commands); 4 the job already runs elsewhere (run-once).",
-    )]);
-    roff.control("SH", ["ENVIRONMENT"]);
-    for (var, what) in [
-        (
-            "HEDGE_SCHEDULER_CONFIG",
-            "the config file, when --config is not given",
-        ),
-        ("HEDGE_LOG", "the log level or filter (debug, info, warn)"),
-        (
-            "NO_COLOR",
-            "no colour in the console (unless --color always)",
-        ),
-    ] {
-        roff.control("TP", []);
-        roff.text([clap_mangen::roff::bold(var)]);
-        roff.text([clap_mangen::roff::roman(what)]);
-    }
+    // A section of `term: what` entries.
+    let mut entries = |title: &str, items: &[(&str, &str)]| {
+        roff.control("SH", [title]);
+        for (term, what) in items {
+            roff.control("TP", []);
+            roff.text([clap_mangen::roff::bold(*term)]);
+            roff.text([clap_mangen::roff::roman(*what)]);
+        }
+    };
+    entries(
+        "FILES",
+        &[
+            (
+                "./config/hedge-scheduler.toml, $XDG_CONFIG_HOME/hedge-scheduler/hedge-scheduler.toml, /etc/hedge-scheduler/hedge-scheduler.toml",
+                "the config, the first found, unless --config or HEDGE_SCHEDULER_CONFIG names one",
+            ),
+            (
+                "<log_dir>/hedge-scheduler.log",
+                "the daemon's log (rotated daily to hedge-scheduler.log.YYYY-MM-DD)",
+            ),
+            ("<log_dir>/jobs/<job>.log", "each job's output"),
+            (
+                "$XDG_CACHE_HOME/hedge-scheduler/bridge-<version>-<digest>/",
+                "the Python bridge this binary carries, written on first use",
+            ),
+        ],
+    );
+    entries(
+        "EXIT STATUS",
+        &[
+            ("0", "success"),
+            ("1", "failure: a failed run, an unusable environment"),
+            ("2", "bad input: config, arguments, unknown job"),
+            ("3", "no daemon runs (status, stop, the control commands)"),
+            ("4", "the job already runs elsewhere (run-once)"),
+        ],
+    );
+    entries(
+        "ENVIRONMENT",
+        &[
+            (
+                "HEDGE_SCHEDULER_CONFIG",
+                "the config file, when --config is not given",
+            ),
+            ("HEDGE_LOG", "the log level or filter (debug, info, warn)"),
+            (
+                "NO_COLOR",
+                "no colour in the console (unless --color always)",
+            ),
+        ],
+    );
     roff.to_writer(out)?;
     man.render_version_section(out)?;
     Ok(())
