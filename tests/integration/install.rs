@@ -680,3 +680,43 @@ fn a_home_that_cannot_be_written_puts_the_bridge_in_the_log_folder() {
         .collect();
     assert_eq!(in_logs.len(), 1, "{}", text(&out));
 }
+
+#[test]
+fn a_bridge_cache_cleaned_under_a_running_daemon_is_written_again_before_the_next_run() {
+    let p = Project::new();
+    let record = p.path().join("env.txt");
+    p.config(
+        "",
+        &format!(
+            "[jobs.sub]\nentry = \"fixture_jobs:env_probe\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"subprocess\"\n\
+             args = {{ record = {record:?}, keys = [\"PATH\"] }}\n"
+        ),
+    );
+    let mut daemon = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || p
+            .log_dir()
+            .join("control.sock")
+            .exists()),
+        "{}",
+        p.daemon_output()
+    );
+    let cache = p.path().join("cache/hedge-scheduler");
+    assert!(cache.is_dir());
+    // A cache cleaner (tmpreaper, `rm -rf ~/.cache`) takes it all away.
+    std::fs::remove_dir_all(&cache).unwrap();
+    let out = p.run(&["trigger", "sub"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        wait_until(Duration::from_secs(20), || file_lines(&record).len() == 1),
+        "{}",
+        p.daemon_output()
+    );
+    assert_eq!(p.runs_with("success").len(), 1, "{}", p.daemon_output());
+    assert!(cache.is_dir());
+    let _ = signal_and_wait(
+        &mut daemon,
+        nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(30),
+    );
+}
