@@ -230,6 +230,22 @@ pub fn cleanup() {
         kill_cgroup(base);
         remove_cgroup_tree(base);
     }
+    // A clean end: the keeper reads the end of its pipe, finds nothing left to end and exits;
+    // waited for (briefly), so nothing of ours outlives us (under systemd, it would be SIGKILLed).
+    let keeper = KEEPER.lock().ok().and_then(|mut k| k.take());
+    if let Some((pid, pipe)) = keeper {
+        drop(pipe);
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                _ => break,
+            }
+        }
+    }
 }
 
 /// A run's cgroup, removed (its processes killed first) when dropped.

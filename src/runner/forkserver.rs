@@ -860,6 +860,14 @@ impl ForkPool {
     pub(crate) fn shutdown(&self) {
         if let Some(server) = self.current.lock().ok().and_then(|mut c| c.take()) {
             server.retire("the scheduler stops".to_string());
+            // Gone before we are (reaped by its reader): under systemd, what is left of a
+            // service once its main process exits is SIGKILLed.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while server.life.lock().is_ok_and(|l| l.dead.is_none())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
     }
 }

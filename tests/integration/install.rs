@@ -720,3 +720,58 @@ fn a_bridge_cache_cleaned_under_a_running_daemon_is_written_again_before_the_nex
         Duration::from_secs(30),
     );
 }
+
+#[test]
+fn a_clean_stop_leaves_no_keeper_or_fork_server_for_systemd_to_sigkill() {
+    // Under systemd (KillMode=mixed) whatever of the service outlives its main process is
+    // SIGKILLed: the daemon's keeper and fork server end before it does.
+    let p = Project::new();
+    p.config(
+        "",
+        "[jobs.q]\nentry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"fork\"\n",
+    );
+    let mut daemon = p.spawn_daemon();
+    let mut server = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let out = p.run(&["status", "--json"]);
+            server = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|s| s["daemon"]["fork_server"].as_i64());
+            server.is_some()
+        }),
+        "{}",
+        p.daemon_output()
+    );
+    let pid = daemon.id();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let keeper: Vec<i64> = children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|n| n.trim() == "hedge-keeper")
+        })
+        .collect();
+    assert_eq!(keeper.len(), 1, "{children}");
+    let status = signal_and_wait(
+        &mut daemon,
+        nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(30),
+    );
+    assert!(status.is_some_and(|s| s.success()), "{}", p.daemon_output());
+    // Right as it exits: neither is running any more (a zombie awaiting its reaper counts as gone).
+    for left in keeper.iter().chain(server.iter()) {
+        let state = std::fs::read_to_string(format!("/proc/{left}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next().map(str::to_string))
+            });
+        assert!(
+            state.is_none() || state.as_deref() == Some("Z"),
+            "{left} still runs: {state:?}"
+        );
+    }
+}
