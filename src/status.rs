@@ -350,10 +350,9 @@ fn cluster_view(
             status.cluster = Some(cluster);
         }
         Err(e) => {
-            status.warnings.insert(
-                0,
-                format!("cluster database unreachable: showing node {node} only ({e})"),
-            );
+            status
+                .warnings
+                .insert(0, format!("{UNREACHABLE}: showing node {node} only ({e})"));
             status.cluster = crate::cluster::read::unreachable(config);
         }
     }
@@ -408,6 +407,16 @@ fn icon(outcome: &str) -> &'static str {
 pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> String {
     let tz = config.calendar().tz();
     let mut out = String::new();
+    // What `status` shows is only this node's when the cluster's database cannot be read:
+    // said on the first line, before anything it qualifies.
+    let (first, rest): (Vec<String>, Vec<String>) = status
+        .warnings
+        .iter()
+        .cloned()
+        .partition(|w| w.starts_with(UNREACHABLE));
+    for w in &first {
+        out.push_str(&format!("⚠️  {w}\n"));
+    }
     let d = &status.daemon;
     match (d.running, d.pid) {
         (true, Some(pid)) => {
@@ -473,9 +482,12 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
         out.push_str(&render_cluster(c, tz));
     }
     out.push_str(&render_jobs(status, config, now));
-    out.push_str(&warnings(&status.warnings));
+    out.push_str(&warnings(&rest));
     out
 }
+
+/// How the warning that the cluster's database could not be read begins.
+const UNREACHABLE: &str = "cluster database unreachable";
 
 /// The nodes of the cluster, one line each.
 fn render_cluster(c: &crate::cluster::read::ClusterStatus, tz: Tz) -> String {

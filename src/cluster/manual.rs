@@ -98,18 +98,22 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
                 });
             }
             Err(e) if e.message.contains("slots_one_live") => {
-                let holder =
-                    match super::call("claim", client.query_opt(sql::LIVE_CLAIM, &[&job])).await {
-                        Ok(Some(r)) => format!(
-                            "is running on node {}{} (since {})",
-                            r.get::<_, String>(0),
-                            r.get::<_, Option<i32>>(2)
-                                .map(|p| format!(", PID {p}"))
-                                .unwrap_or_default(),
-                            crate::fmt::instant(r.get(5))
-                        ),
-                        _ => "is running on another node".to_string(),
-                    };
+                let holder = match super::call(
+                    "claim",
+                    client.query_opt(sql::LIVE_CLAIM, &[&job, &cfg.lease.as_secs_f64()]),
+                )
+                .await
+                {
+                    Ok(Some(r)) => format!(
+                        "is running on node {}{} (since {})",
+                        r.get::<_, String>(0),
+                        r.get::<_, Option<i32>>(2)
+                            .map(|p| format!(", PID {p}"))
+                            .unwrap_or_default(),
+                        crate::fmt::instant(r.get(5))
+                    ),
+                    _ => "is running on another node".to_string(),
+                };
                 if !wait {
                     return Err(Error::Busy(format!(
                         "`{job}` {holder} (use --wait to wait for it)"

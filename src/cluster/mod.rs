@@ -58,6 +58,29 @@ pub struct View {
     pub trusted: bool,
     /// Until when (the last renewal's send + lease − 2 × heartbeat).
     pub trusted_until: Option<Instant>,
+    /// The database's clock at a monotonic instant (the middle of the last renewal's round
+    /// trip): the cluster's time is read from it, so a step of this host's wall clock moves no
+    /// slot (nemesis A1).
+    pub anchor: Option<(Instant, DateTime<Utc>)>,
+    /// This host's clock is off the database's beyond `max_clock_skew` while another live node's
+    /// agrees with it: that node runs the slots, this one stays a standby.
+    pub standing_by_for_clock: bool,
+    /// Slots run here without the database, not yet written to the cluster's `slots`.
+    pub degraded_slots: Vec<(String, DateTime<Utc>)>,
+}
+
+impl View {
+    /// The cluster's time now: the database's clock carried forward on this host's monotonic
+    /// clock, or this host's wall clock before the first renewal and while the database's own
+    /// clock is the odd one.
+    pub fn now(&self) -> DateTime<Utc> {
+        match self.anchor {
+            Some((at, db)) if !self.db_clock_outlier => {
+                db + chrono::Duration::from_std(at.elapsed()).unwrap_or_default()
+            }
+            _ => Utc::now(),
+        }
+    }
 }
 
 /// The answer to a claim.
@@ -108,6 +131,10 @@ pub struct ClaimRequest {
     /// Whether a refused claim may wait for the job's live run elsewhere to end (`queue`,
     /// `replace`, `run-once --wait`).
     pub wait: bool,
+    /// `on_database_loss = "primary"`: the priority-0 node runs the job's slots without the
+    /// database, so a standby claims one only while the primary is dead, or trusts its lease
+    /// (and so has not run the slot on its own: nemesis A6).
+    pub primary_runs_without_db: bool,
 }
 
 enum Request {
@@ -138,9 +165,28 @@ enum Attempt {
     Done(Claim),
     /// The database clock says it is too early: try again after this long.
     Early(Duration),
-    /// The job is live elsewhere and the request may wait.
-    Wait(String),
+    /// The job is live elsewhere and the request may wait (this long, when the wait is for
+    /// an instant rather than for the run to end).
+    Wait(String, Option<Duration>),
 }
+
+/// What became of a `skipped` row a node tried to write.
+#[derive(Debug, Clone, PartialEq)]
+enum Skip {
+    /// Written: this node records the slot.
+    Written,
+    /// The slot already had its row (claimed, skipped): another node deals with it.
+    Decided,
+    /// Refused by the guards: the database's clock has not reached the slot, or this
+    /// incarnation is not live. Nothing is recorded.
+    Refused(String),
+    /// The database cannot say: each node records what it saw.
+    Unreachable,
+}
+
+/// How long after a slot a node that finds the job running on a live peer waits before it
+/// records the slot `skipped`: the peer's run may end at the slot (its release on its way).
+const OVERLAP_WAIT: Duration = Duration::from_millis(500);
 
 /// A handle on the coordinator: cheap to clone.
 #[derive(Clone)]
@@ -198,6 +244,9 @@ impl Node {
             skew_said: false,
             retention: config.scheduler.history_retention,
             last_prune: None,
+            lock_key: lock_key(&cfg.schema, &cfg.node),
+            locked: false,
+            releases: Vec::new(),
         };
         c.jobs_hash = hash_of(c.jobs.iter().map(|j| format!("{}={}", j.id, j.hash)));
         match c.connect().await {
@@ -233,12 +282,23 @@ impl Node {
         self.view.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// The cluster's time now (see `View::now`): what the daemon's loop decides slots by.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.view
+            .lock()
+            .map(|v| v.now())
+            .unwrap_or_else(|_| Utc::now())
+    }
+
     /// Claims a slot for a run. Waits (at the heartbeat) for a live run of the job elsewhere
     /// when the request allows it, never past `valid_until`.
     pub async fn claim(&self, req: ClaimRequest) -> Claim {
         let mut early_tries = 0;
         let mut waited_for: Option<String> = None;
+        // The database's error while the slot waits for it within the lease's trust.
+        let mut unreachable: Option<String>;
         loop {
+            unreachable = None;
             let (tx, rx) = oneshot::channel();
             if self.tx.send(Request::Claim(req.clone(), tx)).is_err() {
                 return Claim::Unreachable("the cluster coordinator has stopped".to_string());
@@ -261,6 +321,7 @@ impl Node {
                         );
                         waited_for = Some(format!("the cluster database ({why})"));
                     }
+                    unreachable = Some(why);
                     Duration::from_millis(100)
                 }
                 Attempt::Done(claim) => return claim,
@@ -273,7 +334,7 @@ impl Node {
                         "the database clock kept refusing the claim as too early".to_string(),
                     );
                 }
-                Attempt::Wait(holder) => {
+                Attempt::Wait(holder, until) => {
                     if waited_for.is_none() {
                         tracing::info!("⏳ {}: waiting for {holder}", req.job);
                         if req.overlap == Overlap::Replace && !req.manual {
@@ -288,11 +349,19 @@ impl Node {
                         }
                     }
                     waited_for = Some(holder);
-                    self.config.heartbeat.min(Duration::from_millis(500))
+                    until.unwrap_or(self.config.heartbeat.min(Duration::from_millis(500)))
                 }
             };
-            if Utc::now() + chrono::Duration::from_std(pause).unwrap_or_default() > req.valid_until
+            let then = self.now() + chrono::Duration::from_std(pause).unwrap_or_default();
+            // Waiting for the database must not cost the slot: by half its bound at the latest,
+            // `on_database_loss` decides, as it would once the trust had lapsed (nemesis A7: the
+            // first slot of an outage was lost on every node).
+            if let Some(why) = unreachable
+                && then > req.slot + (req.valid_until - req.slot) / 2
             {
+                return Claim::Unreachable(why);
+            }
+            if then > req.valid_until {
                 return Claim::Expired(match waited_for {
                     Some(h) => format!("waited for {h} until it was too late"),
                     None => "too late to claim".to_string(),
@@ -317,10 +386,13 @@ impl Node {
         rx.await.unwrap_or(true)
     }
 
-    /// A slot runs here without the database (`on_database_loss`): said at the next renewal.
-    pub fn mark_degraded(&self) {
+    /// A slot runs here without the database (`on_database_loss`): said at the next renewal,
+    /// and the slot's row is written then (before the renewal), so a standby that waits for
+    /// this node's lease to be trusted again finds the slot taken.
+    pub fn mark_degraded(&self, job: &str, slot: DateTime<Utc>) {
         if let Ok(mut v) = self.view.lock() {
             v.degraded_since.get_or_insert_with(Utc::now);
+            v.degraded_slots.push((job.to_string(), slot));
         }
     }
 
@@ -369,11 +441,17 @@ async fn trust_watch(
         match until {
             Some(u) if Instant::now() < u => tokio::time::sleep_until(u).await,
             Some(u) => {
-                if said_for != Some(u) {
-                    said_for = Some(u);
-                    if let Ok(mut v) = view.lock() {
+                // Lapsed, unless a renewal moved the deadline meanwhile (checked and marked
+                // under one lock, so a renewal is never overwritten).
+                let lapsed = view.lock().is_ok_and(|mut v| {
+                    let lapsed = v.trusted_until == Some(u);
+                    if lapsed {
                         v.trusted = false;
                     }
+                    lapsed
+                });
+                if lapsed && said_for != Some(u) {
+                    said_for = Some(u);
                     tracing::warn!(
                         "⚠️  node {}: no lease renewal for {}: acting as if the lease were lost (on_database_loss applies to running jobs)",
                         cfg.node,
@@ -415,6 +493,10 @@ fn job_infos(config: &Config) -> Vec<JobInfo> {
 
 /// A short stable hash (FNV-1a, 64 bits) of some strings.
 fn hash_of(parts: impl IntoIterator<Item = String>) -> String {
+    format!("{:016x}", fnv(parts))
+}
+
+fn fnv(parts: impl IntoIterator<Item = String>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in part.bytes().chain([0u8]) {
@@ -422,7 +504,17 @@ fn hash_of(parts: impl IntoIterator<Item = String>) -> String {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     }
-    format!("{h:016x}")
+    h
+}
+
+/// The key of a node's presence lock (positive, so its halves read back from `pg_locks`).
+fn lock_key(schema: &str, node: &str) -> i64 {
+    let h = fnv([
+        "hedge-scheduler presence".to_string(),
+        schema.to_string(),
+        node.to_string(),
+    ]);
+    i64::try_from(h >> 1).unwrap_or(i64::MAX)
 }
 
 enum JoinError {
@@ -478,6 +570,22 @@ struct Coordinator {
     /// `scheduler.history_retention`: older cluster rows are pruned (any node; hourly).
     retention: Duration,
     last_prune: Option<Instant>,
+    /// The advisory lock this node's session holds while it lives (`nodes.lock_key`).
+    lock_key: i64,
+    locked: bool,
+    /// Releases not yet written (the database was unreachable when the run ended): tried again
+    /// at every heartbeat until written, so a finished run never keeps its job held cluster-wide
+    /// (nemesis A9).
+    releases: Vec<Release>,
+}
+
+/// A slot's claim to end: its run ended for good (`done`) or was given up (`skipped`).
+#[derive(Debug, Clone)]
+struct Release {
+    job: String,
+    slot: DateTime<Utc>,
+    fence: i64,
+    state: &'static str,
 }
 
 /// A failed database call: the server refused the statement, or the connection is in doubt
@@ -575,7 +683,22 @@ impl Coordinator {
         });
         migrate(&mut client, &self.cfg.schema).await?;
         self.prepared = Some(Prepared::new(&client).await?);
+        // The server notices a host that vanished (no FIN) within about a lease: its session,
+        // and so its presence, end (ignored on a Unix socket, and by servers without
+        // tcp_user_timeout).
+        let lease_ms = self.cfg.lease.as_millis();
+        let idle = self.cfg.heartbeat.as_secs().max(1);
+        let _ = call(
+            "connect",
+            client.batch_execute(&format!(
+                "SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = 1;
+                 SET tcp_keepalives_count = 2; SET tcp_user_timeout = {lease_ms}"
+            )),
+        )
+        .await;
+        self.locked = false;
         self.client = Some(client);
+        self.take_presence().await;
         self.connected_since = Some(Instant::now());
         self.backoff = MIN_BACKOFF.min(self.cfg.heartbeat);
         self.set_view(|v| {
@@ -590,6 +713,25 @@ impl Coordinator {
             );
         }
         Ok(())
+    }
+
+    /// Takes this node's presence lock on the connection, unless held already. Another session
+    /// may hold it: a connection of this node's that the server has not noticed is gone yet, or
+    /// a live twin (refused at join). Tried again at every heartbeat.
+    async fn take_presence(&mut self) {
+        if self.locked {
+            return;
+        }
+        let Some(client) = &self.client else { return };
+        match call(
+            "presence",
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&self.lock_key]),
+        )
+        .await
+        {
+            Ok(row) => self.locked = row.get(0),
+            Err(e) => tracing::debug!("cluster presence lock: {e}"),
+        }
     }
 
     /// The hash of a job's definition, as this node has it.
@@ -637,6 +779,7 @@ impl Coordinator {
         }
         self.client = None;
         self.prepared = None;
+        self.locked = false;
         self.connected_since = None;
         self.next_connect = Instant::now() + self.backoff;
         // Never slower than the heartbeat: a node must be back before its lease runs out.
@@ -795,6 +938,15 @@ impl Coordinator {
         call(
             "join",
             client.execute(
+                "UPDATE nodes SET lock_key = $2 WHERE node = $1 AND epoch = $3",
+                &[&self.cfg.node, &self.lock_key, &epoch],
+            ),
+        )
+        .await
+        .map_err(|e| JoinError::Db(e.message))?;
+        call(
+            "join",
+            client.execute(
                 "WITH gone AS (DELETE FROM node_jobs WHERE node = $1)
                  INSERT INTO node_jobs (node, job, hash)
                  SELECT $1, j, h FROM unnest($2::text[], $3::text[]) AS t(j, h)
@@ -881,43 +1033,24 @@ impl Coordinator {
                 fence,
                 state,
             } => {
-                if !self.ready().await {
-                    return;
-                }
-                if let (Some(client), Some(prepared)) = (&self.client, &self.prepared)
-                    && let Err(e) = call(
-                        "release",
-                        client.execute(&prepared.release, &[&job, &slot, &fence, &state]),
-                    )
-                    .await
-                {
-                    self.fail(&e);
-                }
+                self.releases.push(Release {
+                    job,
+                    slot,
+                    fence,
+                    state,
+                });
+                self.release_pending().await;
             }
             Request::Nudge => self.upload().await,
             Request::SkipSlot { job, slot, reply } => {
-                let first = match (&self.client, self.epoch) {
-                    (Some(client), Some(epoch)) => {
-                        let hash = self.job_hash(&job);
-                        match call(
-                            "skip",
-                            client.query_opt(
-                                sql::SLOT_SKIPPED,
-                                &[&job, &slot, &self.cfg.node, &epoch, &hash],
-                            ),
-                        )
-                        .await
-                        {
-                            Ok(row) => row.is_some(),
-                            Err(e) => {
-                                self.fail(&e);
-                                true
-                            }
-                        }
-                    }
-                    _ => true,
-                };
-                let _ = reply.send(first);
+                let answer = self.skip_row(&job, slot).await;
+                if let Skip::Refused(why) = &answer {
+                    tracing::warn!(
+                        "⏰ {job}: the slot at {} is not recorded skipped here: {why}",
+                        crate::fmt::instant(slot)
+                    );
+                }
+                let _ = reply.send(matches!(answer, Skip::Written | Skip::Unreachable));
             }
             Request::LastSlots(reply) => {
                 let mut last = HashMap::new();
@@ -962,13 +1095,18 @@ impl Coordinator {
         };
         let hash = self.job_hash(&req.job);
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-        let (offset, outlier) = self
+        let (offset, outlier, standing_by) = self
             .view
             .lock()
-            .map(|v| (v.clock_offset_ms, v.db_clock_outlier))
+            .map(|v| {
+                (
+                    v.clock_offset_ms,
+                    v.db_clock_outlier,
+                    v.standing_by_for_clock,
+                )
+            })
             .unwrap_or_default();
-        let max_skew = i64::try_from(self.cfg.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
-        if !outlier && offset.is_some_and(|o| o.abs() > max_skew) {
+        if standing_by {
             // This host's clock is off: it stays a standby (the others claim on time).
             return Attempt::Done(Claim::Taken {
                 by: format!(
@@ -998,6 +1136,9 @@ impl Coordinator {
                     &req.valid_until,
                     &hash,
                     &skew,
+                    &secs(self.cfg.lease),
+                    &(req.primary_runs_without_db && self.cfg.priority > 0),
+                    &secs(self.cfg.trust()),
                 ],
             ),
         )
@@ -1021,11 +1162,28 @@ impl Coordinator {
         let owner: Option<String> = row.get(1);
         let db_now: DateTime<Utc> = row.get(2);
         let alive: bool = row.get(3);
+        let primary_in_doubt: bool = row.get(4);
+        if alive {
+            // The claim renewed the lease: trust it from when the claim was sent.
+            let until = sent + self.cfg.trust();
+            self.set_view(|v| {
+                v.trusted = true;
+                if v.trusted_until.is_none_or(|u| u < until) {
+                    v.trusted_until = Some(until);
+                }
+            });
+        }
         if fence.is_none() && owner.is_none() && !alive {
             // Declared dead while we did not look (stopped, paused, cut off): our runs belong
             // to others now. Rejoin, then claim as the new incarnation.
             self.declared_dead();
             return Attempt::Early(Duration::from_millis(1));
+        }
+        if fence.is_none() && owner.is_none() && primary_in_doubt {
+            return Attempt::Wait(
+                "the primary node, which may be running the slot without the database".to_string(),
+                Some(Duration::from_millis(100)),
+            );
         }
         match (fence, owner) {
             (Some(fence), _) => {
@@ -1070,7 +1228,12 @@ impl Coordinator {
         let Some(client) = &self.client else {
             return Attempt::Done(Claim::Unreachable("not connected".to_string()));
         };
-        let live = match call("claim", client.query_opt(sql::LIVE_CLAIM, &[&req.job])).await {
+        let live = match call(
+            "claim",
+            client.query_opt(sql::LIVE_CLAIM, &[&req.job, &secs(self.cfg.lease)]),
+        )
+        .await
+        {
             Ok(Some(row)) => row,
             // It ended meanwhile: try again at once.
             Ok(None) => return Attempt::Early(Duration::from_millis(1)),
@@ -1100,6 +1263,29 @@ impl Coordinator {
             return Attempt::Early(Duration::from_millis(1));
         }
         let silent: Option<f64> = live.get(7);
+        let db_now: DateTime<Utc> = live.get(8);
+        let present: bool = live.get(9);
+        let settled: bool = live.get(10);
+        // A dead owner, or one whose session is gone (its process died: PostgreSQL ended its
+        // session at once), holds the job no longer: its claim is set aside for the sweep, and
+        // the new slot is claimed now (nemesis A4: new slots waited for the lease).
+        if !alive || (!present && settled) {
+            if let Err(e) = call("claim", client.execute(sql::ORPHAN, &[&req.job, &fence])).await {
+                self.fail(&e);
+                return Attempt::Done(Claim::Unreachable(e.message));
+            }
+            tracing::info!(
+                "🪦 {}: the claim of the slot at {} on node {owner} is set aside ({}): the job's new slots go on",
+                req.job,
+                crate::fmt::instant(slot),
+                if alive {
+                    "its session is gone"
+                } else {
+                    "its node is dead"
+                }
+            );
+            return Attempt::Early(Duration::from_millis(1));
+        }
         // An owner that missed a renewal may be dead: the slot waits for the sweep, or for the
         // owner's next renewal (then its overlap policy applies), rather than being skipped on
         // a guess.
@@ -1117,7 +1303,7 @@ impl Coordinator {
             }
         );
         if req.wait || !alive || suspect || (!req.manual && req.overlap != Overlap::Skip) {
-            return Attempt::Wait(holder);
+            return Attempt::Wait(holder, None);
         }
         if req.manual {
             return Attempt::Done(Claim::Busy {
@@ -1125,23 +1311,98 @@ impl Coordinator {
                 recorded: false,
             });
         }
-        let hash = self.job_hash(&req.job);
+        // The overlap is decided after the slot's instant, never at the claim lead: the run on
+        // the other node may end before the slot comes, or just at it (nemesis A2).
+        let decide_at = req.slot + chrono::Duration::from_std(OVERLAP_WAIT).unwrap_or_default();
+        if db_now < decide_at {
+            let wait = (decide_at - db_now).to_std().unwrap_or_default();
+            return Attempt::Wait(holder, Some(wait.max(Duration::from_millis(10))));
+        }
+        match self.skip_row(&req.job, req.slot).await {
+            Skip::Written => Attempt::Done(Claim::Busy {
+                holder,
+                recorded: true,
+            }),
+            Skip::Decided => Attempt::Early(Duration::from_millis(1)),
+            Skip::Refused(why) => Attempt::Done(Claim::Taken {
+                by: format!("another node ({why})"),
+            }),
+            Skip::Unreachable => Attempt::Done(Claim::Unreachable(
+                self.view
+                    .lock()
+                    .ok()
+                    .and_then(|v| v.last_error.clone())
+                    .unwrap_or_else(|| "not connected".to_string()),
+            )),
+        }
+    }
+
+    /// Writes a slot's `skipped` row, under the claim's guards.
+    async fn skip_row(&mut self, job: &str, slot: DateTime<Utc>) -> Skip {
+        let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
+            return Skip::Unreachable;
+        };
+        let hash = self.job_hash(job);
         match call(
-            "claim",
-            client.query_opt(
+            "skip",
+            client.query_one(
                 sql::SLOT_SKIPPED,
-                &[&req.job, &req.slot, &self.cfg.node, &epoch, &hash],
+                &[&job, &slot, &self.cfg.node, &epoch, &hash],
             ),
         )
         .await
         {
-            Ok(row) => Attempt::Done(Claim::Busy {
-                holder,
-                recorded: row.is_some(),
-            }),
+            Ok(row) => {
+                let (fence, existed, live): (Option<i64>, bool, bool) =
+                    (row.get(0), row.get(1), row.get(2));
+                match (fence, existed, live) {
+                    (Some(_), _, _) => Skip::Written,
+                    (None, true, _) => Skip::Decided,
+                    (None, false, false) => {
+                        Skip::Refused("this node is not a live member of the cluster".into())
+                    }
+                    (None, false, true) => {
+                        Skip::Refused("the database's clock has not reached the slot yet".into())
+                    }
+                }
+            }
             Err(e) => {
                 self.fail(&e);
-                Attempt::Done(Claim::Unreachable(e.message))
+                Skip::Unreachable
+            }
+        }
+    }
+
+    /// Writes the releases not written yet, oldest first; those the database could not take
+    /// stay for the next try. A release whose fence has moved on (the slot was taken over)
+    /// changes nothing and is done with.
+    async fn release_pending(&mut self) {
+        if self.releases.is_empty() || !self.ready().await {
+            return;
+        }
+        while let Some(r) = self.releases.first().cloned() {
+            let (Some(client), Some(prepared)) = (&self.client, &self.prepared) else {
+                return;
+            };
+            match call(
+                "release",
+                client.execute(&prepared.release, &[&r.job, &r.slot, &r.fence, &r.state]),
+            )
+            .await
+            {
+                Ok(_) => {
+                    self.releases.remove(0);
+                }
+                Err(e) => {
+                    if !e.connection {
+                        // Refused for good (it would be refused again): said, and dropped.
+                        self.releases.remove(0);
+                    }
+                    self.fail(&e);
+                    if e.connection {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -1154,6 +1415,8 @@ impl Coordinator {
         if !self.renew().await {
             return;
         }
+        self.take_presence().await;
+        self.release_pending().await;
         self.check_clocks().await;
         self.sweep().await;
         self.cancel_requests().await;
@@ -1212,6 +1475,35 @@ impl Coordinator {
         let Some(prepared) = self.prepared.clone() else {
             return false;
         };
+        // The slots this node ran without the database are on record before its lease is
+        // trusted again (a standby waiting for that reads them: nemesis A6).
+        let ran: Vec<(String, DateTime<Utc>)> = self
+            .view
+            .lock()
+            .map(|v| v.degraded_slots.clone())
+            .unwrap_or_default();
+        if !ran.is_empty() {
+            let (jobs, slots): (Vec<String>, Vec<DateTime<Utc>>) = ran.iter().cloned().unzip();
+            let hashes: Vec<String> = jobs.iter().map(|j| self.job_hash(j)).collect();
+            match call(
+                "heartbeat",
+                client.execute(
+                    sql::DEGRADED_SLOTS,
+                    &[&jobs, &slots, &self.cfg.node, &epoch, &hashes],
+                ),
+            )
+            .await
+            {
+                Ok(_) => self.set_view(|v| v.degraded_slots.retain(|d| !ran.contains(d))),
+                Err(e) => {
+                    self.fail(&e);
+                    return false;
+                }
+            }
+        }
+        let Some(client) = &self.client else {
+            return false;
+        };
         let row = call(
             "heartbeat",
             client.query_opt(
@@ -1243,10 +1535,14 @@ impl Coordinator {
             v.trusted_until = Some(until);
         });
         let db_now: DateTime<Utc> = row.get(0);
-        let rtt = chrono::Duration::from_std(sent.elapsed()).unwrap_or_default();
+        let elapsed = sent.elapsed();
+        let rtt = chrono::Duration::from_std(elapsed).unwrap_or_default();
         let mid = before + rtt / 2;
         let offset = (mid - db_now).num_milliseconds();
-        self.set_view(|v| v.clock_offset_ms = Some(offset));
+        self.set_view(|v| {
+            v.clock_offset_ms = Some(offset);
+            v.anchor = Some((sent + elapsed / 2, db_now));
+        });
         true
     }
 
@@ -1257,7 +1553,7 @@ impl Coordinator {
         let Ok(rows) = call(
             "clocks",
             client.query(
-                "SELECT clock_offset_ms FROM nodes WHERE state = 'alive' AND lease_until > now()",
+                "SELECT clock_offset_ms, node FROM nodes WHERE state = 'alive' AND lease_until > now()",
                 &[],
             ),
         )
@@ -1280,7 +1576,9 @@ impl Coordinator {
             offsets.iter().copied().min().unwrap_or(0),
             offsets.iter().copied().max().unwrap_or(0),
         );
-        let outlier = !offsets.is_empty()
+        // One node alone cannot tell whose clock is wrong: it goes by the database's (its
+        // loop reads the cluster's time from it, so its slots run on time all the same).
+        let outlier = offsets.len() >= 2
             && offsets.iter().all(|o| o.abs() > max_skew)
             && (lo > 0) == (hi > 0)
             && hi - lo <= max_skew;
@@ -1292,7 +1590,14 @@ impl Coordinator {
         self.db_outlier_said = outlier;
         self.set_view(|v| v.db_clock_outlier = outlier);
         let own = self.view.lock().ok().and_then(|v| v.clock_offset_ms);
-        let skewed = !outlier && own.is_some_and(|o| o.abs() > max_skew);
+        // Another live node whose clock agrees with the database's runs the slots.
+        let covered = rows.iter().any(|r| {
+            r.get::<_, String>(1) != self.cfg.node
+                && r.get::<_, Option<i32>>(0)
+                    .is_some_and(|o| i64::from(o).abs() <= max_skew)
+        });
+        let skewed = !outlier && covered && own.is_some_and(|o| o.abs() > max_skew);
+        self.set_view(|v| v.standing_by_for_clock = skewed);
         if skewed != self.skew_said {
             if skewed {
                 tracing::warn!(
@@ -1355,7 +1660,7 @@ impl Coordinator {
                 "SELECT DISTINCT s.owner_node, s.owner_epoch, coalesce(n.state, 'dead'),
                         n.lease_until, n.epoch
                    FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
-                  WHERE s.state IN ('claimed', 'running', 'queued') AND s.kind = 'slot'
+                  WHERE s.state IN ('claimed', 'running', 'queued', 'orphan') AND s.kind = 'slot'
                     AND (n.node IS NULL OR n.state <> 'alive' OR n.epoch <> s.owner_epoch)",
                 &[],
             ),
@@ -1415,7 +1720,7 @@ impl Coordinator {
             };
             let abandoned = match call(
                 "takeover",
-                client.query(sql::ABANDON_SLOTS, &[&node, &dead_epoch]),
+                client.query(sql::ABANDON_SLOTS, &[&node, &dead_epoch, &may_rerun]),
             )
             .await
             {
@@ -1594,6 +1899,7 @@ impl Coordinator {
     }
 
     async fn leave(&mut self) {
+        self.release_pending().await;
         self.upload().await;
         if let (Some(client), Some(epoch)) = (&self.client, self.epoch) {
             match call(

@@ -2,7 +2,8 @@
 //! lock, so daemons starting together on an empty database apply them once.
 
 /// Migrations, applied in order; `meta.version` counts those applied.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE SEQUENCE fence;
 CREATE TABLE nodes (
   node            text PRIMARY KEY,
@@ -81,7 +82,28 @@ CREATE TABLE runs (
 CREATE INDEX runs_job_id ON runs (job, id);
 CREATE INDEX runs_slot ON runs (job, scheduled_at);
 CREATE INDEX runs_running ON runs (node, node_epoch) WHERE outcome = 'running';
-"#];
+"#,
+    r#"
+-- A node's presence: its coordinator's session holds an advisory lock (key `lock_key`), which
+-- PostgreSQL releases the moment that connection dies. A dead process is absent at once.
+ALTER TABLE nodes ADD COLUMN lock_key bigint;
+CREATE FUNCTION present(key bigint) RETURNS boolean LANGUAGE sql STABLE AS $$
+  SELECT key IS NULL OR EXISTS (
+    SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND granted AND objsubid = 1
+       AND classid = (key >> 32)::oid AND objid = (key & 4294967295)::oid
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+$$;
+-- `orphan`: a claim whose owner is dead or absent, set aside so that the job's new slots need
+-- not wait for it (it leaves `slots_one_live`); the sweep reruns or abandons it.
+ALTER TABLE slots DROP CONSTRAINT slots_state_check;
+ALTER TABLE slots ADD CONSTRAINT slots_state_check
+  CHECK (state IN ('queued', 'claimed', 'running', 'orphan', 'done', 'skipped', 'abandoned'));
+DROP INDEX slots_owner;
+CREATE INDEX slots_owner ON slots (owner_node, owner_epoch)
+  WHERE state IN ('claimed', 'running', 'queued', 'orphan');
+"#,
+];
 
 /// Joins the cluster as `node`: a new epoch, unless another live daemon holds the name.
 pub(super) const JOIN: &str = "
@@ -112,44 +134,89 @@ pub(super) const LEAVE: &str = "
 UPDATE nodes SET state = 'stopped', lease_until = now() WHERE node = $1 AND epoch = $2";
 
 /// Claims a slot, only for a live incarnation of the node (one declared dead claims nothing).
-/// `fence` is null when another node has the slot (`owner`), when the database clock says it is
-/// too early, or when this incarnation is not alive (`alive`). A live claim of the job elsewhere
-/// raises `slots_one_live`.
+/// The claim renews the node's lease too: a node that wins a slot is live, and its trust in the
+/// lease holds from here (a late "lease in doubt" does not end the run it just claimed: nemesis
+/// A10). `fence` is null when another node has the slot (`owner`), when the database clock says
+/// it is too early, when this incarnation is not alive (`alive`), or when the slot is one the
+/// primary may be running without the database (`$11`: a standby's claim of an
+/// `on_database_loss = "primary"` job while the live primary's trust in its lease has lapsed,
+/// `$12` after its last renewal: nemesis A6). A live claim of the job elsewhere raises
+/// `slots_one_live`.
 pub(super) const CLAIM: &str = "
-WITH c AS (
+WITH r AS (
+  UPDATE nodes SET heartbeat_at = now(), lease_until = now() + make_interval(secs => $10)
+   WHERE node = $4 AND epoch = $5 AND state = 'alive' AND lease_until > now()
+  RETURNING 1),
+p AS (
+  SELECT $11::bool AND EXISTS (
+    SELECT 1 FROM nodes WHERE priority = 0 AND node <> $4 AND state = 'alive'
+                         AND lease_until > now()
+                         AND now() >= heartbeat_at + make_interval(secs => $12::float8)
+                         AND EXISTS (SELECT 1 FROM node_jobs nj WHERE nj.node = nodes.node
+                                                                 AND nj.job = $1)) AS doubt),
+c AS (
   INSERT INTO slots (job, scheduled_at, kind, owner_node, owner_epoch, owner_pid, state, valid_until, jobs_hash)
   SELECT $1, $2::timestamptz, $3, $4, $5, $6, 'claimed', $7, $8
    WHERE ($9::float8 IS NULL OR now() >= $2::timestamptz - make_interval(secs => $9))
-     AND EXISTS (SELECT 1 FROM nodes WHERE node = $4 AND epoch = $5 AND state = 'alive'
-                                       AND lease_until > now())
+     AND EXISTS (SELECT 1 FROM r) AND NOT (SELECT doubt FROM p)
   ON CONFLICT (job, scheduled_at) DO NOTHING
   RETURNING fence)
 SELECT (SELECT fence FROM c),
        (SELECT owner_node FROM slots WHERE job = $1 AND scheduled_at = $2::timestamptz),
        now(),
-       EXISTS (SELECT 1 FROM nodes WHERE node = $4 AND epoch = $5 AND state = 'alive'
-                                     AND lease_until > now())";
+       EXISTS (SELECT 1 FROM r),
+       (SELECT doubt FROM p)";
 
-/// The live claim of a job: who runs it.
+/// Slots this node ran without the database: recorded `done` under it, before its lease is
+/// renewed (a slot another node claimed meanwhile keeps its row; both runs are in `runs`).
+pub(super) const DEGRADED_SLOTS: &str = "
+INSERT INTO slots (job, scheduled_at, owner_node, owner_epoch, state, valid_until, jobs_hash)
+SELECT j, s, $3, $4, 'done', s, h FROM unnest($1::text[], $2::timestamptz[], $5::text[]) AS t(j, s, h)
+ON CONFLICT (job, scheduled_at) DO NOTHING";
+
+/// The live claim of a job: who runs it, the database's time, whether its owner is present (its
+/// session lives), and whether the server has been up for a lease (`$2`: before that, nobody's
+/// absence says anything, every session was cut by the restart).
 pub(super) const LIVE_CLAIM: &str = "
 SELECT s.owner_node, s.owner_epoch, s.owner_pid, s.scheduled_at, s.fence, s.claimed_at,
-       s.kind = 'manual' OR coalesce(n.state = 'alive' AND n.epoch = s.owner_epoch, false),
+       s.kind = 'manual' OR coalesce(n.state = 'alive' AND n.epoch = s.owner_epoch
+                                     AND n.lease_until > now(), false),
        CASE WHEN s.kind = 'manual' THEN 0
-            ELSE extract(epoch FROM now() - n.heartbeat_at)::float8 END
+            ELSE extract(epoch FROM now() - n.heartbeat_at)::float8 END,
+       now(),
+       s.kind = 'manual' OR coalesce(n.epoch = s.owner_epoch AND present(n.lock_key), false),
+       now() - pg_postmaster_start_time() > make_interval(secs => $2::float8)
   FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
  WHERE s.job = $1 AND s.state IN ('claimed', 'running')";
 
+/// A live claim set aside (`orphan`): its owner is dead or absent, the job's new slots go on.
+pub(super) const ORPHAN: &str = "
+UPDATE slots SET state = 'orphan'
+ WHERE job = $1 AND fence = $2 AND state IN ('claimed', 'running') AND kind = 'slot'";
+
 /// A slot recorded as not run (overlap across nodes, or nobody ran it); one row whoever sees it.
+/// A decisive row obeys the claim's guards: the database's clock has reached the slot, and the
+/// writer is a live incarnation (a node whose clock stepped forward, or that was declared dead,
+/// writes nothing: nemesis A1). Answers the new row's fence (null when not written), whether
+/// the slot already had a row, and whether the writer is live.
 pub(super) const SLOT_SKIPPED: &str = "
-INSERT INTO slots (job, scheduled_at, owner_node, owner_epoch, state, valid_until, jobs_hash)
-VALUES ($1, $2, $3, $4, 'skipped', $2, $5)
-ON CONFLICT (job, scheduled_at) DO NOTHING
-RETURNING fence";
+WITH s AS (
+  INSERT INTO slots (job, scheduled_at, owner_node, owner_epoch, state, valid_until, jobs_hash)
+  SELECT $1, $2::timestamptz, $3, $4, 'skipped', $2::timestamptz, $5
+   WHERE now() >= $2::timestamptz
+     AND EXISTS (SELECT 1 FROM nodes WHERE node = $3 AND epoch = $4 AND state = 'alive'
+                                       AND lease_until > now())
+  ON CONFLICT (job, scheduled_at) DO NOTHING
+  RETURNING fence)
+SELECT (SELECT fence FROM s),
+       EXISTS (SELECT 1 FROM slots WHERE job = $1 AND scheduled_at = $2::timestamptz),
+       EXISTS (SELECT 1 FROM nodes WHERE node = $3 AND epoch = $4 AND state = 'alive'
+                                     AND lease_until > now())";
 
 /// The slot's run has ended (and will not be retried): the job is free cluster-wide.
 pub(super) const RELEASE: &str = "
 UPDATE slots SET state = $4 WHERE job = $1 AND scheduled_at = $2 AND fence = $3
-   AND state IN ('claimed', 'running', 'queued')";
+   AND state IN ('claimed', 'running', 'queued', 'orphan')";
 
 /// A claim left live by this node's own earlier incarnation, or by this incarnation's run that
 /// ended without releasing it (the database was unreachable then).
@@ -165,18 +232,26 @@ UPDATE nodes SET state = 'dead'
    AND now() - pg_postmaster_start_time() > make_interval(secs => $1)
 RETURNING node, epoch, lease_until";
 
-/// A dead incarnation's live slots of `rerun` jobs still worth running: now ours.
+/// A dead incarnation's live slots of `rerun` jobs still worth running: now ours. Not while the
+/// dead incarnation's process is still present (paused, or behind a black hole: its run may
+/// have completed, and would be doubled: nemesis A5), nor while the job runs elsewhere.
 pub(super) const TAKE_OVER: &str = "
 UPDATE slots SET owner_node = $3, owner_epoch = $4, owner_pid = $5, fence = nextval('fence'),
                  state = 'claimed', attempts = attempts + 1
- WHERE owner_node = $1 AND owner_epoch = $2 AND state IN ('claimed', 'running')
+ WHERE owner_node = $1 AND owner_epoch = $2 AND state IN ('claimed', 'running', 'orphan')
    AND valid_until > now() AND job = ANY($6)
+   AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = $1 AND n.epoch = $2 AND present(n.lock_key))
+   AND NOT EXISTS (SELECT 1 FROM slots l WHERE l.job = slots.job AND l.state IN ('claimed', 'running')
+                     AND l.scheduled_at <> slots.scheduled_at)
 RETURNING job, scheduled_at, fence, attempts, kind";
 
-/// The rest of a dead incarnation's live slots: abandoned.
+/// The rest of a dead incarnation's live slots that will not run again: too late, or not to be
+/// rerun (`takeover = "abandon"`, a stopped node's). A slot still worth running whose owner is
+/// present waits for it (it may come back and record its run) until the slot's bound.
 pub(super) const ABANDON_SLOTS: &str = "
 UPDATE slots SET state = 'abandoned'
- WHERE owner_node = $1 AND owner_epoch = $2 AND state IN ('claimed', 'running', 'queued')
+ WHERE owner_node = $1 AND owner_epoch = $2 AND state IN ('claimed', 'running', 'queued', 'orphan')
+   AND (valid_until <= now() OR NOT (job = ANY($3)))
 RETURNING job, scheduled_at, valid_until";
 
 /// A dead incarnation's running row of one slot.
@@ -187,7 +262,10 @@ UPDATE runs SET outcome = 'abandoned', finished_at = now(), error = $5
 /// A dead incarnation's running rows.
 pub(super) const ABANDON_RUNS: &str = "
 UPDATE runs SET outcome = 'abandoned', finished_at = now(), error = $3
- WHERE node = $1 AND node_epoch = $2 AND outcome = 'running'";
+ WHERE node = $1 AND node_epoch = $2 AND outcome = 'running'
+   AND NOT EXISTS (SELECT 1 FROM slots s WHERE s.job = runs.job AND s.scheduled_at = runs.scheduled_at
+                     AND s.owner_node = $1 AND s.owner_epoch = $2
+                     AND s.state IN ('claimed', 'running', 'orphan'))";
 
 /// A row for a dead incarnation's slot that it never recorded (it died between claim and start,
 /// or before its start row reached the database).
@@ -198,8 +276,18 @@ SELECT $1, $2, 'schedule', $3, now(), now(), 1, 'abandoned', $4, $5, $6, $7
  WHERE NOT EXISTS (SELECT 1 FROM runs WHERE job = $2 AND scheduled_at = $3 AND node = $5
                                         AND node_epoch = $6)";
 
-/// Uploads one row of a node's journal (idempotent by `uid`, newer revisions win).
+/// Uploads one row of a node's journal (idempotent by `uid`, newer revisions win). The row a
+/// sweeper wrote for the node's run while it could not tell (`abandoned`, no journal id) gives
+/// way to the node's own, and a slot given up while its run in fact succeeded under its fence
+/// is `done` (nemesis A8).
 pub(super) const UPLOAD: &str = "
+WITH phantom AS (
+  DELETE FROM runs WHERE job = $2 AND scheduled_at = $4 AND node = $23 AND node_epoch = $24
+                     AND local_id IS NULL AND outcome = 'abandoned' AND uid <> $1),
+     settled AS (
+  UPDATE slots SET state = 'done'
+   WHERE $9 = 'success' AND job = $2 AND scheduled_at = $4 AND fence = $25::bigint
+     AND state = 'abandoned')
 INSERT INTO runs AS r (uid, job, trigger, scheduled_at, started_at, entered_at, finished_at,
                   attempt, outcome, exit_code, signal, pid, owner_pid, error, result, executor,
                   stuck, peak_rss_bytes, cpu_ms, missed_count, missed_from, missed_to, node,

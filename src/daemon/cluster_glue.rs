@@ -55,7 +55,7 @@ pub(super) async fn claim(
             let primary = node.config.priority == 0;
             match (policy, primary) {
                 (DatabaseLoss::Run, _) | (DatabaseLoss::Primary, true) => {
-                    node.mark_degraded();
+                    node.mark_degraded(&job.id, req.scheduled_at);
                     tracing::warn!(
                         "⚠️  {}: cluster database unreachable ({why}): running the slot here without a claim (on_database_loss = \"{}\")",
                         job.id,
@@ -100,12 +100,13 @@ pub(super) async fn sleep_until_near(at: Option<DateTime<Utc>>) {
     }
 }
 
-/// How much later than its own clock says this node starts a slot: its clock's lead over the
-/// database's (none when behind, or when the database's clock is the odd one).
+/// How much later than the cluster's time this host's wall clock reads: a run starts at its
+/// slot's instant by the database's clock, which is this much later by this host's (negative
+/// when this host's clock is behind; none while the database's own clock is the odd one).
 pub(super) fn clock_shift(node: &Node) -> chrono::Duration {
     let view = node.view();
-    match view.clock_offset_ms {
-        Some(ms) if ms > 0 && !view.db_clock_outlier => chrono::Duration::milliseconds(ms),
-        _ => chrono::Duration::zero(),
+    if view.db_clock_outlier {
+        return chrono::Duration::zero();
     }
+    Utc::now() - view.now()
 }

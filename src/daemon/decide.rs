@@ -22,6 +22,11 @@ pub(crate) const LEAD: Duration = Duration::milliseconds(4);
 pub(crate) const LATE: Duration = Duration::seconds(2);
 /// How far back a restarted daemon accounts for missed slots.
 pub(crate) const MAX_GAP: Duration = Duration::days(7);
+/// A slot that comes while the job's previous run is still running is decided (overlap) no
+/// earlier than its instant, and no earlier than this long after the loop first saw it so: a run
+/// that ends meanwhile (its end not yet reaped after a pause, or at the slot's instant) lets the
+/// slot run, a little late, instead of skipping it over a run that has already ended.
+pub(crate) const OVERLAP_GRACE: Duration = Duration::milliseconds(250);
 
 /// A run waiting to start: queued by overlap or catch-up, or a retry (with its start time).
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +71,9 @@ pub(crate) struct JobState {
     pub backfill: VecDeque<DateTime<Utc>>,
     /// The slot of the backfill run in progress.
     pub backfilling: Option<DateTime<Utc>>,
+    /// When the loop first found a slot due while the job ran: the overlap is decided
+    /// `OVERLAP_GRACE` after it (and never before the slot's instant).
+    pub overlap_seen: Option<DateTime<Utc>>,
 }
 
 /// A pause of a job's firing.
@@ -135,14 +143,17 @@ impl JobState {
             pause: None,
             backfill: VecDeque::new(),
             backfilling: None,
+            overlap_seen: None,
         }
     }
 
     /// When this job next needs the loop: `lead` before its next slot, or `LEAD` before its
     /// retry.
     pub(crate) fn wake_at(&self, lead: Duration) -> Option<DateTime<Utc>> {
+        let lead = self.slot_lead(lead);
         [
-            self.next.map(|t| t - lead),
+            self.next
+                .map(|t| (t - lead).max(self.overlap_seen.map_or(t - lead, |s| s + OVERLAP_GRACE))),
             self.retry.as_ref().and_then(|r| r.at).map(|t| t - LEAD),
             self.pause.as_ref().and_then(|p| p.until),
             // A backfill waiting for an idle job: now (the dispatcher starts it).
@@ -159,6 +170,24 @@ impl JobState {
         self.next = job.trigger.next_fire_after(calendar, self.checked);
         self.job = job;
         self.retired = false;
+    }
+
+    /// How long before a slot the loop deals with it: the wake's `lead`, but never before the
+    /// slot's instant while a run of the job (other than a backfill, which gives way) goes on,
+    /// since that run may end before the slot comes (then the slot runs, not its overlap policy).
+    fn slot_lead(&self, lead: Duration) -> Duration {
+        if self.overlaps() {
+            lead.min(Duration::zero())
+        } else {
+            lead
+        }
+    }
+
+    /// A run of the job goes on that a new slot would overlap.
+    fn overlaps(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.trigger != TriggerKind::Backfill)
     }
 
     /// Nothing runs, waits or is held back: a backfill run may start.
@@ -234,15 +263,27 @@ struct Missed {
 /// slots, on time or missed (catch-up).
 pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
     let now = wake.now;
-    let soon = now + wake.lead;
-    // A standby looks at a slot after its instant on purpose: that is not late.
-    let late = LATE + (-wake.lead).max(Duration::zero());
     let mut actions = Vec::new();
     if let Some(retry) = state
         .retry
         .take_if(|r| r.at.is_some_and(|at| at <= now + LEAD))
     {
         actions.push(state.start(retry, now));
+    }
+    let lead = state.slot_lead(wake.lead);
+    let soon = now + lead;
+    // A standby looks at a slot after its instant on purpose: that is not late.
+    let late = LATE + (-lead).max(Duration::zero());
+    if !state.overlaps() {
+        state.overlap_seen = None;
+    } else if state.pause.is_none() && state.next.is_some_and(|t| t <= soon) {
+        // The slot comes while the job runs: its overlap is decided a moment later, when a run
+        // that ended just now (or during a pause of this process) has been reaped.
+        let seen = *state.overlap_seen.get_or_insert(now);
+        if now < seen + OVERLAP_GRACE {
+            return actions;
+        }
+        state.overlap_seen = None;
     }
     state.checked = state.checked.max(soon);
     if state
@@ -576,6 +617,7 @@ pub(crate) fn finished(
         }
     } else {
         state.running = None;
+        state.overlap_seen = None;
     }
     // A backfill run that gave way (or was stopped) is run again later.
     if let Some(slot) = state.backfilling.take()

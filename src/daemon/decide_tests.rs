@@ -42,6 +42,7 @@ fn state(c: &Config, next: Option<DateTime<Utc>>) -> JobState {
         pause: None,
         backfill: VecDeque::new(),
         backfilling: None,
+        overlap_seen: None,
     }
 }
 
@@ -996,6 +997,107 @@ fn a_backfill_runs_when_idle_and_gives_way_to_a_live_slot() {
     let actions = finished(&mut s, &done, &cal, t("2026-11-27T15:01:02Z"), 1.0);
     assert!(
         matches!(actions.as_slice(), [Action::Start(p)] if p.trigger == TriggerKind::Backfill && p.scheduled_at == old[0]),
+        "{actions:?}"
+    );
+}
+
+fn running_since(at: &str) -> Option<Running> {
+    Some(Running {
+        trigger: S,
+        run_id: Some(1),
+        pid: Some(42),
+        started_at: t(at),
+        stuck: false,
+        tag: None,
+    })
+}
+
+fn ended_ok(slot: &str) -> Ended {
+    Ended {
+        run_id: Some(1),
+        run_uid: Some("u1".into()),
+        scheduled_at: t(slot),
+        attempt: 1,
+        outcome: Outcome::Success,
+        error: None,
+        stuck: false,
+        tag: None,
+    }
+}
+
+/// A2 (cluster nemesis): a cluster node looks at a slot 200 ms ahead (its claim lead). A run
+/// that ends in those 200 ms must not make the slot `skipped`: the overlap is decided at the
+/// slot's instant, and the run that ended in between lets the slot run.
+#[test]
+fn overlap_is_decided_at_the_slot_not_at_the_claim_lead() {
+    let c = config("schedule = \"*/2 * * * * *\"\nmarket_hours = false\noverlap = \"skip\"");
+    let cal = c.calendar();
+    let lead = Duration::milliseconds(200);
+    let at = |now: &str| Wake {
+        lead,
+        ..wake_at(&cal, now)
+    };
+    let mut s = state(&c, Some(t("2026-11-27T15:00:02Z")));
+    s.running = running_since("2026-11-27T15:00:00Z");
+    // 200 ms ahead of the slot, the previous run still goes on: nothing is decided yet, and the
+    // loop next wakes at the slot's instant, not at once.
+    let actions = tick(&mut s, &at("2026-11-27T15:00:01.800Z"));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(s.next, Some(t("2026-11-27T15:00:02Z")));
+    assert_eq!(s.wake_at(lead), Some(t("2026-11-27T15:00:02Z")));
+    // The run ends 190 ms before the slot: the slot starts (claimed ahead, as usual).
+    let actions = finished(
+        &mut s,
+        &ended_ok("2026-11-27T15:00:00Z"),
+        &cal,
+        t("2026-11-27T15:00:01.810Z"),
+        1.0,
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(s.wake_at(lead), Some(t("2026-11-27T15:00:01.800Z")));
+    let actions = tick(&mut s, &at("2026-11-27T15:00:01.810Z"));
+    assert!(
+        matches!(actions.as_slice(), [Action::Start(p)] if p.scheduled_at == t("2026-11-27T15:00:02Z") && p.trigger == S),
+        "{actions:?}"
+    );
+    // A run that really overlaps the slot: skipped, but only once the slot has come and the
+    // grace has passed since.
+    let mut s = state(&c, Some(t("2026-11-27T15:00:02Z")));
+    s.running = running_since("2026-11-27T15:00:00Z");
+    assert!(tick(&mut s, &at("2026-11-27T15:00:01.800Z")).is_empty());
+    assert!(tick(&mut s, &at("2026-11-27T15:00:02.000Z")).is_empty());
+    assert_eq!(s.wake_at(lead), Some(t("2026-11-27T15:00:02.250Z")));
+    assert!(tick(&mut s, &at("2026-11-27T15:00:02.249Z")).is_empty());
+    let actions = tick(&mut s, &at("2026-11-27T15:00:02.250Z"));
+    assert_eq!(kinds(&actions), ["skip"]);
+    assert_eq!(s.next, Some(t("2026-11-27T15:00:04Z")));
+    assert_eq!(s.overlap_seen, None);
+}
+
+/// A3 (cluster nemesis): after SIGCONT the loop's timer and the end of the run that finished
+/// during the pause are both ready. Whichever the loop sees first, the slot is not skipped over
+/// the run that has already ended: the overlap waits `OVERLAP_GRACE` for its end to be reaped.
+#[test]
+fn a_slot_seen_before_the_reap_of_a_run_that_ended_during_a_pause_still_runs() {
+    let c = config("schedule = \"*/2 * * * * *\"\nmarket_hours = false\noverlap = \"skip\"");
+    let cal = c.calendar();
+    let mut s = state(&c, Some(t("2026-11-27T15:00:02Z")));
+    s.running = running_since("2026-11-27T15:00:00Z");
+    // Resumed at 15:00:03.2, 1.2 s after the slot: the run ended at 15:00:01.5 but is not reaped.
+    let actions = tick(&mut s, &wake_at(&cal, "2026-11-27T15:00:03.200Z"));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(s.wake_at(LEAD), Some(t("2026-11-27T15:00:03.450Z")));
+    // The reap comes a few milliseconds later: the slot runs, late but on its own trigger.
+    finished(
+        &mut s,
+        &ended_ok("2026-11-27T15:00:00Z"),
+        &cal,
+        t("2026-11-27T15:00:03.205Z"),
+        1.0,
+    );
+    let actions = tick(&mut s, &wake_at(&cal, "2026-11-27T15:00:03.206Z"));
+    assert!(
+        matches!(actions.as_slice(), [Action::Start(p)] if p.scheduled_at == t("2026-11-27T15:00:02Z") && p.trigger == S),
         "{actions:?}"
     );
 }

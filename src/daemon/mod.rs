@@ -207,7 +207,11 @@ pub async fn run(
             crate::fmt::n(abandoned, "run")
         );
     }
-    let now = Utc::now();
+    // In a cluster the loop decides by the cluster's time (the database's clock), not by this
+    // host's wall clock, which may step.
+    let clock =
+        |node: &Option<crate::cluster::Node>| node.as_ref().map_or_else(Utc::now, |n| n.now());
+    let now = clock(&node);
     let market = crate::market::at_instant(&calendar, now);
     tracing::info!(
         "{} {}",
@@ -353,9 +357,9 @@ pub async fn run(
     });
 
     // The last wake, on both clocks, to tell a clock step from the passing of time.
-    let mut last_wake = (Instant::now(), Utc::now());
+    let mut last_wake = (Instant::now(), d.now());
     let signal_name = loop {
-        let now = Utc::now();
+        let now = d.now();
         let due = jobs.iter().filter_map(|j| j.wake_at(d.lead)).min();
         let sleep_for = due
             .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
@@ -372,7 +376,7 @@ pub async fn run(
                     d.lag.record(lag);
                     d.obs.metrics.loop_lag(lag);
                 }
-                let (mono, wall) = (Instant::now(), Utc::now());
+                let (mono, wall) = (Instant::now(), d.now());
                 let step = clock_step(last_wake, (mono, wall));
                 last_wake = (mono, wall);
                 d.tick(&mut jobs, wall, step.as_deref());
@@ -486,6 +490,12 @@ fn clock_step(before: (Instant, DateTime<Utc>), after: (Instant, DateTime<Utc>))
 }
 
 impl Dispatcher {
+    /// The time slots are decided by: the cluster's (the database's clock, carried on this
+    /// host's monotonic clock) in cluster mode, else this host's wall clock.
+    fn now(&self) -> DateTime<Utc> {
+        self.node.as_ref().map_or_else(Utc::now, |n| n.now())
+    }
+
     fn wake<'a>(&'a self, now: DateTime<Utc>, late_because: Option<&'a str>) -> Wake<'a> {
         Wake {
             calendar: &self.calendar,
@@ -627,7 +637,7 @@ impl Dispatcher {
                         // A missed slot being caught up is past its own bound already: it may
                         // wait its turn behind the backlog for as long as a run may take.
                         crate::history::TriggerKind::CatchUp => {
-                            Utc::now()
+                            self.now()
                                 + chrono::Duration::from_std(state.job.timeout).unwrap_or_default()
                         }
                         _ => {
@@ -638,6 +648,8 @@ impl Dispatcher {
                     // A backlog is worked off in order, cluster-wide too: a catch-up waits for
                     // the job's run on another node instead of being skipped by it.
                     wait: p.trigger == crate::history::TriggerKind::CatchUp,
+                    primary_runs_without_db: self.config.database_loss(&state.job)
+                        == crate::config::DatabaseLoss::Primary,
                 },
             )),
             _ => None,
@@ -687,7 +699,7 @@ impl Dispatcher {
     }
 
     fn on_event(&mut self, jobs: &mut Vec<JobState>, event: RunEvent) {
-        let now = Utc::now();
+        let now = self.now();
         match event {
             RunEvent::Started {
                 job,
@@ -725,7 +737,7 @@ impl Dispatcher {
                 // The slot is free cluster-wide once its run ended for good (a retry keeps it;
                 // a stuck thread keeps it until it returns).
                 if jobs[i].retry.is_none() && !report.stuck {
-                    self.release(&report.job, report.scheduled_at, report.tag.as_ref());
+                    self.release(&report, report.outcome == Outcome::Success);
                 }
                 self.dispatch(&jobs[i], actions);
                 self.drop_retired(jobs);
@@ -982,17 +994,25 @@ impl Dispatcher {
         }
     }
 
-    /// Cluster mode: the slot's claim ends (`done`).
-    fn release(&self, job: &str, slot: DateTime<Utc>, tag: Option<&crate::history::RunTag>) {
-        if let (Some(node), Some(fence)) = (&self.node, tag.and_then(|t| t.fence)) {
-            node.release(job, slot, fence, "done");
-        }
+    /// Cluster mode: the slot's claim ends: `done`, or `orphan` when the run did not complete
+    /// and this node's incarnation that claimed it was declared dead meanwhile (stopped or cut
+    /// off past its lease: its job was ended by the keeper). An orphan is run again by the
+    /// cluster's sweep while it is still worth running; a run that completed is never run
+    /// again (nemesis A5).
+    fn release(&self, report: &RunReport, completed: bool) {
+        let (Some(node), Some(tag)) = (&self.node, report.tag.as_ref()) else {
+            return;
+        };
+        let Some(fence) = tag.fence else { return };
+        let ours = node.view().epoch == Some(tag.epoch);
+        let state = if completed || ours { "done" } else { "orphan" };
+        node.release(&report.job, report.scheduled_at, fence, state);
     }
 
     /// What the cluster's coordinator tells the loop.
     fn on_cluster(&mut self, jobs: &mut [JobState], event: crate::cluster::Event) {
         use crate::cluster::Event;
-        let now = Utc::now();
+        let now = self.now();
         match event {
             Event::Takeover {
                 job,
@@ -1035,6 +1055,15 @@ impl Dispatcher {
                 }
             }
             Event::TrustLost => {
+                // A renewal (or a claim, which renews) since the lapse: the lease holds, and a
+                // run claimed meanwhile goes on (nemesis A10).
+                if self.node.as_ref().is_some_and(|n| {
+                    n.view()
+                        .trusted_until
+                        .is_some_and(|u| tokio::time::Instant::now() < u)
+                }) {
+                    return;
+                }
                 let primary = self.node.as_ref().is_some_and(|n| n.config.priority == 0);
                 for state in jobs.iter() {
                     let keep = match self.config.database_loss(&state.job) {
@@ -1042,8 +1071,10 @@ impl Dispatcher {
                         crate::config::DatabaseLoss::Primary => primary,
                         crate::config::DatabaseLoss::Skip => false,
                     };
+                    // Only runs that started: a run still claiming its slot learns from the
+                    // claim whether the lease holds (a cancel sent now would end it at once).
                     if !keep
-                        && state.running.is_some()
+                        && started(state)
                         && let Some(tx) = self.cancels.get(&state.job.id)
                     {
                         let _ = tx.send(Some(
@@ -1054,7 +1085,8 @@ impl Dispatcher {
             }
             Event::LeaseLost => {
                 for state in jobs.iter() {
-                    if state.running.is_some()
+                    // A run still claiming its slot claims it as the node's next incarnation.
+                    if started(state)
                         && let Some(tx) = self.cancels.get(&state.job.id)
                     {
                         let _ = tx.send(Some(
@@ -1342,7 +1374,7 @@ impl Dispatcher {
                         }
                         if !report.stuck {
                             // Cancelled by the shutdown, on purpose: nobody runs it again.
-                            self.release(&report.job, report.scheduled_at, report.tag.as_ref());
+                            self.release(&report, true);
                         }
                     }
                 }
@@ -1365,6 +1397,11 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// The job's run has started (it has a row), as opposed to one still claiming its slot.
+fn started(state: &JobState) -> bool {
+    state.running.as_ref().is_some_and(|r| r.run_id.is_some())
 }
 
 /// The next cluster event, or never (no cluster).

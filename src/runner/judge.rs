@@ -145,7 +145,20 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
         };
     }
     end.signal = status.and_then(|s| s.signal()).map(process::signal_name);
+    // The job returned before the interrupt reached it: its process exited 0 on its own and the
+    // bridge reported the return. It completed, whatever came after (a cancel seen together with
+    // its end, as after a pause of the daemon: nemesis A8).
+    let completed = !matches!(exec.ended, Ended::Exited(_))
+        && status.is_some_and(|s| s.code() == Some(0))
+        && exec.failure.is_none()
+        && bridge.is_some_and(|b| b.status == "ok");
     let outcome = match &exec.ended {
+        _ if completed => {
+            end.result = bridge
+                .and_then(|b| b.result.as_ref())
+                .map(|r| r.get().to_string());
+            Outcome::Success
+        }
         Ended::TimedOut(_) => {
             let mut error = format!(
                 "timed out after {}",
@@ -236,4 +249,76 @@ pub(super) fn epoch_to_utc(secs: f64) -> Option<DateTime<Utc>> {
     }
     let micros = (secs * 1e6).round() as i64;
     DateTime::from_timestamp_micros(micros)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        let src = "[scheduler]\nexchange = \"XNYS\"\nlog_dir = \"logs\"\nhistory = \"logs/h.sqlite3\"\nlegacy_scripts = []\n\n[python]\nexecutable = \"python3\"\n\n[jobs.j]\nentry = \"m:f\"\nschedule = \"0 * * * * *\"\n";
+        crate::config::Config::parse(std::path::Path::new("/p/c.toml"), src)
+            .expect("test config")
+            .jobs[0]
+            .clone()
+    }
+
+    fn exec(ended: Ended, bridge: &str) -> Execution {
+        let mut e = Execution::new(ended);
+        e.bridge = parse_bridge(bridge.as_bytes());
+        e
+    }
+
+    /// A8 (cluster nemesis): a run whose job returned while the daemon was stopped, then was
+    /// "cancelled" by a lease event seen together with its end, is a success; a run really
+    /// ended by the cancel is not.
+    #[test]
+    fn a_run_that_completed_before_its_cancel_landed_is_a_success() {
+        let ok = r#"{"status": "ok", "result": {"n": 1}}"#;
+        let exited0 = Some(ExitStatus::from_raw(0));
+        let killed = Some(ExitStatus::from_raw(libc_sigterm()));
+        let rows: &[(Ended, &str, Outcome)] = &[
+            (
+                Ended::Cancelled(exited0, "lease".into()),
+                ok,
+                Outcome::Success,
+            ),
+            (Ended::TimedOut(exited0), ok, Outcome::Success),
+            (
+                Ended::Cancelled(killed, "lease".into()),
+                ok,
+                Outcome::Cancelled,
+            ),
+            (
+                Ended::Cancelled(exited0, "lease".into()),
+                r#"{"status": "error", "error": "boom"}"#,
+                Outcome::Cancelled,
+            ),
+            (
+                Ended::Cancelled(exited0, "lease".into()),
+                "",
+                Outcome::Cancelled,
+            ),
+        ];
+        for (ended, bridge, want) in rows.iter().map(|(e, b, w)| (clone(e), *b, *w)) {
+            let (outcome, end) = judge(&job(), &exec(ended, bridge));
+            assert_eq!(outcome, want, "{bridge}");
+            if want == Outcome::Success {
+                assert_eq!(end.result.as_deref(), Some(r#"{"n": 1}"#));
+            }
+        }
+    }
+
+    fn libc_sigterm() -> i32 {
+        nix::sys::signal::Signal::SIGTERM as i32
+    }
+
+    fn clone(e: &Ended) -> Ended {
+        match e {
+            Ended::Exited(s) => Ended::Exited(*s),
+            Ended::TimedOut(s) => Ended::TimedOut(*s),
+            Ended::Cancelled(s, r) => Ended::Cancelled(*s, r.clone()),
+            Ended::OverMemory(s, n) => Ended::OverMemory(*s, *n),
+        }
+    }
 }

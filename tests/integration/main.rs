@@ -2,7 +2,9 @@
 //! a real SQLite history. Each test gets a project folder of its own.
 
 mod calendar;
+#[macro_use]
 mod cluster;
+mod cluster_anomalies;
 mod control;
 mod executors;
 mod faults;
