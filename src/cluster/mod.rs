@@ -67,6 +67,9 @@ pub struct View {
     pub standing_by_for_clock: bool,
     /// Slots run here without the database, not yet written to the cluster's `slots`.
     pub degraded_slots: Vec<(String, DateTime<Utc>)>,
+    /// When this node last stopped trusting its lease (this host's clock): a run going on then
+    /// may have been ended for it (by the keeper, or by `on_database_loss`).
+    pub last_lapse: Option<DateTime<Utc>>,
 }
 
 impl View {
@@ -447,6 +450,7 @@ async fn trust_watch(
                     let lapsed = v.trusted_until == Some(u);
                     if lapsed {
                         v.trusted = false;
+                        v.last_lapse = Some(Utc::now());
                     }
                     lapsed
                 });
@@ -803,8 +807,14 @@ impl Coordinator {
                 self.lost(&e);
                 return false;
             }
-            // Back after an outage: the lease first (it may have run out meanwhile; nobody
-            // declares it dead for a lease after the server or its peers came back).
+            // Back after an outage: first the ends of runs that finished meanwhile (a sweeper
+            // must find their slots done before it may think of running them again), then the
+            // lease (it may have run out meanwhile; nobody declares it dead for a lease after
+            // the server or its peers came back).
+            self.write_releases().await;
+            if self.client.is_none() {
+                return false;
+            }
             if self.epoch.is_some() && !self.renew().await && self.client.is_none() {
                 return false;
             }
@@ -1266,10 +1276,13 @@ impl Coordinator {
         let db_now: DateTime<Utc> = live.get(8);
         let present: bool = live.get(9);
         let settled: bool = live.get(10);
-        // A dead owner, or one whose session is gone (its process died: PostgreSQL ended its
-        // session at once), holds the job no longer: its claim is set aside for the sweep, and
-        // the new slot is claimed now (nemesis A4: new slots waited for the lease).
-        if !alive || (!present && settled) {
+        let suspect = alive && silent.is_none_or(|s| s > (self.cfg.heartbeat * 2).as_secs_f64());
+        // A dead owner, one whose session is gone (its process died: PostgreSQL ended its
+        // session at once), or one that stopped renewing (paused, frozen, cut off) holds the
+        // job's new slots no longer: its claim is set aside for the sweep, and the new slot is
+        // claimed now (nemesis A4: new slots waited for the lease or for a suspect owner). Its
+        // own slot is not run again while its process may still finish it.
+        if !alive || suspect || (!present && settled) {
             if let Err(e) = call("claim", client.execute(sql::ORPHAN, &[&req.job, &fence])).await {
                 self.fail(&e);
                 return Attempt::Done(Claim::Unreachable(e.message));
@@ -1278,31 +1291,22 @@ impl Coordinator {
                 "🪦 {}: the claim of the slot at {} on node {owner} is set aside ({}): the job's new slots go on",
                 req.job,
                 crate::fmt::instant(slot),
-                if alive {
-                    "its session is gone"
-                } else {
+                if !alive {
                     "its node is dead"
+                } else if suspect {
+                    "its node has stopped renewing its lease"
+                } else {
+                    "its session is gone"
                 }
             );
             return Attempt::Early(Duration::from_millis(1));
         }
-        // An owner that missed a renewal may be dead: the slot waits for the sweep, or for the
-        // owner's next renewal (then its overlap policy applies), rather than being skipped on
-        // a guess.
-        let suspect = alive && silent.is_none_or(|s| s > (self.cfg.heartbeat * 2).as_secs_f64());
         let holder = format!(
-            "run of the slot at {} on node {owner}{}{}",
+            "run of the slot at {} on node {owner}{} still running",
             crate::fmt::instant(slot),
             owner_pid.map(|p| format!(" (PID {p})")).unwrap_or_default(),
-            if !alive {
-                ", whose node is dead and being taken over"
-            } else if suspect {
-                ", whose node has stopped renewing its lease"
-            } else {
-                " still running"
-            }
         );
-        if req.wait || !alive || suspect || (!req.manual && req.overlap != Overlap::Skip) {
+        if req.wait || (!req.manual && req.overlap != Overlap::Skip) {
             return Attempt::Wait(holder, None);
         }
         if req.manual {
@@ -1380,6 +1384,11 @@ impl Coordinator {
         if self.releases.is_empty() || !self.ready().await {
             return;
         }
+        self.write_releases().await;
+    }
+
+    /// Writes the kept releases on the connection there is (fenced: whatever the lease says).
+    async fn write_releases(&mut self) {
         while let Some(r) = self.releases.first().cloned() {
             let (Some(client), Some(prepared)) = (&self.client, &self.prepared) else {
                 return;
@@ -1622,6 +1631,13 @@ impl Coordinator {
         let settled = self
             .connected_since
             .is_some_and(|t| t.elapsed() >= self.cfg.lease);
+        // Since when each node's process has been absent (its session gone): a process is taken
+        // for gone only after two heartbeats of absence, the time a node cut off and back needs
+        // to reconnect and hold its lock again (its old session may end first).
+        if let Err(e) = call("sweep", client.execute(sql::ABSENCE, &[])).await {
+            self.fail(&e);
+            return;
+        }
         if settled
             && let Err(e) = call(
                 "sweep",
@@ -1660,8 +1676,10 @@ impl Coordinator {
                 "SELECT DISTINCT s.owner_node, s.owner_epoch, coalesce(n.state, 'dead'),
                         n.lease_until, n.epoch
                    FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
-                  WHERE s.state IN ('claimed', 'running', 'queued', 'orphan') AND s.kind = 'slot'
-                    AND (n.node IS NULL OR n.state <> 'alive' OR n.epoch <> s.owner_epoch)",
+                  WHERE s.state IN ('claimed', 'running', 'queued', 'orphan', 'returned')
+                    AND s.kind = 'slot'
+                    AND (n.node IS NULL OR n.state <> 'alive' OR n.epoch <> s.owner_epoch
+                         OR s.state = 'returned')",
                 &[],
             ),
         )
@@ -1687,7 +1705,13 @@ impl Coordinator {
             let lease_until: Option<DateTime<Utc>> = d.get(3);
             let current_epoch: Option<i64> = d.get(4);
             let restarted = current_epoch.is_some_and(|e| e != dead_epoch);
-            let reason = if restarted {
+            // A live owner's slots are its own, but those it gave back.
+            let owner_alive = state == "alive" && !restarted;
+            let reason = if owner_alive {
+                format!(
+                    "node {node} gave the slot back (its run ended when it could not trust its lease)"
+                )
+            } else if restarted {
                 format!("node {node}'s daemon restarted (epoch {dead_epoch} ended)")
             } else if state == "stopped" {
                 format!("node {node} stopped")
@@ -1707,7 +1731,16 @@ impl Coordinator {
                 "takeover",
                 client.query(
                     sql::TAKE_OVER,
-                    &[&node, &dead_epoch, &self.cfg.node, &epoch, &pid, &may_rerun],
+                    &[
+                        &node,
+                        &dead_epoch,
+                        &self.cfg.node,
+                        &epoch,
+                        &pid,
+                        &may_rerun,
+                        &owner_alive,
+                        &secs(self.cfg.heartbeat * 2),
+                    ],
                 ),
             )
             .await
@@ -1720,7 +1753,10 @@ impl Coordinator {
             };
             let abandoned = match call(
                 "takeover",
-                client.query(sql::ABANDON_SLOTS, &[&node, &dead_epoch, &may_rerun]),
+                client.query(
+                    sql::ABANDON_SLOTS,
+                    &[&node, &dead_epoch, &may_rerun, &owner_alive],
+                ),
             )
             .await
             {
@@ -1777,15 +1813,18 @@ impl Coordinator {
                 )
                 .await;
             }
-            // Anything else of it still `running` (its slot already settled).
-            let _ = call(
-                "takeover",
-                client.execute(
-                    sql::ABANDON_RUNS,
-                    &[&node, &dead_epoch, &format!("{reason}; abandoned")],
-                ),
-            )
-            .await;
+            // Anything else of it still `running` (its slot already settled); a live owner's
+            // other runs are its own.
+            if !owner_alive {
+                let _ = call(
+                    "takeover",
+                    client.execute(
+                        sql::ABANDON_RUNS,
+                        &[&node, &dead_epoch, &format!("{reason}; abandoned")],
+                    ),
+                )
+                .await;
+            }
             if !taken.is_empty() || !abandoned.is_empty() {
                 tracing::warn!(
                     "🪦 {reason}: {} taken over here, {} abandoned",

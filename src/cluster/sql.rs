@@ -87,6 +87,8 @@ CREATE INDEX runs_running ON runs (node, node_epoch) WHERE outcome = 'running';
 -- A node's presence: its coordinator's session holds an advisory lock (key `lock_key`), which
 -- PostgreSQL releases the moment that connection dies. A dead process is absent at once.
 ALTER TABLE nodes ADD COLUMN lock_key bigint;
+-- Since when the node's process has been absent, as the sweeps saw it.
+ALTER TABLE nodes ADD COLUMN absent_since timestamptz;
 CREATE FUNCTION present(key bigint) RETURNS boolean LANGUAGE sql STABLE AS $$
   SELECT key IS NULL OR EXISTS (
     SELECT 1 FROM pg_locks
@@ -95,13 +97,16 @@ CREATE FUNCTION present(key bigint) RETURNS boolean LANGUAGE sql STABLE AS $$
        AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
 $$;
 -- `orphan`: a claim whose owner is dead or absent, set aside so that the job's new slots need
--- not wait for it (it leaves `slots_one_live`); the sweep reruns or abandons it.
+-- not wait for it (it leaves `slots_one_live`); the sweep reruns or abandons it. `returned`: a
+-- claim its owner gave back, its run unfinished, after it was declared dead (paused, cut off):
+-- the sweep reruns it while it is worth running.
 ALTER TABLE slots DROP CONSTRAINT slots_state_check;
 ALTER TABLE slots ADD CONSTRAINT slots_state_check
-  CHECK (state IN ('queued', 'claimed', 'running', 'orphan', 'done', 'skipped', 'abandoned'));
+  CHECK (state IN ('queued', 'claimed', 'running', 'orphan', 'returned', 'done', 'skipped',
+                   'abandoned'));
 DROP INDEX slots_owner;
 CREATE INDEX slots_owner ON slots (owner_node, owner_epoch)
-  WHERE state IN ('claimed', 'running', 'queued', 'orphan');
+  WHERE state IN ('claimed', 'running', 'queued', 'orphan', 'returned');
 "#,
 ];
 
@@ -139,9 +144,10 @@ UPDATE nodes SET state = 'stopped', lease_until = now() WHERE node = $1 AND epoc
 /// A10). `fence` is null when another node has the slot (`owner`), when the database clock says
 /// it is too early, when this incarnation is not alive (`alive`), or when the slot is one the
 /// primary may be running without the database (`$11`: a standby's claim of an
-/// `on_database_loss = "primary"` job while the live primary's trust in its lease has lapsed,
-/// `$12` after its last renewal: nemesis A6). A live claim of the job elsewhere raises
-/// `slots_one_live`.
+/// `on_database_loss = "primary"` job while the primary, not declared dead, has not renewed its
+/// lease for its trust window `$12`; an expired lease is not enough, since after an outage the
+/// primary may be on its way back with the slots it ran alone: nemesis A6). A live claim of the
+/// job elsewhere raises `slots_one_live`.
 pub(super) const CLAIM: &str = "
 WITH r AS (
   UPDATE nodes SET heartbeat_at = now(), lease_until = now() + make_interval(secs => $10)
@@ -150,7 +156,6 @@ WITH r AS (
 p AS (
   SELECT $11::bool AND EXISTS (
     SELECT 1 FROM nodes WHERE priority = 0 AND node <> $4 AND state = 'alive'
-                         AND lease_until > now()
                          AND now() >= heartbeat_at + make_interval(secs => $12::float8)
                          AND EXISTS (SELECT 1 FROM node_jobs nj WHERE nj.node = nodes.node
                                                                  AND nj.job = $1)) AS doubt),
@@ -184,10 +189,18 @@ SELECT s.owner_node, s.owner_epoch, s.owner_pid, s.scheduled_at, s.fence, s.clai
        CASE WHEN s.kind = 'manual' THEN 0
             ELSE extract(epoch FROM now() - n.heartbeat_at)::float8 END,
        now(),
-       s.kind = 'manual' OR coalesce(n.epoch = s.owner_epoch AND present(n.lock_key), false),
+       s.kind = 'manual' OR coalesce(n.pid = s.owner_pid AND present(n.lock_key), false),
        now() - pg_postmaster_start_time() > make_interval(secs => $2::float8)
   FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
  WHERE s.job = $1 AND s.state IN ('claimed', 'running')";
+
+/// Each node's absence, as this sweep sees it: since when its session has been gone.
+pub(super) const ABSENCE: &str = "
+UPDATE nodes SET absent_since = CASE WHEN present(lock_key) THEN NULL
+                                     ELSE coalesce(absent_since, now()) END
+ WHERE lock_key IS NOT NULL
+   AND ((present(lock_key) AND absent_since IS NOT NULL)
+        OR (NOT present(lock_key) AND absent_since IS NULL))";
 
 /// A live claim set aside (`orphan`): its owner is dead or absent, the job's new slots go on.
 pub(super) const ORPHAN: &str = "
@@ -233,25 +246,34 @@ UPDATE nodes SET state = 'dead'
 RETURNING node, epoch, lease_until";
 
 /// A dead incarnation's live slots of `rerun` jobs still worth running: now ours. Not while the
-/// dead incarnation's process is still present (paused, or behind a black hole: its run may
-/// have completed, and would be doubled: nemesis A5), nor while the job runs elsewhere.
+/// process that claimed one is still present (its session holds the node's lock: it is paused,
+/// behind a black hole, or rejoined as a new epoch): its run may have completed, and would be
+/// doubled (nemesis A5); it gives the slot back itself (`returned`) if its run did not complete.
+/// Nor while the job runs elsewhere. `$7`: the owner is alive, only what it gave back. `$8`: how
+/// long a process must have been absent (sweeps apart) to be taken for gone.
 pub(super) const TAKE_OVER: &str = "
 UPDATE slots SET owner_node = $3, owner_epoch = $4, owner_pid = $5, fence = nextval('fence'),
                  state = 'claimed', attempts = attempts + 1
- WHERE owner_node = $1 AND owner_epoch = $2 AND state IN ('claimed', 'running', 'orphan')
-   AND valid_until > now() AND job = ANY($6)
-   AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = $1 AND n.epoch = $2 AND present(n.lock_key))
+ WHERE owner_node = $1 AND owner_epoch = $2
+   AND state IN ('claimed', 'running', 'orphan', 'returned')
+   AND valid_until > now() AND job = ANY($6) AND (NOT $7 OR state = 'returned')
+   AND (state = 'returned'
+        OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = $1 AND n.pid = slots.owner_pid
+                         AND (present(n.lock_key) OR n.absent_since IS NULL
+                              OR n.absent_since > now() - make_interval(secs => $8))))
    AND NOT EXISTS (SELECT 1 FROM slots l WHERE l.job = slots.job AND l.state IN ('claimed', 'running')
                      AND l.scheduled_at <> slots.scheduled_at)
 RETURNING job, scheduled_at, fence, attempts, kind";
 
 /// The rest of a dead incarnation's live slots that will not run again: too late, or not to be
 /// rerun (`takeover = "abandon"`, a stopped node's). A slot still worth running whose owner is
-/// present waits for it (it may come back and record its run) until the slot's bound.
+/// present waits for it (it may come back and record its run) until the slot's bound. `$4`: the
+/// owner is alive, only what it gave back.
 pub(super) const ABANDON_SLOTS: &str = "
 UPDATE slots SET state = 'abandoned'
- WHERE owner_node = $1 AND owner_epoch = $2 AND state IN ('claimed', 'running', 'queued', 'orphan')
-   AND (valid_until <= now() OR NOT (job = ANY($3)))
+ WHERE owner_node = $1 AND owner_epoch = $2
+   AND state IN ('claimed', 'running', 'queued', 'orphan', 'returned')
+   AND (valid_until <= now() OR NOT (job = ANY($3))) AND (NOT $4 OR state = 'returned')
 RETURNING job, scheduled_at, valid_until";
 
 /// A dead incarnation's running row of one slot.
@@ -265,7 +287,7 @@ UPDATE runs SET outcome = 'abandoned', finished_at = now(), error = $3
  WHERE node = $1 AND node_epoch = $2 AND outcome = 'running'
    AND NOT EXISTS (SELECT 1 FROM slots s WHERE s.job = runs.job AND s.scheduled_at = runs.scheduled_at
                      AND s.owner_node = $1 AND s.owner_epoch = $2
-                     AND s.state IN ('claimed', 'running', 'orphan'))";
+                     AND s.state IN ('claimed', 'running', 'orphan', 'returned'))";
 
 /// A row for a dead incarnation's slot that it never recorded (it died between claim and start,
 /// or before its start row reached the database).

@@ -994,18 +994,26 @@ impl Dispatcher {
         }
     }
 
-    /// Cluster mode: the slot's claim ends: `done`, or `orphan` when the run did not complete
-    /// and this node's incarnation that claimed it was declared dead meanwhile (stopped or cut
-    /// off past its lease: its job was ended by the keeper). An orphan is run again by the
-    /// cluster's sweep while it is still worth running; a run that completed is never run
-    /// again (nemesis A5).
+    /// Cluster mode: the slot's claim ends: `done`, or `returned` when the run did not complete
+    /// and was ended for the lease (this daemon was silent or cut off past its trust, and the
+    /// keeper or `on_database_loss` ended its job; or it was declared dead meanwhile). A
+    /// returned slot is run again by the cluster's sweep while it is still worth running; a run
+    /// that completed is never run again (nemesis A5).
     fn release(&self, report: &RunReport, completed: bool) {
         let (Some(node), Some(tag)) = (&self.node, report.tag.as_ref()) else {
             return;
         };
         let Some(fence) = tag.fence else { return };
-        let ours = node.view().epoch == Some(tag.epoch);
-        let state = if completed || ours { "done" } else { "orphan" };
+        let view = node.view();
+        // Ended for the lease: the keeper ended it while this daemon was silent, or
+        // `on_database_loss` did, or the node was declared dead meanwhile.
+        let for_the_lease = view.epoch != Some(tag.epoch)
+            || view.last_lapse.is_some_and(|t| t >= report.started_at);
+        let state = if completed || !for_the_lease {
+            "done"
+        } else {
+            "returned"
+        };
         node.release(&report.job, report.scheduled_at, fence, state);
     }
 

@@ -188,6 +188,18 @@ impl Server {
             .collect();
         roots.push(config.python.cwd.display().to_string());
         let mut cmd = std::process::Command::new(python);
+        // The server is its children's parent, and what the dynamic loader put in it (an
+        // `LD_PRELOAD` of the daemon's) is in every child it forks. When none of its jobs
+        // inherits the daemon's environment, neither does the server.
+        if config
+            .jobs
+            .iter()
+            .filter(|j| j.executor == crate::config::Executor::Fork)
+            .all(|j| !j.env.inherit)
+        {
+            cmd.env_clear()
+                .envs(crate::config::secrets::kept_environment());
+        }
         cmd.arg("-m")
             .arg("hedge_bridge.forkserver")
             .current_dir(&config.python.cwd)

@@ -553,3 +553,50 @@ fn fork_server_started_from_a_remembered_interpreter_the_probe_contradicts_is_re
     let again: Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
     assert_eq!(again["resolved"], ours.as_str());
 }
+
+/// The fork server is its children's parent: a library the dynamic loader put in the daemon
+/// (`LD_PRELOAD`) would be in every child it forks, environment or not. When no fork job
+/// inherits the daemon's environment (`inherit_env = false`), the server does not either (seen
+/// under the nemesis: the daemon's libfaketime broke its fork jobs' `time.sleep`).
+#[test]
+fn fork_jobs_that_inherit_nothing_get_nothing_the_daemon_preloaded() {
+    let lib = crate::reliability::libfaketime();
+    let needle = lib
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("libfaketime")
+        .to_string();
+    for (inherit, want) in [("false", "absent"), ("true", "loaded")] {
+        let p = Project::new();
+        let record = p.path().join("maps.txt");
+        config_with_python(
+            &p,
+            &format!("inherit_env = {inherit}"),
+            &job(
+                "probe",
+                "mapped",
+                &format!("args = {{ record = {record:?}, needle = {needle:?} }}"),
+            ),
+        );
+        let lib = lib.clone();
+        let daemon = p.spawn_daemon_with(&[], move |c| {
+            c.env("LD_PRELOAD", &lib);
+        });
+        assert!(
+            wait_until(Duration::from_secs(20), || p
+                .log_dir()
+                .join("control.sock")
+                .exists()),
+            "{}",
+            p.daemon_output()
+        );
+        trigger_and_wait(&p, "probe", 1);
+        assert_eq!(
+            lines(&record),
+            [format!("probe {want}")],
+            "inherit_env = {inherit}: {}",
+            p.daemon_output()
+        );
+        stop(daemon);
+    }
+}

@@ -12,6 +12,7 @@ mod fork;
 mod foundation;
 mod install;
 mod manners;
+mod nemesis;
 mod observe;
 mod operations;
 mod page;
