@@ -45,7 +45,7 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
         tokio::time::timeout(super::CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
             .await
             .map_err(|_| unreachable("no connection in time".to_string()))?
-            .map_err(|e| unreachable(super::pg_error(&e)))?;
+            .map_err(|e| unreachable(super::connection::pg_error(&e)))?;
     tokio::spawn(conn);
     let client = Arc::new(client);
     let lease = cfg.lease.as_secs_f64();
@@ -53,7 +53,7 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
     let mut told = false;
     loop {
         let slot = Utc::now();
-        let res = super::call(
+        let res = super::connection::call(
             "claim",
             client.query_one(sql::CLAIM_MANUAL, &[&job, &slot, &cfg.node, &lease, &pid]),
         )
@@ -70,7 +70,7 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
                         loop {
                             tick.tick().await;
                             // Renewed, and asked to end (overlap `replace` on another node)?
-                            if let Ok(Some(row)) = super::call(
+                            if let Ok(Some(row)) = super::connection::call(
                                 "renew",
                                 client.query_opt(sql::RENEW_MANUAL, &[&job, &slot, &fence, &lease]),
                             )
@@ -98,7 +98,7 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
                 });
             }
             Err(e) if e.message.contains("slots_one_live") => {
-                let holder = match super::call(
+                let holder = match super::connection::call(
                     "claim",
                     client.query_opt(sql::LIVE_CLAIM, &[&job, &cfg.lease.as_secs_f64()]),
                 )
@@ -149,13 +149,13 @@ impl Manual {
             if let Some(row) = row {
                 // The journal's uploader would send it too (same uid): whichever comes first.
                 if let Err(e) =
-                    super::upload_row(&self.client, sql::UPLOAD, &row, i64::MAX / 2).await
+                    super::upload::upload_row(&self.client, sql::UPLOAD, &row, i64::MAX / 2).await
                 {
                     eprintln!("warning: the run could not be written to the cluster history: {e}");
                 }
             }
         }
-        let _ = super::call(
+        let _ = super::connection::call(
             "release",
             self.client
                 .execute(sql::RELEASE, &[&self.job, &self.slot, &self.fence, &"done"]),

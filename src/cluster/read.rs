@@ -110,9 +110,11 @@ fn with_client<T>(
             let (client, conn) = pg
                 .connect(tokio_postgres::NoTls)
                 .await
-                .map_err(|e| super::pg_error(&e))?;
+                .map_err(|e| super::connection::pg_error(&e))?;
             tokio::spawn(conn);
-            f(&client).await.map_err(|e| super::pg_error(&e))
+            f(&client)
+                .await
+                .map_err(|e| super::connection::pg_error(&e))
         };
         match tokio::time::timeout(READ_TIMEOUT, work).await {
             Ok(r) => r,
