@@ -69,7 +69,7 @@ impl Coordinator {
                     &skew,
                     &secs(self.cfg.lease),
                     &(req.primary_runs_without_db && self.cfg.priority > 0),
-                    &secs(self.cfg.trust()),
+                    &i32::try_from(self.cfg.max_clock_skew.as_millis()).unwrap_or(i32::MAX),
                 ],
             ),
         )
@@ -112,7 +112,7 @@ impl Coordinator {
         }
         if fence.is_none() && owner.is_none() && primary_in_doubt {
             return Attempt::Wait(
-                "the primary node, which may be running the slot without the database".to_string(),
+                "the primary node, whose slot it is while it lives (it may be running it without the database)".to_string(),
                 Some(Duration::from_millis(100)),
             );
         }
@@ -161,7 +161,14 @@ impl Coordinator {
         };
         let live = match call(
             "claim",
-            client.query_opt(sql::LIVE_CLAIM, &[&req.job, &secs(self.cfg.lease)]),
+            client.query_opt(
+                sql::LIVE_CLAIM,
+                &[
+                    &req.job,
+                    &secs(self.cfg.lease),
+                    &secs(self.cfg.heartbeat * 2),
+                ],
+            ),
         )
         .await
         {
@@ -194,7 +201,6 @@ impl Coordinator {
             return Attempt::Early(Duration::from_millis(1));
         }
         let silent: Option<f64> = live.get(7);
-        let db_now: DateTime<Utc> = live.get(8);
         let present: bool = live.get(9);
         let settled: bool = live.get(10);
         let suspect = alive && silent.is_none_or(|s| s > (self.cfg.heartbeat * 2).as_secs_f64());
@@ -227,38 +233,48 @@ impl Coordinator {
             crate::fmt::instant(slot),
             owner_pid.map(|p| format!(" (PID {p})")).unwrap_or_default(),
         );
-        if req.wait || (!req.manual && req.overlap != Overlap::Skip) {
-            return Attempt::Wait(holder, None);
-        }
         if req.manual {
-            return Attempt::Done(Claim::Busy {
-                holder,
-                recorded: false,
-            });
+            return if req.wait {
+                Attempt::Wait(holder, None)
+            } else {
+                Attempt::Done(Claim::Busy {
+                    holder,
+                    recorded: false,
+                })
+            };
         }
-        // The overlap is decided after the slot's instant, never at the claim lead: the run on
-        // the other node may end before the slot comes, or just at it (nemesis A2).
-        let decide_at = req.slot + chrono::Duration::from_std(OVERLAP_WAIT).unwrap_or_default();
-        if db_now < decide_at {
-            let wait = (decide_at - db_now).to_std().unwrap_or_default();
-            return Attempt::Wait(holder, Some(wait.max(Duration::from_millis(10))));
+        // A live holder that renews its lease decides the overlap itself, at the slot's instant:
+        // it alone knows whether its run still goes on then (nemesis A2; and the model: a node
+        // that wrote the skip over another's run that ended at the slot lost the slot). This
+        // node waits for its release (then claims), its `skipped` row (then the slot is taken),
+        // its silence or death (then sets its claim aside), or the slot's bound.
+        Attempt::Wait(holder, None)
+    }
+
+    /// The gap audit's statement: the slots of `slots` with no row of their own and no run
+    /// anywhere become `skipped` under this node (the claim's guards), and are returned.
+    pub(super) async fn audit(&mut self, job: &str, slots: &[DateTime<Utc>]) -> Vec<DateTime<Utc>> {
+        if slots.is_empty() || !self.ready().await {
+            return Vec::new();
         }
-        match self.skip_row(&req.job, req.slot).await {
-            Skip::Written => Attempt::Done(Claim::Busy {
-                holder,
-                recorded: true,
-            }),
-            Skip::Decided => Attempt::Early(Duration::from_millis(1)),
-            Skip::Refused(why) => Attempt::Done(Claim::Taken {
-                by: format!("another node ({why})"),
-            }),
-            Skip::Unreachable => Attempt::Done(Claim::Unreachable(
-                self.view
-                    .lock()
-                    .ok()
-                    .and_then(|v| v.last_error.clone())
-                    .unwrap_or_else(|| "not connected".to_string()),
-            )),
+        let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
+            return Vec::new();
+        };
+        let hash = self.job_hash(job);
+        match call(
+            "audit",
+            client.query(
+                sql::AUDIT_GAPS,
+                &[&job, &slots, &self.cfg.node, &epoch, &hash],
+            ),
+        )
+        .await
+        {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(e) => {
+                self.fail(&e);
+                Vec::new()
+            }
         }
     }
 

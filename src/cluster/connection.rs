@@ -73,6 +73,9 @@ pub(super) struct Coordinator {
     /// at every heartbeat until written, so a finished run never keeps its job held cluster-wide
     /// (nemesis A9).
     pub(super) releases: Vec<Release>,
+    /// The incarnation of this process the cluster declared dead, until the new one has
+    /// adopted what of it is still its own.
+    pub(super) dead_epoch: Option<i64>,
 }
 
 /// A slot's claim to end: its run ended for good (`done`) or was given up (`skipped`).
@@ -439,6 +442,10 @@ impl Coordinator {
                     );
                 }
                 let _ = reply.send(matches!(answer, Skip::Written | Skip::Unreachable));
+            }
+            Request::Audit { job, slots, reply } => {
+                let gaps = self.audit(&job, &slots).await;
+                let _ = reply.send(gaps);
             }
             Request::LastSlots(reply) => {
                 let mut last = HashMap::new();

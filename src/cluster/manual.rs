@@ -100,7 +100,14 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
             Err(e) if e.message.contains("slots_one_live") => {
                 let holder = match super::connection::call(
                     "claim",
-                    client.query_opt(sql::LIVE_CLAIM, &[&job, &cfg.lease.as_secs_f64()]),
+                    client.query_opt(
+                        sql::LIVE_CLAIM,
+                        &[
+                            &job,
+                            &cfg.lease.as_secs_f64(),
+                            &(cfg.heartbeat * 2).as_secs_f64(),
+                        ],
+                    ),
                 )
                 .await
                 {

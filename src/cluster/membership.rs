@@ -209,7 +209,9 @@ impl Coordinator {
                 _ => String::new(),
             }
         );
-        // Whatever an earlier incarnation of ours left live is settled at once.
+        // This process's own previous incarnation (declared dead meanwhile): what it still
+        // holds is adopted first. Whatever an earlier process of ours left live is settled.
+        self.adopt().await;
         self.sweep().await;
         Ok(())
     }
@@ -221,13 +223,39 @@ impl Coordinator {
             "❗ the cluster declared node {} dead (its lease ran out): its runs belong to others now; rejoining",
             self.cfg.node
         );
-        self.epoch = None;
+        self.dead_epoch = self.epoch.take().or(self.dead_epoch);
         self.set_view(|v| {
             v.epoch = None;
             v.trusted = false;
             v.trusted_until = None;
         });
-        let _ = self.events.send(Event::LeaseLost);
+    }
+
+    /// After a rejoin that followed a declaration of death: the previous incarnation's slots
+    /// that nobody took over (their fence is still ours) are adopted by the new one and their
+    /// runs go on; the loop ends only the runs whose slots were taken (the model's trace: a slot
+    /// too late to take over was lost when its run was killed on the rejoin).
+    pub(super) async fn adopt(&mut self) {
+        let Some(old) = self.dead_epoch.take() else {
+            return;
+        };
+        let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
+            return;
+        };
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let kept: Vec<i64> = match call(
+            "rejoin",
+            client.query(sql::ADOPT, &[&self.cfg.node, &old, &epoch, &pid]),
+        )
+        .await
+        {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(e) => {
+                self.fail(&e);
+                Vec::new()
+            }
+        };
+        let _ = self.events.send(Event::LeaseLost { kept });
     }
 
     /// Renews the lease and measures the clock; false when it could not (the node may have

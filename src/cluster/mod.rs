@@ -25,6 +25,8 @@ mod claims;
 mod connection;
 pub mod manual;
 mod membership;
+#[cfg(test)]
+mod model;
 pub mod read;
 mod sql;
 mod sweep;
@@ -132,7 +134,11 @@ pub enum Event {
     /// Another node asked that the job's run here end (overlap `replace`).
     Cancel { job: String, reason: String },
     /// The database declared this node dead: its runs belong to others now.
-    LeaseLost,
+    LeaseLost {
+        /// The fences of the previous incarnation's slots the node's new one adopted (still
+        /// its own: nobody took them over): their runs go on.
+        kept: Vec<i64>,
+    },
     /// No renewal for lease − 2 × heartbeat: the lease may be lost. Runs of jobs that must
     /// not run without the database (`on_database_loss = "skip"`) end now.
     TrustLost,
@@ -175,6 +181,11 @@ enum Request {
         reply: oneshot::Sender<bool>,
     },
     LastSlots(oneshot::Sender<HashMap<String, DateTime<Utc>>>),
+    Audit {
+        job: String,
+        slots: Vec<DateTime<Utc>>,
+        reply: oneshot::Sender<Vec<DateTime<Utc>>>,
+    },
     Leave(oneshot::Sender<()>),
 }
 
@@ -202,10 +213,6 @@ enum Skip {
     /// The database cannot say: each node records what it saw.
     Unreachable,
 }
-
-/// How long after a slot a node that finds the job running on a live peer waits before it
-/// records the slot `skipped`: the peer's run may end at the slot (its release on its way).
-const OVERLAP_WAIT: Duration = Duration::from_millis(500);
 
 /// A handle on the coordinator: cheap to clone.
 #[derive(Clone)]
@@ -266,6 +273,7 @@ impl Node {
             lock_key: lock_key(&cfg.schema, &cfg.node),
             locked: false,
             releases: Vec::new(),
+            dead_epoch: None,
         };
         c.jobs_hash = hash_of(c.jobs.iter().map(|j| format!("{}={}", j.id, j.hash)));
         match c.connect().await {
@@ -432,6 +440,22 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Request::LastSlots(tx)).is_err() {
             return HashMap::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The gap audit: of `slots` (past their bound, so no node will still claim them), those
+    /// no node claimed, recorded or ran are written `skipped` under this node, which records them
+    /// (the ones returned); empty when the database cannot be reached.
+    pub async fn audit(&self, job: &str, slots: Vec<DateTime<Utc>>) -> Vec<DateTime<Utc>> {
+        let (tx, rx) = oneshot::channel();
+        let req = Request::Audit {
+            job: job.to_string(),
+            slots,
+            reply: tx,
+        };
+        if self.tx.send(req).is_err() {
+            return Vec::new();
         }
         rx.await.unwrap_or_default()
     }

@@ -142,12 +142,11 @@ UPDATE nodes SET state = 'stopped', lease_until = now() WHERE node = $1 AND epoc
 /// The claim renews the node's lease too: a node that wins a slot is live, and its trust in the
 /// lease holds from here (a late "lease in doubt" does not end the run it just claimed: nemesis
 /// A10). `fence` is null when another node has the slot (`owner`), when the database clock says
-/// it is too early, when this incarnation is not alive (`alive`), or when the slot is one the
-/// primary may be running without the database (`$11`: a standby's claim of an
-/// `on_database_loss = "primary"` job while the primary, not declared dead, has not renewed its
-/// lease for its trust window `$12`; an expired lease is not enough, since after an outage the
-/// primary may be on its way back with the slots it ran alone: nemesis A6). A live claim of the
-/// job elsewhere raises `slots_one_live`.
+/// it is too early, when this incarnation is not alive (`alive`), or when the slot is the
+/// primary's (`$11`: a standby's claim of an `on_database_loss = "primary"` job while the primary
+/// is neither declared dead nor gone; it may be running the slot without the database, or about
+/// to claim it: nemesis A6, and the model's trace of a standby that claimed first and a primary
+/// that lost the database again). A live claim of the job elsewhere raises `slots_one_live`.
 pub(super) const CLAIM: &str = "
 WITH r AS (
   UPDATE nodes SET heartbeat_at = now(), lease_until = now() + make_interval(secs => $10)
@@ -156,7 +155,13 @@ WITH r AS (
 p AS (
   SELECT $11::bool AND EXISTS (
     SELECT 1 FROM nodes WHERE priority = 0 AND node <> $4 AND state = 'alive'
-                         AND now() >= heartbeat_at + make_interval(secs => $12::float8)
+                         AND (present(lock_key) OR lease_until > now()
+                              OR now() - pg_postmaster_start_time() < make_interval(secs => $10))
+                         -- A primary whose clock is off while another node's agrees stands by.
+                         AND NOT (abs(coalesce(clock_offset_ms, 0)) > $12::int
+                                  AND EXISTS (SELECT 1 FROM nodes o
+                                               WHERE o.node <> nodes.node AND o.state = 'alive'
+                                                 AND abs(coalesce(o.clock_offset_ms, 0)) <= $12::int))
                          AND EXISTS (SELECT 1 FROM node_jobs nj WHERE nj.node = nodes.node
                                                                  AND nj.job = $1)) AS doubt),
 c AS (
@@ -179,20 +184,31 @@ INSERT INTO slots (job, scheduled_at, owner_node, owner_epoch, state, valid_unti
 SELECT j, s, $3, $4, 'done', s, h FROM unnest($1::text[], $2::timestamptz[], $5::text[]) AS t(j, s, h)
 ON CONFLICT (job, scheduled_at) DO NOTHING";
 
-/// The live claim of a job: who runs it, the database's time, whether its owner is present (its
-/// session lives), and whether the server has been up for a lease (`$2`: before that, nobody's
-/// absence says anything, every session was cut by the restart).
+/// The live claim of a job: who runs it; whether its owner is alive (its lease unexpired, or the
+/// server up for less than a lease `$2`: nobody could renew while it was down); the database's
+/// time; whether the owner's process is present (its session holds the node's lock); whether
+/// the server has been up long enough (`$3`, a reconnection) for an absence to mean something.
 pub(super) const LIVE_CLAIM: &str = "
 SELECT s.owner_node, s.owner_epoch, s.owner_pid, s.scheduled_at, s.fence, s.claimed_at,
        s.kind = 'manual' OR coalesce(n.state = 'alive' AND n.epoch = s.owner_epoch
-                                     AND n.lease_until > now(), false),
+                                     AND (n.lease_until > now()
+                                          OR now() - pg_postmaster_start_time()
+                                             < make_interval(secs => $2::float8)), false),
        CASE WHEN s.kind = 'manual' THEN 0
             ELSE extract(epoch FROM now() - n.heartbeat_at)::float8 END,
        now(),
        s.kind = 'manual' OR coalesce(n.pid = s.owner_pid AND present(n.lock_key), false),
-       now() - pg_postmaster_start_time() > make_interval(secs => $2::float8)
+       now() - pg_postmaster_start_time() > make_interval(secs => $3::float8)
   FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
  WHERE s.job = $1 AND s.state IN ('claimed', 'running')";
+
+/// A rejoining process adopts its previous incarnation's live slots (claimed by this process,
+/// fence unchanged, so nobody took them over): its runs of them go on under the new epoch.
+pub(super) const ADOPT: &str = "
+UPDATE slots SET owner_epoch = $3
+ WHERE owner_node = $1 AND owner_epoch = $2 AND owner_pid = $4
+   AND state IN ('claimed', 'running', 'orphan')
+RETURNING fence";
 
 /// Each node's absence, as this sweep sees it: since when its session has been gone.
 pub(super) const ABSENCE: &str = "
@@ -225,6 +241,21 @@ SELECT (SELECT fence FROM s),
        EXISTS (SELECT 1 FROM slots WHERE job = $1 AND scheduled_at = $2::timestamptz),
        EXISTS (SELECT 1 FROM nodes WHERE node = $3 AND epoch = $4 AND state = 'alive'
                                      AND lease_until > now())";
+
+/// The gap audit: slots past their bound that no node claimed, recorded or ran (no slot row,
+/// no run row of the slot or a gap row covering it) become `skipped` under this node, with the claim's guards; the ones
+/// written come back (this node records them, once cluster-wide).
+pub(super) const AUDIT_GAPS: &str = "
+INSERT INTO slots (job, scheduled_at, owner_node, owner_epoch, state, valid_until, jobs_hash)
+SELECT $1, s, $3, $4, 'skipped', s, $5 FROM unnest($2::timestamptz[]) AS t(s)
+ WHERE now() >= s
+   AND EXISTS (SELECT 1 FROM nodes WHERE node = $3 AND epoch = $4 AND state = 'alive'
+                                     AND lease_until > now())
+   AND NOT EXISTS (SELECT 1 FROM runs r
+                    WHERE r.job = $1
+                      AND (r.scheduled_at = s OR (r.missed_from <= s AND s <= r.missed_to)))
+ON CONFLICT (job, scheduled_at) DO NOTHING
+RETURNING scheduled_at";
 
 /// The slot's run has ended (and will not be retried): the job is free cluster-wide.
 pub(super) const RELEASE: &str = "

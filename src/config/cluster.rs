@@ -233,11 +233,11 @@ impl Validator<'_> {
             Some(k) => self.at(k, message),
             None => self.at(raw, message),
         };
-        if lease < heartbeat * 3 {
+        if lease <= heartbeat * 3 {
             return Err(place(
                 &r.lease,
                 format!(
-                    "`lease` in [cluster] ({}) must be at least 3 × `heartbeat` ({}): a node must be able to miss a renewal without being declared dead",
+                    "`lease` in [cluster] ({}) must be more than 3 × `heartbeat` ({}): a node must be able to miss a renewal without being declared dead, and trust its lease (lease − 2 × heartbeat) for longer than a heartbeat",
                     humantime::format_duration(lease),
                     humantime::format_duration(heartbeat)
                 ),

@@ -277,7 +277,12 @@ fn a_cluster_table_is_validated_at_its_keys() {
     assert_eq!(cl.lease, Duration::from_secs(10));
     assert_eq!(c.jobs[0].takeover, Takeover::Rerun);
     let cases = [
-        ("heartbeat = \"5s\"", "must be at least 3 × `heartbeat`"),
+        ("heartbeat = \"5s\"", "must be more than 3 × `heartbeat`"),
+        // Exactly 3 ×: a trust window of one heartbeat, spent before the next renewal is sent.
+        (
+            "heartbeat = \"2s\"\nlease = \"6s\"",
+            "must be more than 3 × `heartbeat`",
+        ),
         ("max_clock_skew = \"6s\"", "less than half of `lease`"),
         ("priority = 30", "shorter than `lease`"),
         ("priority = -1", "must be 0 to 100"),

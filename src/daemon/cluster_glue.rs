@@ -47,7 +47,11 @@ pub(super) async fn claim(
             Err(not_run(reason, None))
         }
         Claim::Expired(why) => {
-            env.record_skipped(&job.id, req.trigger, req.scheduled_at, &why);
+            // One row cluster-wide, under the claim's guards: the node that writes the slot's
+            // row records it (others may have given up on the same slot).
+            if node.skip_slot(&job.id, req.scheduled_at).await {
+                env.record_skipped(&job.id, req.trigger, req.scheduled_at, &why);
+            }
             Err(not_run(why, None))
         }
         Claim::Unreachable(why) => {
@@ -89,6 +93,37 @@ pub(super) async fn claim(
     }
 }
 
+/// Whether a claimed slot may still start now: a `skip` job's run does not start once this node
+/// no longer trusts its lease (it was stopped or cut off since the claim, and the slot may be
+/// given to another node: the model's trace of two fenced runs at once). Its claim is given back
+/// (`returned`, for the sweep to run it where the lease holds) and the report says why.
+pub(super) fn may_start(env: &RunEnv, node: &Node, req: &RunRequest) -> Option<Box<RunReport>> {
+    let tag = req.tag.as_ref()?;
+    let fence = tag.fence?;
+    if env.config.database_loss(&req.job) != DatabaseLoss::Skip {
+        return None;
+    }
+    let trusted = node
+        .view()
+        .trusted_until
+        .is_some_and(|u| tokio::time::Instant::now() < u);
+    if trusted {
+        return None;
+    }
+    let why = "not started: this node no longer trusts its cluster lease (on_database_loss = \"skip\"); the slot is given back".to_string();
+    tracing::warn!("⚠️  {}: {why}", req.job.id);
+    node.release(&req.job.id, req.scheduled_at, fence, "returned");
+    let mut r = RunReport::new(
+        req.job.id.clone(),
+        req.trigger,
+        req.scheduled_at,
+        req.attempt,
+        Outcome::Skipped,
+    );
+    r.busy = Some(why);
+    Some(Box::new(r))
+}
+
 /// Sleeps until shortly before `at` (a cluster node claims its slots well ahead of them).
 pub(super) async fn sleep_until_near(at: Option<DateTime<Utc>>) {
     let Some(at) = at else { return };
@@ -109,4 +144,95 @@ pub(super) fn clock_shift(node: &Node) -> chrono::Duration {
         return chrono::Duration::zero();
     }
     Utc::now() - view.now()
+}
+
+/// The gap audit's next slots of a job, pure: those after `from` whose bound (`valid_until`) is
+/// more than `margin` before `now` (no node claims them any more), at most `max`; and the instant
+/// audited up to (the last of them, or `from`).
+pub(super) fn audit_slots(
+    job: &crate::config::Job,
+    calendar: &crate::calendar::Calendar,
+    from: DateTime<Utc>,
+    now: DateTime<Utc>,
+    margin: chrono::Duration,
+    max: usize,
+) -> (Vec<DateTime<Utc>>, DateTime<Utc>) {
+    let mut slots = Vec::new();
+    let mut upto = from;
+    while slots.len() < max {
+        let Some(next) = job.trigger.next_fire_after(calendar, upto) else {
+            break;
+        };
+        if crate::cluster::valid_until(job, calendar, next) + margin > now {
+            break;
+        }
+        slots.push(next);
+        upto = next;
+    }
+    (slots, upto)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("instant")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_gap_audit_takes_the_slots_no_node_can_still_claim() {
+        let src = "[scheduler]\nexchange = \"XNYS\"\nlog_dir = \"logs\"\nhistory = \"logs/h.sqlite3\"\nlegacy_scripts = []\n\n[python]\nexecutable = \"python3\"\n\n[jobs.j]\nentry = \"m:f\"\nschedule = \"*/10 * * * * *\"\nmarket_hours = false\n";
+        let c =
+            crate::config::Config::parse(std::path::Path::new("/p/c.toml"), src).expect("config");
+        let cal = c.calendar();
+        let job = &c.jobs[0];
+        let margin = chrono::Duration::seconds(6);
+        // (from, now, max) → (slots, audited up to)
+        let rows: &[(&str, &str, usize, &[&str], &str)] = &[
+            // 10:00:10's bound is 10:00:20, + 6 s = 10:00:26: not before.
+            (
+                "2026-12-07T10:00:00Z",
+                "2026-12-07T10:00:25Z",
+                10,
+                &[],
+                "2026-12-07T10:00:00Z",
+            ),
+            (
+                "2026-12-07T10:00:00Z",
+                "2026-12-07T10:00:26Z",
+                10,
+                &["2026-12-07T10:00:10Z"],
+                "2026-12-07T10:00:10Z",
+            ),
+            (
+                "2026-12-07T10:00:00Z",
+                "2026-12-07T10:01:00Z",
+                10,
+                // 10:00:40's bound + 6 s is 10:00:56; 10:00:50's is 10:01:06.
+                &[
+                    "2026-12-07T10:00:10Z",
+                    "2026-12-07T10:00:20Z",
+                    "2026-12-07T10:00:30Z",
+                    "2026-12-07T10:00:40Z",
+                ],
+                "2026-12-07T10:00:40Z",
+            ),
+            // At most `max` at a time: the rest next time.
+            (
+                "2026-12-07T10:00:00Z",
+                "2026-12-07T10:01:00Z",
+                2,
+                &["2026-12-07T10:00:10Z", "2026-12-07T10:00:20Z"],
+                "2026-12-07T10:00:20Z",
+            ),
+        ];
+        for (from, now, max, want, upto) in rows {
+            let (slots, to) = audit_slots(job, &cal, t(from), t(now), margin, *max);
+            let want: Vec<DateTime<Utc>> = want.iter().map(|w| t(w)).collect();
+            assert_eq!((slots, to), (want, t(upto)), "{from} {now}");
+        }
+    }
 }

@@ -83,6 +83,8 @@ struct Dispatcher {
     saver: crate::control::Saver,
     /// Each paused job's compact row: (id, uid).
     pause_rows: HashMap<String, (i64, String)>,
+    /// Cluster mode: each job's slots are audited for gaps up to this instant.
+    audited: HashMap<String, DateTime<Utc>>,
     /// Each job's backfill ranges, kept until its queue is worked off.
     backfill_spans: HashMap<String, Vec<crate::control::Span>>,
 }
@@ -277,6 +279,7 @@ pub async fn run(
         kept: crate::control::Persisted::default(),
         saver: crate::control::Saver::start(config.scheduler.log_dir.clone()),
         pause_rows: HashMap::new(),
+        audited: HashMap::new(),
         backfill_spans: HashMap::new(),
     };
     d.restore(&mut jobs, kept, backfill);
@@ -656,6 +659,7 @@ impl Dispatcher {
         };
         let env = Arc::clone(&self.env);
         let events = self.events.clone();
+        let node_for_start = self.node.clone();
         let (job, trigger, scheduled_at, attempt) = (
             state.job.id.clone(),
             req.trigger,
@@ -673,12 +677,21 @@ impl Dispatcher {
                             // starts at the slot's instant by the database's clock.
                             req.not_before =
                                 req.not_before.map(|t| t + cluster_glue::clock_shift(&node));
+                            let _ = events.send(RunEvent::Claimed {
+                                job: req.job.id.clone(),
+                                tag: tag.clone(),
+                            });
                             req.tag = Some(tag);
                         }
                         Err(report) => return *report,
                     }
                 }
                 cluster_glue::sleep_until_near(req.not_before).await;
+                if let Some(node) = &node_for_start
+                    && let Some(report) = cluster_glue::may_start(&env, node, &req)
+                {
+                    return *report;
+                }
                 runner::run(&env, req, cancel_rx, Some(events), OnBusy::Skip).await
             }
         });
@@ -741,6 +754,11 @@ impl Dispatcher {
                 }
                 self.dispatch(&jobs[i], actions);
                 self.drop_retired(jobs);
+            }
+            RunEvent::Claimed { job, tag } => {
+                if let Some(r) = find(jobs, &job).and_then(|s| s.running.as_mut()) {
+                    r.tag = Some(tag);
+                }
             }
             RunEvent::Released { job } => {
                 if let Some(i) = jobs.iter().position(|s| s.job.id == job) {
@@ -1007,14 +1025,77 @@ impl Dispatcher {
         let view = node.view();
         // Ended for the lease: the keeper ended it while this daemon was silent, or
         // `on_database_loss` did, or the node was declared dead meanwhile.
-        let for_the_lease = view.epoch != Some(tag.epoch)
-            || view.last_lapse.is_some_and(|t| t >= report.started_at);
+        let ended_from_outside = matches!(report.outcome, Outcome::Cancelled | Outcome::Crashed);
+        let for_the_lease = ended_from_outside
+            && (view.epoch != Some(tag.epoch)
+                || view.last_lapse.is_some_and(|t| t >= report.started_at));
         let state = if completed || !for_the_lease {
             "done"
         } else {
             "returned"
         };
         node.release(&report.job, report.scheduled_at, fence, state);
+    }
+
+    /// Cluster mode, at every health check: the slots no node claimed, recorded or ran (all
+    /// nodes' clocks off, a claim lost with its node before it was written, …) are recorded as
+    /// missed, once cluster-wide, and alerted, so a lost slot is never silent.
+    fn audit_gaps(&mut self, jobs: &[JobState]) {
+        let Some(node) = &self.node else { return };
+        let now = self.now();
+        // Past a slot's bound no node claims it any more; two leases more let every node's
+        // journal (what it ran or skipped while cut off) reach the cluster first.
+        let margin = chrono::Duration::from_std(node.config.lease * 2).unwrap_or_default();
+        for state in jobs {
+            let id = state.job.id.clone();
+            let from = *self.audited.entry(id.clone()).or_insert(now);
+            if state.pause.is_some() {
+                // Held back here on purpose: not this node's to call missed.
+                self.audited.insert(id, now);
+                continue;
+            }
+            let (slots, upto) =
+                cluster_glue::audit_slots(&state.job, &self.calendar, from, now, margin, 500);
+            if slots.is_empty() {
+                continue;
+            }
+            self.audited.insert(id.clone(), upto);
+            let (node, recorder) = (node.clone(), self.env.recorder.clone());
+            let (config, notice) = (Arc::clone(&self.config), self.obs.missed_notice());
+            tokio::spawn(async move {
+                let gaps = node.audit(&id, slots).await;
+                let (Some(first), Some(last)) = (gaps.first().copied(), gaps.last().copied())
+                else {
+                    return;
+                };
+                let reason = "missed: no node of the cluster claimed it (found by the gap audit)";
+                tracing::warn!(
+                    "⏰ {id}: {} no node claimed ({} … {})",
+                    crate::fmt::n(gaps.len(), "slot"),
+                    crate::fmt::instant(first),
+                    crate::fmt::instant(last)
+                );
+                for slot in &gaps {
+                    recorder.skipped(
+                        &id,
+                        crate::history::TriggerKind::Schedule,
+                        *slot,
+                        reason,
+                        None,
+                    );
+                }
+                if let Some(j) = config.job(&id) {
+                    notice.send(
+                        &config,
+                        j,
+                        crate::history::TriggerKind::Schedule,
+                        first,
+                        gaps.len() as u64,
+                        reason,
+                    );
+                }
+            });
+        }
     }
 
     /// What the cluster's coordinator tells the loop.
@@ -1091,10 +1172,20 @@ impl Dispatcher {
                     }
                 }
             }
-            Event::LeaseLost => {
+            Event::LeaseLost { kept } => {
                 for state in jobs.iter() {
-                    // A run still claiming its slot claims it as the node's next incarnation.
+                    // Only runs whose slot another node took over end: a run still claiming its
+                    // slot claims it as the node's next incarnation, a run without a fence
+                    // (without the database) was never the cluster's to give, and a slot the
+                    // new incarnation adopted is still this node's.
+                    let taken = state
+                        .running
+                        .as_ref()
+                        .and_then(|r| r.tag.as_ref())
+                        .and_then(|t| t.fence)
+                        .is_some_and(|f| !kept.contains(&f));
                     if started(state)
+                        && taken
                         && let Some(tx) = self.cancels.get(&state.job.id)
                     {
                         let _ = tx.send(Some(
@@ -1161,6 +1252,7 @@ impl Dispatcher {
 
     /// Starts the health check unless one is still running.
     fn health(&mut self, jobs: &mut [JobState]) {
+        self.audit_gaps(jobs);
         let now = Utc::now();
         let tz = self.calendar.tz();
         let mut problems = Vec::new();

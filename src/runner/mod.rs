@@ -126,6 +126,11 @@ pub enum RunEvent {
         pid: Option<u32>,
     },
     Finished(Box<RunReport>),
+    /// Cluster mode: the run's slot was claimed under this tag (before the run starts).
+    Claimed {
+        job: String,
+        tag: crate::history::RunTag,
+    },
     /// An embedded run that had timed out stuck has finally returned: its slot is free.
     #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     Released {

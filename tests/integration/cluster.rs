@@ -2185,3 +2185,87 @@ fn cluster_a_missed_slot_is_told_once_not_once_per_node() {
         "{events:#?}"
     );
 }
+
+/// The gap audit: a slot no node claimed (here every insert of it is dropped by a trigger, so
+/// each node's claim and its `skipped` row come to nothing) is found within a minute of its
+/// bound, recorded `skipped` ("no node of the cluster claimed it") once cluster-wide, and said.
+#[test]
+fn cluster_gap_audit_records_a_slot_no_node_claimed() {
+    let (server, _hold) = need_pg!();
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "*/2 * * * * *", 0.0, "");
+    let with_health = |n: &Node| {
+        let text = std::fs::read_to_string(n.p.config_path())
+            .unwrap()
+            .replacen(
+                "[scheduler]\n",
+                "[scheduler]\nhealth_interval = \"1s\"\n",
+                1,
+            );
+        std::fs::write(n.p.config_path(), text).unwrap();
+    };
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    let mut b = Node::new(&db, "b", 1, &FAST, &job);
+    with_health(&a);
+    with_health(&b);
+    a.start();
+    b.start();
+    assert!(a.joined() && b.joined());
+    assert!(wait_until(Duration::from_secs(20), || oracle(&file).len() >= 2));
+    // The slot 6 s ahead (an even second) is dropped whoever writes it.
+    let now = chrono::Utc::now().timestamp();
+    let slot = now + 6 + (now % 2);
+    let at = chrono::DateTime::from_timestamp(slot, 0)
+        .unwrap()
+        .to_rfc3339();
+    db.execute(&format!(
+        "CREATE FUNCTION hedge_scheduler.drop_slot() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.scheduled_at = '{at}' THEN RETURN NULL; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER drop_slot BEFORE INSERT ON hedge_scheduler.slots
+           FOR EACH ROW EXECUTE FUNCTION hedge_scheduler.drop_slot();"
+    ));
+    // Past the slot's bound (the next slot), the inserts go through again.
+    while chrono::Utc::now().timestamp() < slot + 3 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    db.execute("DROP TRIGGER drop_slot ON hedge_scheduler.slots");
+    assert!(
+        per_slot(&oracle(&file))
+            .keys()
+            .all(|s| ts(&serde_json::Value::String(s.clone())).timestamp() != slot),
+        "the slot ran"
+    );
+    // Found within a minute (here: bound 2 s + two leases + a health check).
+    let found = wait_until(Duration::from_secs(60), || {
+        db.count(&format!(
+            "SELECT count(*) FROM hedge_scheduler.runs WHERE job = 'tick' AND scheduled_at = '{at}'
+              AND outcome = 'skipped' AND error LIKE '%no node of the cluster claimed it%'"
+        )) == 1
+    });
+    assert!(
+        found,
+        "{:?}\n{}",
+        db.query("SELECT scheduled_at, state, owner_node FROM hedge_scheduler.slots ORDER BY scheduled_at"),
+        a.p.daemon_output()
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM hedge_scheduler.slots WHERE job = 'tick' AND scheduled_at = '{at}'
+              AND state = 'skipped'"
+        )),
+        1
+    );
+    let said = format!("{}{}", a.p.daemon_output(), b.p.daemon_output());
+    assert!(said.contains("no node claimed"), "{said}");
+    a.stop();
+    b.stop();
+    // Once cluster-wide, whichever node found it.
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM hedge_scheduler.runs WHERE job = 'tick' AND scheduled_at = '{at}'"
+        )),
+        1
+    );
+}
