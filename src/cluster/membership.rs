@@ -131,43 +131,12 @@ impl Coordinator {
         };
         let epoch: i64 = row.get(0);
         let previous: Option<i64> = row.get(1);
-        // Which jobs this node defines, with their hashes (for the drift check).
+        self.check_drift(epoch).await?;
+        let Some(client) = &self.client else {
+            return Err(JoinError::Db("not connected".to_string()));
+        };
         let ids: Vec<&str> = self.jobs.iter().map(|j| j.id.as_str()).collect();
         let hashes: Vec<&str> = self.jobs.iter().map(|j| j.hash.as_str()).collect();
-        let drift = call(
-            "join",
-            client.query(sql::DRIFT, &[&self.cfg.node, &ids, &hashes]),
-        )
-        .await
-        .map_err(|e| JoinError::Db(e.message))?;
-        if !drift.is_empty() {
-            let list = drift
-                .iter()
-                .map(|r| {
-                    format!(
-                        "`{}` on node {}",
-                        r.get::<_, String>(1),
-                        r.get::<_, String>(0)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let what = format!(
-                "a live node defines a job differently (schedule, window, exchange or calendar): {list}; the nodes would compute different slots and both run them"
-            );
-            if !self.allow_drift {
-                // Leave the row as we found it: stopped, so the name is free.
-                let _ = call(
-                    "join",
-                    client.execute(sql::LEAVE, &[&self.cfg.node, &epoch]),
-                )
-                .await;
-                return Err(JoinError::NameTaken(format!(
-                    "{what}; make the configs agree, or start with `run --allow-config-drift` during a rolling upgrade"
-                )));
-            }
-            tracing::warn!("⚠️  {what} (joining anyway: --allow-config-drift)");
-        }
         call(
             "join",
             client.execute(
@@ -213,6 +182,52 @@ impl Coordinator {
         // holds is adopted first. Whatever an earlier process of ours left live is settled.
         self.adopt().await;
         self.sweep().await;
+        Ok(())
+    }
+
+    /// Whether a live node defines a shared job otherwise (it would compute other slots): a
+    /// refusal (the new row left stopped), unless `--allow-config-drift`.
+    async fn check_drift(&mut self, epoch: i64) -> std::result::Result<(), JoinError> {
+        let Some(client) = &self.client else {
+            return Err(JoinError::Db("not connected".to_string()));
+        };
+        // Which jobs this node defines, with their hashes.
+        let ids: Vec<&str> = self.jobs.iter().map(|j| j.id.as_str()).collect();
+        let hashes: Vec<&str> = self.jobs.iter().map(|j| j.hash.as_str()).collect();
+        let drift = call(
+            "join",
+            client.query(sql::DRIFT, &[&self.cfg.node, &ids, &hashes]),
+        )
+        .await
+        .map_err(|e| JoinError::Db(e.message))?;
+        if !drift.is_empty() {
+            let list = drift
+                .iter()
+                .map(|r| {
+                    format!(
+                        "`{}` on node {}",
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(0)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let what = format!(
+                "a live node defines a job differently (schedule, window, exchange or calendar): {list}; the nodes would compute different slots and both run them"
+            );
+            if !self.allow_drift {
+                // Leave the row as we found it: stopped, so the name is free.
+                let _ = call(
+                    "join",
+                    client.execute(sql::LEAVE, &[&self.cfg.node, &epoch]),
+                )
+                .await;
+                return Err(JoinError::NameTaken(format!(
+                    "{what}; make the configs agree, or start with `run --allow-config-drift` during a rolling upgrade"
+                )));
+            }
+            tracing::warn!("⚠️  {what} (joining anyway: --allow-config-drift)");
+        }
         Ok(())
     }
 

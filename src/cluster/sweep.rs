@@ -188,29 +188,7 @@ impl Coordinator {
             };
             settled.push((job, r.get(1), why));
         }
-        for (job, slot, why) in &settled {
-            let _ = call(
-                "takeover",
-                client.execute(sql::ABANDON_RUN, &[&node, &dead_epoch, job, slot, why]),
-            )
-            .await;
-            let _ = call(
-                "takeover",
-                client.execute(
-                    sql::ABANDONED_ROW,
-                    &[
-                        &crate::history::new_uid(),
-                        job,
-                        slot,
-                        why,
-                        &node,
-                        &dead_epoch,
-                        &None::<i64>,
-                    ],
-                ),
-            )
-            .await;
-        }
+        record_settled(client, &node, dead_epoch, &settled).await;
         // Anything else of it still `running` (its slot already settled); a live owner's
         // other runs are its own.
         if !owner_alive {
@@ -305,5 +283,39 @@ impl Coordinator {
             }
             Err(e) => self.fail(&e),
         }
+    }
+}
+
+/// The runs of a dead incarnation's settled slots: its running row (if uploaded) ends
+/// `abandoned` with the slot's reason, or one is written for it (it died before its row
+/// reached the database); the node's own upload, if it comes, takes that one's place.
+async fn record_settled(
+    client: &tokio_postgres::Client,
+    node: &str,
+    dead_epoch: i64,
+    settled: &[(String, DateTime<Utc>, String)],
+) {
+    for (job, slot, why) in settled {
+        let _ = call(
+            "takeover",
+            client.execute(sql::ABANDON_RUN, &[&node, &dead_epoch, job, slot, why]),
+        )
+        .await;
+        let _ = call(
+            "takeover",
+            client.execute(
+                sql::ABANDONED_ROW,
+                &[
+                    &crate::history::new_uid(),
+                    job,
+                    slot,
+                    why,
+                    &node,
+                    &dead_epoch,
+                    &None::<i64>,
+                ],
+            ),
+        )
+        .await;
     }
 }
