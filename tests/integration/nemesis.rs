@@ -10,7 +10,8 @@
 //!
 //! `HEDGE_NEMESIS_SEED` runs one seed (default: two fixed seeds), `HEDGE_NEMESIS_SECS` the
 //! faults' time per seed (default 70 s). `HEDGE_NEMESIS_REPORT` names a file to append the
-//! summary to (the README's long run).
+//! summary to (the README's long run); `HEDGE_NEMESIS_KEEP` a folder to keep a failing seed's
+//! logs and records in.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -722,6 +723,28 @@ fn one_seed(seed: u64, secs: f64) {
         .iter()
         .map(|n| format!("--- node {}:\n{}\n", n.name, n.p.daemon_output()))
         .collect();
+    // `HEDGE_NEMESIS_KEEP=<folder>`: what a failing seed saw is kept there (every node's console
+    // and log folder, the jobs' records), for the one who looks into it.
+    if !findings.is_empty()
+        && let Ok(keep) = std::env::var("HEDGE_NEMESIS_KEEP")
+    {
+        let to = Path::new(&keep).join(format!("seed-{seed}"));
+        let _ = std::fs::create_dir_all(&to);
+        let _ = std::fs::write(to.join("summary.txt"), &summary);
+        for n in nodes.lock().unwrap().iter() {
+            let _ = std::process::Command::new("cp")
+                .arg("-r")
+                .arg(n.p.path())
+                .arg(to.join(format!("node-{}", n.name)))
+                .status();
+        }
+        for j in JOBS {
+            let _ = std::fs::copy(
+                dir.join(format!("{}.log", j.id)),
+                to.join(format!("{}.log", j.id)),
+            );
+        }
+    }
     assert!(
         findings.is_empty(),
         "{summary}\n{}",
