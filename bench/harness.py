@@ -260,6 +260,33 @@ def claim_times(config: Path) -> list[float]:
     return out
 
 
+def standby_after_kill(pg: "PgServer", name: str, jobs: str, module: str | None, phase: float) -> dict:
+    """Five times: a primary and a standby; the primary is SIGKILLed `phase` s into a slot; how
+    late (started − scheduled, ms) the standby starts the first slot after the kill."""
+    late = []
+    for i in range(5):
+        conn = pg.database()
+        ca = cluster_node(f"{name}-a{i}", conn, "a", 0, jobs)
+        cb = cluster_node(f"{name}-b{i}", conn, "b", 1, jobs)
+        if module is not None:
+            for c in (ca, cb):
+                (c.parent / "jobs" / "bench_jobs.py").write_text(module)
+        a, b = Daemon(ca), Daemon(cb)
+        time.sleep(3.3)
+        frac = time.time() % 1
+        time.sleep((1 + phase - frac) % 1)
+        a.proc.kill()
+        a.proc.wait()
+        killed = time.time()
+        time.sleep(3)
+        b.stop()
+        after = [x for x in history_rows(cb) if x["trigger"] == "schedule" and parse_time(x["scheduled_at"]).timestamp() > killed]
+        if after:
+            first = min(after, key=lambda x: x["scheduled_at"])
+            late.append((parse_time(first["started_at"]) - parse_time(first["scheduled_at"])).total_seconds() * 1000)
+    return summary(late)
+
+
 def cluster(seconds: int) -> dict:
     """Claim overhead, standby takeover of new slots, rerun of a dead node's slot, and fire
     latency of a 3-node cluster against a single daemon, in one run."""
@@ -299,54 +326,15 @@ executor = "pyo3"
         r["claim_ms"] = summary(claims)
 
         # Standby takeover of new slots after SIGKILL of the primary (defaults: standby_delay
-        # 500 ms, lease 10 s: a standby that waited for the lease would be ~10 s late).
+        # 500 ms, lease 10 s: a standby that waited for the lease would be ~10 s late): between
+        # slots (its last run has ended and released its slot), then while it holds a running
+        # claim of the job (killed 0.1 s into a run of 0.6 s: its claim must not hold the next
+        # slot, its session is gone at once).
         log("cluster: standby takeover of new slots after SIGKILL of the primary, 5 times")
-        late = []
-        for i in range(5):
-            conn = pg.database()
-            ca = cluster_node(f"takeover-a{i}", conn, "a", 0, noop)
-            cb = cluster_node(f"takeover-b{i}", conn, "b", 1, noop)
-            a, b = Daemon(ca), Daemon(cb)
-            time.sleep(3.3)
-            # Between slots: its last run has ended and released its slot.
-            frac = time.time() % 1
-            time.sleep((1.3 - frac) % 1)
-            a.proc.kill()
-            a.proc.wait()
-            killed = time.time()
-            time.sleep(3)
-            b.stop()
-            after = [x for x in history_rows(cb) if x["trigger"] == "schedule" and parse_time(x["scheduled_at"]).timestamp() > killed]
-            if after:
-                first = min(after, key=lambda x: x["scheduled_at"])
-                late.append((parse_time(first["started_at"]) - parse_time(first["scheduled_at"])).total_seconds() * 1000)
-        r["standby_ms"] = summary(late)
-
-        # The same while the primary holds a running claim of the job: killed 0.1 s into a run of
-        # 0.6 s. Its claim must not hold the job's next slot (its session is gone at once).
+        r["standby_ms"] = standby_after_kill(pg, "takeover", noop, None, 0.3)
         log("cluster: the next slot on the standby after SIGKILL of the primary mid-run, 5 times")
         busy = noop.replace("bench_jobs:noop", "bench_jobs:busy")
-        late = []
-        for i in range(5):
-            conn = pg.database()
-            ca = cluster_node(f"holding-a{i}", conn, "a", 0, busy)
-            cb = cluster_node(f"holding-b{i}", conn, "b", 1, busy)
-            for c in (ca, cb):
-                (c.parent / "jobs" / "bench_jobs.py").write_text("import time\n\ndef busy(ctx):\n    time.sleep(0.6)\n")
-            a, b = Daemon(ca), Daemon(cb)
-            time.sleep(3.3)
-            frac = time.time() % 1
-            time.sleep((1.1 - frac) % 1)
-            a.proc.kill()
-            a.proc.wait()
-            killed = time.time()
-            time.sleep(3)
-            b.stop()
-            after = [x for x in history_rows(cb) if x["trigger"] == "schedule" and parse_time(x["scheduled_at"]).timestamp() > killed]
-            if after:
-                first = min(after, key=lambda x: x["scheduled_at"])
-                late.append((parse_time(first["started_at"]) - parse_time(first["scheduled_at"])).total_seconds() * 1000)
-        r["holding_ms"] = summary(late)
+        r["holding_ms"] = standby_after_kill(pg, "holding", busy, "import time\n\ndef busy(ctx):\n    time.sleep(0.6)\n", 0.1)
 
         # Rerun of a dead node's slot: a 5-s job killed mid-run with its node (lease 4 s,
         # heartbeat 1 s): the survivor runs it again; measured from the kill to the rerun's start.
