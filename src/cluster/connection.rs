@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::*;
 use crate::config::Cluster as ClusterConfig;
@@ -222,17 +222,21 @@ impl Coordinator {
     /// Opens the connection and brings the schema up to date.
     pub(super) async fn connect(&mut self) -> std::result::Result<(), String> {
         let pg = read::pg_config(&self.cfg, "node")?;
-        let (mut client, connection) =
-            match tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(NoTls)).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => return Err(pg_error(&e)),
-                Err(_) => {
-                    return Err(format!(
-                        "no connection within {}",
-                        humantime::format_duration(CONNECT_TIMEOUT)
-                    ));
-                }
-            };
+        let (mut client, connection) = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            pg.connect(super::tls::connector(&self.cfg)?),
+        )
+        .await
+        {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err(pg_error(&e)),
+            Err(_) => {
+                return Err(format!(
+                    "no connection within {}",
+                    humantime::format_duration(CONNECT_TIMEOUT)
+                ));
+            }
+        };
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("cluster connection ended: {e}");

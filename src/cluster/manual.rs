@@ -41,11 +41,13 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
             cfg.database_shown
         ))
     };
-    let (client, conn) =
-        tokio::time::timeout(super::CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
-            .await
-            .map_err(|_| unreachable("no connection in time".to_string()))?
-            .map_err(|e| unreachable(super::connection::pg_error(&e)))?;
+    let (client, conn) = tokio::time::timeout(
+        super::CONNECT_TIMEOUT,
+        pg.connect(super::tls::connector(cfg).map_err(unreachable)?),
+    )
+    .await
+    .map_err(|_| unreachable("no connection in time".to_string()))?
+    .map_err(|e| unreachable(super::connection::pg_error(&e)))?;
     tokio::spawn(conn);
     let client = Arc::new(client);
     let lease = cfg.lease.as_secs_f64();

@@ -30,6 +30,7 @@ mod model;
 pub mod read;
 mod sql;
 mod sweep;
+mod tls;
 mod upload;
 
 use connection::{Coordinator, JoinError};

@@ -108,7 +108,7 @@ fn with_client<T>(
     rt.block_on(async {
         let work = async {
             let (client, conn) = pg
-                .connect(tokio_postgres::NoTls)
+                .connect(super::tls::connector(cfg)?)
                 .await
                 .map_err(|e| super::connection::pg_error(&e))?;
             tokio::spawn(conn);

@@ -155,7 +155,7 @@ WITH r AS (
 p AS (
   SELECT $11::bool AND EXISTS (
     SELECT 1 FROM nodes WHERE priority = 0 AND node <> $4 AND state = 'alive'
-                         AND (present(lock_key) OR lease_until > now()
+                         AND (present(lock_key)
                               OR now() - pg_postmaster_start_time() < make_interval(secs => $10))
                          -- A primary whose clock is off while another node's agrees stands by.
                          AND NOT (abs(coalesce(clock_offset_ms, 0)) > $12::int

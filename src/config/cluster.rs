@@ -27,6 +27,7 @@ pub(super) struct RawCluster {
     pub(super) on_database_loss: Option<Spanned<String>>,
     pub(super) expect_nodes: Option<Spanned<i64>>,
     pub(super) schema: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
 }
 
 /// The validated `[cluster]` table.
@@ -57,6 +58,35 @@ pub struct Cluster {
     pub expect_nodes: Option<u32>,
     /// The PostgreSQL schema holding every table.
     pub schema: String,
+    /// TLS to the database: the connection string's `sslmode` (libpq's meanings).
+    pub tls: Tls,
+    /// The certificates (PEM) the server's must chain to (`[cluster] ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// `sslmode` in the connection string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// The connection string with `sslmode=verify-ca` and `verify-full` read as `require` (what the
+/// PostgreSQL client understands; the verification is ours), and which mode it asked for.
+pub fn split_sslmode(database: &str) -> (String, Option<Tls>) {
+    for (word, tls) in [
+        ("verify-full", Tls::VerifyFull),
+        ("verify-ca", Tls::VerifyCa),
+    ] {
+        let key = format!("sslmode={word}");
+        if database.contains(&key) {
+            return (database.replace(&key, "sslmode=require"), Some(tls));
+        }
+    }
+    (database.to_string(), None)
 }
 
 impl Cluster {
@@ -170,7 +200,8 @@ impl Validator<'_> {
                 ));
             }
         };
-        let parsed: tokio_postgres::Config = database.parse().map_err(|e| {
+        let (plain, verify) = split_sslmode(&database);
+        let parsed: tokio_postgres::Config = plain.parse().map_err(|e| {
             let message = format!(
                 "invalid `database` in [cluster]: {e} (expected \"postgresql://user@host/db\" or \"host=/run/postgresql dbname=hedge\")"
             );
@@ -301,9 +332,29 @@ impl Validator<'_> {
                     })?,
             ),
         };
+        let tls = verify.unwrap_or(match parsed.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => Tls::Disable,
+            tokio_postgres::config::SslMode::Require => Tls::Require,
+            _ => Tls::Prefer,
+        });
+        let ca_file = r.ca_file.as_ref().map(|p| {
+            self.file
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .join(p.get_ref())
+        });
+        if matches!(tls, Tls::VerifyCa | Tls::VerifyFull) && ca_file.is_none() {
+            let message = "sslmode=verify-ca and verify-full need `ca_file` in [cluster] (the certificates, PEM, the server's must chain to)".to_string();
+            return Err(match &r.database {
+                Some(d) if from_env.is_none() => self.at(d, message),
+                _ => self.at(raw, message),
+            });
+        }
         Ok(Cluster {
             database_shown: describe_database(&parsed),
-            database,
+            database: plain,
+            tls,
+            ca_file,
             password_file: r.password_file.as_ref().map(|p| {
                 self.file
                     .parent()

@@ -12,7 +12,7 @@ pub mod secrets;
 mod units;
 mod validate;
 
-pub use cluster::{CLAIM_AHEAD, Cluster, DatabaseLoss, Takeover};
+pub use cluster::{CLAIM_AHEAD, Cluster, DatabaseLoss, Takeover, Tls};
 pub use ops::{Event, HeartbeatWhen, Http, Notify, WebhookFormat};
 use raw::*;
 use units::*;

@@ -370,3 +370,38 @@ fn a_jobs_environment_is_checked_at_its_key_and_its_values_never_shown() {
         "{e}"
     );
 }
+
+#[test]
+fn sslmode_verify_modes_are_read_as_require_with_our_verification() {
+    use super::cluster::{Tls, split_sslmode};
+    let rows = [
+        (
+            "host=db sslmode=verify-full",
+            "host=db sslmode=require",
+            Some(Tls::VerifyFull),
+        ),
+        (
+            "postgresql://h@db/x?sslmode=verify-ca",
+            "postgresql://h@db/x?sslmode=require",
+            Some(Tls::VerifyCa),
+        ),
+        ("host=db sslmode=require", "host=db sslmode=require", None),
+        ("host=db", "host=db", None),
+    ];
+    for (given, plain, tls) in rows {
+        assert_eq!(split_sslmode(given), (plain.to_string(), tls), "{given}");
+    }
+    let err = parse(&format!(
+        "{GOOD}\n[cluster]\ndatabase = \"host=db dbname=hedge sslmode=verify-full\"\nnode = \"a\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("need `ca_file`"), "{err}");
+    let c = parse(&format!(
+        "{GOOD}\n[cluster]\ndatabase = \"host=db dbname=hedge sslmode=verify-full\"\nnode = \"a\"\nca_file = \"ca.pem\"\n"
+    ))
+    .unwrap();
+    let cl = c.cluster.as_ref().unwrap();
+    assert_eq!(cl.tls, Tls::VerifyFull);
+    assert!(cl.ca_file.as_ref().unwrap().ends_with("ca.pem"));
+}

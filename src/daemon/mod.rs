@@ -282,6 +282,16 @@ pub async fn run(
         audited: HashMap::new(),
         backfill_spans: HashMap::new(),
     };
+    // The gap audit starts two leases before this start: a slot missed just before it and not
+    // recorded then (a live node might still have claimed it) is audited too; older ones are in
+    // the catch-up's gap row.
+    if let Some(node) = &d.node {
+        let back = chrono::Duration::from_std(node.config.lease * 2).unwrap_or_default();
+        for state in &jobs {
+            d.audited
+                .insert(state.job.id.clone(), state.checked.max(now - back));
+        }
+    }
     d.restore(&mut jobs, kept, backfill);
     tokio::spawn(crate::control::listen(
         config.scheduler.log_dir.clone(),
@@ -550,6 +560,21 @@ impl Dispatcher {
                         hms(first),
                         hms(last)
                     );
+                    // In a cluster a slot still within its bound is not this node's to record
+                    // as missed: a live node may still claim it (this one started, or came back,
+                    // just after it). The gap ends at the slot before; the gap audit records
+                    // that one if nobody runs it.
+                    let (last, count) = if self.node.is_some()
+                        && crate::cluster::valid_until(&state.job, &self.calendar, last)
+                            > self.now()
+                    {
+                        match state.job.trigger.previous_fire_before(&self.calendar, last) {
+                            Some(prev) if count > 1 && prev >= first => (prev, count - 1),
+                            _ => continue,
+                        }
+                    } else {
+                        (last, count)
+                    };
                     // In a cluster the newest slot any node dealt with is the start: slots
                     // missed since were missed by every node.
                     let reason = match &self.node {

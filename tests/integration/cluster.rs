@@ -2269,3 +2269,85 @@ fn cluster_gap_audit_records_a_slot_no_node_claimed() {
         1
     );
 }
+
+/// TLS to a server that takes nothing else: `sslmode=verify-full` with `[cluster] ca_file` joins
+/// and runs the slots; without TLS (`sslmode=disable`) the server refuses; with a CA that did not
+/// sign the server's certificate, the node refuses the server. `verify-full` without `ca_file` is
+/// a config error.
+#[test]
+fn cluster_tls_to_a_server_that_requires_it() {
+    let (server, _hold) = need_pg!();
+    let tls = pg::TlsServer::start(server);
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job("tick", &file, "* * * * * *", 0.0, "");
+    let node = |name: &str, sslmode: &str, ca: Option<&Path>| {
+        let p = Project::new();
+        p.config(
+            "",
+            &format!(
+                "{job}\n[cluster]\ndatabase = \"host=localhost port={} user=postgres dbname=t sslmode={sslmode}\"\nnode = \"{name}\"\n{}",
+                tls.port,
+                ca.map(|c| format!("ca_file = {:?}\n", c.display().to_string()))
+                    .unwrap_or_default()
+            ),
+        );
+        p
+    };
+    let good = node("a", "verify-full", Some(&tls.ca));
+    let mut daemon = good.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(30), || oracle(&file).len() >= 2),
+        "{}",
+        good.daemon_output()
+    );
+    assert!(good.daemon_output().contains("joined the cluster"));
+    // No TLS: the server refuses the connection (its pg_hba takes only TLS from TCP).
+    let plain = node("b", "disable", None);
+    let mut b = plain.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || plain
+            .daemon_output()
+            .contains("unreachable")),
+        "{}",
+        plain.daemon_output()
+    );
+    assert!(
+        plain.daemon_output().contains("no encryption"),
+        "{}",
+        plain.daemon_output()
+    );
+    // Another CA: the node refuses the server's certificate.
+    let other = shared.path().join("other-ca.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout"])
+        .arg(shared.path().join("other.key"))
+        .arg("-out")
+        .arg(&other)
+        .args(["-days", "1", "-subj", "/CN=another CA"])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    let wrong = node("c", "verify-full", Some(&other));
+    let mut c = wrong.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || wrong
+            .daemon_output()
+            .contains("unreachable")),
+        "{}",
+        wrong.daemon_output()
+    );
+    assert!(
+        wrong.daemon_output().to_lowercase().contains("certificate"),
+        "{}",
+        wrong.daemon_output()
+    );
+    for d in [&mut daemon, &mut b, &mut c] {
+        let _ = signal_and_wait(d, Signal::SIGTERM, Duration::from_secs(20));
+    }
+    // verify-full without ca_file: a config error naming the key.
+    let bad = node("d", "verify-full", None);
+    let out = bad.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("ca_file"), "{}", text(&out));
+}

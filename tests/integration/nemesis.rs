@@ -433,6 +433,13 @@ fn check(
                     Some("its execution died with its node or job, too late to rerun")
                 } else if j.policy != "run" && db_fault {
                     Some("not run without the database (policy)")
+                } else if j.policy == "primary"
+                    && node_fault("a", &["stop_node", "freeze", "partition"])
+                {
+                    // Under `primary` the slots are the primary's until it is declared dead or
+                    // gone: a primary stopped, frozen or cut off keeps them (and may run them
+                    // without the database).
+                    Some("the primary was stopped, frozen or cut off (policy)")
                 } else if here.is_empty() && state == "abandoned" && owner_fault {
                     Some("its owner died or was cut off holding it, too late to rerun")
                 } else {

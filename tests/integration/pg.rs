@@ -276,3 +276,190 @@ impl Db {
             .unwrap_or_else(|| panic!("no number from {sql}"))
     }
 }
+
+/// A server of its own that takes only TLS connections, on a loopback TCP port, with a
+/// certificate (`localhost`, `127.0.0.1`) signed by a throwaway CA; stopped when dropped.
+pub struct TlsServer {
+    server: Server,
+    pub port: u16,
+    /// The CA's certificate (PEM), for `[cluster] ca_file`.
+    pub ca: PathBuf,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self
+            .server
+            .pg(&["pg_ctl", "-D"])
+            .arg(&self.server.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+impl TlsServer {
+    /// Starts it (with the shared server's binaries), with one database `t`.
+    pub fn start(shared: &Server) -> TlsServer {
+        let dir = tempfile::Builder::new()
+            .prefix("hedge-pg-tls-")
+            .tempdir()
+            .expect("temp dir");
+        let data = dir.path().join("data");
+        let socket = dir.path().join("sock");
+        std::fs::create_dir(&socket).expect("socket dir");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                crate::util::text(&out)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hedge test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.path().join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .expect("san.ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let as_postgres = shared.as_postgres;
+        if as_postgres {
+            let pg = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .expect("the `postgres` user");
+            for p in [
+                dir.path().to_path_buf(),
+                socket.clone(),
+                dir.path().join("server.key"),
+                dir.path().join("server.pem"),
+            ] {
+                nix::unistd::chown(&p, Some(pg.uid), Some(pg.gid)).expect("chown");
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+        let server = Server {
+            data,
+            socket,
+            bin: shared.bin.clone(),
+            as_postgres,
+            _dir: dir,
+        };
+        let out = server
+            .pg(&["initdb", "-D"])
+            .arg(&server.data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+            ])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb: {}", crate::util::text(&out));
+        // TCP only with TLS; the Unix socket for the test's own setup.
+        std::fs::write(
+            server.data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .expect("pg_hba.conf");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let base = server._dir.path().to_path_buf();
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -k {} -c ssl=on -c ssl_cert_file={} -c ssl_key_file={} -c fsync=off",
+            server.socket.display(),
+            base.join("server.pem").display(),
+            base.join("server.key").display()
+        );
+        let out = server
+            .pg(&["pg_ctl", "-D"])
+            .arg(&server.data)
+            .arg("-l")
+            .arg(base.join("server.log"))
+            .args(["-w", "-o", &opts, "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {} {}",
+            crate::util::text(&out),
+            std::fs::read_to_string(base.join("server.log")).unwrap_or_default()
+        );
+        let out = Command::new("psql")
+            .args(["-h"])
+            .arg(&server.socket)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-q",
+                "-c",
+                "CREATE DATABASE t",
+            ])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql: {}", crate::util::text(&out));
+        TlsServer {
+            ca: base.join("ca.pem"),
+            server,
+            port,
+        }
+    }
+}
