@@ -125,20 +125,7 @@ impl Server {
             as_postgres,
             _dir: dir,
         };
-        let out = s
-            .pg(&["initdb", "-D"])
-            .arg(&s.data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-locale",
-                "-E",
-                "UTF8",
-            ])
-            .output()
-            .expect("run initdb");
-        assert!(out.status.success(), "initdb: {}", crate::util::text(&out));
+        s.initdb();
         s.start_again();
         unsafe extern "C" {
             fn atexit(f: extern "C" fn()) -> i32;
@@ -162,6 +149,24 @@ impl Server {
         };
         cmd.args(&argv[1..]);
         cmd
+    }
+
+    /// A new cluster in its data folder (trust, no locale, UTF-8).
+    fn initdb(&self) {
+        let out = self
+            .pg(&["initdb", "-D"])
+            .arg(&self.data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+            ])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb: {}", crate::util::text(&out));
     }
 
     /// `pg_ctl stop -m immediate`: the database is down.
@@ -396,20 +401,7 @@ impl TlsServer {
             as_postgres,
             _dir: dir,
         };
-        let out = server
-            .pg(&["initdb", "-D"])
-            .arg(&server.data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-locale",
-                "-E",
-                "UTF8",
-            ])
-            .output()
-            .expect("run initdb");
-        assert!(out.status.success(), "initdb: {}", crate::util::text(&out));
+        server.initdb();
         // TCP only with TLS; the Unix socket for the test's own setup.
         std::fs::write(
             server.data.join("pg_hba.conf"),
