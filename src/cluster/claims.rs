@@ -243,6 +243,39 @@ impl Coordinator {
                 })
             };
         }
+        let manual_holder: bool = live.get(11);
+        let db_now: DateTime<Utc> = live.get(8);
+        if manual_holder && req.overlap == Overlap::Skip {
+            // A manual run (`run-once` on a node) has no loop that decides the overlap at the
+            // slot's instant: this node does, once the slot's instant and the grace a run that
+            // ends at it needs to be released have passed on the database's clock.
+            let decide_at = req.slot
+                + chrono::Duration::from_std(crate::config::OVERLAP_GRACE).unwrap_or_default();
+            if db_now < decide_at {
+                let wait = (decide_at - db_now).to_std().unwrap_or_default();
+                return Attempt::Wait(holder, Some(wait.max(Duration::from_millis(10))));
+            }
+            return match self.skip_row(&req.job, req.slot).await {
+                Skip::Written => Attempt::Done(Claim::Busy {
+                    holder,
+                    recorded: true,
+                }),
+                Skip::Decided => Attempt::Done(Claim::Busy {
+                    holder,
+                    recorded: false,
+                }),
+                // Not live, or the database's clock behind this one's: look again shortly
+                // (a node declared dead rejoins on its next claim; the slot's bound ends it).
+                Skip::Refused(_) => Attempt::Wait(holder, Some(Duration::from_millis(100))),
+                Skip::Unreachable => Attempt::Done(Claim::Unreachable(
+                    self.view
+                        .lock()
+                        .ok()
+                        .and_then(|v| v.last_error.clone())
+                        .unwrap_or_else(|| "not connected".into()),
+                )),
+            };
+        }
         // A live holder that renews its lease decides the overlap itself, at the slot's instant:
         // it alone knows whether its run still goes on then (nemesis A2; and the model: a node
         // that wrote the skip over another's run that ended at the slot lost the slot). This

@@ -198,7 +198,8 @@ SELECT s.owner_node, s.owner_epoch, s.owner_pid, s.scheduled_at, s.fence, s.clai
             ELSE extract(epoch FROM now() - n.heartbeat_at)::float8 END,
        now(),
        s.kind = 'manual' OR coalesce(n.pid = s.owner_pid AND present(n.lock_key), false),
-       now() - pg_postmaster_start_time() > make_interval(secs => $3::float8)
+       now() - pg_postmaster_start_time() > make_interval(secs => $3::float8),
+       s.kind = 'manual'
   FROM slots s LEFT JOIN nodes n ON n.node = s.owner_node
  WHERE s.job = $1 AND s.state IN ('claimed', 'running')";
 

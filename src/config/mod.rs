@@ -205,6 +205,12 @@ impl std::fmt::Display for Entry {
     }
 }
 
+/// A slot that comes while the job's previous run is still running is decided (overlap) no
+/// earlier than its instant, and no earlier than this long after the slot was first seen so: a
+/// run that ends meanwhile (its end not yet reaped after a pause, or at the slot's instant) lets
+/// the slot run, a little late, instead of skipping it over a run that has already ended.
+pub const OVERLAP_GRACE: Duration = Duration::from_millis(250);
+
 /// What a job does when a slot comes while its previous run still runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

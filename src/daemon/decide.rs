@@ -22,11 +22,9 @@ pub(crate) const LEAD: Duration = Duration::milliseconds(4);
 pub(crate) const LATE: Duration = Duration::seconds(2);
 /// How far back a restarted daemon accounts for missed slots.
 pub(crate) const MAX_GAP: Duration = Duration::days(7);
-/// A slot that comes while the job's previous run is still running is decided (overlap) no
-/// earlier than its instant, and no earlier than this long after the loop first saw it so: a run
-/// that ends meanwhile (its end not yet reaped after a pause, or at the slot's instant) lets the
-/// slot run, a little late, instead of skipping it over a run that has already ended.
-pub(crate) const OVERLAP_GRACE: Duration = Duration::milliseconds(250);
+/// `config::OVERLAP_GRACE`, in the loop's arithmetic.
+pub(crate) const OVERLAP_GRACE: Duration =
+    Duration::milliseconds(crate::config::OVERLAP_GRACE.as_millis() as i64);
 
 /// A run waiting to start: queued by overlap or catch-up, or a retry (with its start time).
 #[derive(Debug, Clone, PartialEq)]

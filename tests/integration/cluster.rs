@@ -1531,6 +1531,11 @@ fn cluster_overlap_across_hosts_skip_records_once_and_queue_runs_after() {
         .unwrap();
         a.start();
         assert!(a.joined());
+        // b's run starts just after one of a's slots, so a's next slot comes with more of its
+        // bound left than b's run has to go: it must be skipped at its instant all the same,
+        // not run late once b's run ends (CI found this phase).
+        let phase = chrono::Utc::now().timestamp_millis().rem_euclid(2000);
+        std::thread::sleep(Duration::from_millis(((2000 + 400 - phase) % 2000) as u64));
         // `--wait`: a's own slot may hold the job for a moment.
         let out = b.p.run(&["run-once", "slow", "--wait"]);
         assert!(out.status.success(), "{policy}: {}", text(&out));
@@ -1566,6 +1571,17 @@ fn cluster_overlap_across_hosts_skip_records_once_and_queue_runs_after() {
                   WHERE outcome = 'skipped' GROUP BY scheduled_at) x",
             );
             assert_eq!(per, 1, "{policy}: a slot was recorded skipped twice");
+            // Every slot that came while b's manual run ran is skipped at once, whether or not
+            // its bound outlives b's run (a manual run has no loop to decide the overlap: a's
+            // slot waited, then ran late, when it did not).
+            let first = (m_start + 0.1).ceil() as i64;
+            for t in (first..(m_end - 0.5).floor() as i64 + 1).filter(|t| t % 2 == 0) {
+                let n = db.count(&format!(
+                    "SELECT count(*) FROM hedge_scheduler.runs WHERE outcome = 'skipped'
+                      AND scheduled_at = to_timestamp({t}) AND error LIKE '%on node b%'"
+                ));
+                assert_eq!(n, 1, "{policy}: the slot at {t} came during b's run");
+            }
         } else {
             // The slot that waited for b's run starts right after it (one that waited past its
             // own next slot is recorded `skipped`, naming b).
