@@ -2367,3 +2367,88 @@ fn cluster_tls_to_a_server_that_requires_it() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("ca_file"), "{}", text(&out));
 }
+
+/// Issue 22, item 4: a slot queued behind a run (`overlap = "queue"`) survives the death of
+/// either node. The job runs 5 s every 4 s on a; its next slot comes while the run goes on: a
+/// queues it, b waits for a's claim. SIGKILL b: a runs the queued slot once its run ends.
+/// SIGKILL a instead: b sets a's claim aside (its session is gone) and runs the slot at once.
+#[test]
+fn cluster_a_slot_queued_behind_a_run_survives_either_nodes_death() {
+    let (server, _hold) = need_pg!();
+    for dies in ["b", "a"] {
+        let db = server.database();
+        let shared = shared_dir();
+        let file = shared.path().join("oracle.log");
+        let job = oracle_job("q", &file, "*/4 * * * * *", 5.0, "overlap = \"queue\"");
+        let (mut a, mut b) = pair(&db, &FAST, &job);
+        assert!(
+            wait_until(Duration::from_secs(20), || oracle(&file)
+                .iter()
+                .any(|r| r.node == "a")),
+            "{dies}: a never ran: {}",
+            a.p.daemon_output()
+        );
+        let first = oracle(&file)
+            .into_iter()
+            .find(|r| r.node == "a")
+            .expect("a's run");
+        let slot = ts(&serde_json::Value::String(first.slot.clone()));
+        let queued = slot + chrono::Duration::seconds(4);
+        // The queued slot has come, and both nodes have seen it, while a's run still goes on.
+        while chrono::Utc::now() < queued + chrono::Duration::milliseconds(500) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !oracle(&file)
+                .iter()
+                .find(|r| r.pid == first.pid)
+                .is_some_and(|r| r.ended),
+            "{dies}: the first run ended before the next slot"
+        );
+        let (survivor, killed_at) = if dies == "a" {
+            a.kill();
+            ("b", chrono::Utc::now())
+        } else {
+            b.kill();
+            ("a", chrono::Utc::now())
+        };
+        let of_queued = |runs: &[Exec]| -> Vec<Exec> {
+            runs.iter()
+                .filter(|r| ts(&serde_json::Value::String(r.slot.clone())) == queued)
+                .cloned()
+                .collect()
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || !of_queued(&oracle(&file))
+                .is_empty()),
+            "{dies} died: the queued slot never ran\n{}\n{}",
+            a.p.daemon_output(),
+            b.p.daemon_output()
+        );
+        // Long enough for a second execution to show, were there one.
+        std::thread::sleep(Duration::from_secs(2));
+        let runs = of_queued(&oracle(&file));
+        assert_eq!(runs.len(), 1, "{dies} died: {runs:?}");
+        assert_eq!(runs[0].node, survivor, "{dies} died: {runs:?}");
+        let started = started_at(&file, runs[0].pid).expect("start time");
+        let started = chrono::DateTime::from_timestamp_millis((started * 1000.0) as i64).unwrap();
+        if dies == "a" {
+            // The run died with its node: the queued slot does not wait for the lease.
+            assert!(
+                started - killed_at < chrono::Duration::milliseconds(1500),
+                "b ran the queued slot {} ms after a died",
+                (started - killed_at).num_milliseconds()
+            );
+        } else {
+            // After a's run, not beside it.
+            let first_end =
+                ts(&serde_json::Value::String(first.slot.clone())) + chrono::Duration::seconds(5);
+            assert!(started >= first_end, "{runs:?} overlapped the first run");
+        }
+        if dies == "a" {
+            b.stop();
+        } else {
+            a.stop();
+        }
+    }
+}
