@@ -54,9 +54,11 @@
 //! Files: `config` (parameters and switches), `state` (the state and actions), `protocol`
 //! (the model's core: which actions are enabled, the checker's interface), `node` (a daemon's
 //! session, lease, runs and sweep), `claim` (evaluating a slot), `world` (time and faults),
-//! `invariants`, `check` (the generic checker) and `tests`.
+//! `invariants`, `check` (the generic checker), `checked` (the protocol as the checker sees it)
+//! and `tests`.
 
 mod check;
+mod checked;
 mod claim;
 mod config;
 mod invariants;
