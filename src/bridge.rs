@@ -102,7 +102,7 @@ pub fn ensure(log_dir: &Path) -> crate::error::Result<&'static Path> {
     let mut why = Vec::new();
     for base in bases(log_dir) {
         let placed = crate::private::create_dir(&base).and_then(|()| {
-            match crate::private::unsafe_log_dir(&base) {
+            match crate::log_dir::unsafe_log_dir(&base) {
                 Some(unsafe_) => Err(io::Error::other(unsafe_)),
                 None => materialise(&base),
             }
@@ -202,6 +202,16 @@ fn intact(dir: &Path) -> bool {
 }
 
 use std::os::unix::fs::DirBuilderExt;
+
+/// Every job's Python path: the bridge this binary carries (written on first use), then
+/// `[python] path`.
+pub fn search_path(python: &crate::config::Python) -> Vec<std::path::PathBuf> {
+    dir()
+        .map(std::path::Path::to_path_buf)
+        .into_iter()
+        .chain(python.path.iter().cloned())
+        .collect()
+}
 
 #[cfg(test)]
 mod tests {

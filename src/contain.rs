@@ -22,6 +22,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::config::Containment;
+use crate::process::{cgroup_pids, cgroup_populated, kill_cgroup, remove_cgroup_tree};
 
 /// How this process contains its runs.
 #[derive(Debug, Clone)]
@@ -177,51 +178,6 @@ fn end_dead_daemons_cgroups(own: &Path) {
         kill_cgroup(&dir);
         remove_cgroup_tree(&dir);
     }
-}
-
-/// Every process in `dir` and below.
-pub fn cgroup_pids(dir: &Path) -> Vec<i32> {
-    let mut out: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.extend(cgroup_pids(&e.path()));
-            }
-        }
-    }
-    out
-}
-
-/// Whether a process is still in `dir` (or below).
-pub fn cgroup_populated(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .map(|t| t.lines().any(|l| l.trim() == "populated 1"))
-        .unwrap_or(false)
-}
-
-/// SIGKILLs everything in `dir` and below, at once, however it was started.
-pub fn kill_cgroup(dir: &Path) {
-    let _ = std::fs::write(dir.join("cgroup.kill"), b"1");
-}
-
-/// Removes `dir` and its child cgroups once they are empty (waits up to 2 s for the kernel).
-fn remove_cgroup_tree(dir: &Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while cgroup_populated(dir) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 /// Removes our own runs' cgroup folder (at exit).

@@ -31,6 +31,12 @@ pub fn instant(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%H:%M:%S%.3f UTC").to_string()
 }
 
+/// An instant in the exchange's timezone, RFC 3339 with its offset.
+pub fn rfc3339_in(t: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> String {
+    t.with_timezone(&tz)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
 /// `1 slot`, `2 slots`, `0 slots`: a count and its noun, plural when it is not one.
 pub fn n<T: TryInto<u64>>(count: T, noun: &str) -> String {
     let count: u64 = count.try_into().unwrap_or(0);

@@ -16,7 +16,7 @@ pub struct LoopLag {
     pub samples: u64,
 }
 
-pub const STATE_FILE: &str = "hedge-scheduler.state.json";
+pub use crate::log_dir::STATE_FILE;
 
 /// Free space in `log_dir` below which the daemon warns.
 pub const LOW_DISK_BYTES: u64 = 512 * 1024 * 1024;

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::history::{fmt_time, parse_time};
 
-pub const PID_FILE: &str = "hedge-scheduler.pid";
+pub use crate::log_dir::PID_FILE;
 
 /// The lock of a running daemon; released (and the PID file removed) on drop.
 pub struct InstanceLock {

@@ -71,7 +71,7 @@ pub fn check_entries(config: &Config, interpreter: &Interpreter) -> Result<()> {
         .current_dir(&config.python.cwd)
         .env(
             "PYTHONPATH",
-            std::env::join_paths(config.python.search_path()).unwrap_or_default(),
+            std::env::join_paths(crate::bridge::search_path(&config.python)).unwrap_or_default(),
         )
         .stdin(Stdio::null());
     let at = |job: Option<&crate::config::Job>, message: String| {
@@ -217,7 +217,8 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
             crate::config::Entry::Command(_) => {}
         }
     }
-    let pythonpath = std::env::join_paths(config.python.search_path()).unwrap_or_default();
+    let pythonpath =
+        std::env::join_paths(crate::bridge::search_path(&config.python)).unwrap_or_default();
     let mut cmd = Command::new(&program);
     cmd.arg("-c")
         .arg(PROBE)
@@ -255,9 +256,7 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
             &config.file,
             format!(
                 "module `hedge_bridge` (the bridge this binary writes to its cache) cannot be imported from ({})",
-                config
-                    .python
-                    .search_path()
+                crate::bridge::search_path(&config.python)
                     .iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()

@@ -19,6 +19,7 @@ pub mod history;
 pub(crate) mod instance;
 pub(crate) mod interpreter;
 pub(crate) mod legacy;
+pub(crate) mod log_dir;
 pub(crate) mod logging;
 pub(crate) mod logs;
 pub(crate) mod market;
@@ -766,13 +767,13 @@ fn check_log_dir(config: &Config) -> Result<()> {
                 ),
             ))
         })?;
-    if let Some(why) = private::unsafe_log_dir(dir) {
+    if let Some(why) = log_dir::unsafe_log_dir(dir) {
         return Err(Error::Config(error::ConfigError::new(
             &config.file,
             format!("`scheduler.log_dir` `{}` is not safe: {why}", dir.display()),
         )));
     }
-    let tightened = private::tighten_log_dir(dir, &config.scheduler.history);
+    let tightened = log_dir::tighten_log_dir(dir, &config.scheduler.history);
     if tightened > 0 {
         eprintln!(
             "note: made {} in `{}` private (others could read them)",

@@ -21,7 +21,7 @@ fn filter(default: &str) -> EnvFilter {
 }
 
 /// The daemon's log file, by its fixed name (so `tail -F` follows it).
-pub const LOG_FILE: &str = "hedge-scheduler.log";
+pub const LOG_FILE: &str = crate::log_dir::DAEMON_LOG;
 
 /// The daemon's log: opened private and without following a link, moved to
 /// `hedge-scheduler.log.<day>` at the first line of a new UTC day (or reopened if removed), with

@@ -107,7 +107,7 @@ pub fn at_instant(calendar: &Calendar, now: DateTime<Utc>) -> Market {
                 open: true,
                 today: day,
                 closed_because,
-                closes_at: Some(crate::status::rfc3339_in(close, tz)),
+                closes_at: Some(crate::fmt::rfc3339_in(close, tz)),
                 next_open: None,
                 seconds_to_change: Some((close - now).num_seconds()),
                 summary: format!(
@@ -145,7 +145,7 @@ pub fn at_instant(calendar: &Calendar, now: DateTime<Utc>) -> Market {
         today: day,
         closed_because,
         closes_at: None,
-        next_open: next.map(|t| crate::status::rfc3339_in(t, tz)),
+        next_open: next.map(|t| crate::fmt::rfc3339_in(t, tz)),
         seconds_to_change: next.map(|t| (t - now).num_seconds()),
         summary,
     }

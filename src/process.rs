@@ -4,6 +4,7 @@
 //! A group counts as gone when no live (non-zombie) process is left in it: an orphaned zombie is
 //! its new parent's to reap, and it cannot be signalled anyway.
 
+use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -90,8 +91,8 @@ impl Target<'_> {
             }
             Target::Tagged(tag) => signal_pids(&tagged_processes(tag), sig),
             Target::Pids(pids) => signal_pids(pids, sig),
-            Target::Cgroup(dir) if sig == Signal::SIGKILL => crate::contain::kill_cgroup(dir),
-            Target::Cgroup(dir) => signal_pids(&crate::contain::cgroup_pids(dir), sig),
+            Target::Cgroup(dir) if sig == Signal::SIGKILL => kill_cgroup(dir),
+            Target::Cgroup(dir) => signal_pids(&cgroup_pids(dir), sig),
         }
     }
 
@@ -102,7 +103,7 @@ impl Target<'_> {
             Target::Pids(pids) => pids
                 .iter()
                 .any(|p| pid_alive(i64::from(*p)) && !is_zombie(*p)),
-            Target::Cgroup(dir) => crate::contain::cgroup_populated(dir),
+            Target::Cgroup(dir) => cgroup_populated(dir),
         }
     }
 }
@@ -305,6 +306,53 @@ pub fn signal_name(sig: i32) -> String {
     Signal::try_from(sig)
         .map(|s| s.as_str().to_string())
         .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+// cgroup v2 primitives: a run's cgroup, read and ended.
+
+/// Every process in `dir` and below.
+pub fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    let mut out: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(cgroup_pids(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// Whether a process is still in `dir` (or below).
+pub fn cgroup_populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map(|t| t.lines().any(|l| l.trim() == "populated 1"))
+        .unwrap_or(false)
+}
+
+/// SIGKILLs everything in `dir` and below, at once, however it was started.
+pub fn kill_cgroup(dir: &Path) {
+    let _ = std::fs::write(dir.join("cgroup.kill"), b"1");
+}
+
+/// Removes `dir` and its child cgroups once they are empty (waits up to 2 s for the kernel).
+pub fn remove_cgroup_tree(dir: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while cgroup_populated(dir) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 #[cfg(test)]

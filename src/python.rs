@@ -60,7 +60,7 @@ pub fn init(config: &Config, interpreter: &Interpreter) -> Result<()> {
 fn setup(py: Python<'_>, config: &Config, interpreter: &Interpreter) -> PyResult<String> {
     let sys = py.import("sys")?;
     let path = sys.getattr("path")?.cast_into::<PyList>()?;
-    for p in config.python.search_path().iter().rev() {
+    for p in crate::bridge::search_path(&config.python).iter().rev() {
         path.insert(0, p.display().to_string())?;
     }
     if config.python.venv.is_some() {

@@ -371,11 +371,7 @@ fn local_day(now: DateTime<Utc>, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
     (at(date), at(date.succ_opt().unwrap_or(date)))
 }
 
-/// An instant in the exchange's timezone, RFC 3339 with its offset.
-pub fn rfc3339_in(t: DateTime<Utc>, tz: Tz) -> String {
-    t.with_timezone(&tz)
-        .to_rfc3339_opts(SecondsFormat::Secs, false)
-}
+use crate::fmt::rfc3339_in;
 
 /// A stored UTC time shown in the exchange's local time, e.g. `2026-11-27 09:15:00 IST`.
 pub fn local_time(stored: Option<&str>, tz: Tz) -> String {

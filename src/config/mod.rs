@@ -153,17 +153,6 @@ pub enum Executor {
     Fork,
 }
 
-impl Python {
-    /// Every job's Python path: the bridge this binary carries (once written), then `path`.
-    pub fn search_path(&self) -> Vec<PathBuf> {
-        crate::bridge::dir()
-            .map(Path::to_path_buf)
-            .into_iter()
-            .chain(self.path.iter().cloned())
-            .collect()
-    }
-}
-
 impl Executor {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -48,7 +48,7 @@ impl MissedNotice {
         let mut doc = doc(config, Event::Missed, Some(job), None);
         doc.outcome = Some("skipped".to_string());
         doc.trigger = Some(trigger.as_str().to_string());
-        doc.scheduled_at = Some(crate::status::rfc3339_in(first, tz));
+        doc.scheduled_at = Some(crate::fmt::rfc3339_in(first, tz));
         doc.count = Some(count);
         doc.error = Some(reason.to_string());
         doc.message = format!(
@@ -270,13 +270,13 @@ fn doc(config: &Config, event: Event, job: Option<&Job>, report: Option<&RunRepo
         outcome: report.map(|r| r.outcome.as_str().to_string()),
         run_id: report.and_then(|r| r.run_id),
         trigger: report.map(|r| r.trigger.as_str().to_string()),
-        scheduled_at: report.map(|r| crate::status::rfc3339_in(r.scheduled_at, tz)),
+        scheduled_at: report.map(|r| crate::fmt::rfc3339_in(r.scheduled_at, tz)),
         attempt: report.map(|r| r.attempt),
         error: report.and_then(|r| r.error.clone()),
         node: report
             .and_then(|r| r.tag.as_ref().map(|t| t.node.clone()))
             .or_else(|| config.cluster.as_ref().map(|c| c.node.clone())),
-        at: crate::status::rfc3339_in(Utc::now(), tz),
+        at: crate::fmt::rfc3339_in(Utc::now(), tz),
         run_uid: report.and_then(|r| r.run_uid.clone()),
         count: None,
         message: String::new(),

@@ -130,7 +130,7 @@ pub(super) async fn run_forked(
             env.forks
                 .kill(server, "did not answer a fork request within 5 s");
             if let Some(cage) = &cage {
-                crate::contain::kill_cgroup(cage.dir());
+                crate::process::kill_cgroup(cage.dir());
             }
             return Err(NotForked(
                 "the fork server did not answer within 5 s (killed)".to_string(),

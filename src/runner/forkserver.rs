@@ -205,7 +205,7 @@ impl Server {
             .current_dir(&config.python.cwd)
             .env(
                 "PYTHONPATH",
-                super::subprocess::python_path(&config.python.search_path()),
+                super::subprocess::python_path(&crate::bridge::search_path(&config.python)),
             )
             .env("PYTHONUNBUFFERED", "1")
             .env("HEDGE_FORK_FD", "3")

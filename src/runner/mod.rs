@@ -491,7 +491,7 @@ pub fn legacy_run_tag(owner_pid: u32, run_id: i64) -> String {
 /// `None` when it left none (or its job is no longer configured).
 pub fn judge_left_result(config: &Config, job: &str, uid: &str) -> Option<(Outcome, RunEnd)> {
     let job = config.job(job)?;
-    let runtime = crate::private::runtime_dir(&config.scheduler.log_dir).ok()?;
+    let runtime = crate::log_dir::runtime_dir(&config.scheduler.log_dir).ok()?;
     let bridge = take_result(&result_path(&runtime, uid))?;
     Some(judge_left(
         job,
@@ -519,7 +519,7 @@ fn judge_left(job: &Job, bridge: BridgeOutcome, note: &str) -> (Outcome, RunEnd)
 /// whole, from what the result says, so its slot counts as run and is never run again. Returns
 /// how many.
 pub fn record_left_results(config: &Config, history: &History, recorder: &Recorder) -> usize {
-    let Ok(runtime) = crate::private::runtime_dir(&config.scheduler.log_dir) else {
+    let Ok(runtime) = crate::log_dir::runtime_dir(&config.scheduler.log_dir) else {
         return 0;
     };
     let Ok(entries) = std::fs::read_dir(&runtime) else {
@@ -599,7 +599,7 @@ fn take_result_if_orphaned(path: &std::path::Path) -> Option<BridgeOutcome> {
 
 /// Where run `uid`'s bridge leaves its outcome, its runtime folder made if need be; why not.
 fn run_result_file(env: &RunEnv, uid: &str) -> std::result::Result<PathBuf, String> {
-    crate::private::runtime_dir(&env.config.scheduler.log_dir)
+    crate::log_dir::runtime_dir(&env.config.scheduler.log_dir)
         .map(|dir| result_path(&dir, uid))
         .map_err(|e| format!("cannot prepare the runtime folder: {e}"))
 }

@@ -70,7 +70,10 @@ pub(super) async fn run_subprocess(
         cmd.env_remove(var);
     }
     cmd.current_dir(&env.config.python.cwd)
-        .env("PYTHONPATH", python_path(&env.config.python.search_path()))
+        .env(
+            "PYTHONPATH",
+            python_path(&crate::bridge::search_path(&env.config.python)),
+        )
         .env("PYTHONUNBUFFERED", "1")
         .env("HEDGE_CONTEXT", context)
         .env("HEDGE_RESULT_FILE", &result_file)
@@ -211,7 +214,7 @@ pub(super) async fn end_leftovers(
         ));
     }
     if let Some(cage) = cage {
-        let left = crate::contain::cgroup_pids(cage.dir()).len();
+        let left = crate::process::cgroup_pids(cage.dir()).len();
         if process::terminate(process::Target::Cgroup(cage.dir()), grace).await {
             log.note(&format!(
                 "ended {left} process(es) left in the run's cgroup (a new session, a double fork)"

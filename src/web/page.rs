@@ -371,11 +371,11 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
                             @match run {
                                 Some(r) => {
                                     a href=(format!("/runs/{}", r.id)) {
-                                        rect class=(format!("mark slot {}", mark.as_str())) data-slot=(crate::status::rfc3339_in(*t, tz)) data-outcome=(r.outcome.as_str()) x=(x(*t) - w / 2.0) y=(y + 18.0) width=(w) height="20" rx="2" { title { (tip) } }
+                                        rect class=(format!("mark slot {}", mark.as_str())) data-slot=(crate::fmt::rfc3339_in(*t, tz)) data-outcome=(r.outcome.as_str()) x=(x(*t) - w / 2.0) y=(y + 18.0) width=(w) height="20" rx="2" { title { (tip) } }
                                     }
                                 }
                                 None => {
-                                    rect class=(format!("mark slot {}", mark.as_str())) data-slot=(crate::status::rfc3339_in(*t, tz)) x=(x(*t) - w / 2.0) y=(y + 18.0) width=(w) height="20" rx="2" { title { (tip) } }
+                                    rect class=(format!("mark slot {}", mark.as_str())) data-slot=(crate::fmt::rfc3339_in(*t, tz)) x=(x(*t) - w / 2.0) y=(y + 18.0) width=(w) height="20" rx="2" { title { (tip) } }
                                 }
                             }
                         }
