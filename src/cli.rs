@@ -199,3 +199,29 @@ pub enum Command {
     /// The manual page (roff), on stdout: `hedge-scheduler man | man -l -`
     Man,
 }
+
+static INVOCATION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Remembers the config file given with `--config`, for the hints that say how to call us again.
+pub fn set_invocation(config: &std::path::Path) {
+    let _ = INVOCATION.set(format!("hedge-scheduler --config {}", shell_word(config)));
+}
+
+/// How to call this program again in a hint: with `--config` when this command was given one.
+pub(crate) fn invocation() -> &'static str {
+    INVOCATION.get().map_or("hedge-scheduler", String::as_str)
+}
+
+/// `path` as one shell word.
+fn shell_word(path: &std::path::Path) -> String {
+    let text = path.display().to_string();
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:,@%=".contains(c))
+    {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}

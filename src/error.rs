@@ -43,7 +43,7 @@ pub enum Error {
 
     #[error(
         "hedge-scheduler is already running (PID {pid}, since {since}); stop it with `{} stop`",
-        crate::me()
+        crate::cli::invocation()
     )]
     AlreadyRunning { pid: i64, since: String },
 

@@ -122,7 +122,7 @@ pub fn gather_from(
             .collect(),
         None => Vec::new(),
     };
-    let mut warnings = crate::config_warnings(config, now);
+    let mut warnings = config.warnings(now);
     let calendar = config.calendar();
     let tz = calendar.tz();
     let (day_start, day_end) = local_day(now, tz);
@@ -761,7 +761,7 @@ pub fn render_config(config: &Config, python: &str, now: DateTime<Utc>) -> Strin
             ));
         }
     }
-    out.push_str(&warnings(&crate::config_warnings(config, now)));
+    out.push_str(&warnings(&config.warnings(now)));
     out
 }
 

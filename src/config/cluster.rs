@@ -140,15 +140,6 @@ pub enum Takeover {
     Abandon,
 }
 
-impl Takeover {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Takeover::Rerun => "rerun",
-            Takeover::Abandon => "abandon",
-        }
-    }
-}
-
 impl Policy for DatabaseLoss {
     const WHAT: &'static str = "policy";
     const WORDS: &'static [&'static str] = &["run", "primary", "skip"];

@@ -11,6 +11,7 @@ mod raw;
 pub mod secrets;
 mod units;
 mod validate;
+mod warnings;
 
 pub use cluster::{CLAIM_AHEAD, Cluster, DatabaseLoss, Takeover, Tls};
 pub use ops::{Event, HeartbeatWhen, Http, Notify, WebhookFormat};
@@ -27,6 +28,9 @@ use serde::Deserialize;
 use crate::calendar::{Calendar, Exchange};
 use crate::trigger::Trigger;
 
+/// Whether this binary embeds a Python interpreter (cargo feature `embedded`): without it,
+/// `executor = "pyo3"` is a config error and nothing links libpython.
+pub const EMBEDDED: bool = cfg!(feature = "embedded");
 /// The config file used when neither `--config` nor `HEDGE_SCHEDULER_CONFIG` names one.
 pub const DEFAULT_CONFIG: &str = "config/hedge-scheduler.toml";
 /// `scheduler.log_dir` when the config does not say, relative to the config's folder.

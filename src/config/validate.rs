@@ -739,7 +739,7 @@ impl Validator<'_> {
                 ),
             ));
         }
-        if let (Executor::Pyo3, Some(e), false) = (executor, &raw.executor, crate::EMBEDDED) {
+        if let (Executor::Pyo3, Some(e), false) = (executor, &raw.executor, super::EMBEDDED) {
             return Err(self.at(
                 e,
                 format!(

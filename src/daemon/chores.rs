@@ -195,7 +195,7 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
     }
 
     if input.daily {
-        for warning in crate::config_warnings(&config, now) {
+        for warning in config.warnings(now) {
             tracing::warn!("⚠️  {warning}");
         }
         let keep = chrono::Duration::from_std(config.scheduler.history_retention)
@@ -287,7 +287,7 @@ pub(crate) async fn reload(
         let config = Config::load(&path)?;
         let interpreter = crate::interpreter::resolve(&config, None)?;
         // A new fork server too: what changed on disk is imported afresh.
-        crate::ready_python(&config, &interpreter, &forks, true)?;
+        crate::runner::prepare::ready_python(&config, &interpreter, &forks, true)?;
         Ok((config, interpreter))
     })
     .await

@@ -45,7 +45,7 @@ pub fn log_report(report: &RunReport) {
                 .run_id
                 .map(|id| format!(
                     " (output and traceback: `{} logs {} --run {id}`)",
-                    crate::me(),
+                    crate::cli::invocation(),
                     report.job
                 ))
                 .unwrap_or_default()

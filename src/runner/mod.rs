@@ -14,6 +14,7 @@ mod forkserver;
 mod job_log;
 mod judge;
 mod lock;
+pub(crate) mod prepare;
 mod subprocess;
 
 #[cfg(feature = "embedded")]
