@@ -102,6 +102,10 @@ impl Coordinator {
                 if v.trusted_until.is_none_or(|u| u < until) {
                     v.trusted_until = Some(until);
                 }
+                if v.renewed_at.is_none_or(|r| r < sent) {
+                    v.renewed_at = Some(sent);
+                    v.unreachable_at = None;
+                }
             });
         }
         if fence.is_none() && owner.is_none() && !alive {

@@ -332,6 +332,7 @@ impl Coordinator {
         self.set_view(|v| {
             v.connected = false;
             v.last_error = Some(why.to_string());
+            v.unreachable_at.get_or_insert_with(Instant::now);
         });
     }
 

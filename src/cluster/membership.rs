@@ -352,6 +352,8 @@ impl Coordinator {
         self.set_view(|v| {
             v.trusted = true;
             v.trusted_until = Some(until);
+            v.renewed_at = Some(sent);
+            v.unreachable_at = None;
         });
         let db_now: DateTime<Utc> = row.get(0);
         let elapsed = sent.elapsed();

@@ -89,9 +89,39 @@ pub struct View {
     /// When this node last stopped trusting its lease (this host's clock): a run going on then
     /// may have been ended for it (by the keeper, or by `on_database_loss`).
     pub last_lapse: Option<DateTime<Utc>>,
+    /// When the last renewal that the database took was sent: the lease runs at least `lease`
+    /// from then.
+    pub renewed_at: Option<Instant>,
+    /// When this node found the database unreachable, since that renewal.
+    pub unreachable_at: Option<Instant>,
 }
 
 impl View {
+    /// Whether this primary may run `slot` alone (`on_database_loss = "primary"`). Yes if it
+    /// lost the database while its lease still held: nobody can have declared it dead since
+    /// (unless it alone was cut off, which the policy allows for). A node that lost the database
+    /// only after its lease ran out (it was stopped, frozen or starved past it) may have been
+    /// declared dead while the database was up and a standby given its slots: it does not run a
+    /// slot that came before it found the database gone (the nemesis: a primary stopped past
+    /// its lease woke to a database stop and ran the slot a standby had run). Later slots no
+    /// standby could claim. Before the first renewal, nothing says otherwise.
+    pub fn may_run_alone(&self, slot: DateTime<Utc>, lease: Duration) -> bool {
+        let (Some(renewed), Some(lost)) = (self.renewed_at, self.unreachable_at) else {
+            return true;
+        };
+        if lost < renewed + lease {
+            return true;
+        }
+        // When it found the database gone, on the cluster's clock.
+        let found = match self.anchor {
+            Some((at, db)) if lost >= at => {
+                db + chrono::Duration::from_std(lost - at).unwrap_or_default()
+            }
+            _ => return false,
+        };
+        slot > found
+    }
+
     /// The cluster's time now: the database's clock carried forward on this host's monotonic
     /// clock, or this host's wall clock before the first renewal and while the database's own
     /// clock is the odd one.

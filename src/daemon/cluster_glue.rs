@@ -56,7 +56,13 @@ pub(super) async fn claim(
         }
         Claim::Unreachable(why) => {
             let policy = env.config.database_loss(job);
-            let primary = node.config.priority == 0;
+            // The primary runs alone only if it may still be the primary: it lost the database
+            // while its lease held.
+            let primary = node.config.priority == 0
+                && (policy != DatabaseLoss::Primary
+                    || node
+                        .view()
+                        .may_run_alone(req.scheduled_at, node.config.lease));
             match (policy, primary) {
                 (DatabaseLoss::Run, _) | (DatabaseLoss::Primary, true) => {
                     node.mark_degraded(&job.id, req.scheduled_at);
@@ -79,10 +85,12 @@ pub(super) async fn claim(
                     let reason = format!(
                         "cluster database unreachable ({why}); on_database_loss = \"{}\"{}",
                         policy.as_str(),
-                        if policy == DatabaseLoss::Primary {
-                            ": only the priority-0 node runs"
-                        } else {
-                            ""
+                        match policy {
+                            DatabaseLoss::Primary if node.config.priority == 0 => {
+                                ": this primary's lease ran out before it found the database gone (it was stopped or starved), and a standby may have run the slot"
+                            }
+                            DatabaseLoss::Primary => ": only the priority-0 node runs",
+                            _ => "",
                         }
                     );
                     env.record_skipped(&job.id, req.trigger, req.scheduled_at, &reason);

@@ -498,3 +498,72 @@ fn cluster_a10_a_slot_claimed_after_sigcont_is_not_ended_by_a_late_lease_event()
         db.query("SELECT scheduled_at, outcome, error FROM hedge_scheduler.runs WHERE outcome = 'cancelled'")
     );
 }
+
+/// A11 (the long nemesis run, seed 21): under `primary`, the primary's daemon is stopped past
+/// its lease, so a standby takes its slots; the database stops right after the standby claimed
+/// one, and the primary wakes to find it gone. It must not run that slot alone: its lease ran
+/// out before it lost the database, and a standby may have run it (it did: two completed
+/// executions). Slots after it found the database gone are its to run alone.
+#[test]
+fn cluster_a11_a_primary_stopped_past_its_lease_does_not_run_alone_a_slot_a_standby_ran() {
+    let (server, _hold) = need_pg!(exclusive);
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job(
+        "p",
+        &file,
+        "*/2 * * * * *",
+        0.3,
+        "on_database_loss = \"primary\"",
+    );
+    let (mut a, mut b) = pair(&db, &FAST, &job);
+    assert!(wait_until(Duration::from_secs(30), || oracle(&file)
+        .iter()
+        .any(|r| r.node == "a" && r.ended)));
+    sleep_to_phase(2.0, 0.5);
+    let stopped_at = now_secs();
+    signal(a.pid(), Signal::SIGSTOP);
+    // Past a's lease (2 s), b takes a slot.
+    let standby_ran = wait_until(Duration::from_secs(12), || {
+        oracle(&file)
+            .iter()
+            .any(|r| r.node == "b" && started_at(&file, r.pid).is_some_and(|t| t > stopped_at))
+    });
+    server.stop();
+    signal(a.pid(), Signal::SIGCONT);
+    assert!(
+        standby_ran,
+        "b never took a's slots: {}",
+        b.p.daemon_output()
+    );
+    let taken = oracle(&file)
+        .into_iter()
+        .find(|r| r.node == "b" && started_at(&file, r.pid).is_some_and(|t| t > stopped_at))
+        .expect("b's run");
+    // a now runs what comes alone (the database stays down for 5 s).
+    std::thread::sleep(Duration::from_secs(5));
+    server.start_again();
+    std::thread::sleep(Duration::from_secs(3));
+    a.stop();
+    b.stop();
+    let runs = oracle(&file);
+    let of_taken: Vec<_> = runs.iter().filter(|r| r.slot == taken.slot).collect();
+    assert_eq!(
+        of_taken.len(),
+        1,
+        "the slot b ran was run again: {of_taken:?}\n{}",
+        a.p.daemon_output()
+    );
+    for (slot, execs) in per_slot(&runs) {
+        assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
+    }
+    // The slots that came once a found the database gone ran on a, alone.
+    assert!(
+        runs.iter().any(
+            |r| r.node == "a" && started_at(&file, r.pid).is_some_and(|t| t > stopped_at + 4.0)
+        ),
+        "a ran nothing alone during the outage: {runs:?}\n{}",
+        a.p.daemon_output()
+    );
+}
