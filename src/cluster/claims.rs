@@ -76,14 +76,14 @@ impl Coordinator {
         .await;
         let row = match result {
             Err(_) => {
-                self.lost("claim: no answer in time");
+                self.lost_since("claim: no answer in time", sent);
                 return Attempt::Done(Claim::Unreachable("claim: no answer in time".into()));
             }
             Ok(Err(e)) if is_live_conflict(&e) => return self.overlap(req, epoch).await,
             Ok(Err(e)) => {
                 let why = format!("claim: {}", pg_error(&e));
                 if e.as_db_error().is_none() {
-                    self.lost(&why);
+                    self.lost_since(&why, sent);
                 }
                 return Attempt::Done(Claim::Unreachable(why));
             }

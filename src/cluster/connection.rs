@@ -93,6 +93,8 @@ pub(super) struct Release {
 pub(super) struct CallError {
     pub(super) message: String,
     pub(super) connection: bool,
+    /// When the call was made: the database was reachable before it, as far as it knows.
+    pub(super) sent: Instant,
 }
 
 impl std::fmt::Display for CallError {
@@ -112,9 +114,11 @@ pub(super) async fn call<T>(
     what: &str,
     f: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
 ) -> std::result::Result<T, CallError> {
+    let sent = Instant::now();
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(CallError {
+            sent,
             message: format!("{what}: {}", pg_error(&e)),
             // A statement the server refused leaves the connection usable; only a timeout
             // on the server's side (the server is slow or stuck) puts it in doubt.
@@ -130,6 +134,7 @@ pub(super) async fn call<T>(
                 humantime::format_duration(CALL_TIMEOUT)
             ),
             connection: true,
+            sent,
         }),
     }
 }
@@ -307,7 +312,7 @@ impl Coordinator {
     /// A call failed: a connection in doubt is dropped; a refused statement is only logged.
     pub(super) fn fail(&mut self, e: &CallError) {
         if e.connection {
-            self.lost(&e.message);
+            self.lost_since(&e.message, e.sent);
         } else {
             tracing::error!("❗ cluster database refused a statement: {e}");
         }
@@ -315,6 +320,12 @@ impl Coordinator {
 
     /// The connection broke (or a call timed out): drop it; the next call reconnects.
     pub(super) fn lost(&mut self, why: &str) {
+        self.lost_since(why, Instant::now());
+    }
+
+    /// `lost`, for a call made at `sent` (a call that hung until its timeout found the database
+    /// gone when it was made).
+    pub(super) fn lost_since(&mut self, why: &str, sent: Instant) {
         if self.failing_since.is_none() {
             tracing::warn!(
                 "⚠️  cluster database {} unreachable: {why}",
@@ -332,7 +343,7 @@ impl Coordinator {
         self.set_view(|v| {
             v.connected = false;
             v.last_error = Some(why.to_string());
-            v.unreachable_at.get_or_insert_with(Instant::now);
+            v.unreachable_at.get_or_insert(sent);
         });
     }
 

@@ -569,3 +569,46 @@ pub fn valid_until(
     }
     until
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `may_run_alone`, in a table: a primary that lost the database while its lease held runs
+    /// every slot alone; one that lost it only after its lease ran out runs only the slots that
+    /// came after it found the database gone.
+    #[test]
+    fn a_primary_runs_alone_only_what_no_standby_can_have_run() {
+        let t0 = Instant::now();
+        let db0 = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let lease = Duration::from_secs(2);
+        let secs = |s: f64| Duration::from_secs_f64(s);
+        let at = |s: i64| db0 + chrono::Duration::milliseconds(s);
+        // (renewed at, found the database gone at, slot, may run alone)
+        let table: [(Option<f64>, Option<f64>, i64, bool); 6] = [
+            (None, Some(5.0), 0, true),
+            (Some(0.0), None, 0, true),
+            // Lost while the lease held: every slot, even one before.
+            (Some(0.0), Some(1.5), 1_000, true),
+            (Some(0.0), Some(1.5), 3_000, true),
+            // Stopped past the lease, then found it gone at 4.3 s.
+            (Some(0.0), Some(4.3), 4_000, false),
+            (Some(0.0), Some(4.3), 6_000, true),
+        ];
+        for (renewed, lost, slot, want) in table {
+            let view = View {
+                anchor: Some((t0, db0)),
+                renewed_at: renewed.map(|r| t0 + secs(r)),
+                unreachable_at: lost.map(|l| t0 + secs(l)),
+                ..View::default()
+            };
+            assert_eq!(
+                view.may_run_alone(at(slot), lease),
+                want,
+                "renewed {renewed:?}, lost {lost:?}, slot +{slot} ms"
+            );
+        }
+    }
+}
