@@ -1415,6 +1415,9 @@ fn start_with_clock(node: &mut Node, offset: &str) {
 /// it stops claiming (and says so), and the slots run on time on a.
 #[test]
 fn cluster_node_with_a_fast_clock_never_runs_a_slot_early() {
+    if !crate::reliability::have_faketime() {
+        return;
+    }
     let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();
@@ -1475,6 +1478,9 @@ fn cluster_node_with_a_fast_clock_never_runs_a_slot_early() {
 /// with a warning, and the slots still run.
 #[test]
 fn cluster_database_clock_off_does_not_silence_the_cluster() {
+    if !crate::reliability::have_faketime() {
+        return;
+    }
     let (server, _hold) = need_pg!();
     let db = server.database();
     let shared = shared_dir();

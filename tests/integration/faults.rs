@@ -247,7 +247,10 @@ fn fork_double_forked_setsid_envless_descendant_is_ended_with_its_run() {
 fn double_forked_setsid_envless_descendant_is_ended_with_its_run_cgroup() {
     if !cgroups_here() {
         // Said plainly rather than passed silently: CI runs as root, where this runs.
-        eprintln!("SKIPPED: no writable cgroup v2 here (not root, no delegation)");
+        crate::skip::skip(
+            "no writable cgroup v2 here (not root, no delegation)",
+            "run as root, or with a delegated cgroup",
+        );
         assert!(
             std::env::var_os("CI").is_none() || !nix::unistd::geteuid().is_root(),
             "CI runs as root: cgroups must be available"
@@ -682,7 +685,10 @@ fn symlinks_planted_in_log_dir_are_never_followed() {
 fn legacy_processes_of_other_users_are_reported_never_refused_nor_stopped() {
     let python = Path::new("/usr/bin/python3");
     if !nix::unistd::geteuid().is_root() || !python.exists() {
-        eprintln!("SKIPPED: needs root (setpriv) and /usr/bin/python3");
+        crate::skip::skip(
+            "needs root (setpriv) and /usr/bin/python3",
+            "run as root, Debian package `python3`",
+        );
         return;
     }
     // A script another user can read, named like the old system's (a name of this test only).
@@ -880,7 +886,7 @@ impl Drop for SmallDisk {
 fn disk_full_then_sigterm_keeps_every_row_and_exits_non_zero() {
     let p = Project::new();
     let Some(disk) = SmallDisk::mount(&p.path().join("disk"), "16m") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        crate::skip::skip("cannot mount a tmpfs here", "run as root");
         assert!(
             std::env::var_os("CI").is_none() || !nix::unistd::geteuid().is_root(),
             "CI runs as root: the full-disk test must run"

@@ -54,10 +54,10 @@ fn cargo_install_gives_a_binary_that_runs_a_job_from_another_folder_with_the_con
     // (the same target folder: nothing is compiled again).
     let target = repo().join("target/no-embedded");
     if !target.join("debug/hedge-scheduler").exists() {
-        eprintln!(
-            "SKIPPED: build it with `cargo build --no-default-features --target-dir target/no-embedded`"
+        crate::skip::skip(
+            "no build without the embedded interpreter",
+            "cargo build --no-default-features --target-dir target/no-embedded",
         );
-        assert!(std::env::var_os("CI").is_none(), "CI builds it (.ci/run)");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -538,7 +538,10 @@ fn the_debian_package_installs_with_dpkg_and_runs_a_shipped_job_from_the_root_fo
     // CI builds it (`packaging/deb/build --dev`) and names it; installing a package system-wide
     // is for CI's throwaway machine only.
     let Some(deb) = std::env::var_os("HEDGE_DEB").map(PathBuf::from) else {
-        eprintln!("SKIPPED: set HEDGE_DEB to a package built by packaging/deb/build (CI does)");
+        crate::skip::skip(
+            "HEDGE_DEB names no package",
+            "HEDGE_DEB=<a .deb built by packaging/deb/build>",
+        );
         assert!(
             std::env::var_os("CI").is_none(),
             "CI builds and names the package"
@@ -639,7 +642,10 @@ fn the_shipped_unit_scores_ok_with_systemd_analyze_security_and_has_the_watchdog
         );
     }
     if !Path::new("/usr/bin/systemd-analyze").exists() {
-        eprintln!("SKIPPED: no systemd-analyze");
+        crate::skip::skip(
+            "systemd-analyze is not installed",
+            "Debian package `systemd`",
+        );
         assert!(std::env::var_os("CI").is_none(), "CI has systemd-analyze");
         return;
     }

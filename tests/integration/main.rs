@@ -19,4 +19,5 @@ mod page;
 mod pg;
 mod python_api;
 mod reliability;
+mod skip;
 mod util;

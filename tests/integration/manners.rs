@@ -187,6 +187,9 @@ fn console_times_are_the_exchanges_with_its_zone_and_no_color_means_no_escape_co
 
 #[test]
 fn status_says_when_the_market_is_closed_and_when_the_next_session_opens() {
+    if !crate::reliability::have_faketime() {
+        return;
+    }
     // Saturday 2026-11-28 16:00 IST (libfaketime): closed, next session Monday 09:15 IST.
     let lib = crate::reliability::libfaketime();
     let p = Project::new();
@@ -247,6 +250,9 @@ fn a_short_run_has_its_peak_memory_and_cpu_from_its_own_rusage() {
 
 #[test]
 fn the_daemon_log_keeps_its_name_and_tail_f_follows_it_across_the_days_rotation() {
+    if !crate::reliability::have_faketime() {
+        return;
+    }
     use crate::reliability::{libfaketime, set_fake};
     let p = Project::new();
     p.config(

@@ -770,6 +770,9 @@ fn one_seed(seed: u64, secs: f64) {
 #[test]
 #[ignore = "finds an open anomaly now and then (a fork run stalled after its daemon's pause); run with --ignored"]
 fn cluster_nemesis_keeps_every_slot_once_under_random_faults() {
+    if !crate::reliability::have_faketime() {
+        return;
+    }
     let secs: f64 = std::env::var("HEDGE_NEMESIS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

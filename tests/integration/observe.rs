@@ -513,6 +513,9 @@ fn pings_hit_start_the_url_and_fail_in_order_with_the_run_id() {
 
 #[test]
 fn the_heartbeat_ping_stops_outside_the_session() {
+    if !crate::reliability::have_faketime() {
+        return;
+    }
     // The daemon's clock starts 4 s before the NSE close (15:30 IST on Monday 2026-11-30).
     let beats = Receiver::start(None);
     let always = Receiver::start(None);
@@ -841,11 +844,7 @@ fn the_shipped_alert_rules_stay_silent_outside_sessions() {
         .map(Path::new)
         .find(|p| p.exists())
     else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is not installed (Debian package `prometheus`; .ci/run installs it)"
-        );
-        eprintln!("skipped: promtool is not installed (Debian package `prometheus`)");
+        crate::skip::skip("promtool is not installed", "Debian package `prometheus`");
         return;
     };
     let dir = repo().join("config/prometheus");

@@ -31,7 +31,7 @@ pub enum Hold {
 
 /// The server, shared with other tests running meanwhile.
 pub fn shared() -> Option<(&'static Server, Hold)> {
-    let s = server()?;
+    let s = server_or_skip()?;
     Some((
         s,
         Hold::Shared(USE.read().unwrap_or_else(|e| e.into_inner())),
@@ -40,7 +40,7 @@ pub fn shared() -> Option<(&'static Server, Hold)> {
 
 /// The server, for a test that stops or restarts it: no other cluster test runs meanwhile.
 pub fn exclusive() -> Option<(&'static Server, Hold)> {
-    let s = server()?;
+    let s = server_or_skip()?;
     Some((
         s,
         Hold::Exclusive(USE.write().unwrap_or_else(|e| e.into_inner())),
@@ -71,22 +71,21 @@ fn bindir() -> Option<PathBuf> {
     found.pop().map(|(_, b)| b)
 }
 
-/// The server, started on first use; `None` (and a message) when PostgreSQL is not installed
-/// (a failure under `CI=true`).
+/// [`server`], or `None` after the test is marked skipped (a failure under `CI=true`).
+fn server_or_skip() -> Option<&'static Server> {
+    let s = server();
+    if s.is_none() {
+        crate::skip::skip(
+            "PostgreSQL's server is not installed",
+            "Debian package `postgresql`",
+        );
+    }
+    s
+}
+
+/// The server, started on first use; `None` when PostgreSQL is not installed.
 pub fn server() -> Option<&'static Server> {
-    SERVER
-        .get_or_init(|| {
-            let Some(bin) = bindir() else {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "PostgreSQL is not installed, and CI needs it (apt-get install postgresql)"
-                );
-                eprintln!("skipped: PostgreSQL not installed (apt-get install postgresql)");
-                return None;
-            };
-            Some(Server::start(bin))
-        })
-        .as_ref()
+    SERVER.get_or_init(|| bindir().map(Server::start)).as_ref()
 }
 
 extern "C" fn stop_at_exit() {

@@ -152,10 +152,10 @@ fn pip_install_e_gives_the_typed_api_and_a_dataframe_result_is_stored_as_its_sum
     // itself reaches no network.
     let wheels = repo().join("target/pywheels");
     if !wheels.join(".complete").exists() {
-        eprintln!(
-            "SKIPPED: `.ci/run` downloads the wheels this test installs into target/pywheels"
+        crate::skip::skip(
+            "the wheels it installs are not in target/pywheels",
+            "python3 -m pip download --dest target/pywheels 'setuptools>=70.1' pandas && touch target/pywheels/.complete",
         );
-        assert!(std::env::var_os("CI").is_none(), "CI downloads them");
         return;
     }
     let p = Project::new();
