@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
+use super::*;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::health::LoopLag;
@@ -294,6 +295,159 @@ pub(crate) async fn reload(
     .map_err(|e| Error::Other(format!("internal error: {e}")))
     .and_then(|r| r);
     let _ = tx.send(Chore::Reloaded(Box::new(loaded)));
+}
+
+impl Dispatcher {
+    /// A task's answer; `Some(reason)` when the daemon must stop.
+    pub(super) fn on_chore(
+        &mut self,
+        jobs: &mut Vec<JobState>,
+        chore: Chore,
+    ) -> Option<&'static str> {
+        match chore {
+            Chore::HealthDone { lock_lost } => {
+                self.health_running = false;
+                if let Some(other) = lock_lost {
+                    tracing::error!(
+                        "❗ our PID file was removed and another daemon took its place ({other}): stopping"
+                    );
+                    return Some("lock lost");
+                }
+            }
+            Chore::ReportDone => self.report_running = false,
+            Chore::Reloaded(loaded) => {
+                let again = self.reloading.take().unwrap_or(false);
+                let reply = match *loaded {
+                    Ok((config, interpreter)) => {
+                        self.apply_reload(jobs, config, interpreter);
+                        crate::control::Reply {
+                            ok: true,
+                            message: format!(
+                                "config reloaded: {}",
+                                crate::fmt::n(self.config.jobs.len(), "job")
+                            ),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("❌ config rejected, keeping the old one: {e}");
+                        crate::control::Reply {
+                            ok: false,
+                            message: format!("config rejected, the daemon keeps the old one: {e}"),
+                        }
+                    }
+                };
+                // A reload asked for meanwhile is answered by the next one.
+                if !again {
+                    for answer in self.reload_waiters.drain(..) {
+                        let _ = answer.send(reply.clone());
+                    }
+                }
+                if again {
+                    self.reload("a reload asked for meanwhile");
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts the health check unless one is still running.
+    pub(super) fn health(&mut self, jobs: &mut [JobState]) {
+        self.audit_gaps(jobs);
+        let now = Utc::now();
+        let tz = self.calendar.tz();
+        let mut problems = Vec::new();
+        if let Some(node) = &self.node {
+            let view = node.view();
+            match view.clock_offset_ms {
+                Some(off) if off.unsigned_abs() > node.config.max_clock_skew.as_millis() as u64 => {
+                    problems.push(format!(
+                        "this host's clock is {off:+} ms off the cluster database's, more than max_clock_skew: slots are not claimed early"
+                    ))
+                }
+                Some(off) if off.abs() > 250 => problems.push(format!(
+                    "this host's clock is {off:+} ms off the cluster database's"
+                )),
+                _ => {}
+            }
+            if !view.connected {
+                problems.push(format!(
+                    "cluster database {} unreachable{}",
+                    node.config.database_shown,
+                    view.last_error
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        // Belt and braces: a run far past its timeout is ended here too.
+        for state in jobs.iter() {
+            match decide::overdue(state, now, self.config.scheduler.kill_grace, tz) {
+                Some(Ok(reason)) => {
+                    tracing::warn!(
+                        "⏱️  {}: past its timeout, ending it (health check)",
+                        state.job.id
+                    );
+                    if let Some(tx) = self.cancels.get(&state.job.id) {
+                        let _ = tx.send(Some(reason));
+                    }
+                }
+                Some(Err(problem)) => problems.push(problem),
+                None => {}
+            }
+        }
+        if self.health_running {
+            return;
+        }
+        let today = now.with_timezone(&tz).date_naive();
+        let daily = self.daily_done != Some(today);
+        self.daily_done = Some(today);
+        self.obs.heartbeat(&self.config, now);
+        if daily
+            && self.config.uses_calendar()
+            && let Some(warning) = self.calendar.coverage_warning(today)
+        {
+            self.obs.coverage(&self.config, format!("📅 {warning}"));
+        }
+        self.health_running = true;
+        let input = chores::HealthInput {
+            config: Arc::clone(&self.config),
+            recorder: self.env.recorder.clone(),
+            lock: Arc::clone(&self.lock),
+            started_at: self.started_at,
+            problems,
+            daily,
+            lag: self.lag.summary(),
+            notify: self.obs.outbox.stats.summary(),
+            forks: Arc::clone(&self.env.forks),
+            python: self.env.python.clone(),
+        };
+        tokio::spawn(chores::health(input, self.chores.clone()));
+    }
+
+    /// Starts the status report unless one is still running.
+    pub(super) fn report(&mut self, jobs: &[JobState]) {
+        if self.report_running {
+            return;
+        }
+        self.report_running = true;
+        let live: Vec<chores::Live> = jobs
+            .iter()
+            .filter_map(|s| {
+                s.running
+                    .as_ref()
+                    .map(|r| (s.job.id.clone(), r.run_id, r.pid, r.started_at, r.stuck))
+            })
+            .collect();
+        tokio::spawn(chores::report(
+            Arc::clone(&self.config),
+            live,
+            self.chores.clone(),
+        ));
+    }
+
+    pub(super) fn drop_retired(&mut self, jobs: &mut Vec<JobState>) {
+        jobs.retain(|s| !(s.retired && s.running.is_none()));
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::*;
 use crate::cluster::{Claim, ClaimRequest, Node};
 use crate::config::DatabaseLoss;
 use crate::history::{Outcome, RunTag};
@@ -178,6 +179,169 @@ pub(super) fn audit_slots(
         upto = next;
     }
     (slots, upto)
+}
+
+impl Dispatcher {
+    /// Cluster mode, at every health check: the slots no node claimed, recorded or ran (all
+    /// nodes' clocks off, a claim lost with its node before it was written, …) are recorded as
+    /// missed, once cluster-wide, and alerted, so a lost slot is never silent.
+    pub(super) fn audit_gaps(&mut self, jobs: &[JobState]) {
+        let Some(node) = &self.node else { return };
+        let now = self.now();
+        // Past a slot's bound no node claims it any more; two leases more let every node's
+        // journal (what it ran or skipped while cut off) reach the cluster first.
+        let margin = chrono::Duration::from_std(node.config.lease * 2).unwrap_or_default();
+        for state in jobs {
+            let id = state.job.id.clone();
+            let from = *self.audited.entry(id.clone()).or_insert(now);
+            if state.pause.is_some() {
+                // Held back here on purpose: not this node's to call missed.
+                self.audited.insert(id, now);
+                continue;
+            }
+            let (slots, upto) =
+                cluster_glue::audit_slots(&state.job, &self.calendar, from, now, margin, 500);
+            if slots.is_empty() {
+                continue;
+            }
+            self.audited.insert(id.clone(), upto);
+            let (node, recorder) = (node.clone(), self.env.recorder.clone());
+            let (config, notice) = (Arc::clone(&self.config), self.obs.missed_notice());
+            tokio::spawn(async move {
+                let gaps = node.audit(&id, slots).await;
+                let (Some(first), Some(last)) = (gaps.first().copied(), gaps.last().copied())
+                else {
+                    return;
+                };
+                let reason = "missed: no node of the cluster claimed it (found by the gap audit)";
+                tracing::warn!(
+                    "⏰ {id}: {} no node claimed ({} … {})",
+                    crate::fmt::n(gaps.len(), "slot"),
+                    crate::fmt::instant(first),
+                    crate::fmt::instant(last)
+                );
+                for slot in &gaps {
+                    recorder.skipped(
+                        &id,
+                        crate::history::TriggerKind::Schedule,
+                        *slot,
+                        reason,
+                        None,
+                    );
+                }
+                if let Some(j) = config.job(&id) {
+                    notice.send(
+                        &config,
+                        j,
+                        crate::history::TriggerKind::Schedule,
+                        first,
+                        gaps.len() as u64,
+                        reason,
+                    );
+                }
+            });
+        }
+    }
+
+    /// What the cluster's coordinator tells the loop.
+    pub(super) fn on_cluster(&mut self, jobs: &mut [JobState], event: crate::cluster::Event) {
+        use crate::cluster::Event;
+        let now = self.now();
+        match event {
+            Event::Takeover {
+                job,
+                slot,
+                attempt,
+                tag,
+                reason,
+            } => {
+                let Some(i) = jobs.iter().position(|s| s.job.id == job) else {
+                    if let Some(node) = &self.node
+                        && let Some(fence) = tag.fence
+                    {
+                        node.release(&job, slot, fence, "skipped");
+                    }
+                    return;
+                };
+                tracing::warn!(
+                    "🪂 {job}: {reason}; running its slot at {} here",
+                    slot.with_timezone(&self.calendar.tz()).format("%H:%M:%S")
+                );
+                let pending = decide::Pending {
+                    trigger: crate::history::TriggerKind::Takeover,
+                    scheduled_at: slot,
+                    attempt,
+                    at: None,
+                    tag: Some(tag.clone()),
+                };
+                let actions = decide::takeover(&mut jobs[i], pending, now, self.calendar.tz());
+                if actions.iter().any(|a| matches!(a, Action::Skip { .. }))
+                    && let (Some(node), Some(fence)) = (&self.node, tag.fence)
+                {
+                    node.release(&job, slot, fence, "skipped");
+                }
+                self.dispatch(&jobs[i], actions);
+            }
+            Event::Cancel { job, reason } => {
+                tracing::info!("🔁 {job}: {reason}");
+                if let Some(tx) = self.cancels.get(&job) {
+                    let _ = tx.send(Some(reason));
+                }
+            }
+            Event::TrustLost => {
+                // A renewal (or a claim, which renews) since the lapse: the lease holds, and a
+                // run claimed meanwhile goes on (nemesis A10).
+                if self.node.as_ref().is_some_and(|n| {
+                    n.view()
+                        .trusted_until
+                        .is_some_and(|u| tokio::time::Instant::now() < u)
+                }) {
+                    return;
+                }
+                let primary = self.node.as_ref().is_some_and(|n| n.config.priority == 0);
+                for state in jobs.iter() {
+                    let keep = match self.config.database_loss(&state.job) {
+                        crate::config::DatabaseLoss::Run => true,
+                        crate::config::DatabaseLoss::Primary => primary,
+                        crate::config::DatabaseLoss::Skip => false,
+                    };
+                    // Only runs that started: a run still claiming its slot learns from the
+                    // claim whether the lease holds (a cancel sent now would end it at once).
+                    if !keep
+                        && started(state)
+                        && let Some(tx) = self.cancels.get(&state.job.id)
+                    {
+                        let _ = tx.send(Some(
+                            "lost the cluster lease (the database is unreachable): on_database_loss ends the run".to_string(),
+                        ));
+                    }
+                }
+            }
+            Event::LeaseLost { kept } => {
+                for state in jobs.iter() {
+                    // Only runs whose slot another node took over end: a run still claiming its
+                    // slot claims it as the node's next incarnation, a run without a fence
+                    // (without the database) was never the cluster's to give, and a slot the
+                    // new incarnation adopted is still this node's.
+                    let taken = state
+                        .running
+                        .as_ref()
+                        .and_then(|r| r.tag.as_ref())
+                        .and_then(|t| t.fence)
+                        .is_some_and(|f| !kept.contains(&f));
+                    if started(state)
+                        && taken
+                        && let Some(tx) = self.cancels.get(&state.job.id)
+                    {
+                        let _ = tx.send(Some(
+                            "this node lost its cluster lease: the slot belongs to another node now"
+                                .to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
