@@ -53,7 +53,7 @@ static MODE: OnceLock<Mode> = OnceLock::new();
 /// The keeper: its PID and the write end of its pipe.
 static KEEPER: Mutex<Option<(i32, File)>> = Mutex::new(None);
 /// What the keeper has been told and not told to forget, to tell a new keeper.
-static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static NOTES: Mutex<Vec<KeeperNote>> = Mutex::new(Vec::new());
 
 /// The argument that makes the binary a keeper reading its notes on stdin.
 pub const KEEPER_ARG: &str = "__hedge-keeper";
@@ -82,7 +82,7 @@ pub fn init(choice: Containment) -> std::result::Result<&'static Mode, String> {
         },
     };
     if let Mode::Cgroup(base) = &mode {
-        keeper_note(&format!("+C {}", base.display()));
+        keeper_note(KeeperNote::Cgroup(base.clone()));
     }
     Ok(MODE.get_or_init(|| mode))
 }
@@ -353,9 +353,9 @@ pub fn check_keeper() -> Option<String> {
             drop(child);
             let mut file = File::from(OwnedFd::from(stdin));
             let notes = NOTES.lock().map(|n| n.clone()).unwrap_or_default();
-            for line in notes {
+            for note in notes {
                 use std::io::Write;
-                let _ = writeln!(file, "{line}");
+                let _ = writeln!(file, "{}", note.line());
             }
             nonblocking(&file);
             *k = Some((new_pid, file));
@@ -381,17 +381,58 @@ pub fn keeper_from_stdin() -> ! {
     keeper_main(stdin)
 }
 
-/// Tells the keeper what to end should we die: `+G <pgid>` / `-G <pgid>` for a run's process
-/// group, `+C <dir>` for our runs' cgroup; `D <ms>` arms the deadman (cluster mode: our runs end
-/// when we are silent that long), `P` is a sign of life.
-pub fn keeper_note(line: &str) {
+/// What the scheduler tells its keeper, one line each on the keeper's pipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeeperNote {
+    /// A run's process group, to end should we die (`+G <pgid>`).
+    Group(i32),
+    /// That group ended (`-G <pgid>`).
+    GroupEnded(i32),
+    /// Our runs' cgroup, to kill and remove should we die (`+C <dir>`).
+    Cgroup(PathBuf),
+    /// Cluster mode: our runs end when we are silent this long (`D <ms>`).
+    Deadman(Duration),
+    /// A sign of life (`P`).
+    Ping,
+}
+
+impl KeeperNote {
+    /// The note's line (without its newline).
+    fn line(&self) -> String {
+        match self {
+            KeeperNote::Group(g) => format!("+G {g}"),
+            KeeperNote::GroupEnded(g) => format!("-G {g}"),
+            KeeperNote::Cgroup(dir) => format!("+C {}", dir.display()),
+            KeeperNote::Deadman(d) => format!("D {}", d.as_millis()),
+            KeeperNote::Ping => "P".to_string(),
+        }
+    }
+
+    /// A line read back; `None` for one this keeper does not know.
+    fn parse(line: &str) -> Option<KeeperNote> {
+        match line.split_once(' ') {
+            Some(("+G", g)) => g.parse().ok().filter(|g| *g > 1).map(KeeperNote::Group),
+            Some(("-G", g)) => g.parse().ok().map(KeeperNote::GroupEnded),
+            Some(("+C", dir)) => Some(KeeperNote::Cgroup(PathBuf::from(dir))),
+            Some(("D", ms)) => ms
+                .parse()
+                .ok()
+                .map(|ms| KeeperNote::Deadman(Duration::from_millis(ms))),
+            None if line == "P" => Some(KeeperNote::Ping),
+            _ => None,
+        }
+    }
+}
+
+/// Tells the keeper what to end should we die (and, in cluster mode, that we live).
+pub fn keeper_note(note: KeeperNote) {
     use std::io::Write;
     if let Ok(mut notes) = NOTES.lock() {
-        match line.strip_prefix("-G ") {
-            Some(g) => notes.retain(|n| n.strip_prefix("+G ") != Some(g)),
+        match &note {
+            KeeperNote::GroupEnded(g) => notes.retain(|n| *n != KeeperNote::Group(*g)),
             // A ping is news only once.
-            None if line == "P" => {}
-            None => notes.push(line.to_string()),
+            KeeperNote::Ping => {}
+            other => notes.push(other.clone()),
         }
     }
     if let Ok(mut k) = KEEPER.lock()
@@ -399,7 +440,9 @@ pub fn keeper_note(line: &str) {
     {
         // Never blocks (the pipe is non-blocking): a keeper that stopped reading (stopped, hung)
         // is ended, and the next health check starts one that is told everything again.
-        if f.write_all(format!("{line}\n").as_bytes()).is_err() {
+        if f.write_all(format!("{}\n", note.line()).as_bytes())
+            .is_err()
+        {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(*pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -424,7 +467,7 @@ pub struct KeeperGroup(pub u32);
 
 impl Drop for KeeperGroup {
     fn drop(&mut self) {
-        keeper_note(&format!("-G {}", self.0));
+        keeper_note(KeeperNote::GroupEnded(self.0 as i32));
     }
 }
 
@@ -513,22 +556,18 @@ fn keeper_main(read: OwnedFd) -> ! {
             let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
             last_ping = std::time::Instant::now();
             fired = false;
-            match line.split_once(' ') {
-                Some(("+G", g)) => {
-                    groups.extend(g.parse::<i32>().ok().filter(|g| *g > 1));
+            match KeeperNote::parse(&line) {
+                Some(KeeperNote::Group(g)) => {
+                    groups.insert(g);
                 }
-                Some(("-G", g)) => {
-                    if let Ok(g) = g.parse() {
-                        groups.remove(&g);
-                    }
+                Some(KeeperNote::GroupEnded(g)) => {
+                    groups.remove(&g);
                 }
-                Some(("+C", dir)) => {
-                    cgroups.insert(PathBuf::from(dir));
+                Some(KeeperNote::Cgroup(dir)) => {
+                    cgroups.insert(dir);
                 }
-                Some(("D", ms)) => {
-                    deadman = ms.parse().ok().map(Duration::from_millis);
-                }
-                _ => {}
+                Some(KeeperNote::Deadman(d)) => deadman = Some(d),
+                Some(KeeperNote::Ping) | None => {}
             }
         }
     }
@@ -713,6 +752,28 @@ pub async fn end_strays(_grace: Duration) -> usize {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    /// The keeper's protocol: every note reads back as itself; what it does not know is ignored.
+    #[test]
+    fn keeper_notes_read_back_as_written() {
+        for note in [
+            KeeperNote::Group(4242),
+            KeeperNote::GroupEnded(4242),
+            KeeperNote::Cgroup(PathBuf::from("/sys/fs/cgroup/hedge scheduler/runs")),
+            KeeperNote::Deadman(Duration::from_millis(1400)),
+            KeeperNote::Ping,
+        ] {
+            assert_eq!(
+                KeeperNote::parse(&note.line()),
+                Some(note.clone()),
+                "{note:?}"
+            );
+        }
+        // Group 1 (init) and 0 are never a run's: never ended by the keeper.
+        for line in ["+G 1", "+G 0", "+G x", "D soon", "Q 1", ""] {
+            assert_eq!(KeeperNote::parse(line), None, "{line:?}");
+        }
+    }
 
     #[test]
     fn strays_are_children_nobody_waits_for_that_no_run_in_flight_can_own() {

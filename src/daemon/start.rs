@@ -160,13 +160,13 @@ async fn join_cluster(config: &Config, recorder: &Recorder, allow_drift: bool) -
         let last = node.last_slots().await;
         // The runs end if this daemon is silent (stopped, hung) past its trust deadline: by
         // then another node may be given their slots.
-        crate::contain::keeper_note(&format!("D {}", cluster.trust().as_millis()));
+        crate::contain::keeper_note(crate::contain::KeeperNote::Deadman(cluster.trust()));
         let every = (cluster.heartbeat / 4).max(Duration::from_millis(25));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                crate::contain::keeper_note("P");
+                crate::contain::keeper_note(crate::contain::KeeperNote::Ping);
             }
         });
         (Some(node), Some(events), last)

@@ -279,7 +279,7 @@ fn run_command(
     let (mut child, _spawned) = crate::contain::Spawned::spawn(|| cmd.spawn(), |c| Some(c.id()))
         .map_err(|e| e.to_string())?;
     let pid = child.id();
-    crate::contain::keeper_note(&format!("+G {pid}"));
+    crate::contain::keeper_note(crate::contain::KeeperNote::Group(pid as i32));
     let _forget = crate::contain::KeeperGroup(pid);
     if let Some(mut stdin) = child.stdin.take() {
         let json = json.to_string();

@@ -119,36 +119,57 @@ pub(crate) struct Server {
     spare: Mutex<Option<Option<crate::contain::Cage>>>,
 }
 
-#[derive(Deserialize)]
-struct Incoming {
-    ready: Option<bool>,
-    error: Option<String>,
-    kind: Option<String>,
-    #[serde(default)]
-    modules: Vec<PathBuf>,
-    python: Option<String>,
-    forked: Option<String>,
-    pid: Option<u32>,
-    exit: Option<String>,
-    code: Option<i32>,
-    signal: Option<i32>,
-    #[serde(default)]
-    core: bool,
-    refused: Option<String>,
-    pong: Option<bool>,
-    spare_gone: Option<bool>,
+/// What the server says (one JSON object per message; see `forkserver.py`). Untagged: each
+/// kind is told by the key only it has, tried in this order.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Reply {
+    /// `{"forked": uid, "pid"}`: the run's child is forked.
+    Forked { forked: String, pid: u32 },
+    /// `{"exit": uid, "pid", "code" | "signal", "core"}`: a child ended.
+    Exited {
+        exit: String,
+        code: Option<i32>,
+        signal: Option<i32>,
+        #[serde(default)]
+        core: bool,
+    },
+    /// `{"refused": uid, "error"}`: no child for that run.
+    Refused {
+        refused: String,
+        #[serde(default)]
+        error: String,
+    },
+    /// `{"ready": true, "pid", "python", "modules"}`, once: the preloads are in.
+    Ready {
+        ready: bool,
+        python: Option<String>,
+        #[serde(default)]
+        modules: Vec<PathBuf>,
+    },
+    /// `{"error", "kind"}`, once instead of ready: the preloads failed or started a thread.
+    StartFailed { error: String, kind: Option<String> },
+    /// `{"pong": true, "children"}`.
+    Pong {
+        #[allow(dead_code)] // its presence is the message
+        pong: bool,
+    },
+    /// `{"spare_gone": true}`: the spare child died before it got a run.
+    SpareGone {
+        #[allow(dead_code)] // its presence is the message
+        spare_gone: bool,
+    },
 }
 
-impl Incoming {
-    fn status(&self) -> Option<ExitStatus> {
-        use std::os::unix::process::ExitStatusExt;
-        match (self.code, self.signal) {
-            (Some(code), _) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
-            (None, Some(sig)) => Some(ExitStatus::from_raw(
-                (sig & 0x7f) | if self.core { 0x80 } else { 0 },
-            )),
-            (None, None) => None,
-        }
+/// A child's exit status from the server's `code` / `signal` / `core`.
+fn exit_status(code: Option<i32>, signal: Option<i32>, core: bool) -> Option<ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    match (code, signal) {
+        (Some(code), _) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
+        (None, Some(sig)) => Some(ExitStatus::from_raw(
+            (sig & 0x7f) | if core { 0x80 } else { 0 },
+        )),
+        (None, None) => None,
     }
 }
 
@@ -250,11 +271,11 @@ impl Server {
         drop(cmd);
         drop(theirs);
         let pid = child.id();
-        crate::contain::keeper_note(&format!("+G {pid}"));
+        crate::contain::keeper_note(crate::contain::KeeperNote::Group(pid as i32));
         forward_output(log_r, pid);
 
         // The first message: ready, or why not.
-        let (hello_tx, hello_rx) = std_mpsc::channel::<Incoming>();
+        let (hello_tx, hello_rx) = std_mpsc::channel::<Reply>();
         let sock_copy = match ours.try_clone() {
             Ok(s) => s,
             Err(e) => {
@@ -287,25 +308,32 @@ impl Server {
                 ));
             }
         };
-        if let Some(error) = hello.error {
-            return Err(match hello.kind.as_deref() {
-                Some("threads") | Some("preload") => StartError::Preload(error),
-                _ => StartError::Other(error),
-            });
-        }
-        if hello.ready != Some(true) {
-            crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-            return Err(StartError::Other(
-                "the fork server answered something else than ready".to_string(),
-            ));
-        }
+        let (python_version, modules) = match hello {
+            Reply::Ready {
+                ready: true,
+                python,
+                modules,
+            } => (python.unwrap_or_default(), modules),
+            Reply::StartFailed { error, kind } => {
+                return Err(match kind.as_deref() {
+                    Some("threads") | Some("preload") => StartError::Preload(error),
+                    _ => StartError::Other(error),
+                });
+            }
+            _ => {
+                crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                return Err(StartError::Other(
+                    "the fork server answered something else than ready".to_string(),
+                ));
+            }
+        };
         let server = Arc::new(Server {
             pid,
             sock: ours,
             key,
             started: SystemTime::now(),
-            modules: hello.modules,
-            python_version: hello.python.unwrap_or_default(),
+            modules,
+            python_version,
             routes: Mutex::default(),
             life: Mutex::default(),
             pongs: Mutex::default(),
@@ -567,7 +595,7 @@ fn rss_bytes(pid: u32) -> u64 {
 fn kill_server(child: &mut Child, pid: u32) {
     crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = child.wait();
-    crate::contain::keeper_note(&format!("-G {pid}"));
+    crate::contain::keeper_note(crate::contain::KeeperNote::GroupEnded(pid as i32));
 }
 
 /// The server's own output (a preload's warnings, a traceback) goes to the daemon's log.
@@ -594,7 +622,7 @@ fn read_loop(
     sock: OwnedFd,
     (mut child, spawned): (Child, crate::contain::Spawned),
     pid: u32,
-    hello: std_mpsc::Sender<Incoming>,
+    hello: std_mpsc::Sender<Reply>,
     server: Arc<Mutex<Option<std::sync::Weak<Server>>>>,
 ) {
     let mut buf = vec![0u8; MAX_MESSAGE];
@@ -606,11 +634,11 @@ fn read_loop(
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => break,
         };
-        let Ok(msg) = serde_json::from_slice::<Incoming>(&buf[..n]) else {
+        let Ok(msg) = serde_json::from_slice::<Reply>(&buf[..n]) else {
             tracing::warn!("🍴 fork server {pid} sent something unreadable");
             continue;
         };
-        if msg.ready.is_some() || msg.error.is_some() && msg.refused.is_none() {
+        if matches!(msg, Reply::Ready { .. } | Reply::StartFailed { .. }) {
             if let Some(h) = hello.take() {
                 let _ = h.send(msg);
             }
@@ -623,35 +651,37 @@ fn read_loop(
         else {
             continue;
         };
-        if msg.spare_gone.is_some() {
-            server.drop_spare();
-            continue;
-        }
-        if msg.pong.is_some() {
-            if let Some(tx) = server
-                .pongs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
-                let _ = tx.send(());
+        let (uid, what) = match msg {
+            Reply::SpareGone { .. } => {
+                server.drop_spare();
+                continue;
             }
-            continue;
-        }
-        let (uid, what) = if let Some(uid) = &msg.forked {
-            (uid, Msg::Forked(msg.pid.unwrap_or(0)))
-        } else if let Some(uid) = &msg.exit {
-            (uid, Msg::Exited(msg.status()))
-        } else if let Some(uid) = &msg.refused {
-            (uid, Msg::Refused(msg.error.clone().unwrap_or_default()))
-        } else {
-            continue;
+            Reply::Pong { .. } => {
+                if let Some(tx) = server
+                    .pongs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                {
+                    let _ = tx.send(());
+                }
+                continue;
+            }
+            Reply::Forked { forked, pid } => (forked, Msg::Forked(pid)),
+            Reply::Exited {
+                exit,
+                code,
+                signal,
+                core,
+            } => (exit, Msg::Exited(exit_status(code, signal, core))),
+            Reply::Refused { refused, error } => (refused, Msg::Refused(error)),
+            Reply::Ready { .. } | Reply::StartFailed { .. } => continue,
         };
         let route = server
             .routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(uid)
+            .get(&uid)
             .cloned();
         if let Some(tx) = route {
             let _ = tx.send(what);
@@ -664,7 +694,7 @@ fn read_loop(
     };
     // Reaped: no longer a child of ours that someone waits for.
     drop(spawned);
-    crate::contain::keeper_note(&format!("-G {pid}"));
+    crate::contain::keeper_note(crate::contain::KeeperNote::GroupEnded(pid as i32));
     if let Some(server) = server
         .lock()
         .ok()
@@ -881,5 +911,65 @@ impl ForkPool {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each message `forkserver.py` sends is read as its own kind (the untagged order matters:
+    /// a refusal carries `error` too, and an exit's `pid` must not make it a fork).
+    #[test]
+    fn every_server_message_reads_as_its_kind() {
+        let read = |json: &str| serde_json::from_str::<Reply>(json).unwrap();
+        assert!(matches!(
+            read(r#"{"forked": "u1", "pid": 42}"#),
+            Reply::Forked { forked, pid: 42 } if forked == "u1"
+        ));
+        let exited = read(r#"{"exit": "u1", "pid": 42, "signal": 9, "core": false}"#);
+        let Reply::Exited {
+            exit,
+            code,
+            signal,
+            core,
+        } = exited
+        else {
+            panic!("{exited:?}")
+        };
+        assert_eq!(
+            (exit.as_str(), code, signal, core),
+            ("u1", None, Some(9), false)
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            exit_status(None, Some(9), false).and_then(|s| s.signal()),
+            Some(9)
+        );
+        assert_eq!(
+            exit_status(Some(3), None, false).and_then(|s| s.code()),
+            Some(3)
+        );
+        assert!(matches!(
+            read(r#"{"refused": "u1", "error": "fork failed: EAGAIN"}"#),
+            Reply::Refused { refused, error } if refused == "u1" && error.contains("EAGAIN")
+        ));
+        assert!(matches!(
+            read(r#"{"ready": true, "pid": 7, "python": "3.11.9", "modules": ["/a.py"], "native_threads": 1}"#),
+            Reply::Ready { ready: true, python: Some(v), modules } if v == "3.11.9" && modules.len() == 1
+        ));
+        assert!(matches!(
+            read(r#"{"error": "pandas started a thread", "kind": "threads"}"#),
+            Reply::StartFailed { kind: Some(k), .. } if k == "threads"
+        ));
+        assert!(matches!(
+            read(r#"{"pong": true, "children": 2}"#),
+            Reply::Pong { .. }
+        ));
+        assert!(matches!(
+            read(r#"{"spare_gone": true}"#),
+            Reply::SpareGone { .. }
+        ));
+        assert!(serde_json::from_str::<Reply>(r#"{"hello": 1}"#).is_err());
     }
 }

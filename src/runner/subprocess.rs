@@ -178,7 +178,7 @@ pub(super) fn started(
     pid: u32,
     events: &Option<mpsc::UnboundedSender<RunEvent>>,
 ) -> crate::contain::KeeperGroup {
-    crate::contain::keeper_note(&format!("+G {pid}"));
+    crate::contain::keeper_note(crate::contain::KeeperNote::Group(pid as i32));
     let forget = crate::contain::KeeperGroup(pid);
     env.recorder.set_pid(uid, pid);
     if let Some(tx) = events {
