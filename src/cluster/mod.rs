@@ -106,12 +106,12 @@ impl View {
     /// its lease woke to a database stop and ran the slot a standby had run). Later slots no
     /// standby could claim. Before the first renewal, nothing says otherwise.
     pub fn may_run_alone(&self, slot: DateTime<Utc>, lease: Duration) -> bool {
-        let (Some(renewed), Some(lost)) = (self.renewed_at, self.unreachable_at) else {
-            return true;
-        };
-        if lost < renewed + lease {
+        if !self.lease_ran_out_first(lease) {
             return true;
         }
+        let Some(lost) = self.unreachable_at else {
+            return true;
+        };
         // When it found the database gone, on the cluster's clock.
         let found = match self.anchor {
             Some((at, db)) if lost >= at => {
@@ -120,6 +120,15 @@ impl View {
             _ => return false,
         };
         slot > found
+    }
+
+    /// Whether this node's lease ran out before it found the database gone: it may have been
+    /// declared dead while the database was up (it was stopped, frozen or starved past it).
+    pub fn lease_ran_out_first(&self, lease: Duration) -> bool {
+        match (self.renewed_at, self.unreachable_at) {
+            (Some(renewed), Some(lost)) => lost >= renewed + lease,
+            _ => false,
+        }
     }
 
     /// The cluster's time now: the database's clock carried forward on this host's monotonic
@@ -371,7 +380,16 @@ impl Node {
                 // The connection failed, but the lease may still hold: the database may be
                 // back within the trust period (a killed connection, a restart). Until then
                 // the slot waits; after it, `on_database_loss` decides.
-                Attempt::Done(Claim::Unreachable(why)) if self.view().trusted => {
+                // So does a `primary` job's slot on a primary that may have been declared dead
+                // (its lease ran out before it found the database gone): a standby may reach the
+                // database first and claim it (the long nemesis run: a primary resumed as the
+                // database came back ran alone the slot a standby claimed a moment later).
+                Attempt::Done(Claim::Unreachable(why))
+                    if self.view().trusted
+                        || (req.primary_runs_without_db
+                            && self.config.priority == 0
+                            && self.view().lease_ran_out_first(self.config.lease)) =>
+                {
                     if waited_for.is_none() {
                         tracing::info!(
                             "⏳ {}: cluster database unreachable ({why}); waiting until the lease is in doubt",

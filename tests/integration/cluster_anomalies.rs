@@ -570,3 +570,65 @@ fn cluster_a11_a_primary_stopped_past_its_lease_does_not_run_alone_a_slot_a_stan
         a.p.daemon_output()
     );
 }
+
+/// A12 (the long nemesis run, seed 21 again, after A11's fix): under `primary`, the primary's
+/// daemon is stopped past its lease (a standby takes its slots) and the database restarts while
+/// it is stopped; it resumes just before a slot, finds its connection gone and, before it has
+/// reconnected, would run the slot alone, while the standby, connected again, claims it too.
+/// A primary that may have been declared dead waits for the database (up to half the slot's
+/// bound) before it runs a slot alone: it reconnects, finds itself dead, rejoins and finds the
+/// slot taken.
+#[test]
+fn cluster_a12_a_primary_resumed_as_the_database_returns_does_not_run_alone_a_slot_a_standby_claims()
+ {
+    let (server, _hold) = need_pg!(exclusive);
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job(
+        "p",
+        &file,
+        "*/2 * * * * *",
+        0.3,
+        "on_database_loss = \"primary\"",
+    );
+    let (mut a, mut b) = pair(&db, &FAST, &job);
+    assert!(wait_until(Duration::from_secs(30), || oracle(&file)
+        .iter()
+        .any(|r| r.node == "a" && r.ended)));
+    let mut resumed = Vec::new();
+    for _ in 0..3 {
+        sleep_to_phase(2.0, 0.5);
+        let stopped_at = now_secs();
+        signal(a.pid(), Signal::SIGSTOP);
+        // Past a's lease (2 s), b takes a slot.
+        let standby_ran = wait_until(Duration::from_secs(12), || {
+            oracle(&file)
+                .iter()
+                .any(|r| r.node == "b" && started_at(&file, r.pid).is_some_and(|t| t > stopped_at))
+        });
+        assert!(
+            standby_ran,
+            "b never took a's slots: {}",
+            b.p.daemon_output()
+        );
+        // The database restarts while a is stopped; a resumes just before the next slot.
+        sleep_to_phase(2.0, 0.6);
+        server.stop();
+        server.start_again();
+        sleep_to_phase(2.0, 1.9);
+        signal(a.pid(), Signal::SIGCONT);
+        resumed.push(now_secs());
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    a.stop();
+    b.stop();
+    for (slot, execs) in per_slot(&oracle(&file)) {
+        assert_eq!(
+            execs.len(),
+            1,
+            "{slot} (a resumed at {resumed:?}): {execs:?}\n{}",
+            a.p.daemon_output()
+        );
+    }
+}
