@@ -50,6 +50,7 @@ impl Dispatcher {
         let new = Arc::new(new);
         let calendar = new.calendar();
         let now = Utc::now();
+        let diff = JobsDiff::between(&self.config.jobs, &new.jobs);
         let mut next_jobs = Vec::new();
         for job in new.jobs.iter().filter(|j| j.enabled) {
             let job = Arc::new(job.clone());
@@ -65,10 +66,6 @@ impl Dispatcher {
         }
         // Jobs no longer configured (or now disabled) fire no more; one still running is kept
         // until it ends.
-        let (disabled, removed): (Vec<String>, Vec<String>) = jobs
-            .iter()
-            .map(|s| s.job.id.clone())
-            .partition(|id| new.job(id).is_some_and(|j| !j.enabled));
         for mut state in jobs.drain(..) {
             if state.running.is_some() {
                 state.next = None;
@@ -88,11 +85,126 @@ impl Dispatcher {
         tracing::info!(
             "✅ config reloaded: {}{}",
             crate::fmt::n(self.config.jobs.len(), "job"),
-            [("removed", &removed), ("disabled", &disabled)]
-                .iter()
-                .filter(|(_, ids)| !ids.is_empty())
-                .map(|(what, ids)| format!("; {what}: {}", ids.join(", ")))
-                .collect::<String>()
+            diff.summary()
         );
+    }
+}
+
+/// What a reload changes in the jobs, by id: pure, from the old and the new job lists.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct JobsDiff {
+    /// Enabled now, and not before (new, or enabled again).
+    pub(super) added: Vec<String>,
+    /// Enabled before and now, defined otherwise.
+    pub(super) changed: Vec<String>,
+    /// Enabled before, gone now.
+    pub(super) removed: Vec<String>,
+    /// Enabled before, there but disabled now.
+    pub(super) disabled: Vec<String>,
+}
+
+impl JobsDiff {
+    pub(super) fn between(old: &[crate::config::Job], new: &[crate::config::Job]) -> JobsDiff {
+        let enabled = |jobs: &[crate::config::Job], id: &str| {
+            jobs.iter().find(|j| j.id == id && j.enabled).cloned()
+        };
+        let mut diff = JobsDiff::default();
+        for job in new.iter().filter(|j| j.enabled) {
+            match enabled(old, &job.id) {
+                None => diff.added.push(job.id.clone()),
+                // Every key of the definition (its debug form holds them all).
+                Some(before) if format!("{before:?}") != format!("{job:?}") => {
+                    diff.changed.push(job.id.clone())
+                }
+                Some(_) => {}
+            }
+        }
+        for job in old.iter().filter(|j| j.enabled) {
+            match new.iter().find(|j| j.id == job.id) {
+                None => diff.removed.push(job.id.clone()),
+                Some(now) if !now.enabled => diff.disabled.push(job.id.clone()),
+                Some(_) => {}
+            }
+        }
+        diff
+    }
+
+    /// `; added: a; changed: b; …` for the reload's log line (empty when nothing changed).
+    pub(super) fn summary(&self) -> String {
+        [
+            ("added", &self.added),
+            ("changed", &self.changed),
+            ("removed", &self.removed),
+            ("disabled", &self.disabled),
+        ]
+        .iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(what, ids)| format!("; {what}: {}", ids.join(", ")))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs(src: &str) -> Vec<crate::config::Job> {
+        Config::parse(std::path::Path::new("/p/config/c.toml"), src)
+            .expect("config")
+            .jobs
+    }
+
+    fn job(id: &str, schedule: &str, enabled: bool) -> String {
+        format!(
+            "[jobs.{id}]\nentry = \"m:f\"\nschedule = \"{schedule}\"\nmarket_hours = false\nenabled = {enabled}\n"
+        )
+    }
+
+    /// Each kind of change, alone and together.
+    #[test]
+    fn a_reload_says_what_it_adds_changes_removes_and_disables() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = job("a", "0 * * * * *", true);
+        let a2 = job("a", "30 * * * * *", true);
+        let b = job("b", "0 * * * * *", true);
+        let b_off = job("b", "0 * * * * *", false);
+        let c = job("c", "0 * * * * *", true);
+        // (old, new, added, changed, removed, disabled)
+        type Row<'a> = (
+            String,
+            String,
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        let table: Vec<Row> = vec![
+            (a.clone(), a.clone(), &[], &[], &[], &[]),
+            (a.clone(), a.clone() + &c, &["c"], &[], &[], &[]),
+            (a.clone(), a2.clone(), &[], &["a"], &[], &[]),
+            (a.clone() + &c, a.clone(), &[], &[], &["c"], &[]),
+            (a.clone() + &b, a.clone() + &b_off, &[], &[], &[], &["b"]),
+            (a.clone() + &b_off, a.clone() + &b, &["b"], &[], &[], &[]),
+            (
+                a.clone() + &b,
+                a2.clone() + &b_off + &c,
+                &["c"],
+                &["a"],
+                &[],
+                &["b"],
+            ),
+        ];
+        for (old, new, added, changed, removed, disabled) in table {
+            let diff = JobsDiff::between(&jobs(&old), &jobs(&new));
+            let want = JobsDiff {
+                added: ids(added),
+                changed: ids(changed),
+                removed: ids(removed),
+                disabled: ids(disabled),
+            };
+            assert_eq!(diff, want, "{old}\n→\n{new}");
+        }
+        let diff = JobsDiff::between(&jobs(&(a.clone() + &b)), &jobs(&(a2 + &b_off + &c)));
+        assert_eq!(diff.summary(), "; added: c; changed: a; disabled: b");
     }
 }

@@ -11,10 +11,22 @@ use crate::config::{Entry, Job};
 use crate::history::{Outcome, RunEnd};
 use crate::process;
 
+/// How the job's call ended, as the bridge says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BridgeStatus {
+    /// It returned (`result`).
+    Ok,
+    /// It raised (`error`, `traceback`).
+    Error,
+    /// It called `sys.exit` (`exit_code`).
+    Exit,
+}
+
 /// The JSON `hedge_bridge` reports.
 #[derive(Debug, Deserialize)]
 pub(crate) struct BridgeOutcome {
-    pub(super) status: String,
+    pub(super) status: BridgeStatus,
     /// Kept verbatim: any JSON Python can write is stored as it is (numbers of any size, any
     /// depth), never re-parsed into a value.
     #[serde(default)]
@@ -138,10 +150,10 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
     {
         // An in-process run reports as `python -m hedge_bridge` would exit: 0, the code given
         // to `sys.exit`, 1 for a raise.
-        end.exit_code = match b.status.as_str() {
-            "ok" => Some(0),
-            "exit" => b.exit_code,
-            _ => Some(1),
+        end.exit_code = match b.status {
+            BridgeStatus::Ok => Some(0),
+            BridgeStatus::Exit => b.exit_code,
+            BridgeStatus::Error => Some(1),
         };
     }
     end.signal = status.and_then(|s| s.signal()).map(process::signal_name);
@@ -151,7 +163,7 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
     let completed = !matches!(exec.ended, Ended::Exited(_))
         && status.is_some_and(|s| s.code() == Some(0))
         && exec.failure.is_none()
-        && bridge.is_some_and(|b| b.status == "ok");
+        && bridge.is_some_and(|b| b.status == BridgeStatus::Ok);
     let outcome = match &exec.ended {
         _ if completed => {
             end.result = bridge
@@ -203,14 +215,14 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
                         Outcome::Failed
                     }
                 }
-                (_, Some(b), None) => match (b.status.as_str(), b.exit_code) {
-                    ("ok", _) if code.unwrap_or(0) == 0 => {
+                (_, Some(b), None) => match (b.status, b.exit_code) {
+                    (BridgeStatus::Ok, _) if code.unwrap_or(0) == 0 => {
                         end.result = b.result.as_ref().map(|r| r.get().to_string());
                         Outcome::Success
                     }
-                    ("exit", Some(0)) if code.unwrap_or(0) == 0 => Outcome::Success,
+                    (BridgeStatus::Exit, Some(0)) if code.unwrap_or(0) == 0 => Outcome::Success,
                     (status, exit) => {
-                        if status == "exit" {
+                        if status == BridgeStatus::Exit {
                             end.exit_code = exit.or(end.exit_code);
                         }
                         end.error = b
