@@ -112,7 +112,7 @@ pub fn ensure(log_dir: &Path) -> crate::error::Result<&'static Path> {
             Err(e) => why.push(format!("`{}`: {e}", base.display())),
         }
     }
-    Err(crate::error::Error::Other(format!(
+    Err(crate::error::Error::Unwritable(format!(
         "cannot write the Python bridge (hedge_bridge) anywhere: {}; set XDG_CACHE_HOME to a folder of this user's",
         why.join("; ")
     )))

@@ -50,8 +50,37 @@ pub enum Error {
     #[error("{0}")]
     Busy(String),
 
+    /// The running daemon cannot be reached, proven ours, or stopped.
     #[error("{0}")]
-    Other(String),
+    Daemon(String),
+
+    /// The cluster's database or membership refuses what the command needs.
+    #[error("{0}")]
+    Cluster(String),
+
+    /// The fork server could not be started (other than by its preloads: a config error).
+    #[error("{0}")]
+    ForkServer(String),
+
+    /// The embedded interpreter could not be prepared.
+    #[error("{0}")]
+    Embedded(String),
+
+    /// Something the scheduler keeps could not be written (its log, the bridge, history rows).
+    #[error("{0}")]
+    Unwritable(String),
+
+    /// The old system's scripts run, and the config says to refuse.
+    #[error("{0}")]
+    LegacyRunning(String),
+
+    /// A wait was given up (a signal, a cancel).
+    #[error("{0}")]
+    Interrupted(String),
+
+    /// A bug of ours (a task that panicked, a poisoned lock): never the user's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -63,7 +92,14 @@ impl Error {
             Error::History { .. }
             | Error::Io { .. }
             | Error::AlreadyRunning { .. }
-            | Error::Other(_) => 1,
+            | Error::Daemon(_)
+            | Error::Cluster(_)
+            | Error::ForkServer(_)
+            | Error::Embedded(_)
+            | Error::Unwritable(_)
+            | Error::LegacyRunning(_)
+            | Error::Interrupted(_)
+            | Error::Internal(_) => 1,
         }
     }
 

@@ -108,7 +108,7 @@ impl InstanceLock {
                         });
                     }
                     if tries >= 20 {
-                        return Err(Error::Other(format!(
+                        return Err(Error::Daemon(format!(
                             "`{}` is locked by another process",
                             path.display()
                         )));

@@ -130,7 +130,7 @@ pub fn init_daemon(log_dir: &Path, keep: usize, tz: chrono_tz::Tz) -> Result<()>
     crate::private::create_dir(log_dir)
         .map_err(|e| Error::io(format!("cannot create log_dir `{}`", log_dir.display()), e))?;
     let file_writer = DailyLog::new(log_dir, keep).map_err(|e| {
-        Error::Other(format!(
+        Error::Unwritable(format!(
             "cannot write the log in `{}`: {e}",
             log_dir.display()
         ))

@@ -35,7 +35,7 @@ pub fn init(config: &Config, interpreter: &Interpreter) -> Result<()> {
             Python::attach(|py| format!("cannot prepare the embedded Python: {}", describe(py, &e)))
         })
     });
-    let embedded = outcome.clone().map_err(Error::Other)?;
+    let embedded = outcome.clone().map_err(Error::Embedded)?;
     let minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
     if minor(&embedded) != minor(&interpreter.version) {
         return Err(Error::Config(ConfigError {
@@ -101,7 +101,7 @@ static WORKERS: std::sync::Mutex<
 pub fn submit(job: &str, task: impl FnOnce(Python<'_>) + Send + 'static) -> Result<()> {
     let mut guard = WORKERS
         .lock()
-        .map_err(|_| Error::Other("python workers lock poisoned".into()))?;
+        .map_err(|_| Error::Internal("python workers lock poisoned".into()))?;
     let workers = guard.get_or_insert_with(Default::default);
     let mut task: Task = Box::new(task);
     // A worker that has gone (it panicked) is replaced.
@@ -136,7 +136,7 @@ pub fn submit(job: &str, task: impl FnOnce(Python<'_>) + Send + 'static) -> Resu
             }
         }
     }
-    Err(Error::Other("the job's Python thread is gone".into()))
+    Err(Error::Internal("the job's Python thread is gone".into()))
 }
 
 /// One run's race between Python returning and an interrupt (timeout, cancel), decided once,

@@ -33,10 +33,10 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
     let cfg = config
         .cluster
         .as_ref()
-        .ok_or_else(|| Error::Other("no [cluster] table".to_string()))?;
-    let pg = super::read::pg_config(cfg, "run-once").map_err(Error::Other)?;
+        .ok_or_else(|| Error::Internal("no [cluster] table".to_string()))?;
+    let pg = super::read::pg_config(cfg, "run-once").map_err(Error::Cluster)?;
     let unreachable = |e: String| {
-        Error::Other(format!(
+        Error::Cluster(format!(
             "cluster database {} unreachable ({e}): a manual run needs it, to be sure the job runs nowhere else",
             cfg.database_shown
         ))

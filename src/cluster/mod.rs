@@ -283,7 +283,7 @@ impl Node {
             config
                 .cluster
                 .clone()
-                .ok_or_else(|| Error::Other("no [cluster] table".to_string()))?,
+                .ok_or_else(|| Error::Internal("no [cluster] table".to_string()))?,
         );
         let jobs = job_infos(config);
         let view = Arc::new(Mutex::new(View::default()));
@@ -319,7 +319,7 @@ impl Node {
         match c.connect().await {
             Ok(()) => match c.join(true).await {
                 Ok(()) => {}
-                Err(JoinError::NameTaken(why)) => return Err(Error::Other(why)),
+                Err(JoinError::NameTaken(why)) => return Err(Error::Cluster(why)),
                 Err(JoinError::Db(e)) => c.lost(&e),
             },
             Err(e) => {

@@ -99,7 +99,7 @@ fn control_command(config: &Config, req: control::Request) -> Result<i32> {
             );
             Ok(EXIT_NOT_RUNNING)
         }
-        Err(control::SendError::Other(e)) => Err(Error::Other(e)),
+        Err(control::SendError::Other(e)) => Err(Error::Daemon(e)),
     }
 }
 

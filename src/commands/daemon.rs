@@ -135,7 +135,7 @@ fn legacy_at_start(config: &Config) -> Result<()> {
     }
     let list = legacy::list(&found);
     match config.scheduler.legacy {
-        config::Legacy::Refuse => Err(Error::Other(format!(
+        config::Legacy::Refuse => Err(Error::LegacyRunning(format!(
             "the old system is running ({list}): both would collect the same data; stop it, or set `scheduler.legacy` to \"stop\" or \"warn\""
         ))),
         config::Legacy::Warn => {

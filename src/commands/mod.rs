@@ -61,5 +61,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string_pretty(value).map_err(|e| Error::Other(format!("cannot write JSON: {e}")))
+    serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Internal(format!("cannot write JSON: {e}")))
 }

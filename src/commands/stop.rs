@@ -29,16 +29,16 @@ fn stop_daemon(log_dir: &std::path::Path, graces: std::time::Duration) -> Result
     };
     // Never a signal to a process we cannot prove is this folder's daemon.
     instance::verify(log_dir, &daemon).map_err(|why| {
-        Error::Other(format!(
+        Error::Daemon(format!(
             "refusing to stop: {why} (PID file `{}`)",
             log_dir.join(instance::PID_FILE).display()
         ))
     })?;
     let pid = nix::unistd::Pid::from_raw(
-        i32::try_from(daemon.pid).map_err(|_| Error::Other("bad PID in the PID file".into()))?,
+        i32::try_from(daemon.pid).map_err(|_| Error::Daemon("bad PID in the PID file".into()))?,
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-        .map_err(|e| Error::Other(format!("cannot signal PID {pid}: {e}")))?;
+        .map_err(|e| Error::Daemon(format!("cannot signal PID {pid}: {e}")))?;
     // A daemon someone stopped (SIGSTOP, Ctrl+Z) cannot act on SIGTERM until it continues.
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
     println!("🛑 stopping hedge-scheduler (PID {pid})…");
@@ -51,7 +51,7 @@ fn stop_daemon(log_dir: &std::path::Path, graces: std::time::Duration) -> Result
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Err(Error::Other(format!(
+    Err(Error::Daemon(format!(
         "hedge-scheduler (PID {pid}) has not exited after {}",
         fmt::duration(limit)
     )))

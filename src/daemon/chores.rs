@@ -263,7 +263,7 @@ pub(crate) async fn report(config: Arc<Config>, live: Vec<Live>, tx: mpsc::Unbou
         Ok(crate::status::render_jobs(&status, &config, now))
     })
     .await
-    .map_err(|e| Error::Other(format!("internal error: {e}")))
+    .map_err(|e| Error::Internal(e.to_string()))
     .and_then(|r| r);
     match table {
         Ok(table) => {
@@ -292,7 +292,7 @@ pub(crate) async fn reload(
         Ok((config, interpreter))
     })
     .await
-    .map_err(|e| Error::Other(format!("internal error: {e}")))
+    .map_err(|e| Error::Internal(e.to_string()))
     .and_then(|r| r);
     let _ = tx.send(Chore::Reloaded(Box::new(loaded)));
 }

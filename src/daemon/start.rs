@@ -32,7 +32,7 @@ pub(super) async fn start(
     // a thread stops the start here, before this daemon joins a cluster or records anything.
     warming
         .join()
-        .map_err(|_| Error::Other("internal error: the fork server's start failed".into()))??;
+        .map_err(|_| Error::Internal("the fork server's start failed".into()))??;
     forks.announce();
     // Containment is set up now: the first run's child can be forked ahead, into its cgroup.
     forks.spare();

@@ -126,7 +126,7 @@ pub(super) async fn finish(
     let _ = std::fs::remove_file(crate::health::state_path(&d.config.scheduler.log_dir));
     if left > 0 {
         // Not a clean stop: say so by the exit code, and where the rows are.
-        return Err(crate::error::Error::Other(match spill {
+        return Err(crate::error::Error::Unwritable(match spill {
             Some(spill) => format!(
                 "stopped with {left} history write(s) the database refused; they are kept in `{}` and written at the next start",
                 spill.display()

@@ -651,7 +651,7 @@ impl Writer {
             self.state.ceiling = 0;
         }
         let Some(h) = self.history.as_ref() else {
-            return Err(Error::Other("the history is not open".into()));
+            return Err(Error::Internal("the history is not open".into()));
         };
         let mut st = self.state.clone();
         h.begin()?;

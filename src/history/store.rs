@@ -440,7 +440,7 @@ impl History {
         if version < SCHEMA_VERSION {
             drop(conn);
             History::open(path).map_err(|e| {
-                Error::Other(format!(
+                Error::Unwritable(format!(
                     "the history `{}` has schema version {version}, older than this build's {SCHEMA_VERSION}, and cannot be upgraded here ({e}); run `hedge-scheduler run` or `run-once` once as a user who can write it",
                     path.display()
                 ))

@@ -451,7 +451,7 @@ async fn acquire(
         }
     })
     .await
-    .map_err(|e| Error::Other(format!("internal error: {e}")))?;
+    .map_err(|e| Error::Internal(e.to_string()))?;
     match on_busy {
         OnBusy::Refuse => Ok(Err(holder)),
         OnBusy::Skip => {
@@ -464,8 +464,8 @@ async fn acquire(
             let id = req.job.id.clone();
             let wait = tokio::task::spawn_blocking(move || JobLock::acquire(&config, &id));
             tokio::select! {
-                lock = wait => lock.map_err(|e| Error::Other(format!("waiting for the job's lock failed: {e}")))?.map(Ok),
-                reason = cancelled(cancel) => Err(Error::Other(format!("gave up waiting: {reason}"))),
+                lock = wait => lock.map_err(|e| Error::Internal(format!("waiting for the job's lock failed: {e}")))?.map(Ok),
+                reason = cancelled(cancel) => Err(Error::Interrupted(format!("gave up waiting: {reason}"))),
             }
         }
     }

@@ -73,7 +73,7 @@ pub(crate) fn ready_forks(
                 position: config.python.preload_at,
                 message: format!("python.preload: {message}"),
             }),
-            super::StartError::Other(message) => Error::Other(message),
+            super::StartError::Other(message) => Error::ForkServer(message),
         })?;
     }
     Ok(())
