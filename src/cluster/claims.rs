@@ -76,14 +76,17 @@ impl Coordinator {
         .await;
         let row = match result {
             Err(_) => {
-                self.lost_since("claim: no answer in time", sent);
+                self.lost_since(
+                    "claim: no answer in time",
+                    lost_at(sent, true, CALL_TIMEOUT),
+                );
                 return Attempt::Done(Claim::Unreachable("claim: no answer in time".into()));
             }
             Ok(Err(e)) if is_live_conflict(&e) => return self.overlap(req, epoch).await,
             Ok(Err(e)) => {
                 let why = format!("claim: {}", pg_error(&e));
-                if e.as_db_error().is_none() {
-                    self.lost_since(&why, sent);
+                if connection_in_doubt(&e) {
+                    self.lost_since(&why, Instant::now());
                 }
                 return Attempt::Done(Claim::Unreachable(why));
             }

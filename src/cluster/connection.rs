@@ -93,7 +93,7 @@ pub(super) struct Release {
 pub(super) struct CallError {
     pub(super) message: String,
     pub(super) connection: bool,
-    /// When the call was made: the database was reachable before it, as far as it knows.
+    /// When the database was found gone (`lost_at`).
     pub(super) sent: Instant,
 }
 
@@ -109,6 +109,32 @@ impl From<CallError> for String {
     }
 }
 
+/// Whether an error of the server (or of the connection) leaves the connection in doubt: any
+/// error that is not a statement the server refused, a query cancelled (a server-side timeout:
+/// the server is slow or stuck), a connection exception (08) or an operator intervention (57,
+/// a shutdown).
+pub(super) fn connection_in_doubt(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_none_or(|db| {
+        db.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED
+            || db.code().code().starts_with("08")
+            || db.code().code().starts_with("57")
+    })
+}
+
+/// When the database was found gone, for a call sent at `sent` that failed now: its send time
+/// if it hung until its timeout (the database stopped answering then), else now (an error that
+/// came later than the timeout, or at all, says the database was there when the call was sent,
+/// as far as this node knows: it may have been stopped meanwhile, and a send time from before a
+/// pause would place the loss before it).
+pub(super) fn lost_at(sent: Instant, timed_out: bool, timeout: Duration) -> Instant {
+    let now = Instant::now();
+    if timed_out && now.saturating_duration_since(sent) < timeout + Duration::from_secs(1) {
+        sent
+    } else {
+        now
+    }
+}
+
 /// A database call with the client-side timeout.
 pub(super) async fn call<T>(
     what: &str,
@@ -118,15 +144,9 @@ pub(super) async fn call<T>(
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(CallError {
-            sent,
+            sent: lost_at(sent, false, CALL_TIMEOUT),
             message: format!("{what}: {}", pg_error(&e)),
-            // A statement the server refused leaves the connection usable; only a timeout
-            // on the server's side (the server is slow or stuck) puts it in doubt.
-            connection: e.as_db_error().is_none_or(|db| {
-                db.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED
-                    || db.code().code().starts_with("08")
-                    || db.code().code().starts_with("57")
-            }),
+            connection: connection_in_doubt(&e),
         }),
         Err(_) => Err(CallError {
             message: format!(
@@ -134,7 +154,7 @@ pub(super) async fn call<T>(
                 humantime::format_duration(CALL_TIMEOUT)
             ),
             connection: true,
-            sent,
+            sent: lost_at(sent, true, CALL_TIMEOUT),
         }),
     }
 }
@@ -296,7 +316,7 @@ impl Coordinator {
         .await
         {
             Ok(row) => self.locked = row.get(0),
-            Err(e) => tracing::debug!("cluster presence lock: {e}"),
+            Err(e) => self.fail(&e),
         }
     }
 

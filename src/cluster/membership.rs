@@ -89,6 +89,7 @@ impl Coordinator {
                 && r.get::<_, String>(1) == boot
                 && !crate::process::scheduler_alive(i64::from(r.get::<_, i32>(2)))
         });
+        let sent = Instant::now();
         let row = call(
             "join",
             client.query_opt(
@@ -166,7 +167,12 @@ impl Coordinator {
             fence: None,
             degraded: false,
         }));
-        self.set_view(|v| v.epoch = Some(epoch));
+        // A new lease, from the join's send.
+        self.set_view(|v| {
+            v.epoch = Some(epoch);
+            v.renewed_at = Some(sent);
+            v.unreachable_at = None;
+        });
         tracing::info!(
             "🤝 joined the cluster at {} as node {} (epoch {epoch}, priority {}){}",
             self.cfg.database_shown,
@@ -371,7 +377,7 @@ impl Coordinator {
     /// amount beyond `max_clock_skew` (then the early-claim guard would silence the cluster).
     pub(super) async fn check_clocks(&mut self) {
         let Some(client) = &self.client else { return };
-        let Ok(rows) = call(
+        let rows = match call(
             "clocks",
             client.query(
                 "SELECT clock_offset_ms, node FROM nodes WHERE state = 'alive' AND lease_until > now()",
@@ -379,8 +385,12 @@ impl Coordinator {
             ),
         )
         .await
-        else {
-            return;
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.fail(&e);
+                return;
+            }
         };
         // Every live node must have measured its clock: one that has not yet might agree with
         // the database, and then the database is not the odd one.

@@ -97,29 +97,16 @@ pub struct View {
 }
 
 impl View {
-    /// Whether this primary may run `slot` alone (`on_database_loss = "primary"`). Yes if it
-    /// lost the database while its lease still held: nobody can have declared it dead since
-    /// (unless it alone was cut off, which the policy allows for). A node that lost the database
-    /// only after its lease ran out (it was stopped, frozen or starved past it) may have been
-    /// declared dead while the database was up and a standby given its slots: it does not run a
-    /// slot that came before it found the database gone (the nemesis: a primary stopped past
-    /// its lease woke to a database stop and ran the slot a standby had run). Later slots no
-    /// standby could claim. Before the first renewal, nothing says otherwise.
-    pub fn may_run_alone(&self, slot: DateTime<Utc>, lease: Duration) -> bool {
-        if !self.lease_ran_out_first(lease) {
-            return true;
-        }
-        let Some(lost) = self.unreachable_at else {
-            return true;
-        };
-        // When it found the database gone, on the cluster's clock.
-        let found = match self.anchor {
-            Some((at, db)) if lost >= at => {
-                db + chrono::Duration::from_std(lost - at).unwrap_or_default()
-            }
-            _ => return false,
-        };
-        slot > found
+    /// Whether this primary may run a slot alone (`on_database_loss = "primary"`): only if it
+    /// lost the database while its lease still held, so nobody can have declared it dead since
+    /// (unless it alone was cut off, which the policy allows for). A node that lost it only
+    /// after its lease ran out (it was stopped, frozen or starved past it) may have been declared
+    /// dead while the database was up, and a standby may reach the database before it does: it
+    /// runs nothing alone until it has renewed (the nemesis: a primary stopped past its lease
+    /// woke to a database stop and ran the slot a standby had run; another, resumed as the
+    /// database came back, ran alone the slot a standby claimed a moment later).
+    pub fn may_run_alone(&self, lease: Duration) -> bool {
+        !self.lease_ran_out_first(lease)
     }
 
     /// Whether this node's lease ran out before it found the database gone: it may have been
@@ -592,41 +579,45 @@ pub fn valid_until(
 mod tests {
     use super::*;
 
-    /// `may_run_alone`, in a table: a primary that lost the database while its lease held runs
-    /// every slot alone; one that lost it only after its lease ran out runs only the slots that
-    /// came after it found the database gone.
+    /// `may_run_alone`, in a table: a primary that lost the database while its lease held
+    /// runs alone; one that lost it only after its lease ran out does not (until it renews).
     #[test]
-    fn a_primary_runs_alone_only_what_no_standby_can_have_run() {
+    fn a_primary_runs_alone_only_while_nobody_can_have_declared_it_dead() {
         let t0 = Instant::now();
-        let db0 = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
         let lease = Duration::from_secs(2);
-        let secs = |s: f64| Duration::from_secs_f64(s);
-        let at = |s: i64| db0 + chrono::Duration::milliseconds(s);
-        // (renewed at, found the database gone at, slot, may run alone)
-        let table: [(Option<f64>, Option<f64>, i64, bool); 6] = [
-            (None, Some(5.0), 0, true),
-            (Some(0.0), None, 0, true),
-            // Lost while the lease held: every slot, even one before.
-            (Some(0.0), Some(1.5), 1_000, true),
-            (Some(0.0), Some(1.5), 3_000, true),
-            // Stopped past the lease, then found it gone at 4.3 s.
-            (Some(0.0), Some(4.3), 4_000, false),
-            (Some(0.0), Some(4.3), 6_000, true),
+        let secs = |s: f64| t0 + Duration::from_secs_f64(s);
+        // (renewed at, found the database gone at, may run alone)
+        let table: [(Option<f64>, Option<f64>, bool); 5] = [
+            (None, Some(5.0), true),
+            (Some(0.0), None, true),
+            (Some(0.0), Some(1.5), true),
+            (Some(0.0), Some(2.0), false),
+            (Some(0.0), Some(4.3), false),
         ];
-        for (renewed, lost, slot, want) in table {
+        for (renewed, lost, want) in table {
             let view = View {
-                anchor: Some((t0, db0)),
-                renewed_at: renewed.map(|r| t0 + secs(r)),
-                unreachable_at: lost.map(|l| t0 + secs(l)),
+                renewed_at: renewed.map(secs),
+                unreachable_at: lost.map(secs),
                 ..View::default()
             };
             assert_eq!(
-                view.may_run_alone(at(slot), lease),
+                view.may_run_alone(lease),
                 want,
-                "renewed {renewed:?}, lost {lost:?}, slot +{slot} ms"
+                "renewed {renewed:?}, lost {lost:?}"
             );
         }
+    }
+
+    /// The instant the database was found gone: a call that hung until its timeout found it
+    /// gone when it was sent; one that failed otherwise, or long after (a pause), when it failed.
+    #[test]
+    fn the_database_is_lost_when_a_hung_call_was_sent_else_when_the_failure_came() {
+        let timeout = Duration::from_secs(3);
+        let now = Instant::now();
+        let hung = now - Duration::from_millis(3_050);
+        assert_eq!(connection::lost_at(hung, true, timeout), hung);
+        let paused = now - Duration::from_secs(6);
+        assert!(connection::lost_at(paused, true, timeout) >= now);
+        assert!(connection::lost_at(paused, false, timeout) >= now);
     }
 }

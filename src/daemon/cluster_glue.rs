@@ -61,9 +61,7 @@ pub(super) async fn claim(
             // while its lease held.
             let primary = node.config.priority == 0
                 && (policy != DatabaseLoss::Primary
-                    || node
-                        .view()
-                        .may_run_alone(req.scheduled_at, node.config.lease));
+                    || node.view().may_run_alone(node.config.lease));
             match (policy, primary) {
                 (DatabaseLoss::Run, _) | (DatabaseLoss::Primary, true) => {
                     node.mark_degraded(&job.id, req.scheduled_at);
@@ -88,7 +86,7 @@ pub(super) async fn claim(
                         policy.as_str(),
                         match policy {
                             DatabaseLoss::Primary if node.config.priority == 0 => {
-                                ": this primary's lease ran out before it found the database gone (it was stopped or starved), and a standby may have run the slot"
+                                ": this primary's lease ran out before it found the database gone (it was stopped or starved): a standby may have the slot, so it runs nothing alone until it renews"
                             }
                             DatabaseLoss::Primary => ": only the priority-0 node runs",
                             _ => "",

@@ -255,119 +255,43 @@ pub async fn run(
     let inflight = crate::contain::InFlight::begin(&uid);
     // Kept to record the run even if it cannot begin (its log cannot be opened, say).
     let start_copy = run.clone();
-    let (run_id, log, exec, ended_at) = match job.executor {
+    let ran = match job.executor {
         Executor::Subprocess | Executor::Fork => {
-            // One hand-off: a fork server ready (for a fork run), open the log, wait for the
-            // slot's instant and record the start.
-            let env2 = env.clone();
-            let at = req.not_before;
-            let fork = job.executor == Executor::Fork;
-            let begun = tokio::task::spawn_blocking(move || {
-                let server = fork.then(|| env2.forks.server(&env2.config, &env2.python));
-                begin_blocking(&env2, run, at).map(|begun| (begun, server))
-            })
-            .await;
-            let ((run_id, started_at, log), server) = match begun {
-                Ok(Ok(begun)) => begun,
-                Ok(Err(e)) => return not_started(env, report, start_copy, e.to_string()),
-                Err(e) => {
-                    report.error = Some(format!("internal error: {e}"));
-                    report.finished_at = Utc::now();
-                    return report;
-                }
-            };
-            report.run_id = Some(run_id);
-            report.run_uid = Some(uid.clone());
-            report.started_at = started_at;
-            let context = run_context(&env.config, &job, &req, run_id, &uid).to_string();
-            let exec = match server {
-                None => {
-                    run_subprocess(
-                        env,
-                        &job,
-                        (run_id, &uid),
-                        &context,
-                        &log,
-                        &mut cancel,
-                        &events,
-                    )
-                    .await
-                }
-                Some(server) => {
-                    let exec = fork::run_fork(
-                        env,
-                        server,
-                        &job,
-                        (run_id, &uid),
-                        &context,
-                        &log,
-                        &mut cancel,
-                        &events,
-                    )
-                    .await;
-                    // A server grown stale is replaced now, not when the next slot comes.
-                    let env2 = env.clone();
-                    drop(tokio::task::spawn_blocking(move || {
-                        if let Err(e) = env2.forks.warm(&env2.config, &env2.python) {
-                            tracing::warn!("🍴 no fork server for the next run yet: {e}");
-                        }
-                    }));
-                    exec
-                }
-            };
-            // The run ends as the job is let go: a run waiting for the job starts after it.
-            let ended_at = Utc::now();
-            drop(lock);
-            (run_id, log, exec, ended_at)
-        }
-        #[cfg(not(feature = "embedded"))]
-        Executor::Pyo3 => {
-            return not_started(
+            run_process(
                 env,
+                &req,
                 report,
-                start_copy,
-                "this hedge-scheduler was built without the embedded interpreter".to_string(),
-            );
-        }
-        #[cfg(feature = "embedded")]
-        Executor::Pyo3 => {
-            let context = run_context(&env.config, &job, &req, 0, &uid);
-            match run_embedded(
-                env,
-                &job,
-                run,
-                req.not_before,
-                context,
+                (run, start_copy),
+                lock,
                 &mut cancel,
                 &events,
-                lock,
             )
             .await
-            {
-                Ok(done) => {
-                    report.run_id = Some(done.run_id);
-                    report.run_uid = Some(uid.clone());
-                    report.started_at = done.started_at;
-                    if let Some((outcome, end)) = done.recorded {
-                        // Judged and recorded on the run's own thread already.
-                        report.outcome = outcome;
-                        report.finished_at = end.finished_at.unwrap_or_else(Utc::now);
-                        report.error = end.error;
-                        report.exit_code = end.exit_code;
-                        report.result = end.result;
-                        report.entered_at = end.entered_at;
-                        return report;
-                    }
-                    let Some(log) = done.log else {
-                        report.error = Some("the job's thread never started".to_string());
-                        report.finished_at = Utc::now();
-                        return report;
-                    };
-                    (done.run_id, log, done.exec, Utc::now())
-                }
-                Err(e) => return not_started(env, report, start_copy, e.to_string()),
-            }
         }
+        #[cfg(not(feature = "embedded"))]
+        Executor::Pyo3 => Err(not_started(
+            env,
+            report,
+            start_copy,
+            "this hedge-scheduler was built without the embedded interpreter".to_string(),
+        )),
+        #[cfg(feature = "embedded")]
+        Executor::Pyo3 => {
+            run_in_process(
+                env,
+                &req,
+                report,
+                (run, start_copy),
+                lock,
+                &mut cancel,
+                &events,
+            )
+            .await
+        }
+    };
+    let (mut report, (run_id, log, exec, ended_at)) = match ran {
+        Ok(ran) => ran,
+        Err(report) => return report,
     };
 
     drop(inflight);
@@ -392,6 +316,129 @@ pub async fn run(
     #[cfg(not(feature = "embedded"))]
     let _ = (stuck, run_id, events);
     report
+}
+
+/// What a run that was made leaves to judge: its row's id, its log, the executor's account and
+/// when it ended.
+type Ran = (i64, Arc<JobLog>, Execution, DateTime<Utc>);
+
+/// A subprocess or fork run: a fork server ready (for a fork run), the log open, the slot's
+/// instant waited for and the start recorded in one hand-off; then the run. `Err`: the report
+/// of a run that could not be made.
+async fn run_process(
+    env: &RunEnv,
+    req: &RunRequest,
+    mut report: RunReport,
+    (run, start_copy): (StartRow, StartRow),
+    lock: JobLock,
+    cancel: &mut watch::Receiver<Option<String>>,
+    events: &Option<mpsc::UnboundedSender<RunEvent>>,
+) -> std::result::Result<(RunReport, Ran), RunReport> {
+    let job = Arc::clone(&req.job);
+    let uid = run.uid.clone();
+    // One hand-off: a fork server ready (for a fork run), open the log, wait for the
+    // slot's instant and record the start.
+    let env2 = env.clone();
+    let at = req.not_before;
+    let fork = job.executor == Executor::Fork;
+    let begun = tokio::task::spawn_blocking(move || {
+        let server = fork.then(|| env2.forks.server(&env2.config, &env2.python));
+        begin_blocking(&env2, run, at).map(|begun| (begun, server))
+    })
+    .await;
+    let ((run_id, started_at, log), server) = match begun {
+        Ok(Ok(begun)) => begun,
+        Ok(Err(e)) => return Err(not_started(env, report, start_copy, e.to_string())),
+        Err(e) => {
+            report.error = Some(format!("internal error: {e}"));
+            report.finished_at = Utc::now();
+            return Err(report);
+        }
+    };
+    report.run_id = Some(run_id);
+    report.run_uid = Some(uid.clone());
+    report.started_at = started_at;
+    let context = run_context(&env.config, &job, req, run_id, &uid).to_string();
+    let exec = match server {
+        None => run_subprocess(env, &job, (run_id, &uid), &context, &log, cancel, events).await,
+        Some(server) => {
+            let exec = fork::run_fork(
+                env,
+                server,
+                &job,
+                (run_id, &uid),
+                &context,
+                &log,
+                cancel,
+                events,
+            )
+            .await;
+            // A server grown stale is replaced now, not when the next slot comes.
+            let env2 = env.clone();
+            drop(tokio::task::spawn_blocking(move || {
+                if let Err(e) = env2.forks.warm(&env2.config, &env2.python) {
+                    tracing::warn!("🍴 no fork server for the next run yet: {e}");
+                }
+            }));
+            exec
+        }
+    };
+    // The run ends as the job is let go: a run waiting for the job starts after it.
+    let ended_at = Utc::now();
+    drop(lock);
+    Ok((report, (run_id, log, exec, ended_at)))
+}
+
+/// A pyo3 run, on the job's own Python thread (judged and recorded there when it ends there).
+/// `Err`: the report of a run that ended on its thread, or could not be made.
+#[cfg(feature = "embedded")]
+async fn run_in_process(
+    env: &RunEnv,
+    req: &RunRequest,
+    mut report: RunReport,
+    (run, start_copy): (StartRow, StartRow),
+    lock: JobLock,
+    cancel: &mut watch::Receiver<Option<String>>,
+    events: &Option<mpsc::UnboundedSender<RunEvent>>,
+) -> std::result::Result<(RunReport, Ran), RunReport> {
+    let job = Arc::clone(&req.job);
+    let uid = run.uid.clone();
+    let context = run_context(&env.config, &job, req, 0, &uid);
+    match run_embedded(
+        env,
+        &job,
+        run,
+        req.not_before,
+        context,
+        cancel,
+        events,
+        lock,
+    )
+    .await
+    {
+        Ok(done) => {
+            report.run_id = Some(done.run_id);
+            report.run_uid = Some(uid.clone());
+            report.started_at = done.started_at;
+            if let Some((outcome, end)) = done.recorded {
+                // Judged and recorded on the run's own thread already.
+                report.outcome = outcome;
+                report.finished_at = end.finished_at.unwrap_or_else(Utc::now);
+                report.error = end.error;
+                report.exit_code = end.exit_code;
+                report.result = end.result;
+                report.entered_at = end.entered_at;
+                return Err(report);
+            }
+            let Some(log) = done.log else {
+                report.error = Some("the job's thread never started".to_string());
+                report.finished_at = Utc::now();
+                return Err(report);
+            };
+            Ok((report, (done.run_id, log, done.exec, Utc::now())))
+        }
+        Err(e) => Err(not_started(env, report, start_copy, e.to_string())),
+    }
 }
 
 /// Returns at wall-clock instant `at` (or at once if it has passed), to within tens of
