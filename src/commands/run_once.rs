@@ -73,27 +73,7 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
         let run = runner::run(&env, req, cancel_rx, None, on_busy);
         tokio::pin!(run);
         // Whatever stops us, the job's process group goes first and the row says why.
-        let stop_signal = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let kinds = [
-                (SignalKind::interrupt(), "SIGINT"),
-                (SignalKind::terminate(), "SIGTERM"),
-                (SignalKind::hangup(), "SIGHUP"),
-            ];
-            let mut streams = Vec::new();
-            for (kind, name) in kinds {
-                if let Ok(s) = signal(kind) {
-                    streams.push((s, name));
-                }
-            }
-            let waits = streams.iter_mut().map(|(s, name)| {
-                Box::pin(async move {
-                    s.recv().await;
-                    *name
-                })
-            });
-            futures_select_first(waits.collect()).await
-        };
+        let stop_signal = stop_signal();
         // Cluster mode: another node's slot may replace this run (its overlap `replace`).
         let replaced = async {
             match manual.as_ref().map(|m| m.cancel.clone()) {
@@ -126,11 +106,64 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     }
     // A stuck embedded thread must not keep the process alive.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    let unwritten = close_history(&recorder, &env.config.scheduler.history);
+    if let Some(holder) = &report.busy {
+        return Err(Error::Busy(format!(
+            "`{job_id}` is already running: {holder} (use --wait to wait for it)"
+        )));
+    }
+    print_report(&env.config, job_id, &report, json)?;
+    // A run the history could not take is not a clean success: say so by the exit code.
+    Ok(if report.outcome == Outcome::Success && unwritten == 0 {
+        0
+    } else {
+        1
+    })
+}
+
+/// The first of several futures to finish (all of the same output).
+async fn futures_select_first<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> F::Output {
+    std::future::poll_fn(move |cx| {
+        for f in futures.iter_mut() {
+            if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(out);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// The first of SIGINT, SIGTERM and SIGHUP to come, by name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::hangup(), "SIGHUP"),
+    ];
+    let mut streams = Vec::new();
+    for (kind, name) in kinds {
+        if let Ok(s) = signal(kind) {
+            streams.push((s, name));
+        }
+    }
+    let waits = streams.iter_mut().map(|(s, name)| {
+        Box::pin(async move {
+            s.recv().await;
+            *name
+        })
+    });
+    futures_select_first(waits.collect()).await
+}
+
+/// Closes the history (its writes waited for, up to 10 s); how many it refused, said on stderr.
+fn close_history(recorder: &history::Recorder, history: &std::path::Path) -> usize {
     let unwritten = recorder.close(std::time::Duration::from_secs(10));
     if unwritten > 0 {
         eprintln!(
             "warning: the history `{}` refused {} ({}); {}",
-            env.config.scheduler.history.display(),
+            history.display(),
             crate::fmt::n(unwritten, "write"),
             recorder.health().problem.map(|p| p.1).unwrap_or_default(),
             match recorder.spill_path() {
@@ -142,15 +175,20 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
             }
         );
     }
-    if let Some(holder) = &report.busy {
-        return Err(Error::Busy(format!(
-            "`{job_id}` is already running: {holder} (use --wait to wait for it)"
-        )));
-    }
+    unwritten
+}
+
+/// What `run-once` prints: the run's row (`--json`), or a line with its outcome.
+fn print_report(
+    config: &Config,
+    job_id: &str,
+    report: &runner::RunReport,
+    json: bool,
+) -> Result<()> {
     if json {
         // Found by the run's own identity: its id may have changed if another process took it.
         let row = match &report.run_uid {
-            Some(uid) => History::open_read_only(&env.config.scheduler.history)
+            Some(uid) => History::open_read_only(&config.scheduler.history)
                 .ok()
                 .flatten()
                 .and_then(|h| h.run_by_uid(uid).ok().flatten()),
@@ -185,32 +223,11 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
                     println!(
                         "   its output and traceback: `{} logs {job_id} --run {id}` (in {})",
                         crate::cli::invocation(),
-                        env.config
-                            .job_log_dir()
-                            .join(format!("{job_id}.log"))
-                            .display()
+                        config.job_log_dir().join(format!("{job_id}.log")).display()
                     );
                 }
             }
         }
     }
-    // A run the history could not take is not a clean success: say so by the exit code.
-    Ok(if report.outcome == Outcome::Success && unwritten == 0 {
-        0
-    } else {
-        1
-    })
-}
-
-/// The first of several futures to finish (all of the same output).
-async fn futures_select_first<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> F::Output {
-    std::future::poll_fn(move |cx| {
-        for f in futures.iter_mut() {
-            if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready(out);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
+    Ok(())
 }
