@@ -131,103 +131,160 @@ pub fn gather_from(
         .unwrap_or_default();
     kept.paused.retain(|_, p| p.until.is_none_or(|u| u > now));
     let mut jobs = Vec::new();
+    let seen = Seen {
+        history,
+        running: &running_rows,
+        stuck: &stuck_rows,
+        kept: &kept,
+        calendar: &calendar,
+        day: (day_start, day_end),
+        now,
+    };
     for job in &config.jobs {
-        let last = match history {
-            Some(h) => h.last_run(&job.id)?,
-            None => None,
-        };
-        // A `running` row counts only while the process that owns it is alive.
-        let running = running_rows
-            .iter()
-            .rfind(|r| r.job == job.id && r.owner_pid.is_some_and(crate::process::scheduler_alive));
-        // The last run that ended; a `running` row whose owner died is reported, not shown.
-        let last_done = match &last {
-            Some(l) if l.outcome == Outcome::Running => match history {
-                Some(h) => h
-                    .runs(Some(&job.id), 50)?
-                    .into_iter()
-                    .find(|x| !matches!(x.outcome, Outcome::Running | Outcome::Skipped)),
-                None => None,
-            },
-            _ => last,
-        };
-        for orphan in running_rows.iter().filter(|r| {
-            r.job == job.id && !r.owner_pid.is_some_and(crate::process::scheduler_alive)
-        }) {
-            warnings.push(format!(
-                "{}: run {} was left `running` by a process that died; the daemon marks it abandoned when it starts",
-                job.id, orphan.id
-            ));
-        }
-        let stuck = stuck_rows.iter().rfind(|r| r.job == job.id);
-        if let Some(r) = stuck {
-            warnings.push(format!(
-                "{}: run {} timed out but its thread is stuck in native code (since {}); the job is held until it returns",
-                job.id,
-                r.id,
-                local(Some(&r.started_at), tz)
-            ));
-        }
-        let (done, failed) = match history {
-            Some(h) => h.day_counts(&job.id, day_start, day_end)?,
-            None => (0, 0),
-        };
-        jobs.push(JobStatus {
-            job: job.id.clone(),
-            name: job.name.clone(),
-            schedule: job.trigger.schedule.to_string(),
-            market_hours: job.trigger.market_hours,
-            executor: job.executor.as_str().to_string(),
-            running: running.is_some() || stuck.is_some(),
-            stuck: stuck.is_some(),
-            running_run_id: running.or(stuck).map(|r| r.id),
-            running_pid: running.and_then(|r| r.pid),
-            running_since: running.or(stuck).map(|r| r.started_at.clone()),
-            last_outcome: last_done.as_ref().map(|r| r.outcome.to_string()),
-            last_started_at: last_done.as_ref().map(|r| r.started_at.clone()),
-            last_finished_at: last_done.as_ref().and_then(|r| r.finished_at.clone()),
-            last_duration_ms: last_done.as_ref().and_then(|r| r.duration_ms),
-            last_error: last_done.as_ref().and_then(|r| r.error.clone()),
-            next_fire_at: job
-                .trigger
-                .next_fire_after(&calendar, now)
-                .filter(|_| job.enabled)
-                .map(|t| rfc3339_in(t, tz)),
-            enabled: job.enabled,
-            slots_today_done: done,
-            slots_today_expected: if job.enabled {
-                job.trigger.count_between(&calendar, day_start, day_end)
-            } else {
-                0
-            },
-            failures_today: failed,
-            node: None,
-            duplicates_today: 0,
-            paused: kept.paused.contains_key(&job.id),
-            paused_until: kept
-                .paused
-                .get(&job.id)
-                .and_then(|p| p.until)
-                .map(|t| rfc3339_in(t, tz)),
-            backfill_pending: kept.backfill.get(&job.id).map_or(0, |spans| {
-                spans
-                    .iter()
-                    .filter_map(|span| {
-                        crate::control::missing_slots(job, &calendar, history, *span, now).ok()
-                    })
-                    .flatten()
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len() as u64
-            }),
-        });
+        jobs.push(job_status(job, &seen, &mut warnings)?);
     }
 
-    // The daemon: its lock says it lives; its heartbeat says whether it still works.
+    let daemon = daemon_status(config, history, daemon.as_ref(), now, &mut warnings)?;
+    let mut status = Status {
+        cluster: None,
+        daemon,
+        jobs,
+        warnings,
+        market: crate::market::at_instant(&calendar, now),
+    };
+    if config.cluster.is_some() {
+        cluster_view(config, &mut status, (day_start, day_end), tz);
+    }
+    Ok(status)
+}
+
+/// What `gather_from` reads once for every job.
+struct Seen<'a> {
+    history: Option<&'a History>,
+    running: &'a [RunRow],
+    stuck: &'a [RunRow],
+    kept: &'a crate::control::Persisted,
+    calendar: &'a crate::calendar::Calendar,
+    /// Today, in the exchange's zone.
+    day: (DateTime<Utc>, DateTime<Utc>),
+    now: DateTime<Utc>,
+}
+
+/// One job's status (and the warnings about its runs).
+fn job_status(
+    job: &crate::config::Job,
+    seen: &Seen,
+    warnings: &mut Vec<String>,
+) -> Result<JobStatus> {
+    let last = match seen.history {
+        Some(h) => h.last_run(&job.id)?,
+        None => None,
+    };
+    // A `running` row counts only while the process that owns it is alive.
+    let running = seen
+        .running
+        .iter()
+        .rfind(|r| r.job == job.id && r.owner_pid.is_some_and(crate::process::scheduler_alive));
+    // The last run that ended; a `running` row whose owner died is reported, not shown.
+    let last_done = match &last {
+        Some(l) if l.outcome == Outcome::Running => match seen.history {
+            Some(h) => h
+                .runs(Some(&job.id), 50)?
+                .into_iter()
+                .find(|x| !matches!(x.outcome, Outcome::Running | Outcome::Skipped)),
+            None => None,
+        },
+        _ => last,
+    };
+    for orphan in seen
+        .running
+        .iter()
+        .filter(|r| r.job == job.id && !r.owner_pid.is_some_and(crate::process::scheduler_alive))
+    {
+        warnings.push(format!(
+            "{}: run {} was left `running` by a process that died; the daemon marks it abandoned when it starts",
+            job.id, orphan.id
+        ));
+    }
+    let stuck = seen.stuck.iter().rfind(|r| r.job == job.id);
+    if let Some(r) = stuck {
+        warnings.push(format!(
+            "{}: run {} timed out but its thread is stuck in native code (since {}); the job is held until it returns",
+            job.id,
+            r.id,
+            local(Some(&r.started_at), seen.calendar.tz())
+        ));
+    }
+    let (done, failed) = match seen.history {
+        Some(h) => h.day_counts(&job.id, seen.day.0, seen.day.1)?,
+        None => (0, 0),
+    };
+    Ok(JobStatus {
+        job: job.id.clone(),
+        name: job.name.clone(),
+        schedule: job.trigger.schedule.to_string(),
+        market_hours: job.trigger.market_hours,
+        executor: job.executor.as_str().to_string(),
+        running: running.is_some() || stuck.is_some(),
+        stuck: stuck.is_some(),
+        running_run_id: running.or(stuck).map(|r| r.id),
+        running_pid: running.and_then(|r| r.pid),
+        running_since: running.or(stuck).map(|r| r.started_at.clone()),
+        last_outcome: last_done.as_ref().map(|r| r.outcome.to_string()),
+        last_started_at: last_done.as_ref().map(|r| r.started_at.clone()),
+        last_finished_at: last_done.as_ref().and_then(|r| r.finished_at.clone()),
+        last_duration_ms: last_done.as_ref().and_then(|r| r.duration_ms),
+        last_error: last_done.as_ref().and_then(|r| r.error.clone()),
+        next_fire_at: job
+            .trigger
+            .next_fire_after(seen.calendar, seen.now)
+            .filter(|_| job.enabled)
+            .map(|t| rfc3339_in(t, seen.calendar.tz())),
+        enabled: job.enabled,
+        slots_today_done: done,
+        slots_today_expected: if job.enabled {
+            job.trigger
+                .count_between(seen.calendar, seen.day.0, seen.day.1)
+        } else {
+            0
+        },
+        failures_today: failed,
+        node: None,
+        duplicates_today: 0,
+        paused: seen.kept.paused.contains_key(&job.id),
+        paused_until: seen
+            .kept
+            .paused
+            .get(&job.id)
+            .and_then(|p| p.until)
+            .map(|t| rfc3339_in(t, seen.calendar.tz())),
+        backfill_pending: seen.kept.backfill.get(&job.id).map_or(0, |spans| {
+            spans
+                .iter()
+                .filter_map(|span| {
+                    crate::control::missing_slots(job, seen.calendar, seen.history, *span, seen.now)
+                        .ok()
+                })
+                .flatten()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len() as u64
+        }),
+    })
+}
+
+/// The daemon's status: its lock says it lives; its heartbeat says whether it still works.
+fn daemon_status(
+    config: &Config,
+    history: Option<&History>,
+    daemon: Option<&DaemonInfo>,
+    now: DateTime<Utc>,
+    warnings: &mut Vec<String>,
+) -> Result<DaemonStatus> {
     let state = daemon
         .as_ref()
         .and_then(|_| crate::health::read_state(&config.scheduler.log_dir))
-        .filter(|s| daemon.as_ref().is_some_and(|d| d.pid == i64::from(s.pid)));
-    let db_beat = match (history, &daemon) {
+        .filter(|s| daemon.is_some_and(|d| d.pid == i64::from(s.pid)));
+    let db_beat = match (history, daemon) {
         (Some(h), Some(d)) => h
             .daemon(d.pid)?
             .and_then(|row| row.heartbeat_at.as_deref().and_then(parse_time)),
@@ -240,7 +297,7 @@ pub fn gather_from(
     if let Some(state) = &state {
         warnings.extend(state.problems.iter().cloned());
     }
-    let started = daemon.as_ref().and_then(|d| d.started_at);
+    let started = daemon.and_then(|d| d.started_at);
     let age = heartbeat.map(|h| (now - h).num_seconds());
     let interval = i64::try_from(config.scheduler.health_interval.as_secs()).unwrap_or(30);
     let responding = daemon.is_some()
@@ -249,33 +306,23 @@ pub fn gather_from(
             // No heartbeat yet: a daemon only just started is given the same slack.
             None => started.is_some_and(|s| (now - s).num_seconds() <= 2 * interval + 1),
         };
-    let mut status = Status {
-        cluster: None,
-        daemon: DaemonStatus {
-            running: daemon.is_some(),
-            pid: daemon.as_ref().map(|d| d.pid),
-            started_at: started.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
-            uptime_seconds: started.map(|s| (now - s).num_seconds()),
-            heartbeat_at: heartbeat.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
-            heartbeat_age_seconds: age,
-            responding,
-            loop_lag_ms: state.as_ref().and_then(|s| s.loop_lag_ms),
-            containment: state.as_ref().and_then(|s| s.containment.clone()),
-            notify_failures: state.as_ref().map_or(0, |s| s.notify_failures),
-            notify_last_error: state.as_ref().and_then(|s| s.notify_last_error.clone()),
-            fork_server: state
-                .as_ref()
-                .and_then(|s| s.fork_server)
-                .filter(|_| daemon.is_some()),
-        },
-        jobs,
-        warnings,
-        market: crate::market::at_instant(&calendar, now),
-    };
-    if config.cluster.is_some() {
-        cluster_view(config, &mut status, (day_start, day_end), tz);
-    }
-    Ok(status)
+    Ok(DaemonStatus {
+        running: daemon.is_some(),
+        pid: daemon.as_ref().map(|d| d.pid),
+        started_at: started.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        uptime_seconds: started.map(|s| (now - s).num_seconds()),
+        heartbeat_at: heartbeat.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        heartbeat_age_seconds: age,
+        responding,
+        loop_lag_ms: state.as_ref().and_then(|s| s.loop_lag_ms),
+        containment: state.as_ref().and_then(|s| s.containment.clone()),
+        notify_failures: state.as_ref().map_or(0, |s| s.notify_failures),
+        notify_last_error: state.as_ref().and_then(|s| s.notify_last_error.clone()),
+        fork_server: state
+            .as_ref()
+            .and_then(|s| s.fork_server)
+            .filter(|_| daemon.is_some()),
+    })
 }
 
 /// Cluster mode: every node's view of the jobs, from the cluster's database; this host's
