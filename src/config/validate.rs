@@ -127,189 +127,9 @@ impl Config {
             })?,
         };
         v.regular = exchange.regular_hours();
-        let scheduler = Scheduler {
-            exchange,
-            log_dir: base.join(raw.scheduler.log_dir.as_deref().unwrap_or(DEFAULT_LOG_DIR)),
-            history: base.join(
-                raw.scheduler
-                    .history
-                    .as_deref()
-                    .unwrap_or("../logs/history.sqlite3"),
-            ),
-            shutdown_grace: v.duration(
-                raw.scheduler.shutdown_grace.as_ref(),
-                "scheduler.shutdown_grace",
-                DEFAULT_SHUTDOWN_GRACE,
-            )?,
-            kill_grace: v.duration(
-                raw.scheduler.kill_grace.as_ref(),
-                "scheduler.kill_grace",
-                DEFAULT_KILL_GRACE,
-            )?,
-            health_interval: v.at_least(
-                raw.scheduler.health_interval.as_ref(),
-                "scheduler.health_interval",
-                Duration::from_secs(30),
-                MIN_INTERVAL,
-            )?,
-            report_interval: v.at_least(
-                raw.scheduler.report_interval.as_ref(),
-                "scheduler.report_interval",
-                Duration::from_secs(300),
-                MIN_INTERVAL,
-            )?,
-            history_retention: v.duration(
-                raw.scheduler.history_retention.as_ref(),
-                "scheduler.history_retention",
-                Duration::from_secs(90 * 86_400),
-            )?,
-            log_files_kept: match &raw.scheduler.log_files_kept {
-                None => 7,
-                Some(n) => usize::try_from(*n.get_ref())
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| {
-                        v.at(
-                            n,
-                            "`scheduler.log_files_kept` must be 1 to 1000".to_string(),
-                        )
-                    })?,
-            },
-            legacy: v.policy(
-                raw.scheduler.legacy.as_ref(),
-                "scheduler.legacy",
-                None,
-                Legacy::Refuse,
-            )?,
-            legacy_scripts: raw
-                .scheduler
-                .legacy_scripts
-                .clone()
-                .unwrap_or_else(|| LEGACY_SCRIPTS.map(String::from).to_vec()),
-            containment: v.policy(
-                raw.scheduler.containment.as_ref(),
-                "scheduler.containment",
-                None,
-                Containment::Auto,
-            )?,
-        };
+        let scheduler = v.scheduler(&raw.scheduler, &base, exchange)?;
 
-        if let (Some(_), Some(venv)) = (&raw.python.executable, &raw.python.venv) {
-            return Err(v.at(
-                venv,
-                "set either `python.executable` or `python.venv`, not both (the venv's interpreter is used)".to_string(),
-            ));
-        }
-        let venv = raw
-            .python
-            .venv
-            .as_ref()
-            .map(|v| normalize(&base.join(v.get_ref())));
-        let probe_timeout = v.duration(
-            raw.python.probe_timeout.as_ref(),
-            "python.probe_timeout",
-            Duration::from_secs(10),
-        )?;
-        let preload = match &raw.python.preload {
-            None => Vec::new(),
-            Some(list) => {
-                let mut names = Vec::new();
-                for name in list.get_ref() {
-                    let ok = !name.get_ref().is_empty()
-                        && name.get_ref().split('.').all(|part| {
-                            part.chars()
-                                .next()
-                                .is_some_and(|c| c.is_alphabetic() || c == '_')
-                                && part.chars().all(|c| c.is_alphanumeric() || c == '_')
-                        });
-                    if !ok {
-                        return Err(v.at(
-                            name,
-                            format!(
-                                "`{}` in `python.preload` is not a module name (expected e.g. \"pandas\", \"hedge_jobs.options_chain\")",
-                                name.get_ref()
-                            ),
-                        ));
-                    }
-                    names.push(name.get_ref().clone());
-                }
-                names
-            }
-        };
-        let fork_max_runs = match &raw.python.fork_max_runs {
-            None => 1000,
-            Some(n) => u32::try_from(*n.get_ref())
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| {
-                    v.at(
-                        n,
-                        "`python.fork_max_runs` must be a whole number of runs, 1 or more"
-                            .to_string(),
-                    )
-                })?,
-        };
-        let fork_max_memory = match &raw.python.fork_max_memory {
-            None => 1024 * 1024 * 1024,
-            Some(m) => parse_size(m.get_ref()).map_err(|why| {
-                v.at(
-                    m,
-                    format!(
-                        "invalid size `{}` for `python.fork_max_memory`: {why} (expected e.g. \"512MiB\", \"2GiB\")",
-                        m.get_ref()
-                    ),
-                )
-            })?,
-        };
-        let python_env = secrets::JobEnv {
-            inherit: raw.python.inherit_env.as_ref().is_none_or(|i| *i.get_ref()),
-            vars: match &raw.python.env_file {
-                Some(f) => v.env_file(f, "python.env_file")?,
-                None => Vec::new(),
-            },
-        };
-        let python = Python {
-            preload,
-            preload_at: raw
-                .python
-                .preload
-                .as_ref()
-                .map(|p| crate::error::line_col(source, p.span().start)),
-            fork_max_runs,
-            fork_max_memory,
-            env: python_env,
-            probe_timeout,
-            executable: match (&venv, &raw.python.executable) {
-                (Some(v), _) => v.join("bin/python").display().to_string(),
-                (None, Some(e)) => e.get_ref().clone(),
-                (None, None) => "python3".to_string(),
-            },
-            venv,
-            executable_at: raw
-                .python
-                .executable
-                .as_ref()
-                .or(raw.python.venv.as_ref())
-                .map(|s| crate::error::line_col(source, s.span().start)),
-            path: raw
-                .python
-                .path
-                .unwrap_or_else(|| vec!["../python_bridge".to_string()])
-                .iter()
-                .map(|p| base.join(p))
-                .collect(),
-            cwd: base.join(
-                raw.python
-                    .cwd
-                    .as_ref()
-                    .map_or(".", |c| c.get_ref().as_str()),
-            ),
-            cwd_at: raw
-                .python
-                .cwd
-                .as_ref()
-                .map(|c| crate::error::line_col(source, c.span().start)),
-        };
+        let python = v.python(raw.python, &base)?;
 
         let calendar_file = raw
             .calendar
@@ -450,6 +270,187 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_JOB_ID: usize = 64;
 /// The largest `args` of a job, as JSON.
 const MAX_ARGS: usize = 100 * 1024;
+
+impl Validator<'_> {
+    /// `[scheduler]`, its paths against the config's folder `base`.
+    fn scheduler(
+        &self,
+        raw: &RawScheduler,
+        base: &Path,
+        exchange: Exchange,
+    ) -> Result<Scheduler, ConfigError> {
+        Ok(Scheduler {
+            exchange,
+            log_dir: base.join(raw.log_dir.as_deref().unwrap_or(DEFAULT_LOG_DIR)),
+            history: base.join(raw.history.as_deref().unwrap_or("../logs/history.sqlite3")),
+            shutdown_grace: self.duration(
+                raw.shutdown_grace.as_ref(),
+                "scheduler.shutdown_grace",
+                DEFAULT_SHUTDOWN_GRACE,
+            )?,
+            kill_grace: self.duration(
+                raw.kill_grace.as_ref(),
+                "scheduler.kill_grace",
+                DEFAULT_KILL_GRACE,
+            )?,
+            health_interval: self.at_least(
+                raw.health_interval.as_ref(),
+                "scheduler.health_interval",
+                Duration::from_secs(30),
+                MIN_INTERVAL,
+            )?,
+            report_interval: self.at_least(
+                raw.report_interval.as_ref(),
+                "scheduler.report_interval",
+                Duration::from_secs(300),
+                MIN_INTERVAL,
+            )?,
+            history_retention: self.duration(
+                raw.history_retention.as_ref(),
+                "scheduler.history_retention",
+                Duration::from_secs(90 * 86_400),
+            )?,
+            log_files_kept: match &raw.log_files_kept {
+                None => 7,
+                Some(n) => usize::try_from(*n.get_ref())
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        self.at(
+                            n,
+                            "`scheduler.log_files_kept` must be 1 to 1000".to_string(),
+                        )
+                    })?,
+            },
+            legacy: self.policy(
+                raw.legacy.as_ref(),
+                "scheduler.legacy",
+                None,
+                Legacy::Refuse,
+            )?,
+            legacy_scripts: raw
+                .legacy_scripts
+                .clone()
+                .unwrap_or_else(|| LEGACY_SCRIPTS.map(String::from).to_vec()),
+            containment: self.policy(
+                raw.containment.as_ref(),
+                "scheduler.containment",
+                None,
+                Containment::Auto,
+            )?,
+        })
+    }
+
+    /// `[python]`, its paths against the config's folder `base`.
+    fn python(&self, raw: RawPython, base: &Path) -> Result<Python, ConfigError> {
+        if let (Some(_), Some(venv)) = (&raw.executable, &raw.venv) {
+            return Err(self.at(
+                venv,
+                "set either `python.executable` or `python.venv`, not both (the venv's interpreter is used)".to_string(),
+            ));
+        }
+        let venv = raw
+            .venv
+            .as_ref()
+            .map(|p| normalize(&base.join(p.get_ref())));
+        let probe_timeout = self.duration(
+            raw.probe_timeout.as_ref(),
+            "python.probe_timeout",
+            Duration::from_secs(10),
+        )?;
+        let preload = match &raw.preload {
+            None => Vec::new(),
+            Some(list) => {
+                let mut names = Vec::new();
+                for name in list.get_ref() {
+                    let ok = !name.get_ref().is_empty()
+                        && name.get_ref().split('.').all(|part| {
+                            part.chars()
+                                .next()
+                                .is_some_and(|c| c.is_alphabetic() || c == '_')
+                                && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+                        });
+                    if !ok {
+                        return Err(self.at(
+                            name,
+                            format!(
+                                "`{}` in `python.preload` is not a module name (expected e.g. \"pandas\", \"hedge_jobs.options_chain\")",
+                                name.get_ref()
+                            ),
+                        ));
+                    }
+                    names.push(name.get_ref().clone());
+                }
+                names
+            }
+        };
+        let fork_max_runs = match &raw.fork_max_runs {
+            None => 1000,
+            Some(n) => u32::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    self.at(
+                        n,
+                        "`python.fork_max_runs` must be a whole number of runs, 1 or more"
+                            .to_string(),
+                    )
+                })?,
+        };
+        let fork_max_memory = match &raw.fork_max_memory {
+            None => 1024 * 1024 * 1024,
+            Some(m) => parse_size(m.get_ref()).map_err(|why| {
+                self.at(
+                    m,
+                    format!(
+                        "invalid size `{}` for `python.fork_max_memory`: {why} (expected e.g. \"512MiB\", \"2GiB\")",
+                        m.get_ref()
+                    ),
+                )
+            })?,
+        };
+        let python_env = secrets::JobEnv {
+            inherit: raw.inherit_env.as_ref().is_none_or(|i| *i.get_ref()),
+            vars: match &raw.env_file {
+                Some(f) => self.env_file(f, "python.env_file")?,
+                None => Vec::new(),
+            },
+        };
+        Ok(Python {
+            preload,
+            preload_at: raw
+                .preload
+                .as_ref()
+                .map(|p| crate::error::line_col(self.source, p.span().start)),
+            fork_max_runs,
+            fork_max_memory,
+            env: python_env,
+            probe_timeout,
+            executable: match (&venv, &raw.executable) {
+                (Some(v), _) => v.join("bin/python").display().to_string(),
+                (None, Some(e)) => e.get_ref().clone(),
+                (None, None) => "python3".to_string(),
+            },
+            venv,
+            executable_at: raw
+                .executable
+                .as_ref()
+                .or(raw.venv.as_ref())
+                .map(|s| crate::error::line_col(self.source, s.span().start)),
+            path: raw
+                .path
+                .unwrap_or_else(|| vec!["../python_bridge".to_string()])
+                .iter()
+                .map(|p| base.join(p))
+                .collect(),
+            cwd: base.join(raw.cwd.as_ref().map_or(".", |c| c.get_ref().as_str())),
+            cwd_at: raw
+                .cwd
+                .as_ref()
+                .map(|c| crate::error::line_col(self.source, c.span().start)),
+        })
+    }
+}
 
 impl Validator<'_> {
     /// A duration key that must be at least `min`.
