@@ -621,133 +621,9 @@ impl Validator<'_> {
         }
         let job_span = raw.span();
         let raw = raw.into_inner();
-        let entry = match (&raw.entry, &raw.command) {
-            (None, None) => {
-                return Err(ConfigError::at(
-                    self.file,
-                    self.source,
-                    job_span.start,
-                    format!(
-                        "missing key `entry` in [{table}] (expected \"module:function\", a script \"path/to/script.py\", or `command = [\"prog\", \"arg\"]`)"
-                    ),
-                ));
-            }
-            (Some(_), Some(c)) => {
-                return Err(self.at(
-                    c,
-                    format!("set either `entry` or `command` in [{table}], not both"),
-                ));
-            }
-            (None, Some(c)) => {
-                if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() {
-                    return Err(self.at(
-                        c,
-                        format!("`command` in [{table}] is empty (expected [\"prog\", \"arg\", ...])"),
-                    ));
-                }
-                Entry::Command(c.get_ref().clone())
-            }
-            (Some(e), None) => parse_entry(e.get_ref()).ok_or_else(|| {
-                self.at(
-                    e,
-                    format!(
-                        "invalid `entry` `{}` in [{table}] (expected \"module:function\", e.g. \"hedge_jobs.options_chain:run\", or a script \"path/to/script.py\")",
-                        e.get_ref()
-                    ),
-                )
-            })?,
-        };
-        let schedule = Schedule::parse(raw.schedule.get_ref()).map_err(|why| {
-            let (what, expected) = if raw.schedule.get_ref().trim_start().starts_with('@') {
-                ("session point", "expected \"@open\", \"@open+5m\", \"@close-10m\"")
-            } else {
-                (
-                    "cron",
-                    "expected e.g. \"0 */3 * * * *\": sec min hour day month weekday, or \"@open+5m\"",
-                )
-            };
-            self.at(
-                &raw.schedule,
-                format!(
-                    "invalid {what} `{}` for `schedule` in [{table}]: {why} ({expected})",
-                    raw.schedule.get_ref()
-                ),
-            )
-        })?;
-        let point = |raw: &Option<Spanned<String>>, key: &str, default: SessionPoint| {
-            match raw {
-            None => Ok(default),
-            Some(s) => SessionPoint::parse(s.get_ref()).map_err(|why| {
-                self.at(
-                    s,
-                    format!(
-                        "invalid `{key}` `{}` in [{table}]: {why} (expected e.g. \"@open-15m\" or \"@close+5m\")",
-                        s.get_ref()
-                    ),
-                )
-            }),
-        }
-        };
-        let window_start = point(&raw.window_start, "window_start", SessionPoint::OPEN)?;
-        let window_end = point(&raw.window_end, "window_end", SessionPoint::CLOSE)?;
-        let market_hours = raw.market_hours.unwrap_or(true);
-        if let Some(w) = raw.window_end.as_ref().or(raw.window_start.as_ref()) {
-            // Checked on a regular session: the window must open before it closes.
-            let session = crate::calendar::Session {
-                date: chrono::NaiveDate::MIN,
-                open: self.regular.0,
-                close: self.regular.1,
-                kind: crate::calendar::SessionKind::Regular,
-            };
-            if window_start.in_session(&session) > window_end.in_session(&session) {
-                return Err(self.at(
-                    w,
-                    format!(
-                        "the window in [{table}] ends ({window_end}) before it starts ({window_start})"
-                    ),
-                ));
-            }
-        }
-        if !market_hours && let Some(w) = raw.window_start.as_ref().or(raw.window_end.as_ref()) {
-            return Err(self.at(
-                w,
-                format!("a window needs `market_hours = true` in [{table}]"),
-            ));
-        }
-        let executor = self.policy(
-            raw.executor.as_ref(),
-            "executor",
-            Some(&table),
-            Executor::Subprocess,
-        )?;
-        if let (Executor::Pyo3, Some(e), false) = (
-            executor,
-            &raw.executor,
-            matches!(entry, Entry::Function { .. }),
-        ) {
-            return Err(self.at(
-                e,
-                format!(
-                    "executor `pyo3` in [{table}] runs a \"module:function\" entry only; scripts and commands run as subprocesses"
-                ),
-            ));
-        }
-        if let (Executor::Fork, Some(e), Entry::Command(_)) = (executor, &raw.executor, &entry) {
-            return Err(self.at(
-                e,
-                format!(
-                    "executor `fork` in [{table}] runs Python (a \"module:function\" entry or a script); a command runs as a subprocess"
-                ),
-            ));
-        }
-        if let (Executor::Pyo3, Some(e), false) = (executor, &raw.executor, super::EMBEDDED) {
-            return Err(self.at(
-                e,
-                format!(
-                    "executor `pyo3` in [{table}]: this hedge-scheduler was built without the embedded interpreter (cargo feature `embedded`); use executor = \"fork\" or \"subprocess\""
-                ),
-            ));
-        }
+        let entry = self.entry(&raw, &table, job_span.start)?;
+        let (schedule, window_start, window_end, market_hours) = self.when(&raw, &table)?;
+        let executor = self.executor(&raw, &table, &entry)?;
         let overlap = self.policy(raw.overlap.as_ref(), "overlap", Some(&table), Overlap::Skip)?;
         let catch_up = self.policy(
             raw.catch_up.as_ref(),
@@ -929,4 +805,151 @@ fn executable(program: &str, cwd: &Path) -> bool {
     }
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| runnable(&dir.join(program))))
+}
+
+impl Validator<'_> {
+    /// A job's `entry` or `command` (exactly one of them); `at` places a missing one.
+    fn entry(&self, raw: &RawJob, table: &str, at: usize) -> Result<Entry, ConfigError> {
+        Ok(match (&raw.entry, &raw.command) {
+            (None, None) => {
+                return Err(ConfigError::at(
+                    self.file,
+                    self.source,
+                    at,
+                    format!(
+                        "missing key `entry` in [{table}] (expected \"module:function\", a script \"path/to/script.py\", or `command = [\"prog\", \"arg\"]`)"
+                    ),
+                ));
+            }
+            (Some(_), Some(c)) => {
+                return Err(self.at(
+                    c,
+                    format!("set either `entry` or `command` in [{table}], not both"),
+                ));
+            }
+            (None, Some(c)) => {
+                if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() {
+                    return Err(self.at(
+                        c,
+                        format!("`command` in [{table}] is empty (expected [\"prog\", \"arg\", ...])"),
+                    ));
+                }
+                Entry::Command(c.get_ref().clone())
+            }
+            (Some(e), None) => parse_entry(e.get_ref()).ok_or_else(|| {
+                self.at(
+                    e,
+                    format!(
+                        "invalid `entry` `{}` in [{table}] (expected \"module:function\", e.g. \"hedge_jobs.options_chain:run\", or a script \"path/to/script.py\")",
+                        e.get_ref()
+                    ),
+                )
+            })?,
+        })
+    }
+
+    /// A job's `schedule`, its window (`window_start`, `window_end`) and `market_hours`.
+    fn when(
+        &self,
+        raw: &RawJob,
+        table: &str,
+    ) -> Result<(Schedule, SessionPoint, SessionPoint, bool), ConfigError> {
+        let schedule = Schedule::parse(raw.schedule.get_ref()).map_err(|why| {
+            let (what, expected) = if raw.schedule.get_ref().trim_start().starts_with('@') {
+                ("session point", "expected \"@open\", \"@open+5m\", \"@close-10m\"")
+            } else {
+                (
+                    "cron",
+                    "expected e.g. \"0 */3 * * * *\": sec min hour day month weekday, or \"@open+5m\"",
+                )
+            };
+            self.at(
+                &raw.schedule,
+                format!(
+                    "invalid {what} `{}` for `schedule` in [{table}]: {why} ({expected})",
+                    raw.schedule.get_ref()
+                ),
+            )
+        })?;
+        let point = |raw: &Option<Spanned<String>>, key: &str, default: SessionPoint| {
+            match raw {
+            None => Ok(default),
+            Some(s) => SessionPoint::parse(s.get_ref()).map_err(|why| {
+                self.at(
+                    s,
+                    format!(
+                        "invalid `{key}` `{}` in [{table}]: {why} (expected e.g. \"@open-15m\" or \"@close+5m\")",
+                        s.get_ref()
+                    ),
+                )
+            }),
+        }
+        };
+        let window_start = point(&raw.window_start, "window_start", SessionPoint::OPEN)?;
+        let window_end = point(&raw.window_end, "window_end", SessionPoint::CLOSE)?;
+        let market_hours = raw.market_hours.unwrap_or(true);
+        if let Some(w) = raw.window_end.as_ref().or(raw.window_start.as_ref()) {
+            // Checked on a regular session: the window must open before it closes.
+            let session = crate::calendar::Session {
+                date: chrono::NaiveDate::MIN,
+                open: self.regular.0,
+                close: self.regular.1,
+                kind: crate::calendar::SessionKind::Regular,
+            };
+            if window_start.in_session(&session) > window_end.in_session(&session) {
+                return Err(self.at(
+                    w,
+                    format!(
+                        "the window in [{table}] ends ({window_end}) before it starts ({window_start})"
+                    ),
+                ));
+            }
+        }
+        if !market_hours && let Some(w) = raw.window_start.as_ref().or(raw.window_end.as_ref()) {
+            return Err(self.at(
+                w,
+                format!("a window needs `market_hours = true` in [{table}]"),
+            ));
+        }
+        Ok((schedule, window_start, window_end, market_hours))
+    }
+
+    /// A job's `executor`, which must suit its entry and this build.
+    fn executor(&self, raw: &RawJob, table: &str, entry: &Entry) -> Result<Executor, ConfigError> {
+        let executor = self.policy(
+            raw.executor.as_ref(),
+            "executor",
+            Some(table),
+            Executor::Subprocess,
+        )?;
+        if let (Executor::Pyo3, Some(e), false) = (
+            executor,
+            &raw.executor,
+            matches!(entry, Entry::Function { .. }),
+        ) {
+            return Err(self.at(
+                e,
+                format!(
+                    "executor `pyo3` in [{table}] runs a \"module:function\" entry only; scripts and commands run as subprocesses"
+                ),
+            ));
+        }
+        if let (Executor::Fork, Some(e), Entry::Command(_)) = (executor, &raw.executor, entry) {
+            return Err(self.at(
+                e,
+                format!(
+                    "executor `fork` in [{table}] runs Python (a \"module:function\" entry or a script); a command runs as a subprocess"
+                ),
+            ));
+        }
+        if let (Executor::Pyo3, Some(e), false) = (executor, &raw.executor, super::EMBEDDED) {
+            return Err(self.at(
+                e,
+                format!(
+                    "executor `pyo3` in [{table}]: this hedge-scheduler was built without the embedded interpreter (cargo feature `embedded`); use executor = \"fork\" or \"subprocess\""
+                ),
+            ));
+        }
+        Ok(executor)
+    }
 }
