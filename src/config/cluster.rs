@@ -178,113 +178,10 @@ pub fn describe_database(config: &tokio_postgres::Config) -> String {
 impl Validator<'_> {
     pub(super) fn cluster(&self, raw: &Spanned<RawCluster>) -> Result<Cluster, ConfigError> {
         let r = raw.get_ref();
-        let from_env = std::env::var(DATABASE_ENV).ok().filter(|s| !s.is_empty());
-        let database = match (&from_env, &r.database) {
-            (Some(env), _) => env.clone(),
-            (None, Some(d)) => d.get_ref().clone(),
-            (None, None) => {
-                return Err(self.at(
-                    raw,
-                    format!(
-                        "missing key `database` in [cluster] (a PostgreSQL connection string, such as \"postgresql://hedge@db.internal/hedge\", or set {DATABASE_ENV})"
-                    ),
-                ));
-            }
-        };
-        let (plain, verify) = split_sslmode(&database);
-        let parsed: tokio_postgres::Config = plain.parse().map_err(|e| {
-            let message = format!(
-                "invalid `database` in [cluster]: {e} (expected \"postgresql://user@host/db\" or \"host=/run/postgresql dbname=hedge\")"
-            );
-            match (&from_env, &r.database) {
-                (None, Some(d)) => self.at(d, message),
-                _ => ConfigError::new(
-                    self.file,
-                    format!("{message}; it comes from {DATABASE_ENV}"),
-                ),
-            }
-        })?;
-        let node = match &r.node {
-            None => hostname(),
-            Some(n) => {
-                let ok = !n.get_ref().is_empty()
-                    && n.get_ref().len() <= 64
-                    && n.get_ref()
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-                if !ok {
-                    return Err(self.at(
-                        n,
-                        format!(
-                            "invalid `node` `{}` in [cluster] (1 to 64 letters, digits, `-`, `_` and `.`)",
-                            n.get_ref()
-                        ),
-                    ));
-                }
-                n.get_ref().clone()
-            }
-        };
-        let priority = match &r.priority {
-            None => 0,
-            Some(p) => u32::try_from(*p.get_ref())
-                .ok()
-                .filter(|p| *p <= 100)
-                .ok_or_else(|| {
-                    self.at(
-                        p,
-                        "`priority` in [cluster] must be 0 to 100 (0 claims first)".to_string(),
-                    )
-                })?,
-        };
-        let ms = Duration::from_millis;
-        let standby_delay = self.at_least(
-            r.standby_delay.as_ref(),
-            "cluster.standby_delay",
-            ms(500),
-            ms(10),
-        )?;
-        let heartbeat =
-            self.at_least(r.heartbeat.as_ref(), "cluster.heartbeat", ms(2000), ms(50))?;
-        let lease = self.duration(r.lease.as_ref(), "cluster.lease", ms(10_000))?;
-        let max_clock_skew = self.duration(
-            r.max_clock_skew.as_ref(),
-            "cluster.max_clock_skew",
-            ms(2000),
-        )?;
-        let place = |key: &Option<Spanned<String>>, message: String| match key {
-            Some(k) => self.at(k, message),
-            None => self.at(raw, message),
-        };
-        if lease <= heartbeat * 3 {
-            return Err(place(
-                &r.lease,
-                format!(
-                    "`lease` in [cluster] ({}) must be more than 3 × `heartbeat` ({}): a node must be able to miss a renewal without being declared dead, and trust its lease (lease − 2 × heartbeat) for longer than a heartbeat",
-                    humantime::format_duration(lease),
-                    humantime::format_duration(heartbeat)
-                ),
-            ));
-        }
-        if standby_delay.saturating_mul(priority) >= lease {
-            return Err(place(
-                &r.standby_delay,
-                format!(
-                    "`priority` × `standby_delay` in [cluster] ({}) must be shorter than `lease` ({}): a standby would wait longer than a takeover",
-                    humantime::format_duration(standby_delay.saturating_mul(priority)),
-                    humantime::format_duration(lease)
-                ),
-            ));
-        }
-        if max_clock_skew * 2 >= lease {
-            return Err(place(
-                &r.max_clock_skew,
-                format!(
-                    "`max_clock_skew` in [cluster] ({}) must be less than half of `lease` ({})",
-                    humantime::format_duration(max_clock_skew),
-                    humantime::format_duration(lease)
-                ),
-            ));
-        }
+        let (plain, verify, parsed) = self.cluster_database(raw)?;
+        let (node, priority) = self.cluster_node(r)?;
+        let (standby_delay, heartbeat, lease, max_clock_skew) =
+            self.cluster_timing(raw, priority)?;
         let schema = match &r.schema {
             None => "hedge_scheduler".to_string(),
             Some(s) => {
@@ -337,7 +234,14 @@ impl Validator<'_> {
         if matches!(tls, Tls::VerifyCa | Tls::VerifyFull) && ca_file.is_none() {
             let message = "sslmode=verify-ca and verify-full need `ca_file` in [cluster] (the certificates, PEM, the server's must chain to)".to_string();
             return Err(match &r.database {
-                Some(d) if from_env.is_none() => self.at(d, message),
+                Some(d)
+                    if std::env::var(DATABASE_ENV)
+                        .ok()
+                        .filter(|s| !s.is_empty())
+                        .is_none() =>
+                {
+                    self.at(d, message)
+                }
                 _ => self.at(raw, message),
             });
         }
@@ -367,5 +271,139 @@ impl Validator<'_> {
             expect_nodes,
             schema,
         })
+    }
+}
+
+impl Validator<'_> {
+    /// `database` (or the environment's): the string without our `sslmode` words, the TLS they
+    /// ask for, and what it says.
+    fn cluster_database(
+        &self,
+        raw: &Spanned<RawCluster>,
+    ) -> Result<(String, Option<Tls>, tokio_postgres::Config), ConfigError> {
+        let r = raw.get_ref();
+        let from_env = std::env::var(DATABASE_ENV).ok().filter(|s| !s.is_empty());
+        let database = match (&from_env, &r.database) {
+            (Some(env), _) => env.clone(),
+            (None, Some(d)) => d.get_ref().clone(),
+            (None, None) => {
+                return Err(self.at(
+                    raw,
+                    format!(
+                        "missing key `database` in [cluster] (a PostgreSQL connection string, such as \"postgresql://hedge@db.internal/hedge\", or set {DATABASE_ENV})"
+                    ),
+                ));
+            }
+        };
+        let (plain, verify) = split_sslmode(&database);
+        let parsed: tokio_postgres::Config = plain.parse().map_err(|e| {
+            let message = format!(
+                "invalid `database` in [cluster]: {e} (expected \"postgresql://user@host/db\" or \"host=/run/postgresql dbname=hedge\")"
+            );
+            match (&from_env, &r.database) {
+                (None, Some(d)) => self.at(d, message),
+                _ => ConfigError::new(
+                    self.file,
+                    format!("{message}; it comes from {DATABASE_ENV}"),
+                ),
+            }
+        })?;
+        Ok((plain, verify, parsed))
+    }
+
+    /// `node` (the host's name by default) and `priority`.
+    fn cluster_node(&self, r: &RawCluster) -> Result<(String, u32), ConfigError> {
+        let node = match &r.node {
+            None => hostname(),
+            Some(n) => {
+                let ok = !n.get_ref().is_empty()
+                    && n.get_ref().len() <= 64
+                    && n.get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !ok {
+                    return Err(self.at(
+                        n,
+                        format!(
+                            "invalid `node` `{}` in [cluster] (1 to 64 letters, digits, `-`, `_` and `.`)",
+                            n.get_ref()
+                        ),
+                    ));
+                }
+                n.get_ref().clone()
+            }
+        };
+        let priority = match &r.priority {
+            None => 0,
+            Some(p) => u32::try_from(*p.get_ref())
+                .ok()
+                .filter(|p| *p <= 100)
+                .ok_or_else(|| {
+                    self.at(
+                        p,
+                        "`priority` in [cluster] must be 0 to 100 (0 claims first)".to_string(),
+                    )
+                })?,
+        };
+        Ok((node, priority))
+    }
+
+    /// `standby_delay`, `heartbeat`, `lease` and `max_clock_skew`, which must fit together.
+    fn cluster_timing(
+        &self,
+        raw: &Spanned<RawCluster>,
+        priority: u32,
+    ) -> Result<(Duration, Duration, Duration, Duration), ConfigError> {
+        let r = raw.get_ref();
+        let ms = Duration::from_millis;
+        let standby_delay = self.at_least(
+            r.standby_delay.as_ref(),
+            "cluster.standby_delay",
+            ms(500),
+            ms(10),
+        )?;
+        let heartbeat =
+            self.at_least(r.heartbeat.as_ref(), "cluster.heartbeat", ms(2000), ms(50))?;
+        let lease = self.duration(r.lease.as_ref(), "cluster.lease", ms(10_000))?;
+        let max_clock_skew = self.duration(
+            r.max_clock_skew.as_ref(),
+            "cluster.max_clock_skew",
+            ms(2000),
+        )?;
+        let place = |key: &Option<Spanned<String>>, message: String| match key {
+            Some(k) => self.at(k, message),
+            None => self.at(raw, message),
+        };
+        if lease <= heartbeat * 3 {
+            return Err(place(
+                &r.lease,
+                format!(
+                    "`lease` in [cluster] ({}) must be more than 3 × `heartbeat` ({}): a node must be able to miss a renewal without being declared dead, and trust its lease (lease − 2 × heartbeat) for longer than a heartbeat",
+                    humantime::format_duration(lease),
+                    humantime::format_duration(heartbeat)
+                ),
+            ));
+        }
+        if standby_delay.saturating_mul(priority) >= lease {
+            return Err(place(
+                &r.standby_delay,
+                format!(
+                    "`priority` × `standby_delay` in [cluster] ({}) must be shorter than `lease` ({}): a standby would wait longer than a takeover",
+                    humantime::format_duration(standby_delay.saturating_mul(priority)),
+                    humantime::format_duration(lease)
+                ),
+            ));
+        }
+        if max_clock_skew * 2 >= lease {
+            return Err(place(
+                &r.max_clock_skew,
+                format!(
+                    "`max_clock_skew` in [cluster] ({}) must be less than half of `lease` ({})",
+                    humantime::format_duration(max_clock_skew),
+                    humantime::format_duration(lease)
+                ),
+            ));
+        }
+        Ok((standby_delay, heartbeat, lease, max_clock_skew))
     }
 }
