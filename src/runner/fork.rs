@@ -77,37 +77,7 @@ pub(super) async fn run_forked(
             return Ok(exec);
         }
     };
-    let mut child_env = serde_json::Map::new();
-    for (k, v) in &job.env.vars {
-        child_env.insert(k.clone(), v.expose().into());
-    }
-    child_env.insert(process::RUN_TAG.into(), uid.into());
-    if let Ok(ctx) = serde_json::from_str::<serde_json::Value>(context)
-        && env.config.cluster.is_some()
-    {
-        if let Some(node) = ctx["node"].as_str() {
-            child_env.insert("HEDGE_SCHEDULER_NODE".into(), node.into());
-        }
-        if let Some(fence) = ctx["fence"].as_i64() {
-            child_env.insert("HEDGE_SCHEDULER_FENCE".into(), fence.to_string().into());
-        }
-    }
-    let request = serde_json::json!({
-        "op": "fork",
-        "uid": uid,
-        "context": context,
-        "result_file": result_file,
-        "cgroup": cage.as_ref().map(|c| c.dir()),
-        "env": child_env,
-        // `inherit_env = false`: the child keeps only these of the server's environment (and
-        // what it is sent).
-        "keep": (!job.env.inherit).then(|| {
-            let mut keep: Vec<&str> = crate::config::secrets::KEPT.to_vec();
-            keep.extend(["PYTHONPATH", "PYTHONUNBUFFERED", "VIRTUAL_ENV"]);
-            keep
-        }),
-        "spare": spare,
-    });
+    let request = fork_request(env, job, (uid, context), &result_file, cage.as_ref(), spare);
     let mut rx = server
         .fork(uid, request, [&out_w, &err_w, &gate_r])
         .map_err(NotForked)?;
@@ -115,34 +85,7 @@ pub(super) async fn run_forked(
     drop(out_w);
     drop(err_w);
     drop(gate_r);
-    let pid = match tokio::time::timeout(FORK_REPLY, rx.recv()).await {
-        Ok(Some(Msg::Forked(pid))) if pid > 1 => pid,
-        Ok(Some(Msg::Refused(why))) => {
-            server.release(uid, None);
-            return Err(NotForked(format!("the fork server refused: {why}")));
-        }
-        Ok(Some(Msg::Gone(why))) => {
-            server.release(uid, None);
-            return Err(NotForked(format!("the fork server {why}")));
-        }
-        Err(_) => {
-            server.release(uid, None);
-            env.forks
-                .kill(server, "did not answer a fork request within 5 s");
-            if let Some(cage) = &cage {
-                crate::process::kill_cgroup(cage.dir());
-            }
-            return Err(NotForked(
-                "the fork server did not answer within 5 s (killed)".to_string(),
-            ));
-        }
-        Ok(other) => {
-            server.release(uid, None);
-            return Err(NotForked(format!(
-                "the fork server answered out of turn: {other:?}"
-            )));
-        }
-    };
+    let pid = fork_reply(env, server, uid, &mut rx, cage.as_ref()).await?;
     // From here on the child is ours to end, and the server's zombie keeps its PID ours. The
     // go-ahead lets it run the job; a run given up before this point closed it instead, and its
     // child exited without running anything.
@@ -200,6 +143,87 @@ pub(super) async fn run_forked(
     exec.stderr_tail = pumps.drain(log).await;
     exec.bridge = take_result(&result_file);
     Ok(exec)
+}
+
+/// The fork server's request for run `uid`: its context, result file, cgroup and environment.
+fn fork_request(
+    env: &RunEnv,
+    job: &Job,
+    (uid, context): (&str, &str),
+    result_file: &std::path::Path,
+    cage: Option<&crate::contain::Cage>,
+    spare: bool,
+) -> serde_json::Value {
+    let mut child_env = serde_json::Map::new();
+    for (k, v) in &job.env.vars {
+        child_env.insert(k.clone(), v.expose().into());
+    }
+    child_env.insert(process::RUN_TAG.into(), uid.into());
+    if let Ok(ctx) = serde_json::from_str::<serde_json::Value>(context)
+        && env.config.cluster.is_some()
+    {
+        if let Some(node) = ctx["node"].as_str() {
+            child_env.insert("HEDGE_SCHEDULER_NODE".into(), node.into());
+        }
+        if let Some(fence) = ctx["fence"].as_i64() {
+            child_env.insert("HEDGE_SCHEDULER_FENCE".into(), fence.to_string().into());
+        }
+    }
+    serde_json::json!({
+        "op": "fork",
+        "uid": uid,
+        "context": context,
+        "result_file": result_file,
+        "cgroup": cage.map(|c| c.dir()),
+        "env": child_env,
+        // `inherit_env = false`: the child keeps only these of the server's environment (and
+        // what it is sent).
+        "keep": (!job.env.inherit).then(|| {
+            let mut keep: Vec<&str> = crate::config::secrets::KEPT.to_vec();
+            keep.extend(["PYTHONPATH", "PYTHONUNBUFFERED", "VIRTUAL_ENV"]);
+            keep
+        }),
+        "spare": spare,
+    })
+}
+
+/// The server's answer to a fork request: the child's PID, or why no child was made (the
+/// server is released from the run; one that does not answer in time is killed).
+async fn fork_reply(
+    env: &RunEnv,
+    server: &Arc<Server>,
+    uid: &str,
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    cage: Option<&crate::contain::Cage>,
+) -> Result<u32, NotForked> {
+    match tokio::time::timeout(FORK_REPLY, rx.recv()).await {
+        Ok(Some(Msg::Forked(pid))) if pid > 1 => Ok(pid),
+        Ok(Some(Msg::Refused(why))) => {
+            server.release(uid, None);
+            Err(NotForked(format!("the fork server refused: {why}")))
+        }
+        Ok(Some(Msg::Gone(why))) => {
+            server.release(uid, None);
+            Err(NotForked(format!("the fork server {why}")))
+        }
+        Err(_) => {
+            server.release(uid, None);
+            env.forks
+                .kill(server, "did not answer a fork request within 5 s");
+            if let Some(cage) = cage {
+                crate::process::kill_cgroup(cage.dir());
+            }
+            Err(NotForked(
+                "the fork server did not answer within 5 s (killed)".to_string(),
+            ))
+        }
+        Ok(other) => {
+            server.release(uid, None);
+            Err(NotForked(format!(
+                "the fork server answered out of turn: {other:?}"
+            )))
+        }
+    }
 }
 
 /// Lets the server reap the child when the run is done with it, however the run ends.

@@ -201,54 +201,7 @@ impl Server {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| other("pipe", &e))?;
         let log_w2 = log_w.try_clone().map_err(|e| other("pipe", &e))?;
         let key = Key::of(config, python);
-        let mut roots: Vec<String> = config
-            .python
-            .path
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        roots.push(config.python.cwd.display().to_string());
-        let mut cmd = std::process::Command::new(python);
-        // The server is its children's parent, and what the dynamic loader put in it (an
-        // `LD_PRELOAD` of the daemon's) is in every child it forks. When none of its jobs
-        // inherits the daemon's environment, neither does the server.
-        if config
-            .jobs
-            .iter()
-            .filter(|j| j.executor == crate::config::Executor::Fork)
-            .all(|j| !j.env.inherit)
-        {
-            cmd.env_clear()
-                .envs(crate::config::secrets::kept_environment());
-        }
-        cmd.arg("-m")
-            .arg("hedge_bridge.forkserver")
-            .current_dir(&config.python.cwd)
-            .env(
-                "PYTHONPATH",
-                super::subprocess::python_path(&crate::bridge::search_path(&config.python)),
-            )
-            .env("PYTHONUNBUFFERED", "1")
-            .env("HEDGE_FORK_FD", "3")
-            .env(
-                "HEDGE_PRELOAD",
-                serde_json::to_string(&config.python.preload).unwrap_or_default(),
-            )
-            .env(
-                "HEDGE_PROJECT_PATHS",
-                serde_json::to_string(&roots).unwrap_or_default(),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::from(log_w))
-            .stderr(std::process::Stdio::from(log_w2));
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        if let Some(venv) = &config.python.venv {
-            cmd.env("VIRTUAL_ENV", venv);
-        }
-        // systemd's messages are the daemon's to send, not its jobs'.
-        for var in crate::health::SYSTEMD_VARS {
-            cmd.env_remove(var);
-        }
+        let mut cmd = server_command(config, python, (log_w, log_w2));
         let setup = crate::contain::ChildSetup::new(None);
         let fd = theirs.as_raw_fd();
         // SAFETY: only async-signal-safe calls (umask, close_range, dup2, fcntl) between fork and
@@ -292,41 +245,7 @@ impl Server {
         if let Err(e) = reader {
             return Err(other("thread", &e));
         }
-        let hello = match hello_rx.recv_timeout(config.python.probe_timeout) {
-            Ok(hello) => hello,
-            Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-                return Err(StartError::Other(format!(
-                    "the fork server did not finish importing its preloads within {} (`python.probe_timeout`)",
-                    humantime::format_duration(config.python.probe_timeout)
-                )));
-            }
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(StartError::Other(
-                    "the fork server exited before it was ready (its output is in the daemon's log)"
-                        .to_string(),
-                ));
-            }
-        };
-        let (python_version, modules) = match hello {
-            Reply::Ready {
-                ready: true,
-                python,
-                modules,
-            } => (python.unwrap_or_default(), modules),
-            Reply::StartFailed { error, kind } => {
-                return Err(match kind.as_deref() {
-                    Some("threads") | Some("preload") => StartError::Preload(error),
-                    _ => StartError::Other(error),
-                });
-            }
-            _ => {
-                crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-                return Err(StartError::Other(
-                    "the fork server answered something else than ready".to_string(),
-                ));
-            }
-        };
+        let (python_version, modules) = hello(&hello_rx, config, pid)?;
         let server = Arc::new(Server {
             pid,
             sock: ours,
@@ -614,6 +533,107 @@ fn forward_output(read: OwnedFd, pid: u32) {
                 }
             }
         });
+}
+
+/// The server's command: `python -m hedge_bridge.forkserver` in a process group of its own,
+/// its output into the pipe `log`, its environment the jobs' (none of the daemon's when none of
+/// its jobs inherits it).
+fn server_command(
+    config: &Config,
+    python: &Path,
+    (log_w, log_w2): (OwnedFd, OwnedFd),
+) -> std::process::Command {
+    let mut roots: Vec<String> = config
+        .python
+        .path
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    roots.push(config.python.cwd.display().to_string());
+    let mut cmd = std::process::Command::new(python);
+    // The server is its children's parent, and what the dynamic loader put in it (an
+    // `LD_PRELOAD` of the daemon's) is in every child it forks. When none of its jobs
+    // inherits the daemon's environment, neither does the server.
+    if config
+        .jobs
+        .iter()
+        .filter(|j| j.executor == crate::config::Executor::Fork)
+        .all(|j| !j.env.inherit)
+    {
+        cmd.env_clear()
+            .envs(crate::config::secrets::kept_environment());
+    }
+    cmd.arg("-m")
+        .arg("hedge_bridge.forkserver")
+        .current_dir(&config.python.cwd)
+        .env(
+            "PYTHONPATH",
+            super::subprocess::python_path(&crate::bridge::search_path(&config.python)),
+        )
+        .env("PYTHONUNBUFFERED", "1")
+        .env("HEDGE_FORK_FD", "3")
+        .env(
+            "HEDGE_PRELOAD",
+            serde_json::to_string(&config.python.preload).unwrap_or_default(),
+        )
+        .env(
+            "HEDGE_PROJECT_PATHS",
+            serde_json::to_string(&roots).unwrap_or_default(),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(log_w))
+        .stderr(std::process::Stdio::from(log_w2));
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if let Some(venv) = &config.python.venv {
+        cmd.env("VIRTUAL_ENV", venv);
+    }
+    // systemd's messages are the daemon's to send, not its jobs'.
+    for var in crate::health::SYSTEMD_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// The server's first message: ready (its Python's version and the modules it imported), or
+/// why not. A server that does not say in time, or says something else, is killed.
+fn hello(
+    rx: &std_mpsc::Receiver<Reply>,
+    config: &Config,
+    pid: u32,
+) -> Result<(String, Vec<PathBuf>), StartError> {
+    let hello = match rx.recv_timeout(config.python.probe_timeout) {
+        Ok(hello) => hello,
+        Err(std_mpsc::RecvTimeoutError::Timeout) => {
+            crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            return Err(StartError::Other(format!(
+                "the fork server did not finish importing its preloads within {} (`python.probe_timeout`)",
+                humantime::format_duration(config.python.probe_timeout)
+            )));
+        }
+        Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(StartError::Other(
+                "the fork server exited before it was ready (its output is in the daemon's log)"
+                    .to_string(),
+            ));
+        }
+    };
+    match hello {
+        Reply::Ready {
+            ready: true,
+            python,
+            modules,
+        } => Ok((python.unwrap_or_default(), modules)),
+        Reply::StartFailed { error, kind } => Err(match kind.as_deref() {
+            Some("threads") | Some("preload") => StartError::Preload(error),
+            _ => StartError::Other(error),
+        }),
+        _ => {
+            crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            Err(StartError::Other(
+                "the fork server answered something else than ready".to_string(),
+            ))
+        }
+    }
 }
 
 /// The reader thread's life: routes messages until the socket closes, then reaps the server
