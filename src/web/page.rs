@@ -221,66 +221,12 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
         table.push(Row { job, marks, extras });
     }
 
-    // The axis: the session (or the slots' span, or the whole day), with a margin.
-    let local = |t: NaiveTime| {
-        tz.from_local_datetime(&date.and_time(t))
-            .earliest()
-            .map(|t| t.with_timezone(&Utc))
-    };
-    let (open, close) = match session {
-        Some(s) => (local(s.open), local(s.close)),
-        None => (None, None),
-    };
-    let mut first = open;
-    let mut last = close;
-    for row in &table {
-        for (t, _, _) in &row.marks {
-            first = Some(first.map_or(*t, |f| f.min(*t)));
-            last = Some(last.map_or(*t, |l| l.max(*t)));
-        }
-        for r in &row.extras {
-            if let Some(t) = parse_time(&r.started_at) {
-                first = Some(first.map_or(t, |f| f.min(t)));
-                last = Some(last.map_or(t, |l| l.max(t)));
-            }
-        }
-    }
-    let margin = chrono::Duration::minutes(15);
-    let (axis_from, axis_to) = match (first, last) {
-        (Some(f), Some(l)) if l > f => (f - margin, l + margin),
-        (Some(f), _) => (
-            f - chrono::Duration::hours(1),
-            f + chrono::Duration::hours(1),
-        ),
-        _ => (start, end),
-    };
-    const W: f64 = 1000.0;
-    const LEFT: f64 = 8.0;
-    const ROW: f64 = 46.0;
-    const TOP: f64 = 24.0;
-    let span = (axis_to - axis_from).num_seconds().max(1) as f64;
-    let x =
-        |t: DateTime<Utc>| LEFT + (W - 2.0 * LEFT) * ((t - axis_from).num_seconds() as f64 / span);
-    let height = TOP + ROW * table.len().max(1) as f64 + 8.0;
-    // Hour ticks.
-    let mut ticks = Vec::new();
-    {
-        use chrono::Timelike;
-        let local = axis_from.with_timezone(&tz);
-        let mut t = local
-            .with_minute(0)
-            .and_then(|l| l.with_second(0))
-            .and_then(|l| l.with_nanosecond(0))
-            .map(|l| l.with_timezone(&Utc))
-            .unwrap_or(axis_from);
-        while t <= axis_to {
-            if t >= axis_from {
-                ticks.push(t);
-            }
-            t += chrono::Duration::hours(1);
-        }
-    }
-
+    let Axis {
+        open,
+        close,
+        from: axis_from,
+        to: axis_to,
+    } = axis(&table, session.as_ref(), tz, date, (start, end));
     let done: usize = table
         .iter()
         .map(|r| {
@@ -339,6 +285,52 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
             " · " span #counts { (done) " of " (expected) " slots done" }
             @if date == today { " · now " (now.with_timezone(&tz).format("%H:%M:%S %Z")) }
         }
+        (timeline(&table, &Axis { open, close, from: axis_from, to: axis_to }, tz, (date == today).then_some(now)))
+        p.legend {
+            @for m in Mark::ALL { span { i class=(format!("mark {}", m.as_str())) style=(format!("background:var(--{})", m.as_str())) {} (m.as_str()) } }
+        }
+        (lists(&table, &next, &running, (&problems, &daemon_problems), tz))
+        p.session { "Times are " (tz.name()) ". The page refreshes itself every 30 s while it shows today." }
+    };
+    Ok(layout(&title, date == today, body))
+}
+
+/// The day's timeline: a row of slot marks per job on the axis (hour ticks, the session's
+/// bounds, and `now` when the page shows today).
+fn timeline(
+    table: &[Row],
+    axis: &Axis,
+    tz: chrono_tz::Tz,
+    now: Option<DateTime<Utc>>,
+) -> maud::Markup {
+    let (open, close, axis_from, axis_to) = (axis.open, axis.close, axis.from, axis.to);
+    const W: f64 = 1000.0;
+    const LEFT: f64 = 8.0;
+    const ROW: f64 = 46.0;
+    const TOP: f64 = 24.0;
+    let span = (axis_to - axis_from).num_seconds().max(1) as f64;
+    let x =
+        |t: DateTime<Utc>| LEFT + (W - 2.0 * LEFT) * ((t - axis_from).num_seconds() as f64 / span);
+    let height = TOP + ROW * table.len().max(1) as f64 + 8.0;
+    let mut ticks = Vec::new();
+    {
+        use chrono::Timelike;
+        let local = axis_from.with_timezone(&tz);
+        let mut t = local
+            .with_minute(0)
+            .and_then(|l| l.with_second(0))
+            .and_then(|l| l.with_nanosecond(0))
+            .map(|l| l.with_timezone(&Utc))
+            .unwrap_or(axis_from);
+        while t <= axis_to {
+            if t >= axis_from {
+                ticks.push(t);
+            }
+            t += chrono::Duration::hours(1);
+        }
+    }
+
+    html! {
         div.wrap {
             svg.timeline #timeline xmlns="http://www.w3.org/2000/svg" viewBox=(format!("0 0 {W} {height}")) role="img" aria-label="slots of the day" {
                 g.axis {
@@ -388,18 +380,86 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
                         }
                     }
                 }
-                @if date == today && now >= axis_from && now <= axis_to {
+                @if let Some(now) = now.filter(|n| *n >= axis_from && *n <= axis_to) {
                     line.now-line x1=(x(now)) x2=(x(now)) y1="14" y2=(height) { title { "now " (hm(now, tz)) } }
                 }
             }
         }
-        p.legend {
-            @for m in Mark::ALL { span { i class=(format!("mark {}", m.as_str())) style=(format!("background:var(--{})", m.as_str())) {} (m.as_str()) } }
+    }
+}
+
+/// The page's time axis: the session's open and close, and the span shown (the session, or the
+/// slots' and runs' span, or the whole day, with a margin).
+fn axis(
+    table: &[Row],
+    session: Option<&crate::calendar::Session>,
+    tz: chrono_tz::Tz,
+    date: NaiveDate,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+) -> Axis {
+    let local = |t: NaiveTime| {
+        tz.from_local_datetime(&date.and_time(t))
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let (open, close) = match session {
+        Some(s) => (local(s.open), local(s.close)),
+        None => (None, None),
+    };
+    let mut first = open;
+    let mut last = close;
+    for row in table {
+        for (t, _, _) in &row.marks {
+            first = Some(first.map_or(*t, |f| f.min(*t)));
+            last = Some(last.map_or(*t, |l| l.max(*t)));
         }
+        for r in &row.extras {
+            if let Some(t) = parse_time(&r.started_at) {
+                first = Some(first.map_or(t, |f| f.min(t)));
+                last = Some(last.map_or(t, |l| l.max(t)));
+            }
+        }
+    }
+    let margin = chrono::Duration::minutes(15);
+    let (axis_from, axis_to) = match (first, last) {
+        (Some(f), Some(l)) if l > f => (f - margin, l + margin),
+        (Some(f), _) => (
+            f - chrono::Duration::hours(1),
+            f + chrono::Duration::hours(1),
+        ),
+        _ => (start, end),
+    };
+    Axis {
+        open,
+        close,
+        from: axis_from,
+        to: axis_to,
+    }
+}
+
+/// The page's time axis.
+struct Axis {
+    /// The session's open and close, if it has one.
+    open: Option<DateTime<Utc>>,
+    close: Option<DateTime<Utc>>,
+    /// The span shown.
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+/// The page's lists: the jobs (done, failed, next fire), what runs now, the last problems.
+fn lists(
+    table: &[Row],
+    next: &[(&Job, Option<DateTime<Utc>>)],
+    running: &[&RunRow],
+    (problems, daemon_problems): (&[&RunRow], &[String]),
+    tz: chrono_tz::Tz,
+) -> maud::Markup {
+    html! {
         h2 { "Jobs" }
         table #jobs {
             tr { th { "job" } th { "done / expected" } th { "failed" } th { "next fire" } }
-            @for (row, (_, next)) in table.iter().zip(&next) {
+            @for (row, (_, next)) in table.iter().zip(next) {
                 tr data-job=(row.job.id) {
                     td { (row.job.name) }
                     td { (row.marks.iter().filter(|(_, m, _)| *m == Mark::Success).count()) " / " (row.marks.len()) }
@@ -411,7 +471,7 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
         h2 { "Running now" }
         @if running.is_empty() { p #running { "Nothing is running." } } @else {
             table #running {
-                @for r in &running {
+                @for r in running {
                     tr { td { a href=(format!("/runs/{}", r.id)) { (r.job) " run " (r.id) } } td { "since " (hms(Some(&r.started_at), tz)) } td { (r.trigger.as_str()) } }
                 }
             }
@@ -419,8 +479,8 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
         h2 { "Last problems" }
         @if problems.is_empty() && daemon_problems.is_empty() { p #problems { "None." } } @else {
             table #problems {
-                @for p in &daemon_problems { tr { td { "daemon" } td colspan="3" { (p) } } }
-                @for r in &problems {
+                @for p in daemon_problems { tr { td { "daemon" } td colspan="3" { (p) } } }
+                @for r in problems {
                     tr {
                         td { a href=(format!("/runs/{}", r.id)) { (r.job) " " (hms(Some(&r.scheduled_at), tz)) } }
                         td { (r.outcome.as_str()) @if let Some(n) = r.missed_count { " (" (n) " slots)" } }
@@ -429,9 +489,7 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
                 }
             }
         }
-        p.session { "Times are " (tz.name()) ". The page refreshes itself every 30 s while it shows today." }
-    };
-    Ok(layout(&title, date == today, body))
+    }
 }
 
 /// A run's page: its row and its log lines; `None` when the history has no such run.
