@@ -140,137 +140,18 @@ impl Protocol {
         // A standby never claims a `primary` slot while the primary may be running it degraded:
         // not dead, not present, and the server up for less than a lease (A6); with
         // `primary_first`, while the primary is neither dead nor gone.
-        if cfg.policy == Policy::Primary && n != 0 && !bugs.a6_standby_claims_primary_slot {
-            let p = s.db.rows[0];
-            let dead = !p.alive || (p.lease_until <= s.now && self.expiry_counts(s));
-            let present = s.db.locks[0] != 0;
-            let gone = !present && self.absence_counts(s);
-            let wait = if self.cfg.rules.primary_first {
-                !dead && !gone
-            } else {
-                !dead && !present && !self.db_settled(s)
-            };
-            if wait {
-                if s.now + 1 < cfg.validity(i) {
-                    log.say(s.now, || {
-                        format!(
-                            "{}: slot {i}: the primary lives and may run it: waits",
-                            name(n)
-                        )
-                    });
-                    return;
-                }
-                // Given up at the slot's validity (ghost: blocked if the primary, which alone
-                // runs it while it lives, was stopped during the slot's window).
-                s.ghost[i].blocked |= s.ghost[i].stalled & 1 != 0;
-                s.nodes[n].next += 1;
-                log.say(s.now, || {
-                    format!(
-                        "{}: slot {i}: the primary still lives: gives the slot up",
-                        name(n)
-                    )
-                });
-                return;
-            }
+        if cfg.policy == Policy::Primary
+            && n != 0
+            && !bugs.a6_standby_claims_primary_slot
+            && self.primary_holds(s, n, i, log)
+        {
+            return;
         }
         if let Some(j) = self.live_slot(s) {
-            let live = s.db.slots[j];
-            let o = live.owner as usize;
-            if o == n && live.epoch == s.nodes[n].epoch {
-                // Our own claim, never released (only with A9: v2 writes releases first).
-                s.db.slots[j].state = SlotState::Done;
-                log.say(s.now, || {
-                    format!(
-                        "{}: finds its own unreleased claim of slot {j}: releases it",
-                        name(n)
-                    )
-                });
-            } else {
-                let orow = s.db.rows[o];
-                let dead = orow.epoch != live.epoch
-                    || !orow.alive
-                    || (orow.lease_until <= s.now && self.expiry_counts(s));
-                let gone = s.db.locks[o] != live.epoch && self.absence_counts(s);
-                if bugs.a4_wait_for_dead_owner {
-                    // v1: a dead or silent owner is waited for (the sweep clears its claim),
-                    // never past the slot's validity.
-                    let declared = orow.epoch != live.epoch || !orow.alive;
-                    let silent = orow.lease_until < s.now + cfg.lease - 2 * cfg.heartbeat;
-                    if declared || silent {
-                        log.say(s.now, || {
-                            format!("{}: slot {i}: waits for {}'s claim of slot {j} (owner dead or silent) (A4)", name(n), name(o))
-                        });
-                        if s.now + 1 >= cfg.validity(i) {
-                            s.nodes[n].next += 1;
-                            log.say(s.now, || {
-                                format!("{}: slot {i}: waited until too late", name(n))
-                            });
-                        }
-                        return;
-                    }
-                } else if dead || gone {
-                    s.db.slots[j].state = SlotState::Orphan;
-                    log.say(s.now, || {
-                        format!(
-                            "{}: {}'s claim of slot {j} is {}: orphaned",
-                            name(n),
-                            name(o),
-                            if dead {
-                                "dead"
-                            } else {
-                                "gone (no session lock)"
-                            }
-                        )
-                    });
-                    return self.claim(s, n, i, log);
-                }
-                // The owner lives and is present: its run may still be running.
-                if self.cfg.rules.holder_decides_overlap && !bugs.a2_overlap_at_claim_lead {
-                    if s.now + 1 < self.cfg.validity(i) {
-                        log.say(s.now, || {
-                            format!(
-                                "{}: slot {i}: {} holds slot {j}; waits for it",
-                                name(n),
-                                name(o)
-                            )
-                        });
-                        return;
-                    }
-                    s.ghost[i].blocked |= self.holder_faulty(s, o, j);
-                    s.nodes[n].next += 1;
-                    log.say(s.now, || {
-                        format!(
-                            "{}: slot {i}: {} still holds slot {j}; gives the slot up",
-                            name(n),
-                            name(o)
-                        )
-                    });
-                    return;
-                }
-                // v2 as first specified: overlap `skip` by the claimer, once the slot has come
-                // (A2).
-                if !bugs.a2_overlap_at_claim_lead && s.now < st {
-                    log.say(s.now, || {
-                        format!(
-                            "{}: slot {i}: {} still holds slot {j}; waits for the slot's instant",
-                            name(n),
-                            name(o)
-                        )
-                    });
-                    return;
-                }
-                let blocked = self.holder_faulty(s, o, j);
-                self.write_row(s, i, n, SlotState::Skipped);
-                s.ghost[i].blocked |= blocked;
-                s.nodes[n].next += 1;
-                log.say(s.now, || {
-                    format!(
-                        "{}: slot {i} skipped: {}'s run of slot {j} is still live",
-                        name(n),
-                        name(o)
-                    )
-                });
-                return;
+            match self.live_claim(s, n, i, j, log) {
+                Live::Decided => return,
+                Live::Orphaned => return self.claim(s, n, i, log),
+                Live::Free => {}
             }
         }
         let fence = self.write_row(s, i, n, SlotState::Live);
@@ -284,6 +165,153 @@ impl Protocol {
         log.say(s.now, || {
             format!("{}: claims slot {i}: fence {fence}", name(n))
         });
+    }
+
+    /// A standby's claim of a `primary` slot waits while the primary may be running it
+    /// degraded: not dead, not present, and the server up for less than a lease (A6); with
+    /// `primary_first`, while the primary is neither dead nor gone. True when it waits or gives
+    /// the slot up.
+    fn primary_holds(&self, s: &mut State, n: usize, i: usize, log: &mut Log) -> bool {
+        let cfg = &self.cfg;
+        let p = s.db.rows[0];
+        let dead = !p.alive || (p.lease_until <= s.now && self.expiry_counts(s));
+        let present = s.db.locks[0] != 0;
+        let gone = !present && self.absence_counts(s);
+        let wait = if self.cfg.rules.primary_first {
+            !dead && !gone
+        } else {
+            !dead && !present && !self.db_settled(s)
+        };
+        if wait {
+            if s.now + 1 < cfg.validity(i) {
+                log.say(s.now, || {
+                    format!(
+                        "{}: slot {i}: the primary lives and may run it: waits",
+                        name(n)
+                    )
+                });
+                return true;
+            }
+            // Given up at the slot's validity (ghost: blocked if the primary, which alone
+            // runs it while it lives, was stopped during the slot's window).
+            s.ghost[i].blocked |= s.ghost[i].stalled & 1 != 0;
+            s.nodes[n].next += 1;
+            log.say(s.now, || {
+                format!(
+                    "{}: slot {i}: the primary still lives: gives the slot up",
+                    name(n)
+                )
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Slot `i`'s claim meets slot `j`'s live claim (step 4): set aside if its owner is dead
+    /// or gone (then the claim is tried again), else the overlap is decided or waited for.
+    fn live_claim(&self, s: &mut State, n: usize, i: usize, j: usize, log: &mut Log) -> Live {
+        let st = self.cfg.slot_time(i);
+        let bugs = self.cfg.bugs;
+        let cfg = &self.cfg;
+        let live = s.db.slots[j];
+        let o = live.owner as usize;
+        if o == n && live.epoch == s.nodes[n].epoch {
+            // Our own claim, never released (only with A9: v2 writes releases first).
+            s.db.slots[j].state = SlotState::Done;
+            log.say(s.now, || {
+                format!(
+                    "{}: finds its own unreleased claim of slot {j}: releases it",
+                    name(n)
+                )
+            });
+        } else {
+            let orow = s.db.rows[o];
+            let dead = orow.epoch != live.epoch
+                || !orow.alive
+                || (orow.lease_until <= s.now && self.expiry_counts(s));
+            let gone = s.db.locks[o] != live.epoch && self.absence_counts(s);
+            if bugs.a4_wait_for_dead_owner {
+                // v1: a dead or silent owner is waited for (the sweep clears its claim),
+                // never past the slot's validity.
+                let declared = orow.epoch != live.epoch || !orow.alive;
+                let silent = orow.lease_until < s.now + cfg.lease - 2 * cfg.heartbeat;
+                if declared || silent {
+                    log.say(s.now, || {
+                        format!("{}: slot {i}: waits for {}'s claim of slot {j} (owner dead or silent) (A4)", name(n), name(o))
+                    });
+                    if s.now + 1 >= cfg.validity(i) {
+                        s.nodes[n].next += 1;
+                        log.say(s.now, || {
+                            format!("{}: slot {i}: waited until too late", name(n))
+                        });
+                    }
+                    return Live::Decided;
+                }
+            } else if dead || gone {
+                s.db.slots[j].state = SlotState::Orphan;
+                log.say(s.now, || {
+                    format!(
+                        "{}: {}'s claim of slot {j} is {}: orphaned",
+                        name(n),
+                        name(o),
+                        if dead {
+                            "dead"
+                        } else {
+                            "gone (no session lock)"
+                        }
+                    )
+                });
+                return Live::Orphaned;
+            }
+            // The owner lives and is present: its run may still be running.
+            if self.cfg.rules.holder_decides_overlap && !bugs.a2_overlap_at_claim_lead {
+                if s.now + 1 < self.cfg.validity(i) {
+                    log.say(s.now, || {
+                        format!(
+                            "{}: slot {i}: {} holds slot {j}; waits for it",
+                            name(n),
+                            name(o)
+                        )
+                    });
+                    return Live::Decided;
+                }
+                s.ghost[i].blocked |= self.holder_faulty(s, o, j);
+                s.nodes[n].next += 1;
+                log.say(s.now, || {
+                    format!(
+                        "{}: slot {i}: {} still holds slot {j}; gives the slot up",
+                        name(n),
+                        name(o)
+                    )
+                });
+                return Live::Decided;
+            }
+            // v2 as first specified: overlap `skip` by the claimer, once the slot has come
+            // (A2).
+            if !bugs.a2_overlap_at_claim_lead && s.now < st {
+                log.say(s.now, || {
+                    format!(
+                        "{}: slot {i}: {} still holds slot {j}; waits for the slot's instant",
+                        name(n),
+                        name(o)
+                    )
+                });
+                return Live::Decided;
+            }
+            let blocked = self.holder_faulty(s, o, j);
+            self.write_row(s, i, n, SlotState::Skipped);
+            s.ghost[i].blocked |= blocked;
+            s.nodes[n].next += 1;
+            log.say(s.now, || {
+                format!(
+                    "{}: slot {i} skipped: {}'s run of slot {j} is still live",
+                    name(n),
+                    name(o)
+                )
+            });
+            return Live::Decided;
+        }
+        Live::Free
     }
 
     /// The database cannot be reached at slot `i` (step 7): wait while the lease is trusted,
@@ -337,4 +365,14 @@ impl Protocol {
             });
         }
     }
+}
+
+/// What a claim that met a live claim does next.
+enum Live {
+    /// The slot is decided, or waited for: the claim ends here.
+    Decided,
+    /// The live claim was set aside: try the claim again.
+    Orphaned,
+    /// Nothing stands in the way (the node's own stale claim was released).
+    Free,
 }
