@@ -30,6 +30,7 @@ pub(crate) mod private;
 pub(crate) mod process;
 #[cfg(feature = "embedded")]
 pub(crate) mod python;
+pub(crate) mod render;
 pub(crate) mod runner;
 pub(crate) mod status;
 pub mod trigger;

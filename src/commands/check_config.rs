@@ -70,7 +70,10 @@ pub(crate) fn command(inv: &Invocation, json: bool) -> Result<i32> {
         interpreter.path.display(),
         interpreter.version
     );
-    print!("{}", status::render_config(&config, &python, Utc::now()));
+    print!(
+        "{}",
+        crate::render::render_config(&config, &python, Utc::now())
+    );
     if forks {
         println!(
             "🍴 fork server: started, {} imported, no thread running after them",

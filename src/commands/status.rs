@@ -20,7 +20,7 @@ pub(crate) fn status(inv: &Invocation, json: bool) -> Result<i32> {
     if json {
         println!("{}", to_json(&status)?);
     } else {
-        print!("{}", status::render_status(&status, &config, now));
+        print!("{}", crate::render::render_status(&status, &config, now));
     }
     Ok(if status.daemon.running {
         0
@@ -89,7 +89,7 @@ pub(crate) fn history(
     if json {
         println!("{}", to_json(&rows)?);
     } else {
-        print!("{}", status::render_history(&rows, &config));
+        print!("{}", crate::render::render_history(&rows, &config));
     }
     Ok(0)
 }

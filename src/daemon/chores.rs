@@ -260,7 +260,7 @@ pub(crate) async fn report(config: Arc<Config>, live: Vec<Live>, tx: mpsc::Unbou
                 j.running_since = Some(crate::history::fmt_time(*since));
             }
         }
-        Ok(crate::status::render_jobs(&status, &config, now))
+        Ok(crate::render::render_jobs(&status, &config, now))
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))
