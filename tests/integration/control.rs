@@ -4,14 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::util::*;
-
-fn job(id: &str, body: &str) -> String {
-    format!("\n[jobs.{id}]\n{body}\n")
-}
 
 /// `fixture_jobs:verdict` on `schedule`, recording each execution (run id, attempt, trigger,
 /// slot) in `ran`.
@@ -51,15 +46,6 @@ fn ready(p: &Project) -> bool {
         p.path().join("logs/control.sock").exists()
             && p.run(&["status", "--json"]).status.code() == Some(0)
     })
-}
-
-fn stop(p: &Project, mut daemon: std::process::Child) {
-    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(40));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "the daemon did not stop cleanly: {status:?}\n{}",
-        p.daemon_output()
-    );
 }
 
 /// How many executions the job records over `quiet`, after a settling second.
@@ -120,7 +106,7 @@ fn pause_and_resume_a_running_daemon_and_the_pause_survives_a_restart() {
     }));
 
     // A restart keeps the pause.
-    stop(&p, daemon);
+    stop_clean(&p, daemon);
     let daemon = p.spawn_daemon();
     assert!(ready(&p), "{}", p.daemon_output());
     assert_eq!(job_status(&p, "feed")["paused"], true);
@@ -159,7 +145,7 @@ fn pause_and_resume_a_running_daemon_and_the_pause_survives_a_restart() {
     let out = p.run(&["pause", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("feed"));
-    stop(&p, daemon);
+    stop_clean(&p, daemon);
 }
 
 #[test]
@@ -197,7 +183,7 @@ fn trigger_runs_now_under_the_overlap_guard_and_a_queued_one_survives_a_restart(
         text(&out)
     );
     // The daemon stops (waiting for the running one); the queued run survives the restart.
-    stop(&p, daemon);
+    stop_clean(&p, daemon);
     assert_eq!(executions(&ran).len(), 1);
     let daemon = p.spawn_daemon();
     assert!(ready(&p), "{}", p.daemon_output());
@@ -222,7 +208,7 @@ fn trigger_runs_now_under_the_overlap_guard_and_a_queued_one_survives_a_restart(
     let out = p.run(&["trigger", "report"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("paused"));
-    stop(&p, daemon);
+    stop_clean(&p, daemon);
     assert_eq!(executions(&ran).len(), 2);
 }
 
@@ -252,7 +238,7 @@ fn backfill_runs_each_missing_slot_once_with_its_own_time_and_survives_a_restart
     assert!(wait_until(Duration::from_secs(30), || executions(&ran)
         .len()
         >= 5));
-    stop(&p, daemon);
+    stop_clean(&p, daemon);
     let midway = executions(&ran).len();
     assert!(
         midway < expected.len(),
@@ -297,7 +283,7 @@ fn backfill_runs_each_missing_slot_once_with_its_own_time_and_survives_a_restart
         "{}",
         text(&out)
     );
-    stop(&p, daemon);
+    stop_clean(&p, daemon);
     assert_eq!(executions(&ran).len(), expected.len());
 }
 
@@ -389,7 +375,7 @@ fn a_big_backfill_never_holds_the_live_slots_and_absurd_ranges_are_refused() {
     // `logs --run` of a run that never was: a clear error.
     let out = p.run(&["logs", "every5", "--run", "99999999"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    stop(&p, daemon);
+    stop_clean(&p, daemon);
 }
 
 #[test]
@@ -424,7 +410,7 @@ fn an_unreadable_control_file_is_kept_aside_and_said() {
     assert!(wait_until(Duration::from_secs(10), || !executions(&ran).is_empty()));
     assert_eq!(p.run(&["pause", "feed"]).status.code(), Some(0));
     assert_eq!(job_status(&p, "feed")["paused"], true);
-    stop(&p, daemon);
+    stop_clean(&p, daemon);
 }
 
 #[test]

@@ -3,14 +3,9 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::util::*;
-
-fn job(id: &str, body: &str) -> String {
-    format!("\n[jobs.{id}]\n{body}\n")
-}
 
 /// A cron pattern for the single second `secs` from now (in India, the fixtures' exchange), so a
 /// job fires once at a known time and not again for a day.
@@ -27,15 +22,6 @@ fn of_job<'a>(rows: &'a [Value], id: &str) -> Vec<&'a Value> {
 
 fn error_of(row: &Value) -> String {
     row["error"].as_str().unwrap_or_default().to_string()
-}
-
-fn stop(mut daemon: std::process::Child) {
-    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(40));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "the daemon did not stop cleanly"
-    );
 }
 
 // --- pyo3 -----------------------------------------------------------------------------------
@@ -125,7 +111,7 @@ fn pyo3_imports_once_keeps_logs_apart_and_survives_a_busy_loop() {
                 .count()
                 >= 4
     });
-    stop(daemon);
+    stop_clean(&p, daemon);
     let rows = p.history();
     assert!(enough, "{rows:#?}");
 
@@ -217,7 +203,7 @@ fn pyo3_thread_stuck_in_c_holds_its_slot_until_it_returns() {
                     .any(|r| r["id"].as_i64().unwrap() > id && r["outcome"] != "skipped")
         })
     });
-    stop(daemon);
+    stop_clean(&p, daemon);
     let rows = p.history();
     assert!(stuck_seen, "{rows:#?}");
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -441,7 +427,7 @@ fn retry_twice_then_succeed_with_backoff() {
     let done = wait_until(Duration::from_secs(20), || {
         !p.runs_with("success").is_empty()
     });
-    stop(daemon);
+    stop_clean(&p, daemon);
     let mut rows = p.history();
     assert!(done, "{rows:#?}");
     rows.reverse();
@@ -490,7 +476,7 @@ fn no_retry_that_would_pass_the_next_slot() {
             .iter()
             .any(|r| error_of(r).contains("no retry: next slot at"))
     });
-    stop(daemon);
+    stop_clean(&p, daemon);
     let rows = p.history();
     assert!(seen, "{rows:#?}");
     assert!(rows.iter().all(|r| r["trigger"] != "retry"), "{rows:#?}");
@@ -521,7 +507,7 @@ fn overlap_queue_runs_one_pending_after_the_current() {
     let enough = wait_until(Duration::from_secs(30), || {
         p.runs_with("success").len() >= 3 && !p.runs_with("skipped").is_empty()
     });
-    stop(daemon);
+    stop_clean(&p, daemon);
     let rows = p.history();
     assert!(enough, "{rows:#?}");
     let runs = intervals(&of_job(&rows, "slow"));
@@ -551,7 +537,7 @@ fn overlap_replace_cancels_the_running_run() {
     let enough = wait_until(Duration::from_secs(20), || {
         p.runs_with("cancelled").len() >= 2
     });
-    stop(daemon);
+    stop_clean(&p, daemon);
     let rows = p.history();
     assert!(enough, "{rows:#?}");
     let cancelled = p.runs_with("cancelled");
@@ -596,7 +582,7 @@ fn run_once_refuses_or_waits_while_the_daemon_runs_the_job() {
 
     let out = p.run(&["run-once", "slow", "--wait"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    stop(daemon);
+    stop_clean(&p, daemon);
     let rows = p.history();
     let manual = rows
         .iter()
@@ -671,7 +657,7 @@ fn catch_up_rows(
     });
     // Give a wrong extra catch-up the time to show up.
     std::thread::sleep(Duration::from_millis(1500));
-    stop(daemon);
+    stop_clean(&p, daemon);
     assert!(settled, "{:#?}", p.history());
     let rows = p
         .history()

@@ -11,11 +11,6 @@ use serde_json::Value;
 
 use crate::util::*;
 
-/// `[jobs.<id>]` with the given body.
-fn job(id: &str, body: &str) -> String {
-    format!("\n[jobs.{id}]\n{body}\n")
-}
-
 /// `[jobs.<id>]` running `fixture_jobs:<function>` on `schedule`, outside market hours, with
 /// `extra` TOML lines.
 fn fixture(id: &str, function: &str, schedule: &str, extra: &str) -> String {

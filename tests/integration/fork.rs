@@ -73,15 +73,6 @@ fn start_daemon(p: &Project, imports: &Path) -> (std::process::Child, i32) {
     (daemon, server)
 }
 
-fn stop(mut daemon: std::process::Child) {
-    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(40));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "the daemon did not stop cleanly"
-    );
-}
-
 #[test]
 fn fork_success_raise_exit_and_segfault_leave_the_server_serving_and_a_killed_server_is_replaced() {
     let p = Project::new();
@@ -175,7 +166,7 @@ fn fork_success_raise_exit_and_segfault_leave_the_server_serving_and_a_killed_se
         "{console}"
     );
 
-    stop(daemon);
+    stop_clean(&p, daemon);
     assert!(
         wait_until(Duration::from_secs(5), || !pid_alive(second)),
         "the fork server outlived its daemon"
@@ -378,7 +369,7 @@ fn fork_server_is_recycled_after_fork_max_runs_and_when_a_preloaded_module_chang
             .any(|l| l.contains("[run 6 hedge]") && l.contains(&format!("fork server {serving})"))),
         "{log}"
     );
-    stop(daemon);
+    stop_clean(&p, daemon);
 }
 
 /// The binary built without the embedded interpreter: `.ci/run` builds it with
@@ -498,7 +489,7 @@ fn fork_server_that_hangs_is_killed_and_the_run_goes_on_from_a_new_one() {
         .filter(|l| l.starts_with("start"))
         .collect();
     assert_eq!(started.len(), 1, "{started:?}");
-    stop(daemon);
+    stop_clean(&p, daemon);
 }
 
 #[test]
@@ -519,7 +510,7 @@ fn fork_server_over_fork_max_memory_is_replaced_before_the_next_run() {
     let log = std::fs::read_to_string(p.log_dir().join("jobs/ok.log")).unwrap();
     assert!(log.contains("python.fork_max_memory"), "{log}");
     assert!(lines(&imports).len() >= 3, "{:?}", lines(&imports));
-    stop(daemon);
+    stop_clean(&p, daemon);
 }
 
 #[test]
@@ -530,7 +521,7 @@ fn fork_server_started_from_a_remembered_interpreter_the_probe_contradicts_is_re
     let p = Project::new();
     config_with_python(&p, "", &job("which", "python_version", ""));
     let (daemon, _) = start_daemon(&p, &p.path().join("imports.log"));
-    stop(daemon);
+    stop_clean(&p, daemon);
     // What the last start resolved, as if python3 had meant another interpreter then.
     let kept = p.log_dir().join("interpreter.json");
     let mut remembered: Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
@@ -548,7 +539,7 @@ fn fork_server_started_from_a_remembered_interpreter_the_probe_contradicts_is_re
         std::fs::canonicalize(&exe).unwrap(),
         std::fs::canonicalize(&ours).unwrap()
     );
-    stop(daemon);
+    stop_clean(&p, daemon);
     // The probe's answer is remembered again.
     let again: Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
     assert_eq!(again["resolved"], ours.as_str());
@@ -600,6 +591,6 @@ fn fork_jobs_that_inherit_nothing_get_nothing_the_daemon_preloaded() {
             "inherit_env = {inherit}: {}",
             p.daemon_output()
         );
-        stop(daemon);
+        stop_clean(&p, daemon);
     }
 }

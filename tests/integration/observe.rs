@@ -159,10 +159,6 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-fn job(id: &str, body: &str) -> String {
-    format!("\n[jobs.{id}]\n{body}\n")
-}
-
 /// A job every second that runs `fixture_jobs:verdict`, recording what ran in `ran`.
 fn verdict_job(id: &str, ran: &Path, verdict: &Path, extra: &str) -> String {
     job(
@@ -182,15 +178,6 @@ fn always_fails(p: &Project) -> std::path::PathBuf {
 
 fn lines(path: &Path) -> Vec<String> {
     file_lines(path)
-}
-
-fn stop(mut daemon: std::process::Child, p: &Project) {
-    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "the daemon did not stop cleanly: {status:?}\n{}",
-        p.daemon_output()
-    );
 }
 
 const EVENT_KEYS: [&str; 11] = [
@@ -296,7 +283,7 @@ fn a_failing_job_gives_one_failure_webhook_and_its_recovery_one_recovered() {
     assert!(wait_until(Duration::from_secs(20), || {
         p.runs_with("success").len() >= 3
     }));
-    stop(daemon, &p);
+    stop_clean(&p, daemon);
     let all = hooks.events("/hook");
     let kinds: Vec<&str> = all.iter().filter_map(|e| e["event"].as_str()).collect();
     // `quiet` failed every slot, with `notify = false`: nothing about it.
@@ -332,7 +319,7 @@ fn a_missed_slot_gives_missed() {
         "{}",
         p.daemon_output()
     );
-    stop(daemon, &p);
+    stop_clean(&p, daemon);
     let skipped: Vec<Value> = p.runs_with("skipped");
     assert!(!skipped.is_empty());
     let missed = hooks.events("/hook");
@@ -420,7 +407,7 @@ fn a_notifier_that_hangs_does_not_delay_the_next_fire() {
         table.contains("or ping") && table.contains("failed; the last"),
         "{table}"
     );
-    stop(daemon, &p);
+    stop_clean(&p, daemon);
     // No notifier process outlives its timeout.
     let left = std::fs::read_dir("/proc")
         .expect("/proc")
@@ -463,7 +450,7 @@ fn pings_hit_start_the_url_and_fail_in_order_with_the_run_id() {
             .count()
             >= 2
     }));
-    stop(daemon, &p);
+    stop_clean(&p, daemon);
     let history = p.history();
     let uid_of = |rid: &str| {
         history
@@ -567,8 +554,8 @@ fn the_heartbeat_ping_stops_outside_the_session() {
     for r in beats.requests() {
         assert_eq!(r.path, "/beat");
     }
-    stop(d1, &p1);
-    stop(d2, &p2);
+    stop_clean(&p1, d1);
+    stop_clean(&p2, d2);
 }
 
 /// `(job, outcome) → count` from a Prometheus scrape's `hedge_scheduler_runs_total`.
@@ -699,7 +686,7 @@ fn metrics_parse_and_their_counters_match_the_history() {
     let mut answer = String::new();
     let _ = conn.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
-    stop(daemon, &p);
+    stop_clean(&p, daemon);
 }
 
 #[test]
@@ -750,7 +737,7 @@ fn http_off_loopback_needs_a_token_and_the_token_is_checked() {
         "{shown}"
     );
     assert!(!p.daemon_output().contains(token));
-    stop(daemon, &p);
+    stop_clean(&p, daemon);
 }
 
 #[test]
@@ -910,7 +897,7 @@ fn daemon_start_stop_and_calendar_coverage_events_reach_the_hook() {
         "{}",
         p.daemon_output()
     );
-    stop(daemon, &p);
+    stop_clean(&p, daemon);
     // The stop's notification went out before the daemon exited.
     let texts: Vec<String> = hooks
         .events("/slack")
@@ -957,7 +944,7 @@ fn the_notify_command_gets_the_event_in_its_environment_and_on_stdin() {
         "{}",
         p.daemon_output()
     );
-    stop(daemon, &p);
+    stop_clean(&p, daemon);
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(&stdin_out).expect("stdin")).expect("JSON");
     for key in EVENT_KEYS {
@@ -1091,7 +1078,7 @@ fn a_ping_url_that_hangs_delays_only_its_own_pings() {
         "{} pings, {successes} runs",
         good.requests().len()
     );
-    stop(daemon, &p);
+    stop_clean(&p, daemon);
 }
 
 #[test]
@@ -1132,5 +1119,5 @@ fn a_run_stuck_in_native_code_gives_stuck() {
         .find(|r| r["id"] == events[0]["run_id"])
         .expect("the stuck run");
     assert_eq!(row["stuck"], true, "{row:#}");
-    stop(daemon, &p);
+    stop_clean(&p, daemon);
 }

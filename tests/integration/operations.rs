@@ -9,10 +9,6 @@ use serde_json::Value;
 
 use crate::util::*;
 
-fn job(id: &str, body: &str) -> String {
-    format!("\n[jobs.{id}]\n{body}\n")
-}
-
 const TICK: &str =
     "entry = \"fixture_jobs:noop\"\nschedule = \"* * * * * *\"\nmarket_hours = false";
 
@@ -30,17 +26,6 @@ fn wait_running(p: &Project) -> bool {
 
 fn sig(pid: u32, s: Signal) {
     kill(Pid::from_raw(pid as i32), s).expect("signal");
-}
-
-fn stop(p: &Project, mut daemon: std::process::Child) -> String {
-    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(40));
-    let out = p.daemon_output();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "daemon did not stop cleanly:\n{out}"
-    );
-    out
 }
 
 #[test]
@@ -67,7 +52,7 @@ fn one_instance_and_a_restart_after_kill_9() {
     let third = p.spawn_daemon();
     assert!(wait_running(&p), "a restart after kill -9 was blocked");
     assert_eq!(status_json(&p).1["daemon"]["pid"], third.id());
-    stop(&p, third);
+    stop_clean(&p, third);
 }
 
 #[test]
@@ -109,7 +94,7 @@ fn legacy_processes_are_refused_warned_about_or_stopped() {
     p.config("legacy = \"warn\"", &job("tick", TICK));
     let daemon = p.spawn_daemon();
     assert!(wait_running(&p));
-    let out = stop(&p, daemon);
+    let out = stop_clean(&p, daemon);
     assert!(
         out.contains(&format!("the old system is running: PID {}", old.id())),
         "{out}"
@@ -131,7 +116,7 @@ fn legacy_processes_are_refused_warned_about_or_stopped() {
         !pid_alive(old.id() as i32),
         "the old system's process was not stopped"
     );
-    let _ = stop(&p, daemon);
+    let _ = stop_clean(&p, daemon);
     assert!(
         pid_alive(viewer.id() as i32),
         "the viewer must be left alone"
@@ -145,7 +130,7 @@ fn legacy_processes_are_refused_warned_about_or_stopped() {
     p.config("legacy = \"refuse\"", &job("tick", TICK));
     let daemon = p.spawn_daemon();
     assert!(wait_running(&p));
-    let _ = stop(&p, daemon);
+    let _ = stop_clean(&p, daemon);
     viewer.kill().unwrap();
     viewer.wait().unwrap();
 }
@@ -167,7 +152,7 @@ fn sigterm_cancels_a_long_run_and_lets_a_short_one_finish() {
         .trim()
         .parse()
         .unwrap();
-    let _ = stop(&p, daemon);
+    let _ = stop_clean(&p, daemon);
     let rows = p.history();
     let long = rows
         .iter()
@@ -192,7 +177,7 @@ fn sigterm_cancels_a_long_run_and_lets_a_short_one_finish() {
         .join("history.sqlite3")
         .exists()
         && !p.runs_with("running").is_empty()));
-    let _ = stop(&p, daemon);
+    let _ = stop_clean(&p, daemon);
     assert!(!p.runs_with("success").is_empty(), "{:#?}", p.history());
     assert!(p.runs_with("cancelled").is_empty(), "{:#?}", p.history());
 }
@@ -237,7 +222,7 @@ fn kill_9_mid_run_ends_the_job_and_a_restart_abandons_the_row() {
     let rows = p.history();
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(rows[0]["outcome"], "abandoned");
-    let _ = stop(&p, daemon);
+    let _ = stop_clean(&p, daemon);
 }
 
 #[test]
@@ -266,7 +251,7 @@ fn heartbeat_ages_and_a_stopped_daemon_is_not_responding() {
     assert!(wait_until(Duration::from_secs(10), || {
         status_json(&p).1["daemon"]["responding"] == true
     }));
-    let _ = stop(&p, daemon);
+    let _ = stop_clean(&p, daemon);
 }
 
 #[test]
@@ -278,7 +263,7 @@ fn status_reports_at_the_configured_interval() {
         .runs_with("success")
         .len()
         >= 4));
-    let out = stop(&p, daemon);
+    let out = stop_clean(&p, daemon);
     let reports = out.matches("📊 Status report").count();
     assert!(reports >= 2, "{reports} reports:\n{out}");
     assert!(out.contains("TODAY"), "{out}");
@@ -347,7 +332,7 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_otherwise() {
             .iter()
             .any(|r| r["job"] == "tock" && r["outcome"] == "success")
     });
-    let out = stop(&p, daemon);
+    let out = stop_clean(&p, daemon);
     assert!(added, "{out}");
     assert!(
         out.contains("config rejected, keeping the old one"),
@@ -379,7 +364,7 @@ fn a_removed_history_database_is_recreated_and_firing_goes_on() {
                     >= 2
             })
     });
-    let out = stop(&p, daemon);
+    let out = stop_clean(&p, daemon);
     assert!(recreated, "{out}");
     assert!(
         out.contains("was removed or replaced: recreating it"),

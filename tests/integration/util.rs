@@ -352,3 +352,25 @@ pub fn use_venv_of(p: &Project, python: &Path) {
     )
     .expect("config");
 }
+
+/// A job's table in a config: `[jobs.<id>]` and its keys.
+pub fn job(id: &str, body: &str) -> String {
+    format!("\n[jobs.{id}]\n{body}\n")
+}
+
+/// Stops a daemon of `p` with SIGTERM, asserts it exited 0 (within 40 s), and returns its
+/// console output.
+pub fn stop_clean(p: &Project, mut daemon: std::process::Child) -> String {
+    let status = signal_and_wait(
+        &mut daemon,
+        nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(40),
+    );
+    let out = p.daemon_output();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the daemon did not stop cleanly: {status:?}\n{out}"
+    );
+    out
+}
