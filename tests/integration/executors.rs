@@ -16,6 +16,40 @@ fn once_in(secs: i64) -> (String, chrono::DateTime<chrono::Utc>) {
     (local.format("%S %M %H * * *").to_string(), at)
 }
 
+/// A daemon of `p` whose job `id` (with `body`, whose `{schedule}` is filled in) fires once, two
+/// seconds after the daemon is ready: started on a schedule far away, then reloaded, so a slow
+/// start cannot make it miss its one slot. Returns the daemon and the slot.
+fn fires_once_when_ready(
+    p: &Project,
+    id: &str,
+    body: &str,
+) -> (std::process::Child, chrono::DateTime<chrono::Utc>) {
+    p.config("", &job(id, &body.replace("{schedule}", "0 0 0 1 1 *")));
+    let daemon = p.spawn_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || p
+            .daemon_output()
+            .contains("All services initialized")),
+        "{}",
+        p.daemon_output()
+    );
+    let (pattern, slot) = once_in(2);
+    p.config("", &job(id, &body.replace("{schedule}", &pattern)));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    assert!(
+        wait_until(Duration::from_secs(10), || p
+            .daemon_output()
+            .contains("config reloaded")),
+        "{}",
+        p.daemon_output()
+    );
+    (daemon, slot)
+}
+
 fn of_job<'a>(rows: &'a [Value], id: &str) -> Vec<&'a Value> {
     rows.iter().filter(|r| r["job"] == id).collect()
 }
@@ -413,17 +447,13 @@ fn legacy_scripts_and_commands_run_too() {
 fn retry_twice_then_succeed_with_backoff() {
     let p = Project::new();
     let count = p.path().join("count.txt");
-    let (pattern, slot) = once_in(2);
-    p.config(
-        "",
-        &job(
-            "flaky",
-            &format!(
-                "entry = \"fixture_jobs:flaky\"\nschedule = \"{pattern}\"\nmarket_hours = false\nretry = {{ attempts = 3, backoff = \"1s\", factor = 2 }}\nargs = {{ count_file = {count:?}, fail_times = 2 }}"
-            ),
+    let (daemon, slot) = fires_once_when_ready(
+        &p,
+        "flaky",
+        &format!(
+            "entry = \"fixture_jobs:flaky\"\nschedule = \"{{schedule}}\"\nmarket_hours = false\nretry = {{ attempts = 3, backoff = \"1s\", factor = 2 }}\nargs = {{ count_file = {count:?}, fail_times = 2 }}"
         ),
     );
-    let daemon = p.spawn_daemon();
     let done = wait_until(Duration::from_secs(20), || {
         !p.runs_with("success").is_empty()
     });
@@ -554,12 +584,11 @@ fn overlap_replace_cancels_the_running_run() {
 #[test]
 fn run_once_refuses_or_waits_while_the_daemon_runs_the_job() {
     let p = Project::new();
-    let (pattern, _) = once_in(2);
-    p.config(
-        "",
-        &job("slow", &format!("entry = \"fixture_jobs:slow\"\nschedule = \"{pattern}\"\nmarket_hours = false\nargs = {{ seconds = 4 }}")),
+    let (daemon, _) = fires_once_when_ready(
+        &p,
+        "slow",
+        "entry = \"fixture_jobs:slow\"\nschedule = \"{schedule}\"\nmarket_hours = false\nargs = { seconds = 4 }",
     );
-    let daemon = p.spawn_daemon();
     let running = wait_until(Duration::from_secs(15), || {
         p.log_dir().join("history.sqlite3").exists()
             && p.history()

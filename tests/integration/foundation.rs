@@ -552,6 +552,11 @@ entry = "fixture_jobs:noop"
 schedule = "* * * * * *"
 market_hours = false
 enabled = false
+
+[jobs.tick]
+entry = "fixture_jobs:noop"
+schedule = "* * * * * *"
+market_hours = false
 "#,
     );
     let out = p.run(&["run-once", "nan"]);
@@ -565,7 +570,18 @@ enabled = false
     let out = p.run(&["run-once", "off"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let mut daemon = p.spawn_daemon();
-    std::thread::sleep(Duration::from_millis(2500));
+    // Proof by event, not by a sleep: the loop fired `tick`'s slots of three seconds, and `off`,
+    // due at the same instants, fired none of them.
+    assert!(
+        wait_until(Duration::from_secs(20), || p
+            .history()
+            .iter()
+            .filter(|r| r["job"] == "tick" && r["trigger"] == "schedule")
+            .count()
+            >= 3),
+        "{}",
+        p.daemon_output()
+    );
     signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(10));
     let rows = p.history();
     assert!(
