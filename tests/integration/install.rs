@@ -720,7 +720,8 @@ fn a_bridge_cache_cleaned_under_a_running_daemon_is_written_again_before_the_nex
     );
     // The job writes its record before it exits; its row says `success` a moment later.
     assert!(
-        wait_until(Duration::from_secs(10), || p.runs_with("success").len() == 1),
+        wait_until(Duration::from_secs(10), || p.runs_with("success").len()
+            == 1),
         "{}",
         p.daemon_output()
     );
