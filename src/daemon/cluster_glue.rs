@@ -58,10 +58,12 @@ pub(super) async fn claim(
         Claim::Unreachable(why) => {
             let policy = env.config.database_loss(job);
             // The primary runs alone only if it may still be the primary: it lost the database
-            // while its lease held.
+            // while its lease held, and was not standing by for its clock then (its peers, which
+            // read its last offset, run its slots meanwhile: the nemesis, seed 22).
+            let view = node.view();
             let primary = node.config.priority == 0
                 && (policy != DatabaseLoss::Primary
-                    || node.view().may_run_alone(node.config.lease));
+                    || (view.may_run_alone(node.config.lease) && !view.standing_by_for_clock));
             match (policy, primary) {
                 (DatabaseLoss::Run, _) | (DatabaseLoss::Primary, true) => {
                     node.mark_degraded(&job.id, req.scheduled_at);
@@ -85,6 +87,11 @@ pub(super) async fn claim(
                         "cluster database unreachable ({why}); on_database_loss = \"{}\"{}",
                         policy.as_str(),
                         match policy {
+                            DatabaseLoss::Primary
+                                if node.config.priority == 0 && view.standing_by_for_clock =>
+                            {
+                                ": this primary was standing by for its clock when it lost the database (its peers run its slots)"
+                            }
                             DatabaseLoss::Primary if node.config.priority == 0 => {
                                 ": this primary's lease ran out before it found the database gone (it was stopped or starved): a standby may have the slot, so it runs nothing alone until it renews"
                             }

@@ -1400,7 +1400,7 @@ fn cluster_killed_connection_reconnects_and_keeps_the_lease() {
 }
 
 /// Starts `node` with its wall clock shifted by `offset` (libfaketime; monotonic time real).
-fn start_with_clock(node: &mut Node, offset: &str) {
+pub(crate) fn start_with_clock(node: &mut Node, offset: &str) {
     let lib = crate::reliability::libfaketime();
     let offset = offset.to_string();
     node.child = Some(node.p.spawn_daemon_with(&[], move |cmd| {

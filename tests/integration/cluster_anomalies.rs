@@ -638,3 +638,55 @@ fn cluster_a12_a_primary_resumed_as_the_database_returns_does_not_run_alone_a_sl
         );
     }
 }
+
+/// A13 (the long nemesis run, seed 22): under `primary`, the primary's clock is off, so it
+/// stands by and a standby runs its slots (its peers read its offset in the database). When the
+/// database goes, it must not run the slots alone: the standby reads its last offset, not its
+/// clock now, and runs them once the database is back (in the nemesis the primary's clock was
+/// fixed during the outage, and both ran the first slot after it).
+#[test]
+fn cluster_a13_a_primary_standing_by_for_its_clock_runs_nothing_alone_when_the_database_goes() {
+    if !crate::reliability::have_faketime() {
+        return;
+    }
+    let (server, _hold) = need_pg!(exclusive);
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job(
+        "p",
+        &file,
+        "*/2 * * * * *",
+        0.2,
+        "on_database_loss = \"primary\"",
+    );
+    let mut b = Node::new(&db, "b", 1, &FAST, &job);
+    let mut a = Node::new(&db, "a", 0, &FAST, &job);
+    b.start();
+    start_with_clock(&mut a, "+5s");
+    assert!(a.joined() && b.joined(), "{}", a.p.daemon_output());
+    assert!(
+        wait_until(Duration::from_secs(20), || a
+            .p
+            .daemon_output()
+            .contains("not claiming slots until it is fixed")
+            && oracle(&file).iter().filter(|r| r.node == "b").count() >= 2),
+        "{}",
+        a.p.daemon_output()
+    );
+    server.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    server.start_again();
+    std::thread::sleep(Duration::from_secs(3));
+    a.stop();
+    b.stop();
+    let alone: Vec<_> = oracle(&file)
+        .into_iter()
+        .filter(|r| r.node == "a" && r.fence == "None")
+        .collect();
+    assert!(
+        alone.is_empty(),
+        "a ran alone while standing by for its clock: {alone:?}\n{}",
+        a.p.daemon_output()
+    );
+}

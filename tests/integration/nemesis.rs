@@ -440,6 +440,15 @@ fn check(
                     // gone: a primary stopped, frozen or cut off keeps them (and may run them
                     // without the database).
                     Some("the primary was stopped, frozen or cut off (policy)")
+                } else if j.policy == "skip"
+                    && !here.is_empty()
+                    && here
+                        .iter()
+                        .all(|r| r.end.is_none() && node_fault(&r.node, &["partition"]))
+                {
+                    // `skip`: a run cut off from the database ends at the trust deadline, and
+                    // its slot is not run again while its node may have finished it.
+                    Some("ended at the trust deadline, cut off from the database (policy)")
                 } else if here.is_empty() && state == "abandoned" && owner_fault {
                     Some("its owner died or was cut off holding it, too late to rerun")
                 } else {
