@@ -177,23 +177,7 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
     if let Some(off) = crate::control::OFF.lock().ok().and_then(|o| o.clone()) {
         problems.push(off);
     }
-    let (legacy, others) = crate::legacy::split(legacy);
-    if !others.is_empty() {
-        problems.push(format!(
-            "processes of other users are named like the old system's scripts (not ours, ignored): {}",
-            crate::legacy::list(&others)
-        ));
-    }
-    if !legacy.is_empty() {
-        let list = crate::legacy::list(&legacy);
-        if config.scheduler.legacy == crate::config::Legacy::Stop {
-            tracing::warn!("🧹 stopping the old system's processes: {list}");
-            crate::legacy::stop(&legacy, config.scheduler.kill_grace).await;
-        } else {
-            tracing::warn!("⚠️  the old system is running: {list}");
-            problems.push(format!("the old system is running: {list}"));
-        }
-    }
+    problems.extend(legacy_processes(legacy, &config).await);
 
     if input.daily {
         for warning in config.warnings(now) {
@@ -218,26 +202,7 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
         notify_last_error: input.notify.1,
         fork_server,
     };
-    let dir = config.scheduler.log_dir.clone();
-    let written = tokio::task::spawn_blocking(move || crate::health::write_state(&dir, &state))
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
-    // Said once when it starts failing (a full disk would repeat it every health check), and
-    // once when it works again.
-    static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    match written {
-        Err(e) => {
-            if !FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::error!("cannot write {}: {e}", crate::health::STATE_FILE);
-            }
-        }
-        Ok(()) => {
-            if FAILING.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                tracing::info!("{} written again", crate::health::STATE_FILE);
-            }
-        }
-    }
+    write_state(&config.scheduler.log_dir, state).await;
     let _ = tx.send(Chore::HealthDone { lock_lost });
 }
 
@@ -355,30 +320,7 @@ impl Dispatcher {
         self.audit_gaps(jobs);
         let now = Utc::now();
         let tz = self.calendar.tz();
-        let mut problems = Vec::new();
-        if let Some(node) = &self.node {
-            let view = node.view();
-            match view.clock_offset_ms {
-                Some(off) if off.unsigned_abs() > node.config.max_clock_skew.as_millis() as u64 => {
-                    problems.push(format!(
-                        "this host's clock is {off:+} ms off the cluster database's, more than max_clock_skew: slots are not claimed early"
-                    ))
-                }
-                Some(off) if off.abs() > 250 => problems.push(format!(
-                    "this host's clock is {off:+} ms off the cluster database's"
-                )),
-                _ => {}
-            }
-            if !view.connected {
-                problems.push(format!(
-                    "cluster database {} unreachable{}",
-                    node.config.database_shown,
-                    view.last_error
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                ));
-            }
-        }
+        let mut problems = self.node.as_ref().map(cluster_problems).unwrap_or_default();
         // Belt and braces: a run far past its timeout is ended here too.
         for state in jobs.iter() {
             match decide::overdue(state, now, self.config.scheduler.kill_grace, tz) {
@@ -447,6 +389,84 @@ impl Dispatcher {
 
     pub(super) fn drop_retired(&mut self, jobs: &mut Vec<JobState>) {
         jobs.retain(|s| !(s.retired && s.running.is_none()));
+    }
+}
+
+/// What the health check says of this node in its cluster: its clock, its connection.
+fn cluster_problems(node: &crate::cluster::Node) -> Vec<String> {
+    let mut problems = Vec::new();
+    let view = node.view();
+    match view.clock_offset_ms {
+            Some(off) if off.unsigned_abs() > node.config.max_clock_skew.as_millis() as u64 => {
+                problems.push(format!(
+                    "this host's clock is {off:+} ms off the cluster database's, more than max_clock_skew: slots are not claimed early"
+                ))
+            }
+            Some(off) if off.abs() > 250 => problems.push(format!(
+                "this host's clock is {off:+} ms off the cluster database's"
+            )),
+            _ => {}
+        }
+    if !view.connected {
+        problems.push(format!(
+            "cluster database {} unreachable{}",
+            node.config.database_shown,
+            view.last_error
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    problems
+}
+
+/// The old system's scripts found running: stopped (`scheduler.legacy = "stop"`) or a problem to
+/// report; other users' processes named like them are only reported.
+async fn legacy_processes(
+    found: Vec<crate::legacy::LegacyProcess>,
+    config: &crate::config::Config,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let (legacy, others) = crate::legacy::split(found);
+    if !others.is_empty() {
+        problems.push(format!(
+            "processes of other users are named like the old system's scripts (not ours, ignored): {}",
+            crate::legacy::list(&others)
+        ));
+    }
+    if !legacy.is_empty() {
+        let list = crate::legacy::list(&legacy);
+        if config.scheduler.legacy == crate::config::Legacy::Stop {
+            tracing::warn!("🧹 stopping the old system's processes: {list}");
+            crate::legacy::stop(&legacy, config.scheduler.kill_grace).await;
+        } else {
+            tracing::warn!("⚠️  the old system is running: {list}");
+            problems.push(format!("the old system is running: {list}"));
+        }
+    }
+
+    problems
+}
+
+/// Writes the health state file (said once when it starts failing, and once when it works
+/// again: a full disk would repeat it every health check).
+async fn write_state(log_dir: &std::path::Path, state: crate::health::DaemonState) {
+    let dir = log_dir.to_path_buf();
+    let written = tokio::task::spawn_blocking(move || crate::health::write_state(&dir, &state))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+    static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match written {
+        Err(e) => {
+            if !FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!("cannot write {}: {e}", crate::health::STATE_FILE);
+            }
+        }
+        Ok(()) => {
+            if FAILING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("{} written again", crate::health::STATE_FILE);
+            }
+        }
     }
 }
 
