@@ -48,55 +48,7 @@ pub(super) async fn run_subprocess(
         }
     };
     let tag = uid;
-    let mut cmd = match &job.entry {
-        Entry::Command(argv) => {
-            let mut cmd = Command::new(&argv[0]);
-            cmd.args(&argv[1..]);
-            cmd
-        }
-        Entry::Function { .. } | Entry::Script(_) => {
-            let mut cmd = Command::new(&env.python);
-            cmd.arg("-m").arg("hedge_bridge");
-            cmd
-        }
-    };
-    if !job.env.inherit {
-        cmd.env_clear()
-            .envs(crate::config::secrets::kept_environment());
-    }
-    cmd.envs(job.env.vars.iter().map(|(k, v)| (k, v.expose())));
-    // systemd's messages are the daemon's to send, not its jobs'.
-    for var in crate::health::SYSTEMD_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.current_dir(&env.config.python.cwd)
-        .env(
-            "PYTHONPATH",
-            python_path(&crate::bridge::search_path(&env.config.python)),
-        )
-        .env("PYTHONUNBUFFERED", "1")
-        .env("HEDGE_CONTEXT", context)
-        .env("HEDGE_RESULT_FILE", &result_file)
-        .env(process::RUN_TAG, tag)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    // Cluster mode: a command job has no context object; the node and fence come this way.
-    if env.config.cluster.is_some()
-        && let Ok(ctx) = serde_json::from_str::<serde_json::Value>(context)
-    {
-        if let Some(node) = ctx["node"].as_str() {
-            cmd.env("HEDGE_SCHEDULER_NODE", node);
-        }
-        if let Some(fence) = ctx["fence"].as_i64() {
-            cmd.env("HEDGE_SCHEDULER_FENCE", fence.to_string());
-        }
-    }
-    if let Some(venv) = &env.config.python.venv {
-        cmd.env("VIRTUAL_ENV", venv);
-    }
+    let mut cmd = run_command(env, job, (uid, context), &result_file);
     // Contained from its first instruction: its own cgroup (where one can be made), and the
     // user's umask.
     let cage = match crate::contain::Cage::new(uid) {
@@ -167,6 +119,67 @@ pub(super) async fn run_subprocess(
     exec.stderr_tail = pumps.drain(log).await;
     exec.bridge = take_result(&result_file);
     exec
+}
+
+/// The run's command: `python -m hedge_bridge` (a function or a script) or the program itself,
+/// in a process group of its own, with the job's environment, its context and result file, and
+/// the run's tag.
+fn run_command(
+    env: &RunEnv,
+    job: &Job,
+    (uid, context): (&str, &str),
+    result_file: &std::path::Path,
+) -> Command {
+    let mut cmd = match &job.entry {
+        Entry::Command(argv) => {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]);
+            cmd
+        }
+        Entry::Function { .. } | Entry::Script(_) => {
+            let mut cmd = Command::new(&env.python);
+            cmd.arg("-m").arg("hedge_bridge");
+            cmd
+        }
+    };
+    if !job.env.inherit {
+        cmd.env_clear()
+            .envs(crate::config::secrets::kept_environment());
+    }
+    cmd.envs(job.env.vars.iter().map(|(k, v)| (k, v.expose())));
+    // systemd's messages are the daemon's to send, not its jobs'.
+    for var in crate::health::SYSTEMD_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(&env.config.python.cwd)
+        .env(
+            "PYTHONPATH",
+            python_path(&crate::bridge::search_path(&env.config.python)),
+        )
+        .env("PYTHONUNBUFFERED", "1")
+        .env("HEDGE_CONTEXT", context)
+        .env("HEDGE_RESULT_FILE", result_file)
+        .env(process::RUN_TAG, uid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    // Cluster mode: a command job has no context object; the node and fence come this way.
+    if env.config.cluster.is_some()
+        && let Ok(ctx) = serde_json::from_str::<serde_json::Value>(context)
+    {
+        if let Some(node) = ctx["node"].as_str() {
+            cmd.env("HEDGE_SCHEDULER_NODE", node);
+        }
+        if let Some(fence) = ctx["fence"].as_i64() {
+            cmd.env("HEDGE_SCHEDULER_FENCE", fence.to_string());
+        }
+    }
+    if let Some(venv) = &env.config.python.venv {
+        cmd.env("VIRTUAL_ENV", venv);
+    }
+    cmd
 }
 
 /// A run's process group is known: the keeper is told (should the scheduler die now, it ends
