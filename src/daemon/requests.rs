@@ -169,44 +169,57 @@ impl Dispatcher {
                 ok(format!("{job}: {message}"))
             }
             Request::Backfill { slots, range, .. } => {
-                if slots.len() > crate::control::MAX_BACKFILL {
-                    return Reply {
-                        ok: false,
-                        message: format!(
-                            "{} slots: at most {} at a time",
-                            slots.len(),
-                            crate::control::MAX_BACKFILL
-                        ),
-                    };
-                }
-                let state = &mut jobs[i];
-                // Merged as sets: a long queue costs n log n here, never n².
-                let mut queue: std::collections::BTreeSet<DateTime<Utc>> =
-                    state.backfill.drain(..).collect();
-                let before = queue.len();
-                queue.extend(
-                    slots
-                        .into_iter()
-                        .filter(|s| *s <= now && state.backfilling != Some(*s)),
-                );
-                let added = queue.len() - before;
-                state.backfill = queue.into_iter().collect();
-                self.backfill_spans
-                    .entry(job.clone())
-                    .or_default()
-                    .push(range);
-                tracing::info!(
-                    "⏪ {job}: {} to backfill ({} in all)",
-                    crate::fmt::n(added, "slot"),
-                    state.backfill.len() + usize::from(state.backfilling.is_some())
-                );
-                let actions: Vec<Action> = decide::next_backfill(state, now).into_iter().collect();
-                self.dispatch(&jobs[i], actions);
-                ok(format!(
-                    "{job}: {} queued for backfill, run one at a time when the job is idle",
-                    crate::fmt::n(added, "slot")
-                ))
+                self.backfill(&mut jobs[i], slots, range, now)
             }
         }
+    }
+
+    /// `backfill`: past slots queued, run one at a time when the job is idle.
+    fn backfill(
+        &mut self,
+        state: &mut JobState,
+        slots: Vec<DateTime<Utc>>,
+        range: crate::control::Span,
+        now: DateTime<Utc>,
+    ) -> crate::control::Reply {
+        use crate::control::Reply;
+        let job = state.job.id.clone();
+        let ok = |message: String| Reply { ok: true, message };
+        if slots.len() > crate::control::MAX_BACKFILL {
+            return Reply {
+                ok: false,
+                message: format!(
+                    "{} slots: at most {} at a time",
+                    slots.len(),
+                    crate::control::MAX_BACKFILL
+                ),
+            };
+        }
+        // Merged as sets: a long queue costs n log n here, never n².
+        let mut queue: std::collections::BTreeSet<DateTime<Utc>> =
+            state.backfill.drain(..).collect();
+        let before = queue.len();
+        queue.extend(
+            slots
+                .into_iter()
+                .filter(|s| *s <= now && state.backfilling != Some(*s)),
+        );
+        let added = queue.len() - before;
+        state.backfill = queue.into_iter().collect();
+        self.backfill_spans
+            .entry(job.clone())
+            .or_default()
+            .push(range);
+        tracing::info!(
+            "⏪ {job}: {} to backfill ({} in all)",
+            crate::fmt::n(added, "slot"),
+            state.backfill.len() + usize::from(state.backfilling.is_some())
+        );
+        let actions: Vec<Action> = decide::next_backfill(state, now).into_iter().collect();
+        self.dispatch(state, actions);
+        ok(format!(
+            "{job}: {} queued for backfill, run one at a time when the job is idle",
+            crate::fmt::n(added, "slot")
+        ))
     }
 }
