@@ -157,13 +157,17 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
         };
     }
     end.signal = status.and_then(|s| s.signal()).map(process::signal_name);
-    // The job returned before the interrupt reached it: its process exited 0 on its own and the
-    // bridge reported the return. It completed, whatever came after (a cancel seen together with
-    // its end, as after a pause of the daemon: nemesis A8).
-    let completed = !matches!(exec.ended, Ended::Exited(_))
-        && status.is_some_and(|s| s.code() == Some(0))
-        && exec.failure.is_none()
-        && bridge.is_some_and(|b| b.status == BridgeStatus::Ok);
+    // The job returned: the bridge reported the return (it writes its report after the job's
+    // function returned, before the process exits). It completed, whatever came after: a
+    // cancel seen together with its end, as after a pause of the daemon (nemesis A8), or a
+    // signal that ended the process on its way out (the keeper, at a frozen daemon's trust
+    // deadline: the long nemesis run, seed 21; a rerun would have doubled the slot's work).
+    let returned = exec.failure.is_none() && bridge.is_some_and(|b| b.status == BridgeStatus::Ok);
+    let completed = returned
+        && match &exec.ended {
+            Ended::Exited(s) => s.is_some_and(|s| s.signal().is_some()),
+            _ => status.is_some_and(|s| s.code() == Some(0) || s.signal().is_some()),
+        };
     let outcome = match &exec.ended {
         _ if completed => {
             end.result = bridge
@@ -282,8 +286,9 @@ mod tests {
     }
 
     /// A8 (cluster nemesis): a run whose job returned while the daemon was stopped, then was
-    /// "cancelled" by a lease event seen together with its end, is a success; a run really
-    /// ended by the cancel is not.
+    /// "cancelled" by a lease event seen together with its end, is a success; so is one whose
+    /// process was killed on its way out after its job returned (A14); a run ended before its
+    /// job returned is not.
     #[test]
     fn a_run_that_completed_before_its_cancel_landed_is_a_success() {
         let ok = r#"{"status": "ok", "result": {"n": 1}}"#;
@@ -296,9 +301,19 @@ mod tests {
                 Outcome::Success,
             ),
             (Ended::TimedOut(exited0), ok, Outcome::Success),
+            // Ended by the cancel after its job returned: it completed.
             (
                 Ended::Cancelled(killed, "lease".into()),
                 ok,
+                Outcome::Success,
+            ),
+            // Killed from outside (the keeper) after its job returned: it completed.
+            (Ended::Exited(killed), ok, Outcome::Success),
+            // Killed before its job returned: it did not.
+            (Ended::Exited(killed), "", Outcome::Crashed),
+            (
+                Ended::Cancelled(killed, "lease".into()),
+                "",
                 Outcome::Cancelled,
             ),
             (
