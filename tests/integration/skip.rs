@@ -6,6 +6,8 @@ use std::sync::Mutex;
 
 /// The skipped tests, and what each needs.
 static SKIPPED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+/// The test process (a forked child that exits runs the exit handlers too: it says nothing).
+static OWNER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 /// Whether this run is CI's (`CI=true`), where nothing may be skipped.
 pub fn on_ci() -> bool {
@@ -22,6 +24,7 @@ pub fn skip(why: &str, install: &str) {
     eprintln!("SKIPPED {test}: {why} ({install})");
     let mut skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
     if skipped.is_empty() {
+        let _ = OWNER.set(std::process::id());
         unsafe extern "C" {
             fn atexit(f: extern "C" fn()) -> i32;
         }
@@ -37,7 +40,7 @@ pub fn skip(why: &str, install: &str) {
 /// harness does not capture).
 extern "C" fn summary() {
     let skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
-    if skipped.is_empty() {
+    if skipped.is_empty() || OWNER.get() != Some(&std::process::id()) {
         return;
     }
     let mut tests: Vec<&str> = skipped.iter().map(|(t, _)| t.as_str()).collect();
