@@ -471,37 +471,11 @@ enabled = false
         let config = config();
         let row = |id: i64, outcome: Outcome, minute: u32| {
             let t = format!("2026-11-27T05:{minute:02}:00.000000Z");
-            let mut r = RunRow {
-                id,
-                job: "options_chain".into(),
-                trigger: crate::history::TriggerKind::Schedule,
-                scheduled_at: t.clone(),
-                started_at: t.clone(),
-                entered_at: None,
-                finished_at: (outcome != Outcome::Running).then(|| t.replace(":00.", ":02.")),
-                duration_ms: (outcome != Outcome::Running).then_some(2000),
-                attempt: 1,
-                outcome,
-                exit_code: None,
-                signal: None,
-                pid: Some(4242),
-                owner_pid: None,
-                error: None,
-                result: None,
-                executor: Some("subprocess".into()),
-                stuck: false,
-                peak_rss_bytes: None,
-                cpu_ms: None,
-                missed_count: None,
-                missed_from: None,
-                missed_to: None,
-                run_uid: None,
-                node: None,
-                node_epoch: None,
-                fence: None,
-                stale: false,
-                degraded: false,
-            };
+            let mut r = RunRow::sample(id, "options_chain", &t, outcome);
+            r.finished_at = (outcome != Outcome::Running).then(|| t.replace(":00.", ":02."));
+            r.duration_ms = (outcome != Outcome::Running).then_some(2000);
+            r.pid = Some(4242);
+            r.executor = Some("subprocess".into());
             if outcome == Outcome::Failed {
                 r.error = Some("ValueError: boom\nTraceback (most recent call last): …".into());
             }

@@ -345,6 +345,45 @@ pub struct RunRow {
     pub degraded: bool,
 }
 
+#[cfg(test)]
+impl RunRow {
+    /// A row of `job` for slot `scheduled_at` (a `fmt_time` string), started then, with
+    /// `outcome` and nothing else: for tests to fill in what they look at.
+    pub(crate) fn sample(id: i64, job: &str, scheduled_at: &str, outcome: Outcome) -> RunRow {
+        RunRow {
+            id,
+            job: job.into(),
+            trigger: TriggerKind::Schedule,
+            scheduled_at: scheduled_at.into(),
+            started_at: scheduled_at.into(),
+            entered_at: None,
+            finished_at: None,
+            duration_ms: None,
+            attempt: 1,
+            outcome,
+            exit_code: None,
+            signal: None,
+            pid: None,
+            owner_pid: None,
+            error: None,
+            result: None,
+            executor: None,
+            stuck: false,
+            peak_rss_bytes: None,
+            cpu_ms: None,
+            missed_count: None,
+            missed_from: None,
+            missed_to: None,
+            run_uid: None,
+            node: None,
+            node_epoch: None,
+            fence: None,
+            stale: false,
+            degraded: false,
+        }
+    }
+}
+
 /// A journal row the cluster's database does not have yet (or not in this revision).
 #[derive(Debug, Clone)]
 pub struct Unsynced {

@@ -600,40 +600,8 @@ mod tests {
             .unwrap_or_default()
     }
 
-    use crate::history::TriggerKind;
-
     fn row(id: i64, slot: DateTime<Utc>, outcome: Outcome) -> RunRow {
-        RunRow {
-            id,
-            job: "j".into(),
-            trigger: TriggerKind::Schedule,
-            scheduled_at: crate::history::fmt_time(slot),
-            started_at: crate::history::fmt_time(slot),
-            entered_at: None,
-            finished_at: None,
-            duration_ms: None,
-            attempt: 1,
-            outcome,
-            exit_code: None,
-            signal: None,
-            pid: None,
-            owner_pid: None,
-            error: None,
-            result: None,
-            executor: None,
-            stuck: false,
-            peak_rss_bytes: None,
-            cpu_ms: None,
-            missed_count: None,
-            missed_from: None,
-            missed_to: None,
-            run_uid: None,
-            node: None,
-            node_epoch: None,
-            fence: None,
-            stale: false,
-            degraded: false,
-        }
+        RunRow::sample(id, "j", &crate::history::fmt_time(slot), outcome)
     }
 
     #[test]
