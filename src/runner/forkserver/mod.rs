@@ -362,9 +362,14 @@ impl Server {
         life.dead.get_or_insert(why);
     }
 
-    /// The server is gone: every run waiting on it is told.
+    /// The server is gone: every run waiting on it is told why (our own reason when we killed
+    /// it, a hang, rather than the signal it died of).
     fn gone(&self, why: String) {
         self.mark_dead(why.clone());
+        let why = match self.dead() {
+            Some(ours) if ours != why => format!("{ours} (killed)"),
+            _ => why,
+        };
         let routes: Vec<_> = self
             .routes
             .lock()
