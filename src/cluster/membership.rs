@@ -167,11 +167,12 @@ impl Coordinator {
             fence: None,
             degraded: false,
         }));
-        // A new lease, from the join's send.
+        // A new lease, from the join's send; a new incarnation, from now.
         self.set_view(|v| {
             v.epoch = Some(epoch);
             v.renewed_at = Some(sent);
             v.unreachable_at = None;
+            v.joined_at = Some(Instant::now());
         });
         tracing::info!(
             "🤝 joined the cluster at {} as node {} (epoch {epoch}, priority {}){}",

@@ -94,19 +94,36 @@ pub struct View {
     pub renewed_at: Option<Instant>,
     /// When this node found the database unreachable, since that renewal.
     pub unreachable_at: Option<Instant>,
+    /// When this incarnation's join was answered: a slot first tried before it may have been
+    /// claimed by a standby while this node was away (down, or declared dead).
+    pub joined_at: Option<Instant>,
 }
 
 impl View {
-    /// Whether this primary may run a slot alone (`on_database_loss = "primary"`): only if it
-    /// lost the database while its lease still held, so nobody can have declared it dead since
-    /// (unless it alone was cut off, which the policy allows for). A node that lost it only
-    /// after its lease ran out (it was stopped, frozen or starved past it) may have been declared
-    /// dead while the database was up, and a standby may reach the database before it does: it
-    /// runs nothing alone until it has renewed (the nemesis: a primary stopped past its lease
-    /// woke to a database stop and ran the slot a standby had run; another, resumed as the
-    /// database came back, ran alone the slot a standby claimed a moment later).
-    pub fn may_run_alone(&self, lease: Duration) -> bool {
-        !self.lease_ran_out_first(lease)
+    /// Whether this primary may run alone (`on_database_loss = "primary"`) the slot first tried
+    /// at `first_try`: only if it lost the database while its lease still held, so nobody can
+    /// have declared it dead since (unless it alone was cut off, which the policy allows for),
+    /// and its incarnation joined before that try.
+    /// - A node that lost the database only after its lease ran out (it was stopped, frozen or
+    ///   starved past it) may have been declared dead while the database was up, and a standby
+    ///   may reach the database before it does: it runs nothing alone until it has renewed (the
+    ///   nemesis: a primary stopped past its lease woke to a database stop and ran the slot a
+    ///   standby had run; another, resumed as the database came back, ran alone the slot a
+    ///   standby claimed a moment later).
+    /// - A node that started, or rejoined after it was declared dead, since the slot's first
+    ///   try cannot know whether a standby claimed the slot while it was away (the model's
+    ///   `alone_only_in_own_epoch`: a primary restarted into a database stop ran the slot a
+    ///   standby had just run).
+    pub fn may_run_alone(&self, lease: Duration, first_try: DateTime<Utc>) -> bool {
+        !self.lease_ran_out_first(lease) && self.joined_before(first_try)
+    }
+
+    /// Whether this incarnation joined before `at` (the cluster's time).
+    pub fn joined_before(&self, at: DateTime<Utc>) -> bool {
+        self.joined_at.is_some_and(|joined| {
+            let ago = chrono::Duration::from_std(joined.elapsed()).unwrap_or_default();
+            self.now() - ago <= at
+        })
     }
 
     /// Whether this node's lease ran out before it found the database gone: it may have been
@@ -375,7 +392,10 @@ impl Node {
                     if self.view().trusted
                         || (req.primary_runs_without_db
                             && self.config.priority == 0
-                            && self.view().lease_ran_out_first(self.config.lease)) =>
+                            && !self.view().may_run_alone(
+                                self.config.lease,
+                                req.slot - self.config.claim_lead(),
+                            )) =>
                 {
                     if waited_for.is_none() {
                         tracing::info!(
@@ -579,31 +599,45 @@ pub fn valid_until(
 mod tests {
     use super::*;
 
-    /// `may_run_alone`, in a table: a primary that lost the database while its lease held
-    /// runs alone; one that lost it only after its lease ran out does not (until it renews).
+    /// `may_run_alone`, in a table: a primary that lost the database while its lease held runs
+    /// alone the slots first tried after it joined; one that lost it only after its lease ran
+    /// out does not (until it renews), nor one that has not joined, nor one that joined after
+    /// the slot's first try (it started, or rejoined, since: a standby may have run the slot).
     #[test]
     fn a_primary_runs_alone_only_while_nobody_can_have_declared_it_dead() {
-        let t0 = Instant::now();
+        // The cluster's time is 10:00:00 at `t0`; the test's instants are up to 5 s after it.
+        let t0 = Instant::now() - Duration::from_secs(60);
+        let at_t0 = chrono::DateTime::parse_from_rfc3339("2026-12-08T10:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .expect("a valid instant");
         let lease = Duration::from_secs(2);
-        let secs = |s: f64| t0 + Duration::from_secs_f64(s);
-        // (renewed at, found the database gone at, may run alone)
-        let table: [(Option<f64>, Option<f64>, bool); 5] = [
-            (None, Some(5.0), true),
-            (Some(0.0), None, true),
-            (Some(0.0), Some(1.5), true),
-            (Some(0.0), Some(2.0), false),
-            (Some(0.0), Some(4.3), false),
+        let mono = |s: f64| t0 + Duration::from_secs_f64(s);
+        let wall = |s: f64| at_t0 + chrono::Duration::milliseconds((s * 1000.0) as i64);
+        // (joined at, renewed at, found the database gone at, the slot's first try, may run
+        // alone)
+        type Row = (Option<f64>, Option<f64>, Option<f64>, f64, bool);
+        let table: [Row; 8] = [
+            (Some(0.0), Some(0.0), None, 3.0, true),
+            (Some(0.0), Some(0.0), Some(1.5), 3.0, true),
+            (Some(0.0), Some(0.0), Some(2.0), 3.0, false),
+            (Some(0.0), Some(0.0), Some(4.3), 5.0, false),
+            (None, None, Some(5.0), 5.0, false),
+            (Some(1.0), Some(1.0), Some(1.5), 0.5, false),
+            (Some(1.0), Some(1.0), Some(1.5), 1.1, true),
+            (Some(1.0), Some(2.5), Some(3.0), 2.0, true),
         ];
-        for (renewed, lost, want) in table {
+        for (joined, renewed, lost, first_try, want) in table {
             let view = View {
-                renewed_at: renewed.map(secs),
-                unreachable_at: lost.map(secs),
+                anchor: Some((t0, at_t0)),
+                joined_at: joined.map(mono),
+                renewed_at: renewed.map(mono),
+                unreachable_at: lost.map(mono),
                 ..View::default()
             };
             assert_eq!(
-                view.may_run_alone(lease),
+                view.may_run_alone(lease, wall(first_try)),
                 want,
-                "renewed {renewed:?}, lost {lost:?}"
+                "joined {joined:?}, renewed {renewed:?}, lost {lost:?}, first try {first_try}"
             );
         }
     }

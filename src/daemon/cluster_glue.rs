@@ -58,12 +58,15 @@ pub(super) async fn claim(
         Claim::Unreachable(why) => {
             let policy = env.config.database_loss(job);
             // The primary runs alone only if it may still be the primary: it lost the database
-            // while its lease held, and was not standing by for its clock then (its peers, which
-            // read its last offset, run its slots meanwhile: the nemesis, seed 22).
+            // while its lease held, its incarnation joined before the slot's first try, and it
+            // was not standing by for its clock then (its peers, which read its last offset, run
+            // its slots meanwhile: the nemesis, seed 22).
             let view = node.view();
+            let first_try = req.scheduled_at - node.config.claim_lead();
             let primary = node.config.priority == 0
                 && (policy != DatabaseLoss::Primary
-                    || (view.may_run_alone(node.config.lease) && !view.standing_by_for_clock));
+                    || (view.may_run_alone(node.config.lease, first_try)
+                        && !view.standing_by_for_clock));
             match (policy, primary) {
                 (DatabaseLoss::Run, _) | (DatabaseLoss::Primary, true) => {
                     node.mark_degraded(&job.id, req.scheduled_at);

@@ -577,6 +577,71 @@ fn cluster_a11_a_primary_stopped_past_its_lease_does_not_run_alone_a_slot_a_stan
     assert!(alone.is_empty(), "a ran alone during the outage: {alone:?}");
 }
 
+/// The model (`alone_only_in_own_epoch`): under `primary`, the primary is SIGKILLed, a standby
+/// takes its slots, the database stops and the primary is started again into the outage. A
+/// process that has not joined cannot know which slots a standby ran while it was away: it runs
+/// nothing alone until it joins (the model's trace: it ran the slot the standby had just run).
+#[test]
+fn cluster_a_primary_started_into_a_database_stop_runs_nothing_alone_until_it_joins() {
+    let (server, _hold) = need_pg!(exclusive);
+    let db = server.database();
+    let shared = shared_dir();
+    let file = shared.path().join("oracle.log");
+    let job = oracle_job(
+        "p",
+        &file,
+        "*/2 * * * * *",
+        0.3,
+        "on_database_loss = \"primary\"",
+    );
+    let (mut a, mut b) = pair(&db, &FAST, &job);
+    assert!(wait_until(Duration::from_secs(30), || oracle(&file)
+        .iter()
+        .any(|r| r.node == "a" && r.ended)));
+    let killed = now_secs();
+    a.kill();
+    assert!(
+        wait_until(Duration::from_secs(12), || oracle(&file)
+            .iter()
+            .any(
+                |r| r.node == "b" && started_at(&file, r.pid).is_some_and(|t| t > killed)
+            )),
+        "b never took a's slots: {}",
+        b.p.daemon_output()
+    );
+    server.stop();
+    let restarted = now_secs();
+    a.start();
+    // Three slots with the database down: nobody may run them (b is a standby, and a cannot
+    // know what b ran while it was away).
+    std::thread::sleep(Duration::from_secs(6));
+    let back = now_secs();
+    server.start_again();
+    assert!(
+        wait_until(Duration::from_secs(20), || oracle(&file)
+            .iter()
+            .any(|r| started_at(&file, r.pid).is_some_and(|t| t > back + 0.5))),
+        "no slot ran after the database came back: {}",
+        a.p.daemon_output()
+    );
+    a.stop();
+    b.stop();
+    let runs = oracle(&file);
+    let alone: Vec<_> = runs
+        .iter()
+        .filter(|r| r.node == "a" && r.fence == "None")
+        .filter(|r| started_at(&file, r.pid).is_some_and(|t| t > restarted && t < back))
+        .collect();
+    assert!(
+        alone.is_empty(),
+        "a ran alone before it joined: {alone:?}\n{}",
+        a.p.daemon_output()
+    );
+    for (slot, execs) in per_slot(&runs) {
+        assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
+    }
+}
+
 /// A12 (the long nemesis run, seed 21 again, after A11's fix): under `primary`, the primary's
 /// daemon is stopped past its lease (a standby takes its slots) and the database restarts while
 /// it is stopped; it resumes just before a slot, finds its connection gone and, before it has

@@ -5,8 +5,8 @@ use super::check;
 use super::invariants;
 use super::protocol::{Log, Protocol};
 use super::state::{
-    Action, Db, Exec, Ghost, MAX_EXECS, MAX_NODES, MAX_SLOTS, NEVER, Node, NodeRow, Pend, Phase,
-    Proc, Run, SlotRow, SlotState, State, Status,
+    Action, Db, Exec, Ghost, LOST_NOT, MAX_EXECS, MAX_NODES, MAX_SLOTS, NEVER, Node, NodeRow, Pend,
+    Phase, Proc, Run, SlotRow, SlotState, State, Status,
 };
 
 impl check::Model for Protocol {
@@ -20,15 +20,19 @@ impl check::Model for Protocol {
             offset: 0,
             measured: 0,
             epoch: 1,
+            alone_from: 0,
+            isolated: false,
             trust_until: self.cfg.trust(),
             lapse_said: false,
             alarm: false,
+            lost: LOST_NOT,
             next: 0,
             run: Run {
                 phase: Phase::Idle,
                 slot: 0,
                 fence: 0,
                 exec: 0,
+                for_lease: false,
             },
             pending: [Pend::None; MAX_SLOTS],
             done: 0,
@@ -70,6 +74,8 @@ impl check::Model for Protocol {
             status: Status::Killed,
             left: 0,
             lost_lease: false,
+            unseen: false,
+            signalled: false,
         };
         let ghost = Ghost {
             kill_at: NEVER,

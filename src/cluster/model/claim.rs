@@ -3,7 +3,7 @@
 
 use super::config::Policy;
 use super::protocol::{Log, Protocol};
-use super::state::{DUTY_SLOT, Phase, Run, SlotState, State, name};
+use super::state::{DUTY_SLOT, LOST_LATE, Phase, Run, SlotState, State, name};
 
 impl Protocol {
     /// Evaluates the node's next slot.
@@ -14,6 +14,9 @@ impl Protocol {
         let local = self.local(s, n);
         let epoch = s.nodes[n].epoch;
         let reachable = self.ensure_session(s, n, log);
+        if !reachable {
+            self.found_unreachable(s, n);
+        }
         if reachable && !self.alive(s, n) {
             // Declared dead while it was not looking: it rejoins first (its run is killed and
             // reaped before the slot is evaluated again, this tick).
@@ -160,6 +163,7 @@ impl Protocol {
             slot: i as u8,
             fence,
             exec: 0,
+            for_lease: false,
         };
         s.nodes[n].next += 1;
         log.say(s.now, || {
@@ -318,11 +322,28 @@ impl Protocol {
     /// never past the slot's validity; then `on_database_loss`.
     pub(super) fn unreachable(&self, s: &mut State, n: usize, i: usize, log: &mut Log) {
         let trusted = s.now < s.nodes[n].trust_until;
-        if trusted && self.judged_now(s, n, false) + 1 < i16::from(self.cfg.validity(i)) {
+        // A primary whose lease ran out before it found the database gone may have been
+        // declared dead, and a standby may have run the slot or may reach the database first
+        // (A11); so may one whose incarnation joined after the slot's first try
+        // (`alone_only_in_own_epoch`). It waits for the database like a trusted node (A12),
+        // and then runs nothing alone.
+        let node = &s.nodes[n];
+        let late = !self.cfg.bugs.a11_primary_alone_after_lease_ran_out && node.lost == LOST_LATE;
+        let away = self.cfg.rules.alone_only_in_own_epoch
+            && (node.epoch == 0 || i < usize::from(node.alone_from));
+        let in_doubt = self.cfg.policy == Policy::Primary && n == 0 && (late || away);
+        if (trusted || in_doubt)
+            && self.judged_now(s, n, false) + 1 < i16::from(self.cfg.validity(i))
+        {
             log.say(s.now, || {
                 format!(
-                    "{}: slot {i}: database unreachable, lease trusted: waits",
-                    name(n)
+                    "{}: slot {i}: database unreachable, {}: waits",
+                    name(n),
+                    if trusted {
+                        "lease trusted"
+                    } else {
+                        "its lease ran out first"
+                    }
                 )
             });
             return;
@@ -339,7 +360,7 @@ impl Protocol {
         }
         let degraded = match self.cfg.policy {
             Policy::Run => true,
-            Policy::Primary => n == 0,
+            Policy::Primary => n == 0 && !in_doubt,
             Policy::Skip => false,
         };
         if degraded {
@@ -348,6 +369,7 @@ impl Protocol {
                 slot: i as u8,
                 fence: 0,
                 exec: 0,
+                for_lease: false,
             };
             log.say(s.now, || {
                 format!(

@@ -37,6 +37,14 @@ pub(super) struct Bugs {
     pub(super) a9_release_dropped: bool,
     /// A10: a late "trust lost" event is acted on even if the lease was renewed since.
     pub(super) a10_late_trust_event: bool,
+    /// A11 and A12 (the long nemesis runs): under `primary`, the primary runs a slot alone
+    /// whenever it cannot reach the database, even if its lease ran out before it found the
+    /// database gone (it was stopped past it, and may have been declared dead meanwhile).
+    pub(super) a11_primary_alone_after_lease_ran_out: bool,
+    /// A14 (the long nemesis runs): a run is judged by how its process ended, so a job that
+    /// returned just as the keeper killed it on its way out (its host thawed past the trust
+    /// deadline) is taken for a crash, and its slot is given back and run again.
+    pub(super) a14_kill_after_return_is_a_crash: bool,
 }
 
 /// Rules the model needed beyond the protocol as first specified (v2). Each is on by default;
@@ -82,6 +90,11 @@ pub(super) struct Rules {
     /// last statement (every statement returns `now()`, not only a renewal); never by its raw
     /// wall clock, which may have jumped.
     pub(super) validity_by_db_clock: bool,
+    /// Under `primary`, the primary runs a slot alone only if its current incarnation joined
+    /// before the slot's first try: one that started, or rejoined after it was declared dead,
+    /// since then (and then lost the database) cannot know whether a standby claimed the slot
+    /// while it was away. It waits for the database as for A12, and then runs nothing alone.
+    pub(super) alone_only_in_own_epoch: bool,
 }
 
 impl Default for Rules {
@@ -96,6 +109,7 @@ impl Default for Rules {
             rejoin_keeps_untaken_run: true,
             prompt_absence: true,
             validity_by_db_clock: true,
+            alone_only_in_own_epoch: true,
         }
     }
 }

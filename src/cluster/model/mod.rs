@@ -50,6 +50,15 @@
 //! - `validity_by_db_clock`: a node judges a slot over by the database's clock (or its own
 //!   less the measured offset), never by a wall clock that may have jumped (else it gives up
 //!   a slot still valid).
+//! - `alone_only_in_own_epoch`: under `primary`, the primary runs alone only slots first tried
+//!   after its incarnation joined (else a primary restarted, or rejoined after it was
+//!   declared dead, into a database stop runs the slot a standby ran while it was away).
+//!
+//! The long nemesis runs found A11 to A14 after the model was first written. A11 and A12 are
+//! modelled (`Bugs::a11_primary_alone_after_lease_ran_out`: a primary that found the database
+//! gone only after its lease ran out runs nothing alone, and waits for the database first); so
+//! is a completed run killed on its way out (A14, `Bugs::a14_kill_after_return_is_a_crash`).
+//! A13 (a primary standing by for its clock) is not: the model has no clock standby.
 //!
 //! Files: `config` (parameters and switches), `state` (the state and actions), `protocol`
 //! (the model's core: which actions are enabled, the checker's interface), `node` (a daemon's

@@ -5,8 +5,8 @@ use super::config::Policy;
 use super::protocol::{Log, Protocol};
 use super::state::{
     DUTY_ALARM, DUTY_BEAT, DUTY_REAP, DUTY_RELEASE, DUTY_START, DUTY_WATCH, Exec, HIT_FREEZE,
-    HIT_PAUSE, MAX_EXECS, NEVER, NodeRow, Pend, Phase, Proc, Run, SlotRow, SlotState, State,
-    Status, name,
+    HIT_PAUSE, LOST_IN_LEASE, LOST_LATE, LOST_NOT, MAX_EXECS, NEVER, NodeRow, Pend, Phase, Proc,
+    Run, SlotRow, SlotState, State, Status, name,
 };
 
 impl Protocol {
@@ -29,17 +29,32 @@ impl Protocol {
             status: Status::Running,
             left: self.cfg.duration,
             lost_lease: false,
+            unseen: false,
+            signalled: false,
         };
         s.n_execs += 1;
         k as u8
     }
 
-    /// Kills a running execution now.
+    /// Kills a running execution now. One whose job has returned but whose daemon has not
+    /// reaped it yet is only signalled on its way out: it completed.
     pub(super) fn kill_exec(&self, s: &mut State, k: usize) {
-        if s.execs[k].status == Status::Running {
-            s.execs[k].status = Status::Killed;
-            s.execs[k].end = s.now;
+        match s.execs[k].status {
+            Status::Running => {
+                s.execs[k].status = Status::Killed;
+                s.execs[k].end = s.now;
+            }
+            Status::Completed => s.execs[k].signalled = true,
+            Status::Killed => {}
         }
+    }
+
+    /// Whether the daemon judges the execution completed: its job returned (the bridge said
+    /// so), however its process ended after; with A14, only if it was not signalled.
+    pub(super) fn judged_completed(&self, s: &State, k: usize) -> bool {
+        let e = s.execs[k];
+        e.status == Status::Completed
+            && !(self.cfg.bugs.a14_kill_after_return_is_a_crash && e.signalled)
     }
 
     /// Renews the lease (a heartbeat). No row (declared dead): the node kills its run, whose
@@ -69,7 +84,7 @@ impl Protocol {
         let old = s.nodes[n].epoch;
         if rules.settle_before_rejoin {
             let r = s.nodes[n].run;
-            if r.phase == Phase::Running && s.execs[r.exec as usize].status == Status::Completed {
+            if r.phase == Phase::Running && self.judged_completed(s, r.exec as usize) {
                 s.nodes[n].pending[r.slot as usize] = if r.fence == 0 {
                     Pend::Upload {
                         exec: r.exec,
@@ -95,6 +110,9 @@ impl Protocol {
         let untaken = r.fence == 0 || s.db.slots[r.slot as usize].fence == r.fence;
         let keep = r.phase != Phase::Idle && untaken && rules.rejoin_keeps_untaken_run;
         if !keep {
+            if s.nodes[n].run.phase == Phase::Running {
+                s.nodes[n].run.for_lease = true;
+            }
             self.drop_run(s, n);
             if rules.settle_before_rejoin && s.nodes[n].run.phase == Phase::Running {
                 // Killed just now: left to the sweep (taken over if still valid).
@@ -134,6 +152,20 @@ impl Protocol {
         node.trust_until = s.now + self.cfg.trust();
         node.lapse_said = false;
         node.measured = node.offset;
+        node.lost = LOST_NOT;
+    }
+
+    /// The node finds the database unreachable (a heartbeat or a claim fails): it notes
+    /// whether its lease still held then (by its monotonic clock: the lease runs from the
+    /// last renewal's send), unless it already has since that renewal.
+    pub(super) fn found_unreachable(&self, s: &mut State, n: usize) {
+        let node = &mut s.nodes[n];
+        if node.lost != LOST_NOT {
+            return;
+        }
+        let renewed = node.trust_until.saturating_sub(self.cfg.trust());
+        let ran_out = node.epoch != 0 && s.now >= renewed + self.cfg.lease;
+        node.lost = if ran_out { LOST_LATE } else { LOST_IN_LEASE };
     }
 
     /// The node's run belongs to others now: a running job is killed (it is reaped, and its
@@ -158,6 +190,13 @@ impl Protocol {
         };
         s.db.locks[n] = epoch;
         s.nodes[n].epoch = epoch;
+        if self.cfg.policy == Policy::Primary && n == 0 {
+            let first = self
+                .slots()
+                .find(|&i| self.cfg.try_time(0, i) >= i16::from(s.now))
+                .unwrap_or(self.cfg.slots as usize);
+            s.nodes[n].alone_from = first as u8;
+        }
         self.trusted(s, n);
         log.say(s.now, || format!("{}: joins as epoch {epoch}", name(n)));
     }
@@ -168,6 +207,7 @@ impl Protocol {
         if !self.reachable(s, n) {
             return false;
         }
+        s.nodes[n].isolated = false;
         if self.cfg.rules.validity_by_db_clock {
             // Every statement returns the database's `now()`: the offset is measured again.
             s.nodes[n].measured = s.nodes[n].offset;
@@ -219,7 +259,7 @@ impl Protocol {
     pub(super) fn reap(&self, s: &mut State, n: usize, log: &mut Log) {
         s.nodes[n].done |= DUTY_REAP;
         let r = s.nodes[n].run;
-        let completed = s.execs[r.exec as usize].status == Status::Completed;
+        let completed = self.judged_completed(s, r.exec as usize);
         let slot = r.slot as usize;
         s.nodes[n].run.phase = Phase::Idle;
         let what = if completed { "completed" } else { "was killed" };
@@ -242,12 +282,27 @@ impl Protocol {
                 )
             });
         } else {
-            s.nodes[n].pending[slot] = Pend::Release {
-                fence: r.fence,
-                completed,
+            // Ended unfinished for the lease (its trust lapsed, or its incarnation ended, since
+            // it started): the slot is given back, and the sweep runs it again while valid.
+            s.nodes[n].pending[slot] = if !completed && r.for_lease {
+                Pend::Return { fence: r.fence }
+            } else {
+                Pend::Release {
+                    fence: r.fence,
+                    completed,
+                }
             };
             log.say(s.now, || {
-                format!("{}: reaps slot {slot} (fence {}, {what})", name(n), r.fence)
+                format!(
+                    "{}: reaps slot {slot} (fence {}, {what}{})",
+                    name(n),
+                    r.fence,
+                    if !completed && r.for_lease {
+                        ", for the lease: gives it back"
+                    } else {
+                        ""
+                    }
+                )
             });
         }
     }
@@ -289,6 +344,25 @@ impl Protocol {
                         } else {
                             format!(
                                 "{}: release of slot {j} (fence {fence}) is stale: row is {:?} fence {}",
+                                name(n),
+                                row.state,
+                                row.fence
+                            )
+                        }
+                    });
+                }
+                Pend::Return { fence } => {
+                    let matches = row.fence == fence
+                        && matches!(row.state, SlotState::Live | SlotState::Orphan);
+                    if matches {
+                        s.db.slots[j].state = SlotState::Returned;
+                    }
+                    log.say(s.now, || {
+                        if matches {
+                            format!("{}: gives slot {j} (fence {fence}) back", name(n))
+                        } else {
+                            format!(
+                                "{}: giving slot {j} (fence {fence}) back is stale: row is {:?} fence {}",
                                 name(n),
                                 row.state,
                                 row.fence
@@ -357,15 +431,16 @@ impl Protocol {
         }
         for j in self.slots() {
             let row = s.db.slots[j];
-            if !matches!(row.state, SlotState::Live | SlotState::Orphan) {
+            let returned = row.state == SlotState::Returned;
+            if !matches!(row.state, SlotState::Live | SlotState::Orphan) && !returned {
                 continue;
             }
             let o = row.owner as usize;
             let dead = s.db.rows[o].epoch != row.epoch || !s.db.rows[o].alive;
-            if !dead {
+            if !dead && !returned {
                 continue;
             }
-            let gone = s.db.locks[o] != row.epoch;
+            let gone = returned || s.db.locks[o] != row.epoch;
             let valid = s.now < self.cfg.validity(j);
             let index_free = self.live_slot(s).is_none_or(|live| live == j);
             if valid
@@ -379,11 +454,13 @@ impl Protocol {
                     slot: j as u8,
                     fence,
                     exec: 0,
+                    for_lease: false,
                 };
                 log.say(s.now, || {
                     format!(
-                        "{}: sweep takes over slot {j} of dead {} (fence {fence}){}",
+                        "{}: sweep takes over slot {j} {} {} (fence {fence}){}",
                         name(n),
+                        if returned { "given back by" } else { "of dead" },
                         name(o),
                         if gone {
                             ""
@@ -395,7 +472,7 @@ impl Protocol {
             } else if !valid {
                 s.db.slots[j].state = SlotState::Abandoned;
                 log.say(s.now, || {
-                    format!("{}: sweep abandons slot {j} of dead {}", name(n), name(o))
+                    format!("{}: sweep abandons slot {j} of {}", name(n), name(o))
                 });
             }
         }
@@ -482,6 +559,9 @@ impl Protocol {
         s.nodes[n].done |= DUTY_WATCH;
         s.nodes[n].lapse_said = true;
         s.nodes[n].alarm = true;
+        if s.nodes[n].run.phase == Phase::Running {
+            s.nodes[n].run.for_lease = true;
+        }
         log.say(s.now, || {
             format!("{}: trust deadline passed: queues 'trust lost'", name(n))
         });

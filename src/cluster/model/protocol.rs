@@ -209,7 +209,12 @@ impl Protocol {
                 None
             } else if self.start_due(s, n) {
                 Some(Action::Start(n as u8))
-            } else if self.reap_due(s, n) && !self.cfg.bugs.a3_evaluate_before_reap {
+            } else if self.reap_due(s, n)
+                && !self.cfg.bugs.a3_evaluate_before_reap
+                && !self.watch_due(s, n)
+            {
+                // Not while the trust watcher (a task of its own) is due: which of the two
+                // comes first decides whether the run ended for the lease.
                 Some(Action::Reap(n as u8))
             } else {
                 None

@@ -41,6 +41,9 @@ pub(super) struct Run {
     pub(super) slot: u8,
     pub(super) fence: u8,
     pub(super) exec: u8,
+    /// Its trust lapsed, or its incarnation ended, since the run started: a run that ends
+    /// unfinished was ended for the lease, and its slot is given back.
+    pub(super) for_lease: bool,
 }
 
 /// A write a node still owes the database for one slot.
@@ -51,6 +54,10 @@ pub(super) enum Pend {
     Release {
         fence: u8,
         completed: bool,
+    },
+    /// Give the claim with this fence back: its run ended unfinished for the lease.
+    Return {
+        fence: u8,
     },
     /// A degraded run's journal row: the slot is recorded `done` if nobody recorded it.
     Upload {
@@ -72,12 +79,20 @@ pub(super) struct Node {
     pub(super) measured: u8,
     /// This incarnation's epoch; 0 before it has joined (after a start).
     pub(super) epoch: u8,
+    /// Under `primary`, on the primary: the first slot its incarnation joined before the first
+    /// try of (`alone_only_in_own_epoch`); 0 elsewhere.
+    pub(super) alone_from: u8,
+    /// Ghost: cut off, and not in a session since (it cannot tell a healed partition from the
+    /// database's loss until it reconnects).
+    pub(super) isolated: bool,
     /// Its lease is trusted while `now < trust_until` (the renewal's send time + trust).
     pub(super) trust_until: u8,
     /// The trust watcher has fired for the current lapse.
     pub(super) lapse_said: bool,
     /// A "trust lost" event is queued for the daemon's loop.
     pub(super) alarm: bool,
+    /// Whether it found the database unreachable since its last renewal (`LOST_*`).
+    pub(super) lost: u8,
     /// The next slot it has to deal with.
     pub(super) next: u8,
     pub(super) run: Run,
@@ -86,6 +101,13 @@ pub(super) struct Node {
     /// Duties done this tick (bits `DUTY_*`).
     pub(super) done: u8,
 }
+
+/// The node has not found the database unreachable since its last renewal.
+pub(super) const LOST_NOT: u8 = 0;
+/// It found the database unreachable while its lease held.
+pub(super) const LOST_IN_LEASE: u8 = 1;
+/// It found the database unreachable only after its lease ran out, or before it ever renewed.
+pub(super) const LOST_LATE: u8 = 2;
 
 /// A row of the `nodes` table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,6 +124,9 @@ pub(super) enum SlotState {
     Live,
     /// A live claim whose owner was found dead or gone: out of the unique index.
     Orphan,
+    /// A claim its owner gave back, its run ended unfinished for the lease: out of the unique
+    /// index; the sweep runs it again while it is valid.
+    Returned,
     Done,
     Skipped,
     Abandoned,
@@ -157,6 +182,10 @@ pub(super) struct Exec {
     pub(super) left: u8,
     /// Ghost: its node's lease ran out (by the database's clock) while it ran.
     pub(super) lost_lease: bool,
+    /// Ghost: it completed while its daemon was stopped (nobody could know it had).
+    pub(super) unseen: bool,
+    /// Its process was signalled after the job returned (killed on its way out).
+    pub(super) signalled: bool,
 }
 
 /// Ghost facts about one slot, gathered for the invariants (never read by the protocol).
@@ -228,13 +257,20 @@ impl Hash for State {
             w.put(r.fence);
         }
         for n in &self.nodes {
-            w.put(n.proc as u8 | u8::from(n.connected) << 2 | u8::from(n.lapse_said) << 3);
+            w.put(
+                n.proc as u8
+                    | u8::from(n.connected) << 2
+                    | u8::from(n.lapse_said) << 3
+                    | n.lost << 4
+                    | u8::from(n.isolated) << 6,
+            );
             w.put(u8::from(n.alarm) | (n.run.phase as u8) << 1 | n.offset << 3);
             w.put(n.measured);
             w.put(n.epoch);
+            w.put(n.alone_from);
             w.put(n.trust_until);
             w.put(n.next);
-            w.put(n.run.slot);
+            w.put(n.run.slot | u8::from(n.run.for_lease) << 4);
             w.put(n.run.fence);
             w.put(n.run.exec);
             w.put(n.done);
@@ -242,6 +278,7 @@ impl Hash for State {
                 let (kind, value, completed) = match *pend {
                     Pend::None => (0, 0, false),
                     Pend::Release { fence, completed } => (1, fence, completed),
+                    Pend::Return { fence } => (3, fence, false),
                     Pend::Upload { exec, completed } => (2, exec, completed),
                 };
                 w.put(kind | u8::from(completed) << 2);
@@ -249,7 +286,7 @@ impl Hash for State {
             }
         }
         for e in &self.execs[..self.n_execs as usize] {
-            w.put(e.slot | e.node << 4);
+            w.put(e.slot | e.node << 4 | u8::from(e.signalled) << 6 | u8::from(e.unseen) << 7);
             w.put(e.fence);
             w.put(e.row);
             w.put(e.start);

@@ -306,7 +306,7 @@ fn a6_standby_claims_primary_slot() {
         a6_standby_claims_primary_slot: true,
         ..Bugs::default()
     };
-    finds("A6", cfg, "I4 primary");
+    finds("A6", cfg, "I2 exactly once");
 }
 
 #[test]
@@ -340,6 +340,41 @@ fn a10_late_trust_event() {
         ..Bugs::default()
     };
     finds("A10", cfg, "I3 no loss");
+}
+
+#[test]
+fn a11_primary_alone_after_lease_ran_out() {
+    // The primary is stopped past its lease (a standby runs its slot), and wakes to find the
+    // database gone.
+    let mut cfg = faulty(
+        Policy::Primary,
+        Faults {
+            pause: true,
+            database: true,
+            budget: 2,
+            ..Faults::default()
+        },
+    );
+    cfg.slots = 1;
+    cfg.bugs = Bugs {
+        a11_primary_alone_after_lease_ran_out: true,
+        ..Bugs::default()
+    };
+    finds("A11", cfg, "I2 exactly once");
+}
+
+#[test]
+fn a14_kill_after_return_is_a_crash() {
+    // A daemon stopped mid-run past its trust deadline: its job returns just as the keeper
+    // kills it (on its way out), and a run judged by its process's end is given back and run
+    // again. (In the nemesis a frozen host thawed: the job and the keeper woke together.)
+    let mut cfg = faulty(Policy::Skip, pauses(1));
+    cfg.slots = 1;
+    cfg.bugs = Bugs {
+        a14_kill_after_return_is_a_crash: true,
+        ..Bugs::default()
+    };
+    finds("A14", cfg, "I2 exactly once");
 }
 
 // ---- each rule the model added is needed --------------------------------------------------------
@@ -392,7 +427,7 @@ fn rule_skip_needs_trust() {
 fn rule_settled_liveness() {
     let mut cfg = faulty(Policy::Primary, outages(1));
     cfg.rules = without(|r| r.settled_liveness = false);
-    finds("without settled_liveness", cfg, "I4 primary");
+    finds("without settled_liveness", cfg, "I2 exactly once");
 }
 
 #[test]
@@ -400,7 +435,25 @@ fn rule_primary_first() {
     let mut cfg = faulty(Policy::Primary, outages(2));
     cfg.slots = 1;
     cfg.rules = without(|r| r.primary_first = false);
-    finds("without primary_first", cfg, "I4 primary");
+    finds("without primary_first", cfg, "I2 exactly once");
+}
+
+#[test]
+fn rule_alone_only_in_own_epoch() {
+    // A primary killed (or declared dead) while a standby ran its slot comes back as the
+    // database goes: A11's rule alone does not stop it from running the slot again.
+    let mut cfg = faulty(
+        Policy::Primary,
+        Faults {
+            kill: true,
+            database: true,
+            budget: 2,
+            ..Faults::default()
+        },
+    );
+    cfg.slots = 1;
+    cfg.rules = without(|r| r.alone_only_in_own_epoch = false);
+    finds("without alone_only_in_own_epoch", cfg, "I2 exactly once");
 }
 
 #[test]
@@ -494,12 +547,37 @@ fn limit_kill_after_completion() {
 }
 
 #[test]
+fn limit_stopped_through_a_restart() {
+    // A daemon stopped while its job completes, through a restart of the database: the
+    // restart ends its session and its lock, so it cannot be told from a dead one, and the
+    // takeover runs the slot again. I2 exempts it only with the database's loss; the job's
+    // fenced writes make the rerun harmless.
+    let mut cfg = faulty(
+        Policy::Skip,
+        Faults {
+            pause: true,
+            database: true,
+            budget: 2,
+            ..Faults::default()
+        },
+    );
+    cfg.slots = 1;
+    cfg.strict_once = true;
+    finds(
+        "a daemon stopped through a restart, skip",
+        cfg,
+        "I2 exactly once",
+    );
+}
+
+#[test]
 fn limit_lease_of_three_heartbeats() {
     // `lease = 3 × heartbeat` passes validation, but the trust window is then one heartbeat:
     // the deadline falls when the next renewal is only being sent, and a `skip` run dies with
     // no fault at all.
     let mut cfg = Config::base(Policy::Skip);
     cfg.lease = 3;
+    cfg.slots = 1;
     finds("lease = 3 heartbeats, skip", cfg, "I3 no loss");
 }
 

@@ -4,8 +4,8 @@
 use super::config::Policy;
 use super::protocol::{Log, Protocol};
 use super::state::{
-    Action, HIT_FREEZE, HIT_KILL, HIT_NET, HIT_PAUSE, MAX_NODES, MAX_SLOTS, Pend, Phase, Proc,
-    SlotState, State, Status, name,
+    Action, HIT_FREEZE, HIT_KILL, HIT_NET, HIT_PAUSE, LOST_NOT, MAX_NODES, MAX_SLOTS, Pend, Phase,
+    Proc, SlotState, State, Status, name,
 };
 
 impl Protocol {
@@ -22,6 +22,14 @@ impl Protocol {
         for node in s.nodes.iter_mut() {
             node.done = 0;
         }
+        // A heartbeat that cannot reach the database tells the daemon it is gone.
+        if s.now.is_multiple_of(self.cfg.heartbeat) {
+            for n in self.nodes() {
+                if s.nodes[n].proc == Proc::Up && !self.reachable(s, n) {
+                    self.found_unreachable(s, n);
+                }
+            }
+        }
         for k in 0..s.n_execs as usize {
             let e = s.execs[k];
             if e.status != Status::Running {
@@ -35,6 +43,7 @@ impl Protocol {
             if s.execs[k].left == 0 {
                 s.execs[k].status = Status::Completed;
                 s.execs[k].end = s.now;
+                s.execs[k].unseen = proc == Proc::Paused;
                 log.say(s.now, || {
                     format!(
                         "exec #{k} (slot {}, {}) completes",
@@ -45,12 +54,15 @@ impl Protocol {
             }
         }
         // The keeper ends a `skip` run at its node's trust deadline, even while the daemon is
-        // stopped (not while the whole host is frozen: nothing local runs then).
+        // stopped (not while the whole host is frozen: nothing local runs then). A job that
+        // returned this very tick is killed on its way out (a host thawed past the deadline:
+        // the job and the keeper wake together).
         if self.cfg.policy == Policy::Skip && self.cfg.rules.skip_needs_trust {
             for k in 0..s.n_execs as usize {
                 let e = s.execs[k];
                 let node = &s.nodes[e.node as usize];
-                if e.status == Status::Running
+                let just_returned = e.status == Status::Completed && e.end == s.now;
+                if (e.status == Status::Running || just_returned)
                     && matches!(node.proc, Proc::Up | Proc::Paused)
                     && s.now >= node.trust_until
                 {
@@ -85,7 +97,7 @@ impl Protocol {
                 Proc::Frozen => HIT_FREEZE,
                 Proc::Dead => HIT_KILL,
             };
-            if !node.connected {
+            if !node.connected || node.isolated {
                 kinds |= HIT_NET;
             }
             if kinds == 0 {
@@ -202,6 +214,8 @@ impl Protocol {
                 node.lapse_said = false;
                 node.alarm = false;
                 node.measured = 0;
+                node.lost = LOST_NOT;
+                node.isolated = false;
                 node.done = 0;
                 log.say(s.now, || {
                     format!("FAULT: SIGKILL {} (its job dies with it)", name(n))
@@ -243,6 +257,7 @@ impl Protocol {
             Action::Cut(n) => {
                 let n = n as usize;
                 s.nodes[n].connected = false;
+                s.nodes[n].isolated = true;
                 s.db.locks[n] = 0;
                 self.observe(s);
                 log.say(s.now, || {
