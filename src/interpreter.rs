@@ -194,29 +194,7 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
         })
     };
 
-    let mut modules = vec!["hedge_bridge".to_string()];
-    let selected = |id: &str| jobs.is_none_or(|ids| ids.contains(&id));
-    for job in config.jobs.iter().filter(|j| selected(&j.id)) {
-        match &job.entry {
-            crate::config::Entry::Function { module, .. } => modules.push(module.clone()),
-            crate::config::Entry::Script(script) => {
-                let path = config.python.cwd.join(script);
-                if !path.is_file() {
-                    return Err(Error::Config(ConfigError {
-                        file: config.file.clone(),
-                        position: job.entry_at,
-                        message: format!(
-                            "script `{}` of `entry` in [jobs.{}] not found (looked for `{}`; scripts are relative to `python.cwd`)",
-                            script.display(),
-                            job.id,
-                            path.display()
-                        ),
-                    }));
-                }
-            }
-            crate::config::Entry::Command(_) => {}
-        }
-    }
+    let modules = modules_to_probe(config, jobs)?;
     let pythonpath =
         std::env::join_paths(crate::bridge::search_path(&config.python)).unwrap_or_default();
     let mut cmd = Command::new(&program);
@@ -251,6 +229,45 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
             "python `{exe}` for `python.executable` gave an unexpected answer: {e}"
         ))
     })?;
+    check_found(config, &probe)?;
+    Ok(Interpreter {
+        path: PathBuf::from(probe.executable),
+        version: probe.version,
+        site_packages: probe.site_packages.into_iter().map(PathBuf::from).collect(),
+    })
+}
+
+/// The modules to probe for: the bridge's and each selected job's (`jobs`, or all); a job's
+/// script must exist.
+fn modules_to_probe(config: &Config, jobs: Option<&[&str]>) -> Result<Vec<String>> {
+    let mut modules = vec!["hedge_bridge".to_string()];
+    let selected = |id: &str| jobs.is_none_or(|ids| ids.contains(&id));
+    for job in config.jobs.iter().filter(|j| selected(&j.id)) {
+        match &job.entry {
+            crate::config::Entry::Function { module, .. } => modules.push(module.clone()),
+            crate::config::Entry::Script(script) => {
+                let path = config.python.cwd.join(script);
+                if !path.is_file() {
+                    return Err(Error::Config(ConfigError {
+                        file: config.file.clone(),
+                        position: job.entry_at,
+                        message: format!(
+                            "script `{}` of `entry` in [jobs.{}] not found (looked for `{}`; scripts are relative to `python.cwd`)",
+                            script.display(),
+                            job.id,
+                            path.display()
+                        ),
+                    }));
+                }
+            }
+            crate::config::Entry::Command(_) => {}
+        }
+    }
+    Ok(modules)
+}
+
+/// The bridge and every job's module were found by the probe.
+fn check_found(config: &Config, probe: &Probe) -> Result<()> {
     if probe.found.get("hedge_bridge") != Some(&true) {
         return Err(Error::Config(ConfigError::new(
             &config.file,
@@ -278,11 +295,7 @@ pub fn resolve(config: &Config, jobs: Option<&[&str]>) -> Result<Interpreter> {
             }));
         }
     }
-    Ok(Interpreter {
-        path: PathBuf::from(probe.executable),
-        version: probe.version,
-        site_packages: probe.site_packages.into_iter().map(PathBuf::from).collect(),
-    })
+    Ok(())
 }
 
 /// Runs `cmd` in a process group of its own and collects its output; `None` (the group killed)

@@ -33,6 +33,18 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
     for w in &first {
         out.push_str(&format!("⚠️  {w}\n"));
     }
+    out.push_str(&render_daemon(status, config, tz));
+    if let Some(c) = &status.cluster {
+        out.push_str(&render_cluster(c, tz));
+    }
+    out.push_str(&render_jobs(status, config, now));
+    out.push_str(&warnings(&rest));
+    out
+}
+
+/// The daemon's lines: running or not, where, the market now, and failed notifications.
+fn render_daemon(status: &Status, config: &Config, tz: Tz) -> String {
+    let mut out = String::new();
     let d = &status.daemon;
     match (d.running, d.pid) {
         (true, Some(pid)) => {
@@ -94,11 +106,6 @@ pub fn render_status(status: &Status, config: &Config, now: DateTime<Utc>) -> St
             d.notify_last_error.as_deref().unwrap_or("?")
         ));
     }
-    if let Some(c) = &status.cluster {
-        out.push_str(&render_cluster(c, tz));
-    }
-    out.push_str(&render_jobs(status, config, now));
-    out.push_str(&warnings(&rest));
     out
 }
 
@@ -147,39 +154,7 @@ pub fn render_jobs(status: &Status, config: &Config, now: DateTime<Utc>) -> Stri
         "JOB", "STATE", "LAST RUN", "OUTCOME", "DURATION", "TODAY", "FAILED", "NEXT FIRE"
     );
     for j in &status.jobs {
-        let since = j.running_since.as_deref().and_then(parse_time);
-        let for_ = since
-            .map(|s| format_duration((now - s).to_std().unwrap_or_default()))
-            .unwrap_or_default();
-        let state = if !j.enabled {
-            "disabled".to_string()
-        } else if j.stuck {
-            format!("stuck {for_}")
-        } else if j.running {
-            let on = j
-                .node
-                .as_deref()
-                .map(|n| format!(" on {n}"))
-                .unwrap_or_default();
-            match j.running_pid {
-                Some(pid) => format!("running{on} PID {pid} {for_}"),
-                None => format!("running{on} {for_}"),
-            }
-        } else if j.paused {
-            match j
-                .paused_until
-                .as_deref()
-                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            {
-                Some(t) => format!(
-                    "paused until {}",
-                    t.with_timezone(&tz).format("%m-%d %H:%M")
-                ),
-                None => "paused".to_string(),
-            }
-        } else {
-            "idle".to_string()
-        };
+        let state = job_state(j, tz, now);
         let outcome = j
             .last_outcome
             .as_deref()
@@ -224,6 +199,44 @@ pub fn render_jobs(status: &Status, config: &Config, now: DateTime<Utc>) -> Stri
         }
     }
     out
+}
+
+/// A job's STATE column: disabled, stuck, running (where, which PID, for how long), paused
+/// (until when) or idle.
+fn job_state(j: &crate::status::JobStatus, tz: Tz, now: DateTime<Utc>) -> String {
+    let since = j.running_since.as_deref().and_then(parse_time);
+    let for_ = since
+        .map(|s| format_duration((now - s).to_std().unwrap_or_default()))
+        .unwrap_or_default();
+    if !j.enabled {
+        "disabled".to_string()
+    } else if j.stuck {
+        format!("stuck {for_}")
+    } else if j.running {
+        let on = j
+            .node
+            .as_deref()
+            .map(|n| format!(" on {n}"))
+            .unwrap_or_default();
+        match j.running_pid {
+            Some(pid) => format!("running{on} PID {pid} {for_}"),
+            None => format!("running{on} {for_}"),
+        }
+    } else if j.paused {
+        match j
+            .paused_until
+            .as_deref()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        {
+            Some(t) => format!(
+                "paused until {}",
+                t.with_timezone(&tz).format("%m-%d %H:%M")
+            ),
+            None => "paused".to_string(),
+        }
+    } else {
+        "idle".to_string()
+    }
 }
 
 /// The human table of `history`.
@@ -286,15 +299,30 @@ pub fn render_config(config: &Config, python: &str, now: DateTime<Utc>) -> Strin
     let calendar = config.calendar();
     let tz = calendar.tz();
     let mut out = format!(
-        "✅ {} is valid\n   exchange {} ({}) · python {}\n   history {}\n   logs {}\n\n",
+        "✅ {} is valid\n   exchange {} ({}) · python {}\n   history {}\n   logs {}\n{}\n",
         config.file.display(),
         config.scheduler.exchange.code(),
         tz.name(),
         python,
         config.scheduler.history.display(),
         config.scheduler.log_dir.display(),
+        destinations(config),
     );
-    // Where alerts go and where the page is; URLs without their path, the token never.
+    out.push_str(&format!(
+        "{:<20} {:<34} {:<16} {:<12} {:>8}  {}\n",
+        "JOB", "ENTRY", "SCHEDULE", "EXECUTOR", "TIMEOUT", "NEXT FIRE"
+    ));
+    for job in &config.jobs {
+        out.push_str(&config_job(job, &calendar, now));
+    }
+    out.push_str(&warnings(&config.warnings(now)));
+    out
+}
+
+/// Where alerts go and where the page is, a line each; URLs without their path, the token
+/// never.
+fn destinations(config: &Config) -> String {
+    let mut out = String::new();
     let n = &config.notify;
     let mut to: Vec<String> = Vec::new();
     if let Some(argv) = &n.command {
@@ -312,73 +340,75 @@ pub fn render_config(config: &Config, python: &str, now: DateTime<Utc>) -> Strin
     }
     if !to.is_empty() {
         let events: Vec<&str> = n.events.iter().map(|e| e.as_str()).collect();
-        out.insert_str(
-            out.len() - 1,
-            &format!("   notify {} on {}\n", to.join(" and "), events.join(", ")),
-        );
+        out.push_str(&format!(
+            "   notify {} on {}\n",
+            to.join(" and "),
+            events.join(", ")
+        ));
     }
     if let Some(http) = &config.http {
-        out.insert_str(
-            out.len() - 1,
-            &format!(
-                "   http://{}/ (the trading-day page, /metrics, /api/status, /healthz){}\n",
-                http.listen,
-                if http.token.is_some() {
-                    ", bearer token required"
-                } else {
-                    ""
-                }
-            ),
-        );
-    }
-    out.push_str(&format!(
-        "{:<20} {:<34} {:<16} {:<12} {:>8}  {}\n",
-        "JOB", "ENTRY", "SCHEDULE", "EXECUTOR", "TIMEOUT", "NEXT FIRE"
-    ));
-    for job in &config.jobs {
-        let next = job
-            .trigger
-            .next_fire_after(&calendar, now)
-            .map(|t| {
-                t.with_timezone(&tz)
-                    .format("%Y-%m-%d %H:%M:%S %Z")
-                    .to_string()
-            })
-            .unwrap_or_else(|| "never".into());
         out.push_str(&format!(
-            "{:<20} {:<34} {:<16} {:<12} {:>8}  {}{}\n",
-            job.id,
-            job.entry.to_string(),
-            job.trigger.schedule.to_string(),
-            job.executor.as_str(),
-            format_duration(job.timeout),
-            next,
-            match (job.enabled, job.trigger.market_hours) {
-                (false, _) => " (disabled)",
-                (true, true) => " (market hours)",
-                (true, false) => "",
+            "   http://{}/ (the trading-day page, /metrics, /api/status, /healthz){}\n",
+            http.listen,
+            if http.token.is_some() {
+                ", bearer token required"
+            } else {
+                ""
             }
         ));
-        // Which variables a job's environment sets: never their values.
-        if !job.env.is_plain() {
-            let keys = job.env.keys();
-            out.push_str(&format!(
-                "{:<20} env: {}{}\n",
-                "",
-                if keys.is_empty() {
-                    "nothing set".to_string()
-                } else {
-                    format!("{} (values hidden)", keys.join(", "))
-                },
-                if job.env.inherit {
-                    ""
-                } else {
-                    "; the daemon's environment not inherited"
-                }
-            ));
-        }
     }
-    out.push_str(&warnings(&config.warnings(now)));
+    out
+}
+
+/// A job's line in `check-config`, and which variables its environment sets (never their
+/// values).
+fn config_job(
+    job: &crate::config::Job,
+    calendar: &crate::calendar::Calendar,
+    now: DateTime<Utc>,
+) -> String {
+    let tz = calendar.tz();
+    let next = job
+        .trigger
+        .next_fire_after(calendar, now)
+        .map(|t| {
+            t.with_timezone(&tz)
+                .format("%Y-%m-%d %H:%M:%S %Z")
+                .to_string()
+        })
+        .unwrap_or_else(|| "never".into());
+    let mut out = format!(
+        "{:<20} {:<34} {:<16} {:<12} {:>8}  {}{}\n",
+        job.id,
+        job.entry.to_string(),
+        job.trigger.schedule.to_string(),
+        job.executor.as_str(),
+        format_duration(job.timeout),
+        next,
+        match (job.enabled, job.trigger.market_hours) {
+            (false, _) => " (disabled)",
+            (true, true) => " (market hours)",
+            (true, false) => "",
+        }
+    );
+    // Which variables a job's environment sets: never their values.
+    if !job.env.is_plain() {
+        let keys = job.env.keys();
+        out.push_str(&format!(
+            "{:<20} env: {}{}\n",
+            "",
+            if keys.is_empty() {
+                "nothing set".to_string()
+            } else {
+                format!("{} (values hidden)", keys.join(", "))
+            },
+            if job.env.inherit {
+                ""
+            } else {
+                "; the daemon's environment not inherited"
+            }
+        ));
+    }
     out
 }
 

@@ -184,27 +184,8 @@ fn job_status(
         .running
         .iter()
         .rfind(|r| r.job == job.id && r.owner_pid.is_some_and(crate::process::scheduler_alive));
-    // The last run that ended; a `running` row whose owner died is reported, not shown.
-    let last_done = match &last {
-        Some(l) if l.outcome == Outcome::Running => match seen.history {
-            Some(h) => h
-                .runs(Some(&job.id), 50)?
-                .into_iter()
-                .find(|x| !matches!(x.outcome, Outcome::Running | Outcome::Skipped)),
-            None => None,
-        },
-        _ => last,
-    };
-    for orphan in seen
-        .running
-        .iter()
-        .filter(|r| r.job == job.id && !r.owner_pid.is_some_and(crate::process::scheduler_alive))
-    {
-        warnings.push(format!(
-            "{}: run {} was left `running` by a process that died; the daemon marks it abandoned when it starts",
-            job.id, orphan.id
-        ));
-    }
+    let last_done = last_ended(job, seen, last)?;
+    orphan_warnings(job, seen, warnings);
     let stuck = seen.stuck.iter().rfind(|r| r.job == job.id);
     if let Some(r) = stuck {
         warnings.push(format!(
@@ -257,17 +238,52 @@ fn job_status(
             .get(&job.id)
             .and_then(|p| p.until)
             .map(|t| rfc3339_in(t, seen.calendar.tz())),
-        backfill_pending: seen.kept.backfill.get(&job.id).map_or(0, |spans| {
-            spans
-                .iter()
-                .filter_map(|span| {
-                    crate::control::missing_slots(job, seen.calendar, seen.history, *span, seen.now)
-                        .ok()
-                })
-                .flatten()
-                .collect::<std::collections::BTreeSet<_>>()
-                .len() as u64
-        }),
+        backfill_pending: backfill_pending(job, seen),
+    })
+}
+
+/// The job's last run that ended: a `running` row whose owner died is reported, not shown.
+fn last_ended(
+    job: &crate::config::Job,
+    seen: &Seen,
+    last: Option<crate::history::RunRow>,
+) -> Result<Option<crate::history::RunRow>> {
+    match (&last, seen.history) {
+        (Some(l), Some(h)) if l.outcome == Outcome::Running => Ok(h
+            .runs(Some(&job.id), 50)?
+            .into_iter()
+            .find(|x| !matches!(x.outcome, Outcome::Running | Outcome::Skipped))),
+        (Some(l), None) if l.outcome == Outcome::Running => Ok(None),
+        _ => Ok(last),
+    }
+}
+
+/// A warning for each `running` row of the job left by a process that died.
+fn orphan_warnings(job: &crate::config::Job, seen: &Seen, warnings: &mut Vec<String>) {
+    for orphan in seen
+        .running
+        .iter()
+        .filter(|r| r.job == job.id && !r.owner_pid.is_some_and(crate::process::scheduler_alive))
+    {
+        warnings.push(format!(
+            "{}: run {} was left `running` by a process that died; the daemon marks it abandoned when it starts",
+            job.id, orphan.id
+        ));
+    }
+}
+
+/// How many slots of the job a backfill still has to run.
+fn backfill_pending(job: &crate::config::Job, seen: &Seen) -> u64 {
+    seen.kept.backfill.get(&job.id).map_or(0, |spans| {
+        spans
+            .iter()
+            .filter_map(|span| {
+                crate::control::missing_slots(job, seen.calendar, seen.history, *span, seen.now)
+                    .ok()
+            })
+            .flatten()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64
     })
 }
 

@@ -40,47 +40,14 @@ fn logs_command(
             known: config.job_list(),
         });
     }
-    let history = History::open_read_only(&config.scheduler.history)?;
-    let run = match (run, last) {
-        (Some(id), _) => {
-            match history
-                .as_ref()
-                .map(|h| h.run_by_id(id))
-                .transpose()?
-                .flatten()
-            {
-                Some(row) if row.job != job => {
-                    return Err(Error::Usage(format!(
-                        "run {id} is a run of `{}`, not of `{job}`",
-                        row.job
-                    )));
-                }
-                Some(_) => {}
-                // Not in the history (pruned, or never): its lines may still be in the logs.
-                None if logs::lines(&config.job_log_dir(), job, Some(id), Some(1)).is_empty() => {
-                    return Err(Error::Usage(format!(
-                        "no run {id} of `{job}` in the history or its logs (`history {job}` lists its runs)"
-                    )));
-                }
-                None => {}
-            }
-            Some(id)
+    let run = match pick_run(config, job, run, last)? {
+        Pick::All => None,
+        Pick::Run(id) => Some(id),
+        Pick::NoRunYet => {
+            eprintln!("{job} has no run yet");
+            return Ok(1);
         }
-        (None, true) => match history
-            .as_ref()
-            .map(|h| h.last_run(job))
-            .transpose()?
-            .flatten()
-        {
-            Some(row) => Some(row.id),
-            None => {
-                eprintln!("{job} has no run yet");
-                return Ok(1);
-            }
-        },
-        (None, false) => None,
     };
-    drop(history);
     let limit = limit.or(if run.is_some() { None } else { Some(50) });
     let dir = config.job_log_dir();
     let (lines, end) = logs::snapshot(&dir, job, run, limit);
@@ -98,18 +65,73 @@ fn logs_command(
             return Ok(0);
         }
     }
-    if !follow {
-        return Ok(0);
+    if follow {
+        follow_lines(config, job, run, end, |l| print(&mut out, l));
     }
-    // A run is followed until it has ended and its last lines are read.
+    Ok(0)
+}
+
+/// The run whose lines `logs` shows.
+enum Pick {
+    /// No run asked for: the job's lines.
+    All,
+    Run(i64),
+    /// `--last`, and the job has not run yet.
+    NoRunYet,
+}
+
+/// Resolves `--run ID` (a run of this job, in the history or at least in its logs) and
+/// `--last`.
+fn pick_run(config: &Config, job: &str, run: Option<i64>, last: bool) -> Result<Pick> {
+    let history = History::open_read_only(&config.scheduler.history)?;
+    match (run, last) {
+        (Some(id), _) => {
+            let row = history
+                .as_ref()
+                .map(|h| h.run_by_id(id))
+                .transpose()?
+                .flatten();
+            match row {
+                Some(row) if row.job != job => Err(Error::Usage(format!(
+                    "run {id} is a run of `{}`, not of `{job}`",
+                    row.job
+                ))),
+                // Not in the history (pruned, or never): its lines may still be in the logs.
+                None if logs::lines(&config.job_log_dir(), job, Some(id), Some(1)).is_empty() => {
+                    Err(Error::Usage(format!(
+                        "no run {id} of `{job}` in the history or its logs (`history {job}` lists its runs)"
+                    )))
+                }
+                _ => Ok(Pick::Run(id)),
+            }
+        }
+        (None, true) => Ok(history
+            .as_ref()
+            .map(|h| h.last_run(job))
+            .transpose()?
+            .flatten()
+            .map_or(Pick::NoRunYet, |row| Pick::Run(row.id))),
+        (None, false) => Ok(Pick::All),
+    }
+}
+
+/// `--follow`: prints new lines from `end` on as they come; a run is followed until it has
+/// ended and its last lines are read, the job's lines until `print` fails (the reader left).
+fn follow_lines(
+    config: &Config,
+    job: &str,
+    run: Option<i64>,
+    end: u64,
+    mut print: impl FnMut(&logs::Line) -> bool,
+) {
     let history_path = config.scheduler.history.clone();
     let mut ended_seen: Option<std::time::Instant> = None;
     let mut last_check = std::time::Instant::now();
     logs::follow(
-        &dir,
+        &config.job_log_dir(),
         job,
         end,
-        |l| run.is_some_and(|r| l.run_id != r) || print(&mut out, &l),
+        |l| run.is_some_and(|r| l.run_id != r) || print(&l),
         || {
             let Some(id) = run else { return true };
             if let Some(at) = ended_seen {
@@ -129,5 +151,4 @@ fn logs_command(
             true
         },
     );
-    Ok(0)
 }

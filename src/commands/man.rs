@@ -23,16 +23,8 @@ pub(crate) fn man() -> Result<i32> {
     Ok(0)
 }
 
-/// The manual page: the command, each subcommand's section, then where things are.
-fn man_page(cmd: clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
-    let man = clap_mangen::Man::new(cmd.clone());
-    man.render_title(out)?;
-    man.render_name_section(out)?;
-    man.render_synopsis_section(out)?;
-    man.render_description_section(out)?;
-    man.render_options_section(out)?;
-    // Each command with its own options, as `--help` gives them.
-    let mut roff = clap_mangen::roff::Roff::new();
+/// The COMMANDS section: each command with its own options, as `--help` gives them.
+fn commands_section(cmd: &clap::Command, roff: &mut clap_mangen::roff::Roff) {
     roff.control("SH", ["COMMANDS"]);
     for sub in cmd.get_subcommands() {
         let args: Vec<String> = sub
@@ -68,6 +60,18 @@ fn man_page(cmd: clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
             roff.control("RE", []);
         }
     }
+}
+
+/// The manual page: the command, each subcommand's section, then where things are.
+fn man_page(cmd: clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    let mut roff = clap_mangen::roff::Roff::new();
+    commands_section(&cmd, &mut roff);
     // A section of `term: what` entries.
     let mut entries = |title: &str, items: &[(&str, &str)]| {
         roff.control("SH", [title]);

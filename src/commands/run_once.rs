@@ -55,51 +55,7 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
         Some(_) => Some(rt.block_on(cluster::manual::claim(&env.config, job_id, wait))?),
         None => None,
     };
-    let report = rt.block_on(async {
-        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(None);
-        let req = runner::RunRequest {
-            job: Arc::new(job),
-            trigger: TriggerKind::Manual,
-            scheduled_at: manual.as_ref().map_or_else(Utc::now, |m| m.slot),
-            attempt: 1,
-            not_before: None,
-            tag: manual.as_ref().map(|m| m.tag.clone()),
-        };
-        let on_busy = if wait {
-            runner::OnBusy::Wait
-        } else {
-            runner::OnBusy::Refuse
-        };
-        let run = runner::run(&env, req, cancel_rx, None, on_busy);
-        tokio::pin!(run);
-        // Whatever stops us, the job's process group goes first and the row says why.
-        let stop_signal = stop_signal();
-        // Cluster mode: another node's slot may replace this run (its overlap `replace`).
-        let replaced = async {
-            match manual.as_ref().map(|m| m.cancel.clone()) {
-                Some(mut rx) => loop {
-                    if let Some(why) = rx.borrow_and_update().clone() {
-                        return why;
-                    }
-                    if rx.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                },
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            report = &mut run => report,
-            name = stop_signal => {
-                let _ = cancel_tx.send(Some(format!("run-once interrupted ({name})")));
-                run.await
-            }
-            why = replaced => {
-                let _ = cancel_tx.send(Some(why));
-                run.await
-            }
-        }
-    });
+    let report = rt.block_on(run_here(&env, job, manual.as_ref(), wait));
     if let Some(manual) = manual {
         recorder.flush(std::time::Duration::from_secs(2));
         rt.block_on(manual.finish(&env.config.scheduler.history, report.run_uid.as_deref()));
@@ -119,6 +75,61 @@ fn run_once(config: Config, job_id: &str, json: bool, wait: bool) -> Result<i32>
     } else {
         1
     })
+}
+
+/// The manual run itself. Whatever stops us, the job's process group goes first and the row
+/// says why: a stop signal, or (cluster mode) another node's slot that replaces this run (its
+/// overlap `replace`).
+async fn run_here(
+    env: &runner::RunEnv,
+    job: crate::config::Job,
+    manual: Option<&cluster::manual::Manual>,
+    wait: bool,
+) -> runner::RunReport {
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(None);
+    let req = runner::RunRequest {
+        job: Arc::new(job),
+        trigger: TriggerKind::Manual,
+        scheduled_at: manual.map_or_else(Utc::now, |m| m.slot),
+        attempt: 1,
+        not_before: None,
+        tag: manual.map(|m| m.tag.clone()),
+    };
+    let on_busy = if wait {
+        runner::OnBusy::Wait
+    } else {
+        runner::OnBusy::Refuse
+    };
+    let run = runner::run(env, req, cancel_rx, None, on_busy);
+    tokio::pin!(run);
+    let stop_signal = stop_signal();
+    let replaced = replaced(manual.map(|m| m.cancel.clone()));
+    tokio::select! {
+        report = &mut run => report,
+        name = stop_signal => {
+            let _ = cancel_tx.send(Some(format!("run-once interrupted ({name})")));
+            run.await
+        }
+        why = replaced => {
+            let _ = cancel_tx.send(Some(why));
+            run.await
+        }
+    }
+}
+
+/// Why another node's slot replaced this manual run, once it does (never outside a cluster).
+async fn replaced(cancel: Option<tokio::sync::watch::Receiver<Option<String>>>) -> String {
+    let Some(mut rx) = cancel else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Some(why) = rx.borrow_and_update().clone() {
+            return why;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The first of several futures to finish (all of the same output).

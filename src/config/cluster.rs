@@ -184,27 +184,7 @@ impl Validator<'_> {
             self.cluster_timing(raw, priority)?;
         let schema = match &r.schema {
             None => "hedge_scheduler".to_string(),
-            Some(s) => {
-                let ok = s
-                    .get_ref()
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                    && s.get_ref().len() <= 63
-                    && s.get_ref()
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-                if !ok {
-                    return Err(self.at(
-                        s,
-                        format!(
-                            "invalid `schema` `{}` in [cluster] (lowercase letters, digits and `_`, not starting with a digit)",
-                            s.get_ref()
-                        ),
-                    ));
-                }
-                s.get_ref().clone()
-            }
+            Some(s) => self.cluster_schema(s)?,
         };
         let expect_nodes = match &r.expect_nodes {
             None => None,
@@ -220,31 +200,7 @@ impl Validator<'_> {
                     })?,
             ),
         };
-        let tls = verify.unwrap_or(match parsed.get_ssl_mode() {
-            tokio_postgres::config::SslMode::Disable => Tls::Disable,
-            tokio_postgres::config::SslMode::Require => Tls::Require,
-            _ => Tls::Prefer,
-        });
-        let ca_file = r.ca_file.as_ref().map(|p| {
-            self.file
-                .parent()
-                .unwrap_or(std::path::Path::new("/"))
-                .join(p.get_ref())
-        });
-        if matches!(tls, Tls::VerifyCa | Tls::VerifyFull) && ca_file.is_none() {
-            let message = "sslmode=verify-ca and verify-full need `ca_file` in [cluster] (the certificates, PEM, the server's must chain to)".to_string();
-            return Err(match &r.database {
-                Some(d)
-                    if std::env::var(DATABASE_ENV)
-                        .ok()
-                        .filter(|s| !s.is_empty())
-                        .is_none() =>
-                {
-                    self.at(d, message)
-                }
-                _ => self.at(raw, message),
-            });
-        }
+        let (tls, ca_file) = self.cluster_tls(raw, verify, &parsed)?;
         Ok(Cluster {
             database_shown: describe_database(&parsed),
             database: plain,
@@ -275,6 +231,66 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// `schema`: a plain PostgreSQL identifier.
+    fn cluster_schema(&self, s: &Spanned<String>) -> Result<String, ConfigError> {
+        let ok = s
+            .get_ref()
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && s.get_ref().len() <= 63
+            && s.get_ref()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(self.at(
+                s,
+                format!(
+                    "invalid `schema` `{}` in [cluster] (lowercase letters, digits and `_`, not starting with a digit)",
+                    s.get_ref()
+                ),
+            ));
+        }
+        Ok(s.get_ref().clone())
+    }
+
+    /// The TLS the database string (or our `sslmode` words, `verify`) asks for, and `ca_file`,
+    /// which verifying needs.
+    fn cluster_tls(
+        &self,
+        raw: &Spanned<RawCluster>,
+        verify: Option<Tls>,
+        parsed: &tokio_postgres::Config,
+    ) -> Result<(Tls, Option<std::path::PathBuf>), ConfigError> {
+        let r = raw.get_ref();
+        let tls = verify.unwrap_or(match parsed.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => Tls::Disable,
+            tokio_postgres::config::SslMode::Require => Tls::Require,
+            _ => Tls::Prefer,
+        });
+        let ca_file = r.ca_file.as_ref().map(|p| {
+            self.file
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .join(p.get_ref())
+        });
+        if matches!(tls, Tls::VerifyCa | Tls::VerifyFull) && ca_file.is_none() {
+            let message = "sslmode=verify-ca and verify-full need `ca_file` in [cluster] (the certificates, PEM, the server's must chain to)".to_string();
+            return Err(match &r.database {
+                Some(d)
+                    if std::env::var(DATABASE_ENV)
+                        .ok()
+                        .filter(|s| !s.is_empty())
+                        .is_none() =>
+                {
+                    self.at(d, message)
+                }
+                _ => self.at(raw, message),
+            });
+        }
+        Ok((tls, ca_file))
+    }
+
     /// `database` (or the environment's): the string without our `sslmode` words, the TLS they
     /// ask for, and what it says.
     fn cluster_database(

@@ -114,59 +114,17 @@ impl Config {
 
         let exchange = match &raw.scheduler.exchange {
             None => Exchange::Xnse,
-            Some(s) => Exchange::parse(s.get_ref()).ok_or_else(|| {
-                let known: Vec<_> = Exchange::ALL.iter().map(|e| e.code()).collect();
-                v.at(
-                    s,
-                    format!(
-                        "unknown exchange `{}` in `scheduler.exchange` (expected one of: {})",
-                        s.get_ref(),
-                        known.join(", ")
-                    ),
-                )
-            })?,
+            Some(s) => v.exchange(s)?,
         };
         v.regular = exchange.regular_hours();
         let scheduler = v.scheduler(&raw.scheduler, &base, exchange)?;
-
         let python = v.python(raw.python, &base)?;
-
-        let calendar_file = raw
-            .calendar
-            .file
-            .as_ref()
-            .map(|f| normalize(&base.join(f.get_ref())));
-        if let (Some(path), Some(raw_file)) = (&calendar_file, &raw.calendar.file)
-            && !path.is_file()
-        {
-            return Err(v.at(
-                raw_file,
-                format!(
-                    "calendar file `{}` for `calendar.file` not found (looked for `{}`)",
-                    raw_file.get_ref(),
-                    path.display()
-                ),
-            ));
-        }
-        let calendar = Calendar::load(
+        let calendar = v.calendar(
+            &raw.calendar,
+            &base,
             exchange,
-            &calendar_file
-                .clone()
-                .unwrap_or_else(|| base.join("calendars").join(exchange.file_name())),
-            calendar_file.is_some(),
+            raw.scheduler.strict_calendar.unwrap_or(false),
         )?;
-        let overrides = crate::calendar::file::parse_overrides(
-            file,
-            source,
-            exchange,
-            "calendar.",
-            &raw.calendar.closures,
-            &raw.calendar.sessions,
-        )?;
-        let calendar = Arc::new(
-            calendar.with_overrides(overrides, raw.scheduler.strict_calendar.unwrap_or(false)),
-        );
-
         let cluster = match &raw.cluster {
             Some(c) => Some(v.cluster(c)?),
             None => None,
@@ -181,22 +139,8 @@ impl Config {
         };
         let mut jobs = Vec::new();
         for (id, raw_job) in raw.jobs {
-            if cluster.is_none()
-                && let Some(k) = raw_job
-                    .get_ref()
-                    .takeover
-                    .as_ref()
-                    .or(raw_job.get_ref().on_database_loss.as_ref())
-            {
-                let key = if raw_job.get_ref().takeover.is_some() {
-                    "takeover"
-                } else {
-                    "on_database_loss"
-                };
-                return Err(v.at(
-                    k,
-                    format!("`{key}` in [jobs.{id}] needs a [cluster] table (it says what a cluster of daemons does)"),
-                ));
+            if cluster.is_none() {
+                v.needs_no_cluster(&id, raw_job.get_ref())?;
             }
             if let Some(job) = v.job(&id, raw_job, &python.env)? {
                 jobs.push(job);
@@ -221,6 +165,82 @@ impl Config {
             notify,
             http,
         })
+    }
+}
+
+impl Validator<'_> {
+    /// `scheduler.exchange`: one of the exchanges we have calendars for.
+    fn exchange(&self, s: &Spanned<String>) -> Result<Exchange, ConfigError> {
+        Exchange::parse(s.get_ref()).ok_or_else(|| {
+            let known: Vec<_> = Exchange::ALL.iter().map(|e| e.code()).collect();
+            self.at(
+                s,
+                format!(
+                    "unknown exchange `{}` in `scheduler.exchange` (expected one of: {})",
+                    s.get_ref(),
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// The calendar: the exchange's shipped file (or `calendar.file`), with the config's own
+    /// closures and sessions over it.
+    fn calendar(
+        &self,
+        raw: &super::raw::RawCalendar,
+        base: &Path,
+        exchange: Exchange,
+        strict: bool,
+    ) -> Result<Arc<Calendar>, ConfigError> {
+        let calendar_file = raw
+            .file
+            .as_ref()
+            .map(|f| normalize(&base.join(f.get_ref())));
+        if let (Some(path), Some(raw_file)) = (&calendar_file, &raw.file)
+            && !path.is_file()
+        {
+            return Err(self.at(
+                raw_file,
+                format!(
+                    "calendar file `{}` for `calendar.file` not found (looked for `{}`)",
+                    raw_file.get_ref(),
+                    path.display()
+                ),
+            ));
+        }
+        let calendar = Calendar::load(
+            exchange,
+            &calendar_file
+                .clone()
+                .unwrap_or_else(|| base.join("calendars").join(exchange.file_name())),
+            calendar_file.is_some(),
+        )?;
+        let overrides = crate::calendar::file::parse_overrides(
+            self.file,
+            self.source,
+            exchange,
+            "calendar.",
+            &raw.closures,
+            &raw.sessions,
+        )?;
+        Ok(Arc::new(calendar.with_overrides(overrides, strict)))
+    }
+
+    /// `takeover` and `on_database_loss` say what a cluster does: without one, an error.
+    fn needs_no_cluster(&self, id: &str, raw: &RawJob) -> Result<(), ConfigError> {
+        if let Some(k) = raw.takeover.as_ref().or(raw.on_database_loss.as_ref()) {
+            let key = if raw.takeover.is_some() {
+                "takeover"
+            } else {
+                "on_database_loss"
+            };
+            return Err(self.at(
+                k,
+                format!("`{key}` in [jobs.{id}] needs a [cluster] table (it says what a cluster of daemons does)"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -342,6 +362,31 @@ impl Validator<'_> {
     }
 
     /// `[python]`, its paths against the config's folder `base`.
+    /// `python.preload`: module names.
+    fn preload(&self, list: &[Spanned<String>]) -> Result<Vec<String>, ConfigError> {
+        let mut names = Vec::new();
+        for name in list {
+            let ok = !name.get_ref().is_empty()
+                && name.get_ref().split('.').all(|part| {
+                    part.chars()
+                        .next()
+                        .is_some_and(|c| c.is_alphabetic() || c == '_')
+                        && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+                });
+            if !ok {
+                return Err(self.at(
+                    name,
+                    format!(
+                        "`{}` in `python.preload` is not a module name (expected e.g. \"pandas\", \"hedge_jobs.options_chain\")",
+                        name.get_ref()
+                    ),
+                ));
+            }
+            names.push(name.get_ref().clone());
+        }
+        Ok(names)
+    }
+
     fn python(&self, raw: RawPython, base: &Path) -> Result<Python, ConfigError> {
         if let (Some(_), Some(venv)) = (&raw.executable, &raw.venv) {
             return Err(self.at(
@@ -360,29 +405,7 @@ impl Validator<'_> {
         )?;
         let preload = match &raw.preload {
             None => Vec::new(),
-            Some(list) => {
-                let mut names = Vec::new();
-                for name in list.get_ref() {
-                    let ok = !name.get_ref().is_empty()
-                        && name.get_ref().split('.').all(|part| {
-                            part.chars()
-                                .next()
-                                .is_some_and(|c| c.is_alphabetic() || c == '_')
-                                && part.chars().all(|c| c.is_alphanumeric() || c == '_')
-                        });
-                    if !ok {
-                        return Err(self.at(
-                            name,
-                            format!(
-                                "`{}` in `python.preload` is not a module name (expected e.g. \"pandas\", \"hedge_jobs.options_chain\")",
-                                name.get_ref()
-                            ),
-                        ));
-                    }
-                    names.push(name.get_ref().clone());
-                }
-                names
-            }
+            Some(list) => self.preload(list.get_ref())?,
         };
         let fork_max_runs = match &raw.fork_max_runs {
             None => 1000,
@@ -599,26 +622,7 @@ impl Validator<'_> {
         env_defaults: &secrets::JobEnv,
     ) -> Result<Option<Job>, ConfigError> {
         let table = format!("jobs.{id}");
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(self.at(
-                &raw,
-                format!("invalid job id `{id}` in [{table}] (use letters, digits, `_` and `-`)"),
-            ));
-        }
-        if id.len() > MAX_JOB_ID {
-            return Err(self.at(
-                &raw,
-                format!(
-                    "job id `{}…` is {} characters long; at most {MAX_JOB_ID} (it names the job's files)",
-                    &id[..16],
-                    id.len()
-                ),
-            ));
-        }
+        self.job_id(id, &raw, &table)?;
         let job_span = raw.span();
         let raw = raw.into_inner();
         let entry = self.entry(&raw, &table, job_span.start)?;
@@ -643,23 +647,7 @@ impl Validator<'_> {
         };
         let max_memory = match &raw.max_memory {
             None => None,
-            Some(m) => {
-                if executor == Executor::Pyo3 {
-                    return Err(self.at(
-                        m,
-                        format!("`max_memory` in [{table}] needs executor = \"subprocess\" or \"fork\" (an in-process run shares the daemon's memory)"),
-                    ));
-                }
-                Some(parse_size(m.get_ref()).map_err(|why| {
-                    self.at(
-                        m,
-                        format!(
-                            "invalid size `{}` for `max_memory` in [{table}]: {why} (expected e.g. \"512MiB\", \"2GiB\")",
-                            m.get_ref()
-                        ),
-                    )
-                })?)
-            }
+            Some(m) => Some(self.max_memory(m, &table, executor)?),
         };
         let timeout = self.duration(
             raw.timeout.as_ref(),
@@ -667,24 +655,7 @@ impl Validator<'_> {
             DEFAULT_TIMEOUT,
         )?;
         let env = self.job_env(&raw, &table, executor, env_defaults)?;
-        let args = match raw.args {
-            None => serde_json::Value::Object(Default::default()),
-            Some(t) => toml_to_json(toml::Value::Table(t)),
-        };
-        // The run context travels in one environment variable (at most 128 KiB on Linux).
-        let args_len = args.to_string().len();
-        if args_len > MAX_ARGS {
-            return Err(ConfigError::at(
-                self.file,
-                self.source,
-                job_span.start,
-                format!(
-                    "`args` of [{table}] is {} KiB as JSON; at most {} KiB (it travels in the run's environment): put large inputs in a file and pass its path",
-                    args_len.div_ceil(1024),
-                    MAX_ARGS / 1024
-                ),
-            ));
-        }
+        let args = self.args(raw.args, &table, job_span.start)?;
         let entry_at = raw
             .entry
             .as_ref()
@@ -733,6 +704,83 @@ impl Validator<'_> {
             },
             env,
         }))
+    }
+
+    /// A job id names the job's files: letters, digits, `_` and `-`, at most `MAX_JOB_ID`.
+    fn job_id(&self, id: &str, raw: &Spanned<RawJob>, table: &str) -> Result<(), ConfigError> {
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(self.at(
+                raw,
+                format!("invalid job id `{id}` in [{table}] (use letters, digits, `_` and `-`)"),
+            ));
+        }
+        if id.len() > MAX_JOB_ID {
+            return Err(self.at(
+                raw,
+                format!(
+                    "job id `{}…` is {} characters long; at most {MAX_JOB_ID} (it names the job's files)",
+                    &id[..16],
+                    id.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `max_memory`: a size, for a job run in a process of its own.
+    fn max_memory(
+        &self,
+        m: &Spanned<String>,
+        table: &str,
+        executor: Executor,
+    ) -> Result<u64, ConfigError> {
+        if executor == Executor::Pyo3 {
+            return Err(self.at(
+                m,
+                format!("`max_memory` in [{table}] needs executor = \"subprocess\" or \"fork\" (an in-process run shares the daemon's memory)"),
+            ));
+        }
+        parse_size(m.get_ref()).map_err(|why| {
+            self.at(
+                m,
+                format!(
+                    "invalid size `{}` for `max_memory` in [{table}]: {why} (expected e.g. \"512MiB\", \"2GiB\")",
+                    m.get_ref()
+                ),
+            )
+        })
+    }
+
+    /// `args` as JSON; the run context travels in one environment variable (at most 128 KiB
+    /// on Linux), so they are bounded.
+    fn args(
+        &self,
+        raw: Option<toml::Table>,
+        table: &str,
+        at: usize,
+    ) -> Result<serde_json::Value, ConfigError> {
+        let args = match raw {
+            None => serde_json::Value::Object(Default::default()),
+            Some(t) => toml_to_json(toml::Value::Table(t)),
+        };
+        let args_len = args.to_string().len();
+        if args_len > MAX_ARGS {
+            return Err(ConfigError::at(
+                self.file,
+                self.source,
+                at,
+                format!(
+                    "`args` of [{table}] is {} KiB as JSON; at most {} KiB (it travels in the run's environment): put large inputs in a file and pass its path",
+                    args_len.div_ceil(1024),
+                    MAX_ARGS / 1024
+                ),
+            ));
+        }
+        Ok(args)
     }
 
     pub(super) fn retry(&self, raw: &Spanned<RawRetry>, table: &str) -> Result<Retry, ConfigError> {

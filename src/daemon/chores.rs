@@ -120,59 +120,18 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
         ));
     }
 
-    let (lock, scripts, log_dir) = (
+    let (lock, forks, python, host_config) = (
         Arc::clone(&input.lock),
-        config.scheduler.legacy_scripts.clone(),
-        config.scheduler.log_dir.clone(),
+        input.forks,
+        input.python,
+        Arc::clone(&config),
     );
-    let (forks, python, fork_config) = (input.forks, input.python, Arc::clone(&config));
-    let checked = tokio::task::spawn_blocking(move || {
-        // A fork server that hangs is killed; one that is gone or stale is started again, so
-        // the next fork run finds one ready.
-        if fork_config
-            .jobs
-            .iter()
-            .any(|j| j.executor == crate::config::Executor::Fork)
-        {
-            if let Some(news) = forks.check() {
-                tracing::warn!("🍴 {news}");
-            }
-            if let Err(e) = forks.warm(&fork_config, &python) {
-                tracing::warn!("🍴 cannot start a fork server: {e}");
-            }
-        }
-        let fork_server = forks.pid();
-        // The PID file may have been removed (a wiped log folder): lock a new one, and give way
-        // if another daemon started meanwhile — never two firing at once.
-        let lock_lost = match lock.lock() {
-            Ok(mut l) => l.ensure().err(),
-            Err(_) => None,
-        };
-        let low = crate::health::free_space(&log_dir)
-            .filter(|free| *free < crate::health::LOW_DISK_BYTES)
-            .map(|free| {
-                format!(
-                    "only {} free in {}",
-                    crate::fmt::bytes(free),
-                    log_dir.display()
-                )
-            });
-        (lock_lost, low, crate::legacy::find(&scripts), fork_server)
-    })
-    .await;
+    let checked =
+        tokio::task::spawn_blocking(move || host_checks(&host_config, &lock, &forks, &python))
+            .await;
     let (lock_lost, low_disk, legacy, fork_server) = checked.unwrap_or_default();
     problems.extend(low_disk);
-    // Subreaper mode: what escaped runs that have ended and was not ended at a run's end (runs
-    // in flight then could have owned it).
-    if let Some(news) = crate::contain::check_keeper() {
-        tracing::warn!("⚠️  {news}");
-    }
-    let strays = crate::contain::end_strays(config.scheduler.kill_grace).await;
-    if strays > 0 {
-        tracing::warn!(
-            "🧹 ended {strays} process(es) that escaped runs and were adopted by the scheduler"
-        );
-    }
+    end_escapees(&config).await;
     crate::control::RECHECK.notify_one();
     if let Some(off) = crate::control::OFF.lock().ok().and_then(|o| o.clone()) {
         problems.push(off);
@@ -204,6 +163,67 @@ pub(crate) async fn health(input: HealthInput, tx: mpsc::UnboundedSender<Chore>)
     };
     write_state(&config.scheduler.log_dir, state).await;
     let _ = tx.send(Chore::HealthDone { lock_lost });
+}
+
+/// The health check's blocking part, on a thread of its own: the fork servers (one that hangs
+/// is killed, one gone or stale started again, so the next fork run finds one ready), the PID
+/// file, the free disk space and the legacy processes. Returns (the PID file lost, low disk,
+/// the legacy processes found, the fork server's PID).
+fn host_checks(
+    config: &Config,
+    lock: &Mutex<InstanceLock>,
+    forks: &crate::runner::ForkPool,
+    python: &std::path::Path,
+) -> (
+    Option<String>,
+    Option<String>,
+    Vec<crate::legacy::LegacyProcess>,
+    Option<u32>,
+) {
+    if config
+        .jobs
+        .iter()
+        .any(|j| j.executor == crate::config::Executor::Fork)
+    {
+        if let Some(news) = forks.check() {
+            tracing::warn!("🍴 {news}");
+        }
+        if let Err(e) = forks.warm(config, python) {
+            tracing::warn!("🍴 cannot start a fork server: {e}");
+        }
+    }
+    // The PID file may have been removed (a wiped log folder): lock a new one, and give way if
+    // another daemon started meanwhile — never two firing at once.
+    let lock_lost = match lock.lock() {
+        Ok(mut l) => l.ensure().err(),
+        Err(_) => None,
+    };
+    let log_dir = &config.scheduler.log_dir;
+    let low = crate::health::free_space(log_dir)
+        .filter(|free| *free < crate::health::LOW_DISK_BYTES)
+        .map(|free| {
+            format!(
+                "only {} free in {}",
+                crate::fmt::bytes(free),
+                log_dir.display()
+            )
+        });
+    let legacy = crate::legacy::find(&config.scheduler.legacy_scripts);
+    (lock_lost, low, legacy, forks.pid())
+}
+
+/// Subreaper mode: ends what escaped runs that have ended and was not ended at a run's end
+/// (runs in flight then could have owned it).
+async fn end_escapees(config: &Config) {
+    if let Some(news) = crate::contain::check_keeper() {
+        tracing::warn!("⚠️  {news}");
+    }
+    let strays = crate::contain::end_strays(config.scheduler.kill_grace).await;
+    if strays > 0 {
+        tracing::warn!(
+            "🧹 ended {strays} process(es) that escaped runs and were adopted by the scheduler"
+        );
+    }
 }
 
 /// A run in progress as the report shows it: (job, run id, PID, since, stuck).

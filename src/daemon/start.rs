@@ -69,80 +69,120 @@ pub(super) async fn start(
     let clock =
         |node: &Option<crate::cluster::Node>| node.as_ref().map_or_else(Utc::now, |n| n.now());
     let now = clock(&node);
-    let market = crate::market::at_instant(&calendar, now);
+    let mut jobs = initial_jobs(&config, &calendar, last_slots, now);
+    let (inbox, feeds) = Inbox::open(&config, cluster_events)?;
+    let mut d = Dispatcher::new(
+        started_at,
+        (Arc::clone(&config), Arc::clone(&env), Arc::clone(&calendar)),
+        (feeds.events, feeds.chores),
+        lock,
+        node,
+        obs,
+    );
+    d.start_audits(&jobs, now);
+    d.restore(&mut jobs, kept, backfill);
+    tokio::spawn(crate::control::listen(
+        config.scheduler.log_dir.clone(),
+        feeds.control,
+    ));
+    d.web = serve_http(&config, &d, feeds.probes);
+    say_started(&d, jobs.len(), abandoned);
+    d.health(&mut jobs);
+    crate::health::notify_systemd("READY=1");
+    Ok(Started {
+        d,
+        jobs,
+        inbox,
+        recorder,
+    })
+}
+
+/// The enabled jobs' states at the start (from the newest slot each dealt with), each announced
+/// with its next fire, after a line on the market now.
+fn initial_jobs(
+    config: &Config,
+    calendar: &Arc<crate::calendar::Calendar>,
+    last_slots: Vec<Option<DateTime<Utc>>>,
+    now: DateTime<Utc>,
+) -> Vec<JobState> {
+    let market = crate::market::at_instant(calendar, now);
     tracing::info!(
         "{} {}",
         if market.open { "📈" } else { "💤" },
         market.summary
     );
-    let mut jobs: Vec<JobState> = config
+    let jobs: Vec<JobState> = config
         .jobs
         .iter()
         .filter(|j| j.enabled)
         .zip(last_slots)
-        .map(|(job, last)| JobState::new(Arc::new(job.clone()), &calendar, last, now))
+        .map(|(job, last)| JobState::new(Arc::new(job.clone()), calendar, last, now))
         .collect();
-    announce(&jobs, &calendar, now);
+    announce(&jobs, calendar, now);
+    jobs
+}
 
-    let sigterm =
-        signal(SignalKind::terminate()).map_err(|e| Error::io("cannot watch SIGTERM", e))?;
-    let sigint =
-        signal(SignalKind::interrupt()).map_err(|e| Error::io("cannot watch SIGINT", e))?;
-    let sighup = signal(SignalKind::hangup()).map_err(|e| Error::io("cannot watch SIGHUP", e))?;
-    let (events_tx, events) = mpsc::unbounded_channel::<RunEvent>();
-    let (control_tx, control) = mpsc::unbounded_channel::<crate::control::Asked>();
-    // `/healthz` asks the loop to answer.
-    let (probe_tx, probes) = mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<()>>();
-    let (chores_tx, chores) = mpsc::unbounded_channel::<Chore>();
-    let mut d = Dispatcher::new(
-        started_at,
-        (Arc::clone(&config), Arc::clone(&env), Arc::clone(&calendar)),
-        (events_tx, chores_tx),
-        lock,
-        node,
-        obs,
-    );
-    // The gap audit starts two leases before this start: a slot missed just before it and not
-    // recorded then (a live node might still have claimed it) is audited too; older ones are in
-    // the catch-up's gap row.
-    if let Some(node) = &d.node {
-        let back = chrono::Duration::from_std(node.config.lease * 2).unwrap_or_default();
-        for state in &jobs {
-            d.audited
-                .insert(state.job.id.clone(), state.checked.max(now - back));
-        }
-    }
-    d.restore(&mut jobs, kept, backfill);
-    tokio::spawn(crate::control::listen(
-        config.scheduler.log_dir.clone(),
-        control_tx,
-    ));
-    d.web = serve_http(&config, &d, probe_tx.clone());
-    drop(probe_tx);
-    say_started(&d, jobs.len(), abandoned);
-    d.health(&mut jobs);
-    crate::health::notify_systemd("READY=1");
+/// What feeds the loop's inbox.
+struct Feeds {
+    events: mpsc::UnboundedSender<RunEvent>,
+    control: mpsc::UnboundedSender<crate::control::Asked>,
+    /// `/healthz` asks the loop to answer.
+    probes: mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
+    chores: mpsc::UnboundedSender<Chore>,
+}
 
-    let (health_every, report_every, watchdog) = timers(&config);
-
-    Ok(Started {
-        d,
-        jobs,
-        inbox: Inbox {
+impl Inbox {
+    /// The loop's inbox, its signals watched from now on, and what feeds it.
+    fn open(
+        config: &Config,
+        cluster: Option<mpsc::UnboundedReceiver<crate::cluster::Event>>,
+    ) -> Result<(Inbox, Feeds)> {
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Error::io(format!("cannot watch {name}"), e))
+        };
+        let sigterm = watch(SignalKind::terminate(), "SIGTERM")?;
+        let sigint = watch(SignalKind::interrupt(), "SIGINT")?;
+        let sighup = watch(SignalKind::hangup(), "SIGHUP")?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (control_tx, control) = mpsc::unbounded_channel();
+        let (probes_tx, probes) = mpsc::unbounded_channel();
+        let (chores_tx, chores) = mpsc::unbounded_channel();
+        let (health_every, report_every, watchdog) = timers(config);
+        let inbox = Inbox {
             sigterm,
             sigint,
             sighup,
             events,
-            cluster: cluster_events,
+            cluster,
             chores,
             probes,
             control,
             health_every,
             report_every,
             watchdog,
-        },
-        recorder,
-    })
+        };
+        let feeds = Feeds {
+            events: events_tx,
+            control: control_tx,
+            probes: probes_tx,
+            chores: chores_tx,
+        };
+        Ok((inbox, feeds))
+    }
+}
+
+impl Dispatcher {
+    /// The gap audit starts two leases before this start: a slot missed just before it and not
+    /// recorded then (a live node might still have claimed it) is audited too; older ones are
+    /// in the catch-up's gap row.
+    fn start_audits(&mut self, jobs: &[JobState], now: DateTime<Utc>) {
+        let Some(node) = &self.node else { return };
+        let back = chrono::Duration::from_std(node.config.lease * 2).unwrap_or_default();
+        for state in jobs {
+            self.audited
+                .insert(state.job.id.clone(), state.checked.max(now - back));
+        }
+    }
 }
 
 /// The node and its events, and the newest slot of each job any node dealt with (cluster mode:

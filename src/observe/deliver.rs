@@ -288,8 +288,19 @@ fn run_command(
             let _ = stdin.write_all(json.as_bytes());
         });
     }
-    // Its stderr is read as it comes (a chatty command never blocks on a full pipe); the last
-    // line says why it failed.
+    let last_line = last_stderr_line(&mut child);
+    let result = wait_within(&mut child, timeout, || {
+        // A moment for the reader to take the last line the command wrote.
+        std::thread::sleep(Duration::from_millis(20));
+        last_line.lock().map(|l| l.clone()).unwrap_or_default()
+    });
+    drop(cage);
+    result
+}
+
+/// The child's stderr, read as it comes on a thread (a chatty command never blocks on a full
+/// pipe): its last non-empty line, which says why it failed.
+fn last_stderr_line(child: &mut std::process::Child) -> Arc<Mutex<String>> {
     let last_line: Arc<Mutex<String>> = Arc::default();
     if let Some(stderr) = child.stderr.take() {
         let last = Arc::clone(&last_line);
@@ -307,17 +318,24 @@ fn run_command(
             }
         });
     }
-    let output = |_: &mut std::process::Child| {
-        // A moment for the reader to take the last line the command wrote.
-        std::thread::sleep(Duration::from_millis(20));
-        last_line.lock().map(|l| l.clone()).unwrap_or_default()
-    };
+    last_line
+}
+
+/// Waits for the command (its process group `child.id()`) to exit within `timeout`: an exit
+/// that is not a success says its status and `last_line()`; past the timeout the group gets
+/// SIGTERM, a second's grace, then SIGKILL.
+fn wait_within(
+    child: &mut std::process::Child,
+    timeout: Duration,
+    last_line: impl Fn() -> String,
+) -> Result<(), String> {
+    let pid = child.id();
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
             Ok(Some(status)) => {
-                let last = output(&mut child);
+                let last = last_line();
                 return Err(format!(
                     "{status}{}",
                     if last.is_empty() {
@@ -336,7 +354,6 @@ fn run_command(
                 }
                 crate::process::signal_group(pid, Signal::SIGKILL);
                 let _ = child.wait();
-                drop(cage);
                 return Err(format!(
                     "timed out after {}: ended",
                     crate::fmt::duration(timeout)

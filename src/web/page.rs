@@ -205,22 +205,7 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
     let session = calendar.session(date);
     let today = now.with_timezone(&tz).date_naive();
     let jobs: Vec<&Job> = config.jobs.iter().filter(|j| j.enabled).collect();
-    let mut table: Vec<Row> = Vec::new();
-    for job in &jobs {
-        let slots = job.trigger.fires_between(&calendar, start, end);
-        let own: Vec<&RunRow> = rows.iter().filter(|r| r.job == job.id).collect();
-        let marks = slot_marks(&slots, &own, now);
-        let extras = own
-            .iter()
-            .filter(|r| {
-                r.missed_count.is_none()
-                    && parse_time(&r.scheduled_at).is_some_and(|t| !slots.contains(&t))
-            })
-            .copied()
-            .collect();
-        table.push(Row { job, marks, extras });
-    }
-
+    let table = job_rows(&jobs, &rows, &calendar, (start, end), now);
     let Axis {
         open,
         close,
@@ -241,12 +226,7 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
         .iter()
         .filter(|r| r.outcome == Outcome::Running)
         .collect();
-    let mut problems: Vec<&RunRow> = rows
-        .iter()
-        .filter(|r| !matches!(r.outcome, Outcome::Success | Outcome::Running))
-        .collect();
-    problems.sort_by_key(|r| std::cmp::Reverse(r.id));
-    problems.truncate(10);
+    let problems = latest_problems(&rows);
     let daemon_problems = crate::health::read_state(&config.scheduler.log_dir)
         .map(|s| s.problems)
         .unwrap_or_default();
@@ -293,6 +273,43 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
         p.session { "Times are " (tz.name()) ". The page refreshes itself every 30 s while it shows today." }
     };
     Ok(layout(&title, date == today, body))
+}
+
+/// Each job's row: its marks on the day's slots, and its runs of the day on no slot of it.
+fn job_rows<'a>(
+    jobs: &[&'a Job],
+    rows: &'a [RunRow],
+    calendar: &crate::calendar::Calendar,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+    now: DateTime<Utc>,
+) -> Vec<Row<'a>> {
+    let mut table: Vec<Row> = Vec::new();
+    for &job in jobs {
+        let slots = job.trigger.fires_between(calendar, start, end);
+        let own: Vec<&RunRow> = rows.iter().filter(|r| r.job == job.id).collect();
+        let marks = slot_marks(&slots, &own, now);
+        let extras = own
+            .iter()
+            .filter(|r| {
+                r.missed_count.is_none()
+                    && parse_time(&r.scheduled_at).is_some_and(|t| !slots.contains(&t))
+            })
+            .copied()
+            .collect();
+        table.push(Row { job, marks, extras });
+    }
+    table
+}
+
+/// The day's ten latest runs that did not succeed (nor still run), newest first.
+fn latest_problems(rows: &[RunRow]) -> Vec<&RunRow> {
+    let mut problems: Vec<&RunRow> = rows
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Success | Outcome::Running))
+        .collect();
+    problems.sort_by_key(|r| std::cmp::Reverse(r.id));
+    problems.truncate(10);
+    problems
 }
 
 /// The day's timeline: a row of slot marks per job on the axis (hour ticks, the session's
