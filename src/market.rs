@@ -62,6 +62,31 @@ pub fn rough(d: Duration) -> String {
     }
 }
 
+/// Why the market is closed on `date`: the calendar's note, else the weekend or a holiday.
+fn closed_because(calendar: &Calendar, date: NaiveDate) -> String {
+    calendar
+        .note(date)
+        .map(str::to_string)
+        .unwrap_or_else(|| match date.weekday() {
+            chrono::Weekday::Sat | chrono::Weekday::Sun => "weekend".to_string(),
+            _ => "holiday".to_string(),
+        })
+}
+
+/// An instant as a person says it from `date`: "today 2026-12-08 09:15 IST", "tomorrow …", or
+/// the weekday.
+fn when(t: DateTime<Utc>, date: NaiveDate, tz: Tz) -> String {
+    let l = t.with_timezone(&tz);
+    let day = if l.date_naive() == date {
+        "today".to_string()
+    } else if Some(l.date_naive()) == date.succ_opt() {
+        "tomorrow".to_string()
+    } else {
+        l.format("%A").to_string()
+    };
+    format!("{day} {} {}", l.format("%Y-%m-%d"), l.format("%H:%M %Z"))
+}
+
 /// The market at `now`.
 pub fn at_instant(calendar: &Calendar, now: DateTime<Utc>) -> Market {
     let tz = calendar.tz();
@@ -69,17 +94,6 @@ pub fn at_instant(calendar: &Calendar, now: DateTime<Utc>) -> Market {
     let date = local.date_naive();
     let today = calendar.session(date);
     let hm = |t: DateTime<Utc>| t.with_timezone(&tz).format("%H:%M %Z").to_string();
-    let when = |t: DateTime<Utc>| {
-        let l = t.with_timezone(&tz);
-        let day = if l.date_naive() == date {
-            "today".to_string()
-        } else if Some(l.date_naive()) == date.succ_opt() {
-            "tomorrow".to_string()
-        } else {
-            l.format("%A").to_string()
-        };
-        format!("{day} {} {}", l.format("%Y-%m-%d"), hm(t))
-    };
     let day = today.as_ref().map(|s| Day {
         date: s.date,
         open: s.open.format("%H:%M").to_string(),
@@ -88,12 +102,7 @@ pub fn at_instant(calendar: &Calendar, now: DateTime<Utc>) -> Market {
     });
     let closed_because = match &today {
         Some(_) => None,
-        None => Some(calendar.note(date).map(str::to_string).unwrap_or_else(
-            || match date.weekday() {
-                chrono::Weekday::Sat | chrono::Weekday::Sun => "weekend".to_string(),
-                _ => "holiday".to_string(),
-            },
-        )),
+        None => Some(closed_because(calendar, date)),
     };
     if let Some(s) = &today {
         let (open, close) = at(tz, s);
@@ -135,7 +144,7 @@ pub fn at_instant(calendar: &Calendar, now: DateTime<Utc>) -> Market {
     let summary = match next {
         Some(open) => format!(
             "{head}; next session {} (in {})",
-            when(open),
+            when(open, date, tz),
             rough(open - now)
         ),
         None => format!("{head}; no session in the next {LOOK_AHEAD_DAYS} days"),

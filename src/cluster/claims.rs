@@ -92,6 +92,19 @@ impl Coordinator {
             }
             Ok(Ok(row)) => row,
         };
+        self.answer(req, epoch, sent, &row)
+    }
+
+    /// What the claim's row says: won (the fence), taken (by whom), declared dead (rejoin
+    /// first), a primary that may run the slot (wait), or too early by the database's clock. A
+    /// claim by a live node renewed its lease.
+    fn answer(
+        &mut self,
+        req: &ClaimRequest,
+        epoch: i64,
+        sent: Instant,
+        row: &tokio_postgres::Row,
+    ) -> Attempt {
         let fence: Option<i64> = row.get(0);
         let owner: Option<String> = row.get(1);
         let db_now: DateTime<Utc> = row.get(2);
@@ -139,26 +152,92 @@ impl Coordinator {
                 }))
             }
             (None, Some(by)) => Attempt::Done(Claim::Taken { by }),
-            (None, None) => {
-                let early = (req.slot
-                    - chrono::Duration::from_std(self.cfg.max_clock_skew).unwrap_or_default())
-                    - db_now;
-                let early = early.to_std().unwrap_or_default();
-                if early > crate::config::CLAIM_AHEAD {
-                    // This host's clock is well ahead of the database's: it does not claim
-                    // (holding the job while it waited would keep its next slots from others).
-                    tracing::warn!(
-                        "⏰ {}: the database's clock refused the claim as {} early: this host's clock is ahead of it by more than max_clock_skew; not claiming",
-                        req.job,
-                        humantime::format_duration(Duration::from_millis(early.as_millis() as u64))
-                    );
-                    return Attempt::Done(Claim::Taken {
-                        by: "another node (this host's clock is ahead of the database's)".into(),
-                    });
-                }
-                Attempt::Early(early.max(Duration::from_millis(10)))
-            }
+            (None, None) => self.refused_early(req, db_now),
         }
+    }
+
+    /// The database's clock refused the claim as too early: try again then, unless this host's
+    /// clock is well ahead of the database's (it does not claim: holding the job while it waited
+    /// would keep its next slots from others).
+    fn refused_early(&self, req: &ClaimRequest, db_now: DateTime<Utc>) -> Attempt {
+        let early = (req.slot
+            - chrono::Duration::from_std(self.cfg.max_clock_skew).unwrap_or_default())
+            - db_now;
+        let early = early.to_std().unwrap_or_default();
+        if early > crate::config::CLAIM_AHEAD {
+            // This host's clock is well ahead of the database's: it does not claim
+            // (holding the job while it waited would keep its next slots from others).
+            tracing::warn!(
+                "⏰ {}: the database's clock refused the claim as {} early: this host's clock is ahead of it by more than max_clock_skew; not claiming",
+                req.job,
+                humantime::format_duration(Duration::from_millis(early.as_millis() as u64))
+            );
+            return Attempt::Done(Claim::Taken {
+                by: "another node (this host's clock is ahead of the database's)".into(),
+            });
+        }
+        Attempt::Early(early.max(Duration::from_millis(10)))
+    }
+
+    /// The job's live run is a manual one (`run-once` on a node), which has no loop to decide
+    /// the overlap at the slot's instant: this node does, under `skip`, once the slot's instant
+    /// and the grace a run that ends at it needs to be released have passed on the database's
+    /// clock (`db_now`).
+    async fn skip_over_manual(
+        &mut self,
+        req: &ClaimRequest,
+        holder: String,
+        db_now: DateTime<Utc>,
+    ) -> Attempt {
+        let decide_at =
+            req.slot + chrono::Duration::from_std(crate::config::OVERLAP_GRACE).unwrap_or_default();
+        if db_now < decide_at {
+            let wait = (decide_at - db_now).to_std().unwrap_or_default();
+            return Attempt::Wait(holder, Some(wait.max(Duration::from_millis(10))));
+        }
+        match self.skip_row(&req.job, req.slot).await {
+            Skip::Written => Attempt::Done(Claim::Busy {
+                holder,
+                recorded: true,
+            }),
+            Skip::Decided => Attempt::Done(Claim::Busy {
+                holder,
+                recorded: false,
+            }),
+            // Not live, or the database's clock behind this one's: look again shortly (a node
+            // declared dead rejoins on its next claim; the slot's bound ends it).
+            Skip::Refused(_) => Attempt::Wait(holder, Some(Duration::from_millis(100))),
+            Skip::Unreachable => Attempt::Done(Claim::Unreachable(
+                self.view
+                    .lock()
+                    .ok()
+                    .and_then(|v| v.last_error.clone())
+                    .unwrap_or_else(|| "not connected".into()),
+            )),
+        }
+    }
+
+    /// Sets aside (`orphan`) the live claim of `owner`'s slot at `slot` (`fence`), which holds
+    /// the job's new slots no longer (`why`); the claim is tried again at once.
+    async fn set_aside(
+        &mut self,
+        req: &ClaimRequest,
+        (owner, slot, fence): (&str, DateTime<Utc>, i64),
+        why: &str,
+    ) -> Attempt {
+        let Some(client) = &self.client else {
+            return Attempt::Done(Claim::Unreachable("not connected".to_string()));
+        };
+        if let Err(e) = call("claim", client.execute(sql::ORPHAN, &[&req.job, &fence])).await {
+            self.fail(&e);
+            return Attempt::Done(Claim::Unreachable(e.message));
+        }
+        tracing::info!(
+            "🪦 {}: the claim of the slot at {} on node {owner} is set aside ({why}): the job's new slots go on",
+            req.job,
+            crate::fmt::instant(slot),
+        );
+        Attempt::Early(Duration::from_millis(1))
     }
 
     /// The job is live on some node: apply its overlap policy across the cluster.
@@ -217,23 +296,14 @@ impl Coordinator {
         // claimed now (nemesis A4: new slots waited for the lease or for a suspect owner). Its
         // own slot is not run again while its process may still finish it.
         if !alive || suspect || (!present && settled) {
-            if let Err(e) = call("claim", client.execute(sql::ORPHAN, &[&req.job, &fence])).await {
-                self.fail(&e);
-                return Attempt::Done(Claim::Unreachable(e.message));
-            }
-            tracing::info!(
-                "🪦 {}: the claim of the slot at {} on node {owner} is set aside ({}): the job's new slots go on",
-                req.job,
-                crate::fmt::instant(slot),
-                if !alive {
-                    "its node is dead"
-                } else if suspect {
-                    "its node has stopped renewing its lease"
-                } else {
-                    "its session is gone"
-                }
-            );
-            return Attempt::Early(Duration::from_millis(1));
+            let why = if !alive {
+                "its node is dead"
+            } else if suspect {
+                "its node has stopped renewing its lease"
+            } else {
+                "its session is gone"
+            };
+            return self.set_aside(req, (&owner, slot, fence), why).await;
         }
         let holder = format!(
             "run of the slot at {} on node {owner}{} still running",
@@ -251,37 +321,8 @@ impl Coordinator {
             };
         }
         let manual_holder: bool = live.get(11);
-        let db_now: DateTime<Utc> = live.get(8);
         if manual_holder && req.overlap == Overlap::Skip {
-            // A manual run (`run-once` on a node) has no loop that decides the overlap at the
-            // slot's instant: this node does, once the slot's instant and the grace a run that
-            // ends at it needs to be released have passed on the database's clock.
-            let decide_at = req.slot
-                + chrono::Duration::from_std(crate::config::OVERLAP_GRACE).unwrap_or_default();
-            if db_now < decide_at {
-                let wait = (decide_at - db_now).to_std().unwrap_or_default();
-                return Attempt::Wait(holder, Some(wait.max(Duration::from_millis(10))));
-            }
-            return match self.skip_row(&req.job, req.slot).await {
-                Skip::Written => Attempt::Done(Claim::Busy {
-                    holder,
-                    recorded: true,
-                }),
-                Skip::Decided => Attempt::Done(Claim::Busy {
-                    holder,
-                    recorded: false,
-                }),
-                // Not live, or the database's clock behind this one's: look again shortly
-                // (a node declared dead rejoins on its next claim; the slot's bound ends it).
-                Skip::Refused(_) => Attempt::Wait(holder, Some(Duration::from_millis(100))),
-                Skip::Unreachable => Attempt::Done(Claim::Unreachable(
-                    self.view
-                        .lock()
-                        .ok()
-                        .and_then(|v| v.last_error.clone())
-                        .unwrap_or_else(|| "not connected".into()),
-                )),
-            };
+            return self.skip_over_manual(req, holder, live.get(8)).await;
         }
         // A live holder that renews its lease decides the overlap itself, at the slot's instant:
         // it alone knows whether its run still goes on then (nemesis A2; and the model: a node

@@ -27,6 +27,60 @@ pub struct Manual {
     pub tag: RunTag,
 }
 
+/// Renews the manual claim (`job`'s slot at `slot`, `fence`) every `every` for a `lease`, and
+/// passes on a request that the run end (overlap `replace` on another node).
+async fn renew(
+    client: Arc<tokio_postgres::Client>,
+    (job, slot, fence): (String, DateTime<Utc>, i64),
+    (every, lease): (Duration, f64),
+    cancel_tx: tokio::sync::watch::Sender<Option<String>>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Ok(Some(row)) = super::connection::call(
+            "renew",
+            client.query_opt(sql::RENEW_MANUAL, &[&job, &slot, &fence, &lease]),
+        )
+        .await
+            && let Some(why) = row.get::<_, Option<String>>(0)
+        {
+            let _ = cancel_tx.send(Some(why));
+        }
+    }
+}
+
+/// Where the job's live run is, as the refusal says it.
+async fn holder(
+    client: &tokio_postgres::Client,
+    job: &str,
+    cfg: &crate::config::Cluster,
+) -> String {
+    match super::connection::call(
+        "claim",
+        client.query_opt(
+            sql::LIVE_CLAIM,
+            &[
+                &job,
+                &cfg.lease.as_secs_f64(),
+                &(cfg.heartbeat * 2).as_secs_f64(),
+            ],
+        ),
+    )
+    .await
+    {
+        Ok(Some(r)) => format!(
+            "is running on node {}{} (since {})",
+            r.get::<_, String>(0),
+            r.get::<_, Option<i32>>(2)
+                .map(|p| format!(", PID {p}"))
+                .unwrap_or_default(),
+            crate::fmt::instant(r.get(5))
+        ),
+        _ => "is running on another node".to_string(),
+    }
+}
+
 /// Claims a manual slot of `job` now. Refused (exit 4, naming the node) while the job runs
 /// anywhere in the cluster, unless `wait`, which waits for it.
 pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
@@ -64,26 +118,12 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
             Ok(row) => {
                 let fence: i64 = row.get(0);
                 let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
-                let renew = tokio::spawn({
-                    let client = Arc::clone(&client);
-                    let (job, every) = (job.to_string(), cfg.heartbeat);
-                    async move {
-                        let mut tick = tokio::time::interval(every);
-                        loop {
-                            tick.tick().await;
-                            // Renewed, and asked to end (overlap `replace` on another node)?
-                            if let Ok(Some(row)) = super::connection::call(
-                                "renew",
-                                client.query_opt(sql::RENEW_MANUAL, &[&job, &slot, &fence, &lease]),
-                            )
-                            .await
-                                && let Some(why) = row.get::<_, Option<String>>(0)
-                            {
-                                let _ = cancel_tx.send(Some(why));
-                            }
-                        }
-                    }
-                });
+                let renew = tokio::spawn(renew(
+                    Arc::clone(&client),
+                    (job.to_string(), slot, fence),
+                    (cfg.heartbeat, lease),
+                    cancel_tx,
+                ));
                 return Ok(Manual {
                     cancel,
                     client,
@@ -100,29 +140,7 @@ pub async fn claim(config: &Config, job: &str, wait: bool) -> Result<Manual> {
                 });
             }
             Err(e) if e.message.contains("slots_one_live") => {
-                let holder = match super::connection::call(
-                    "claim",
-                    client.query_opt(
-                        sql::LIVE_CLAIM,
-                        &[
-                            &job,
-                            &cfg.lease.as_secs_f64(),
-                            &(cfg.heartbeat * 2).as_secs_f64(),
-                        ],
-                    ),
-                )
-                .await
-                {
-                    Ok(Some(r)) => format!(
-                        "is running on node {}{} (since {})",
-                        r.get::<_, String>(0),
-                        r.get::<_, Option<i32>>(2)
-                            .map(|p| format!(", PID {p}"))
-                            .unwrap_or_default(),
-                        crate::fmt::instant(r.get(5))
-                    ),
-                    _ => "is running on another node".to_string(),
-                };
+                let holder = holder(&client, job, cfg).await;
                 if !wait {
                     return Err(Error::Busy(format!(
                         "`{job}` {holder} (use --wait to wait for it)"

@@ -72,23 +72,7 @@ impl Coordinator {
             .unwrap_or_default();
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         let priority = i32::try_from(self.cfg.priority).unwrap_or(i32::MAX);
-        // Our own restart on this host (same boot) is proven when the previous incarnation's
-        // process is gone: then its runs are settled at once, whatever its lease says. A live
-        // twin on this host with another log folder is not a restart.
-        let previous = call(
-            "join",
-            client.query_opt(
-                "SELECT host, boot_id, pid FROM nodes WHERE node = $1",
-                &[&self.cfg.node],
-            ),
-        )
-        .await
-        .map_err(|e| JoinError::Db(e.message))?;
-        let own_restart = previous.is_some_and(|r| {
-            r.get::<_, String>(0) == host
-                && r.get::<_, String>(1) == boot
-                && !crate::process::scheduler_alive(i64::from(r.get::<_, i32>(2)))
-        });
+        let own_restart = own_restart(client, &self.cfg.node, &host, &boot).await?;
         let sent = Instant::now();
         let row = call(
             "join",
@@ -110,55 +94,12 @@ impl Coordinator {
         .await
         .map_err(|e| JoinError::Db(e.message))?;
         let Some(row) = row else {
-            let holder = call(
-                "join",
-                client.query_opt(sql::NODE_HOLDER, &[&self.cfg.node]),
-            )
-            .await
-            .map_err(|e| JoinError::Db(e.message))?;
-            let who = match holder {
-                Some(r) => format!(
-                    "on host {} (PID {}, heartbeat {:.1} s ago)",
-                    r.get::<_, String>(0),
-                    r.get::<_, i32>(1),
-                    r.get::<_, f64>(2)
-                ),
-                None => "elsewhere".to_string(),
-            };
-            return Err(JoinError::NameTaken(format!(
-                "node `{}` is live {who}; give this daemon another name with [cluster] node",
-                self.cfg.node
-            )));
+            return Err(name_taken(client, &self.cfg.node).await);
         };
         let epoch: i64 = row.get(0);
         let previous: Option<i64> = row.get(1);
         self.check_drift(epoch).await?;
-        let Some(client) = &self.client else {
-            return Err(JoinError::Db("not connected".to_string()));
-        };
-        let ids: Vec<&str> = self.jobs.iter().map(|j| j.id.as_str()).collect();
-        let hashes: Vec<&str> = self.jobs.iter().map(|j| j.hash.as_str()).collect();
-        call(
-            "join",
-            client.execute(
-                "UPDATE nodes SET lock_key = $2 WHERE node = $1 AND epoch = $3",
-                &[&self.cfg.node, &self.lock_key, &epoch],
-            ),
-        )
-        .await
-        .map_err(|e| JoinError::Db(e.message))?;
-        call(
-            "join",
-            client.execute(
-                "WITH gone AS (DELETE FROM node_jobs WHERE node = $1)
-                 INSERT INTO node_jobs (node, job, hash)
-                 SELECT $1, j, h FROM unnest($2::text[], $3::text[]) AS t(j, h)
-                 ON CONFLICT (node, job) DO UPDATE SET hash = EXCLUDED.hash",
-                &[&self.cfg.node, &ids, &hashes],
-            ),
-        )
-        .await
-        .map_err(|e| JoinError::Db(e.message))?;
+        self.register(epoch).await?;
         self.epoch = Some(epoch);
         self.set_view(|v| v.degraded_since = None);
         self.recorder.set_tag(Some(RunTag {
@@ -189,6 +130,38 @@ impl Coordinator {
         // holds is adopted first. Whatever an earlier process of ours left live is settled.
         self.adopt().await;
         self.sweep().await;
+        Ok(())
+    }
+
+    /// The new incarnation's session lock key, and the jobs this node runs (with their
+    /// definitions' hashes).
+    async fn register(&self, epoch: i64) -> std::result::Result<(), JoinError> {
+        let Some(client) = &self.client else {
+            return Err(JoinError::Db("not connected".to_string()));
+        };
+        let ids: Vec<&str> = self.jobs.iter().map(|j| j.id.as_str()).collect();
+        let hashes: Vec<&str> = self.jobs.iter().map(|j| j.hash.as_str()).collect();
+        call(
+            "join",
+            client.execute(
+                "UPDATE nodes SET lock_key = $2 WHERE node = $1 AND epoch = $3",
+                &[&self.cfg.node, &self.lock_key, &epoch],
+            ),
+        )
+        .await
+        .map_err(|e| JoinError::Db(e.message))?;
+        call(
+            "join",
+            client.execute(
+                "WITH gone AS (DELETE FROM node_jobs WHERE node = $1)
+                 INSERT INTO node_jobs (node, job, hash)
+                 SELECT $1, j, h FROM unnest($2::text[], $3::text[]) AS t(j, h)
+                 ON CONFLICT (node, job) DO UPDATE SET hash = EXCLUDED.hash",
+                &[&self.cfg.node, &ids, &hashes],
+            ),
+        )
+        .await
+        .map_err(|e| JoinError::Db(e.message))?;
         Ok(())
     }
 
@@ -283,7 +256,7 @@ impl Coordinator {
     /// Renews the lease and measures the clock; false when it could not (the node may have
     /// been declared dead: it rejoins).
     pub(super) async fn renew(&mut self) -> bool {
-        let (Some(client), Some(epoch)) = (&self.client, self.epoch) else {
+        let Some(epoch) = self.epoch.filter(|_| self.client.is_some()) else {
             return false;
         };
         let before = Utc::now();
@@ -301,31 +274,8 @@ impl Coordinator {
         let Some(prepared) = self.prepared.clone() else {
             return false;
         };
-        // The slots this node ran without the database are on record before its lease is
-        // trusted again (a standby waiting for that reads them: nemesis A6).
-        let ran: Vec<(String, DateTime<Utc>)> = self
-            .view
-            .lock()
-            .map(|v| v.degraded_slots.clone())
-            .unwrap_or_default();
-        if !ran.is_empty() {
-            let (jobs, slots): (Vec<String>, Vec<DateTime<Utc>>) = ran.iter().cloned().unzip();
-            let hashes: Vec<String> = jobs.iter().map(|j| self.job_hash(j)).collect();
-            match call(
-                "heartbeat",
-                client.execute(
-                    sql::DEGRADED_SLOTS,
-                    &[&jobs, &slots, &self.cfg.node, &epoch, &hashes],
-                ),
-            )
-            .await
-            {
-                Ok(_) => self.set_view(|v| v.degraded_slots.retain(|d| !ran.contains(d))),
-                Err(e) => {
-                    self.fail(&e);
-                    return false;
-                }
-            }
+        if !self.record_degraded(epoch).await {
+            return false;
         }
         let Some(client) = &self.client else {
             return false;
@@ -355,6 +305,14 @@ impl Coordinator {
             self.declared_dead();
             return false;
         };
+        self.renewed(sent, before, row.get(0));
+        true
+    }
+
+    /// A renewal sent at `sent` (this host's clock then: `before`) was taken: the lease is
+    /// trusted from its send, and the database's clock (`db_now`, read at the middle of the
+    /// round trip) anchors the cluster's time and measures this host's offset.
+    fn renewed(&mut self, sent: Instant, before: DateTime<Utc>, db_now: DateTime<Utc>) {
         let until = sent + self.cfg.trust();
         self.set_view(|v| {
             v.trusted = true;
@@ -362,7 +320,6 @@ impl Coordinator {
             v.renewed_at = Some(sent);
             v.unreachable_at = None;
         });
-        let db_now: DateTime<Utc> = row.get(0);
         let elapsed = sent.elapsed();
         let rtt = chrono::Duration::from_std(elapsed).unwrap_or_default();
         let mid = before + rtt / 2;
@@ -371,7 +328,43 @@ impl Coordinator {
             v.clock_offset_ms = Some(offset);
             v.anchor = Some((sent + elapsed / 2, db_now));
         });
-        true
+    }
+
+    /// The slots this node ran without the database are put on record before its lease is
+    /// trusted again (a standby waiting for that reads them: nemesis A6). False when the
+    /// database failed.
+    async fn record_degraded(&mut self, epoch: i64) -> bool {
+        let Some(client) = &self.client else {
+            return false;
+        };
+        let ran: Vec<(String, DateTime<Utc>)> = self
+            .view
+            .lock()
+            .map(|v| v.degraded_slots.clone())
+            .unwrap_or_default();
+        if ran.is_empty() {
+            return true;
+        }
+        let (jobs, slots): (Vec<String>, Vec<DateTime<Utc>>) = ran.iter().cloned().unzip();
+        let hashes: Vec<String> = jobs.iter().map(|j| self.job_hash(j)).collect();
+        match call(
+            "heartbeat",
+            client.execute(
+                sql::DEGRADED_SLOTS,
+                &[&jobs, &slots, &self.cfg.node, &epoch, &hashes],
+            ),
+        )
+        .await
+        {
+            Ok(_) => {
+                self.set_view(|v| v.degraded_slots.retain(|d| !ran.contains(d)));
+                true
+            }
+            Err(e) => {
+                self.fail(&e);
+                false
+            }
+        }
     }
 
     /// Whether the database's clock is the odd one: every live node off it by about the same
@@ -461,4 +454,49 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// Whether this join is our own restart on this host (same boot): proven when the previous
+/// incarnation's process is gone; then its runs are settled at once, whatever its lease says.
+/// A live twin on this host with another log folder is not a restart.
+async fn own_restart(
+    client: &tokio_postgres::Client,
+    node: &str,
+    host: &str,
+    boot: &str,
+) -> std::result::Result<bool, JoinError> {
+    let previous = call(
+        "join",
+        client.query_opt(
+            "SELECT host, boot_id, pid FROM nodes WHERE node = $1",
+            &[&node],
+        ),
+    )
+    .await
+    .map_err(|e| JoinError::Db(e.message))?;
+    Ok(previous.is_some_and(|r| {
+        r.get::<_, String>(0) == host
+            && r.get::<_, String>(1) == boot
+            && !crate::process::scheduler_alive(i64::from(r.get::<_, i32>(2)))
+    }))
+}
+
+/// The join was refused: the name is held by a live node; where.
+async fn name_taken(client: &tokio_postgres::Client, node: &str) -> JoinError {
+    let holder = match call("join", client.query_opt(sql::NODE_HOLDER, &[&node])).await {
+        Ok(holder) => holder,
+        Err(e) => return JoinError::Db(e.message),
+    };
+    let who = match holder {
+        Some(r) => format!(
+            "on host {} (PID {}, heartbeat {:.1} s ago)",
+            r.get::<_, String>(0),
+            r.get::<_, i32>(1),
+            r.get::<_, f64>(2)
+        ),
+        None => "elsewhere".to_string(),
+    };
+    JoinError::NameTaken(format!(
+        "node `{node}` is live {who}; give this daemon another name with [cluster] node"
+    ))
 }

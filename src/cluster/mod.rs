@@ -361,6 +361,36 @@ impl Node {
             .unwrap_or_else(|_| Utc::now())
     }
 
+    /// Whether a claim that could not reach the database waits for it. The lease may still
+    /// hold: the database may be back within the trust period (a killed connection, a
+    /// restart); until then the slot waits, after it `on_database_loss` decides. So does a
+    /// `primary` job's slot on a primary that may not run it alone (see `View::may_run_alone`):
+    /// a standby may reach the database first and claim it (the long nemesis run: a primary
+    /// resumed as the database came back ran alone the slot a standby claimed a moment later).
+    fn waits_for_database(&self, req: &ClaimRequest) -> bool {
+        let view = self.view();
+        view.trusted
+            || (req.primary_runs_without_db
+                && self.config.priority == 0
+                && !view.may_run_alone(self.config.lease, req.slot - self.config.claim_lead()))
+    }
+
+    /// The claim starts waiting for the job's live run elsewhere (`holder`): said once, and
+    /// under overlap `replace` (not for a manual run) that run is asked to end.
+    fn start_waiting(&self, req: &ClaimRequest, holder: &str) {
+        tracing::info!("⏳ {}: waiting for {holder}", req.job);
+        if req.overlap == Overlap::Replace && !req.manual {
+            let _ = self.tx.send(Request::AskCancel {
+                job: req.job.clone(),
+                reason: format!(
+                    "replaced by the slot at {} on {}",
+                    crate::fmt::instant(req.slot),
+                    self.config.node
+                ),
+            });
+        }
+    }
+
     /// Claims a slot for a run. Waits (at the heartbeat) for a live run of the job elsewhere
     /// when the request allows it, never past `valid_until`.
     pub async fn claim(&self, req: ClaimRequest) -> Claim {
@@ -381,22 +411,7 @@ impl Node {
                 }
             };
             let pause = match answer {
-                // The connection failed, but the lease may still hold: the database may be
-                // back within the trust period (a killed connection, a restart). Until then
-                // the slot waits; after it, `on_database_loss` decides.
-                // So does a `primary` job's slot on a primary that may have been declared dead
-                // (its lease ran out before it found the database gone): a standby may reach the
-                // database first and claim it (the long nemesis run: a primary resumed as the
-                // database came back ran alone the slot a standby claimed a moment later).
-                Attempt::Done(Claim::Unreachable(why))
-                    if self.view().trusted
-                        || (req.primary_runs_without_db
-                            && self.config.priority == 0
-                            && !self.view().may_run_alone(
-                                self.config.lease,
-                                req.slot - self.config.claim_lead(),
-                            )) =>
-                {
+                Attempt::Done(Claim::Unreachable(why)) if self.waits_for_database(&req) => {
                     if waited_for.is_none() {
                         tracing::info!(
                             "⏳ {}: cluster database unreachable ({why}); waiting until the lease is in doubt",
@@ -419,17 +434,7 @@ impl Node {
                 }
                 Attempt::Wait(holder, until) => {
                     if waited_for.is_none() {
-                        tracing::info!("⏳ {}: waiting for {holder}", req.job);
-                        if req.overlap == Overlap::Replace && !req.manual {
-                            let _ = self.tx.send(Request::AskCancel {
-                                job: req.job.clone(),
-                                reason: format!(
-                                    "replaced by the slot at {} on {}",
-                                    crate::fmt::instant(req.slot),
-                                    self.config.node
-                                ),
-                            });
-                        }
+                        self.start_waiting(&req, &holder);
                     }
                     waited_for = Some(holder);
                     until.unwrap_or(self.config.heartbeat.min(Duration::from_millis(500)))

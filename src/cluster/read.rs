@@ -232,80 +232,11 @@ pub fn status(
             .collect();
         let mut jobs = HashMap::new();
         for id in &ids {
-            let running = c
-                .query_opt(
-                    &format!(
-                        "SELECT {RUN_COLUMNS} FROM runs WHERE job = $1 AND outcome = 'running'
-                          ORDER BY started_at DESC LIMIT 1"
-                    ),
-                    &[id],
-                )
-                .await?
-                .map(|r| run_row(&r));
-            let last = c
-                .query_opt(
-                    &format!(
-                        "SELECT {RUN_COLUMNS} FROM runs
-                          WHERE job = $1 AND outcome NOT IN ('running', 'skipped') AND NOT stale
-                          ORDER BY started_at DESC, id DESC LIMIT 1"
-                    ),
-                    &[id],
-                )
-                .await?
-                .map(|r| run_row(&r));
-            let counts = c
-                .query_one(
-                    "SELECT
-                       (SELECT count(DISTINCT scheduled_at) FROM runs
-                         WHERE job = $1 AND scheduled_at >= $2 AND scheduled_at < $3
-                           AND outcome = 'success' AND trigger <> 'manual'),
-                       (SELECT count(*) FROM runs
-                         WHERE job = $1 AND scheduled_at >= $2 AND scheduled_at < $3
-                           AND outcome IN ('failed', 'timeout', 'crashed', 'abandoned')
-                           AND NOT stale),
-                       (SELECT coalesce(sum(n - 1), 0)::bigint FROM (
-                          SELECT count(DISTINCT (node, node_epoch, coalesce(fence::text, 'degraded'))) AS n
-                            FROM runs
-                           WHERE job = $1 AND scheduled_at >= $2 AND scheduled_at < $3
-                             AND trigger <> 'manual'
-                             AND outcome IN ('running', 'success', 'failed', 'timeout', 'crashed', 'cancelled')
-                           GROUP BY scheduled_at) d)",
-                    &[id, &from, &to],
-                )
-                .await?;
-            let n = |i: usize| u64::try_from(counts.get::<_, i64>(i)).unwrap_or(0);
-            jobs.insert(
-                id.clone(),
-                JobCluster {
-                    node: running
-                        .as_ref()
-                        .or(last.as_ref())
-                        .and_then(|r| r.node.clone()),
-                    running,
-                    last,
-                    done_today: n(0),
-                    failed_today: n(1),
-                    duplicates_today: n(2),
-                },
-            );
+            jobs.insert(id.clone(), job_cluster(c, id, (from, to)).await?);
         }
         Ok((nodes, jobs, drift))
     })?;
-    let nodes: Vec<NodeStatus> = nodes
-        .iter()
-        .map(|r| NodeStatus {
-            node: r.get(0),
-            state: r.get(1),
-            host: r.get(2),
-            pid: r.get::<_, Option<i32>>(3).map(i64::from),
-            epoch: r.get(4),
-            priority: i64::from(r.get::<_, i32>(5)),
-            started_at: fmt_time(r.get(6)),
-            heartbeat_age_seconds: (r.get::<_, f64>(7) * 10.0).round() / 10.0,
-            clock_offset_ms: r.get::<_, Option<i32>>(8).map(i64::from),
-            degraded_since: r.get::<_, Option<DateTime<Utc>>>(9).map(fmt_time),
-        })
-        .collect();
+    let nodes: Vec<NodeStatus> = nodes.iter().map(node_status).collect();
     Ok((
         ClusterStatus {
             database: cfg.database_shown.clone(),
@@ -318,6 +249,84 @@ pub fn status(
         },
         jobs,
     ))
+}
+
+/// One job's cluster-wide state: its run going on, its last run that ended, and today's
+/// (`[from, to)`) slots done, failures and duplicates.
+async fn job_cluster(
+    c: &tokio_postgres::Client,
+    id: &str,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<JobCluster, tokio_postgres::Error> {
+    let running = c
+        .query_opt(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE job = $1 AND outcome = 'running'
+                  ORDER BY started_at DESC LIMIT 1"
+            ),
+            &[&id],
+        )
+        .await?
+        .map(|r| run_row(&r));
+    let last = c
+        .query_opt(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs
+                  WHERE job = $1 AND outcome NOT IN ('running', 'skipped') AND NOT stale
+                  ORDER BY started_at DESC, id DESC LIMIT 1"
+            ),
+            &[&id],
+        )
+        .await?
+        .map(|r| run_row(&r));
+    let counts = c
+        .query_one(
+            "SELECT
+               (SELECT count(DISTINCT scheduled_at) FROM runs
+                 WHERE job = $1 AND scheduled_at >= $2 AND scheduled_at < $3
+                   AND outcome = 'success' AND trigger <> 'manual'),
+               (SELECT count(*) FROM runs
+                 WHERE job = $1 AND scheduled_at >= $2 AND scheduled_at < $3
+                   AND outcome IN ('failed', 'timeout', 'crashed', 'abandoned')
+                   AND NOT stale),
+               (SELECT coalesce(sum(n - 1), 0)::bigint FROM (
+                  SELECT count(DISTINCT (node, node_epoch, coalesce(fence::text, 'degraded'))) AS n
+                    FROM runs
+                   WHERE job = $1 AND scheduled_at >= $2 AND scheduled_at < $3
+                     AND trigger <> 'manual'
+                     AND outcome IN ('running', 'success', 'failed', 'timeout', 'crashed', 'cancelled')
+                   GROUP BY scheduled_at) d)",
+            &[&id, &from, &to],
+        )
+        .await?;
+    let n = |i: usize| u64::try_from(counts.get::<_, i64>(i)).unwrap_or(0);
+    Ok(JobCluster {
+        node: running
+            .as_ref()
+            .or(last.as_ref())
+            .and_then(|r| r.node.clone()),
+        running,
+        last,
+        done_today: n(0),
+        failed_today: n(1),
+        duplicates_today: n(2),
+    })
+}
+
+/// A row of `nodes` as `status` shows it.
+fn node_status(r: &tokio_postgres::Row) -> NodeStatus {
+    NodeStatus {
+        node: r.get(0),
+        state: r.get(1),
+        host: r.get(2),
+        pid: r.get::<_, Option<i32>>(3).map(i64::from),
+        epoch: r.get(4),
+        priority: i64::from(r.get::<_, i32>(5)),
+        started_at: fmt_time(r.get(6)),
+        heartbeat_age_seconds: (r.get::<_, f64>(7) * 10.0).round() / 10.0,
+        clock_offset_ms: r.get::<_, Option<i32>>(8).map(i64::from),
+        degraded_since: r.get::<_, Option<DateTime<Utc>>>(9).map(fmt_time),
+    }
 }
 
 /// The cluster as shown when its database cannot be reached.

@@ -105,20 +105,7 @@ impl Coordinator {
         let restarted = current_epoch.is_some_and(|e| e != dead_epoch);
         // A live owner's slots are its own, but those it gave back.
         let owner_alive = state == "alive" && !restarted;
-        let reason = if owner_alive {
-            format!(
-                "node {node} gave the slot back (its run ended when it could not trust its lease)"
-            )
-        } else if restarted {
-            format!("node {node}'s daemon restarted (epoch {dead_epoch} ended)")
-        } else if state == "stopped" {
-            format!("node {node} stopped")
-        } else {
-            format!(
-                "node {node} lost its lease at {}",
-                lease_until.map(crate::fmt::instant).unwrap_or_default()
-            )
-        };
+        let reason = settle_reason(&node, dead_epoch, &state, lease_until, restarted);
         // A stopped node's runs were cancelled on purpose: never run again.
         let may_rerun: Vec<&str> = if state == "stopped" && !restarted {
             Vec::new()
@@ -164,30 +151,13 @@ impl Coordinator {
                 return false;
             }
         };
-        // Each slot's run gets its own reason: run again here, or why not.
-        let mut settled: Vec<(String, DateTime<Utc>, String)> = Vec::new();
-        for r in taken.iter() {
-            settled.push((
-                r.get(0),
-                r.get(1),
-                format!("{reason}; its slot is run again on {}", self.cfg.node),
-            ));
-        }
-        for r in abandoned.iter() {
-            let job: String = r.get(0);
-            let valid_until: DateTime<Utc> = r.get(2);
-            let why = if !may_rerun.contains(&job.as_str()) && state != "stopped" {
-                format!("{reason}; abandoned (takeover = \"abandon\" here)")
-            } else if state == "stopped" && !restarted {
-                format!("{reason}; abandoned (a stopped node's runs are not run again)")
-            } else {
-                format!(
-                    "{reason}; not run again: too late, the next slot (or the window's end) is at {}",
-                    crate::fmt::instant(valid_until)
-                )
-            };
-            settled.push((job, r.get(1), why));
-        }
+        let settled = settled_reasons(
+            &reason,
+            &self.cfg.node,
+            (&taken, &abandoned),
+            &may_rerun,
+            (state == "stopped", restarted),
+        );
         record_settled(client, &node, dead_epoch, &settled).await;
         // Anything else of it still `running` (its slot already settled); a live owner's
         // other runs are its own.
@@ -208,6 +178,12 @@ impl Coordinator {
                 abandoned.len()
             );
         }
+        self.hand_over(taken, epoch, &reason);
+        true
+    }
+
+    /// Tells the loop of each slot taken over here: it runs it under the new fence.
+    fn hand_over(&self, taken: Vec<tokio_postgres::Row>, epoch: i64, reason: &str) {
         for r in taken {
             let job: String = r.get(0);
             let slot: DateTime<Utc> = r.get(1);
@@ -223,10 +199,9 @@ impl Coordinator {
                     fence: Some(fence),
                     degraded: false,
                 },
-                reason: reason.clone(),
+                reason: reason.to_string(),
             });
         }
-        true
     }
 
     /// Cancel requests for runs of ours (overlap `replace` on another node).
@@ -318,4 +293,61 @@ async fn record_settled(
         )
         .await;
     }
+}
+
+/// Why a dead (or superseded, or stopped) incarnation's slots are settled now.
+fn settle_reason(
+    node: &str,
+    dead_epoch: i64,
+    state: &str,
+    lease_until: Option<DateTime<Utc>>,
+    restarted: bool,
+) -> String {
+    if state == "alive" && !restarted {
+        format!("node {node} gave the slot back (its run ended when it could not trust its lease)")
+    } else if restarted {
+        format!("node {node}'s daemon restarted (epoch {dead_epoch} ended)")
+    } else if state == "stopped" {
+        format!("node {node} stopped")
+    } else {
+        format!(
+            "node {node} lost its lease at {}",
+            lease_until.map(crate::fmt::instant).unwrap_or_default()
+        )
+    }
+}
+
+/// Each settled slot with its own reason: run again on `here`, or why not (`takeover =
+/// "abandon"`, a stopped node's, too late).
+fn settled_reasons(
+    reason: &str,
+    here: &str,
+    (taken, abandoned): (&[tokio_postgres::Row], &[tokio_postgres::Row]),
+    may_rerun: &[&str],
+    (stopped, restarted): (bool, bool),
+) -> Vec<(String, DateTime<Utc>, String)> {
+    let mut settled: Vec<(String, DateTime<Utc>, String)> = Vec::new();
+    for r in taken {
+        settled.push((
+            r.get(0),
+            r.get(1),
+            format!("{reason}; its slot is run again on {here}"),
+        ));
+    }
+    for r in abandoned {
+        let job: String = r.get(0);
+        let valid_until: DateTime<Utc> = r.get(2);
+        let why = if !may_rerun.contains(&job.as_str()) && !stopped {
+            format!("{reason}; abandoned (takeover = \"abandon\" here)")
+        } else if stopped && !restarted {
+            format!("{reason}; abandoned (a stopped node's runs are not run again)")
+        } else {
+            format!(
+                "{reason}; not run again: too late, the next slot (or the window's end) is at {}",
+                crate::fmt::instant(valid_until)
+            )
+        };
+        settled.push((job, r.get(1), why));
+    }
+    settled
 }

@@ -362,6 +362,37 @@ impl Validator<'_> {
     }
 
     /// `[python]`, its paths against the config's folder `base`.
+    /// When a fork server is recycled: `python.fork_max_runs` (1,000 by default) and
+    /// `python.fork_max_memory` (1 GiB).
+    fn fork_limits(&self, raw: &RawPython) -> Result<(u32, u64), ConfigError> {
+        let runs = match &raw.fork_max_runs {
+            None => 1000,
+            Some(n) => u32::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    self.at(
+                        n,
+                        "`python.fork_max_runs` must be a whole number of runs, 1 or more"
+                            .to_string(),
+                    )
+                })?,
+        };
+        let memory = match &raw.fork_max_memory {
+            None => 1024 * 1024 * 1024,
+            Some(m) => parse_size(m.get_ref()).map_err(|why| {
+                self.at(
+                    m,
+                    format!(
+                        "invalid size `{}` for `python.fork_max_memory`: {why} (expected e.g. \"512MiB\", \"2GiB\")",
+                        m.get_ref()
+                    ),
+                )
+            })?,
+        };
+        Ok((runs, memory))
+    }
+
     /// `python.preload`: module names.
     fn preload(&self, list: &[Spanned<String>]) -> Result<Vec<String>, ConfigError> {
         let mut names = Vec::new();
@@ -407,31 +438,7 @@ impl Validator<'_> {
             None => Vec::new(),
             Some(list) => self.preload(list.get_ref())?,
         };
-        let fork_max_runs = match &raw.fork_max_runs {
-            None => 1000,
-            Some(n) => u32::try_from(*n.get_ref())
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| {
-                    self.at(
-                        n,
-                        "`python.fork_max_runs` must be a whole number of runs, 1 or more"
-                            .to_string(),
-                    )
-                })?,
-        };
-        let fork_max_memory = match &raw.fork_max_memory {
-            None => 1024 * 1024 * 1024,
-            Some(m) => parse_size(m.get_ref()).map_err(|why| {
-                self.at(
-                    m,
-                    format!(
-                        "invalid size `{}` for `python.fork_max_memory`: {why} (expected e.g. \"512MiB\", \"2GiB\")",
-                        m.get_ref()
-                    ),
-                )
-            })?,
-        };
+        let (fork_max_runs, fork_max_memory) = self.fork_limits(&raw)?;
         let python_env = secrets::JobEnv {
             inherit: raw.inherit_env.as_ref().is_none_or(|i| *i.get_ref()),
             vars: match &raw.env_file {
@@ -655,6 +662,7 @@ impl Validator<'_> {
             DEFAULT_TIMEOUT,
         )?;
         let env = self.job_env(&raw, &table, executor, env_defaults)?;
+        let (takeover, on_database_loss) = self.job_cluster_keys(&raw, &table)?;
         let args = self.args(raw.args, &table, job_span.start)?;
         let entry_at = raw
             .entry
@@ -682,21 +690,8 @@ impl Validator<'_> {
             misfire_grace,
             max_memory,
             args,
-            takeover: self.policy(
-                raw.takeover.as_ref(),
-                "takeover",
-                Some(&table),
-                Takeover::Rerun,
-            )?,
-            on_database_loss: match &raw.on_database_loss {
-                None => None,
-                Some(p) => Some(self.policy(
-                    Some(p),
-                    "on_database_loss",
-                    Some(&table),
-                    DatabaseLoss::Run,
-                )?),
-            },
+            takeover,
+            on_database_loss,
             notify: raw.notify != Some(false),
             ping: match &raw.ping {
                 None => None,
@@ -704,6 +699,27 @@ impl Validator<'_> {
             },
             env,
         }))
+    }
+
+    /// A job's `takeover` and `on_database_loss` (none: the cluster's).
+    fn job_cluster_keys(
+        &self,
+        raw: &RawJob,
+        table: &str,
+    ) -> Result<(Takeover, Option<DatabaseLoss>), ConfigError> {
+        let takeover = self.policy(
+            raw.takeover.as_ref(),
+            "takeover",
+            Some(table),
+            Takeover::Rerun,
+        )?;
+        let on_database_loss = match &raw.on_database_loss {
+            None => None,
+            Some(p) => {
+                Some(self.policy(Some(p), "on_database_loss", Some(table), DatabaseLoss::Run)?)
+            }
+        };
+        Ok((takeover, on_database_loss))
     }
 
     /// A job id names the job's files: letters, digits, `_` and `-`, at most `MAX_JOB_ID`.

@@ -210,35 +210,8 @@ impl Drop for KeeperGroup {
 
 /// The keeper's life: read notes until the scheduler is gone, then end what it left.
 pub(super) fn keeper_main(read: OwnedFd) -> ! {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    let _ = nix::sys::prctl::set_name(c"hedge-keeper");
-    // A group of its own: a signal to the scheduler's process group does not reach it.
-    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
-    // Ctrl+C, a hangup or a SIGTERM to the whole group is for the scheduler: the keeper stays
-    // until the scheduler is gone.
-    for sig in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGPIPE,
-    ] {
-        // SAFETY: ignoring a signal installs no handler code.
-        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
-    }
-    // Hold nothing of the scheduler's but the pipe (no lock, no log, no socket).
-    let keep = read.as_raw_fd();
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let fds: Vec<RawFd> = dir
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-            .filter(|fd: &RawFd| *fd > 2 && *fd != keep)
-            .collect();
-        for fd in fds {
-            let _ = nix::unistd::close(fd);
-        }
-    }
-    let mut groups: HashSet<i32> = HashSet::new();
-    let mut cgroups: HashSet<PathBuf> = HashSet::new();
+    detach(read.as_raw_fd());
+    let mut watched = Watched::default();
     // Cluster mode: the runs end if the scheduler is silent for this long (stopped or hung: its
     // lease would run out and another node would run the slot again).
     let mut deadman: Option<Duration> = None;
@@ -264,15 +237,7 @@ pub(super) fn keeper_main(read: OwnedFd) -> ! {
                     // The scheduler is alive but silent: end its runs now; it is told by their
                     // ends when it wakes.
                     fired = true;
-                    for dir in &cgroups {
-                        kill_cgroup(dir);
-                    }
-                    for g in &groups {
-                        let _ = nix::sys::signal::killpg(
-                            nix::unistd::Pid::from_raw(*g),
-                            Signal::SIGKILL,
-                        );
-                    }
+                    watched.kill();
                 }
                 continue;
             }
@@ -294,31 +259,89 @@ pub(super) fn keeper_main(read: OwnedFd) -> ! {
             last_ping = std::time::Instant::now();
             fired = false;
             match KeeperNote::parse(&line) {
-                Some(KeeperNote::Group(g)) => {
-                    groups.insert(g);
-                }
-                Some(KeeperNote::GroupEnded(g)) => {
-                    groups.remove(&g);
-                }
-                Some(KeeperNote::Cgroup(dir)) => {
-                    cgroups.insert(dir);
-                }
                 Some(KeeperNote::Deadman(d)) => deadman = Some(d),
-                Some(KeeperNote::Ping) | None => {}
+                Some(note) => watched.note(note),
+                None => {}
             }
         }
     }
     // The scheduler is gone (it closed the pipe by exiting, or was killed).
-    for dir in &cgroups {
-        kill_cgroup(dir);
-    }
-    for g in groups {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(g), Signal::SIGKILL);
-    }
-    for dir in &cgroups {
+    watched.kill();
+    for dir in &watched.cgroups {
         remove_cgroup_tree(dir);
     }
     std::process::exit(0)
+}
+
+/// The process groups and cgroups of the scheduler's runs, which the keeper ends when the
+/// scheduler goes or falls silent.
+#[derive(Default)]
+struct Watched {
+    groups: HashSet<i32>,
+    cgroups: HashSet<PathBuf>,
+}
+
+impl Watched {
+    /// A run's group or cgroup began or ended.
+    fn note(&mut self, note: KeeperNote) {
+        match note {
+            KeeperNote::Group(g) => {
+                self.groups.insert(g);
+            }
+            KeeperNote::GroupEnded(g) => {
+                self.groups.remove(&g);
+            }
+            KeeperNote::Cgroup(dir) => {
+                self.cgroups.insert(dir);
+            }
+            KeeperNote::Deadman(_) | KeeperNote::Ping => {}
+        }
+    }
+
+    /// SIGKILL to every cgroup and group watched.
+    fn kill(&self) {
+        for dir in &self.cgroups {
+            kill_cgroup(dir);
+        }
+        for g in &self.groups {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(*g),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The keeper's own process: its name, a group of its own (a signal to the scheduler's
+/// process group does not reach it), the scheduler's stop signals ignored (the keeper stays
+/// until the scheduler is gone), and nothing of the scheduler's held but the pipe `keep`.
+fn detach(keep: RawFd) {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    let _ = nix::sys::prctl::set_name(c"hedge-keeper");
+    // A group of its own: a signal to the scheduler's process group does not reach it.
+    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    // Ctrl+C, a hangup or a SIGTERM to the whole group is for the scheduler: the keeper stays
+    // until the scheduler is gone.
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
+        // SAFETY: ignoring a signal installs no handler code.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+    // Hold nothing of the scheduler's but the pipe (no lock, no log, no socket).
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<RawFd> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .filter(|fd: &RawFd| *fd > 2 && *fd != keep)
+            .collect();
+        for fd in fds {
+            let _ = nix::unistd::close(fd);
+        }
+    }
 }
 
 #[cfg(test)]

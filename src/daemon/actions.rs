@@ -46,37 +46,7 @@ impl Dispatcher {
                         hms(first),
                         hms(last)
                     );
-                    // In a cluster a slot still within its bound is not this node's to record
-                    // as missed: a live node may still claim it (this one started, or came back,
-                    // just after it). The gap ends at the slot before; the gap audit records
-                    // that one if nobody runs it.
-                    let (last, count) = if self.node.is_some()
-                        && crate::cluster::valid_until(&state.job, &self.calendar, last)
-                            > self.now()
-                    {
-                        match state.job.trigger.previous_fire_before(&self.calendar, last) {
-                            Some(prev) if count > 1 && prev >= first => (prev, count - 1),
-                            _ => continue,
-                        }
-                    } else {
-                        (last, count)
-                    };
-                    // In a cluster the newest slot any node dealt with is the start: slots
-                    // missed since were missed by every node.
-                    let reason = match &self.node {
-                        Some(_) => reason.replace(
-                            "missed while the scheduler was not running",
-                            "missed: no node of the cluster was alive",
-                        ),
-                        None => reason,
-                    };
-                    self.record_skip(
-                        job,
-                        crate::history::TriggerKind::Schedule,
-                        first,
-                        reason,
-                        Some((count, last)),
-                    );
+                    self.gap(state, (first, last, count), reason);
                 }
                 Action::Cancel(reason) => {
                     tracing::info!("🔁 {job}: {reason}");
@@ -94,27 +64,8 @@ impl Dispatcher {
                     self.env.recorder.set_error(&run_uid, error);
                 }
                 Action::Paused { first, last, count } => {
-                    let recorder = &self.env.recorder;
-                    let new = !self.pause_rows.contains_key(job);
-                    let (id, uid) = self
-                        .pause_rows
-                        .entry(job.clone())
-                        .or_insert_with(|| (recorder.next_id(), crate::history::new_uid()))
-                        .clone();
-                    if new {
-                        self.obs
-                            .metrics
-                            .skipped_row(job, crate::history::TriggerKind::Schedule);
-                    }
                     tracing::info!("⏸️  {job}: slot at {} held back (paused)", hms(last));
-                    let reason = match state.pause.as_ref().and_then(|p| p.until) {
-                        Some(until) => format!(
-                            "paused until {} (`hedge-scheduler pause`)",
-                            until.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")
-                        ),
-                        None => "paused (`hedge-scheduler pause`) until `resume`".to_string(),
-                    };
-                    recorder.gap_row(id, &uid, job, first, last, count, &reason);
+                    self.paused(state, (first, last, count));
                 }
                 Action::Resumed => {
                     tracing::info!("▶️  {job}: the pause is over");
@@ -122,6 +73,111 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Records the slots from `first` to `last` (`count` of them) missed. In a cluster a slot
+    /// still within its bound is not this node's to record as missed: a live node may still
+    /// claim it (this one started, or came back, just after it). The gap then ends at the slot
+    /// before; the gap audit records that one if nobody runs it.
+    fn gap(
+        &mut self,
+        state: &JobState,
+        (first, last, count): (DateTime<Utc>, DateTime<Utc>, u64),
+        reason: String,
+    ) {
+        let (last, count) = if self.node.is_some()
+            && crate::cluster::valid_until(&state.job, &self.calendar, last) > self.now()
+        {
+            match state.job.trigger.previous_fire_before(&self.calendar, last) {
+                Some(prev) if count > 1 && prev >= first => (prev, count - 1),
+                _ => return,
+            }
+        } else {
+            (last, count)
+        };
+        // In a cluster the newest slot any node dealt with is the start: slots missed since
+        // were missed by every node.
+        let reason = match &self.node {
+            Some(_) => reason.replace(
+                "missed while the scheduler was not running",
+                "missed: no node of the cluster was alive",
+            ),
+            None => reason,
+        };
+        self.record_skip(
+            &state.job.id,
+            crate::history::TriggerKind::Schedule,
+            first,
+            reason,
+            Some((count, last)),
+        );
+    }
+
+    /// The paused job's slots from `first` to `last` (`count`), held back: one row for the
+    /// whole pause, rewritten as it grows.
+    fn paused(
+        &mut self,
+        state: &JobState,
+        (first, last, count): (DateTime<Utc>, DateTime<Utc>, u64),
+    ) {
+        let job = &state.job.id;
+        let recorder = &self.env.recorder;
+        let new = !self.pause_rows.contains_key(job);
+        let (id, uid) = self
+            .pause_rows
+            .entry(job.clone())
+            .or_insert_with(|| (recorder.next_id(), crate::history::new_uid()))
+            .clone();
+        if new {
+            self.obs
+                .metrics
+                .skipped_row(job, crate::history::TriggerKind::Schedule);
+        }
+        let reason = match state.pause.as_ref().and_then(|p| p.until) {
+            Some(until) => format!(
+                "paused until {} (`hedge-scheduler pause`)",
+                until
+                    .with_timezone(&self.calendar.tz())
+                    .format("%Y-%m-%d %H:%M %Z")
+            ),
+            None => "paused (`hedge-scheduler pause`) until `resume`".to_string(),
+        };
+        recorder.gap_row(id, &uid, job, first, last, count, &reason);
+    }
+
+    /// Cluster mode: a new slot is claimed first (a retry or a takeover already owns it; a
+    /// backfill runs where it was asked for, its past slot's claim long settled).
+    fn claim_for(
+        &self,
+        state: &JobState,
+        p: &decide::Pending,
+    ) -> Option<(crate::cluster::Node, crate::cluster::ClaimRequest)> {
+        let node = self.node.as_ref()?;
+        if p.tag.is_some() || p.trigger == crate::history::TriggerKind::Backfill {
+            return None;
+        }
+        let catch_up = p.trigger == crate::history::TriggerKind::CatchUp;
+        Some((
+            node.clone(),
+            crate::cluster::ClaimRequest {
+                job: state.job.id.clone(),
+                slot: p.scheduled_at,
+                manual: p.trigger == crate::history::TriggerKind::Manual,
+                // A missed slot being caught up is past its own bound already: it may wait its
+                // turn behind the backlog for as long as a run may take.
+                valid_until: if catch_up {
+                    self.now() + chrono::Duration::from_std(state.job.timeout).unwrap_or_default()
+                } else {
+                    crate::cluster::valid_until(&state.job, &self.calendar, p.scheduled_at)
+                },
+                overlap: state.job.overlap,
+                // A backlog is worked off in order, cluster-wide too: a catch-up waits for the
+                // job's run on another node instead of being skipped by it.
+                wait: catch_up,
+                primary_runs_without_db: self.config.database_loss(&state.job)
+                    == crate::config::DatabaseLoss::Primary,
+            },
+        ))
     }
 
     /// Starts a run of the job now (the state already holds it as running).
@@ -137,37 +193,7 @@ impl Dispatcher {
             not_before: Some(p.at.unwrap_or(p.scheduled_at)),
             tag: p.tag.clone(),
         };
-        // Cluster mode: a new slot is claimed first (a retry or a takeover already owns it).
-        let claim = match (&self.node, &p.tag) {
-            // A backfill runs where it was asked for: its past slot's claim is long settled.
-            (Some(_), None) if p.trigger == crate::history::TriggerKind::Backfill => None,
-            (Some(node), None) => Some((
-                node.clone(),
-                crate::cluster::ClaimRequest {
-                    job: state.job.id.clone(),
-                    slot: p.scheduled_at,
-                    manual: p.trigger == crate::history::TriggerKind::Manual,
-                    valid_until: match p.trigger {
-                        // A missed slot being caught up is past its own bound already: it may
-                        // wait its turn behind the backlog for as long as a run may take.
-                        crate::history::TriggerKind::CatchUp => {
-                            self.now()
-                                + chrono::Duration::from_std(state.job.timeout).unwrap_or_default()
-                        }
-                        _ => {
-                            crate::cluster::valid_until(&state.job, &self.calendar, p.scheduled_at)
-                        }
-                    },
-                    overlap: state.job.overlap,
-                    // A backlog is worked off in order, cluster-wide too: a catch-up waits for
-                    // the job's run on another node instead of being skipped by it.
-                    wait: p.trigger == crate::history::TriggerKind::CatchUp,
-                    primary_runs_without_db: self.config.database_loss(&state.job)
-                        == crate::config::DatabaseLoss::Primary,
-                },
-            )),
-            _ => None,
-        };
+        let claim = self.claim_for(state, &p);
         let env = Arc::clone(&self.env);
         let events = self.events.clone();
         let node_for_start = self.node.clone();

@@ -55,58 +55,78 @@ pub(super) async fn claim(
             }
             Err(not_run(why, None))
         }
-        Claim::Unreachable(why) => {
-            let policy = env.config.database_loss(job);
-            // The primary runs alone only if it may still be the primary: it lost the database
-            // while its lease held, its incarnation joined before the slot's first try, and it
-            // was not standing by for its clock then (its peers, which read its last offset, run
-            // its slots meanwhile: the nemesis, seed 22).
-            let view = node.view();
-            let first_try = req.scheduled_at - node.config.claim_lead();
-            let primary = node.config.priority == 0
-                && (policy != DatabaseLoss::Primary
-                    || (view.may_run_alone(node.config.lease, first_try)
-                        && !view.standing_by_for_clock));
-            match (policy, primary) {
-                (DatabaseLoss::Run, _) | (DatabaseLoss::Primary, true) => {
-                    node.mark_degraded(&job.id, req.scheduled_at);
-                    tracing::warn!(
-                        "⚠️  {}: cluster database unreachable ({why}): running the slot here without a claim (on_database_loss = \"{}\")",
-                        job.id,
-                        policy.as_str()
-                    );
-                    let mut tag = env.recorder.tag().unwrap_or_else(|| RunTag {
-                        node: node.config.node.clone(),
-                        epoch: 0,
-                        fence: None,
-                        degraded: true,
-                    });
-                    tag.fence = None;
-                    tag.degraded = true;
-                    Ok(tag)
-                }
-                (DatabaseLoss::Primary, false) | (DatabaseLoss::Skip, _) => {
-                    let reason = format!(
-                        "cluster database unreachable ({why}); on_database_loss = \"{}\"{}",
-                        policy.as_str(),
-                        match policy {
-                            DatabaseLoss::Primary
-                                if node.config.priority == 0 && view.standing_by_for_clock =>
-                            {
-                                ": this primary was standing by for its clock when it lost the database (its peers run its slots)"
-                            }
-                            DatabaseLoss::Primary if node.config.priority == 0 => {
-                                ": this primary's lease ran out before it found the database gone (it was stopped or starved): a standby may have the slot, so it runs nothing alone until it renews"
-                            }
-                            DatabaseLoss::Primary => ": only the priority-0 node runs",
-                            _ => "",
-                        }
-                    );
-                    env.record_skipped(&job.id, req.trigger, req.scheduled_at, &reason);
-                    Err(not_run(reason, None))
-                }
+        Claim::Unreachable(why) => unreachable(env, node, req, &why),
+    }
+}
+
+/// The slot's claim could not reach the database: `on_database_loss` decides. Under `run`, and
+/// under `primary` on a primary that may still be the primary, the slot runs here without a
+/// claim (degraded); otherwise it is recorded skipped, with the reason.
+fn unreachable(
+    env: &RunEnv,
+    node: &Node,
+    req: &RunRequest,
+    why: &str,
+) -> Result<RunTag, Box<RunReport>> {
+    let job = &req.job;
+    let policy = env.config.database_loss(job);
+    // The primary runs alone only if it may still be the primary: it lost the database while
+    // its lease held, its incarnation joined before the slot's first try, and it was not
+    // standing by for its clock then (its peers, which read its last offset, run its slots
+    // meanwhile: the nemesis, seed 22).
+    let view = node.view();
+    let first_try = req.scheduled_at - node.config.claim_lead();
+    let primary = node.config.priority == 0
+        && (policy != DatabaseLoss::Primary
+            || (view.may_run_alone(node.config.lease, first_try) && !view.standing_by_for_clock));
+    if policy == DatabaseLoss::Run || (policy == DatabaseLoss::Primary && primary) {
+        node.mark_degraded(&job.id, req.scheduled_at);
+        tracing::warn!(
+            "⚠️  {}: cluster database unreachable ({why}): running the slot here without a claim (on_database_loss = \"{}\")",
+            job.id,
+            policy.as_str()
+        );
+        let mut tag = env.recorder.tag().unwrap_or_else(|| RunTag {
+            node: node.config.node.clone(),
+            epoch: 0,
+            fence: None,
+            degraded: true,
+        });
+        tag.fence = None;
+        tag.degraded = true;
+        return Ok(tag);
+    }
+    let reason = format!(
+        "cluster database unreachable ({why}); on_database_loss = \"{}\"{}",
+        policy.as_str(),
+        match policy {
+            DatabaseLoss::Primary if node.config.priority == 0 => {
+                not_alone_because(&view, node.config.lease)
             }
+            DatabaseLoss::Primary => ": only the priority-0 node runs",
+            _ => "",
         }
+    );
+    env.record_skipped(&job.id, req.trigger, req.scheduled_at, &reason);
+    let mut r = RunReport::new(
+        job.id.clone(),
+        req.trigger,
+        req.scheduled_at,
+        req.attempt,
+        Outcome::Skipped,
+    );
+    r.busy = Some(reason);
+    Err(Box::new(r))
+}
+
+/// Why a primary runs a `primary` job's slot not alone without the database.
+fn not_alone_because(view: &crate::cluster::View, lease: Duration) -> &'static str {
+    if view.standing_by_for_clock {
+        ": this primary was standing by for its clock when it lost the database (its peers run its slots)"
+    } else if view.lease_ran_out_first(lease) {
+        ": this primary's lease ran out before it found the database gone (it was stopped or starved): a standby may have the slot, so it runs nothing alone until it renews"
+    } else {
+        ": this primary (re)joined the cluster after the slot's first try, or has not joined yet: a standby may have run the slot while it was away, so it runs nothing alone until it reaches the database"
     }
 }
 
@@ -251,10 +271,78 @@ impl Dispatcher {
         }
     }
 
+    /// A dead node's slot is ours to run now (its claim already moved to us): run it, or give
+    /// it back `skipped` if this node does not have the job or the job's overlap skips it.
+    fn takeover(
+        &mut self,
+        jobs: &mut [JobState],
+        (job, slot, attempt): (String, DateTime<Utc>, u32),
+        tag: crate::history::RunTag,
+        reason: &str,
+    ) {
+        let Some(i) = jobs.iter().position(|s| s.job.id == job) else {
+            if let Some(node) = &self.node
+                && let Some(fence) = tag.fence
+            {
+                node.release(&job, slot, fence, "skipped");
+            }
+            return;
+        };
+        tracing::warn!(
+            "🪂 {job}: {reason}; running its slot at {} here",
+            slot.with_timezone(&self.calendar.tz()).format("%H:%M:%S")
+        );
+        let pending = decide::Pending {
+            trigger: crate::history::TriggerKind::Takeover,
+            scheduled_at: slot,
+            attempt,
+            at: None,
+            tag: Some(tag.clone()),
+        };
+        let actions = decide::takeover(&mut jobs[i], pending, self.now(), self.calendar.tz());
+        if actions.iter().any(|a| matches!(a, Action::Skip { .. }))
+            && let (Some(node), Some(fence)) = (&self.node, tag.fence)
+        {
+            node.release(&job, slot, fence, "skipped");
+        }
+        self.dispatch(&jobs[i], actions);
+    }
+
+    /// The node stopped trusting its lease: runs of jobs that must not run without the
+    /// database end (`on_database_loss`), unless a renewal (or a claim, which renews) came
+    /// since the lapse: then the lease holds, and a run claimed meanwhile goes on (nemesis
+    /// A10).
+    fn trust_lost(&self, jobs: &[JobState]) {
+        if self.node.as_ref().is_some_and(|n| {
+            n.view()
+                .trusted_until
+                .is_some_and(|u| tokio::time::Instant::now() < u)
+        }) {
+            return;
+        }
+        let primary = self.node.as_ref().is_some_and(|n| n.config.priority == 0);
+        for state in jobs {
+            let keep = match self.config.database_loss(&state.job) {
+                crate::config::DatabaseLoss::Run => true,
+                crate::config::DatabaseLoss::Primary => primary,
+                crate::config::DatabaseLoss::Skip => false,
+            };
+            // Only runs that started: a run still claiming its slot learns from the claim
+            // whether the lease holds (a cancel sent now would end it at once).
+            if !keep
+                && started(state)
+                && let Some(tx) = self.cancels.get(&state.job.id)
+            {
+                let _ = tx.send(Some(
+                    "lost the cluster lease (the database is unreachable): on_database_loss ends the run".to_string(),
+                ));
+            }
+        }
+    }
+
     /// What the cluster's coordinator tells the loop.
     pub(super) fn on_cluster(&mut self, jobs: &mut [JobState], event: crate::cluster::Event) {
         use crate::cluster::Event;
-        let now = self.now();
         match event {
             Event::Takeover {
                 job,
@@ -262,69 +350,14 @@ impl Dispatcher {
                 attempt,
                 tag,
                 reason,
-            } => {
-                let Some(i) = jobs.iter().position(|s| s.job.id == job) else {
-                    if let Some(node) = &self.node
-                        && let Some(fence) = tag.fence
-                    {
-                        node.release(&job, slot, fence, "skipped");
-                    }
-                    return;
-                };
-                tracing::warn!(
-                    "🪂 {job}: {reason}; running its slot at {} here",
-                    slot.with_timezone(&self.calendar.tz()).format("%H:%M:%S")
-                );
-                let pending = decide::Pending {
-                    trigger: crate::history::TriggerKind::Takeover,
-                    scheduled_at: slot,
-                    attempt,
-                    at: None,
-                    tag: Some(tag.clone()),
-                };
-                let actions = decide::takeover(&mut jobs[i], pending, now, self.calendar.tz());
-                if actions.iter().any(|a| matches!(a, Action::Skip { .. }))
-                    && let (Some(node), Some(fence)) = (&self.node, tag.fence)
-                {
-                    node.release(&job, slot, fence, "skipped");
-                }
-                self.dispatch(&jobs[i], actions);
-            }
+            } => self.takeover(jobs, (job, slot, attempt), tag, &reason),
             Event::Cancel { job, reason } => {
                 tracing::info!("🔁 {job}: {reason}");
                 if let Some(tx) = self.cancels.get(&job) {
                     let _ = tx.send(Some(reason));
                 }
             }
-            Event::TrustLost => {
-                // A renewal (or a claim, which renews) since the lapse: the lease holds, and a
-                // run claimed meanwhile goes on (nemesis A10).
-                if self.node.as_ref().is_some_and(|n| {
-                    n.view()
-                        .trusted_until
-                        .is_some_and(|u| tokio::time::Instant::now() < u)
-                }) {
-                    return;
-                }
-                let primary = self.node.as_ref().is_some_and(|n| n.config.priority == 0);
-                for state in jobs.iter() {
-                    let keep = match self.config.database_loss(&state.job) {
-                        crate::config::DatabaseLoss::Run => true,
-                        crate::config::DatabaseLoss::Primary => primary,
-                        crate::config::DatabaseLoss::Skip => false,
-                    };
-                    // Only runs that started: a run still claiming its slot learns from the
-                    // claim whether the lease holds (a cancel sent now would end it at once).
-                    if !keep
-                        && started(state)
-                        && let Some(tx) = self.cancels.get(&state.job.id)
-                    {
-                        let _ = tx.send(Some(
-                            "lost the cluster lease (the database is unreachable): on_database_loss ends the run".to_string(),
-                        ));
-                    }
-                }
-            }
+            Event::TrustLost => self.trust_lost(jobs),
             Event::LeaseLost { kept } => {
                 for state in jobs.iter() {
                     // Only runs whose slot another node took over end: a run still claiming its

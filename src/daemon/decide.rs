@@ -296,26 +296,81 @@ pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
         actions.extend(next_backfill(state, now));
         return actions;
     };
-    if let Some(pause) = state.pause.as_mut() {
-        // Paused: each due slot (on time or late) is held back, into the pause's one row.
-        let mut slot = Some(first);
-        let mut held: Option<(DateTime<Utc>, DateTime<Utc>, u64)> = pause.gap;
-        while let Some(t) = slot.filter(|t| *t <= soon && pause.until.is_none_or(|u| *t < u)) {
-            held = Some(match held {
-                Some((f, _, n)) => (f, t, n + 1),
-                None => (t, t, 1),
-            });
-            slot = state.job.trigger.next_fire_after(wake.calendar, t);
-        }
-        state.next = slot;
-        if held != pause.gap
-            && let Some((first, last, count)) = held
-        {
-            pause.gap = held;
-            actions.push(Action::Paused { first, last, count });
-        }
+    if state.pause.is_some() {
+        actions.extend(hold_back(state, first, soon, wake));
         return actions;
     }
+    let (missed, on_time) = due_slots(state, first, soon, late, wake);
+    if missed.count > 0 {
+        actions.extend(catch_up(state, missed, on_time.is_some(), wake));
+    }
+    if let Some(t) = on_time {
+        actions.extend(request(
+            state,
+            TriggerKind::Schedule,
+            t,
+            wake.now,
+            wake.tz(),
+        ));
+    }
+    actions.extend(next_backfill(state, now));
+    actions
+}
+
+/// What holds the job: its run (which, its PID, since when, stuck or not), or a pending retry.
+fn busy(state: &JobState, tz: Tz) -> String {
+    match &state.running {
+        Some(r) => format!(
+            "previous run {}{} {} since {}",
+            r.run_id
+                .map_or_else(|| "(starting)".to_string(), |id| id.to_string()),
+            r.pid.map_or_else(String::new, |p| format!(" (PID {p})")),
+            if r.stuck {
+                "stuck in native code"
+            } else {
+                "still running"
+            },
+            hms_zone(r.started_at, tz)
+        ),
+        None => "a retry of the previous slot is pending".to_string(),
+    }
+}
+
+/// Paused: each due slot from `first` (on time or late) is held back, into the pause's one
+/// row; the row's new span, if it grew.
+fn hold_back(
+    state: &mut JobState,
+    first: DateTime<Utc>,
+    soon: DateTime<Utc>,
+    wake: &Wake<'_>,
+) -> Option<Action> {
+    let pause = state.pause.as_mut()?;
+    let mut slot = Some(first);
+    let mut held: Option<(DateTime<Utc>, DateTime<Utc>, u64)> = pause.gap;
+    while let Some(t) = slot.filter(|t| *t <= soon && pause.until.is_none_or(|u| *t < u)) {
+        held = Some(match held {
+            Some((f, _, n)) => (f, t, n + 1),
+            None => (t, t, 1),
+        });
+        slot = state.job.trigger.next_fire_after(wake.calendar, t);
+    }
+    state.next = slot;
+    let (first, last, count) = held.filter(|h| Some(*h) != pause.gap)?;
+    pause.gap = held;
+    Some(Action::Paused { first, last, count })
+}
+
+/// The job's slots due by `soon`, from `first`: the missed ones (more than `late` past, found
+/// behind a newer one, or from before this start) and the one on time (only the newest due
+/// slot can be on time). Moves the job's next slot past them.
+fn due_slots(
+    state: &mut JobState,
+    first: DateTime<Utc>,
+    soon: DateTime<Utc>,
+    late: Duration,
+    wake: &Wake<'_>,
+) -> (Missed, Option<DateTime<Utc>>) {
+    let now = wake.now;
     let job = Arc::clone(&state.job);
     let lookback = lookback_start(&job, wake.calendar, now);
     let mut missed = Missed::default();
@@ -323,7 +378,6 @@ pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
     let mut slot = Some(first);
     while let Some(t) = slot.filter(|t| *t <= soon) {
         let next = job.trigger.next_fire_after(wake.calendar, t);
-        // Only the newest due slot can be on time: older ones found at the same wake are late.
         let newest = next.is_none_or(|n| n > soon);
         if !newest || now - t > late || t < wake.started_at {
             missed.count += 1;
@@ -341,20 +395,7 @@ pub(crate) fn tick(state: &mut JobState, wake: &Wake<'_>) -> Vec<Action> {
         slot = next;
     }
     state.next = slot;
-    if missed.count > 0 {
-        actions.extend(catch_up(state, missed, on_time.is_some(), wake));
-    }
-    if let Some(t) = on_time {
-        actions.extend(request(
-            state,
-            TriggerKind::Schedule,
-            t,
-            wake.now,
-            wake.tz(),
-        ));
-    }
-    actions.extend(next_backfill(state, now));
-    actions
+    (missed, on_time)
 }
 
 /// Starts the next backfill slot when the job is idle.
@@ -531,21 +572,7 @@ pub(crate) fn request(
         state.pending.push_back(pending);
         return Vec::new();
     }
-    let busy = match &state.running {
-        Some(r) => format!(
-            "previous run {}{} {} since {}",
-            r.run_id
-                .map_or_else(|| "(starting)".to_string(), |id| id.to_string()),
-            r.pid.map_or_else(String::new, |p| format!(" (PID {p})")),
-            if r.stuck {
-                "stuck in native code"
-            } else {
-                "still running"
-            },
-            hms_zone(r.started_at, tz)
-        ),
-        None => "a retry of the previous slot is pending".to_string(),
-    };
+    let busy = busy(state, tz);
     match state.job.overlap {
         Overlap::Skip => vec![Action::Skip {
             trigger,

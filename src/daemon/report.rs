@@ -53,7 +53,14 @@ pub fn log_report(report: &RunReport) {
     }
 }
 
-pub(super) fn banner(config: &Config, interpreter: &Interpreter, calendar: &Calendar) {
+/// The start-up lines: the version, the config, the exchange, Python, where the history and
+/// logs are, each enabled job, and what of a dead process was settled.
+pub(super) fn banner(
+    config: &Config,
+    interpreter: &Interpreter,
+    calendar: &Calendar,
+    abandoned: usize,
+) {
     tracing::info!("🚀 Starting hedge-scheduler {}", env!("CARGO_PKG_VERSION"));
     tracing::info!("   config:   {}", config.file.display());
     tracing::info!(
@@ -80,6 +87,12 @@ pub(super) fn banner(config: &Config, interpreter: &Interpreter, calendar: &Cale
             } else {
                 ""
             }
+        );
+    }
+    if abandoned > 0 {
+        tracing::warn!(
+            "⚠️  {} of a dead process settled: abandoned, or recorded as they went from the results they left (what of theirs was still running was ended)",
+            crate::fmt::n(abandoned, "run")
         );
     }
 }

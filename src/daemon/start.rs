@@ -57,18 +57,10 @@ pub(super) async fn start(
         Arc::clone(&forks),
     ));
 
-    banner(&config, &interpreter, &calendar);
-    if abandoned > 0 {
-        tracing::warn!(
-            "⚠️  {} of a dead process settled: abandoned, or recorded as they went from the results they left (what of theirs was still running was ended)",
-            crate::fmt::n(abandoned, "run")
-        );
-    }
+    banner(&config, &interpreter, &calendar, abandoned);
     // In a cluster the loop decides by the cluster's time (the database's clock), not by this
     // host's wall clock, which may step.
-    let clock =
-        |node: &Option<crate::cluster::Node>| node.as_ref().map_or_else(Utc::now, |n| n.now());
-    let now = clock(&node);
+    let now = node.as_ref().map_or_else(Utc::now, |n| n.now());
     let mut jobs = initial_jobs(&config, &calendar, last_slots, now);
     let (inbox, feeds) = Inbox::open(&config, cluster_events)?;
     let mut d = Dispatcher::new(

@@ -114,6 +114,51 @@ impl Observer {
     }
 
     /// A run ended; `last` when no retry follows.
+    /// A slot not run because another run of the job held it: its row was written by the run;
+    /// the metrics count it as a missed slot, and `missed` is told.
+    fn skipped(&mut self, config: &Arc<Config>, job: &crate::config::Job, report: &RunReport) {
+        let reason = report
+            .error
+            .clone()
+            .or_else(|| report.busy.clone().map(|b| format!("previous {b}")))
+            .unwrap_or_else(|| "skipped".to_string());
+        self.metrics.missed(&job.id, 1);
+        let mut doc = doc(config, Event::Missed, Some(job), Some(report));
+        doc.count = Some(1);
+        doc.error = Some(reason.clone());
+        doc.message = format!("⏭️ {}: a slot did not run: {reason}", job.name);
+        deliver(&self.outbox, config, Event::Missed, Some(job), doc);
+    }
+
+    /// The job's ping at a run's end: success, or failure on its last attempt (a cancelled run
+    /// pings nothing).
+    fn ping_end(
+        &mut self,
+        config: &Arc<Config>,
+        job: &crate::config::Job,
+        report: &RunReport,
+        last: bool,
+    ) {
+        if let (Some(url), Some(run_id)) = (&job.ping, report.run_id)
+            && (report.outcome == Outcome::Success || last)
+            && report.outcome != Outcome::Cancelled
+        {
+            self.outbox.ping(Ping {
+                url: url.clone(),
+                kind: if report.outcome == Outcome::Success {
+                    PingKind::Success
+                } else {
+                    PingKind::Fail
+                },
+                rid: report.run_uid.clone(),
+                log: Some((config.job_log_dir().join(format!("{}.log", job.id)), run_id)),
+                timeout: config.notify.timeout,
+            });
+        }
+    }
+
+    /// A run ended: the metrics, the job's ping, and the alerts it raises (stuck, failed,
+    /// recovered; `last`: no retry follows).
     pub fn run_ended(&mut self, config: &Arc<Config>, report: &RunReport, last: bool) {
         let now = Utc::now();
         self.metrics.ended(
@@ -132,40 +177,13 @@ impl Observer {
             return;
         }
         if report.outcome == Outcome::Skipped {
-            // Not run because another run of the job held it.
             if let Some(job) = job {
-                let reason = report
-                    .error
-                    .clone()
-                    .or_else(|| report.busy.clone().map(|b| format!("previous {b}")))
-                    .unwrap_or_else(|| "skipped".to_string());
-                // The row was written by the run; the metrics count it as a missed slot.
-                self.metrics.missed(&job.id, 1);
-                let mut doc = doc(config, Event::Missed, Some(job), Some(report));
-                doc.count = Some(1);
-                doc.error = Some(reason.clone());
-                doc.message = format!("⏭️ {}: a slot did not run: {reason}", job.name);
-                deliver(&self.outbox, config, Event::Missed, Some(job), doc);
+                self.skipped(config, job, report);
             }
             return;
         }
         let Some(job) = job else { return };
-        if let (Some(url), Some(run_id)) = (&job.ping, report.run_id)
-            && (report.outcome == Outcome::Success || last)
-            && report.outcome != Outcome::Cancelled
-        {
-            self.outbox.ping(Ping {
-                url: url.clone(),
-                kind: if report.outcome == Outcome::Success {
-                    PingKind::Success
-                } else {
-                    PingKind::Fail
-                },
-                rid: report.run_uid.clone(),
-                log: Some((config.job_log_dir().join(format!("{}.log", job.id)), run_id)),
-                timeout: config.notify.timeout,
-            });
-        }
+        self.ping_end(config, job, report, last);
         if report.stuck {
             self.send(
                 config,

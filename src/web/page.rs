@@ -212,16 +212,7 @@ pub fn day(config: &Config, date: NaiveDate, now: DateTime<Utc>) -> Result<Strin
         from: axis_from,
         to: axis_to,
     } = axis(&table, session.as_ref(), tz, date, (start, end));
-    let done: usize = table
-        .iter()
-        .map(|r| {
-            r.marks
-                .iter()
-                .filter(|(_, m, _)| *m == Mark::Success)
-                .count()
-        })
-        .sum();
-    let expected: usize = table.iter().map(|r| r.marks.len()).sum();
+    let (done, expected) = counts(&table);
     let running: Vec<&RunRow> = rows
         .iter()
         .filter(|r| r.outcome == Outcome::Running)
@@ -301,6 +292,20 @@ fn job_rows<'a>(
     table
 }
 
+/// The day's slots done (successful), and all its slots.
+fn counts(table: &[Row]) -> (usize, usize) {
+    let done = table
+        .iter()
+        .map(|r| {
+            r.marks
+                .iter()
+                .filter(|(_, m, _)| *m == Mark::Success)
+                .count()
+        })
+        .sum();
+    (done, table.iter().map(|r| r.marks.len()).sum())
+}
+
 /// The day's ten latest runs that did not succeed (nor still run), newest first.
 fn latest_problems(rows: &[RunRow]) -> Vec<&RunRow> {
     let mut problems: Vec<&RunRow> = rows
@@ -329,23 +334,7 @@ fn timeline(
     let x =
         |t: DateTime<Utc>| LEFT + (W - 2.0 * LEFT) * ((t - axis_from).num_seconds() as f64 / span);
     let height = TOP + ROW * table.len().max(1) as f64 + 8.0;
-    let mut ticks = Vec::new();
-    {
-        use chrono::Timelike;
-        let local = axis_from.with_timezone(&tz);
-        let mut t = local
-            .with_minute(0)
-            .and_then(|l| l.with_second(0))
-            .and_then(|l| l.with_nanosecond(0))
-            .map(|l| l.with_timezone(&Utc))
-            .unwrap_or(axis_from);
-        while t <= axis_to {
-            if t >= axis_from {
-                ticks.push(t);
-            }
-            t += chrono::Duration::hours(1);
-        }
-    }
+    let ticks = hour_ticks(axis_from, axis_to, tz);
 
     html! {
         div.wrap {
@@ -403,6 +392,26 @@ fn timeline(
             }
         }
     }
+}
+
+/// The whole hours (in `tz`) from `from` to `to`.
+fn hour_ticks(from: DateTime<Utc>, to: DateTime<Utc>, tz: chrono_tz::Tz) -> Vec<DateTime<Utc>> {
+    use chrono::Timelike;
+    let mut ticks = Vec::new();
+    let mut t = from
+        .with_timezone(&tz)
+        .with_minute(0)
+        .and_then(|l| l.with_second(0))
+        .and_then(|l| l.with_nanosecond(0))
+        .map(|l| l.with_timezone(&Utc))
+        .unwrap_or(from);
+    while t <= to {
+        if t >= from {
+            ticks.push(t);
+        }
+        t += chrono::Duration::hours(1);
+    }
+    ticks
 }
 
 /// The page's time axis: the session's open and close, and the span shown (the session, or the
@@ -522,7 +531,36 @@ pub fn run(config: &Config, id: i64) -> Result<Option<String>> {
     let day = parse_time(&row.scheduled_at)
         .map(|t| t.with_timezone(&tz).date_naive().to_string())
         .unwrap_or_default();
-    let fields: Vec<(&str, String)> = vec![
+    let fields = run_fields(&row, tz);
+    let body = html! {
+        header {
+            h1 { (row.job) " · run " (row.id) }
+            nav { a href=(format!("/?date={day}")) { "← the day" } }
+        }
+        table #run data-outcome=(row.outcome.as_str()) {
+            @for (k, v) in &fields {
+                @if !v.is_empty() { tr { th { (k) } td { (v) } } }
+            }
+        }
+        h2 { "Output (" (lines.len()) " lines)" }
+        @if lines.is_empty() { p { "No output." } } @else {
+            pre #log {
+                @for l in &lines {
+                    span class=(l.stream) { (l.at) " " (l.stream) " " (l.text) "\n" }
+                }
+            }
+        }
+    };
+    Ok(Some(layout(
+        &format!("{} run {} · hedge-scheduler", row.job, row.id),
+        row.outcome == Outcome::Running,
+        body,
+    )))
+}
+
+/// A run's fields on its page, in order (empty ones are left out).
+fn run_fields(row: &RunRow, tz: chrono_tz::Tz) -> Vec<(&'static str, String)> {
+    vec![
         ("job", row.job.clone()),
         ("outcome", row.outcome.as_str().to_string()),
         ("trigger", row.trigger.as_str().to_string()),
@@ -580,31 +618,7 @@ pub fn run(config: &Config, id: i64) -> Result<Option<String>> {
         ),
         ("node", row.node.clone().unwrap_or_default()),
         ("run uid", row.run_uid.clone().unwrap_or_default()),
-    ];
-    let body = html! {
-        header {
-            h1 { (row.job) " · run " (row.id) }
-            nav { a href=(format!("/?date={day}")) { "← the day" } }
-        }
-        table #run data-outcome=(row.outcome.as_str()) {
-            @for (k, v) in &fields {
-                @if !v.is_empty() { tr { th { (k) } td { (v) } } }
-            }
-        }
-        h2 { "Output (" (lines.len()) " lines)" }
-        @if lines.is_empty() { p { "No output." } } @else {
-            pre #log {
-                @for l in &lines {
-                    span class=(l.stream) { (l.at) " " (l.stream) " " (l.text) "\n" }
-                }
-            }
-        }
-    };
-    Ok(Some(layout(
-        &format!("{} run {} · hedge-scheduler", row.job, row.id),
-        row.outcome == Outcome::Running,
-        body,
-    )))
+    ]
 }
 
 #[cfg(test)]

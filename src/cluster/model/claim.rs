@@ -9,9 +9,7 @@ impl Protocol {
     /// Evaluates the node's next slot.
     pub(super) fn slot(&self, s: &mut State, n: usize, log: &mut Log) {
         let i = s.nodes[n].next as usize;
-        let st = self.cfg.slot_time(i);
         let valid = self.cfg.validity(i);
-        let local = self.local(s, n);
         let epoch = s.nodes[n].epoch;
         let reachable = self.ensure_session(s, n, log);
         if !reachable {
@@ -57,54 +55,61 @@ impl Protocol {
         }
         s.nodes[n].done |= DUTY_SLOT;
 
-        // Its own previous run is still running (or, with A3, not yet reaped): the owner
-        // records the slot skipped, once the slot has come (A2), with a claim's guards (A1).
+        // Its own previous run is still running (or, with A3, not yet reaped).
         if s.nodes[n].run.phase == Phase::Running {
-            if !bugs.a2_overlap_at_claim_lead && local < i16::from(st) {
-                return;
-            }
-            // v2 writes the row once the database's clock has reached the slot; with A2 the
-            // decision is the claim's, under the claim's guard.
-            let guard = if bugs.a2_overlap_at_claim_lead {
-                st.saturating_sub(self.cfg.max_skew)
-            } else {
-                st
-            };
-            if reachable {
-                if !bugs.a1_unguarded_skip_rows && (!self.lease_valid(s, n) || s.now < guard) {
-                    log.say(s.now, || {
-                        format!(
-                            "{}: own run still running at slot {i}: the guard says wait",
-                            name(n)
-                        )
-                    });
-                    return;
-                }
-                if s.db.slots[i].state == SlotState::Empty {
-                    self.write_row(s, i, n, SlotState::Skipped);
-                }
-            }
-            log.say(s.now, || {
-                format!(
-                    "{}: own run of slot {} still running: slot {i} skipped{}",
-                    name(n),
-                    s.nodes[n].run.slot,
-                    if reachable {
-                        ""
-                    } else {
-                        " (locally: database unreachable)"
-                    }
-                )
-            });
-            s.nodes[n].next += 1;
-            return;
+            return self.own_overlap(s, n, i, reachable, log);
         }
-
         if reachable {
             self.claim(s, n, i, log);
         } else {
             self.unreachable(s, n, i, log);
         }
+    }
+
+    /// Slot `i` comes while the node's own previous run is still running (or, with A3, not
+    /// yet reaped): the owner records the slot skipped, once the slot has come (A2), with a
+    /// claim's guards (A1).
+    fn own_overlap(&self, s: &mut State, n: usize, i: usize, reachable: bool, log: &mut Log) {
+        let st = self.cfg.slot_time(i);
+        let local = self.local(s, n);
+        let bugs = self.cfg.bugs;
+        if !bugs.a2_overlap_at_claim_lead && local < i16::from(st) {
+            return;
+        }
+        // v2 writes the row once the database's clock has reached the slot; with A2 the
+        // decision is the claim's, under the claim's guard.
+        let guard = if bugs.a2_overlap_at_claim_lead {
+            st.saturating_sub(self.cfg.max_skew)
+        } else {
+            st
+        };
+        if reachable {
+            if !bugs.a1_unguarded_skip_rows && (!self.lease_valid(s, n) || s.now < guard) {
+                log.say(s.now, || {
+                    format!(
+                        "{}: own run still running at slot {i}: the guard says wait",
+                        name(n)
+                    )
+                });
+                return;
+            }
+            if s.db.slots[i].state == SlotState::Empty {
+                self.write_row(s, i, n, SlotState::Skipped);
+            }
+        }
+        log.say(s.now, || {
+            format!(
+                "{}: own run of slot {} still running: slot {i} skipped{}",
+                name(n),
+                s.nodes[n].run.slot,
+                if reachable {
+                    ""
+                } else {
+                    " (locally: database unreachable)"
+                }
+            )
+        });
+        s.nodes[n].next += 1;
     }
 
     /// The claim of slot `i` (step 3 and 4 of the protocol).

@@ -144,23 +144,7 @@ impl Server {
         let log_w2 = log_w.try_clone().map_err(|e| other("pipe", &e))?;
         let key = Key::of(config, python);
         let mut cmd = server_command(config, python, (log_w, log_w2));
-        let setup = crate::contain::ChildSetup::new(None);
-        let fd = theirs.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (umask, close_range, dup2, fcntl) between fork and
-        // exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                setup.in_child()?;
-                if fd == 3 {
-                    if nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if nix::libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        pass_socket(&mut cmd, theirs.as_raw_fd());
         let (mut child, spawned) = crate::contain::Spawned::spawn(|| cmd.spawn(), |c| Some(c.id()))
             .map_err(|e| other(&format!("`{}`", python.display()), &e))?;
         drop(cmd);
@@ -462,4 +446,25 @@ fn kill_server(child: &mut Child, pid: u32) {
     crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = child.wait();
     crate::contain::keeper_note(crate::contain::KeeperNote::GroupEnded(pid as i32));
+}
+
+/// The server's end of the socket pair, `fd`, is its fd 3 (inherited across exec), in the
+/// child set up like a job's.
+fn pass_socket(cmd: &mut std::process::Command, fd: i32) {
+    let setup = crate::contain::ChildSetup::new(None);
+    // SAFETY: only async-signal-safe calls (umask, close_range, dup2, fcntl) between fork and
+    // exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            setup.in_child()?;
+            if fd == 3 {
+                if nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if nix::libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
