@@ -7,28 +7,12 @@ use toml::Spanned;
 
 use crate::error::ConfigError;
 
+use super::raw::*;
 use super::validate::{Policy, Validator};
 
 /// The environment variable that names the cluster's database (it wins over the file's, so the
 /// password can stay out of the config).
 pub const DATABASE_ENV: &str = "HEDGE_SCHEDULER_DATABASE";
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawCluster {
-    pub(super) database: Option<Spanned<String>>,
-    pub(super) password_file: Option<Spanned<String>>,
-    pub(super) node: Option<Spanned<String>>,
-    pub(super) priority: Option<Spanned<i64>>,
-    pub(super) standby_delay: Option<Spanned<String>>,
-    pub(super) heartbeat: Option<Spanned<String>>,
-    pub(super) lease: Option<Spanned<String>>,
-    pub(super) max_clock_skew: Option<Spanned<String>>,
-    pub(super) on_database_loss: Option<Spanned<String>>,
-    pub(super) expect_nodes: Option<Spanned<i64>>,
-    pub(super) schema: Option<Spanned<String>>,
-    pub(super) ca_file: Option<Spanned<String>>,
-}
 
 /// The validated `[cluster]` table.
 #[derive(Debug, Clone)]

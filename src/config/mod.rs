@@ -5,6 +5,7 @@
 //! the folder that holds the config file, never against the current directory.
 
 mod cluster;
+mod job;
 pub mod locate;
 mod ops;
 mod raw;

@@ -8,27 +8,8 @@ use toml::Spanned;
 
 use crate::error::ConfigError;
 
+use super::raw::*;
 use super::validate::{Policy, Validator};
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawNotify {
-    pub(super) command: Option<Spanned<Vec<String>>>,
-    pub(super) webhook: Option<Spanned<String>>,
-    pub(super) webhook_format: Option<Spanned<String>>,
-    pub(super) events: Option<Vec<Spanned<String>>>,
-    pub(super) repeat: Option<Spanned<String>>,
-    pub(super) timeout: Option<Spanned<String>>,
-    pub(super) heartbeat_ping: Option<Spanned<String>>,
-    pub(super) heartbeat_when: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawHttp {
-    pub(super) listen: Option<Spanned<String>>,
-    pub(super) token: Option<Spanned<String>>,
-}
 
 /// What a notification is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

@@ -18,9 +18,9 @@ pub(super) struct RawConfig {
     pub(super) calendar: RawCalendar,
     #[serde(default)]
     pub(super) jobs: BTreeMap<String, Spanned<RawJob>>,
-    pub(super) cluster: Option<Spanned<super::cluster::RawCluster>>,
-    pub(super) notify: Option<Spanned<super::ops::RawNotify>>,
-    pub(super) http: Option<Spanned<super::ops::RawHttp>>,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
+    pub(super) notify: Option<Spanned<RawNotify>>,
+    pub(super) http: Option<Spanned<RawHttp>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,4 +103,44 @@ pub(super) struct RawRetry {
     pub(super) factor: Option<Spanned<f64>>,
     pub(super) max_backoff: Option<Spanned<String>>,
     pub(super) on: Option<Vec<Spanned<String>>>,
+}
+
+/// `[cluster]`, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) database: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) node: Option<Spanned<String>>,
+    pub(super) priority: Option<Spanned<i64>>,
+    pub(super) standby_delay: Option<Spanned<String>>,
+    pub(super) heartbeat: Option<Spanned<String>>,
+    pub(super) lease: Option<Spanned<String>>,
+    pub(super) max_clock_skew: Option<Spanned<String>>,
+    pub(super) on_database_loss: Option<Spanned<String>>,
+    pub(super) expect_nodes: Option<Spanned<i64>>,
+    pub(super) schema: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+}
+
+/// `[notify]`, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) command: Option<Spanned<Vec<String>>>,
+    pub(super) webhook: Option<Spanned<String>>,
+    pub(super) webhook_format: Option<Spanned<String>>,
+    pub(super) events: Option<Vec<Spanned<String>>>,
+    pub(super) repeat: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) heartbeat_ping: Option<Spanned<String>>,
+    pub(super) heartbeat_when: Option<Spanned<String>>,
+}
+
+/// `[http]`, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) token: Option<Spanned<String>>,
 }

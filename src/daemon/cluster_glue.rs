@@ -25,18 +25,7 @@ pub(super) async fn claim(
 ) -> Result<RunTag, Box<RunReport>> {
     let job = &req.job;
     let answer = node.claim(claim).await;
-    let not_run = |busy: String, taken_by: Option<String>| {
-        let mut r = RunReport::new(
-            job.id.clone(),
-            req.trigger,
-            req.scheduled_at,
-            req.attempt,
-            Outcome::Skipped,
-        );
-        r.busy = Some(busy);
-        r.taken_by = taken_by;
-        Box::new(r)
-    };
+    let not_run = |busy: String, taken_by: Option<String>| not_run(req, busy, taken_by);
     match answer {
         Claim::Won(tag) => Ok(tag),
         Claim::Taken { by } => Err(not_run(format!("the slot runs on node {by}"), Some(by))),
@@ -108,15 +97,21 @@ fn unreachable(
         }
     );
     env.record_skipped(&job.id, req.trigger, req.scheduled_at, &reason);
+    Err(not_run(req, reason, None))
+}
+
+/// The report of a slot not run here: why (`busy`), and the node it runs on, if another.
+fn not_run(req: &RunRequest, busy: String, taken_by: Option<String>) -> Box<RunReport> {
     let mut r = RunReport::new(
-        job.id.clone(),
+        req.job.id.clone(),
         req.trigger,
         req.scheduled_at,
         req.attempt,
         Outcome::Skipped,
     );
-    r.busy = Some(reason);
-    Err(Box::new(r))
+    r.busy = Some(busy);
+    r.taken_by = taken_by;
+    Box::new(r)
 }
 
 /// Why a primary runs a `primary` job's slot not alone without the database.
