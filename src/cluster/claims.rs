@@ -26,28 +26,10 @@ impl Coordinator {
         };
         let hash = self.job_hash(&req.job);
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-        let (offset, outlier, standing_by) = self
-            .view
-            .lock()
-            .map(|v| {
-                (
-                    v.clock_offset_ms,
-                    v.db_clock_outlier,
-                    v.standing_by_for_clock,
-                )
-            })
-            .unwrap_or_default();
-        if standing_by {
-            // This host's clock is off: it stays a standby (the others claim on time).
-            return Attempt::Done(Claim::Taken {
-                by: format!(
-                    "another node (this host's clock is {:+} ms off the database's, beyond max_clock_skew: not claiming)",
-                    offset.unwrap_or_default()
-                ),
-            });
-        }
-        // The database's clock is the odd one: its guard would refuse every claim.
-        let skew = (!outlier).then(|| secs(self.cfg.max_clock_skew));
+        let skew = match self.clock_guard() {
+            Ok(skew) => skew,
+            Err(attempt) => return attempt,
+        };
         let kind = if req.manual { "manual" } else { "slot" };
         let sent = Instant::now();
         let Some(prepared) = self.prepared.clone() else {
@@ -93,6 +75,32 @@ impl Coordinator {
             Ok(Ok(row)) => row,
         };
         self.answer(req, epoch, sent, &row)
+    }
+
+    /// The claim's guard on the database's clock (`max_clock_skew`), or none when the
+    /// database's clock is the odd one (its guard would refuse every claim). A host whose own
+    /// clock is off does not claim: it stays a standby (the others claim on time).
+    fn clock_guard(&self) -> std::result::Result<Option<f64>, Attempt> {
+        let (offset, outlier, standing_by) = self
+            .view
+            .lock()
+            .map(|v| {
+                (
+                    v.clock_offset_ms,
+                    v.db_clock_outlier,
+                    v.standing_by_for_clock,
+                )
+            })
+            .unwrap_or_default();
+        if standing_by {
+            return Err(Attempt::Done(Claim::Taken {
+                by: format!(
+                    "another node (this host's clock is {:+} ms off the database's, beyond max_clock_skew: not claiming)",
+                    offset.unwrap_or_default()
+                ),
+            }));
+        }
+        Ok((!outlier).then(|| secs(self.cfg.max_clock_skew)))
     }
 
     /// What the claim's row says: won (the fence), taken (by whom), declared dead (rejoin
@@ -217,6 +225,25 @@ impl Coordinator {
         }
     }
 
+    /// Releases our own claim (`fence`) that was never released (the database was unreachable
+    /// when its run ended: the loop asks for a claim only when the job is idle here); the claim
+    /// is tried again at once.
+    async fn release_own(&mut self, req: &ClaimRequest, fence: i64) -> Attempt {
+        let Some(client) = &self.client else {
+            return Attempt::Done(Claim::Unreachable("not connected".to_string()));
+        };
+        if let Err(e) = call(
+            "claim",
+            client.execute(sql::RELEASE_OWN, &[&req.job, &self.cfg.node, &fence]),
+        )
+        .await
+        {
+            self.fail(&e);
+            return Attempt::Done(Claim::Unreachable(e.message));
+        }
+        Attempt::Early(Duration::from_millis(1))
+    }
+
     /// Sets aside (`orphan`) the live claim of `owner`'s slot at `slot` (`fence`), which holds
     /// the job's new slots no longer (`why`); the claim is tried again at once.
     async fn set_aside(
@@ -273,18 +300,7 @@ impl Coordinator {
         let fence: i64 = live.get(4);
         let alive: bool = live.get(6);
         if owner == self.cfg.node && owner_epoch == epoch {
-            // Our own claim that was never released (the database was unreachable when its
-            // run ended): the loop asks for a claim only when the job is idle here.
-            if let Err(e) = call(
-                "claim",
-                client.execute(sql::RELEASE_OWN, &[&req.job, &self.cfg.node, &fence]),
-            )
-            .await
-            {
-                self.fail(&e);
-                return Attempt::Done(Claim::Unreachable(e.message));
-            }
-            return Attempt::Early(Duration::from_millis(1));
+            return self.release_own(req, fence).await;
         }
         let silent: Option<f64> = live.get(7);
         let present: bool = live.get(9);

@@ -159,17 +159,8 @@ impl Coordinator {
             (state == "stopped", restarted),
         );
         record_settled(client, &node, dead_epoch, &settled).await;
-        // Anything else of it still `running` (its slot already settled); a live owner's
-        // other runs are its own.
         if !owner_alive {
-            let _ = call(
-                "takeover",
-                client.execute(
-                    sql::ABANDON_RUNS,
-                    &[&node, &dead_epoch, &format!("{reason}; abandoned")],
-                ),
-            )
-            .await;
+            abandon_runs(client, &node, dead_epoch, &reason).await;
         }
         if !taken.is_empty() || !abandoned.is_empty() {
             tracing::warn!(
@@ -293,6 +284,19 @@ async fn record_settled(
         )
         .await;
     }
+}
+
+/// Anything else of a dead incarnation still `running` (its slot already settled) is
+/// abandoned (a live owner's other runs are its own: not called for it).
+async fn abandon_runs(client: &tokio_postgres::Client, node: &str, dead_epoch: i64, reason: &str) {
+    let _ = call(
+        "takeover",
+        client.execute(
+            sql::ABANDON_RUNS,
+            &[&node, &dead_epoch, &format!("{reason}; abandoned")],
+        ),
+    )
+    .await;
 }
 
 /// Why a dead (or superseded, or stopped) incarnation's slots are settled now.

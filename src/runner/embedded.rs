@@ -45,7 +45,7 @@ pub(super) async fn run_embedded(
     job: &Arc<Job>,
     run: StartRow,
     not_before: Option<DateTime<Utc>>,
-    mut context: serde_json::Value,
+    context: serde_json::Value,
     cancel: &mut watch::Receiver<Option<String>>,
     events: &Option<mpsc::UnboundedSender<RunEvent>>,
     lock: JobLock,
@@ -56,78 +56,35 @@ pub(super) async fn run_embedded(
     let log_file = crate::python::log_file(&env.config, &job.id);
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     let (released_tx, released_rx) = tokio::sync::oneshot::channel::<()>();
-    let submitted = {
-        let (phase, begun, env2) = (Arc::clone(&phase), Arc::clone(&begun), env.clone());
-        let (job, events, entry) = (Arc::clone(job), events.clone(), job.entry.to_string());
-        let uid = run.uid.clone();
-        crate::python::submit(&job.id.clone(), move |py| {
-            // Tells a watcher of a stuck run that the thread is free again, however it ends.
-            let _released = Released(Some(released_tx));
-            let _lock = lock;
-            let (run_id, started_at, log) = match begin_blocking(&env2, run, not_before) {
-                Ok(b) => b,
-                Err(e) => {
-                    let _ = tx.send(EmbeddedEnd::NotStarted(e));
-                    return;
-                }
-            };
-            if let Ok(mut b) = begun.lock() {
-                *b = Some((run_id, started_at, Arc::clone(&log)));
-            }
-            if let Some(tx) = &events {
-                let _ = tx.send(RunEvent::Started {
-                    job: job.id.clone(),
-                    run_id,
-                    uid: uid.clone(),
-                    pid: None,
-                });
-            }
-            context["run_id"] = run_id.into();
-            let outcome =
-                crate::python::call(py, &entry, &context.to_string(), &log_file, run_id, &phase);
-            if phase.interrupted() {
-                let _ = tx.send(EmbeddedEnd::Returned(outcome));
-                return;
-            }
-            let exec = embedded_execution(outcome);
-            let (o, mut end) = judge(&job, &exec);
-            end.finished_at = Some(Utc::now());
-            log.note(&end_note(o, &end));
-            env2.recorder.finish(&uid, o, end.clone());
-            let _ = tx.send(EmbeddedEnd::Recorded(Box::new((exec, o, end))));
-        })
+    let thread = InThread {
+        env: env.clone(),
+        job: Arc::clone(job),
+        run,
+        not_before,
+        context,
+        log_file,
+        phase: Arc::clone(&phase),
+        begun: Arc::clone(&begun),
+        events: events.clone(),
+        lock,
+        tx,
+        released: Released(Some(released_tx)),
     };
-    submitted?;
+    crate::python::submit(&job.id, move |py| thread.run(py))?;
     let grace = env.config.scheduler.kill_grace;
     let lead = not_before
         .and_then(|at| (at - Utc::now()).to_std().ok())
         .unwrap_or_default()
         .min(MAX_SLOT_WAIT);
     let deadline = tokio::time::Instant::now() + lead + job.timeout;
-    let begun_now = |begun: &Begun| begun.lock().ok().and_then(|b| b.clone());
-    let (returned, ended) = tokio::select! {
-        r = &mut rx => (Some(r), Ended::Exited(None)),
-        _ = tokio::time::sleep_until(deadline) => {
-            if let Some((_, _, log)) = begun_now(&begun) {
-                log.note(&format!("timeout after {}: raising JobTimeout in the job's thread", humantime::format_duration(job.timeout)));
-            }
-            interrupt(&phase, true);
-            (None, Ended::TimedOut(None))
-        },
-        reason = cancelled(cancel) => {
-            if let Some((_, _, log)) = begun_now(&begun) {
-                log.note(&format!("cancelled ({reason}): raising JobCancelled in the job's thread"));
-            }
-            interrupt(&phase, false);
-            (None, Ended::Cancelled(None, reason))
-        },
-    };
-    let returned = match returned {
-        Some(r) => Some(r),
-        // Interrupted: give the exception the grace period to unwind the job.
-        None => tokio::time::timeout(grace, &mut rx).await.ok(),
-    };
-    let begun_state = begun_now(&begun);
+    let (returned, ended) = watch_thread(
+        &mut rx,
+        (&phase, &begun),
+        cancel,
+        (deadline, job.timeout, grace),
+    )
+    .await;
+    let begun_state = begun.lock().ok().and_then(|b| b.clone());
     let (run_id, started_at, log) = match (&returned, begun_state) {
         (Some(Ok(EmbeddedEnd::NotStarted(_))), _) => {
             let Some(Ok(EmbeddedEnd::NotStarted(e))) = returned else {
@@ -138,25 +95,7 @@ pub(super) async fn run_embedded(
         (_, Some((id, at, log))) => (id, at, Some(log)),
         (_, None) => (0, Utc::now(), None),
     };
-    let mut exec = Execution::new(ended);
-    let mut recorded = None;
-    match returned {
-        Some(Ok(EmbeddedEnd::Recorded(done))) => {
-            let (done_exec, o, end) = *done;
-            exec = done_exec;
-            recorded = Some((o, end));
-        }
-        Some(Ok(EmbeddedEnd::Returned(Ok(json)))) => exec.bridge = parse_bridge(json.as_bytes()),
-        Some(Ok(EmbeddedEnd::Returned(Err(e)))) => exec.failure = Some(e),
-        Some(Ok(EmbeddedEnd::NotStarted(e))) => exec.failure = Some(e.to_string()),
-        Some(Err(_)) => exec.failure = Some("the job's thread ended without an outcome".into()),
-        None => {
-            if let Some(log) = &log {
-                log.note("the job's thread did not return: it is stuck in native code and keeps the job's slot until it returns");
-            }
-            exec.stuck = Some(released_rx);
-        }
-    }
+    let (exec, recorded) = account(returned, ended, log.as_deref(), released_rx);
     Ok(Embedded {
         run_id,
         started_at,
@@ -164,6 +103,145 @@ pub(super) async fn run_embedded(
         exec,
         recorded,
     })
+}
+
+/// What an embedded run's thread holds: the job's lock, and the run to begin and make.
+struct InThread {
+    env: RunEnv,
+    job: Arc<Job>,
+    run: StartRow,
+    not_before: Option<DateTime<Utc>>,
+    context: serde_json::Value,
+    log_file: std::path::PathBuf,
+    phase: Arc<crate::python::RunPhase>,
+    begun: Begun,
+    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    lock: JobLock,
+    tx: tokio::sync::oneshot::Sender<EmbeddedEnd>,
+    /// Tells a watcher of a stuck run that the thread is free again, however it ends.
+    released: Released,
+}
+
+impl InThread {
+    /// On the job's Python thread: waits for the slot and records the start, calls Python
+    /// holding the job's lock until it returns, then judges and records the end (unless the
+    /// run was interrupted: the async side judges it then).
+    fn run(self, py: pyo3::Python<'_>) {
+        let InThread {
+            env,
+            job,
+            run,
+            not_before,
+            mut context,
+            log_file,
+            phase,
+            begun,
+            events,
+            lock,
+            tx,
+            released,
+        } = self;
+        let _released = released;
+        let _lock = lock;
+        let uid = run.uid.clone();
+        let (run_id, started_at, log) = match begin_blocking(&env, run, not_before) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(EmbeddedEnd::NotStarted(e));
+                return;
+            }
+        };
+        if let Ok(mut b) = begun.lock() {
+            *b = Some((run_id, started_at, Arc::clone(&log)));
+        }
+        if let Some(tx) = &events {
+            let _ = tx.send(RunEvent::Started {
+                job: job.id.clone(),
+                run_id,
+                uid: uid.clone(),
+                pid: None,
+            });
+        }
+        context["run_id"] = run_id.into();
+        let entry = job.entry.to_string();
+        let outcome =
+            crate::python::call(py, &entry, &context.to_string(), &log_file, run_id, &phase);
+        if phase.interrupted() {
+            let _ = tx.send(EmbeddedEnd::Returned(outcome));
+            return;
+        }
+        let exec = embedded_execution(outcome);
+        let (o, mut end) = judge(&job, &exec);
+        end.finished_at = Some(Utc::now());
+        log.note(&end_note(o, &end));
+        env.recorder.finish(&uid, o, end.clone());
+        let _ = tx.send(EmbeddedEnd::Recorded(Box::new((exec, o, end))));
+    }
+}
+
+/// The async side of an embedded run: waits for its thread's word; at the deadline or a
+/// cancel, raises `JobTimeout` or `JobCancelled` in the thread and gives it `grace` to unwind.
+/// What came back (`None`: nothing, even after the grace), and how the run ended.
+async fn watch_thread(
+    rx: &mut tokio::sync::oneshot::Receiver<EmbeddedEnd>,
+    (phase, begun): (&Arc<crate::python::RunPhase>, &Begun),
+    cancel: &mut watch::Receiver<Option<String>>,
+    (deadline, timeout, grace): (tokio::time::Instant, Duration, Duration),
+) -> (
+    Option<std::result::Result<EmbeddedEnd, tokio::sync::oneshot::error::RecvError>>,
+    Ended,
+) {
+    let begun_now = |begun: &Begun| begun.lock().ok().and_then(|b| b.clone());
+    let (returned, ended) = tokio::select! {
+        r = &mut *rx => (Some(r), Ended::Exited(None)),
+        _ = tokio::time::sleep_until(deadline) => {
+            if let Some((_, _, log)) = begun_now(begun) {
+                log.note(&format!("timeout after {}: raising JobTimeout in the job's thread", humantime::format_duration(timeout)));
+            }
+            interrupt(phase, true);
+            (None, Ended::TimedOut(None))
+        },
+        reason = cancelled(cancel) => {
+            if let Some((_, _, log)) = begun_now(begun) {
+                log.note(&format!("cancelled ({reason}): raising JobCancelled in the job's thread"));
+            }
+            interrupt(phase, false);
+            (None, Ended::Cancelled(None, reason))
+        },
+    };
+    let returned = match returned {
+        Some(r) => Some(r),
+        None => tokio::time::timeout(grace, rx).await.ok(),
+    };
+    (returned, ended)
+}
+
+/// The run's account from what its thread sent back (`None`: it did not return, even after the
+/// grace: stuck in native code), and its recorded end if the thread recorded it itself.
+fn account(
+    returned: Option<std::result::Result<EmbeddedEnd, tokio::sync::oneshot::error::RecvError>>,
+    ended: Ended,
+    log: Option<&JobLog>,
+    released: tokio::sync::oneshot::Receiver<()>,
+) -> (Execution, Option<(Outcome, RunEnd)>) {
+    let mut exec = Execution::new(ended);
+    match returned {
+        Some(Ok(EmbeddedEnd::Recorded(done))) => {
+            let (done_exec, o, end) = *done;
+            return (done_exec, Some((o, end)));
+        }
+        Some(Ok(EmbeddedEnd::Returned(Ok(json)))) => exec.bridge = parse_bridge(json.as_bytes()),
+        Some(Ok(EmbeddedEnd::Returned(Err(e)))) => exec.failure = Some(e),
+        Some(Ok(EmbeddedEnd::NotStarted(e))) => exec.failure = Some(e.to_string()),
+        Some(Err(_)) => exec.failure = Some("the job's thread ended without an outcome".into()),
+        None => {
+            if let Some(log) = log {
+                log.note("the job's thread did not return: it is stuck in native code and keeps the job's slot until it returns");
+            }
+            exec.stuck = Some(released);
+        }
+    }
+    (exec, None)
 }
 
 /// Signals, when dropped, that an embedded run's thread is done with it.

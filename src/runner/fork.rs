@@ -45,30 +45,8 @@ pub(super) async fn run_forked(
             return Ok(exec);
         }
     };
-    // The spare child, forked ahead and already in its cgroup, takes the run if there is one;
-    // else a child is forked now, into a cgroup made now.
-    let (spare, cage) = match server.take_spare() {
-        Some(cage) => (true, cage),
-        None => match crate::contain::Cage::new(uid) {
-            Ok(cage) => (false, cage),
-            Err(e) => {
-                log.note(&format!(
-                    "no cgroup for this run ({e}): contained by its process group"
-                ));
-                (false, None)
-            }
-        },
-    };
-    type Pipe = (OwnedFd, OwnedFd);
-    let pipes = (|| -> std::io::Result<(Pipe, Pipe, Pipe)> {
-        let flags = nix::fcntl::OFlag::O_CLOEXEC;
-        Ok((
-            nix::unistd::pipe2(flags)?,
-            nix::unistd::pipe2(flags)?,
-            nix::unistd::pipe2(flags)?,
-        ))
-    })();
-    let ((out_r, out_w), (err_r, err_w), (gate_r, gate_w)) = match pipes {
+    let (spare, cage) = spare_or_cage(server, uid, log);
+    let ((out_r, out_w), (err_r, err_w), (gate_r, gate_w)) = match pipes() {
         Ok(p) => p,
         Err(e) => {
             let msg = format!("cannot make the run's output pipes: {e}");
@@ -86,25 +64,7 @@ pub(super) async fn run_forked(
     drop(err_w);
     drop(gate_r);
     let pid = fork_reply(env, server, uid, &mut rx, cage.as_ref()).await?;
-    // From here on the child is ours to end, and the server's zombie keeps its PID ours. The
-    // go-ahead lets it run the job; a run given up before this point closed it instead, and its
-    // child exited without running anything.
-    let mut release = Release {
-        server: Arc::clone(server),
-        uid: uid.to_string(),
-        pid: Some(pid),
-    };
-    let leader = Leader {
-        pid,
-        born: i32::try_from(pid)
-            .ok()
-            .and_then(crate::contain::start_ticks),
-    };
-    let _ = nix::unistd::write(&gate_w, b"g");
-    drop(gate_w);
-    // The next run's spare, forked while this one runs.
-    let next = Arc::clone(server);
-    drop(tokio::task::spawn_blocking(move || next.prepare_spare()));
+    let (mut release, leader) = go_ahead(server, uid, pid, gate_w);
     log.note(&format!(
         "process group {pid} (forked by fork server {})",
         server.pid
@@ -143,6 +103,60 @@ pub(super) async fn run_forked(
     exec.stderr_tail = pumps.drain(log).await;
     exec.bridge = take_result(&result_file);
     Ok(exec)
+}
+
+/// The child `pid` is forked: from here on it is ours to end, and the server's zombie keeps
+/// its PID ours. The go-ahead (`gate`) lets it run the job; a run given up before this point
+/// closed it instead, and its child exited without running anything. The next run's spare is
+/// forked while this one runs.
+fn go_ahead(server: &Arc<Server>, uid: &str, pid: u32, gate: OwnedFd) -> (Release, Leader) {
+    let release = Release {
+        server: Arc::clone(server),
+        uid: uid.to_string(),
+        pid: Some(pid),
+    };
+    let leader = Leader {
+        pid,
+        born: i32::try_from(pid)
+            .ok()
+            .and_then(crate::contain::start_ticks),
+    };
+    let _ = nix::unistd::write(&gate, b"g");
+    drop(gate);
+    let next = Arc::clone(server);
+    drop(tokio::task::spawn_blocking(move || next.prepare_spare()));
+    (release, leader)
+}
+
+/// The spare child, forked ahead and already in its cgroup, takes the run if there is one;
+/// else a child is forked now, into a cgroup made now. (Whether the spare takes it, and the
+/// run's cgroup.)
+fn spare_or_cage(server: &Server, uid: &str, log: &JobLog) -> (bool, Option<crate::contain::Cage>) {
+    match server.take_spare() {
+        Some(cage) => (true, cage),
+        None => match crate::contain::Cage::new(uid) {
+            Ok(cage) => (false, cage),
+            Err(e) => {
+                log.note(&format!(
+                    "no cgroup for this run ({e}): contained by its process group"
+                ));
+                (false, None)
+            }
+        },
+    }
+}
+
+/// A pipe's read and write ends.
+type Pipe = (OwnedFd, OwnedFd);
+
+/// The run's stdout and stderr pipes, and its go-ahead gate.
+fn pipes() -> std::io::Result<(Pipe, Pipe, Pipe)> {
+    let flags = nix::fcntl::OFlag::O_CLOEXEC;
+    Ok((
+        nix::unistd::pipe2(flags)?,
+        nix::unistd::pipe2(flags)?,
+        nix::unistd::pipe2(flags)?,
+    ))
 }
 
 /// The fork server's request for run `uid`: its context, result file, cgroup and environment.

@@ -131,18 +131,7 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
         | Ended::Cancelled(s, _)
         | Ended::OverMemory(s, _) => *s,
     };
-    if let Some(u) = &exec.usage {
-        end.peak_rss_bytes = (u.peak_rss > 0).then_some(u.peak_rss);
-        end.cpu_ms = (u.peak_rss > 0).then(|| u.cpu_ms());
-    }
-    // The process's own account covers a run too short to be sampled; the samples cover what
-    // it started and did not wait for. The larger of each.
-    if let Some(r) = bridge.and_then(|b| b.rusage)
-        && job.executor != crate::config::Executor::Pyo3
-    {
-        end.peak_rss_bytes = Some(end.peak_rss_bytes.unwrap_or(0).max(r.maxrss_kib * 1024));
-        end.cpu_ms = Some(end.cpu_ms.unwrap_or(0).max(r.cpu_ms));
-    }
+    usage(job, exec, &mut end);
     end.exit_code = status.and_then(|s| s.code());
     if status.is_none()
         && matches!(exec.ended, Ended::Exited(_))
@@ -203,50 +192,71 @@ pub(super) fn judge(job: &Job, exec: &Execution) -> (Outcome, RunEnd) {
             end.error = Some(format!("killed by {sig}"));
             Outcome::Crashed
         }
-        Ended::Exited(status) => {
-            let code = status.and_then(|s| s.code());
-            match (&job.entry, bridge, &exec.failure) {
-                (_, _, Some(failure)) => {
-                    end.error = Some(failure.clone());
-                    Outcome::Failed
-                }
-                // A command reports by its exit code alone.
-                (Entry::Command(_), _, None) => {
-                    if code == Some(0) {
-                        Outcome::Success
-                    } else {
-                        end.error = Some(explain(code, &exec.stderr_tail));
-                        Outcome::Failed
-                    }
-                }
-                (_, Some(b), None) => match (b.status, b.exit_code) {
-                    (BridgeStatus::Ok, _) if code.unwrap_or(0) == 0 => {
-                        end.result = b.result.as_ref().map(|r| r.get().to_string());
-                        Outcome::Success
-                    }
-                    (BridgeStatus::Exit, Some(0)) if code.unwrap_or(0) == 0 => Outcome::Success,
-                    (status, exit) => {
-                        if status == BridgeStatus::Exit {
-                            end.exit_code = exit.or(end.exit_code);
-                        }
-                        end.error = b
-                            .error
-                            .clone()
-                            .or_else(|| Some(explain(code, &exec.stderr_tail)));
-                        Outcome::Failed
-                    }
-                },
-                // The bridge exits 0 only when the job returned: its report could not be
-                // written (a full disk), the exit code tells how it went.
-                (_, None, None) if code == Some(0) => Outcome::Success,
-                (_, None, None) => {
-                    end.error = Some(explain(code, &exec.stderr_tail));
-                    Outcome::Failed
-                }
-            }
-        }
+        Ended::Exited(status) => exited(job, exec, *status, &mut end),
     };
     (outcome, end)
+}
+
+/// What the run used: its peak memory and CPU time. The process's own account covers a run
+/// too short to be sampled; the samples cover what it started and did not wait for. The
+/// larger of each.
+fn usage(job: &Job, exec: &Execution, end: &mut RunEnd) {
+    if let Some(u) = &exec.usage {
+        end.peak_rss_bytes = (u.peak_rss > 0).then_some(u.peak_rss);
+        end.cpu_ms = (u.peak_rss > 0).then(|| u.cpu_ms());
+    }
+    if let Some(r) = exec.bridge.as_ref().and_then(|b| b.rusage)
+        && job.executor != crate::config::Executor::Pyo3
+    {
+        end.peak_rss_bytes = Some(end.peak_rss_bytes.unwrap_or(0).max(r.maxrss_kib * 1024));
+        end.cpu_ms = Some(end.cpu_ms.unwrap_or(0).max(r.cpu_ms));
+    }
+}
+
+/// The outcome of a run whose process exited by itself (not by a signal), from what the
+/// bridge reported: a command by its exit code alone.
+fn exited(job: &Job, exec: &Execution, status: Option<ExitStatus>, end: &mut RunEnd) -> Outcome {
+    let bridge = exec.bridge.as_ref();
+    let code = status.and_then(|s| s.code());
+    match (&job.entry, bridge, &exec.failure) {
+        (_, _, Some(failure)) => {
+            end.error = Some(failure.clone());
+            Outcome::Failed
+        }
+        // A command reports by its exit code alone.
+        (Entry::Command(_), _, None) => {
+            if code == Some(0) {
+                Outcome::Success
+            } else {
+                end.error = Some(explain(code, &exec.stderr_tail));
+                Outcome::Failed
+            }
+        }
+        (_, Some(b), None) => match (b.status, b.exit_code) {
+            (BridgeStatus::Ok, _) if code.unwrap_or(0) == 0 => {
+                end.result = b.result.as_ref().map(|r| r.get().to_string());
+                Outcome::Success
+            }
+            (BridgeStatus::Exit, Some(0)) if code.unwrap_or(0) == 0 => Outcome::Success,
+            (status, exit) => {
+                if status == BridgeStatus::Exit {
+                    end.exit_code = exit.or(end.exit_code);
+                }
+                end.error = b
+                    .error
+                    .clone()
+                    .or_else(|| Some(explain(code, &exec.stderr_tail)));
+                Outcome::Failed
+            }
+        },
+        // The bridge exits 0 only when the job returned: its report could not be
+        // written (a full disk), the exit code tells how it went.
+        (_, None, None) if code == Some(0) => Outcome::Success,
+        (_, None, None) => {
+            end.error = Some(explain(code, &exec.stderr_tail));
+            Outcome::Failed
+        }
+    }
 }
 
 pub(super) fn explain(code: Option<i32>, stderr_tail: &[String]) -> String {

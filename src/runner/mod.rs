@@ -239,56 +239,9 @@ pub async fn run(
     };
 
     let uid = crate::history::new_uid();
-    let run = StartRow {
-        id: env.recorder.next_id(),
-        uid: uid.clone(),
-        job: job.id.clone(),
-        trigger: req.trigger,
-        scheduled_at: req.scheduled_at,
-        started_at: report.started_at,
-        attempt: req.attempt,
-        executor: job.executor.as_str().to_string(),
-        pid: None,
-        owner: None,
-        tag: req.tag.clone(),
-    };
+    let run = start_row(env, &req, &report, &uid);
     let inflight = crate::contain::InFlight::begin(&uid);
-    // Kept to record the run even if it cannot begin (its log cannot be opened, say).
-    let start_copy = run.clone();
-    let ran = match job.executor {
-        Executor::Subprocess | Executor::Fork => {
-            run_process(
-                env,
-                &req,
-                report,
-                (run, start_copy),
-                lock,
-                &mut cancel,
-                &events,
-            )
-            .await
-        }
-        #[cfg(not(feature = "embedded"))]
-        Executor::Pyo3 => Err(not_started(
-            env,
-            report,
-            start_copy,
-            "this hedge-scheduler was built without the embedded interpreter".to_string(),
-        )),
-        #[cfg(feature = "embedded")]
-        Executor::Pyo3 => {
-            run_in_process(
-                env,
-                &req,
-                report,
-                (run, start_copy),
-                lock,
-                &mut cancel,
-                &events,
-            )
-            .await
-        }
-    };
+    let ran = make(env, &req, report, run, lock, &mut cancel, &events).await;
     let (mut report, (run_id, log, exec, ended_at)) = match ran {
         Ok(ran) => ran,
         Err(report) => return report,
@@ -316,6 +269,58 @@ pub async fn run(
     #[cfg(not(feature = "embedded"))]
     let _ = (stuck, run_id, events);
     report
+}
+
+/// The run's start row, as it will be recorded.
+fn start_row(env: &RunEnv, req: &RunRequest, report: &RunReport, uid: &str) -> StartRow {
+    let job = &req.job;
+    StartRow {
+        id: env.recorder.next_id(),
+        uid: uid.to_string(),
+        job: job.id.clone(),
+        trigger: req.trigger,
+        scheduled_at: req.scheduled_at,
+        started_at: report.started_at,
+        attempt: req.attempt,
+        executor: job.executor.as_str().to_string(),
+        pid: None,
+        owner: None,
+        tag: req.tag.clone(),
+    }
+}
+
+/// Makes the run with the job's executor: a process (subprocess or fork), or the embedded
+/// interpreter. `Err`: the report of a run that could not be made.
+async fn make(
+    env: &RunEnv,
+    req: &RunRequest,
+    report: RunReport,
+    run: StartRow,
+    lock: JobLock,
+    cancel: &mut watch::Receiver<Option<String>>,
+    events: &Option<mpsc::UnboundedSender<RunEvent>>,
+) -> std::result::Result<(RunReport, Ran), RunReport> {
+    // Kept to record the run even if it cannot begin (its log cannot be opened, say).
+    let start_copy = run.clone();
+    match req.job.executor {
+        Executor::Subprocess | Executor::Fork => {
+            run_process(env, req, report, (run, start_copy), lock, cancel, events).await
+        }
+        #[cfg(not(feature = "embedded"))]
+        Executor::Pyo3 => {
+            let _ = (lock, cancel, events, run);
+            Err(not_started(
+                env,
+                report,
+                start_copy,
+                "this hedge-scheduler was built without the embedded interpreter".to_string(),
+            ))
+        }
+        #[cfg(feature = "embedded")]
+        Executor::Pyo3 => {
+            run_in_process(env, req, report, (run, start_copy), lock, cancel, events).await
+        }
+    }
 }
 
 /// What a run that was made leaves to judge: its row's id, its log, the executor's account and

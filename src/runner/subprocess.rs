@@ -48,32 +48,10 @@ pub(super) async fn run_subprocess(
         }
     };
     let tag = uid;
-    let mut cmd = run_command(env, job, (uid, context), &result_file);
-    // Contained from its first instruction: its own cgroup (where one can be made), and the
-    // user's umask.
-    let cage = match crate::contain::Cage::new(uid) {
-        Ok(cage) => cage,
-        Err(e) => {
-            log.note(&format!(
-                "no cgroup for this run ({e}): contained by its process group and tag"
-            ));
-            None
-        }
-    };
-    let setup = crate::contain::ChildSetup::new(cage.as_ref());
-    // SAFETY: `in_child` makes only async-signal-safe calls (write, umask).
-    unsafe {
-        cmd.pre_exec(move || setup.in_child());
-    }
-    let spawned = crate::contain::Spawned::spawn(|| cmd.spawn(), |c| c.id());
-    let (mut child, _spawned) = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            let program = match &job.entry {
-                Entry::Command(argv) => argv[0].clone(),
-                _ => env.python.display().to_string(),
-            };
-            let msg = format!("cannot start `{program}`: {e}");
+    let cmd = run_command(env, job, (uid, context), &result_file);
+    let (mut child, _spawned, cage) = match spawn_contained(env, job, cmd, uid, log) {
+        Ok(started) => started,
+        Err(msg) => {
             log.note(&msg);
             exec.failure = Some(msg);
             return exec;
@@ -119,6 +97,48 @@ pub(super) async fn run_subprocess(
     exec.stderr_tail = pumps.drain(log).await;
     exec.bridge = take_result(&result_file);
     exec
+}
+
+/// Starts the run's process, contained from its first instruction: its own cgroup (where one
+/// can be made) and the user's umask. `Err`: why it could not start.
+fn spawn_contained(
+    env: &RunEnv,
+    job: &Job,
+    mut cmd: Command,
+    uid: &str,
+    log: &JobLog,
+) -> Result<
+    (
+        tokio::process::Child,
+        crate::contain::Spawned,
+        Option<crate::contain::Cage>,
+    ),
+    String,
+> {
+    let cage = match crate::contain::Cage::new(uid) {
+        Ok(cage) => cage,
+        Err(e) => {
+            log.note(&format!(
+                "no cgroup for this run ({e}): contained by its process group and tag"
+            ));
+            None
+        }
+    };
+    let setup = crate::contain::ChildSetup::new(cage.as_ref());
+    // SAFETY: `in_child` makes only async-signal-safe calls (write, umask).
+    unsafe {
+        cmd.pre_exec(move || setup.in_child());
+    }
+    match crate::contain::Spawned::spawn(|| cmd.spawn(), |c| c.id()) {
+        Ok((child, spawned)) => Ok((child, spawned, cage)),
+        Err(e) => {
+            let program = match &job.entry {
+                Entry::Command(argv) => argv[0].clone(),
+                _ => env.python.display().to_string(),
+            };
+            Err(format!("cannot start `{program}`: {e}"))
+        }
+    }
 }
 
 /// The run's command: `python -m hedge_bridge` (a function or a script) or the program itself,

@@ -219,7 +219,6 @@ impl Protocol {
     /// Slot `i`'s claim meets slot `j`'s live claim (step 4): set aside if its owner is dead
     /// or gone (then the claim is tried again), else the overlap is decided or waited for.
     fn live_claim(&self, s: &mut State, n: usize, i: usize, j: usize, log: &mut Log) -> Live {
-        let st = self.cfg.slot_time(i);
         let bugs = self.cfg.bugs;
         let cfg = &self.cfg;
         let live = s.db.slots[j];
@@ -272,55 +271,65 @@ impl Protocol {
                 });
                 return Live::Orphaned;
             }
-            // The owner lives and is present: its run may still be running.
-            if self.cfg.rules.holder_decides_overlap && !bugs.a2_overlap_at_claim_lead {
-                if s.now + 1 < self.cfg.validity(i) {
-                    log.say(s.now, || {
-                        format!(
-                            "{}: slot {i}: {} holds slot {j}; waits for it",
-                            name(n),
-                            name(o)
-                        )
-                    });
-                    return Live::Decided;
-                }
-                s.ghost[i].blocked |= self.holder_faulty(s, o, j);
-                s.nodes[n].next += 1;
+            return self.holder_lives(s, n, i, j, log);
+        }
+        Live::Free
+    }
+
+    /// Slot `i`'s claim meets slot `j`'s live claim, whose owner lives and is present: its run
+    /// may still be running. With `holder_decides_overlap` the claimer waits for the holder (its
+    /// release, its skip row, its death or absence) up to the slot's validity; v2 as first
+    /// specified skipped the slot itself once it had come (A2).
+    fn holder_lives(&self, s: &mut State, n: usize, i: usize, j: usize, log: &mut Log) -> Live {
+        let st = self.cfg.slot_time(i);
+        let bugs = self.cfg.bugs;
+        let o = s.db.slots[j].owner as usize;
+        if self.cfg.rules.holder_decides_overlap && !bugs.a2_overlap_at_claim_lead {
+            if s.now + 1 < self.cfg.validity(i) {
                 log.say(s.now, || {
                     format!(
-                        "{}: slot {i}: {} still holds slot {j}; gives the slot up",
+                        "{}: slot {i}: {} holds slot {j}; waits for it",
                         name(n),
                         name(o)
                     )
                 });
                 return Live::Decided;
             }
-            // v2 as first specified: overlap `skip` by the claimer, once the slot has come
-            // (A2).
-            if !bugs.a2_overlap_at_claim_lead && s.now < st {
-                log.say(s.now, || {
-                    format!(
-                        "{}: slot {i}: {} still holds slot {j}; waits for the slot's instant",
-                        name(n),
-                        name(o)
-                    )
-                });
-                return Live::Decided;
-            }
-            let blocked = self.holder_faulty(s, o, j);
-            self.write_row(s, i, n, SlotState::Skipped);
-            s.ghost[i].blocked |= blocked;
+            s.ghost[i].blocked |= self.holder_faulty(s, o, j);
             s.nodes[n].next += 1;
             log.say(s.now, || {
                 format!(
-                    "{}: slot {i} skipped: {}'s run of slot {j} is still live",
+                    "{}: slot {i}: {} still holds slot {j}; gives the slot up",
                     name(n),
                     name(o)
                 )
             });
             return Live::Decided;
         }
-        Live::Free
+        // v2 as first specified: overlap `skip` by the claimer, once the slot has come
+        // (A2).
+        if !bugs.a2_overlap_at_claim_lead && s.now < st {
+            log.say(s.now, || {
+                format!(
+                    "{}: slot {i}: {} still holds slot {j}; waits for the slot's instant",
+                    name(n),
+                    name(o)
+                )
+            });
+            return Live::Decided;
+        }
+        let blocked = self.holder_faulty(s, o, j);
+        self.write_row(s, i, n, SlotState::Skipped);
+        s.ghost[i].blocked |= blocked;
+        s.nodes[n].next += 1;
+        log.say(s.now, || {
+            format!(
+                "{}: slot {i} skipped: {}'s run of slot {j} is still live",
+                name(n),
+                name(o)
+            )
+        });
+        Live::Decided
     }
 
     /// The database cannot be reached at slot `i` (step 7): wait while the lease is trusted,

@@ -150,47 +150,8 @@ pub(super) fn read_loop(
             }
             continue;
         }
-        let Some(server) = server
-            .lock()
-            .ok()
-            .and_then(|s| s.as_ref().and_then(std::sync::Weak::upgrade))
-        else {
-            continue;
-        };
-        let (uid, what) = match msg {
-            Reply::SpareGone { .. } => {
-                server.drop_spare();
-                continue;
-            }
-            Reply::Pong { .. } => {
-                if let Some(tx) = server
-                    .pongs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                {
-                    let _ = tx.send(());
-                }
-                continue;
-            }
-            Reply::Forked { forked, pid } => (forked, Msg::Forked(pid)),
-            Reply::Exited {
-                exit,
-                code,
-                signal,
-                core,
-            } => (exit, Msg::Exited(exit_status(code, signal, core))),
-            Reply::Refused { refused, error } => (refused, Msg::Refused(error)),
-            Reply::Ready { .. } | Reply::StartFailed { .. } => continue,
-        };
-        let route = server
-            .routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&uid)
-            .cloned();
-        if let Some(tx) = route {
-            let _ = tx.send(what);
+        if let Some(server) = upgrade(&server) {
+            route(&server, msg);
         }
     }
     drop(hello);
@@ -201,11 +162,7 @@ pub(super) fn read_loop(
     // Reaped: no longer a child of ours that someone waits for.
     drop(spawned);
     crate::contain::keeper_note(crate::contain::KeeperNote::GroupEnded(pid as i32));
-    if let Some(server) = server
-        .lock()
-        .ok()
-        .and_then(|s| s.as_ref().and_then(std::sync::Weak::upgrade))
-    {
+    if let Some(server) = upgrade(&server) {
         let retired = server
             .life
             .lock()
@@ -218,6 +175,54 @@ pub(super) fn read_loop(
         }
         server.gone(why);
         server.drop_spare();
+    }
+}
+
+/// The server the reader serves, while it lives.
+fn upgrade(server: &Mutex<Option<std::sync::Weak<Server>>>) -> Option<Arc<Server>> {
+    server
+        .lock()
+        .ok()
+        .and_then(|s| s.as_ref().and_then(std::sync::Weak::upgrade))
+}
+
+/// A message of the server's: to the run it is about (by its uid), or the server's own (its
+/// spare gone, a pong).
+fn route(server: &Server, msg: Reply) {
+    let (uid, what) = match msg {
+        Reply::SpareGone { .. } => {
+            server.drop_spare();
+            return;
+        }
+        Reply::Pong { .. } => {
+            if let Some(tx) = server
+                .pongs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                let _ = tx.send(());
+            }
+            return;
+        }
+        Reply::Forked { forked, pid } => (forked, Msg::Forked(pid)),
+        Reply::Exited {
+            exit,
+            code,
+            signal,
+            core,
+        } => (exit, Msg::Exited(exit_status(code, signal, core))),
+        Reply::Refused { refused, error } => (refused, Msg::Refused(error)),
+        Reply::Ready { .. } | Reply::StartFailed { .. } => return,
+    };
+    let route = server
+        .routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&uid)
+        .cloned();
+    if let Some(tx) = route {
+        let _ = tx.send(what);
     }
 }
 
