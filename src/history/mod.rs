@@ -1,8 +1,13 @@
 //! The run history: the SQLite store (schema, queries) and its one writer.
 
+mod read;
 mod recorder;
+mod rows;
+mod schema;
 mod spill;
 mod store;
 
 pub use recorder::{Recorder, RecorderHealth, StartRow};
+pub use rows::*;
+pub use schema::SCHEMA_VERSION;
 pub use store::*;

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use super::rows::{Key, NewRun, Outcome, RunEnd, RunTag, SkippedRow, TriggerKind};
 use super::spill::{self, Spill};
-use super::store::{History, Key, NewRun, Outcome, RunEnd, RunTag, SkippedRow, TriggerKind};
+use super::store::History;
 use crate::error::{Error, Result};
 
 /// The first pause after a refused write; it doubles up to `MAX_BACKOFF`.
