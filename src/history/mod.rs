@@ -6,6 +6,7 @@ mod rows;
 mod schema;
 mod spill;
 mod store;
+mod writer;
 
 pub use recorder::{Recorder, RecorderHealth, StartRow};
 pub use rows::*;

@@ -1,9 +1,11 @@
 //! Table tests of the dispatcher's decisions, with explicit instants.
 
+use std::collections::VecDeque;
 use std::path::Path;
 
 use super::*;
 use crate::config::Config;
+use crate::history::Outcome;
 
 fn config(job: &str) -> Config {
     let src = format!(
