@@ -7,18 +7,23 @@
 //! for an embedded run whose thread is stuck in C code, until that thread really returns — so a
 //! job never runs twice at once, whichever process starts it.
 
+mod context;
 #[cfg(feature = "embedded")]
 mod embedded;
+mod events;
 mod fork;
 mod forkserver;
 mod job_log;
 mod judge;
 mod lock;
 pub(crate) mod prepare;
+mod results;
 mod subprocess;
 
+pub(crate) use context::*;
 #[cfg(feature = "embedded")]
 use embedded::*;
+pub use events::*;
 pub use forkserver::ForkPool;
 pub(crate) use forkserver::StartError;
 pub use job_log::JobLog;
@@ -26,18 +31,19 @@ pub(crate) use job_log::rotate_daily;
 use job_log::*;
 use judge::*;
 pub use lock::{JobLock, describe_holder};
+pub use results::*;
 use subprocess::*;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, Entry, Executor, Job};
+use crate::config::{Config, Executor};
 use crate::error::{Error, Result};
-use crate::history::{History, Outcome, Recorder, RunEnd, RunTag, StartRow, TriggerKind};
+use crate::history::{History, Outcome, Recorder, RunEnd, StartRow, TriggerKind};
 
 /// The longest a run waits for its slot's instant. The dispatcher wakes a few milliseconds
 /// ahead; a longer wait means the wall clock stepped back meanwhile, and the slot's moment has
@@ -88,120 +94,6 @@ impl RunEnv {
     /// Records a slot that was not run.
     pub fn record_skipped(&self, job: &str, trigger: TriggerKind, at: DateTime<Utc>, reason: &str) {
         self.recorder.skipped(job, trigger, at, reason, None);
-    }
-}
-
-/// A run to make.
-#[derive(Debug, Clone)]
-pub struct RunRequest {
-    pub job: Arc<Job>,
-    pub trigger: TriggerKind,
-    pub scheduled_at: DateTime<Utc>,
-    pub attempt: u32,
-    /// The run starts at this instant exactly, not earlier: the daemon fires a few milliseconds
-    /// ahead so the run's preparation is done by then.
-    pub not_before: Option<DateTime<Utc>>,
-    /// Cluster mode: the node and the slot's fence (the claim was won before the run).
-    pub tag: Option<RunTag>,
-}
-
-/// What to do when another process holds the job's lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnBusy {
-    /// Record the slot as `skipped` (the daemon).
-    Skip,
-    /// Record nothing; the report says who holds it (`run-once`).
-    Refuse,
-    /// Wait for the lock (`run-once --wait`).
-    Wait,
-}
-
-/// What a run tells the daemon while and after it runs.
-#[derive(Debug)]
-pub enum RunEvent {
-    Started {
-        job: String,
-        run_id: i64,
-        /// The run's identity (a UUIDv7).
-        uid: String,
-        pid: Option<u32>,
-    },
-    Finished(Box<RunReport>),
-    /// Cluster mode: the run's slot was claimed under this tag (before the run starts).
-    Claimed {
-        job: String,
-        tag: crate::history::RunTag,
-    },
-    /// An embedded run that had timed out stuck has finally returned: its slot is free.
-    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
-    Released {
-        job: String,
-    },
-}
-
-/// How a run ended, as reported to the daemon or printed by `run-once`.
-#[derive(Debug, Clone)]
-pub struct RunReport {
-    pub job: String,
-    pub run_id: Option<i64>,
-    /// The run's identity (a UUIDv7), unique across restarts and history files.
-    pub run_uid: Option<String>,
-    pub trigger: TriggerKind,
-    pub scheduled_at: DateTime<Utc>,
-    pub attempt: u32,
-    pub outcome: Outcome,
-    pub started_at: DateTime<Utc>,
-    /// When the job's function (or command) was entered.
-    pub entered_at: Option<DateTime<Utc>>,
-    pub finished_at: DateTime<Utc>,
-    pub error: Option<String>,
-    pub exit_code: Option<i32>,
-    pub result: Option<String>,
-    /// Who holds the job when the run did not start because of it.
-    pub busy: Option<String>,
-    /// An embedded run whose thread has not returned: the job's slot stays held.
-    pub stuck: bool,
-    /// Cluster mode: the slot was claimed by this other node (nothing to say about it here).
-    pub taken_by: Option<String>,
-    /// Cluster mode: the claim the run ran under.
-    pub tag: Option<RunTag>,
-}
-
-impl RunReport {
-    /// A report of a run of `job` that ends (or starts) now with `outcome`, nothing else known.
-    pub fn new(
-        job: String,
-        trigger: TriggerKind,
-        scheduled_at: DateTime<Utc>,
-        attempt: u32,
-        outcome: Outcome,
-    ) -> RunReport {
-        let now = Utc::now();
-        RunReport {
-            job,
-            run_id: None,
-            run_uid: None,
-            trigger,
-            scheduled_at,
-            attempt,
-            outcome,
-            started_at: now,
-            entered_at: None,
-            finished_at: now,
-            error: None,
-            exit_code: None,
-            result: None,
-            busy: None,
-            stuck: false,
-            taken_by: None,
-            tag: None,
-        }
-    }
-
-    pub fn duration(&self) -> Duration {
-        (self.finished_at - self.started_at)
-            .to_std()
-            .unwrap_or_default()
     }
 }
 
@@ -535,148 +427,6 @@ async fn cancelled(cancel: &mut watch::Receiver<Option<String>>) -> String {
     }
 }
 
-/// The tag the processes of a run written before schema 6 (no uid) carried: owner PID and run id.
-pub fn legacy_run_tag(owner_pid: u32, run_id: i64) -> String {
-    format!("{owner_pid}-{run_id}")
-}
-
-/// How a run went whose process finished while its scheduler was dead, from the result it left;
-/// `None` when it left none (or its job is no longer configured).
-pub fn judge_left_result(config: &Config, job: &str, uid: &str) -> Option<(Outcome, RunEnd)> {
-    let job = config.job(job)?;
-    let runtime = crate::log_dir::runtime_dir(&config.scheduler.log_dir).ok()?;
-    let bridge = take_result(&result_path(&runtime, uid))?;
-    Some(judge_left(
-        job,
-        bridge,
-        "recorded at the next start: it finished while the scheduler was down",
-    ))
-}
-
-/// How a run went from the result it left, with `note` added to its error.
-fn judge_left(job: &Job, bridge: BridgeOutcome, note: &str) -> (Outcome, RunEnd) {
-    let finished_at = bridge.finished_at.and_then(epoch_to_utc);
-    let mut exec = Execution::new(Ended::Exited(None));
-    exec.bridge = Some(bridge);
-    let (outcome, mut end) = judge(job, &exec);
-    end.finished_at = finished_at;
-    end.error = Some(match end.error {
-        Some(e) => format!("{e}; {note}"),
-        None => note.to_string(),
-    });
-    (outcome, end)
-}
-
-/// Results left in the runtime folder by runs of dead processes that the history has no row
-/// for (their rows were lost with a crash while the history refused writes): each is recorded,
-/// whole, from what the result says, so its slot counts as run and is never run again. Returns
-/// how many.
-pub fn record_left_results(config: &Config, history: &History, recorder: &Recorder) -> usize {
-    let Ok(runtime) = crate::log_dir::runtime_dir(&config.scheduler.log_dir) else {
-        return 0;
-    };
-    let Ok(entries) = std::fs::read_dir(&runtime) else {
-        return 0;
-    };
-    let mut n = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Some(uid) = path
-            .file_name()
-            .and_then(|f| f.to_str())
-            .and_then(|f| f.strip_suffix(".json"))
-        else {
-            continue;
-        };
-        match history.run_by_uid(uid) {
-            // Recorded (or being settled from this file at start-up): nothing to add.
-            Ok(Some(row)) if row.outcome != Outcome::Running => {
-                let _ = take_result(&path);
-                continue;
-            }
-            Ok(None) => {}
-            _ => continue,
-        }
-        let Some(bridge) = take_result_if_orphaned(&path) else {
-            continue;
-        };
-        let Some(run) = bridge.run.clone() else {
-            continue;
-        };
-        let (Some(job), Some(scheduled_at)) = (
-            config.job(&run.job),
-            DateTime::parse_from_rfc3339(&run.scheduled_at)
-                .ok()
-                .map(|t| t.with_timezone(&Utc)),
-        ) else {
-            continue;
-        };
-        let started_at = bridge
-            .entered_at
-            .and_then(epoch_to_utc)
-            .unwrap_or(scheduled_at);
-        recorder.start(StartRow {
-            id: recorder.next_id(),
-            uid: uid.to_string(),
-            job: run.job.clone(),
-            trigger: TriggerKind::parse(&run.trigger).unwrap_or(TriggerKind::Schedule),
-            scheduled_at,
-            started_at,
-            attempt: run.attempt.unwrap_or(1),
-            executor: job.executor.as_str().to_string(),
-            pid: None,
-            owner: run.owner,
-            tag: recorder.tag(),
-        });
-        let (outcome, end) = judge_left(
-            job,
-            bridge,
-            "recorded at the next start from the result it left: the history had lost its row",
-        );
-        recorder.finish(uid, outcome, end);
-        n += 1;
-    }
-    n
-}
-
-/// Takes a result whose writer's scheduler is gone (a live one reads its own).
-fn take_result_if_orphaned(path: &std::path::Path) -> Option<BridgeOutcome> {
-    let text = std::fs::read(path).ok()?;
-    let bridge = parse_bridge(&text)?;
-    let owner = bridge.run.as_ref()?.owner?;
-    if crate::process::scheduler_alive(i64::from(owner)) {
-        return None;
-    }
-    take_result(path)
-}
-
-/// Where run `uid`'s bridge leaves its outcome, its runtime folder made if need be; why not.
-fn run_result_file(env: &RunEnv, uid: &str) -> std::result::Result<PathBuf, String> {
-    crate::log_dir::runtime_dir(&env.config.scheduler.log_dir)
-        .map(|dir| result_path(&dir, uid))
-        .map_err(|e| format!("cannot prepare the runtime folder: {e}"))
-}
-
-/// Where a subprocess run's bridge leaves its outcome: `<runtime>/<uid>.json`.
-pub fn result_path(runtime: &std::path::Path, uid: &str) -> PathBuf {
-    runtime.join(format!("{uid}.json"))
-}
-
-/// Reads and removes a run's result file (never through a link); `None` when there is none or
-/// it does not parse.
-pub(crate) fn take_result(path: &std::path::Path) -> Option<BridgeOutcome> {
-    use std::io::Read;
-    let mut text = Vec::new();
-    let read = crate::private::open(path, crate::private::Open::Read)
-        .and_then(|mut f| f.read_to_end(&mut text));
-    let _ = std::fs::remove_file(path);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let _ = std::fs::remove_file(tmp);
-    read.ok()?;
-    parse_bridge(&text)
-}
-
 /// A run that could not begin (its log cannot be opened, say) is recorded all the same:
 /// `failed`, with why, so the history and `status` show the slot was not run.
 fn not_started(env: &RunEnv, mut report: RunReport, run: StartRow, error: String) -> RunReport {
@@ -707,123 +457,4 @@ fn finish(env: &RunEnv, mut report: RunReport, outcome: Outcome, end: RunEnd) ->
         env.recorder.finish(uid, outcome, end);
     }
     report
-}
-
-/// A session as the run context gives it: its date, open and close with the exchange's offset,
-/// and its kind (`regular`, `early_close` or `special`).
-fn session_json(tz: chrono_tz::Tz, s: &crate::calendar::Session) -> serde_json::Value {
-    use chrono::TimeZone;
-    let at = |t: chrono::NaiveTime| {
-        tz.from_local_datetime(&s.date.and_time(t))
-            .earliest()
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, false))
-    };
-    serde_json::json!({
-        "date": s.date.to_string(),
-        "open": at(s.open),
-        "close": at(s.close),
-        "kind": match s.kind {
-            crate::calendar::SessionKind::Regular => "regular",
-            crate::calendar::SessionKind::EarlyClose => "early_close",
-            crate::calendar::SessionKind::LateOpen | crate::calendar::SessionKind::Special => "special",
-        },
-    })
-}
-
-/// What the calendar says of a run at `scheduled_at`: the exchange's session that day (`null`
-/// when closed), the last session opened at or before it, the slot before it (the start of the
-/// data interval the run covers) and when its timeout hits.
-pub(crate) fn context_times(
-    calendar: &crate::calendar::Calendar,
-    trigger: Option<&crate::trigger::Trigger>,
-    scheduled_at: DateTime<Utc>,
-    started_at: DateTime<Utc>,
-    timeout: std::time::Duration,
-) -> serde_json::Map<String, serde_json::Value> {
-    let tz = calendar.tz();
-    let date = scheduled_at.with_timezone(&tz).date_naive();
-    let session = calendar.session(date);
-    let last_session = (0..=30)
-        .filter_map(|back| date.checked_sub_days(chrono::Days::new(back)))
-        .filter_map(|d| calendar.session(d))
-        .find(|s| {
-            use chrono::TimeZone;
-            tz.from_local_datetime(&s.date.and_time(s.open))
-                .earliest()
-                .is_some_and(|open| open <= scheduled_at)
-        });
-    let rfc = |t: DateTime<Utc>| {
-        t.with_timezone(&tz)
-            .to_rfc3339_opts(SecondsFormat::Micros, false)
-    };
-    let mut m = serde_json::Map::new();
-    m.insert(
-        "session".into(),
-        session
-            .as_ref()
-            .map_or(serde_json::Value::Null, |s| session_json(tz, s)),
-    );
-    m.insert(
-        "last_session".into(),
-        last_session
-            .as_ref()
-            .map_or(serde_json::Value::Null, |s| session_json(tz, s)),
-    );
-    m.insert(
-        "interval_start".into(),
-        trigger
-            .and_then(|t| t.previous_fire_before(calendar, scheduled_at))
-            .map(rfc)
-            .into(),
-    );
-    m.insert(
-        "deadline".into(),
-        chrono::Duration::from_std(timeout)
-            .ok()
-            .map(|d| rfc(started_at + d))
-            .into(),
-    );
-    m
-}
-
-/// The run context handed to Python, as JSON.
-fn run_context(
-    config: &Config,
-    job: &Job,
-    req: &RunRequest,
-    run_id: i64,
-    uid: &str,
-) -> serde_json::Value {
-    let tz = config.scheduler.exchange.tz();
-    let entry = match &job.entry {
-        Entry::Script(path) => config.python.cwd.join(path).display().to_string(),
-        other => other.to_string(),
-    };
-    let mut context = serde_json::json!({
-        "job": job.id,
-        "name": job.name,
-        "entry": entry,
-        "run_id": run_id,
-        "run_uid": uid,
-        "owner": std::process::id(),
-        "scheduled_at": req.scheduled_at.with_timezone(&tz).to_rfc3339_opts(SecondsFormat::Micros, false),
-        "attempt": req.attempt,
-        "trigger": req.trigger.as_str(),
-        "args": job.args,
-        "exchange": config.scheduler.exchange.code(),
-        "timezone": tz.name(),
-        "node": req.tag.as_ref().map(|t| &t.node),
-        "fence": req.tag.as_ref().and_then(|t| t.fence),
-        "degraded": req.tag.as_ref().is_some_and(|t| t.degraded),
-    });
-    if let Some(map) = context.as_object_mut() {
-        map.extend(context_times(
-            &config.calendar(),
-            Some(&job.trigger),
-            req.scheduled_at,
-            Utc::now(),
-            job.timeout,
-        ));
-    }
-    context
 }
