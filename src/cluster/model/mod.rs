@@ -62,9 +62,9 @@
 //!
 //! Files: `config` (parameters and switches), `state` (the state and actions), `protocol`
 //! (the model's core: which actions are enabled, the checker's interface), `node` (a daemon's
-//! session, lease, runs and sweep), `claim` (evaluating a slot), `world` (time and faults),
-//! `invariants`, `check` (the generic checker), `checked` (the protocol as the checker sees it)
-//! and `tests`.
+//! session, lease and runs), `sweep` (takeover, abandon, gaps), `claim` (evaluating a slot),
+//! `world` (time and faults), `invariants`, `check` (the generic checker), `checked` (the
+//! protocol as the checker sees it) and `tests`.
 
 mod check;
 mod checked;
@@ -74,5 +74,6 @@ mod invariants;
 mod node;
 mod protocol;
 mod state;
+mod sweep;
 mod tests;
 mod world;
