@@ -1,5 +1,5 @@
 //! A daemon's own duties: its session, lease and rejoin; reaping, releasing and starting its
-//! run; the sweep; and the trust deadline.
+//! run; and the trust deadline (the sweep is in `sweep`).
 
 use super::config::Policy;
 use super::protocol::{Log, Protocol};
