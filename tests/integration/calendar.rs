@@ -21,12 +21,7 @@ schedule = "0 */15 * * * *"
 market_hours = true
 "#,
     );
-    let text = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(
-        p.config_path(),
-        text.replace("\"XNSE\"", &format!("{exchange:?}")),
-    )
-    .unwrap();
+    p.set("scheduler.exchange", exchange);
     p
 }
 
@@ -349,12 +344,7 @@ fn coverage_warning_in_check_config_and_status() {
     {
         let p = quarter_hourly("XNSE");
         if !market_hours {
-            let text = std::fs::read_to_string(p.config_path()).unwrap();
-            std::fs::write(
-                p.config_path(),
-                text.replace("market_hours = true", "market_hours = false"),
-            )
-            .unwrap();
+            p.set("jobs.q.market_hours", false);
         }
         let known = today
             .checked_add_days(chrono::Days::new(days_left))
@@ -423,15 +413,7 @@ fn strict_calendar_refuses_to_start_past_its_data() {
         "known_until = \"2020-12-31\"\nclosures = [\"2020-12-25\"]\n",
     )
     .unwrap();
-    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(
-        p.config_path(),
-        text_.replace(
-            "kill_grace = \"2s\"",
-            "kill_grace = \"2s\"\nstrict_calendar = true",
-        ),
-    )
-    .unwrap();
+    p.set("scheduler.strict_calendar", true);
     let out = p.run(&["run"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -1004,14 +1004,7 @@ fn cluster_graceful_stop_hands_over_at_once_and_a_cancelled_run_is_not_rerun() {
     let mut a = Node::new(&db, "a", 0, &long, &job);
     let mut b = Node::new(&db, "b", 1, &long, &job);
     // a stops its run after 1 s of grace.
-    std::fs::write(
-        a.p.config_path(),
-        std::fs::read_to_string(a.p.config_path()).unwrap().replace(
-            "kill_grace = \"2s\"",
-            "kill_grace = \"2s\"\nshutdown_grace = \"1s\"",
-        ),
-    )
-    .unwrap();
+    a.p.set("scheduler.shutdown_grace", "1s");
     a.start();
     b.start();
     assert!(a.joined() && b.joined());
@@ -1528,13 +1521,7 @@ fn cluster_overlap_across_hosts_skip_records_once_and_queue_runs_after() {
         let mut a = Node::new(&db, "a", 0, &FAST, &job);
         let b = Node::new(&db, "b", 1, &FAST, &job);
         // b's run takes 3 s (its own config says so).
-        std::fs::write(
-            b.p.config_path(),
-            std::fs::read_to_string(b.p.config_path())
-                .unwrap()
-                .replace("seconds = 0.2", "seconds = 3"),
-        )
-        .unwrap();
+        b.p.set("jobs.slow.args.seconds", 3.0);
         a.start();
         assert!(a.joined());
         // b's run starts just after one of a's slots, so a's next slot comes with more of its
@@ -1615,16 +1602,11 @@ fn cluster_whole_cluster_down_then_two_nodes_catch_up_once() {
         let db = server.database();
         let shared = shared_dir();
         let file = shared.path().join("oracle.log");
-        let job = oracle_job(
-            "tick",
-            &file,
-            "*/2 * * * * *",
-            0.0,
-            &format!("catch_up = \"{policy}\""),
-        )
-        .replace("catch_up = \"none\"\n", "");
+        let job = oracle_job("tick", &file, "*/2 * * * * *", 0.0, "");
         let mut a = Node::new(&db, "a", 0, &FAST, &job);
         let mut b = Node::new(&db, "b", 1, &FAST, &job);
+        a.p.set("jobs.tick.catch_up", policy);
+        b.p.set("jobs.tick.catch_up", policy);
         a.start();
         b.start();
         assert!(a.joined() && b.joined());
@@ -1699,14 +1681,7 @@ fn cluster_history_is_pruned_by_any_node() {
     let file = shared.path().join("oracle.log");
     let job = oracle_job("tick", &file, "0 0 0 1 1 *", 0.0, "");
     let mut a = Node::new(&db, "a", 0, &FAST, &job);
-    std::fs::write(
-        a.p.config_path(),
-        std::fs::read_to_string(a.p.config_path()).unwrap().replace(
-            "kill_grace = \"2s\"",
-            "kill_grace = \"2s\"\nhistory_retention = \"1d\"",
-        ),
-    )
-    .unwrap();
+    a.p.set("scheduler.history_retention", "1d");
     a.start();
     assert!(a.joined());
     a.stop();
@@ -1808,10 +1783,11 @@ fn cluster_node_partitioned_by_refusal_rejoins_and_its_duplicates_are_flagged() 
         );
         let as_role = |role: &str| {
             let mut n = Node::new(&db, role, 0, &FAST, &job);
-            let text = std::fs::read_to_string(n.p.config_path())
-                .unwrap()
-                .replace("user=postgres", &format!("user={role}"));
-            std::fs::write(n.p.config_path(), text).unwrap();
+            n.p.set(
+                "cluster.database",
+                db.conninfo()
+                    .replace("user=postgres", &format!("user={role}")),
+            );
             n.name = role.to_string();
             n
         };
@@ -1819,10 +1795,7 @@ fn cluster_node_partitioned_by_refusal_rejoins_and_its_duplicates_are_flagged() 
         let b_role = format!("node_b_{policy}");
         let mut b = as_role(&b_role);
         // b is the standby.
-        let text = std::fs::read_to_string(b.p.config_path())
-            .unwrap()
-            .replace("priority = 0", "priority = 1");
-        std::fs::write(b.p.config_path(), text).unwrap();
+        b.p.set("cluster.priority", 1);
         a.start();
         b.start();
         assert!(a.joined() && b.joined());
@@ -2000,11 +1973,13 @@ fn cluster_node_behind_a_black_hole_times_out_and_does_not_hang() {
     let proxy = Proxy::new(server);
     let mut a = Node::new(&db, "a", 0, &FAST, &job);
     let mut b = Node::new(&db, "b", 1, &FAST, &job);
-    let text = std::fs::read_to_string(b.p.config_path()).unwrap().replace(
-        &format!("host={}", server.socket.display()),
-        &format!("host={}", proxy.dir.path().display()),
+    b.p.set(
+        "cluster.database",
+        db.conninfo().replace(
+            &format!("host={}", server.socket.display()),
+            &format!("host={}", proxy.dir.path().display()),
+        ),
     );
-    std::fs::write(b.p.config_path(), text).unwrap();
     a.start();
     b.start();
     assert!(a.joined() && b.joined());
@@ -2060,13 +2035,7 @@ fn cluster_overlap_replace_across_hosts_cancels_the_other_nodes_run() {
     let job = oracle_job("slow", &file, "*/3 * * * * *", 0.2, "overlap = \"replace\"");
     let mut a = Node::new(&db, "a", 0, &FAST, &job);
     let b = Node::new(&db, "b", 1, &FAST, &job);
-    std::fs::write(
-        b.p.config_path(),
-        std::fs::read_to_string(b.p.config_path())
-            .unwrap()
-            .replace("seconds = 0.2", "seconds = 20"),
-    )
-    .unwrap();
+    b.p.set("jobs.slow.args.seconds", 20.0);
     a.start();
     assert!(a.joined());
     let out = b.p.run(&["run-once", "slow", "--wait", "--json"]);

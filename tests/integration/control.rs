@@ -417,17 +417,13 @@ fn an_unreadable_control_file_is_kept_aside_and_said() {
 fn status_and_stop_reach_a_running_daemon_when_the_config_on_disk_is_broken() {
     let p = Project::new();
     p.config(
-        "log_dir = \"the-logs\"",
+        "",
         &job(
             "idle",
             "entry = \"fixture_jobs:noop\"\nschedule = \"0 0 0 1 1 *\"",
         ),
-    );
-    // The harness wrote `log_dir = "logs"` first: the later key is the one that counts, so drop it.
-    let text = std::fs::read_to_string(p.config_path())
-        .unwrap()
-        .replace("log_dir = \"logs\"\n", "");
-    std::fs::write(p.config_path(), &text).unwrap();
+    )
+    .set("scheduler.log_dir", "the-logs");
     let mut daemon = p.spawn_daemon();
     assert!(
         wait_until(Duration::from_secs(20), || p
@@ -438,7 +434,8 @@ fn status_and_stop_reach_a_running_daemon_when_the_config_on_disk_is_broken() {
         p.daemon_output()
     );
     // Broken while the daemon runs on what it read before.
-    std::fs::write(p.config_path(), text.replace("[python]", "[python")).unwrap();
+    let good = std::fs::read_to_string(p.config_path()).unwrap();
+    std::fs::write(p.config_path(), good.replace("[python]", "[python")).unwrap();
     let out = p.run(&["status"]);
     assert_eq!(out.status.code(), Some(0), "{}", crate::util::text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);

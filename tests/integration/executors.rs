@@ -203,14 +203,13 @@ fn pyo3_imports_once_keeps_logs_apart_and_survives_a_busy_loop() {
 fn pyo3_thread_stuck_in_c_holds_its_slot_until_it_returns() {
     let p = Project::new();
     p.config(
-        "kill_grace = \"1s\"",
+        "",
         &job(
             "sleeper",
             "entry = \"fixture_jobs:stuck\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nexecutor = \"pyo3\"\ntimeout = \"1s\"\nargs = { seconds = 6 }",
         ),
-    );
-    let config = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(p.config_path(), config.replace("kill_grace = \"2s\"\n", "")).unwrap();
+    )
+    .set("scheduler.kill_grace", "1s");
     let daemon = p.spawn_daemon();
     let stuck_seen = wait_until(Duration::from_secs(15), || {
         p.history()
@@ -282,12 +281,7 @@ fn pyo3_refuses_a_venv_of_another_python_version() {
             "entry = \"fixture_jobs:counter\"\nschedule = \"0 0 * * * *\"\nexecutor = \"pyo3\"",
         ),
     );
-    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(
-        p.config_path(),
-        text_.replace("executable = \"python3\"", "venv = \"venv312\""),
-    )
-    .unwrap();
+    p.unset("python.executable").set("python.venv", "venv312");
     let out = p.run(&["run-once", "j"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -334,12 +328,7 @@ fn a_venv_serves_both_executors() {
         ]
         .concat(),
     );
-    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(
-        p.config_path(),
-        text_.replace("executable = \"python3\"", "venv = \".venv\""),
-    )
-    .unwrap();
+    p.unset("python.executable").set("python.venv", ".venv");
     for id in ["sub", "emb"] {
         let out = p.run(&["run-once", id]);
         assert_eq!(out.status.code(), Some(0), "{id}: {}", text(&out));
@@ -405,12 +394,7 @@ fn legacy_scripts_and_commands_run_too() {
         ]
         .concat(),
     );
-    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(
-        p.config_path(),
-        text_.replace("path = [", "cwd = \".\"\npath = ["),
-    )
-    .unwrap();
+    p.set("python.cwd", ".");
     for (id, code) in [
         ("script", 0),
         ("script_fails", 1),
@@ -430,12 +414,7 @@ fn legacy_scripts_and_commands_run_too() {
     assert_eq!(failed["exit_code"], 3);
     assert!(error_of(failed).contains("oops"), "{failed}");
     // A script that is not there is a config error before anything runs.
-    let text_ = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(
-        p.config_path(),
-        text_.replace("src/data/collector.py", "src/data/missing.py"),
-    )
-    .unwrap();
+    p.set("jobs.script.entry", "src/data/missing.py");
     let out = p.run(&["run-once", "script"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.py"));

@@ -895,17 +895,9 @@ fn disk_full_then_sigterm_keeps_every_row_and_exits_non_zero() {
         "* * * * * *",
         &format!("args = {{ file = {:?} }}", witness.display().to_string()),
     );
-    let config = std::fs::read_to_string({
-        p.config("", &jobs);
-        p.config_path()
-    })
-    .unwrap()
-    .replace("log_dir = \"logs\"", "log_dir = \"disk/logs\"")
-    .replace(
-        "history = \"logs/history.sqlite3\"",
-        "history = \"disk/logs/history.sqlite3\"",
-    );
-    std::fs::write(p.config_path(), config).unwrap();
+    p.config("", &jobs)
+        .set("scheduler.log_dir", "disk/logs")
+        .set("scheduler.history", "disk/logs/history.sqlite3");
     let ends = || {
         witnessed(&witness)
             .iter()
@@ -1308,10 +1300,7 @@ fn a_log_dir_whose_parent_others_may_write_is_refused() {
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     p.config("", &fixture("w", "noop", "0 0 0 1 1 *", ""));
-    let text_ = std::fs::read_to_string(p.config_path())
-        .unwrap()
-        .replace("log_dir = \"logs\"", "log_dir = \"open/logs\"");
-    std::fs::write(p.config_path(), text_).unwrap();
+    p.set("scheduler.log_dir", "open/logs");
     let out = p.run(&["run-once", "w"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(

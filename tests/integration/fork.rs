@@ -344,15 +344,10 @@ fn fork_server_is_recycled_after_fork_max_runs_and_when_a_preloaded_module_chang
         "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n",
     )
     .unwrap();
-    let config = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(
-        p.config_path(),
-        config.replace(
-            "preload = [\"fixture_jobs\"]",
-            "preload = [\"fixture_jobs\", \"threaded_at_import\"]",
-        ),
-    )
-    .unwrap();
+    p.set(
+        "python.preload",
+        toml::Value::Array(vec!["fixture_jobs".into(), "threaded_at_import".into()]),
+    );
     let out = p.run(&["reload"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("python.preload"), "{}", text(&out));

@@ -281,12 +281,8 @@ fn secrets_reach_the_job_by_env_and_env_file_and_never_check_config_status_or_lo
         job("fork_bare", "fork", "inherit_env = false"),
     ]
     .concat();
-    // `[python] env_file` comes in the [python] table the harness writes: append it there.
-    p.config("", &jobs);
-    let config = std::fs::read_to_string(p.config_path())
-        .unwrap()
-        .replace("[python]\n", "[python]\nenv_file = \"secrets/all.env\"\n");
-    std::fs::write(p.config_path(), config).unwrap();
+    p.config("", &jobs)
+        .set("python.env_file", "secrets/all.env");
 
     let check = p.run(&["check-config"]);
     assert_eq!(check.status.code(), Some(0), "{}", text(&check));

@@ -465,12 +465,7 @@ fn stop_command_and_an_unwritable_log_dir() {
     let q = Project::new();
     std::fs::write(q.path().join("not-a-dir"), "").unwrap();
     q.config("", &job("tick", TICK));
-    let text_ = std::fs::read_to_string(q.config_path()).unwrap();
-    std::fs::write(
-        q.config_path(),
-        text_.replace("log_dir = \"logs\"", "log_dir = \"not-a-dir/logs\""),
-    )
-    .unwrap();
+    q.set("scheduler.log_dir", "not-a-dir/logs");
     let out = q.run(&["run"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -205,12 +205,7 @@ fn pip_install_e_gives_the_typed_api_and_a_dataframe_result_is_stored_as_its_sum
         "",
         "[jobs.frame]\nentry = \"fixture_jobs:frame\"\nschedule = \"0 0 0 1 1 *\"\nexecutor = \"fork\"\nargs = { rows = 1000 }\n",
     );
-    let config = std::fs::read_to_string(p.config_path()).unwrap();
-    std::fs::write(
-        p.config_path(),
-        config.replace("executable = \"python3\"", "venv = \"venv\""),
-    )
-    .unwrap();
+    p.unset("python.executable").set("python.venv", "venv");
     let out = p.run(&["run-once", "frame", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let row: Value = serde_json::from_slice(&out.stdout).unwrap();

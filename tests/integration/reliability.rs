@@ -249,15 +249,8 @@ fn a_hanging_interpreter_probe_is_rejected_and_firing_goes_on() {
     let p = Project::new();
     let python = hanging_python(&p);
     p.config("", &journaled(&p, "tick", "subprocess"));
-    let config = std::fs::read_to_string(p.config_path()).expect("config");
-    let config = config.replace(
-        "executable = \"python3\"",
-        &format!(
-            "executable = {:?}\nprobe_timeout = \"2s\"",
-            python.display().to_string()
-        ),
-    );
-    std::fs::write(p.config_path(), config).expect("config");
+    p.set("python.executable", python.display().to_string())
+        .set("python.probe_timeout", "2s");
     let daemon = p.spawn_daemon();
     assert!(
         wait_until(Duration::from_secs(20), || !journal(&p, "tick").is_empty()),

@@ -83,6 +83,43 @@ path = [{bridge:?}, "jobs"]
         self
     }
 
+    /// Sets a key of the config (`"scheduler.log_dir"`, `"jobs.tick.args.seconds"`), making its
+    /// tables if they are missing. The file is rewritten as TOML: its comments and layout go.
+    pub fn set(&self, key: &str, value: impl Into<toml::Value>) -> &Self {
+        self.edit_config(key, Some(value.into()))
+    }
+
+    /// Removes a key of the config (`"scheduler.log_dir"`): its default applies.
+    pub fn unset(&self, key: &str) -> &Self {
+        self.edit_config(key, None)
+    }
+
+    fn edit_config(&self, key: &str, value: Option<toml::Value>) -> &Self {
+        let text = std::fs::read_to_string(self.config_path()).expect("read config");
+        let mut table: toml::Table = toml::from_str(&text).expect("the config is TOML");
+        let mut path: Vec<&str> = key.split('.').collect();
+        let last = path.pop().expect("a key");
+        let mut at = &mut table;
+        for part in path {
+            at = at
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .unwrap_or_else(|| panic!("`{part}` of `{key}` is not a table"));
+        }
+        match value {
+            Some(v) => {
+                at.insert(last.to_string(), v);
+            }
+            None => {
+                at.remove(last);
+            }
+        }
+        let text = toml::to_string(&table).expect("TOML");
+        std::fs::write(self.config_path(), text).expect("write config");
+        self
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         self.cmd_of(Path::new(BIN), args)
     }
@@ -345,12 +382,8 @@ pub fn use_venv_of(p: &Project, python: &Path) {
         .status()
         .expect("python -m venv");
     assert!(made.success());
-    let config = std::fs::read_to_string(p.config_path()).expect("config");
-    std::fs::write(
-        p.config_path(),
-        config.replace("executable = \"python3\"", "venv = \"venv-other\""),
-    )
-    .expect("config");
+    p.unset("python.executable")
+        .set("python.venv", "venv-other");
 }
 
 /// A job's table in a config: `[jobs.<id>]` and its keys.
