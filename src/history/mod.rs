@@ -1,5 +1,6 @@
 //! The run history: the SQLite store (schema, queries) and its one writer.
 
+mod queue;
 mod read;
 mod recorder;
 mod rows;
@@ -8,7 +9,8 @@ mod spill;
 mod store;
 mod writer;
 
-pub use recorder::{Recorder, RecorderHealth, StartRow};
+pub use queue::{RecorderHealth, StartRow};
+pub use recorder::Recorder;
 pub use rows::*;
 pub use schema::SCHEMA_VERSION;
 pub use store::*;

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use super::recorder::*;
+use super::queue::*;
 use super::rows::{Key, SkippedRow};
 use super::spill::Spill;
 use super::store::History;
