@@ -1394,7 +1394,7 @@ fn cluster_killed_connection_reconnects_and_keeps_the_lease() {
 
 /// Starts `node` with its wall clock shifted by `offset` (libfaketime; monotonic time real).
 pub(crate) fn start_with_clock(node: &mut Node, offset: &str) {
-    let lib = crate::reliability::libfaketime();
+    let lib = crate::util::libfaketime();
     let offset = offset.to_string();
     node.child = Some(node.p.spawn_daemon_with(&[], move |cmd| {
         cmd.env("LD_PRELOAD", &lib)
@@ -1408,7 +1408,7 @@ pub(crate) fn start_with_clock(node: &mut Node, offset: &str) {
 /// it stops claiming (and says so), and the slots run on time on a.
 #[test]
 fn cluster_node_with_a_fast_clock_never_runs_a_slot_early() {
-    if !crate::reliability::have_faketime() {
+    if !crate::util::have_faketime() {
         return;
     }
     let (server, _hold) = need_pg!();
@@ -1471,7 +1471,7 @@ fn cluster_node_with_a_fast_clock_never_runs_a_slot_early() {
 /// with a warning, and the slots still run.
 #[test]
 fn cluster_database_clock_off_does_not_silence_the_cluster() {
-    if !crate::reliability::have_faketime() {
+    if !crate::util::have_faketime() {
         return;
     }
     let (server, _hold) = need_pg!();

@@ -73,7 +73,7 @@ const NO_INHERIT: &str = "inherit_env = false\n";
 /// once, never early.
 #[test]
 fn cluster_a1_a_clock_stepped_forward_skips_no_slot_that_has_not_come() {
-    if !crate::reliability::have_faketime() {
+    if !crate::util::have_faketime() {
         return;
     }
     let (server, _hold) = need_pg!();
@@ -87,8 +87,8 @@ fn cluster_a1_a_clock_stepped_forward_skips_no_slot_that_has_not_come() {
     let mut a = Node::new(&db, "a", 0, &CALM, &job);
     let mut b = Node::new(&db, "b", 1, &CALM, &job);
     let fake = shared.path().join("faketime_a");
-    crate::reliability::set_fake(&fake, "+0");
-    let lib = crate::reliability::libfaketime();
+    crate::util::set_fake(&fake, "+0");
+    let lib = crate::util::libfaketime();
     let fake_env = fake.clone();
     a.child = Some(a.p.spawn_daemon_with(&[], move |cmd| {
         cmd.env("LD_PRELOAD", &lib)
@@ -101,9 +101,9 @@ fn cluster_a1_a_clock_stepped_forward_skips_no_slot_that_has_not_come() {
     assert!(a.joined() && b.joined(), "{}", a.p.daemon_output());
     assert!(wait_until(Duration::from_secs(20), || oracle(&file).len() >= 3));
     let from = now_secs();
-    crate::reliability::set_fake(&fake, "+3");
+    crate::util::set_fake(&fake, "+3");
     std::thread::sleep(Duration::from_secs(8));
-    crate::reliability::set_fake(&fake, "+0");
+    crate::util::set_fake(&fake, "+0");
     std::thread::sleep(Duration::from_secs(5));
     let to = now_secs() - 1.0;
     a.stop();
@@ -711,7 +711,7 @@ fn cluster_a12_a_primary_resumed_as_the_database_returns_does_not_run_alone_a_sl
 /// fixed during the outage, and both ran the first slot after it).
 #[test]
 fn cluster_a13_a_primary_standing_by_for_its_clock_runs_nothing_alone_when_the_database_goes() {
-    if !crate::reliability::have_faketime() {
+    if !crate::util::have_faketime() {
         return;
     }
     let (server, _hold) = need_pg!(exclusive);

@@ -546,10 +546,10 @@ fn fork_server_started_from_a_remembered_interpreter_the_probe_contradicts_is_re
 /// under the nemesis: the daemon's libfaketime broke its fork jobs' `time.sleep`).
 #[test]
 fn fork_jobs_that_inherit_nothing_get_nothing_the_daemon_preloaded() {
-    if !crate::reliability::have_faketime() {
+    if !crate::util::have_faketime() {
         return;
     }
-    let lib = crate::reliability::libfaketime();
+    let lib = crate::util::libfaketime();
     let needle = lib
         .file_name()
         .and_then(|n| n.to_str())

@@ -1,23 +1,29 @@
 //! Integration tests: the built `hedge-scheduler` binary against real Python jobs, real files and
-//! a real SQLite history. Each test gets a project folder of its own.
+//! a real SQLite history. Each test gets a project folder of its own. One file per feature; the
+//! harness is `util` (projects, daemons, configs), `pg` (the throwaway PostgreSQL) and `skip`
+//! (tests whose tool is missing are reported skipped).
 
 mod calendar;
 #[macro_use]
 mod cluster;
 mod cluster_anomalies;
+mod configuration;
+mod console;
+mod containment;
 mod control;
 mod executors;
-mod faults;
+mod firing;
 mod fork;
-mod foundation;
+mod history;
 mod install;
-mod manners;
+mod lifecycle;
+mod logs;
 mod nemesis;
 mod observe;
-mod operations;
 mod page;
 mod pg;
 mod python_api;
-mod reliability;
+mod runs;
+mod security;
 mod skip;
 mod util;

@@ -123,7 +123,7 @@ max_clock_skew = "300ms"
         // The jobs never see the daemon's libfaketime: their clock (the oracle's) stays true.
         p.config("", &format!("inherit_env = false\n\n{jobs}\n{cluster}"));
         let clock = dir.join(format!("faketime_{name}"));
-        crate::reliability::set_fake(&clock, "+0");
+        crate::util::set_fake(&clock, "+0");
         NemNode {
             name: name.to_string(),
             p,
@@ -134,7 +134,7 @@ max_clock_skew = "300ms"
     }
 
     fn start(&mut self) {
-        let lib = crate::reliability::libfaketime();
+        let lib = crate::util::libfaketime();
         let clock = self.clock.clone();
         self.child = Some(self.p.spawn_daemon_with(&[], move |cmd| {
             cmd.env("LD_PRELOAD", &lib)
@@ -624,9 +624,9 @@ fn nemesis(
                 "clock" => {
                     if let Some(i) = node_of(&target) {
                         let file = nodes.lock().unwrap()[i].clock.clone();
-                        crate::reliability::set_fake(&file, step);
+                        crate::util::set_fake(&file, step);
                         std::thread::sleep(Duration::from_secs_f64(dur));
-                        crate::reliability::set_fake(&file, "+0");
+                        crate::util::set_fake(&file, "+0");
                     }
                 }
                 _ => {}
@@ -776,7 +776,7 @@ fn one_seed(seed: u64, secs: f64) {
 /// (70 s by default: about 3 minutes in all, in every `cargo test`).
 #[test]
 fn cluster_nemesis_keeps_every_slot_once_under_random_faults() {
-    if !crate::reliability::have_faketime() {
+    if !crate::util::have_faketime() {
         return;
     }
     let secs: f64 = std::env::var("HEDGE_NEMESIS_SECS")

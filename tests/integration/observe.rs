@@ -500,7 +500,7 @@ fn pings_hit_start_the_url_and_fail_in_order_with_the_run_id() {
 
 #[test]
 fn the_heartbeat_ping_stops_outside_the_session() {
-    if !crate::reliability::have_faketime() {
+    if !crate::util::have_faketime() {
         return;
     }
     // The daemon's clock starts 4 s before the NSE close (15:30 IST on Monday 2026-11-30).
@@ -518,7 +518,7 @@ fn the_heartbeat_ping_stops_outside_the_session() {
                 "entry = \"fixture_jobs:noop\"\nschedule = \"0 */15 * * * *\"\nmarket_hours = true",
             ),
         );
-        let lib = crate::reliability::libfaketime();
+        let lib = crate::util::libfaketime();
         let daemon = p.spawn_daemon_with(&[], move |cmd| {
             cmd.env("LD_PRELOAD", &lib)
                 .env("FAKETIME", "@2026-11-30 09:59:56")

@@ -50,8 +50,8 @@ fn browse(browser: &Path, profile: &Path, args: &[&str], url: &str) -> std::proc
 fn shipped_project(port: u16) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
-    crate::foundation::copy_tree(&repo().join("config"), &root.join("config"));
-    crate::foundation::copy_tree(&repo().join("python_bridge"), &root.join("python_bridge"));
+    crate::util::copy_tree(&repo().join("config"), &root.join("config"));
+    crate::util::copy_tree(&repo().join("python_bridge"), &root.join("python_bridge"));
     let config = root.join("config/hedge-scheduler.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     assert!(

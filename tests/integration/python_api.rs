@@ -161,7 +161,7 @@ fn pip_install_e_gives_the_typed_api_and_a_dataframe_result_is_stored_as_its_sum
     let p = Project::new();
     // A copy of the checkout's python_bridge: an editable install writes its metadata beside it.
     let source = p.path().join("python_bridge");
-    crate::foundation::copy_tree(&repo().join("python_bridge"), &source);
+    crate::util::copy_tree(&repo().join("python_bridge"), &source);
     let venv = p.path().join("venv");
     let made = Command::new("python3")
         .args(["-m", "venv"])

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hedge-scheduler");
@@ -406,4 +409,148 @@ pub fn stop_clean(p: &Project, mut daemon: std::process::Child) -> String {
         "the daemon did not stop cleanly: {status:?}\n{out}"
     );
     out
+}
+
+pub const TICK: &str = r#"
+[jobs.tick]
+name = "Every second"
+entry = "fixture_jobs:noop"
+schedule = "* * * * * *"
+market_hours = false
+timeout = "10s"
+args = { answer = 42 }
+"#;
+
+pub(crate) fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "__pycache__" {
+                copy_tree(&entry.path(), &target);
+            }
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+pub const NOOP: &str = "\n[jobs.q]\nentry = \"fixture_jobs:noop\"\nschedule = \"0 */15 * * * *\"\nmarket_hours = true\nexecutor = \"subprocess\"\n";
+
+/// `[jobs.<id>]` running `fixture_jobs:<function>` on `schedule`, outside market hours, with
+/// `extra` TOML lines.
+pub fn fixture(id: &str, function: &str, schedule: &str, extra: &str) -> String {
+    job(
+        id,
+        &format!(
+            "entry = \"fixture_jobs:{function}\"\nschedule = \"{schedule}\"\nmarket_hours = false\n{extra}"
+        ),
+    )
+}
+
+/// Runs a Python `script` (with `arg`) that takes a lock, prints `locked` and holds it until the
+/// returned child is killed.
+pub fn python_holding(script: &str, arg: &Path) -> std::process::Child {
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(arg)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("locker");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    child
+}
+
+/// A job on `* * * * * *` that journals each run into `<name>.journal` in the project.
+pub fn journaled(p: &Project, id: &str, executor: &str) -> String {
+    let file = p.path().join(format!("{id}.journal"));
+    format!(
+        "\n[jobs.{id}]\nentry = \"fixture_jobs:journal\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nexecutor = \"{executor}\"\nargs = {{ file = {:?} }}\n",
+        file.display().to_string()
+    )
+}
+
+/// One journaled run: (slot, trigger, run id, when the function was entered).
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub slot: DateTime<Utc>,
+    pub trigger: String,
+    pub run_id: i64,
+    pub entered: f64,
+}
+
+pub fn journal(p: &Project, id: &str) -> Vec<Ran> {
+    let text = std::fs::read_to_string(p.path().join(format!("{id}.journal"))).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some(Ran {
+                slot: DateTime::parse_from_rfc3339(f.first()?)
+                    .ok()?
+                    .with_timezone(&Utc),
+                trigger: f.get(1)?.to_string(),
+                run_id: f.get(2)?.parse().ok()?,
+                entered: f.get(3)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+pub fn stop_within(mut daemon: std::process::Child, within: Duration) {
+    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, within);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the daemon did not stop cleanly within {within:?}: {status:?}"
+    );
+}
+
+/// libfaketime, installed from Debian's `faketime` package (`.ci/run` installs it).
+/// Whether libfaketime is here; if not, the test is marked skipped (a failure under `CI=true`).
+pub(crate) fn have_faketime() -> bool {
+    let found = faketime_path().is_some();
+    if !found {
+        crate::skip::skip("libfaketime is not installed", "Debian package `faketime`");
+    }
+    found
+}
+
+pub fn faketime_path() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+}
+
+/// libfaketime (a test that uses it first checks [`have_faketime`]).
+pub(crate) fn libfaketime() -> PathBuf {
+    faketime_path().expect("libfaketime not found: install Debian's `faketime` package")
+}
+
+pub(crate) fn set_fake(file: &Path, offset: &str) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, offset).expect("faketime file");
+    std::fs::rename(&tmp, file).expect("faketime file");
+}
+
+pub const TICK_JOB: &str =
+    "entry = \"fixture_jobs:noop\"\nschedule = \"* * * * * *\"\nmarket_hours = false";
+
+pub fn status_json(p: &Project) -> (Option<i32>, Value) {
+    let out = p.run(&["status", "--json"]);
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).expect("status JSON"),
+    )
+}
+
+pub fn sig_pid(pid: u32, s: Signal) {
+    kill(Pid::from_raw(pid as i32), s).expect("signal");
 }

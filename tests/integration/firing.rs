@@ -1,10 +1,9 @@
-//! The reliability core through the binary: a locked history, SIGHUP at the worst moment, a
-//! hanging interpreter probe, wall-clock steps (libfaketime), readers racing a migration, and a
-//! history written by an older version. Each job records what really ran in a file of its own.
+//! Firing: each slot on time and once, whatever the overlap, a clock step, a reload, a slow
+//! history or a hanging interpreter probe.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -13,41 +12,6 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::util::*;
-
-/// A job on `* * * * * *` that journals each run into `<name>.journal` in the project.
-fn journaled(p: &Project, id: &str, executor: &str) -> String {
-    let file = p.path().join(format!("{id}.journal"));
-    format!(
-        "\n[jobs.{id}]\nentry = \"fixture_jobs:journal\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nexecutor = \"{executor}\"\nargs = {{ file = {:?} }}\n",
-        file.display().to_string()
-    )
-}
-
-/// One journaled run: (slot, trigger, run id, when the function was entered).
-#[derive(Debug, Clone)]
-struct Ran {
-    slot: DateTime<Utc>,
-    trigger: String,
-    run_id: i64,
-    entered: f64,
-}
-
-fn journal(p: &Project, id: &str) -> Vec<Ran> {
-    let text = std::fs::read_to_string(p.path().join(format!("{id}.journal"))).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            Some(Ran {
-                slot: DateTime::parse_from_rfc3339(f.first()?)
-                    .ok()?
-                    .with_timezone(&Utc),
-                trigger: f.get(1)?.to_string(),
-                run_id: f.get(2)?.parse().ok()?,
-                entered: f.get(3)?.parse().ok()?,
-            })
-        })
-        .collect()
-}
 
 /// Every slot ran once at most.
 fn assert_no_slot_twice(runs: &[Ran]) {
@@ -63,16 +27,8 @@ fn epoch(t: DateTime<Utc>) -> f64 {
     t.timestamp_micros() as f64 / 1e6
 }
 
-fn sig(child: &std::process::Child, s: Signal) {
+fn sig_child(child: &std::process::Child, s: Signal) {
     kill(Pid::from_raw(child.id() as i32), s).expect("signal");
-}
-
-fn stop_within(mut daemon: std::process::Child, within: Duration) {
-    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, within);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "the daemon did not stop cleanly within {within:?}: {status:?}"
-    );
 }
 
 fn history_by_id(p: &Project) -> BTreeMap<i64, Value> {
@@ -80,6 +36,136 @@ fn history_by_id(p: &Project) -> BTreeMap<i64, Value> {
         .into_iter()
         .map(|r| (r["id"].as_i64().unwrap_or_default(), r))
         .collect()
+}
+
+/// A `python` that hangs when the file `hang` is beside it, like an interpreter stuck on a
+/// network mount.
+fn hanging_python(p: &Project) -> PathBuf {
+    let real = String::from_utf8(
+        std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3")
+            .stdout,
+    )
+    .expect("path");
+    let path = p.path().join("python-maybe-hangs");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nif [ -e \"$(dirname \"$0\")/hang\" ]; then sleep 600; fi\nexec {} \"$@\"\n",
+            real.trim()
+        ),
+    )
+    .expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the state.
+    n(11) + n(12)
+}
+
+/// Kills the daemon if the test fails before stopping it.
+struct Guard(u32);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+    }
+}
+
+fn scopeguard(pid: u32) -> Guard {
+    Guard(pid)
+}
+
+#[test]
+fn daemon_fires_every_second_on_time_and_stops_on_sigterm() {
+    let p = Project::new();
+    p.config("", TICK);
+    let mut daemon = p.spawn_daemon();
+    let fired = wait_until(Duration::from_secs(20), || {
+        p.log_dir().join("history.sqlite3").exists() && p.runs_with("success").len() >= 3
+    });
+    // While it runs, `status` sees it.
+    let status = p.run(&["status", "--json"]);
+    let stopped = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(5));
+    assert!(fired, "fewer than 3 successful runs: {:?}", p.history());
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["daemon"]["running"], true);
+    assert_eq!(status["daemon"]["pid"], daemon.id());
+    let status_code = stopped.expect("daemon did not exit within 5 s of SIGTERM");
+    assert_eq!(status_code.code(), Some(0));
+
+    let runs = p.runs_with("success");
+    assert!(runs.len() >= 3);
+    for r in &runs {
+        assert_eq!(r["trigger"], "schedule");
+        let late = ts(&r["started_at"]) - ts(&r["scheduled_at"]);
+        assert!(
+            late >= chrono::Duration::zero() && late < chrono::Duration::seconds(1),
+            "run {} started {late} after its slot",
+            r["id"]
+        );
+        assert_eq!(r["result"]["args"]["answer"], 42);
+    }
+    // Slots are distinct whole seconds.
+    let mut slots: Vec<_> = runs.iter().map(|r| ts(&r["scheduled_at"])).collect();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), runs.len());
+    // Nothing is left `running` after a clean stop, and the PID file is gone.
+    assert!(p.runs_with("running").is_empty());
+    assert!(!p.log_dir().join("hedge-scheduler.pid").exists());
+    let log = std::fs::read_to_string(p.log_dir().join("jobs/tick.log")).expect("job log");
+    assert!(log.contains("noop tick run"), "{log}");
+}
+
+#[test]
+fn a_slot_that_finds_its_job_still_running_is_skipped() {
+    let p = Project::new();
+    p.config(
+        "",
+        r#"
+[jobs.slow]
+entry = "fixture_jobs:slow"
+schedule = "* * * * * *"
+market_hours = false
+args = { seconds = 2.5 }
+"#,
+    );
+    let mut daemon = p.spawn_daemon();
+    let seen = wait_until(Duration::from_secs(20), || {
+        p.log_dir().join("history.sqlite3").exists()
+            && !p.runs_with("skipped").is_empty()
+            && !p.runs_with("success").is_empty()
+    });
+    // A second signal ends the running job at once.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        Signal::SIGTERM,
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let status = signal_and_wait(&mut daemon, Signal::SIGTERM, Duration::from_secs(10));
+    assert!(seen, "{:?}", p.history());
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let skipped = &p.runs_with("skipped")[0];
+    assert!(
+        skipped["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("still running since"),
+        "{skipped}"
+    );
+    // Nothing is left `running`: the run ended by the second signal is `cancelled`.
+    assert!(p.runs_with("running").is_empty(), "{:?}", p.history());
 }
 
 #[test]
@@ -193,7 +279,7 @@ fn sighup_just_before_a_slot_loses_no_slot() {
         let ms = now.timestamp_subsec_millis();
         let wait = (950 + 1000 - ms) % 1000;
         std::thread::sleep(Duration::from_millis(u64::from(wait).max(1)));
-        sig(&daemon, Signal::SIGHUP);
+        sig_child(&daemon, Signal::SIGHUP);
         std::thread::sleep(Duration::from_millis(600));
     }
     assert!(wait_until(Duration::from_secs(10), || p
@@ -219,31 +305,6 @@ fn sighup_just_before_a_slot_loses_no_slot() {
     }
 }
 
-/// A `python` that hangs when the file `hang` is beside it, like an interpreter stuck on a
-/// network mount.
-fn hanging_python(p: &Project) -> PathBuf {
-    let real = String::from_utf8(
-        std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3")
-            .stdout,
-    )
-    .expect("path");
-    let path = p.path().join("python-maybe-hangs");
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\nif [ -e \"$(dirname \"$0\")/hang\" ]; then sleep 600; fi\nexec {} \"$@\"\n",
-            real.trim()
-        ),
-    )
-    .expect("write");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    path
-}
-
 #[test]
 fn a_hanging_interpreter_probe_is_rejected_and_firing_goes_on() {
     let p = Project::new();
@@ -259,7 +320,7 @@ fn a_hanging_interpreter_probe_is_rejected_and_firing_goes_on() {
     );
     std::fs::write(p.path().join("hang"), "").expect("hang");
     let hup_at = Utc::now();
-    sig(&daemon, Signal::SIGHUP);
+    sig_child(&daemon, Signal::SIGHUP);
     assert!(
         wait_until(Duration::from_secs(10), || p
             .daemon_output()
@@ -278,7 +339,7 @@ fn a_hanging_interpreter_probe_is_rejected_and_firing_goes_on() {
         .collect();
     assert!(!during.is_empty(), "{during:?}");
     // A second probe hangs again; SIGTERM still stops the daemon at once.
-    sig(&daemon, Signal::SIGHUP);
+    sig_child(&daemon, Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     stop_within(daemon, Duration::from_secs(5));
     // check-config gives up too, with the key to look at.
@@ -304,48 +365,9 @@ fn a_hanging_interpreter_probe_is_rejected_and_firing_goes_on() {
     assert_eq!(left, 0, "a hung probe was left running");
 }
 
-/// libfaketime, installed from Debian's `faketime` package (`.ci/run` installs it).
-/// Whether libfaketime is here; if not, the test is marked skipped (a failure under `CI=true`).
-pub(crate) fn have_faketime() -> bool {
-    let found = faketime_path().is_some();
-    if !found {
-        crate::skip::skip("libfaketime is not installed", "Debian package `faketime`");
-    }
-    found
-}
-
-fn faketime_path() -> Option<PathBuf> {
-    std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("faketime/libfaketime.so.1"))
-        .find(|p| p.exists())
-}
-
-/// libfaketime (a test that uses it first checks [`have_faketime`]).
-pub(crate) fn libfaketime() -> PathBuf {
-    faketime_path().expect("libfaketime not found: install Debian's `faketime` package")
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the state.
-    n(11) + n(12)
-}
-
-pub(crate) fn set_fake(file: &Path, offset: &str) {
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, offset).expect("faketime file");
-    std::fs::rename(&tmp, file).expect("faketime file");
-}
-
 #[test]
 fn clock_steps_back_and_forward_fire_nothing_twice_and_account_for_the_gap() {
-    if !crate::reliability::have_faketime() {
+    if !crate::util::have_faketime() {
         return;
     }
     let p = Project::new();
@@ -445,152 +467,4 @@ fn clock_steps_back_and_forward_fire_nothing_twice_and_account_for_the_gap() {
         first_after.trigger, "catch-up",
         "the current slot superseded the gap"
     );
-}
-
-/// Kills the daemon if the test fails before stopping it.
-struct Guard(u32);
-fn scopeguard(pid: u32) -> Guard {
-    Guard(pid)
-}
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
-    }
-}
-
-#[test]
-fn status_never_fails_while_a_fresh_daemon_creates_the_history() {
-    for _ in 0..3 {
-        let p = Project::new();
-        p.config("", &journaled(&p, "tick", "subprocess"));
-        let daemon = p.spawn_daemon();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut answers = 0;
-        loop {
-            let out = p.run(&["status", "--json"]);
-            assert!(
-                matches!(out.status.code(), Some(0) | Some(3)),
-                "{}",
-                text(&out)
-            );
-            let v: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-            assert!(v["jobs"].is_array());
-            assert!(out.stderr.is_empty(), "status complained: {}", text(&out));
-            answers += 1;
-            if out.status.code() == Some(0) && !journal(&p, "tick").is_empty() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{}", p.daemon_output());
-        }
-        assert!(answers > 1);
-        stop_within(daemon, Duration::from_secs(10));
-    }
-}
-
-#[test]
-fn a_history_from_an_older_version_is_upgraded_by_status() {
-    let p = Project::new();
-    p.config(
-        "",
-        "\n[jobs.old]\nentry = \"fixture_jobs:noop\"\nschedule = \"0 0 * * * *\"\nmarket_hours = false\n",
-    );
-    std::fs::create_dir_all(p.log_dir()).expect("logs");
-    // The schema 197d81c wrote (user_version 4), with one finished run.
-    let script = r#"
-import sqlite3, sys
-c = sqlite3.connect(sys.argv[1])
-c.executescript('''
-CREATE TABLE runs (id INTEGER PRIMARY KEY, job TEXT NOT NULL, trigger TEXT NOT NULL,
-  scheduled_at TEXT NOT NULL, started_at TEXT NOT NULL, entered_at TEXT, finished_at TEXT,
-  attempt INTEGER NOT NULL DEFAULT 1, outcome TEXT NOT NULL, exit_code INTEGER, signal TEXT,
-  pid INTEGER, owner_pid INTEGER, error TEXT, result TEXT);
-CREATE INDEX runs_job_id ON runs (job, id);
-CREATE INDEX runs_running ON runs (outcome) WHERE outcome = 'running';
-CREATE TABLE daemon (id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, started_at TEXT NOT NULL,
-  heartbeat_at TEXT, stopped_at TEXT);
-ALTER TABLE runs ADD COLUMN stuck INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE runs ADD COLUMN executor TEXT;
-CREATE INDEX runs_job_slot ON runs (job, scheduled_at);
-CREATE INDEX runs_stuck ON runs (stuck) WHERE stuck = 1;
-ALTER TABLE runs ADD COLUMN peak_rss_bytes INTEGER;
-ALTER TABLE runs ADD COLUMN cpu_ms INTEGER;
-INSERT INTO runs (job, trigger, scheduled_at, started_at, finished_at, outcome, executor)
-  VALUES ('old', 'schedule', '2026-11-27T09:00:00.000000Z', '2026-11-27T09:00:00.000100Z',
-          '2026-11-27T09:00:01.000000Z', 'success', 'subprocess');
-PRAGMA user_version = 4;
-''')
-c.commit()
-"#;
-    let db = p.log_dir().join("history.sqlite3");
-    let ok = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(&db)
-        .status()
-        .expect("python3");
-    assert!(ok.success());
-    let out = p.run(&["status", "--json"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    assert_eq!(v["jobs"][0]["last_outcome"], "success", "{v:#}");
-    let rows = p.history();
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0]["outcome"], "success");
-    assert!(rows[0]["missed_count"].is_null());
-    // The daemon then writes into the upgraded file, after the old row.
-    let out = p.run(&["run-once", "old"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let rows = p.history();
-    assert_eq!(rows.len(), 2);
-    assert!(rows[0]["id"].as_i64() > rows[1]["id"].as_i64());
-}
-
-#[test]
-fn a_pyo3_timeout_never_lands_in_the_next_run() {
-    // Runs that end within ±20 ms of their 100 ms timeout: the interrupt and Python's return
-    // race every time. An interrupt that lost must not hit the thread's next run.
-    let p = Project::new();
-    let file = p.path().join("edge.journal");
-    p.config(
-        "",
-        &format!(
-            "\n[jobs.edge]\nentry = \"fixture_jobs:edge\"\nschedule = \"* * * * * *\"\nmarket_hours = false\nexecutor = \"pyo3\"\ntimeout = \"100ms\"\nargs = {{ file = {:?}, ms = 100 }}\n",
-            file.display().to_string()
-        ),
-    );
-    let daemon = p.spawn_daemon();
-    let enough = wait_until(Duration::from_secs(40), || {
-        p.try_history().is_some_and(|rows| {
-            let done = |o: &str| rows.iter().filter(|r| r["outcome"] == o).count();
-            done("success") >= 4 && done("timeout") >= 4 || rows.len() >= 25
-        })
-    });
-    stop_within(daemon, Duration::from_secs(10));
-    assert!(enough, "{:#?}", p.history());
-    let journal = std::fs::read_to_string(&file).unwrap_or_default();
-    let entered = |id: i64| journal.lines().any(|l| l == format!("enter {id}"));
-    for row in p.history() {
-        let id = row["id"].as_i64().expect("id");
-        let outcome = row["outcome"].as_str().unwrap_or_default();
-        let error = row["error"].as_str().unwrap_or_default();
-        match outcome {
-            "success" => assert!(
-                journal.lines().any(|l| l == format!("leave {id}")),
-                "run {id} succeeded without finishing"
-            ),
-            "timeout" => {
-                let ms = row["duration_ms"].as_i64().unwrap_or_default();
-                assert!(ms >= 95, "run {id} timed out after only {ms} ms: {row:#}");
-            }
-            // Cancelled by the shutdown at the end.
-            "cancelled" => {}
-            other => panic!("run {id}: {other}: {error}"),
-        }
-        if outcome != "cancelled" {
-            assert!(entered(id), "run {id} never entered the job: {row:#}");
-        }
-        assert!(
-            !(outcome != "timeout" && error.contains("JobTimeout")),
-            "a timeout landed in run {id}: {row:#}"
-        );
-    }
 }
