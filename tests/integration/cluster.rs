@@ -167,6 +167,19 @@ pub(crate) fn pair(db: &Db, timing: &Timing, job: &str) -> (Node, Node) {
     (a, b)
 }
 
+/// `pair`, then waits (30 s at most) until a run of a's has ended (in the oracle's `file`).
+pub(crate) fn pair_after_a_run(db: &Db, timing: &Timing, job: &str, file: &Path) -> (Node, Node) {
+    let (a, b) = pair(db, timing, job);
+    assert!(
+        wait_until(Duration::from_secs(30), || oracle(file)
+            .iter()
+            .any(|r| r.node == "a" && r.ended)),
+        "no run of a's ended: {}",
+        a.p.daemon_output()
+    );
+    (a, b)
+}
+
 /// A job of the oracle: `schedule`, sleeping `seconds`, with `extra` keys.
 pub(crate) fn oracle_job(
     id: &str,

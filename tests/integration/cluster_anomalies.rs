@@ -414,10 +414,7 @@ fn cluster_a9_a_run_ending_during_a_database_stop_releases_its_claim_after() {
         2.0,
         "on_database_loss = \"run\"",
     );
-    let (mut a, mut b) = pair(&db, &CALM, &job);
-    assert!(wait_until(Duration::from_secs(30), || oracle(&file)
-        .iter()
-        .any(|r| r.node == "a" && r.ended)));
+    let (mut a, mut b) = pair_after_a_run(&db, &CALM, &job, &file);
     sleep_to_phase(10.0, 1.0);
     let slot = (now_secs() / 10.0).floor() * 10.0;
     server.stop();
@@ -520,10 +517,7 @@ fn cluster_a11_a_primary_stopped_past_its_lease_does_not_run_alone_a_slot_a_stan
         0.3,
         "on_database_loss = \"primary\"",
     );
-    let (mut a, mut b) = pair(&db, &FAST, &job);
-    assert!(wait_until(Duration::from_secs(30), || oracle(&file)
-        .iter()
-        .any(|r| r.node == "a" && r.ended)));
+    let (mut a, mut b) = pair_after_a_run(&db, &FAST, &job, &file);
     sleep_to_phase(2.0, 0.5);
     let stopped_at = now_secs();
     signal(a.pid(), Signal::SIGSTOP);
@@ -594,10 +588,7 @@ fn cluster_a_primary_started_into_a_database_stop_runs_nothing_alone_until_it_jo
         0.3,
         "on_database_loss = \"primary\"",
     );
-    let (mut a, mut b) = pair(&db, &FAST, &job);
-    assert!(wait_until(Duration::from_secs(30), || oracle(&file)
-        .iter()
-        .any(|r| r.node == "a" && r.ended)));
+    let (mut a, mut b) = pair_after_a_run(&db, &FAST, &job, &file);
     let killed = now_secs();
     a.kill();
     assert!(
@@ -663,10 +654,7 @@ fn cluster_a12_a_primary_resumed_as_the_database_returns_does_not_run_alone_a_sl
         0.3,
         "on_database_loss = \"primary\"",
     );
-    let (mut a, mut b) = pair(&db, &FAST, &job);
-    assert!(wait_until(Duration::from_secs(30), || oracle(&file)
-        .iter()
-        .any(|r| r.node == "a" && r.ended)));
+    let (mut a, mut b) = pair_after_a_run(&db, &FAST, &job, &file);
     let mut resumed = Vec::new();
     for _ in 0..3 {
         sleep_to_phase(2.0, 0.5);
