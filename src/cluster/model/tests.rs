@@ -106,6 +106,20 @@ fn steps(budget: u8) -> Faults {
     }
 }
 
+/// Two kinds of faults, `budget` of them in all, struck only at a tick's start.
+fn two(a: Faults, b: Faults, budget: u8) -> Faults {
+    Faults {
+        kill: a.kill || b.kill,
+        pause: a.pause || b.pause,
+        freeze: a.freeze || b.freeze,
+        partition: a.partition || b.partition,
+        database: a.database || b.database,
+        clock: a.clock || b.clock,
+        budget,
+        mid_tick: false,
+    }
+}
+
 const POLICIES: [Policy; 3] = [Policy::Run, Policy::Primary, Policy::Skip];
 
 // ---- v2 keeps every invariant -------------------------------------------------------------------
@@ -346,15 +360,7 @@ fn a10_late_trust_event() {
 fn a11_primary_alone_after_lease_ran_out() {
     // The primary is stopped past its lease (a standby runs its slot), and wakes to find the
     // database gone.
-    let mut cfg = faulty(
-        Policy::Primary,
-        Faults {
-            pause: true,
-            database: true,
-            budget: 2,
-            ..Faults::default()
-        },
-    );
+    let mut cfg = faulty(Policy::Primary, two(pauses(0), outages(0), 2));
     cfg.slots = 1;
     cfg.bugs = Bugs {
         a11_primary_alone_after_lease_ran_out: true,
@@ -409,15 +415,7 @@ fn rule_renew_before_claim() {
 
 #[test]
 fn rule_skip_needs_trust() {
-    let mut cfg = faulty(
-        Policy::Skip,
-        Faults {
-            pause: true,
-            partition: true,
-            budget: 2,
-            ..Faults::default()
-        },
-    );
+    let mut cfg = faulty(Policy::Skip, two(pauses(0), cuts(0), 2));
     cfg.slots = 1;
     cfg.rules = without(|r| r.skip_needs_trust = false);
     finds("without skip_needs_trust", cfg, "I1 fencing");
@@ -442,15 +440,7 @@ fn rule_primary_first() {
 fn rule_alone_only_in_own_epoch() {
     // A primary killed (or declared dead) while a standby ran its slot comes back as the
     // database goes: A11's rule alone does not stop it from running the slot again.
-    let mut cfg = faulty(
-        Policy::Primary,
-        Faults {
-            kill: true,
-            database: true,
-            budget: 2,
-            ..Faults::default()
-        },
-    );
+    let mut cfg = faulty(Policy::Primary, two(kills(0), outages(0), 2));
     cfg.slots = 1;
     cfg.rules = without(|r| r.alone_only_in_own_epoch = false);
     finds("without alone_only_in_own_epoch", cfg, "I2 exactly once");
@@ -467,15 +457,7 @@ fn rule_rejoin_keeps_untaken_run() {
 #[test]
 fn rule_validity_by_db_clock() {
     // The standby waits for a stopped primary; then its clock jumps 3 ticks ahead.
-    let mut cfg = faulty(
-        Policy::Primary,
-        Faults {
-            pause: true,
-            clock: true,
-            budget: 2,
-            ..Faults::default()
-        },
-    );
+    let mut cfg = faulty(Policy::Primary, two(pauses(0), steps(0), 2));
     cfg.slots = 1;
     cfg.clock_step = 3;
     cfg.max_skew = 0;
@@ -488,15 +470,7 @@ fn rule_validity_by_db_clock() {
 fn rule_prompt_absence() {
     // A lease as long as the period: after a restart of the server, a dead owner's claim
     // would block the next slot for a whole lease.
-    let mut cfg = faulty(
-        Policy::Run,
-        Faults {
-            kill: true,
-            database: true,
-            budget: 2,
-            ..Faults::default()
-        },
-    );
+    let mut cfg = faulty(Policy::Run, two(kills(0), outages(0), 2));
     cfg.slots = 2;
     cfg.lease = 6;
     cfg.faults_until = 8;
@@ -522,15 +496,7 @@ fn limit_run_outlives_its_lease() {
 fn limit_frozen_host_cut_off() {
     // A frozen host (daemon, keeper and job) whose session is lost: nothing local can end the
     // job before the takeover (the design's stated residual risk).
-    let mut cfg = faulty(
-        Policy::Skip,
-        Faults {
-            freeze: true,
-            partition: true,
-            budget: 2,
-            ..Faults::default()
-        },
-    );
+    let mut cfg = faulty(Policy::Skip, two(freezes(0), cuts(0), 2));
     cfg.slots = 1;
     finds("a frozen host cut off, skip", cfg, "I1 fencing");
 }
@@ -552,15 +518,7 @@ fn limit_stopped_through_a_restart() {
     // restart ends its session and its lock, so it cannot be told from a dead one, and the
     // takeover runs the slot again. I2 exempts it only with the database's loss; the job's
     // fenced writes make the rerun harmless.
-    let mut cfg = faulty(
-        Policy::Skip,
-        Faults {
-            pause: true,
-            database: true,
-            budget: 2,
-            ..Faults::default()
-        },
-    );
+    let mut cfg = faulty(Policy::Skip, two(pauses(0), outages(0), 2));
     cfg.slots = 1;
     cfg.strict_once = true;
     finds(
