@@ -499,6 +499,17 @@ fn cluster_a10_a_slot_claimed_after_sigcont_is_not_ended_by_a_late_lease_event()
     );
 }
 
+/// The job of the `primary` anomalies: every 2 s, 0.3 s runs, `on_database_loss = "primary"`.
+fn primary_job(file: &Path) -> String {
+    oracle_job(
+        "p",
+        file,
+        "*/2 * * * * *",
+        0.3,
+        "on_database_loss = \"primary\"",
+    )
+}
+
 /// A11 (the long nemesis run, seed 21): under `primary`, the primary's daemon is stopped past
 /// its lease, so a standby takes its slots; the database stops right after the standby claimed
 /// one, and the primary wakes to find it gone. It must not run that slot alone: its lease ran
@@ -510,13 +521,7 @@ fn cluster_a11_a_primary_stopped_past_its_lease_does_not_run_alone_a_slot_a_stan
     let db = server.database();
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
-    let job = oracle_job(
-        "p",
-        &file,
-        "*/2 * * * * *",
-        0.3,
-        "on_database_loss = \"primary\"",
-    );
+    let job = primary_job(&file);
     let (mut a, mut b) = pair_after_a_run(&db, &FAST, &job, &file);
     sleep_to_phase(2.0, 0.5);
     let stopped_at = now_secs();
@@ -581,13 +586,7 @@ fn cluster_a_primary_started_into_a_database_stop_runs_nothing_alone_until_it_jo
     let db = server.database();
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
-    let job = oracle_job(
-        "p",
-        &file,
-        "*/2 * * * * *",
-        0.3,
-        "on_database_loss = \"primary\"",
-    );
+    let job = primary_job(&file);
     let (mut a, mut b) = pair_after_a_run(&db, &FAST, &job, &file);
     let killed = now_secs();
     a.kill();
@@ -647,13 +646,7 @@ fn cluster_a12_a_primary_resumed_as_the_database_returns_does_not_run_alone_a_sl
     let db = server.database();
     let shared = shared_dir();
     let file = shared.path().join("oracle.log");
-    let job = oracle_job(
-        "p",
-        &file,
-        "*/2 * * * * *",
-        0.3,
-        "on_database_loss = \"primary\"",
-    );
+    let job = primary_job(&file);
     let (mut a, mut b) = pair_after_a_run(&db, &FAST, &job, &file);
     let mut resumed = Vec::new();
     for _ in 0..3 {
