@@ -499,6 +499,24 @@ fn cluster_a10_a_slot_claimed_after_sigcont_is_not_ended_by_a_late_lease_event()
     );
 }
 
+/// Whether a slot of the oracle's `file` starts after `t` (seconds), within `timeout`.
+fn a_slot_started_after(file: &Path, t: f64, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        oracle(file)
+            .iter()
+            .any(|r| started_at(file, r.pid).is_some_and(|s| s > t))
+    })
+}
+
+/// Node a's executions without a fence (alone, without the database) started between `from`
+/// and `to` (seconds).
+fn ran_alone_on_a<'a>(file: &Path, runs: &'a [Exec], (from, to): (f64, f64)) -> Vec<&'a Exec> {
+    runs.iter()
+        .filter(|r| r.node == "a" && r.fence == "None")
+        .filter(|r| started_at(file, r.pid).is_some_and(|t| t > from && t < to))
+        .collect()
+}
+
 /// The job of the `primary` anomalies: every 2 s, 0.3 s runs, `on_database_loss = "primary"`.
 fn primary_job(file: &Path) -> String {
     oracle_job(
@@ -549,9 +567,7 @@ fn cluster_a11_a_primary_stopped_past_its_lease_does_not_run_alone_a_slot_a_stan
     let back = now_secs();
     server.start_again();
     assert!(
-        wait_until(Duration::from_secs(15), || oracle(&file)
-            .iter()
-            .any(|r| started_at(&file, r.pid).is_some_and(|t| t > back + 0.5))),
+        a_slot_started_after(&file, back + 0.5, Duration::from_secs(15)),
         "no slot ran after the database came back: {}",
         a.p.daemon_output()
     );
@@ -568,11 +584,7 @@ fn cluster_a11_a_primary_stopped_past_its_lease_does_not_run_alone_a_slot_a_stan
     for (slot, execs) in per_slot(&runs) {
         assert_eq!(execs.len(), 1, "{slot}: {execs:?}");
     }
-    let alone: Vec<_> = runs
-        .iter()
-        .filter(|r| r.node == "a" && r.fence == "None")
-        .filter(|r| started_at(&file, r.pid).is_some_and(|t| t > stopped_at && t < back))
-        .collect();
+    let alone = ran_alone_on_a(&file, &runs, (stopped_at, back));
     assert!(alone.is_empty(), "a ran alone during the outage: {alone:?}");
 }
 
@@ -608,20 +620,14 @@ fn cluster_a_primary_started_into_a_database_stop_runs_nothing_alone_until_it_jo
     let back = now_secs();
     server.start_again();
     assert!(
-        wait_until(Duration::from_secs(20), || oracle(&file)
-            .iter()
-            .any(|r| started_at(&file, r.pid).is_some_and(|t| t > back + 0.5))),
+        a_slot_started_after(&file, back + 0.5, Duration::from_secs(20)),
         "no slot ran after the database came back: {}",
         a.p.daemon_output()
     );
     a.stop();
     b.stop();
     let runs = oracle(&file);
-    let alone: Vec<_> = runs
-        .iter()
-        .filter(|r| r.node == "a" && r.fence == "None")
-        .filter(|r| started_at(&file, r.pid).is_some_and(|t| t > restarted && t < back))
-        .collect();
+    let alone = ran_alone_on_a(&file, &runs, (restarted, back));
     assert!(
         alone.is_empty(),
         "a ran alone before it joined: {alone:?}\n{}",
